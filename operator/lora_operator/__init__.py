@@ -1,0 +1,1 @@
+"""lora-operator: the Kubernetes operator for LoRA training jobs."""

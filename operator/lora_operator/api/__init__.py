@@ -1,0 +1,66 @@
+"""The LoraTrainingJob API (group lora-operator.io, version v1alpha1).
+
+The pydantic models here are the single source of the CRD schema, the
+`kubectl explain` text, the defaults and the validation. Both the operator and
+the trainer import them; this package imports nothing but pydantic.
+"""
+
+from .conditions import FINISHED_PHASES, ConditionType, Phase, Reason
+from .dataset import AutoCaption, Crop, CropMode, Dataset, Regularization, Tags
+from .exitcodes import INPUT_ERRORS, ExitCode
+from .presets import epoch_steps, scenario_steps
+from .reports import (
+    CHECKPOINTS_PREFIX,
+    FINAL_PREFIX,
+    MANIFEST_KEY,
+    PREVIEWS_PREFIX,
+    PROGRESS_KEY,
+    STATE_PREFIX,
+    CheckpointEntry,
+    Manifest,
+    PreviewEntry,
+    ProgressReport,
+    SkippedFile,
+    checkpoint_name,
+)
+from .resolve import SpecError, deep_merge, resolve_spec, spec_hash
+from .resources import (
+    API_VERSION,
+    GROUP,
+    KINDS,
+    VERSION,
+    ClusterLoraTrainingTemplate,
+    LoraTrainingJob,
+    LoraTrainingTemplate,
+    TemplateSpec,
+)
+from .spec import (
+    IMMUTABLE_AFTER_ADMISSION,
+    AdapterType,
+    BaseModelSpec,
+    CheckpointFormat,
+    Checkpoints,
+    JobSettings,
+    JobSpec,
+    ModelFamily,
+    Output,
+    Placement,
+    Previews,
+    RetryPolicy,
+    Sampler,
+    Storage,
+)
+from .status import Attempt, CheckpointRecord, Condition, JobOutput, JobStatus, PreviewRecord, Progress
+from .training import (
+    Embedding,
+    LrScheduler,
+    MixedPrecision,
+    MultiresNoise,
+    Network,
+    Optimizer,
+    OptimizerType,
+    SchedulerType,
+    Training,
+)
+
+__all__ = [name for name in dir() if not name.startswith("_")]

@@ -1,0 +1,79 @@
+"""Condition types and reasons of a LoraTrainingJob: named constants, each with its meaning.
+
+Conditions are the truth; ``status.phase`` is only their summary for the printer column.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ConditionType(StrEnum):
+    """The condition types a job carries (Kubernetes conventions)."""
+
+    ADMITTED = "Admitted"
+    """The job left the queue and holds a GPU node."""
+    RUNNING = "Running"
+    """A trainer pod of the current attempt is running."""
+    SUSPENDED = "Suspended"
+    """spec.suspend is true: no pod runs and the job keeps its place."""
+    SUCCEEDED = "Succeeded"
+    """Training finished; checkpoints and previews are in status and storage."""
+    FAILED = "Failed"
+    """The job ended without a result; the reason says why."""
+
+
+class Reason(StrEnum):
+    """CamelCase reasons for conditions and events."""
+
+    QUEUED = "Queued"
+    """Waiting for a free GPU node."""
+    NODE_ASSIGNED = "NodeAssigned"
+    """A free GPU node was found and the trainer pod created on it."""
+    POD_RUNNING = "PodRunning"
+    """The trainer container is running."""
+    BACKOFF = "Backoff"
+    """The last attempt crashed; the next waits for its backoff."""
+    DISRUPTED = "Disrupted"
+    """The pod was evicted, preempted or lost its node: retried without counting."""
+    CRASHED = "Crashed"
+    """The trainer crashed or was OOM-killed: retried with backoff, counting."""
+    TRAINING_COMPLETE = "TrainingComplete"
+    """The trainer exited 0."""
+    RETRIES_EXHAUSTED = "RetriesExhausted"
+    """More attempts failed than retryPolicy.maxRetries allows."""
+    INPUT_ERROR = "InputError"
+    """The trainer refused the input (dataset, model, config, NaN loss)."""
+    INVALID_SPEC = "InvalidSpec"
+    """The spec cannot be resolved (missing field after template, bad value)."""
+    TEMPLATE_NOT_FOUND = "TemplateNotFound"
+    """spec.template names no LoraTrainingTemplate or ClusterLoraTrainingTemplate."""
+    SECRET_NOT_FOUND = "SecretNotFound"
+    """spec.storage.secretRef names no Secret in the job's namespace."""
+    DATASET_EMPTY = "DatasetEmpty"
+    """spec.dataset.uri holds no objects."""
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    """The job ran longer than spec.activeDeadlineSeconds."""
+    UNSCHEDULABLE = "Unschedulable"
+    """The trainer pod stayed unschedulable or its image could not be pulled."""
+    SUSPENDED = "Suspended"
+    """spec.suspend was set."""
+    RESUMED = "Resumed"
+    """spec.suspend was cleared; the job is queued again."""
+    CHECKPOINT_SELECTED = "CheckpointSelected"
+    """spec.selectedCheckpoint was copied to final/."""
+
+
+class Phase(StrEnum):
+    """The summary shown in `kubectl get ltj`."""
+
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+    CANCELLED = "Cancelled"
+
+
+FINISHED_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})

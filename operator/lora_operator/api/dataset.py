@@ -1,0 +1,103 @@
+"""Dataset settings: where the images are and how they become training samples."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from .base import ApiModel
+
+URI_PATTERN = r"^(s3|file|hf)://.+"
+
+
+class CropMode(StrEnum):
+    """How an image is cut to a training size."""
+
+    FOCUS = "focus"
+    """Keep the most detailed region (edge energy), for off-centre subjects."""
+    CENTER = "center"
+    """Cut around the image centre."""
+    NONE = "none"
+    """Resize only; combine with buckets to keep aspect ratios."""
+
+
+class Crop(ApiModel):
+    """Cropping and aspect-ratio bucketing."""
+
+    mode: CropMode = CropMode.FOCUS
+    """focus, center or none. Default: focus."""
+    size: str | None = Field(default=None, pattern=r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
+    """Target WIDTHxHEIGHT, e.g. 1024x1024. Default: the family's nearest standard size per image
+    (SD1.5 512x512 / 768x512 / 512x768, SDXL and Flux 1024x1024 / 768x1024 / 1024x768)."""
+    buckets: bool = False
+    """Group images into aspect-ratio buckets instead of one size. Default: false."""
+    bucket_min_side: int = Field(default=256, ge=64, le=4096)
+    """Smallest bucket side in pixels. Default: 256."""
+    bucket_max_side: int = Field(default=1536, ge=64, le=4096)
+    """Largest bucket side in pixels. Default: 1536."""
+    bucket_step: int = Field(default=64, ge=8, le=512)
+    """Bucket sides are multiples of this. Default: 64."""
+
+
+class Tags(ApiModel):
+    """Tags added to every caption in batch."""
+
+    prepend: list[str] = Field(default_factory=list, max_length=64)
+    """Tags put at the head of each caption (after the caption prefix)."""
+    append: list[str] = Field(default_factory=list, max_length=64)
+    """Tags put at the tail of each caption."""
+
+
+class AutoCaptionMode(StrEnum):
+    """Which images the auto-captioner writes captions for."""
+
+    MISSING = "missing"
+    """Only images without a .txt caption."""
+    REPLACE = "replace"
+    """Every image; existing captions are ignored."""
+
+
+class AutoCaption(ApiModel):
+    """Caption images with a tagger model loaded from storage."""
+
+    model: str = Field(pattern=URI_PATTERN)
+    """URI of the tagger model folder (s3://, file:// or hf://)."""
+    mode: AutoCaptionMode = AutoCaptionMode.MISSING
+    """missing or replace. Default: missing."""
+    threshold: float = Field(default=0.35, gt=0.0, lt=1.0)
+    """Tag probability above which a tag is kept. Default: 0.35."""
+
+
+class Regularization(ApiModel):
+    """Class images that keep the model from forgetting its prior (DreamBooth prior preservation)."""
+
+    uri: str = Field(pattern=URI_PATTERN)
+    """URI of the regularization images (with optional .txt captions)."""
+    weight: float = Field(default=1.0, ge=0.0, le=10.0)
+    """Weight of the prior loss. Default: 1.0."""
+
+
+class Dataset(ApiModel):
+    """The training images and their captions."""
+
+    uri: str | None = Field(default=None, pattern=URI_PATTERN)
+    """URI prefix holding png/jpg/jpeg/webp images and optional same-named .txt captions."""
+    caption_prefix: str = Field(default="", max_length=200)
+    """Trigger phrase put before every caption, e.g. "TKXW, "."""
+    tags: Tags = Field(default_factory=Tags)
+    """Tags added in batch at head or tail of every caption."""
+    repeats: int = Field(default=1, ge=1, le=1000)
+    """How many times each image is seen per epoch. Per-image overrides come from an optional
+    repeats.json ({"file.png": 3}) next to the images. Default: 1."""
+    crop: Crop = Field(default_factory=Crop)
+    """Cropping and bucketing."""
+    flip: bool = False
+    """Randomly mirror images horizontally. Default: false."""
+    auto_caption: AutoCaption | None = Field(default=None)
+    """Caption images automatically. Default: off."""
+    regularization: Regularization | None = None
+    """Regularization (class) images. Default: none."""
+    validation_split: float = Field(default=0.1, ge=0.0, le=0.5)
+    """Share of images held out to measure validation loss per epoch (at least one image when
+    the dataset has three or more). Default: 0.1."""

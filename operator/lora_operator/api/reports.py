@@ -1,0 +1,84 @@
+"""What the trainer writes to storage and the operator reads back: progress.json and manifest.json.
+
+Both live under the job's output prefix, ``<output.uri>/<namespace>/<job>/``. Paths in them are
+relative to that prefix, so a copied prefix stays valid.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .base import ApiModel
+
+PROGRESS_KEY = "progress.json"
+MANIFEST_KEY = "manifest.json"
+STATE_PREFIX = "state/"
+CHECKPOINTS_PREFIX = "checkpoints/"
+PREVIEWS_PREFIX = "previews/"
+FINAL_PREFIX = "final/"
+
+
+def checkpoint_name(epoch: int) -> str:
+    """The name of the checkpoint of an epoch, e.g. epoch-0007."""
+    return f"epoch-{epoch:04d}"
+
+
+class ProgressReport(ApiModel):
+    """progress.json, rewritten every few seconds while training."""
+
+    attempt: int = 0
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+    total_epochs: int = 0
+    loss: float | None = None
+    steps_per_second: float | None = None
+    eta_seconds: float | None = None
+    updated_at: str | None = None
+    phase: str = "training"
+    """loading, caching, training, saving, done."""
+
+
+class CheckpointEntry(ApiModel):
+    """A checkpoint file or folder in the manifest."""
+
+    name: str
+    epoch: int
+    step: int
+    format: str
+    """kohya, diffusers or embedding."""
+    path: str
+    """Relative to the job prefix."""
+    size_bytes: int
+    sha256: str
+    validation_loss: float | None = None
+
+
+class PreviewEntry(ApiModel):
+    """Preview images of one prompt at one epoch."""
+
+    epoch: int
+    prompt: str
+    paths: list[str] = Field(default_factory=list)
+    grid: str | None = None
+    """The epoch's grid image (all prompts), relative to the prefix."""
+
+
+class SkippedFile(ApiModel):
+    """A dataset file that was not used, and why."""
+
+    file: str
+    reason: str
+
+
+class Manifest(ApiModel):
+    """manifest.json: everything the run produced, rewritten after each checkpoint."""
+
+    spec_hash: str | None = None
+    images: int = 0
+    validation_images: int = 0
+    total_steps: int = 0
+    checkpoints: list[CheckpointEntry] = Field(default_factory=list)
+    previews: list[PreviewEntry] = Field(default_factory=list)
+    skipped: list[SkippedFile] = Field(default_factory=list)
+    finished: bool = False

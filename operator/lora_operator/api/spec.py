@@ -1,0 +1,204 @@
+"""The spec of a LoraTrainingJob: what to train, on what, where it goes and how it is run."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field
+
+from .base import ApiModel
+from .dataset import URI_PATTERN, Dataset
+from .training import Embedding, Network, Training
+
+
+class ModelFamily(StrEnum):
+    """Base-model families the trainer knows."""
+
+    SD15 = "sd15"
+    SDXL = "sdxl"
+    FLUX = "flux"
+
+
+class AdapterType(StrEnum):
+    """What is trained."""
+
+    LORA = "lora"
+    """A LoRA on the attention and MLP linear layers."""
+    LOCON = "locon"
+    """A LoRA that also adapts convolution layers (network.convDim)."""
+    EMBEDDING = "embedding"
+    """A textual-inversion embedding (see embedding)."""
+
+
+class BaseModelSpec(ApiModel):
+    """The model the adapter is trained on."""
+
+    family: ModelFamily
+    """sd15, sdxl or flux."""
+    uri: str = Field(pattern=URI_PATTERN)
+    """A diffusers-format model folder: s3://bucket/path, file:///mounted/path or hf://org/name."""
+    revision: str | None = Field(default=None, max_length=100)
+    """hf:// revision (branch, tag or commit). Default: main."""
+
+
+class Sampler(StrEnum):
+    """Preview samplers (diffusers schedulers)."""
+
+    EULER = "euler"
+    EULER_A = "euler_a"
+    DDIM = "ddim"
+    DPMPP_2M = "dpmpp_2m"
+    FLOW_EULER = "flow_euler"
+
+
+class Previews(ApiModel):
+    """Images generated with the adapter at epoch ends, to judge epochs by eye."""
+
+    every_epochs: int = Field(default=1, ge=0, le=1000)
+    """Generate every N epochs (and at the end); 0 turns previews off. Default: 1."""
+    prompts: list[str] = Field(default_factory=list, max_length=32)
+    """Prompts; empty means the first validation caption."""
+    negative_prompt: str = Field(default="", max_length=2000)
+    """Negative prompt (ignored by Flux)."""
+    images_per_prompt: int = Field(default=2, ge=1, le=16)
+    """Images per prompt. Default: 2."""
+    steps: int = Field(default=20, ge=1, le=200)
+    """Sampling steps. Default: 20."""
+    guidance: float = Field(default=7.0, ge=0.0, le=50.0)
+    """Classifier-free guidance scale (Flux: distilled guidance). Default: 7."""
+    sampler: Sampler = Sampler.EULER_A
+    """Sampler. Default: euler_a (flow_euler for Flux)."""
+    seed: int = Field(default=1234, ge=0, le=2**31 - 1)
+    """Seed; the same seed every epoch so epochs compare. Default: 1234."""
+    size: str | None = Field(default=None, pattern=r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
+    """WIDTHxHEIGHT of previews. Default: the training size."""
+
+
+class CheckpointFormat(StrEnum):
+    """Output formats of an adapter checkpoint."""
+
+    KOHYA = "kohya"
+    """One .safetensors with lora_unet_* / lora_te* keys (ComfyUI, A1111, Forge)."""
+    DIFFUSERS = "diffusers"
+    """A PEFT folder for diffusers' load_lora_weights."""
+
+
+class Checkpoints(ApiModel):
+    """When and how checkpoints are written."""
+
+    every_epochs: int = Field(default=1, ge=1, le=1000)
+    """Write a checkpoint every N epochs (and always at the end). Default: 1."""
+    formats: list[CheckpointFormat] = Field(
+        default_factory=lambda: [CheckpointFormat.KOHYA, CheckpointFormat.DIFFUSERS], min_length=1, max_length=2
+    )
+    """Formats to write. Default: [kohya, diffusers]."""
+    delete_unselected: bool = False
+    """When selectedCheckpoint is set, delete the other checkpoints. Default: false."""
+
+
+class Output(ApiModel):
+    """Where results go."""
+
+    uri: str = Field(pattern=r"^(s3|file)://.+")
+    """Prefix; results go to <uri>/<namespace>/<job>/."""
+
+
+class Storage(ApiModel):
+    """Credentials and endpoint of the object store."""
+
+    secret_ref: str | None = Field(default=None, max_length=253)
+    """Name of a Secret in the job's namespace with keys accessKey and secretKey (and optionally
+    endpoint, hfToken). Default: the operator's storage Secret."""
+    endpoint: str | None = Field(default=None, max_length=500)
+    """host:port of the S3 endpoint, overriding the operator's default."""
+    secure: bool | None = None
+    """Use TLS to the endpoint. Default: the operator's setting."""
+
+
+class Toleration(ApiModel):
+    """A Kubernetes toleration."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class Placement(ApiModel):
+    """Where the trainer may run. A job always gets a whole GPU node and all its GPUs."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the GPU node must have."""
+    tolerations: list[Toleration] = Field(default_factory=list)
+    """Tolerations for tainted GPU nodes."""
+    gpu_type: str | None = Field(default=None, max_length=63)
+    """GPU type (value of the operator's GPU-type node label, e.g. h100)."""
+    image: str | None = Field(default=None, max_length=500)
+    """Trainer image. Default: the operator's trainer image."""
+
+
+class RetryPolicy(ApiModel):
+    """Retries of crashed attempts. Disruptions (eviction, node loss) never count."""
+
+    max_retries: int = Field(default=3, ge=0, le=100)
+    """Crashes tolerated before the job fails. Default: 3."""
+    backoff_seconds: int = Field(default=30, ge=0, le=86400)
+    """First backoff; doubles per crash. Default: 30."""
+    max_backoff_seconds: int = Field(default=600, ge=0, le=86400)
+    """Longest backoff. Default: 600."""
+
+
+class JobSettings(ApiModel):
+    """The settings a job and a template share; in a template they are the job's defaults."""
+
+    type: AdapterType | None = None
+    """lora, locon or embedding. Default: lora."""
+    base_model: BaseModelSpec | None = None
+    """The base model (required here or in the template)."""
+    dataset: Dataset | None = None
+    """The training images (dataset.uri required here or in the template)."""
+    embedding: Embedding | None = None
+    """Textual-inversion settings; only with type embedding."""
+    network: Network | None = None
+    """Adapter size (LoRA / LoCon)."""
+    training: Training | None = None
+    """Hyperparameters."""
+    checkpoints: Checkpoints | None = None
+    """Checkpoint cadence and formats."""
+    previews: Previews | None = None
+    """Preview images per epoch."""
+    output: Output | None = None
+    """Where results go (required here or in the template)."""
+    storage: Storage | None = None
+    """Object-store credentials."""
+    placement: Placement | None = None
+    """Node selection."""
+    retry_policy: RetryPolicy | None = None
+    """Retries and backoff."""
+
+
+class JobSpec(JobSettings):
+    """Desired state of a LoraTrainingJob. Fields left out come from spec.template, then defaults."""
+
+    template: str | None = Field(default=None, max_length=253)
+    """Name of a LoraTrainingTemplate in the namespace or a ClusterLoraTrainingTemplate; its
+    values are the defaults of this job."""
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    """Higher runs first; equal priorities run in creation order, namespaces taking turns.
+    Editable at any time. Default: 0."""
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    """Fail the job when it has run (since first admission) longer than this."""
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    """Delete the job this long after it finished. Editable."""
+    suspend: bool = False
+    """Stop the pod (if any) and hold the job; clearing it queues the job again. Editable."""
+    selected_checkpoint: str | None = Field(default=None, pattern=r"^(epoch-[0-9]{4}|final)$")
+    """After success: the checkpoint (e.g. epoch-0007) copied to final/. Editable."""
+
+
+IMMUTABLE_AFTER_ADMISSION = (
+    "template", "type", "baseModel", "dataset", "embedding", "network", "training",
+    "checkpoints", "previews", "output", "storage",
+)
+"""Fields that shape the training: the apiserver refuses edits once the job was admitted."""

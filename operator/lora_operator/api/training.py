@@ -1,0 +1,146 @@
+"""Training hyperparameters: steps, learning rates, schedule, optimizer, noise, network."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field
+
+from .base import ApiModel
+
+
+class SchedulerType(StrEnum):
+    """Learning-rate schedules (diffusers' get_scheduler)."""
+
+    CONSTANT = "constant"
+    CONSTANT_WITH_WARMUP = "constant_with_warmup"
+    LINEAR = "linear"
+    COSINE = "cosine"
+    COSINE_WITH_RESTARTS = "cosine_with_restarts"
+    POLYNOMIAL = "polynomial"
+
+
+class LrScheduler(ApiModel):
+    """The learning-rate schedule."""
+
+    type: SchedulerType = SchedulerType.COSINE_WITH_RESTARTS
+    """Schedule name. Default: cosine_with_restarts."""
+    warmup_steps: int = Field(default=0, ge=0)
+    """Steps of linear warm-up from 0. Default: 0."""
+    cycles: int = Field(default=3, ge=1, le=100)
+    """Restarts for cosine_with_restarts. Default: 3."""
+    power: float = Field(default=1.0, gt=0.0, le=10.0)
+    """Power of the polynomial schedule. Default: 1.0."""
+
+
+class OptimizerType(StrEnum):
+    """Optimizers; adamw8bit needs bitsandbytes, prodigy prodigyopt, lion lion-pytorch."""
+
+    ADAMW = "adamw"
+    ADAMW8BIT = "adamw8bit"
+    PRODIGY = "prodigy"
+    ADAFACTOR = "adafactor"
+    LION = "lion"
+
+
+class Optimizer(ApiModel):
+    """The optimizer of the adapter weights."""
+
+    type: OptimizerType = OptimizerType.ADAMW
+    """Optimizer name. Default: adamw."""
+    weight_decay: float = Field(default=0.01, ge=0.0, le=1.0)
+    """Decoupled weight decay. Default: 0.01."""
+
+
+class MultiresNoise(ApiModel):
+    """Multi-resolution (pyramid) noise added to the training noise."""
+
+    iterations: int = Field(default=0, ge=0, le=10)
+    """Pyramid levels; 0 turns it off. Default: 0."""
+    discount: float = Field(default=0.3, ge=0.0, le=1.0)
+    """Weight factor per level. Default: 0.3."""
+
+
+class MixedPrecision(StrEnum):
+    """Precision of the frozen weights and the forward pass."""
+
+    NO = "no"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+class Training(ApiModel):
+    """How long and how the adapter is trained."""
+
+    steps: int | Literal["auto"] = "auto"
+    """Optimizer steps, or auto: SD1.5 175 per image, SDXL 350 per image (75 per image above 30
+    images), Flux 500 + 50 per image; capped by epochs x images x repeats / batch when the
+    preset is tensorart. Default: auto."""
+    steps_preset: Literal["scenario", "tensorart"] = Field(default="scenario")
+    """scenario: the per-image formula above; tensorart: images x repeats x epochs / batch.
+    Default: scenario."""
+    epochs: int = Field(default=10, ge=1, le=1000)
+    """Epochs; checkpoints and previews are taken at epoch ends. Default: 10."""
+    batch_size: int = Field(default=1, ge=1, le=64)
+    """Images per step (per GPU). Default: 1."""
+    gradient_accumulation: int = Field(default=1, ge=1, le=64)
+    """Micro-batches summed per optimizer step. Default: 1."""
+    unet_learning_rate: float = Field(default=1e-4, gt=0.0, le=1.0)
+    """Learning rate of the denoiser (UNet or Flux transformer) adapter. Default: 1e-4."""
+    text_encoder_learning_rate: float = Field(default=5e-5, ge=0.0, le=1.0)
+    """Learning rate of the text-encoder adapter; 0 freezes the text encoder. Default: 5e-5."""
+    text_encoder_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of the steps (from the start) that also train the text encoder. Default: 0."""
+    lr_scheduler: LrScheduler = Field(default_factory=LrScheduler)
+    """The learning-rate schedule."""
+    optimizer: Optimizer = Field(default_factory=Optimizer)
+    """The optimizer."""
+    max_grad_norm: float = Field(default=1.0, ge=0.0, le=1000.0)
+    """Gradient clipping norm; 0 turns it off. Default: 1.0."""
+    shuffle_tags: bool = Field(default=False)
+    """Shuffle the comma-separated tags of each caption every time it is seen. Default: false."""
+    keep_tokens: int = Field(default=0, ge=0, le=100)
+    """Leading tags kept in place when shuffling or dropping (the trigger). Default: 0."""
+    caption_dropout: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Probability of training a sample with an empty caption. Default: 0."""
+    noise_offset: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Offset noise strength (helps very dark / bright images). Default: 0."""
+    multires_noise: MultiresNoise = Field(default_factory=MultiresNoise)
+    """Multi-resolution noise."""
+    min_snr_gamma: float = Field(default=0.0, ge=0.0, le=100.0)
+    """Min-SNR loss weighting gamma; 0 turns it off (ignored for Flux). Default: 0."""
+    seed: int = Field(default=42, ge=0, le=2**31 - 1)
+    """Seed of everything random: same seed and data give the same adapter on CPU. Default: 42."""
+    mixed_precision: MixedPrecision = Field(default=MixedPrecision.BF16)
+    """no, fp16 or bf16 (falls back to no on CPU). Default: bf16."""
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(default="auto")
+    """Trade compute for memory; auto turns it on when memory would not suffice. Default: auto."""
+    cache_latents: bool = Field(default=True)
+    """Encode images once and reuse the latents when augmentation allows. Default: true."""
+
+
+class Network(ApiModel):
+    """Size of the LoRA / LoCon adapter."""
+
+    dim: int = Field(default=16, ge=1, le=1024)
+    """Rank of the linear (attention and MLP) adapters. Default: 16."""
+    alpha: float = Field(default=8.0, gt=0.0, le=1024.0)
+    """Scale numerator: the adapter output is scaled by alpha / dim. Default: 8."""
+    conv_dim: int = Field(default=0, ge=0, le=512)
+    """Rank of the convolution adapters (LoCon); 0 means none. Default: 0."""
+    conv_alpha: float = Field(default=0.0, ge=0.0, le=512.0)
+    """Scale numerator of the convolution adapters; 0 means convDim. Default: 0."""
+    dropout: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Dropout inside the adapter. Default: 0."""
+
+
+class Embedding(ApiModel):
+    """A textual-inversion embedding (type: embedding)."""
+
+    token: str = Field(default="<concept>", min_length=1, max_length=40, pattern=r"^\S+$")
+    """The new token the embedding is bound to in prompts. Default: <concept>."""
+    initial_phrase: str = Field(min_length=1, max_length=8)
+    """Word(s) whose embedding initialises the new vectors, at most 8 characters."""
+    vectors: int = Field(default=4, ge=1, le=75)
+    """Vectors per token. Default: 4."""

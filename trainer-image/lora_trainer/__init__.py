@@ -1,0 +1,1 @@
+"""lora-trainer: diffusers + peft LoRA / LoCon / embedding training."""
