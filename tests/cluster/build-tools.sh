@@ -5,13 +5,9 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
-K8S_VERSION=v1.34.4
-ETCD_VERSION=v3.5.21
-KWOK_VERSION=v0.7.0
-HELM_VERSION=v3.19.0
-MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+source "$here/versions.env"
 
-bin="${1:-${LORA_TOOLS_DIR:-$HOME/.cache/lora-operator/tools/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION}}"
+bin="${1:-${LORA_TOOLS_DIR:-$HOME/.cache/lora-operator/tools/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION-minio-${MINIO_VERSION: -12}}}"
 mkdir -p "$bin"
 export CGO_ENABLED=0
 

@@ -1,0 +1,80 @@
+# lora-operator — the two commands people need are `make demo` and `make test`;
+# both do their own set-up (apt packages, venv, Go builds of the test ground).
+
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PYTHONPATH := $(CURDIR)/tests
+PYTEST := $(BIN)/pytest -p no:cacheprovider
+
+.PHONY: setup apt venv tools test test-unit test-trainer test-cluster lint crds chaos demo \
+        cluster-up cluster-down bench-cpu bench-gpu bench-scale clean
+
+setup: apt venv tools  ## everything the tests and the demo need
+
+apt:  ## Debian packages: openssl for the test ground's PKI, lua for the Argo CD health check test
+	@missing=""; for p in openssl lua5.4; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[operator,trainer,dev]'
+	touch $@
+
+venv: $(STAMP)
+
+tools:  ## kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm, MinIO from Go modules (cached)
+	bash tests/cluster/build-tools.sh
+
+test: setup  ## the whole suite: unit, trainer (tiny models), cluster (real control plane + MinIO), e2e
+	$(MAKE) lint
+	$(PYTEST) tests -m "not slow and not chaos" --durations=15
+
+test-unit: venv
+	$(PYTEST) tests/unit
+
+test-trainer: venv
+	$(PYTEST) tests/trainer
+
+test-cluster: setup
+	$(PYTEST) tests/cluster tests/e2e
+
+chaos: setup  ## fault injection: kill -9, node loss, storage and apiserver outages
+	$(PYTEST) tests -m chaos
+
+lint: venv
+	$(BIN)/ruff check operator trainer-image tests bench
+	$(BIN)/lint-imports
+	$(BIN)/python -m lora_operator.crdgen --check
+
+crds: venv  ## regenerate crds/ and docs/reference.md from the pydantic models
+	$(BIN)/python -m lora_operator.crdgen
+	bash helm/sync-crds.sh
+
+cluster-up: setup  ## a local control plane + 3 kwok GPU nodes + MinIO for people; prints KUBECONFIG
+	$(BIN)/python -m testground up
+
+cluster-down:
+	$(BIN)/python -m testground down
+
+demo: setup  ## the whole product on one machine: operator, a tiny real training run, previews
+	$(BIN)/python examples/demo.py
+
+bench-cpu: venv
+	$(BIN)/python bench/trainer.py --device cpu
+
+bench-gpu: venv  ## full-size SD1.5 / SDXL / Flux on the GPU (run on a GPU machine)
+	$(BIN)/python bench/trainer.py --device cuda
+
+bench-scale: setup
+	$(BIN)/python bench/operator_scale.py --nodes 100 --jobs 1000
+
+clean:
+	rm -rf $(VENV) .cache
