@@ -94,7 +94,8 @@ class ControlPlane:
             f"--secure-port={free_port()}", "--bind-address=127.0.0.1",
         ).start()
         self.procs["kwok"] = self._proc(
-            "kwok", f"--kubeconfig={kubeconfig}", f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+            "kwok", f"--kubeconfig={kubeconfig}",
+            f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
             f"--server-address=127.0.0.1:{free_port()}", "--node-lease-duration-seconds=40",
             "--cidr=10.0.0.1/16",
         ).start()

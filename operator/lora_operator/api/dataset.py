@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .base import ApiModel
 
@@ -38,6 +38,13 @@ class Crop(ApiModel):
     """Largest bucket side in pixels. Default: 1536."""
     bucket_step: int = Field(default=64, ge=8, le=512)
     """Bucket sides are multiples of this. Default: 64."""
+
+    @model_validator(mode="after")
+    def _min_side_within_max(self) -> Crop:
+        # Mirrors the CRD's CEL rule, so a local run refuses what the apiserver refuses.
+        if self.bucket_min_side > self.bucket_max_side:
+            raise ValueError("bucketMinSide must not exceed bucketMaxSide")
+        return self
 
 
 class Tags(ApiModel):

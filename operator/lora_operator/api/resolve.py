@@ -65,6 +65,8 @@ def fill_defaults(spec: JobSpec) -> JobSpec:
         raise SpecError("embedding", "required when type is embedding (initialPhrase at least)")
     if adapter is not AdapterType.EMBEDDING and spec.embedding is not None:
         raise SpecError("embedding", "only allowed when type is embedding")
+    if spec.network is not None and spec.network.conv_dim > 0 and adapter is not AdapterType.LOCON:
+        raise SpecError("network.convDim", "needs type locon (lora has no conv adapters); set type: locon")
     filled = {}
     for name, field in type(spec).model_fields.items():
         if getattr(spec, name) is None and name not in ("embedding", "template"):

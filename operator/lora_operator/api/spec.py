@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .base import ApiModel
 from .dataset import URI_PATTERN, Dataset
@@ -52,6 +52,10 @@ class Sampler(StrEnum):
     FLOW_EULER = "flow_euler"
 
 
+MAX_PREVIEW_IMAGES = 64
+"""Most preview images per epoch (imagesPerPrompt x prompts): previews must not dwarf training."""
+
+
 class Previews(ApiModel):
     """Images generated with the adapter at epoch ends, to judge epochs by eye."""
 
@@ -73,6 +77,12 @@ class Previews(ApiModel):
     """Seed; the same seed every epoch so epochs compare. Default: 1234."""
     size: str | None = Field(default=None, pattern=r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
     """WIDTHxHEIGHT of previews. Default: the training size."""
+
+    @model_validator(mode="after")
+    def _bounded_image_count(self) -> Previews:
+        if self.images_per_prompt * len(self.prompts) > MAX_PREVIEW_IMAGES:
+            raise ValueError(f"imagesPerPrompt x len(prompts) must not exceed {MAX_PREVIEW_IMAGES}")
+        return self
 
 
 class CheckpointFormat(StrEnum):
@@ -120,9 +130,13 @@ class Toleration(ApiModel):
     """A Kubernetes toleration."""
 
     key: str | None = None
+    """Taint key; empty with operator Exists matches every taint."""
     operator: Literal["Exists", "Equal"] = "Equal"
+    """Exists or Equal. Default: Equal."""
     value: str | None = None
+    """Taint value to match with operator Equal."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to match; empty matches all effects."""
 
 
 class Placement(ApiModel):
@@ -147,6 +161,12 @@ class RetryPolicy(ApiModel):
     """First backoff; doubles per crash. Default: 30."""
     max_backoff_seconds: int = Field(default=600, ge=0, le=86400)
     """Longest backoff. Default: 600."""
+
+    @model_validator(mode="after")
+    def _backoff_within_max(self) -> RetryPolicy:
+        if self.backoff_seconds > self.max_backoff_seconds:
+            raise ValueError("backoffSeconds must not exceed maxBackoffSeconds")
+        return self
 
 
 class JobSettings(ApiModel):

@@ -52,15 +52,23 @@ class Progress(ApiModel):
     """Training progress as last reported by the trainer."""
 
     step: int = 0
+    """Optimizer steps done."""
     total_steps: int = 0
+    """Optimizer steps planned."""
     epoch: int = 0
+    """Epochs done."""
     total_epochs: int = 0
+    """Epochs planned."""
     loss: float | None = None
+    """Training loss, smoothed over the last steps."""
     steps_per_second: float | None = None
+    """Recent training speed."""
     eta_seconds: float | None = None
+    """Estimated seconds until training ends."""
     percent: int = 0
     """0-100, for the printer column."""
     updated_at: str | None = None
+    """When the trainer wrote this report (RFC 3339)."""
 
 
 class CheckpointRecord(ApiModel):
@@ -69,21 +77,32 @@ class CheckpointRecord(ApiModel):
     name: str
     """epoch-NNNN."""
     epoch: int
+    """Epoch the checkpoint was taken at."""
     step: int
+    """Optimizer step the checkpoint was taken at."""
     uri: str
+    """Where the checkpoint file or folder is."""
     format: str
+    """kohya, diffusers or embedding."""
     size_bytes: int | None = None
+    """Size in bytes."""
     sha256: str | None = None
+    """sha256 of the file (kohya and embedding formats)."""
     validation_loss: float | None = None
+    """Loss on the held-out images at this checkpoint."""
 
 
 class PreviewRecord(ApiModel):
     """Preview images of one epoch."""
 
     epoch: int
+    """Epoch the images were generated at."""
     prompt: str
+    """The prompt."""
     uris: list[str] = Field(default_factory=list)
+    """The images, one per imagesPerPrompt."""
     grid: str | None = None
+    """All previews of the epoch in one image."""
 
 
 class JobOutput(ApiModel):
@@ -117,10 +136,15 @@ class JobStatus(ApiModel):
     not_before: str | None = None
     """Backoff: not admitted again before this time."""
     attempts: list[Attempt] = Field(default_factory=list)
+    """Every trainer pod of the job, oldest first."""
     progress: Progress | None = None
+    """Progress of the current attempt."""
     checkpoints: list[CheckpointRecord] = Field(default_factory=list)
+    """Checkpoints written so far, oldest first."""
     previews: list[PreviewRecord] = Field(default_factory=list)
+    """Preview images written so far."""
     output: JobOutput | None = None
+    """The finalized result, once selectedCheckpoint was copied to final/."""
     resolved_spec: dict | None = None
     """The spec after template and defaults, as the trainer sees it."""
     spec_hash: str | None = None
@@ -128,7 +152,10 @@ class JobStatus(ApiModel):
     admitted_at: str | None = None
     """First admission time (for activeDeadlineSeconds)."""
     start_time: str | None = None
+    """When the first trainer pod started."""
     completion_time: str | None = None
+    """When the job succeeded or failed."""
     observed_generation: int | None = None
+    """metadata.generation the operator last acted on."""
     message: str | None = None
     """Last human-readable word on the job."""

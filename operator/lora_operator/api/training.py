@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -73,7 +73,7 @@ class MixedPrecision(StrEnum):
 class Training(ApiModel):
     """How long and how the adapter is trained."""
 
-    steps: int | Literal["auto"] = "auto"
+    steps: Annotated[int, Field(ge=1, le=10_000_000)] | Literal["auto"] = "auto"
     """Optimizer steps, or auto: SD1.5 175 per image, SDXL 350 per image (75 per image above 30
     images), Flux 500 + 50 per image; capped by epochs x images x repeats / batch when the
     preset is tensorart. Default: auto."""
