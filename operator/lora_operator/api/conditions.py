@@ -60,6 +60,8 @@ class Reason(StrEnum):
     """spec.suspend was set."""
     RESUMED = "Resumed"
     """spec.suspend was cleared; the job is queued again."""
+    CANCELLED = "Cancelled"
+    """The job was deleted (cancelled) by the user; its pod was removed."""
     CHECKPOINT_SELECTED = "CheckpointSelected"
     """spec.selectedCheckpoint was copied to final/."""
 

@@ -20,7 +20,9 @@ class ObjectMeta(ApiModel):
 
     model_config = ApiModel.model_config | {"extra": "allow"}
     name: str | None = None
+    """Name of the object."""
     namespace: str | None = None
+    """Namespace of the object (none for cluster-scoped kinds)."""
 
 
 class TemplateSpec(JobSettings):
@@ -64,6 +66,7 @@ class LoraTrainingTemplate(Resource):
     SHORT_NAMES = ("ltt",)
     kind: str = KIND
     spec: TemplateSpec
+    """Values for the jobs that name this template; a job's own fields win."""
 
 
 class ClusterLoraTrainingTemplate(Resource):
@@ -75,6 +78,7 @@ class ClusterLoraTrainingTemplate(Resource):
     SHORT_NAMES = ("cltt",)
     kind: str = KIND
     spec: TemplateSpec
+    """Values for the jobs that name this template; a job's own fields win."""
 
 
 KINDS: tuple[type[Resource], ...] = (LoraTrainingJob, LoraTrainingTemplate, ClusterLoraTrainingTemplate)

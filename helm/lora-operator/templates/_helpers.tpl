@@ -1,0 +1,71 @@
+{{/* Names and labels shared by the templates. */}}
+
+{{- define "lora-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "lora-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "lora-operator.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "lora-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* The operator pods; trainer pods carry app.kubernetes.io/component: trainer instead. */}}
+{{- define "lora-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "lora-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "lora-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "lora-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "lora-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "lora-operator.trainerImage" -}}
+{{- printf "%s:%s" .Values.trainer.image.repository (default .Chart.AppVersion .Values.trainer.image.tag) }}
+{{- end }}
+
+{{/* Trainer pods run in every job's namespace: the ServiceAccount goes to each of these. */}}
+{{- define "lora-operator.trainerNamespaces" -}}
+{{- $namespaces := list .Release.Namespace }}
+{{- if .Values.operator.watchNamespace }}
+{{- $namespaces = append $namespaces .Values.operator.watchNamespace }}
+{{- end }}
+{{- concat $namespaces .Values.trainer.serviceAccount.namespaces | uniq | toJson }}
+{{- end }}
+
+{{/* The GPU-node toleration as the JSON list in LORA_GPU_TOLERATIONS (Exists carries no value). */}}
+{{- define "lora-operator.gpuTolerations" -}}
+{{- $t := .Values.gpu.toleration }}
+{{- $out := dict "key" $t.key "operator" $t.operator }}
+{{- if and (eq $t.operator "Equal") $t.value }}
+{{- $_ := set $out "value" $t.value }}
+{{- end }}
+{{- if $t.effect }}
+{{- $_ := set $out "effect" $t.effect }}
+{{- end }}
+{{- list $out | toJson }}
+{{- end }}

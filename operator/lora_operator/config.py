@@ -1,0 +1,98 @@
+"""The operator's configuration, read once from the environment of its Deployment.
+
+Every setting has one environment variable (docs/CONTRACTS.md, "Operator configuration").
+A bad value stops the operator at start with a message naming the variable, rather than
+surfacing later as a half-working reconcile loop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """An environment variable of the operator holds a value it cannot use."""
+
+    def __init__(self, variable: str, message: str):
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+
+
+class OperatorConfig(BaseModel):
+    """Settings of the operator process. Immutable; build it with `OperatorConfig.from_env()`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    trainer_image: str = Field(default="ghcr.io/lora-operator/lora-trainer:0.1.0", min_length=1)
+    """LORA_TRAINER_IMAGE: trainer image for jobs without spec.placement.image."""
+    trainer_service_account: str = Field(default="lora-trainer", min_length=1, max_length=253)
+    """LORA_TRAINER_SERVICE_ACCOUNT: service account of trainer pods (its token is never mounted)."""
+    storage_endpoint: str = ""
+    """LORA_STORAGE_ENDPOINT: host:port of the S3 endpoint (MinIO) the trainer and operator use."""
+    storage_secure: bool = False
+    """LORA_STORAGE_SECURE: use TLS to the storage endpoint ("true"/"false")."""
+    storage_secret: str = Field(default="lora-storage", min_length=1, max_length=253)
+    """LORA_STORAGE_SECRET: Secret (keys accessKey, secretKey) for jobs without spec.storage.secretRef."""
+    storage_access_key: str | None = Field(default=None, repr=False)
+    """LORA_STORAGE_ACCESS_KEY: the operator's own access key, to read progress."""
+    storage_secret_key: str | None = Field(default=None, repr=False)
+    """LORA_STORAGE_SECRET_KEY: the operator's own secret key, to read progress."""
+    gpu_resource: str = Field(default="nvidia.com/gpu", pattern=r"^[A-Za-z0-9.-]+/[A-Za-z0-9._-]+$")
+    """LORA_GPU_RESOURCE: extended resource name of the GPUs."""
+    gpu_type_label: str = Field(default="lora-operator.io/gpu-type", min_length=1, max_length=317)
+    """LORA_GPU_TYPE_LABEL: node label whose value spec.placement.gpuType must equal."""
+    watch_namespace: str = ""
+    """LORA_WATCH_NAMESPACE: the one namespace to watch; empty watches all."""
+    metrics_port: int = Field(default=8080, ge=1, le=65535)
+    """LORA_METRICS_PORT: port of the Prometheus endpoint."""
+    unschedulable_timeout: float = Field(default=300.0, gt=0)
+    """LORA_UNSCHEDULABLE_TIMEOUT: seconds a trainer pod may stay unschedulable or fail to pull its image."""
+    progress_interval: float = Field(default=10.0, gt=0)
+    """LORA_PROGRESS_INTERVAL: seconds between progress reads of a running job."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        """Build the configuration from environment variables.
+
+        Unset or empty variables take their defaults.
+
+        Args:
+            env: The environment to read; defaults to ``os.environ``.
+
+        Raises:
+            ConfigError: A variable holds an unusable value; the message names it.
+        """
+        env = os.environ if env is None else env
+        values = {field: env[var] for field, var in ENV_VARS.items() if env.get(var, "").strip() != ""}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = str(first["loc"][0]) if first["loc"] else ""
+            variable = ENV_VARS.get(field, field)
+            raise ConfigError(variable, f"{first['msg']} (got {env.get(variable)!r})") from err
+
+    def env_var(self, field: str) -> str:
+        """The environment variable that sets `field` (for messages and the Helm chart)."""
+        return ENV_VARS[field]
+
+
+ENV_VARS: dict[str, str] = {
+    "trainer_image": "LORA_TRAINER_IMAGE",
+    "trainer_service_account": "LORA_TRAINER_SERVICE_ACCOUNT",
+    "storage_endpoint": "LORA_STORAGE_ENDPOINT",
+    "storage_secure": "LORA_STORAGE_SECURE",
+    "storage_secret": "LORA_STORAGE_SECRET",
+    "storage_access_key": "LORA_STORAGE_ACCESS_KEY",
+    "storage_secret_key": "LORA_STORAGE_SECRET_KEY",
+    "gpu_resource": "LORA_GPU_RESOURCE",
+    "gpu_type_label": "LORA_GPU_TYPE_LABEL",
+    "watch_namespace": "LORA_WATCH_NAMESPACE",
+    "metrics_port": "LORA_METRICS_PORT",
+    "unschedulable_timeout": "LORA_UNSCHEDULABLE_TIMEOUT",
+    "progress_interval": "LORA_PROGRESS_INTERVAL",
+}
+"""Field name -> environment variable, the whole contract of the operator's configuration."""

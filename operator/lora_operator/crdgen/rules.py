@@ -1,0 +1,115 @@
+"""CEL validation rules (``x-kubernetes-validations``) of the three kinds.
+
+Each rule mirrors a check the models or ``resolve_spec`` make, so the apiserver refuses at
+``kubectl apply`` what the operator would refuse later. Because a job's unset fields may come
+from its template, a rule only refuses what is wrong whatever the template says: a job that
+names a template is checked for explicit contradictions only, and the operator's resolution
+catches the rest with the same message.
+
+Rules are keyed by the model (``$defs`` name) they sit on, so they follow the model wherever
+it is inlined; the immutability rules sit at the root of the job, the only place that sees
+both ``spec`` and ``status``.
+"""
+
+from __future__ import annotations
+
+from ..api.spec import IMMUTABLE_AFTER_ADMISSION, MAX_PREVIEW_IMAGES
+
+
+def rule(expression: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict:
+    """One ``x-kubernetes-validations`` entry.
+
+    Args:
+        expression: the CEL expression; ``self`` is the object the rule sits on.
+        message: what the user reads; names the field, says what to do.
+        field_path: the field the error is reported at, relative to ``self`` (``.a.b``).
+        reason: FieldValueInvalid (default), FieldValueForbidden or FieldValueRequired.
+    """
+    entry = {"rule": expression, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    if reason:
+        entry["reason"] = reason
+    return entry
+
+
+EMBEDDING_ONLY = "spec.embedding is only allowed with spec.type: embedding"
+EMBEDDING_REQUIRED = "spec.embedding is required with spec.type: embedding (set embedding.initialPhrase)"
+CONV_DIM_NEEDS_LOCON = (
+    "spec.network.convDim > 0 needs spec.type: locon (a lora adapter has no convolution layers); "
+    "set type: locon or leave convDim at 0"
+)
+HAS_CONV = "has(self.network) && has(self.network.convDim) && self.network.convDim > 0"
+
+
+def _job_spec_rules() -> list[dict]:
+    """A job's unset type is its template's, or lora when it names none."""
+    return [
+        rule(
+            "!has(self.embedding) || (has(self.type) ? self.type == 'embedding' : has(self.template))",
+            EMBEDDING_ONLY, ".embedding", "FieldValueForbidden",
+        ),
+        rule(
+            "!has(self.type) || self.type != 'embedding' || has(self.embedding) || has(self.template)",
+            EMBEDDING_REQUIRED, ".embedding", "FieldValueRequired",
+        ),
+        rule(
+            f"!({HAS_CONV}) || (has(self.type) ? self.type == 'locon' : has(self.template))",
+            CONV_DIM_NEEDS_LOCON, ".network.convDim",
+        ),
+    ]
+
+
+def _template_spec_rules() -> list[dict]:
+    """A template may leave type or embedding to its jobs: only contradictions are refused."""
+    return [
+        rule(
+            "!has(self.embedding) || !has(self.type) || self.type == 'embedding'",
+            EMBEDDING_ONLY, ".embedding", "FieldValueForbidden",
+        ),
+        rule(f"!({HAS_CONV}) || !has(self.type) || self.type == 'locon'", CONV_DIM_NEEDS_LOCON, ".network.convDim"),
+    ]
+
+
+def _both_set_order(low: str, high: str) -> dict:
+    return rule(
+        f"!has(self.{low}) || !has(self.{high}) || self.{low} <= self.{high}",
+        f"{low} must not exceed {high}", f".{low}",
+    )
+
+
+MODEL_RULES: dict[str, list[dict]] = {
+    "JobSpec": _job_spec_rules(),
+    "TemplateSpec": _template_spec_rules(),
+    "Crop": [_both_set_order("bucketMinSide", "bucketMaxSide")],
+    "RetryPolicy": [_both_set_order("backoffSeconds", "maxBackoffSeconds")],
+    "Previews": [rule(
+        "!has(self.prompts) || !has(self.imagesPerPrompt) || "
+        f"self.imagesPerPrompt * size(self.prompts) <= {MAX_PREVIEW_IMAGES}",
+        f"previews.imagesPerPrompt x the number of previews.prompts must not exceed {MAX_PREVIEW_IMAGES}",
+        ".imagesPerPrompt",
+    )],
+}
+"""Rules by the model they sit on (its JSON-schema ``$defs`` name)."""
+
+IMMUTABLE_MESSAGE = "spec.{field} is immutable once the job was admitted; create a new job (kubectl lora retrain)"
+
+
+def immutability_rules(fields: tuple[str, ...] = IMMUTABLE_AFTER_ADMISSION) -> list[dict]:
+    """Transition rules for the root of LoraTrainingJob: `fields` freeze once status.admittedAt is set.
+
+    The rules sit at the root because only there ``self`` is the whole object: a rule on
+    ``spec`` cannot read ``status``. The operator writes ``status.admittedAt`` through the
+    status subresource; an update of the main resource keeps the stored status, so
+    ``oldSelf.status`` is the truth. Presence counts as a change: adding or removing the
+    field after admission is refused too.
+    """
+    admitted = "has(oldSelf.status) && has(oldSelf.status.admittedAt)"
+    return [
+        rule(
+            f"!({admitted}) || (has(self.spec.{f}) == has(oldSelf.spec.{f}) && "
+            f"(!has(self.spec.{f}) || self.spec.{f} == oldSelf.spec.{f}))",
+            IMMUTABLE_MESSAGE.format(field=f), f".spec.{f}", "FieldValueForbidden",
+        )
+        for f in fields
+    ]

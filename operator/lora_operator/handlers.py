@@ -1,0 +1,135 @@
+"""kopf bindings: the only module that imports kopf. Each handler is a thin shell over the
+controller: indexes mirror jobs, trainer pods and GPU nodes; events reconcile the job they
+concern and kick the scheduling loop; timers read progress and enforce deadlines and TTLs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from . import status_transitions as st
+from .api import GROUP, VERSION, LoraTrainingJob
+from .config import OperatorConfig
+from .controller import Controller, needs_timer
+from .k8s import Kube
+from .metrics import OperatorMetrics, start_metrics_server
+from .views import JOB_UID_LABEL, TRAINER_COMPONENT, JobView, gpu_node, pod_active, utcnow
+
+log = logging.getLogger(__name__)
+JOBS = (GROUP, VERSION, LoraTrainingJob.PLURAL)
+TRAINER_PODS = {TRAINER_COMPONENT[0]: TRAINER_COMPONENT[1]}
+PROGRESS_INTERVAL = float(os.environ.get("LORA_PROGRESS_INTERVAL", "10"))
+GPU_RESOURCE = os.environ.get("LORA_GPU_RESOURCE", "nvidia.com/gpu")
+
+
+def _emit(body: Any, type_: str, reason: str, message: str) -> None:
+    kopf.event(body, type=type_, reason=reason, message=message[:1000])
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Kopf's own state goes to annotations (the strict status schema would prune it)."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    settings.execution.max_workers = 32
+    config = OperatorConfig.from_env()
+    metrics = OperatorMetrics()
+    memo.controller = Controller(Kube.connect(), config, metrics, _emit)
+    memo.metrics_server = start_metrics_server(config.metrics_port, metrics.registry)
+    memo.loop_task = asyncio.create_task(memo.controller.loop())
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    task = getattr(memo, "loop_task", None)
+    if task:
+        task.cancel()
+
+
+@kopf.index(*JOBS)
+def jobs_index(uid: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return {uid: dict(body)}
+
+
+@kopf.index("", "v1", "pods", labels=TRAINER_PODS)
+def pods_index(labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[str, Any] | None:
+    uid = labels.get(JOB_UID_LABEL)
+    return {uid: dict(body)} if uid else None
+
+
+@kopf.index("", "v1", "nodes")
+def nodes_index(name: str, body: kopf.Body, **_: Any) -> dict[str, Any] | None:
+    node = gpu_node(body, GPU_RESOURCE)
+    return {name: node} if node else None
+
+
+def _controller(memo: kopf.Memo, jobs_index: kopf.Index, pods_index: kopf.Index,
+                nodes_index: kopf.Index) -> Controller:
+    controller: Controller = memo.controller
+    controller.bind(jobs_index, pods_index, nodes_index)
+    return controller
+
+
+@kopf.on.event(*JOBS)
+async def job_changed(uid: str, type: str | None, memo: kopf.Memo, jobs_index: kopf.Index,
+                      pods_index: kopf.Index, nodes_index: kopf.Index, **_: Any) -> None:
+    controller = _controller(memo, jobs_index, pods_index, nodes_index)
+    if type != "DELETED":
+        await controller.reconcile(uid)
+    controller.kick()
+
+
+@kopf.on.delete(*JOBS)
+async def job_deleted(body: kopf.Body, uid: str, memo: kopf.Memo, jobs_index: kopf.Index,
+                      pods_index: kopf.Index, nodes_index: kopf.Index, **_: Any) -> None:
+    """Cancel: the phase becomes Cancelled and the trainer pod is removed before the job goes."""
+    controller = _controller(memo, jobs_index, pods_index, nodes_index)
+    view = JobView.of(body)
+    lifecycle = controller.lifecycle
+    await asyncio.to_thread(lifecycle.delete_pods, view, controller.pods_of(uid))
+    if view.status.phase not in st.FINISHED_PHASES:
+        await asyncio.to_thread(lifecycle.write, view, st.cancelled(view.status, now=utcnow()), False)
+        _emit(body, "Normal", "Cancelled", "the job was deleted; its trainer pod was removed")
+    controller.metrics.forget_job(view.namespace, view.name)
+    controller.kick()
+
+
+@kopf.on.event("", "v1", "pods", labels=TRAINER_PODS)
+async def trainer_pod_changed(body: kopf.Body, labels: kopf.Labels, type: str | None, memo: kopf.Memo,
+                              jobs_index: kopf.Index, pods_index: kopf.Index, nodes_index: kopf.Index,
+                              **_: Any) -> None:
+    controller = _controller(memo, jobs_index, pods_index, nodes_index)
+    if type == "DELETED" or not pod_active(body):
+        controller.node_freed(body)
+    uid = labels.get(JOB_UID_LABEL)
+    if uid:
+        await controller.reconcile(uid)
+    controller.kick()
+
+
+@kopf.on.event("", "v1", "nodes")
+async def node_changed(type: str | None, name: str, memo: kopf.Memo, jobs_index: kopf.Index,
+                       pods_index: kopf.Index, nodes_index: kopf.Index, **_: Any) -> None:
+    controller = _controller(memo, jobs_index, pods_index, nodes_index)
+    if type == "DELETED":
+        for view in list(controller.all_jobs()):
+            if view.status.node == name:
+                await controller.reconcile(view.uid)
+    controller.kick()
+
+
+@kopf.timer(*JOBS, interval=PROGRESS_INTERVAL, initial_delay=1.0,
+            when=lambda status, spec, **_: needs_timer(status, spec))
+async def follow(uid: str, memo: kopf.Memo, jobs_index: kopf.Index, pods_index: kopf.Index,
+                 nodes_index: kopf.Index, **_: Any) -> None:
+    """Progress of running jobs; deadlines, TTLs and checkpoint selection of finished ones."""
+    controller = _controller(memo, jobs_index, pods_index, nodes_index)
+    await controller.reconcile(uid, progress=True)

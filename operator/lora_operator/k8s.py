@@ -1,0 +1,141 @@
+"""The Kubernetes adapter: the only module that talks to the API server through the client.
+
+Handlers call these functions from worker threads. Every write that depends on what the
+operator read is conditional on the object's resourceVersion, so two replicas (or a
+restarted one acting on a stale view) cannot both admit a job: the second gets a conflict.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from .api import GROUP, VERSION
+from .api.resources import ClusterLoraTrainingTemplate, LoraTrainingJob, LoraTrainingTemplate
+
+log = logging.getLogger(__name__)
+
+
+class Conflict(Exception):
+    """The object changed since it was read; the caller re-reads and decides again."""
+
+
+@dataclass
+class Kube:
+    """Typed access to the few API calls the operator makes."""
+
+    api: client.ApiClient
+    _service_accounts: set[tuple[str, str]] = field(default_factory=set)
+
+    @classmethod
+    def connect(cls) -> Kube:
+        """In-cluster config when running in a pod, else the KUBECONFIG / ~/.kube/config."""
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        return cls(client.ApiClient())
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    def create_pod(self, manifest: dict[str, Any]) -> bool:
+        """Creates the pod; False when a pod of that name exists already (idempotent admission)."""
+        try:
+            self.core.create_namespaced_pod(manifest["metadata"]["namespace"], manifest)
+            return True
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise
+
+    def ensure_service_account(self, namespace: str, name: str) -> None:
+        """Creates the trainer ServiceAccount (no token automount) in a job's namespace once."""
+        if (namespace, name) in self._service_accounts:
+            return
+        body = {"metadata": {"name": name, "labels": {"app.kubernetes.io/name": "lora-operator"}},
+                "automountServiceAccountToken": False}
+        try:
+            self.core.create_namespaced_service_account(namespace, body)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+        self._service_accounts.add((namespace, name))
+
+    def delete_pod(self, namespace: str, name: str, grace_seconds: int | None = None) -> None:
+        """Deletes a pod; a pod already gone is fine."""
+        try:
+            self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace_seconds)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any],
+                         resource_version: str | None = None) -> dict[str, Any]:
+        """Merge-patches status of a job; with `resource_version`, only if nothing changed since.
+
+        Raises:
+            Conflict: the job changed (or is gone) since `resource_version`.
+        """
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            return self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, LoraTrainingJob.PLURAL, name, body)
+        except ApiException as err:
+            if err.status in (404, 409):
+                raise Conflict(f"{namespace}/{name}: {err.reason}") from err
+            raise
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, LoraTrainingJob.PLURAL, name)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, LoraTrainingJob.PLURAL, body)
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, LoraTrainingJob.PLURAL, name)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def get_template(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The namespaced LoraTrainingTemplate of that name, else the cluster one, else None."""
+        for kind, call in (
+            (LoraTrainingTemplate, lambda: self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, LoraTrainingTemplate.PLURAL, name)),
+            (ClusterLoraTrainingTemplate, lambda: self.custom.get_cluster_custom_object(
+                GROUP, VERSION, ClusterLoraTrainingTemplate.PLURAL, name)),
+        ):
+            try:
+                return call()
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+                log.debug("no %s %s", kind.KIND, name)
+        return None
+
+    def get_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The base64 data of a Secret, or None when it does not exist."""
+        try:
+            return self.core.read_namespaced_secret(name, namespace).data or {}
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise

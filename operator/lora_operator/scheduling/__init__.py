@@ -1,0 +1,24 @@
+"""The scheduling core: which waiting job starts on which free GPU node. Pure, no I/O.
+
+Entry point: `schedule(queued, nodes, pods, now, gpu_type_label=...) -> Plan`.
+"""
+
+from .fit import fits, resource_toleration, tolerated
+from .model import Admission, GpuNode, Plan, QueuedJob, Taint, Toleration, TrainerPod
+from .order import queue_order
+from .planner import schedule
+
+__all__ = [
+    "Admission",
+    "GpuNode",
+    "Plan",
+    "QueuedJob",
+    "Taint",
+    "Toleration",
+    "TrainerPod",
+    "fits",
+    "queue_order",
+    "resource_toleration",
+    "schedule",
+    "tolerated",
+]

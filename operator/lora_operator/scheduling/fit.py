@@ -1,0 +1,170 @@
+"""Which free node a job may take: placement matching and an index of free nodes.
+
+Thousands of jobs usually share a handful of placements (selector, tolerations, GPU type)
+and nodes come in a handful of pools (same labels, taints and GPU count). The pool groups
+free nodes into classes of interchangeable nodes and remembers, per placement, which
+classes fit, so a pass costs O(jobs + placements x classes) fit checks, not jobs x nodes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .model import SCHEDULING_EFFECTS, GpuNode, QueuedJob, Taint, Toleration
+
+Placement = tuple[frozenset[tuple[str, str]], frozenset[Toleration], str | None]
+"""What decides where a job fits: node selector items, tolerations, GPU type."""
+
+
+def placement_of(job: QueuedJob) -> Placement:
+    """The hashable placement of a job; jobs with equal placements fit the same nodes."""
+    return frozenset(job.node_selector.items()), frozenset(job.tolerations), job.gpu_type
+
+
+def resource_toleration(resource: str) -> Toleration:
+    """The toleration every trainer pod carries for the GPU resource taint (e.g. nvidia.com/gpu).
+
+    The renderer adds it to the pod, and the scheduler must assume it, or the two disagree
+    about nodes tainted like the GPU operator's ``nvidia.com/gpu:NoSchedule``.
+    """
+    return Toleration(key=resource, operator="Exists", effect="NoSchedule")
+
+
+def tolerated(taints: Iterable[Taint], tolerations: Iterable[Toleration]) -> bool:
+    """Whether every NoSchedule/NoExecute taint is tolerated by some toleration."""
+    tolerations = tuple(tolerations)
+    return all(any(t.tolerates(taint) for t in tolerations) for taint in taints if taint.effect in SCHEDULING_EFFECTS)
+
+
+def fits(
+    job: QueuedJob,
+    node: GpuNode,
+    *,
+    gpu_type_label: str,
+    always_tolerated: Sequence[Toleration] = (),
+) -> bool:
+    """Whether `job` may run on `node` (ignoring whether the node is free).
+
+    Args:
+        job: The waiting job.
+        node: The candidate node.
+        gpu_type_label: Node label compared with ``job.gpu_type``.
+        always_tolerated: Tolerations every trainer pod carries besides the job's own.
+    """
+    return _fits(placement_of(job), node.labels, node.taints, gpu_type_label, always_tolerated)
+
+
+def _fits(
+    placement: Placement,
+    labels: Mapping[str, str],
+    taints: Iterable[Taint],
+    gpu_type_label: str,
+    always_tolerated: Sequence[Toleration],
+) -> bool:
+    selector, tolerations, gpu_type = placement
+    if any(labels.get(key) != value for key, value in selector):
+        return False
+    if gpu_type is not None and labels.get(gpu_type_label) != gpu_type:
+        return False
+    return tolerated(taints, (*tolerations, *always_tolerated))
+
+
+@dataclass
+class _NodeClass:
+    """Free nodes with equal labels, taints and GPU count: any of them serves a job alike."""
+
+    labels: Mapping[str, str]
+    taints: tuple[Taint, ...]
+    gpus: int
+    names: list[str]
+    """Free node names, sorted; taken from the front."""
+    demand: int = 0
+    """Eligible waiting jobs that fit this class (set by `FreePool.count_demand`)."""
+    taken: int = 0
+
+    @property
+    def available(self) -> int:
+        return len(self.names) - self.taken
+
+
+@dataclass
+class FreePool:
+    """The free nodes of one pass, grouped into classes, handed out at most once each."""
+
+    gpu_type_label: str
+    always_tolerated: tuple[Toleration, ...] = ()
+    classes: list[_NodeClass] = field(default_factory=list)
+    remaining: int = 0
+    _fitting: dict[Placement, list[_NodeClass]] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls, nodes: Iterable[GpuNode], *, gpu_type_label: str, always_tolerated: Sequence[Toleration] = ()
+    ) -> FreePool:
+        """Index free nodes; the caller has already dropped busy, not-ready and cordoned ones."""
+        groups: dict[tuple, _NodeClass] = {}
+        for node in nodes:
+            key = (frozenset(node.labels.items()), frozenset(node.taints), node.gpus)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _NodeClass(node.labels, tuple(node.taints), node.gpus, [])
+            group.names.append(node.name)
+        for group in groups.values():
+            group.names.sort()
+        pool = cls(gpu_type_label, tuple(always_tolerated), list(groups.values()))
+        pool.remaining = sum(len(g.names) for g in pool.classes)
+        return pool
+
+    def fitting(self, placement: Placement) -> list[_NodeClass]:
+        """Classes a placement fits, least demanded first (memoized per placement)."""
+        found = self._fitting.get(placement)
+        if found is None:
+            found = self._fitting[placement] = self._sorted(self._match(placement))
+        return found
+
+    def count_demand(self, jobs: Iterable[QueuedJob]) -> None:
+        """Count, per class, the eligible jobs that could use it.
+
+        Must run before the first `take`: the fitting lists are ordered by this demand so
+        a flexible job takes the node fewest other jobs can use, leaving scarce nodes to the
+        jobs that need them.
+        """
+        for placement, count in Counter(placement_of(job) for job in jobs).items():
+            matched = self._fitting[placement] = self._match(placement)
+            for node_class in matched:
+                node_class.demand += count
+        for placement, matched in self._fitting.items():
+            self._fitting[placement] = self._sorted(matched)
+
+    def _match(self, placement: Placement) -> list[_NodeClass]:
+        return [
+            c for c in self.classes if _fits(placement, c.labels, c.taints, self.gpu_type_label, self.always_tolerated)
+        ]
+
+    @staticmethod
+    def _sorted(classes: list[_NodeClass]) -> list[_NodeClass]:
+        # Least demanded first, then the smallest node, then by name: deterministic.
+        return sorted(classes, key=lambda c: (c.demand, c.gpus, c.names[0]))
+
+    def take(self, job: QueuedJob) -> tuple[str, int] | None:
+        """Hand the job a free node it fits, or None; a node is never handed out twice."""
+        if self.remaining == 0:
+            return None
+        classes = self.fitting(placement_of(job))
+        for index, node_class in enumerate(classes):
+            if node_class.available > 0:
+                # Classes before this one are used up for good: drop them so later jobs
+                # with the same placement do not scan them again.
+                del classes[:index]
+                name = node_class.names[node_class.taken]
+                node_class.taken += 1
+                self.remaining -= 1
+                return name, node_class.gpus
+        classes.clear()
+        return None
+
+    def untaken(self) -> tuple[str, ...]:
+        """Names of the free nodes no job took, sorted."""
+        return tuple(sorted(n for c in self.classes for n in c.names[c.taken :]))

@@ -1,0 +1,107 @@
+"""One scheduling pass: waiting jobs + GPU nodes + trainer pods + now -> a Plan.
+
+The pass is greedy in queue order (see `order`): each job not in backoff takes a free node
+it fits, if one is left. Consequences, chosen on purpose:
+
+* No head-of-line blocking: a job that fits no free node is passed over, and jobs behind it
+  that fit other nodes are admitted.
+* No starvation of that head either: it stays first in the order, so the first node it
+  fits that becomes free goes to it before any job behind it.
+* Among fitting free nodes a job takes the one the fewest eligible waiting jobs could use
+  (then the one with the fewest GPUs, then by name), so a job that runs anywhere does not
+  take the only H100 node a job further down is waiting for.
+
+Safety holds whatever the input: a node with an active trainer pod (Pending ones count,
+they target their node through required node affinity) is never handed out, a node is
+handed out at most once per pass, and a job with an active pod is never admitted.
+
+Cost: O(J log J + N log N) for J jobs and N nodes, plus one fit check per distinct
+placement and node class; once no free node is left the rest of the queue only gets
+its position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import TypeVar
+
+from .fit import FreePool
+from .model import Admission, GpuNode, Plan, QueuedJob, Toleration, TrainerPod
+from .order import queue_order, turns_by_namespace
+
+T = TypeVar("T")
+
+
+def schedule(
+    queued: Iterable[QueuedJob],
+    nodes: Iterable[GpuNode],
+    pods: Iterable[TrainerPod],
+    now: datetime,
+    *,
+    gpu_type_label: str,
+    always_tolerated: Sequence[Toleration] = (),
+) -> Plan:
+    """Decide which waiting jobs start now and on which node.
+
+    Args:
+        queued: Jobs waiting for a node (Admitted not True, not suspended, not finished).
+        nodes: All GPU nodes.
+        pods: The operator's trainer pods (finished ones are ignored).
+        now: The time of the pass; jobs whose not_before is later are skipped.
+        gpu_type_label: Node label that ``QueuedJob.gpu_type`` must equal.
+        always_tolerated: Tolerations every trainer pod carries besides the job's own,
+            i.e. ``(resource_toleration(config.gpu_resource),)``.
+
+    Returns:
+        The admissions (queue order) and the positions of the jobs left waiting.
+    """
+    pods = [pod for pod in pods if pod.active]
+    busy = {pod.node for pod in pods if pod.node is not None}
+    running_jobs = {pod.job_uid for pod in pods}
+
+    all_nodes = _unique(nodes, lambda n: n.name)
+    usable = [n for n in all_nodes if n.ready and n.schedulable and n.gpus > 0]
+    pool = FreePool.build(
+        (n for n in usable if n.name not in busy),
+        gpu_type_label=gpu_type_label,
+        always_tolerated=always_tolerated,
+    )
+    waiting = [job for job in _unique(queued, lambda j: j.uid) if job.uid not in running_jobs]
+    ordered = queue_order(waiting, turns_by_namespace(pod.namespace for pod in pods))
+    eligible = [job for job in ordered if not _in_backoff(job, now)]
+    pool.count_demand(eligible)
+
+    admissions: list[Admission] = []
+    left: list[QueuedJob] = []
+    for job in ordered:
+        taken = None if _in_backoff(job, now) else pool.take(job)
+        if taken is None:
+            left.append(job)
+        else:
+            admissions.append(Admission(job_uid=job.uid, node=taken[0], gpus=taken[1]))
+
+    backoffs = [job.not_before for job in left if _in_backoff(job, now)]
+    return Plan(
+        admissions=admissions,
+        positions={job.uid: position for position, job in enumerate(left, start=1)},
+        free_nodes=pool.untaken(),
+        busy_nodes=tuple(sorted(n.name for n in all_nodes if n.name in busy)),
+        next_wakeup=min(backoffs, default=None),
+    )
+
+
+def _in_backoff(job: QueuedJob, now: datetime) -> bool:
+    return job.not_before is not None and job.not_before > now
+
+
+def _unique(items: Iterable[T], key: Callable[[T], str]) -> list[T]:
+    """First occurrence of each key, in input order (a snapshot may list an object twice)."""
+    seen: set[str] = set()
+    unique: list[T] = []
+    for item in items:
+        k = key(item)
+        if k not in seen:
+            seen.add(k)
+            unique.append(item)
+    return unique

@@ -1,0 +1,349 @@
+"""Pure transitions of a job's status: (status, event) -> new status.
+
+Conditions are the truth and follow Kubernetes conventions: `lastTransitionTime` moves only
+when a condition's status flips, reason/message/observedGeneration follow the latest event.
+`phase` is always recomputed from the conditions by `derive_phase`. Every function returns
+a new JobStatus and leaves its input alone; a job that has finished stays finished.
+
+Typical life: queued -> admitted -> pod_running -> attempt_ended (requeue, with backoff or
+not) -> admitted -> ... -> succeeded / failed. suspended / resumed / cancelled may come at
+any time before the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from .api import FINISHED_PHASES, Attempt, Condition, ConditionType, JobStatus, Phase, Reason
+from .outcome import Action, ActionKind, Outcome
+
+CANCELLED = Reason.CANCELLED
+"""Reason of the Failed condition of a cancelled job (phase Cancelled). Not yet in api.Reason."""
+
+C = ConditionType
+
+
+def rfc3339(moment: datetime) -> str:
+    """A timestamp as Kubernetes writes it: UTC, seconds, ``Z``."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def find_condition(conditions: Iterable[Condition], type_: str) -> Condition | None:
+    """The condition of `type_`, or None."""
+    return next((c for c in conditions if c.type == type_), None)
+
+
+def is_true(status: JobStatus, type_: str) -> bool:
+    """Whether the condition `type_` is present with status True."""
+    condition = find_condition(status.conditions, type_)
+    return condition is not None and condition.status == "True"
+
+
+def set_condition(
+    conditions: list[Condition],
+    type_: str,
+    value: bool,
+    reason: str,
+    message: str,
+    now: datetime,
+    generation: int | None = None,
+) -> list[Condition]:
+    """A copy of `conditions` with `type_` set; lastTransitionTime moves only on a flip."""
+    status = "True" if value else "False"
+    old = find_condition(conditions, type_)
+    changed = old is None or old.status != status
+    new = Condition(
+        type=type_,
+        status=status,
+        reason=str(reason),
+        message=message,
+        last_transition_time=rfc3339(now) if changed else old.last_transition_time,
+        observed_generation=generation if generation is not None else (old.observed_generation if old else None),
+    )
+    if old is None:
+        return [*conditions, new]
+    return [new if c.type == type_ else c for c in conditions]
+
+
+def derive_phase(conditions: Iterable[Condition]) -> Phase:
+    """The printer-column summary of the conditions.
+
+    Succeeded > Failed (Cancelled when its reason says so) > Suspended > Running (Admitted
+    True: the job holds a node, its pod starting or running) > Queued (Admitted False) >
+    Pending (nothing decided yet).
+    """
+    by_type = {c.type: c for c in conditions}
+
+    def true(type_: str) -> bool:
+        return type_ in by_type and by_type[type_].status == "True"
+
+    if true(C.SUCCEEDED):
+        return Phase.SUCCEEDED
+    if true(C.FAILED):
+        return Phase.CANCELLED if by_type[C.FAILED].reason == CANCELLED else Phase.FAILED
+    if true(C.SUSPENDED):
+        return Phase.SUSPENDED
+    if true(C.ADMITTED) or true(C.RUNNING):
+        return Phase.RUNNING
+    if C.ADMITTED in by_type:
+        return Phase.QUEUED
+    return Phase.PENDING
+
+
+def _apply(
+    status: JobStatus,
+    now: datetime,
+    generation: int | None,
+    conditions: Iterable[tuple[str, bool, str, str]] = (),
+    **fields: Any,
+) -> JobStatus:
+    """Set conditions and fields, then recompute phase and observedGeneration."""
+    updated = status.conditions
+    for type_, value, reason, message in conditions:
+        updated = set_condition(updated, type_, value, reason, message, now, generation)
+    if generation is not None:
+        fields["observed_generation"] = generation
+    return status.model_copy(update={**fields, "conditions": updated, "phase": derive_phase(updated)}, deep=True)
+
+
+def _finished(status: JobStatus) -> bool:
+    return derive_phase(status.conditions) in FINISHED_PHASES
+
+
+def queued(status: JobStatus, *, position: int | None, now: datetime, generation: int | None = None) -> JobStatus:
+    """The job waits for a node at `position` (1-based; None when unknown).
+
+    A job that is already waiting keeps its Admitted reason (Queued, Backoff, Disrupted...):
+    only queuePosition moves, so a scheduling pass does not churn the conditions.
+    """
+    if _finished(status) or is_true(status, C.SUSPENDED):
+        return status
+    admitted_ = find_condition(status.conditions, C.ADMITTED)
+    conditions = []
+    if admitted_ is None or admitted_.status == "True":
+        conditions.append((C.ADMITTED, False, Reason.QUEUED, "waiting for a free GPU node"))
+    return _apply(status, now, generation, conditions, queue_position=position)
+
+
+def admitted(
+    status: JobStatus,
+    *,
+    node: str,
+    gpus: int,
+    pod: str,
+    attempt: int,
+    now: datetime,
+    generation: int | None = None,
+) -> JobStatus:
+    """The scheduler gave the job `node` and the trainer pod `pod` of `attempt` was created.
+
+    Idempotent for the same attempt (a retried status patch replaces its record).
+    """
+    if _finished(status):
+        return status
+    record = Attempt(number=attempt, pod=pod, node=node, start_time=rfc3339(now))
+    attempts = [a for a in status.attempts if a.number != attempt]
+    if status.attempt != attempt:
+        # An attempt left open (its end never observed) is closed, not counted, so a job
+        # never shows two live attempts.
+        attempts, _ = _close_attempt(
+            attempts, status.attempt, now, reason=Reason.DISRUPTED, message=f"superseded by attempt {attempt}"
+        )
+    attempts.append(record)
+    message = f"node {node} ({gpus} GPUs), attempt {attempt}"
+    return _apply(
+        status,
+        now,
+        generation,
+        [
+            (C.ADMITTED, True, Reason.NODE_ASSIGNED, message),
+            (C.RUNNING, False, Reason.NODE_ASSIGNED, f"pod {pod} is starting"),
+        ],
+        node=node,
+        gpus=gpus,
+        attempt=attempt,
+        attempts=attempts,
+        queue_position=None,
+        not_before=None,
+        admitted_at=status.admitted_at or rfc3339(now),
+        message=message,
+    )
+
+
+def pod_running(status: JobStatus, *, now: datetime, generation: int | None = None) -> JobStatus:
+    """The trainer container of the current attempt is running."""
+    if _finished(status):
+        return status
+    message = f"training on node {status.node}, attempt {status.attempt}"
+    return _apply(
+        status,
+        now,
+        generation,
+        [(C.RUNNING, True, Reason.POD_RUNNING, message)],
+        start_time=status.start_time or rfc3339(now),
+        message=message,
+    )
+
+
+def _close_attempt(
+    attempts: list[Attempt],
+    number: int,
+    now: datetime,
+    *,
+    reason: str,
+    message: str,
+    exit_code: int | None = None,
+    counted: bool = False,
+) -> tuple[list[Attempt], bool]:
+    """Close the open attempt `number`; returns the attempts and whether one was closed."""
+    closed = False
+    result = []
+    for record in attempts:
+        if record.number == number and record.end_time is None:
+            update = {"end_time": rfc3339(now), "reason": str(reason), "message": message or None}
+            record = record.model_copy(update={**update, "exit_code": exit_code, "counted": counted})
+            closed = True
+        result.append(record)
+    return result, closed
+
+
+def attempt_ended(
+    status: JobStatus,
+    *,
+    outcome: Outcome,
+    action: Action,
+    now: datetime,
+    generation: int | None = None,
+) -> JobStatus:
+    """The current attempt's pod ended with `outcome`; apply `action` (from `next_action`).
+
+    The attempt is closed once: calling this again for the same attempt does not count the
+    failure twice. REQUEUE releases the node and sets Admitted False with the action's reason
+    (Backoff with notBefore, Disrupted or Unschedulable); SUCCEED and FAIL end the job.
+    """
+    if action.kind is ActionKind.NONE or _finished(status):
+        return status
+    reason = str(outcome.reason or action.reason or "")
+    attempts, closed = _close_attempt(
+        status.attempts,
+        status.attempt,
+        now,
+        reason=reason,
+        message=outcome.message,
+        exit_code=outcome.exit_code,
+        counted=outcome.counted,
+    )
+    retries = status.retries + (1 if closed and outcome.counted else 0)
+    status = status.model_copy(update={"attempts": attempts, "retries": retries})
+    if action.kind is ActionKind.SUCCEED:
+        return succeeded(status, now=now, generation=generation, message=action.message or outcome.message)
+    if action.kind is ActionKind.FAIL:
+        return failed(status, reason=action.reason or reason, message=action.message, now=now, generation=generation)
+    return _apply(
+        status,
+        now,
+        generation,
+        [
+            (C.ADMITTED, False, action.reason or reason, action.message),
+            (C.RUNNING, False, reason, outcome.message),
+        ],
+        node=None,
+        gpus=None,
+        not_before=rfc3339(action.not_before) if action.not_before else None,
+        message=action.message,
+    )
+
+
+def succeeded(
+    status: JobStatus, *, now: datetime, generation: int | None = None, message: str = "training complete"
+) -> JobStatus:
+    """Training finished; the node is released. Closes an attempt still open."""
+    if _finished(status):
+        return status
+    reason = Reason.TRAINING_COMPLETE
+    attempts, _ = _close_attempt(status.attempts, status.attempt, now, reason=reason, message=message, exit_code=0)
+    return _apply(
+        status,
+        now,
+        generation,
+        [
+            (C.SUCCEEDED, True, reason, message),
+            (C.RUNNING, False, reason, message),
+            (C.ADMITTED, False, reason, "the GPU node is released"),
+        ],
+        attempts=attempts,
+        queue_position=None,
+        not_before=None,
+        completion_time=rfc3339(now),
+        message=message,
+    )
+
+
+def failed(status: JobStatus, *, reason: str, message: str, now: datetime, generation: int | None = None) -> JobStatus:
+    """The job ends without a result (InputError, RetriesExhausted, DeadlineExceeded, InvalidSpec...).
+
+    An attempt still open is closed with the same reason, not counted.
+    """
+    if _finished(status):
+        return status
+    attempts, _ = _close_attempt(status.attempts, status.attempt, now, reason=reason, message=message)
+    conditions = [(C.FAILED, True, reason, message)]
+    for type_ in (C.RUNNING, C.ADMITTED):
+        if find_condition(status.conditions, type_) is not None:
+            conditions.append((type_, False, reason, message))
+    return _apply(
+        status,
+        now,
+        generation,
+        conditions,
+        attempts=attempts,
+        queue_position=None,
+        not_before=None,
+        completion_time=rfc3339(now),
+        message=message,
+    )
+
+
+def cancelled(
+    status: JobStatus, *, now: datetime, generation: int | None = None, message: str = "cancelled by the user"
+) -> JobStatus:
+    """The job was cancelled: Failed with reason Cancelled, phase Cancelled."""
+    return failed(status, reason=CANCELLED, message=message, now=now, generation=generation)
+
+
+def suspended(status: JobStatus, *, now: datetime, generation: int | None = None) -> JobStatus:
+    """spec.suspend was set: the pod is (being) deleted, the node released, the attempt closed."""
+    if _finished(status):
+        return status
+    message = "spec.suspend is true"
+    attempts, _ = _close_attempt(status.attempts, status.attempt, now, reason=Reason.SUSPENDED, message=message)
+    conditions = [
+        (C.SUSPENDED, True, Reason.SUSPENDED, message),
+        (C.ADMITTED, False, Reason.SUSPENDED, message),
+    ]
+    if find_condition(status.conditions, C.RUNNING) is not None:
+        conditions.append((C.RUNNING, False, Reason.SUSPENDED, message))
+    return _apply(
+        status,
+        now,
+        generation,
+        conditions,
+        attempts=attempts,
+        node=None,
+        gpus=None,
+        queue_position=None,
+        message=message,
+    )
+
+
+def resumed(status: JobStatus, *, now: datetime, generation: int | None = None) -> JobStatus:
+    """spec.suspend was cleared: the job is queued again."""
+    if _finished(status) or not is_true(status, C.SUSPENDED):
+        return status
+    message = "spec.suspend was cleared; waiting for a free GPU node"
+    conditions = [(C.SUSPENDED, False, Reason.RESUMED, message), (C.ADMITTED, False, Reason.QUEUED, message)]
+    return _apply(status, now, generation, conditions, message=message)

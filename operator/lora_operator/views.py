@@ -1,0 +1,145 @@
+"""Typed views of the raw objects the watch streams deliver (jobs, pods, nodes). Pure parsing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .api import JobStatus, Phase
+from .outcome import PodSnapshot
+from .scheduling import GpuNode, QueuedJob, Taint, Toleration, TrainerPod
+
+TRAINER_COMPONENT = ("app.kubernetes.io/component", "trainer")
+JOB_UID_LABEL = "lora-operator.io/job-uid"
+ATTEMPT_LABEL = "lora-operator.io/attempt"
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """An RFC 3339 timestamp of the API server as an aware datetime."""
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A LoraTrainingJob as the controller reads it."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int | None
+    resource_version: str | None
+    created: datetime
+    spec: Mapping[str, Any]
+    status: JobStatus
+    deleting: bool
+    body: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> JobView:
+        meta = body["metadata"]
+        return cls(
+            namespace=meta["namespace"], name=meta["name"], uid=meta["uid"], generation=meta.get("generation"),
+            resource_version=meta.get("resourceVersion"),
+            created=parse_time(meta.get("creationTimestamp")) or utcnow(),
+            spec=body.get("spec") or {}, status=JobStatus.model_validate(body.get("status") or {}),
+            deleting=bool(meta.get("deletionTimestamp")), body=body,
+        )
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def suspend_requested(self) -> bool:
+        return bool(self.spec.get("suspend"))
+
+    def waiting(self) -> bool:
+        """Queued for a node: resolved, not suspended, not finished, not being deleted."""
+        return (self.status.phase is Phase.QUEUED and self.status.resolved_spec is not None
+                and not self.suspend_requested and not self.deleting)
+
+    def as_queued(self) -> QueuedJob:
+        placement = (self.status.resolved_spec or {}).get("placement") or {}
+        return QueuedJob(
+            uid=self.uid, namespace=self.namespace, name=self.name, priority=int(self.spec.get("priority", 0)),
+            created=self.created, not_before=parse_time(self.status.not_before),
+            node_selector=placement.get("nodeSelector") or {},
+            tolerations=tuple(Toleration.from_mapping(t) for t in placement.get("tolerations") or ()),
+            gpu_type=placement.get("gpuType"),
+        )
+
+
+def gpu_node(body: Mapping[str, Any], gpu_resource: str) -> GpuNode | None:
+    """The scheduling view of a Node, or None when it has no GPUs."""
+    status = body.get("status") or {}
+    gpus = int(str((status.get("allocatable") or {}).get(gpu_resource, "0")) or 0)
+    if gpus <= 0:
+        return None
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
+    spec = body.get("spec") or {}
+    return GpuNode(
+        name=body["metadata"]["name"], ready=ready, schedulable=not spec.get("unschedulable", False), gpus=gpus,
+        labels=dict(body["metadata"].get("labels") or {}),
+        taints=tuple(Taint.from_mapping(t) for t in spec.get("taints") or ()),
+    )
+
+
+def pod_target_node(body: Mapping[str, Any]) -> str | None:
+    """The node a trainer pod runs on, or the one its required node affinity pins it to."""
+    node = (body.get("spec") or {}).get("nodeName")
+    if node:
+        return node
+    terms = (((body.get("spec") or {}).get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", [])
+    for term in terms:
+        for field in term.get("matchFields") or ():
+            if field.get("key") == "metadata.name" and field.get("values"):
+                return field["values"][0]
+    return None
+
+
+def pod_active(body: Mapping[str, Any]) -> bool:
+    return (body.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
+def trainer_pod(body: Mapping[str, Any]) -> TrainerPod:
+    meta = body["metadata"]
+    return TrainerPod(name=meta["name"], node=pod_target_node(body), job_uid=meta["labels"].get(JOB_UID_LABEL, ""),
+                      active=pod_active(body), namespace=meta["namespace"])
+
+
+def pod_snapshot(body: Mapping[str, Any] | None, *, node_exists: bool) -> PodSnapshot:
+    """What the outcome classifier needs from a trainer pod (None: the pod is gone)."""
+    if body is None:
+        return PodSnapshot(phase="Unknown", missing=True)
+    status = body.get("status") or {}
+    container = next(iter(status.get("containerStatuses") or ()), {})
+    state = container.get("state") or {}
+    terminated = state.get("terminated") or container.get("lastState", {}).get("terminated") or {}
+    waiting = state.get("waiting") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or ()}
+    scheduled = conditions.get("PodScheduled", {})
+    unschedulable = scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+    return PodSnapshot(
+        phase=status.get("phase", "Pending"),
+        exit_code=terminated.get("exitCode"),
+        terminated_reason=terminated.get("reason"),
+        termination_message=terminated.get("message"),
+        status_reason=status.get("reason"),
+        status_message=status.get("message"),
+        disruption_target=conditions.get("DisruptionTarget", {}).get("status") == "True",
+        node_deleted=bool(pod_target_node(body)) and not node_exists,
+        waiting_reason=waiting.get("reason"),
+        waiting_message=waiting.get("message"),
+        unschedulable_since=parse_time(scheduled.get("lastTransitionTime")) if unschedulable else None,
+        waiting_since=parse_time(scheduled.get("lastTransitionTime")) or parse_time(body["metadata"].get(
+            "creationTimestamp")),
+    )

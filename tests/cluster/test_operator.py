@@ -1,0 +1,221 @@
+"""The operator on the real local control plane: queueing, one job per GPU node, outcomes.
+
+kwok plays the kubelet: it runs the trainer pods the operator creates; the tests end them the
+way a kubelet would (status subresource: Succeeded, Failed with an exit code, evicted).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from testground.operator import OperatorProcess, install_crds, run_kubectl_json, storage_secret
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def operator(ground, tmp_path_factory):
+    install_crds(ground)
+    op = OperatorProcess(ground, tmp_path_factory.mktemp("operator") / "operator.log").start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def ns(ground, request):
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    ground.kubectl("create", "namespace", name)
+    ground.apply(storage_secret(ground, name))
+    yield name
+    ground.kubectl("delete", "namespace", name, "--wait=false")
+
+
+def job(name: str, gpu_type: str, priority: int = 0, **spec) -> dict:
+    return {
+        "apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob", "metadata": {"name": name},
+        "spec": {
+            "baseModel": {"family": "sd15", "uri": "s3://models/tiny-sd15"},
+            "dataset": {"uri": "s3://datasets/none-needed/"},
+            "output": {"uri": "s3://loras/"},
+            "placement": {"gpuType": gpu_type},
+            "priority": priority,
+            "retryPolicy": {"maxRetries": 1, "backoffSeconds": 1, "maxBackoffSeconds": 2},
+            **spec,
+        },
+    }
+
+
+def get_job(ground, ns: str, name: str) -> dict:
+    return run_kubectl_json(ground, "get", "ltj", "-n", ns, name)
+
+
+def phase(ground, ns: str, name: str) -> str | None:
+    return get_job(ground, ns, name).get("status", {}).get("phase")
+
+
+def wait_phase(ground, operator, ns, name, wanted, timeout=60):
+    try:
+        ground.wait_for(lambda: phase(ground, ns, name) == wanted, timeout=timeout, what=f"{name} {wanted}")
+    except TimeoutError:
+        raise AssertionError(f"{name}: phase {phase(ground, ns, name)}, wanted {wanted}\n"
+                             f"{json.dumps(get_job(ground, ns, name).get('status'), indent=1)[:3000]}\n"
+                             f"--- operator log ---\n{operator.tail()}") from None
+
+
+def trainer_pods(ground, ns: str) -> list[dict]:
+    return run_kubectl_json(ground, "get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=trainer")["items"]
+
+
+def end_pod(ground, ns: str, pod: str, exit_code: int, reason: str | None = None) -> None:
+    """Ends a trainer pod as its kubelet would: terminated container, pod phase from the exit code."""
+    terminated = {"exitCode": exit_code, "reason": reason or ("Completed" if exit_code == 0 else "Error"),
+                  "startedAt": "2026-01-01T00:00:00Z", "finishedAt": "2026-01-01T00:00:01Z"}
+    status = {"phase": "Succeeded" if exit_code == 0 else "Failed",
+              "containerStatuses": [{"name": "trainer", "image": "lora-trainer:test", "imageID": "", "ready": False,
+                                     "restartCount": 0, "state": {"terminated": terminated}}]}
+    ground.kubectl("patch", "pod", "-n", ns, pod, "--subresource=status", "--type=merge",
+                   "-p", json.dumps({"status": status}))
+
+
+def running_pod(ground, ns: str, job_name: str) -> dict:
+    def find():
+        pods = [p for p in trainer_pods(ground, ns)
+                if p["metadata"]["labels"]["lora-operator.io/job"] == job_name
+                and p["status"].get("phase") == "Running"]
+        return pods[0] if pods else None
+    ground.wait_for(lambda: find() is not None, timeout=60, what=f"a running trainer pod of {job_name}")
+    return find()
+
+
+def test_job_goes_queued_running_succeeded_as_its_pod_completes(ground, operator, ns):
+    ground.add_gpu_nodes(1, gpus=4, gpu_type="life", prefix="life")
+    ground.apply({**job("one", "life"), "metadata": {"name": "one", "namespace": ns}})
+    pod = running_pod(ground, ns, "one")
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    wait_phase(ground, operator, ns, "one", "Running")
+    end_pod(ground, ns, pod["metadata"]["name"], 0)
+    wait_phase(ground, operator, ns, "one", "Succeeded")
+    status = get_job(ground, ns, "one")["status"]
+    assert status["attempts"][0]["reason"] == "TrainingComplete"
+    assert status["specHash"] and status["resolvedSpec"]["network"]["dim"] == 16
+    ground.kubectl("wait", "--for=condition=Succeeded", "ltj/one", "-n", ns, "--timeout=10s")
+
+
+def test_three_nodes_ten_jobs_never_share_a_node_and_drain_in_priority_order(ground, operator, ns):
+    priorities = [0, 5, 0, 9, 1, 0, 5, 2, 0, 7]
+    for i, prio in enumerate(priorities):
+        ground.apply({**job(f"j{i}", "drain", prio), "metadata": {"name": f"j{i}", "namespace": ns}})
+    for i in range(len(priorities)):
+        wait_phase(ground, operator, ns, f"j{i}", "Queued")
+    assert get_job(ground, ns, "j3")["status"]["queuePosition"] == 1  # priority 9 heads the queue
+    nodes = ground.add_gpu_nodes(3, gpus=8, gpu_type="drain", prefix="drain")
+    expected = [f"j{i}" for i in sorted(range(len(priorities)), key=lambda i: (-priorities[i], i))]
+    seen: list[str] = []  # jobs in the order their trainer pods appeared
+    finished: set[str] = set()
+
+    def current() -> list[dict]:
+        return [p for p in trainer_pods(ground, ns) if p["metadata"]["labels"]["lora-operator.io/job"] not in finished]
+
+    while len(finished) < len(priorities):
+        running = min(3, len(priorities) - len(finished))
+        ground.wait_for(lambda n=running: len([p for p in current() if p["status"].get("phase") == "Running"]) == n,
+                        timeout=60, what=f"{running} running trainer pods")
+        pods = current()
+        bound = [p["spec"].get("nodeName") for p in pods]
+        assert len(bound) == len(set(bound)), f"two trainer pods on one node: {bound}"
+        assert set(bound) <= set(nodes)
+        new = sorted((p["metadata"]["labels"]["lora-operator.io/job"] for p in pods
+                      if p["metadata"]["labels"]["lora-operator.io/job"] not in seen), key=expected.index)
+        seen.extend(new)
+        oldest = next(p for p in pods if p["metadata"]["labels"]["lora-operator.io/job"] == seen[len(finished)])
+        end_pod(ground, ns, oldest["metadata"]["name"], 0)
+        finished.add(seen[len(finished)])
+    # the first three take the three nodes together; then each freed node takes the highest
+    # waiting priority, FIFO among equals
+    assert set(seen[:3]) == set(expected[:3])
+    assert seen[3:] == expected[3:]
+
+
+def test_crash_is_retried_and_told_to_resume_then_fails_when_retries_are_exhausted(ground, operator, ns):
+    ground.add_gpu_nodes(1, gpus=2, gpu_type="crash", prefix="crash")
+    ground.apply({**job("crashy", "crash"), "metadata": {"name": "crashy", "namespace": ns}})
+    first = running_pod(ground, ns, "crashy")
+    end_pod(ground, ns, first["metadata"]["name"], 1)
+
+    def second_attempt():
+        pods = [p for p in trainer_pods(ground, ns) if p["metadata"]["labels"].get("lora-operator.io/attempt") == "2"]
+        return pods[0] if pods and pods[0]["status"].get("phase") == "Running" else None
+    ground.wait_for(lambda: second_attempt() is not None, timeout=60, what="attempt 2 running")
+    env = {e["name"]: e.get("value") for e in second_attempt()["spec"]["containers"][0]["env"]}
+    assert env["LORA_RESUME"] == "1" and env["LORA_ATTEMPT"] == "2"
+    end_pod(ground, ns, second_attempt()["metadata"]["name"], 137, "OOMKilled")
+    wait_phase(ground, operator, ns, "crashy", "Failed")
+    status = get_job(ground, ns, "crashy")["status"]
+    assert [a["reason"] for a in status["attempts"]] == ["Crashed", "Crashed"]
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "RetriesExhausted"
+
+
+def test_input_error_exit_code_fails_at_once_with_its_reason(ground, operator, ns):
+    ground.add_gpu_nodes(1, gpus=1, gpu_type="input", prefix="input")
+    ground.apply({**job("bad-data", "input"), "metadata": {"name": "bad-data", "namespace": ns}})
+    pod = running_pod(ground, ns, "bad-data")
+    end_pod(ground, ns, pod["metadata"]["name"], 65)
+    wait_phase(ground, operator, ns, "bad-data", "Failed")
+    status = get_job(ground, ns, "bad-data")["status"]
+    assert len(status["attempts"]) == 1
+    assert "BAD_DATASET" in next(c for c in status["conditions"] if c["type"] == "Failed")["message"]
+
+
+def test_evicted_pod_is_retried_without_counting(ground, operator, ns):
+    ground.add_gpu_nodes(1, gpus=1, gpu_type="evict", prefix="evict")
+    ground.apply({**job("evictee", "evict", retryPolicy={"maxRetries": 0}), "metadata": {"name": "evictee",
+                                                                                         "namespace": ns}})
+    pod = running_pod(ground, ns, "evictee")
+    ground.kubectl("patch", "pod", "-n", ns, pod["metadata"]["name"], "--subresource=status", "--type=merge", "-p",
+                   json.dumps({"status": {"phase": "Failed", "reason": "Evicted", "message": "node pressure",
+                                          "conditions": [{"type": "DisruptionTarget", "status": "True",
+                                                          "reason": "TerminationByKubelet"}]}}))
+    ground.wait_for(lambda: any(p["metadata"]["labels"].get("lora-operator.io/attempt") == "2"
+                                for p in trainer_pods(ground, ns)), timeout=60, what="attempt 2 after eviction")
+    status = get_job(ground, ns, "evictee")["status"]
+    assert status.get("retries", 0) == 0
+    assert status["attempts"][0]["counted"] is False
+
+
+def test_suspend_removes_the_pod_and_resume_queues_again(ground, operator, ns):
+    ground.add_gpu_nodes(1, gpus=1, gpu_type="susp", prefix="susp")
+    ground.apply({**job("pausable", "susp"), "metadata": {"name": "pausable", "namespace": ns}})
+    running_pod(ground, ns, "pausable")
+    ground.kubectl("patch", "ltj", "pausable", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    wait_phase(ground, operator, ns, "pausable", "Suspended")
+    ground.wait_for(lambda: not [p for p in trainer_pods(ground, ns) if not p["metadata"].get("deletionTimestamp")],
+                    timeout=30, what="the trainer pod removed")
+    ground.kubectl("patch", "ltj", "pausable", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    running_pod(ground, ns, "pausable")
+
+
+def test_missing_template_and_missing_secret_fail_with_reasons(ground, operator, ns):
+    ground.apply({**job("no-template", "none", template="does-not-exist"),
+                  "metadata": {"name": "no-template", "namespace": ns}})
+    ground.apply({**job("no-secret", "none", storage={"secretRef": "nope"}),
+                  "metadata": {"name": "no-secret", "namespace": ns}})
+    wait_phase(ground, operator, ns, "no-template", "Failed")
+    wait_phase(ground, operator, ns, "no-secret", "Failed")
+    reasons = {n: next(c for c in get_job(ground, ns, n)["status"]["conditions"] if c["type"] == "Failed")
+               for n in ("no-template", "no-secret")}
+    assert reasons["no-template"]["reason"] == "TemplateNotFound"
+    assert "does-not-exist" in reasons["no-template"]["message"]
+    assert reasons["no-secret"]["reason"] == "SecretNotFound" and "nope" in reasons["no-secret"]["message"]
+
+
+def test_deleting_a_running_job_cancels_and_removes_its_pod(ground, operator, ns):
+    ground.add_gpu_nodes(1, gpus=1, gpu_type="cancel", prefix="cancel")
+    ground.apply({**job("doomed", "cancel"), "metadata": {"name": "doomed", "namespace": ns}})
+    running_pod(ground, ns, "doomed")
+    ground.kubectl("delete", "ltj", "doomed", "-n", ns, "--timeout=60s")
+    ground.wait_for(lambda: not trainer_pods(ground, ns), timeout=60, what="trainer pod gone")

@@ -1,0 +1,85 @@
+"""The operator as a real process against the test ground (what `helm install` runs, minus the pod)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .ground import Ground
+from .procs import Proc, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+STORAGE_SECRET = "lora-storage"
+
+
+def install_crds(ground: Ground) -> None:
+    """Applies the generated CRDs and kopf's peering CRDs and waits until they are served."""
+    ground.kubectl("apply", "-f", str(REPO / "crds"))
+    ground.kubectl("apply", "-f", str(REPO / "helm/lora-operator/crds/kopf-peering.yaml"))
+    ground.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+
+
+def storage_secret(ground: Ground, namespace: str, name: str = STORAGE_SECRET) -> dict:
+    """The Secret trainer pods read their storage credentials from."""
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+            "stringData": {"accessKey": ground.minio.access_key, "secretKey": ground.minio.secret_key}}
+
+
+@dataclass
+class OperatorProcess:
+    """`lora-operator run` as a child process; `kill()` is a kill -9."""
+
+    ground: Ground
+    log: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ("--standalone",)
+    metrics_port: int = field(default_factory=free_port)
+    proc: Proc | None = None
+
+    def env(self) -> dict[str, str]:
+        return {
+            "KUBECONFIG": str(self.ground.kubeconfig), "LORA_STORAGE_ENDPOINT": self.ground.minio.endpoint,
+            "LORA_STORAGE_SECURE": "false", "LORA_STORAGE_ACCESS_KEY": self.ground.minio.access_key,
+            "LORA_STORAGE_SECRET_KEY": self.ground.minio.secret_key, "LORA_METRICS_PORT": str(self.metrics_port),
+            "LORA_PROGRESS_INTERVAL": "1", "LORA_UNSCHEDULABLE_TIMEOUT": "20",
+            "LORA_TRAINER_IMAGE": "lora-trainer:test", "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "trainer-image")]),
+            **self.extra_env,
+        }
+
+    def start(self) -> OperatorProcess:
+        self.proc = Proc("lora-operator", [sys.executable, "-m", "lora_operator.cli", "run", *self.args],
+                         self.log, env=self.env()).start()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashing node or `kill -9` would."""
+        if self.proc and self.proc.popen:
+            os.killpg(self.proc.popen.pid, signal.SIGKILL)
+            self.proc.popen.wait()
+            self.proc.popen = None
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+    def tail(self, lines: int = 40) -> str:
+        return self.proc.tail(lines) if self.proc else ""
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=3) as resp:
+            return resp.read().decode()
+
+
+def run_kubectl_json(ground: Ground, *args: str) -> dict:
+    import json
+
+    return json.loads(ground.kubectl(*args, "-o", "json").stdout)
+
+
+__all__ = ["OperatorProcess", "install_crds", "run_kubectl_json", "storage_secret"]

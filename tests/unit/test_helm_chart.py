@@ -1,0 +1,344 @@
+"""The Helm chart, linted and rendered by the real `helm` binary of the test ground.
+
+helm is built from its Go module by tests/cluster/build-tools.sh into $LORA_TOOLS_DIR or
+~/.cache/lora-operator/tools/<versions>/. Without it these tests fail (run `make tools`),
+they never skip: a chart nobody renders is a chart nobody knows works.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "lora-operator"
+KUBE_VERSION = "1.34.0"  # helm built from source assumes v1.20 unless told; the chart needs >= 1.29
+PEERING_CRDS = "kopf-peering.yaml"
+PROPOSED_ENV = {"LORA_TRAINER_IMAGE_PULL_POLICY", "LORA_GPU_TOLERATIONS"}
+"""Operator env the chart sets beyond docs/CONTRACTS.md (proposed; OperatorConfig ignores them)."""
+
+EXPECTED_RULES = {
+    ("lora-operator.io", "loratrainingjobs"): {"get", "list", "watch", "patch", "delete"},
+    ("lora-operator.io", "loratrainingjobs/status"): {"get", "patch"},
+    ("lora-operator.io", "loratrainingtemplates"): {"get", "list", "watch"},
+    ("lora-operator.io", "clusterloratrainingtemplates"): {"get", "list", "watch"},
+    ("", "pods"): {"get", "list", "watch", "create", "delete"},
+    ("", "nodes"): {"list", "watch"},
+    ("", "secrets"): {"get"},
+    ("", "events"): {"create"},
+    ("events.k8s.io", "events"): {"create"},
+    ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
+    ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+}
+
+
+def _find_helm() -> Path | None:
+    tools = os.environ.get("LORA_TOOLS_DIR")
+    candidates = [Path(tools) / "helm"] if tools else []
+    candidates += sorted(Path.home().glob(".cache/lora-operator/tools/*/helm"))
+    return next((c for c in candidates if c.is_file() and os.access(c, os.X_OK)), None)
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    found = _find_helm()
+    if found is None:
+        pytest.fail(
+            "helm binary not found: looked in $LORA_TOOLS_DIR/helm and ~/.cache/lora-operator/tools/*/helm. "
+            "Build the test ground's tools with `make tools` (tests/cluster/build-tools.sh)."
+        )
+    return found
+
+
+def _run(helm: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@functools.cache
+def _render_cached(helm: Path, sets: tuple[str, ...]) -> tuple[dict, ...]:
+    args = ["template", "lora", str(CHART), "--namespace", "lora-system", "--kube-version", KUBE_VERSION]
+    for s in sets:
+        args += ["--set", s]
+    return tuple(doc for doc in yaml.safe_load_all(_run(helm, *args).stdout) if doc)
+
+
+def render(helm: Path, *sets: str) -> list[dict]:
+    return list(_render_cached(helm, tuple(sets)))
+
+
+def of_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def one(docs: list[dict], kind: str) -> dict:
+    found = of_kind(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def operator_container(docs: list[dict]) -> dict:
+    return one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_chart_lints_strictly(helm: Path) -> None:
+    _run(helm, "lint", "--strict", str(CHART))
+
+
+def test_chart_refuses_clusters_older_than_1_29(helm: Path) -> None:
+    result = _run(helm, "template", "lora", str(CHART), "--kube-version", "1.28.0", check=False)
+    assert result.returncode != 0 and "kubeVersion" in result.stderr
+
+
+def test_operator_pod_is_non_root_read_only_and_drops_all_capabilities(helm: Path) -> None:
+    deployment = one(render(helm), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["replicas"] == 2
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 1000
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = pod["containers"][0]
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] == 1000
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == tmp["name"])
+
+
+def test_operator_runs_lora_operator_run_with_kopf_liveness_apart_from_metrics(helm: Path) -> None:
+    docs = render(helm)
+    container = operator_container(docs)
+    assert "command" not in container  # the image's ENTRYPOINT is lora-operator
+    assert container["args"][:2] == ["run", "--liveness=http://0.0.0.0:8081/healthz"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": 8080, "health": 8081}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LORA_METRICS_PORT"] == "8080"
+    service = one(docs, "Service")
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    assert service["spec"]["selector"] == one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+
+
+def test_operator_env_covers_the_configuration_contract(helm: Path) -> None:
+    from lora_operator.config import ENV_VARS
+
+    container = operator_container(render(helm, "gpu.toleration.enabled=true"))
+    env = {e["name"]: e for e in container["env"]}
+    assert set(ENV_VARS.values()) <= set(env)
+    assert {name for name in env if name.startswith("LORA_")} <= set(ENV_VARS.values()) | PROPOSED_ENV
+    for key, var in (("accessKey", "LORA_STORAGE_ACCESS_KEY"), ("secretKey", "LORA_STORAGE_SECRET_KEY")):
+        assert env[var]["valueFrom"]["secretKeyRef"] == {"name": "lora-storage", "key": key}
+    assert env["LORA_STORAGE_SECRET"]["value"] == "lora-storage"
+    assert env["LORA_STORAGE_SECURE"]["value"] == "false"
+    assert env["LORA_TRAINER_SERVICE_ACCOUNT"]["value"] == "lora-trainer"
+    assert json.loads(env["LORA_GPU_TOLERATIONS"]["value"]) == [
+        {"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}
+    ]
+
+
+def test_values_reach_the_operator_env(helm: Path) -> None:
+    container = operator_container(render(
+        helm, "storage.endpoint=s3.example.com:443", "storage.secure=true", "trainer.image.tag=9.9",
+        "gpu.resourceName=amd.com/gpu", "operator.watchNamespace=team-a",
+    ))
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LORA_STORAGE_ENDPOINT"] == "s3.example.com:443"
+    assert env["LORA_STORAGE_SECURE"] == "true"
+    assert env["LORA_TRAINER_IMAGE"] == "ghcr.io/lora-operator/lora-trainer:9.9"
+    assert env["LORA_GPU_RESOURCE"] == "amd.com/gpu"
+    assert env["LORA_WATCH_NAMESPACE"] == "team-a"
+
+
+def test_trainer_service_account_mounts_no_token_and_is_bound_to_nothing(helm: Path) -> None:
+    docs = render(helm, "trainer.serviceAccount.namespaces={team-a,team-b}")
+    trainers = [sa for sa in of_kind(docs, "ServiceAccount") if sa["metadata"]["name"] == "lora-trainer"]
+    assert {sa["metadata"]["namespace"] for sa in trainers} == {"lora-system", "team-a", "team-b"}
+    assert all(sa["automountServiceAccountToken"] is False for sa in trainers)
+    for binding in of_kind(docs, "ClusterRoleBinding") + of_kind(docs, "RoleBinding"):
+        assert all(s["name"] != "lora-trainer" for s in binding["subjects"])
+    operator_sa = one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    assert operator_sa != "lora-trainer"
+    assert one(docs, "ClusterRoleBinding")["subjects"] == [
+        {"kind": "ServiceAccount", "name": operator_sa, "namespace": "lora-system"}
+    ]
+
+
+def test_rbac_is_least_privilege_without_wildcards(helm: Path) -> None:
+    docs = render(helm)
+    assert not of_kind(docs, "Role")
+    rules = one(docs, "ClusterRole")["rules"]
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        assert "nonResourceURLs" not in rule and "resourceNames" not in rule
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], f"wildcard in {field}: {rule}"
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    assert granted == EXPECTED_RULES
+    # Secrets: get only, so the operator can check a job's secretRef exists but never enumerate them.
+    assert granted[("", "secrets")] == {"get"}
+
+
+def test_rbac_can_be_turned_off(helm: Path) -> None:
+    docs = render(helm, "rbac.create=false")
+    assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"replicas": "two"}, "/replicas"),
+        ({"replicas": 0}, "/replicas"),
+        ({"image": {"tag": 1.2}}, "/image/tag"),
+        ({"storage": {"endpoint": ""}}, "/storage/endpoint"),
+        ({"storage": {"endpoint": "http://minio:9000"}}, "/storage/endpoint"),
+        ({"metrics": {"port": 70000}}, "/metrics/port"),
+        ({"replicaCount": 3}, "replicaCount"),
+    ],
+    ids=["replicas-string", "replicas-zero", "tag-number", "endpoint-empty", "endpoint-scheme", "port-range",
+         "unknown-key"],
+)
+def test_bad_values_fail_schema_validation(helm: Path, tmp_path: Path, values: dict, complaint: str) -> None:
+    values_file = tmp_path / "bad.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    result = _run(helm, "template", "lora", str(CHART), "--kube-version", KUBE_VERSION, "-f", str(values_file),
+                  check=False)
+    assert result.returncode != 0
+    assert complaint in result.stderr, result.stderr
+
+
+def test_values_schema_is_draft_07() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert schema["properties"]["replicas"] == {
+        "type": "integer", "minimum": 1, "description": schema["properties"]["replicas"]["description"]
+    }
+    assert "endpoint" in schema["properties"]["storage"]["required"]
+
+
+def test_service_monitor_follows_its_toggle(helm: Path) -> None:
+    assert not of_kind(render(helm), "ServiceMonitor")
+    docs = render(helm, "metrics.serviceMonitor.enabled=true")
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    service_labels = one(docs, "Service")["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service_labels.items()
+
+
+def test_grafana_dashboard_parses_and_charts_every_operator_metric(helm: Path) -> None:
+    from lora_operator.metrics import METRIC_NAMES
+
+    assert not of_kind(render(helm), "ConfigMap")
+    configmap = one(render(helm, "grafana.dashboard.enabled=true"), "ConfigMap")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(configmap["data"]["lora-operator.json"])
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\blora_operator_[a-z_]+", e)}
+    used = {re.sub(r"_(bucket|sum|count)$", "", m) for m in used}
+    assert used == set(METRIC_NAMES)
+    titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
+    for topic in ("queue", "phase", "gpu nodes", "latency", "progress", "loss", "retries"):
+        assert topic in titles
+
+
+def test_peering_crds_ship_with_the_chart_and_the_peering_object_is_rendered(helm: Path) -> None:
+    crds = list(yaml.safe_load_all((CHART / "crds" / PEERING_CRDS).read_text()))
+    assert {c["metadata"]["name"] for c in crds} == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    peering = one(render(helm), "ClusterKopfPeering")
+    assert peering["apiVersion"] == "kopf.dev/v1" and peering["metadata"]["name"] == "lora-operator"
+    namespaced = render(helm, "operator.watchNamespace=team-a")
+    assert not of_kind(namespaced, "ClusterKopfPeering")
+    assert one(namespaced, "KopfPeering")["metadata"] == {
+        **one(namespaced, "KopfPeering")["metadata"], "name": "lora-operator", "namespace": "team-a"
+    }
+
+
+def _yaml_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+
+
+def test_chart_crds_equal_the_generated_crds_byte_for_byte() -> None:
+    generated = _yaml_files(ROOT / "crds")
+    shipped = _yaml_files(CHART / "crds")
+    shipped.pop(PEERING_CRDS, None)
+    assert generated, "crds/ is empty: run `make crds` (python -m lora_operator.crdgen)"
+    assert shipped == generated, "helm/lora-operator/crds/ drifted from crds/: run `bash helm/sync-crds.sh`"
+
+
+def test_example_templates_in_the_chart_equal_the_repo_examples() -> None:
+    assert _yaml_files(CHART / "files" / "cluster-templates") == _yaml_files(ROOT / "examples" / "templates"), (
+        "helm/lora-operator/files/cluster-templates/ drifted from examples/templates/: run `bash helm/sync-crds.sh`"
+    )
+
+
+def test_example_templates_render_only_when_enabled_and_are_valid(helm: Path) -> None:
+    from lora_operator.api import ClusterLoraTrainingTemplate
+
+    assert not of_kind(render(helm), "ClusterLoraTrainingTemplate")
+    rendered = of_kind(render(helm, "templates.examples.enabled=true"), "ClusterLoraTrainingTemplate")
+    expected = [
+        doc for path in sorted((CHART / "files" / "cluster-templates").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text()) if doc and doc.get("kind") == "ClusterLoraTrainingTemplate"
+    ]
+    assert sorted(t["metadata"]["name"] for t in rendered) == sorted(t["metadata"]["name"] for t in expected)
+    for template in rendered:
+        assert template["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+        template["metadata"]["labels"] = {
+            k: v for k, v in template["metadata"]["labels"].items() if not k.startswith(("app.", "helm."))
+        }
+        # Compared as models: helm re-emits `1e-4` as 0.0001, which PyYAML (YAML 1.1) reads as a string.
+        model = ClusterLoraTrainingTemplate.model_validate(template)
+        assert model in [ClusterLoraTrainingTemplate.model_validate(e) for e in expected]
+
+
+def test_pod_disruption_budget_only_with_more_than_one_replica(helm: Path) -> None:
+    assert one(render(helm), "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    assert not of_kind(render(helm, "replicas=1"), "PodDisruptionBudget")
+
+
+def test_every_rendered_object_carries_the_chart_labels(helm: Path) -> None:
+    docs = render(helm, "metrics.serviceMonitor.enabled=true", "grafana.dashboard.enabled=true",
+                  "templates.examples.enabled=true")
+    for doc in docs:
+        labels = doc["metadata"].get("labels", {})
+        assert labels.get("app.kubernetes.io/instance") == "lora", f"{doc['kind']}/{doc['metadata']['name']}"
+
+
+def test_notes_render_the_next_steps_with_every_toggle(helm: Path, tmp_path: Path) -> None:
+    # `helm template` skips NOTES.txt and `helm install --dry-run` needs a cluster: render a copy of
+    # the chart where the notes are wrapped in a ConfigMap.
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    notes = (chart / "templates" / "NOTES.txt").read_text()
+    body = "\n".join(f"    {line}" if not line.startswith("{{-") else line for line in notes.splitlines())
+    (chart / "templates" / "notes-probe.yaml").write_text(
+        f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n{body}\n"
+    )
+    args = ["template", "lora", str(chart), "-n", "lora-system", "--kube-version", KUBE_VERSION,
+            "--show-only", "templates/notes-probe.yaml"]
+    for toggle in ("templates.examples.enabled", "gpu.toleration.enabled", "metrics.serviceMonitor.enabled",
+                   "grafana.dashboard.enabled"):
+        args += ["--set", f"{toggle}=true"]
+    text = yaml.safe_load(_run(helm, *args).stdout)["data"]["notes"]
+    for expected in ("create secret generic lora-storage", "lora-operator.io/gpu-type=h100",
+                     "kubectl get ltj -w", "dedicated=gpu:NoSchedule", "ServiceMonitor",
+                     "ConfigMap lora-lora-operator-dashboard", "kopf liveness 8081"):
+        assert expected in text

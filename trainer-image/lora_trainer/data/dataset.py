@@ -1,0 +1,212 @@
+"""Preparing a dataset folder into training, validation and regularization samples."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from lora_operator.api import Dataset, ModelFamily, SkippedFile
+from lora_operator.api.dataset import AutoCaptionMode
+
+from ..errors import ConfigError, DatasetError
+from .buckets import target_size
+from .captions import read_caption
+from .crop import crop_to
+from .discover import IMAGE_SUFFIXES, discover
+from .images import UnusableImage, load_image
+
+log = logging.getLogger(__name__)
+
+CAPTION_SIDE = 1024
+"""Images waiting for the auto-captioner are kept at most this large (memory)."""
+MAX_LISTED = 10
+"""Files named in an error message before "and N more"."""
+REGULARIZATION_PREFIX = "regularization/"
+"""Prefix of skipped regularization files in `PreparedDataset.skipped`."""
+
+
+@dataclass
+class Sample:
+    """One training image, decoded, cropped and captioned.
+
+    Attributes:
+        key: Path relative to the dataset (or regularization) root, with forward slashes.
+        image: RGB, already cut to ``target_size``.
+        caption: Base caption (sidecar .txt or auto caption); prefix and tags come later.
+        repeats: Draws per epoch.
+        original_size: ``(height, width)`` before cropping (SDXL conditioning).
+        crop_top_left: ``(top, left)`` of the cut in the scaled image (SDXL conditioning).
+        target_size: ``(height, width)`` of ``image``; samples of a batch share it.
+        regularization: True for regularization (class) images.
+    """
+
+    key: str
+    image: Image.Image
+    caption: str
+    repeats: int
+    original_size: tuple[int, int]
+    crop_top_left: tuple[int, int]
+    target_size: tuple[int, int]
+    regularization: bool = False
+
+
+@dataclass
+class PreparedDataset:
+    """The prepared dataset.
+
+    Attributes:
+        train: Samples trained on.
+        validation: Samples held out for the validation loss.
+        regularization: Regularization samples (``regularization=True``), repeats 1 unless
+            their folder's repeats.json says otherwise.
+        skipped: Files not used and why (regularization files prefixed ``regularization/``).
+        warnings: Things worth telling the user that did not stop a file from being used
+            (a truncated caption, a repeats.json entry naming no image).
+    """
+
+    train: list[Sample]
+    validation: list[Sample]
+    regularization: list[Sample]
+    skipped: list[SkippedFile]
+    warnings: list[str] = field(default_factory=list)
+
+
+def prepare_dataset(dataset: Dataset, root: Path, family: ModelFamily, *, seed: int,
+                    regularization_root: Path | None = None, captioner=None) -> PreparedDataset:
+    """Load, caption, crop and split a local dataset folder.
+
+    Args:
+        dataset: The job's dataset settings.
+        root: Local folder holding the images (already downloaded).
+        family: Base-model family (its standard sizes apply when crop.size is unset).
+        seed: Seed of the validation split.
+        regularization_root: Local folder of regularization images, if the job has them.
+        captioner: A `Captioner` (see `load_captioner`); required when dataset.autoCaption is set.
+
+    Raises:
+        DatasetError: No usable image (names the files and reasons), an empty folder (names
+            it), or a malformed repeats.json.
+        ConfigError: Bucket settings allowing no bucket, or a missing captioner / regularization folder.
+    """
+    _check_settings(dataset, family, captioner, regularization_root)
+    samples, skipped, warnings = _load_folder(root, dataset, family, captioner, regularization=False)
+    train, validation = split_validation(samples, dataset.validation_split, seed)
+    regularization = []
+    if regularization_root is not None:
+        regularization, reg_skipped, reg_warnings = _load_folder(
+            regularization_root, dataset, family, captioner, regularization=True)
+        skipped += [SkippedFile(file=REGULARIZATION_PREFIX + s.file, reason=s.reason) for s in reg_skipped]
+        warnings += [f"regularization: {w}" for w in reg_warnings]
+    for warning in warnings:
+        log.warning("dataset: %s", warning)
+    return PreparedDataset(train=train, validation=validation, regularization=regularization,
+                           skipped=skipped, warnings=warnings)
+
+
+def _check_settings(dataset: Dataset, family: ModelFamily, captioner, regularization_root) -> None:
+    if dataset.crop.buckets:
+        try:
+            target_size(1, 1, dataset.crop, family)
+        except ValueError as exc:
+            raise ConfigError(f"dataset.crop: {exc}") from exc
+    if dataset.auto_caption is not None and captioner is None:
+        raise ConfigError(f"dataset.autoCaption: the tagger {dataset.auto_caption.model} was not loaded")
+    if dataset.regularization is not None and regularization_root is None:
+        raise ConfigError(f"dataset.regularization: {dataset.regularization.uri} was not downloaded")
+
+
+@dataclass
+class _Loaded:
+    key: str
+    sample: Sample | None = None
+    reason: str | None = None
+    warning: str | None = None
+    full: Image.Image | None = None  # kept (downscaled) only when the image still needs a caption
+
+
+def _load_folder(root: Path, dataset: Dataset, family: ModelFamily, captioner, *,
+                 regularization: bool) -> tuple[list[Sample], list[SkippedFile], list[str]]:
+    label = "regularization folder" if regularization else "dataset folder"
+    found = discover(root)
+    skipped = [SkippedFile(file=name, reason="not a png, jpg, jpeg or webp image") for name in found.ignored]
+    if not found.images:
+        others = f"; it holds only: {_names(found.ignored)}" if found.ignored else ""
+        raise DatasetError(f"{label} {root} holds no {'/'.join(sorted(s[1:] for s in IMAGE_SUFFIXES))} "
+                           f"images{others}")
+    default_repeats = 1 if regularization else dataset.repeats
+    mode = dataset.auto_caption.mode if dataset.auto_caption else None
+
+    def load(path: Path) -> _Loaded:
+        key = path.relative_to(root).as_posix()
+        repeats = found.repeats.get(key, default_repeats)
+        return _load_one(path, key, dataset, family, mode, repeats, regularization)
+
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        loaded = list(pool.map(load, found.images))
+    samples, warnings = [], list(found.warnings)
+    for item in loaded:
+        if item.warning:
+            warnings.append(item.warning)
+        if item.sample is None:
+            skipped.append(SkippedFile(file=item.key, reason=item.reason or "unusable"))
+            continue
+        if item.full is not None:
+            item.sample.caption = captioner.caption(item.full)
+        samples.append(item.sample)
+    if not samples:
+        bad = [f"{s.file} ({s.reason})" for s in skipped]
+        raise DatasetError(f"no usable image in {label} {root}: {_names(bad)}")
+    return samples, skipped, warnings
+
+
+def _load_one(path: Path, key: str, dataset: Dataset, family: ModelFamily, mode: AutoCaptionMode | None,
+              repeats: int, regularization: bool) -> _Loaded:
+    try:
+        image = load_image(path)
+    except UnusableImage as exc:
+        return _Loaded(key=key, reason=str(exc))
+    caption, warning = read_caption(path)
+    needs_caption = mode == AutoCaptionMode.REPLACE or (mode == AutoCaptionMode.MISSING and not caption)
+    full = None
+    if needs_caption:
+        full = image.copy()
+        full.thumbnail((CAPTION_SIDE, CAPTION_SIDE))
+    size = target_size(image.height, image.width, dataset.crop, family)
+    cropped, top_left = crop_to(image, size, dataset.crop.mode)
+    sample = Sample(key=key, image=cropped, caption=caption or "", repeats=repeats,
+                    original_size=(image.height, image.width), crop_top_left=top_left,
+                    target_size=size, regularization=regularization)
+    return _Loaded(key=key, sample=sample, warning=f"{key}: {warning}" if warning else None, full=full)
+
+
+def split_validation(samples: list[Sample], share: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Hold out ``share`` of the images for validation, chosen by ``seed``.
+
+    At least one image is held out when there are three or more (and share > 0), none
+    below three, and never more than half. The choice depends only on the seed and the
+    image keys, not on decoding order.
+
+    Returns:
+        ``(train, validation)``, both in key order.
+    """
+    count = len(samples)
+    if share <= 0.0 or count < 3:
+        return list(samples), []
+    held = min(max(1, int(count * share + 0.5)), count // 2)
+    keys = sorted(sample.key for sample in samples)
+    chosen = set(random.Random(seed).sample(keys, held))
+    train = [s for s in samples if s.key not in chosen]
+    validation = [s for s in samples if s.key in chosen]
+    return train, validation
+
+
+def _names(items: list[str]) -> str:
+    shown = ", ".join(items[:MAX_LISTED])
+    return shown + (f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
