@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from testground import Ground, MinioServer, tools_dir
 
 

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import torch
+
 from lora_operator.api import ModelFamily
 
 CLIP_VOCAB_SIZE = 1000
@@ -116,8 +117,14 @@ def _clip_encoder(folder: Path, projection: bool = False):
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config), tokenizer
 
 
+def _ddpm():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1)
+
+
 def _build_sd15(path: Path) -> None:
-    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     write_clip_tokenizer(path / "tokenizer")
     text_encoder, tokenizer = _clip_encoder(path / "tokenizer")
@@ -135,7 +142,7 @@ def _build_sd15(path: Path) -> None:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1),
+        scheduler=_ddpm(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -144,7 +151,7 @@ def _build_sd15(path: Path) -> None:
 
 
 def _build_sdxl(path: Path) -> None:
-    from diffusers import DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 
     write_clip_tokenizer(path / "tokenizer")
     write_clip_tokenizer(path / "tokenizer_2")
@@ -172,7 +179,7 @@ def _build_sdxl(path: Path) -> None:
         tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
         unet=unet,
-        scheduler=DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1),
+        scheduler=_ddpm(),
     )
     pipe.save_pretrained(path, safe_serialization=True)
 

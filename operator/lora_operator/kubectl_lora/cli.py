@@ -1,0 +1,187 @@
+"""``kubectl lora``: argument parsing and one small function per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+from PIL import Image
+
+from ..api.conditions import FINISHED_PHASES, Phase
+from ..api.status import JobStatus
+from . import checkpoints, overrides, sheet, tables
+from .errors import CliError
+from .kube import Jobs
+from .objects import Objects, StorageOptions
+
+
+def _status(job: dict) -> JobStatus:
+    return JobStatus.model_validate(job.get("status") or {})
+
+
+def cmd_list(args: argparse.Namespace, jobs: Jobs) -> int:
+    items = jobs.list()
+    print(tables.jobs_table(items) if items else f"No LoraTrainingJobs in namespace {jobs.namespace}.")
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace, jobs: Jobs) -> int:
+    job = jobs.get(args.job)
+    status = _status(job)
+    print(f"Name:       {job['metadata']['name']}\nNamespace:  {jobs.namespace}\nPhase:      {status.phase.value}")
+    if status.message:
+        print(f"Message:    {status.message}")
+    print(f"Progress:   {tables.progress_line(status)}")
+    if status.output and status.output.uri:
+        print(f"Output:     {status.output.checkpoint} -> {status.output.uri}")
+    print("\nResolved spec:")
+    spec = status.resolved_spec or job.get("spec", {})
+    print("  " + yaml.safe_dump(spec, sort_keys=False).rstrip().replace("\n", "\n  "))
+    print("\nAttempts:")
+    print(tables.attempts_table(status.attempts) if status.attempts else "  none")
+    print("\nCheckpoints (* lowest validation loss):")
+    if status.checkpoints:
+        selected = job.get("spec", {}).get("selectedCheckpoint")
+        print(tables.checkpoints_table(status.checkpoints, checkpoints.best_checkpoint(status.checkpoints), selected))
+    else:
+        print("  none")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace, jobs: Jobs) -> int:
+    tty = sys.stdout.isatty()
+    last = ""
+    while True:
+        status = _status(jobs.get(args.job))
+        line = tables.progress_line(status)
+        if line != last:
+            print(("\r\033[K" if tty else "") + line, end="" if tty else "\n", flush=True)
+            last = line
+        if status.phase in FINISHED_PHASES:
+            if tty:
+                print()
+            if status.message:
+                print(status.message)
+            return 0 if status.phase == Phase.SUCCEEDED else 1
+        time.sleep(args.interval)
+
+
+def _objects(args: argparse.Namespace) -> Objects:
+    return Objects(StorageOptions.resolve(args.s3_endpoint, args.access_key, args.secret_key, args.s3_secure))
+
+
+def cmd_previews(args: argparse.Namespace, jobs: Jobs) -> int:
+    status = _status(jobs.get(args.job))
+    records = [p for p in status.previews if args.epoch is None or p.epoch == args.epoch]
+    if not records:
+        which = "" if args.epoch is None else f" for epoch {args.epoch}"
+        raise CliError(f"ltj/{args.job} has no previews{which}")
+    objects = _objects(args)
+    by_epoch: dict[int, list[Image.Image]] = {}
+    for record in sorted(records, key=lambda p: p.epoch):
+        for uri in record.uris:
+            by_epoch.setdefault(record.epoch, []).append(Image.open(io.BytesIO(objects.get_bytes(uri))))
+    image = sheet.contact_sheet([(f"epoch {e}", ims) for e, ims in by_epoch.items()])
+    image.save(args.output)
+    print(f"wrote {args.output} ({len(by_epoch)} epochs, {sum(map(len, by_epoch.values()))} images)")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace, jobs: Jobs) -> int:
+    job = jobs.get(args.job)
+    status = _status(job)
+    name = args.checkpoint or checkpoints.default_checkpoint(status, job.get("spec", {}).get("selectedCheckpoint"))
+    record = checkpoints.choose_record(status, name, args.format)
+    target_dir = Path(args.output)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    path = _objects(args).download(record.uri, target_dir)
+    print(f"pulled {name} ({record.format}) to {path}")
+    return 0
+
+
+def cmd_select(args: argparse.Namespace, jobs: Jobs) -> int:
+    status = _status(jobs.get(args.job))
+    names = checkpoints.checkpoint_names(status.checkpoints)
+    if args.checkpoint not in names:
+        known = ", ".join(names) or "none"
+        raise CliError(f"ltj/{args.job} has no checkpoint {args.checkpoint!r} (checkpoints: {known})")
+    jobs.patch_spec(args.job, {"selectedCheckpoint": args.checkpoint})
+    print(f"ltj/{args.job} selectedCheckpoint set to {args.checkpoint}")
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace, jobs: Jobs) -> int:
+    source = jobs.get(args.job)
+    status = _status(source)
+    if status.phase not in FINISHED_PHASES:
+        raise CliError(f"ltj/{args.job} is {status.phase.value}; retrain a finished job")
+    if not status.resolved_spec:
+        raise CliError(f"ltj/{args.job} has no status.resolvedSpec to retrain from")
+    spec = overrides.apply_overrides(status.resolved_spec, args.set)
+    created = jobs.create(overrides.retrain_body(source, spec, args.name))
+    print(f"ltj/{created['metadata']['name']} created from ltj/{args.job}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``kubectl lora`` argument parser."""
+    parser = argparse.ArgumentParser(prog="kubectl lora", description="Inspect and steer LoraTrainingJobs.")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG or ~/.kube/config)")
+    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
+    parser.add_argument("-n", "--namespace", help="namespace (default: the context's)")
+    store = parser.add_argument_group("storage (for previews and pull)")
+    store.add_argument("--s3-endpoint", help="host:port of the S3 endpoint (default: $S3_ENDPOINT)")
+    store.add_argument("--access-key", help="S3 access key (default: $AWS_ACCESS_KEY_ID)")
+    store.add_argument("--secret-key", help="S3 secret key (default: $AWS_SECRET_ACCESS_KEY)")
+    store.add_argument("--s3-secure", action=argparse.BooleanOptionalAction, default=None,
+                       help="TLS to the endpoint (default: $S3_SECURE, else true)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="NAME PHASE PROGRESS EPOCH QUEUE AGE").set_defaults(fn=cmd_list)
+    p = sub.add_parser("describe", help="resolved spec, attempts, checkpoints")
+    p.add_argument("job")
+    p.set_defaults(fn=cmd_describe)
+    p = sub.add_parser("watch", help="live progress until the job finishes (exit 1 unless Succeeded)")
+    p.add_argument("job")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between polls (default: 2)")
+    p.set_defaults(fn=cmd_watch)
+    p = sub.add_parser("previews", help="contact sheet of the preview images (epochs as rows)")
+    p.add_argument("job")
+    p.add_argument("--epoch", type=int, help="only this epoch (default: all)")
+    p.add_argument("-o", "--output", default="grid.png", help="image to write (default: grid.png)")
+    p.set_defaults(fn=cmd_previews)
+    p = sub.add_parser("pull", help="download a checkpoint")
+    p.add_argument("job")
+    p.add_argument("--checkpoint", help="e.g. epoch-0007 (default: the selected one, else the last)")
+    p.add_argument("--format", choices=["kohya", "diffusers", "embedding"], help="default: kohya if written")
+    p.add_argument("-o", "--output", default=".", help="folder to download into (default: .)")
+    p.set_defaults(fn=cmd_pull)
+    p = sub.add_parser("select", help="set spec.selectedCheckpoint")
+    p.add_argument("job")
+    p.add_argument("checkpoint")
+    p.set_defaults(fn=cmd_select)
+    p = sub.add_parser("retrain", help="new job from a finished one's resolvedSpec with --set overrides")
+    p.add_argument("job")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                   help="camelCase dotted path and YAML value, e.g. training.unetLearningRate=5e-5 (repeatable)")
+    p.add_argument("--name", help="name of the new job (default: <job>-retrain-<random>)")
+    p.set_defaults(fn=cmd_retrain)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``kubectl lora``; returns the exit code (0, or 1 with a one-line error on stderr)."""
+    args = build_parser().parse_args(argv)
+    try:
+        jobs = Jobs(args.kubeconfig, args.namespace, args.context)
+        return args.fn(args, jobs)
+    except CliError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,102 @@
+"""Pure text formatting: tables, ages, durations and the live progress line."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from ..api.status import Attempt, CheckpointRecord, JobStatus, Progress
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned columns separated by three spaces, like ``kubectl get``.
+
+    None cells print as ``-``; trailing spaces are stripped from every line.
+    """
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+
+
+def format_duration(seconds: float | None) -> str:
+    """A short human duration: ``45s``, ``3m12s``, ``2h5m``, ``3d4h``; ``-`` when unknown."""
+    if seconds is None or seconds < 0:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60}s" if s < 600 else f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60}m"
+    return f"{s // 86400}d{s % 86400 // 3600}h"
+
+
+def format_age(created: str | None, now: datetime | None = None) -> str:
+    """Age of an object from its RFC 3339 creationTimestamp, as kubectl prints it."""
+    if not created:
+        return "-"
+    then = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    return format_duration(((now or datetime.now(UTC)) - then).total_seconds())
+
+
+def _percent(progress: Progress) -> int:
+    if progress.total_steps:
+        return min(100, int(100 * progress.step / progress.total_steps))
+    return progress.percent
+
+
+def job_row(job: dict, now: datetime | None = None) -> list[object]:
+    """One row of ``list``: NAME PHASE PROGRESS EPOCH QUEUE AGE."""
+    status = JobStatus.model_validate(job.get("status") or {})
+    meta = job.get("metadata", {})
+    progress = status.progress
+    return [
+        meta.get("name"),
+        status.phase.value,
+        f"{_percent(progress)}%" if progress else None,
+        f"{progress.epoch}/{progress.total_epochs}" if progress and progress.total_epochs else None,
+        status.queue_position,
+        format_age(meta.get("creationTimestamp"), now),
+    ]
+
+
+def jobs_table(jobs: Sequence[dict], now: datetime | None = None) -> str:
+    """The ``list`` table, sorted by name."""
+    rows = [job_row(j, now) for j in sorted(jobs, key=lambda j: j["metadata"]["name"])]
+    return format_table(["NAME", "PHASE", "PROGRESS", "EPOCH", "QUEUE", "AGE"], rows)
+
+
+def attempts_table(attempts: Sequence[Attempt]) -> str:
+    """Every trainer pod of a job: number, pod, node, reason, exit code, whether it counted."""
+    rows = [[a.number, a.pod, a.node, a.reason, a.exit_code, "yes" if a.counted else "no", a.message]
+            for a in attempts]
+    return format_table(["#", "POD", "NODE", "REASON", "EXIT", "COUNTED", "MESSAGE"], rows)
+
+
+def checkpoints_table(checkpoints: Sequence[CheckpointRecord], best: str | None, selected: str | None) -> str:
+    """One row per checkpoint name (formats joined); ``*`` marks the lowest validation loss."""
+    by_name: dict[str, list[CheckpointRecord]] = {}
+    for record in checkpoints:
+        by_name.setdefault(record.name, []).append(record)
+    rows = []
+    for name, records in sorted(by_name.items(), key=lambda item: item[1][0].epoch):
+        first = records[0]
+        loss = next((r.validation_loss for r in records if r.validation_loss is not None), None)
+        marks = ("*" if name == best else "") + (" (selected)" if name == selected else "")
+        rows.append([name, first.epoch, first.step, ",".join(r.format for r in records),
+                     None if loss is None else f"{loss:.4f}", marks.strip() or None])
+    return format_table(["NAME", "EPOCH", "STEP", "FORMATS", "VAL LOSS", "BEST"], rows)
+
+
+def progress_line(status: JobStatus) -> str:
+    """``Running  step 120/800 (15%)  epoch 2/10  loss 0.1234  3.10 it/s  ETA 3m39s``."""
+    p = status.progress
+    if p is None:
+        return f"{status.phase.value}" + (f"  queue position {status.queue_position}" if status.queue_position else "")
+    parts = [status.phase.value, f"step {p.step}/{p.total_steps} ({_percent(p)}%)",
+             f"epoch {p.epoch}/{p.total_epochs}"]
+    parts.append("loss -" if p.loss is None else f"loss {p.loss:.4f}")
+    parts.append("- it/s" if p.steps_per_second is None else f"{p.steps_per_second:.2f} it/s")
+    parts.append(f"ETA {format_duration(p.eta_seconds)}")
+    return "  ".join(parts)

@@ -1,0 +1,47 @@
+"""Operator restarts, deadlines and TTLs on the real local control plane."""
+
+from __future__ import annotations
+
+import pytest
+from test_operator import end_pod, get_job, job, ns, operator, running_pod, trainer_pods, wait_phase  # noqa: F401
+
+from testground.operator import OperatorProcess
+
+pytestmark = pytest.mark.cluster
+
+
+def test_operator_killed_mid_run_loses_and_duplicates_nothing(ground, operator, ns, tmp_path):  # noqa: F811
+    ground.add_gpu_nodes(1, gpus=2, gpu_type="restart", prefix="restart")
+    ground.apply({**job("survivor", "restart"), "metadata": {"name": "survivor", "namespace": ns}})
+    pod = running_pod(ground, ns, "survivor")
+    operator.kill()
+    end_pod(ground, ns, pod["metadata"]["name"], 0)  # the pod ends while no operator runs
+    fresh = OperatorProcess(ground, tmp_path / "operator2.log").start()
+    try:
+        wait_phase(ground, fresh, ns, "survivor", "Succeeded")
+        status = get_job(ground, ns, "survivor")["status"]
+        assert [a["number"] for a in status["attempts"]] == [1]
+        assert len([p for p in trainer_pods(ground, ns)
+                    if p["metadata"]["labels"]["lora-operator.io/job"] == "survivor"]) <= 1
+    finally:
+        fresh.stop()
+        operator.start()  # the module's operator again, for the tests after this one
+
+
+def test_active_deadline_fails_a_running_job_and_removes_its_pod(ground, operator, ns):  # noqa: F811
+    ground.add_gpu_nodes(1, gpus=1, gpu_type="deadline", prefix="deadline")
+    ground.apply({**job("slow", "deadline", activeDeadlineSeconds=3), "metadata": {"name": "slow", "namespace": ns}})
+    running_pod(ground, ns, "slow")
+    wait_phase(ground, operator, ns, "slow", "Failed", timeout=60)
+    failed = next(c for c in get_job(ground, ns, "slow")["status"]["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "DeadlineExceeded"
+    ground.wait_for(lambda: not [p for p in trainer_pods(ground, ns) if not p["metadata"].get("deletionTimestamp")],
+                    timeout=30, what="the trainer pod removed")
+
+
+def test_finished_job_is_deleted_after_its_ttl(ground, operator, ns):  # noqa: F811
+    ground.add_gpu_nodes(1, gpus=1, gpu_type="ttl", prefix="ttl")
+    ground.apply({**job("brief", "ttl", ttlSecondsAfterFinished=2), "metadata": {"name": "brief", "namespace": ns}})
+    end_pod(ground, ns, running_pod(ground, ns, "brief")["metadata"]["name"], 0)
+    ground.wait_for(lambda: ground.kubectl("get", "ltj", "brief", "-n", ns, check=False).returncode != 0,
+                    timeout=60, what="the job deleted after its TTL")

@@ -1,0 +1,100 @@
+"""A kubelet stand-in for trainer pods: runs the pod's real command and environment as a local
+process (no container runtime runs here), then reports the exit back as the pod's status.
+
+kwok binds and "starts" the pod; this shim does what a kubelet would do with its container.
+Secret references in the environment are resolved from the real Secret; paths that exist only
+inside the image (/cache) are mapped to a local folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .ground import Ground
+
+TRAINER_SELECTOR = "app.kubernetes.io/component=trainer"
+
+
+@dataclass
+class KubeletShim:
+    """Watches trainer pods on the ground and runs each Running one once, as a local process."""
+
+    ground: Ground
+    workdir: Path
+    started: set[str] = field(default_factory=set)
+    exits: dict[str, int] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> KubeletShim:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            listing = self.ground.kubectl("get", "pods", "-A", "-l", TRAINER_SELECTOR, "-o", "json", check=False)
+            if listing.returncode:
+                continue
+            for pod in json.loads(listing.stdout)["items"]:
+                key = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+                if pod["status"].get("phase") == "Running" and key not in self.started:
+                    self.started.add(key)
+                    threading.Thread(target=self.run_pod, args=(pod,), daemon=True).start()
+
+    def env_of(self, pod: dict) -> dict[str, str]:
+        """The container's environment with secretKeyRefs resolved and image paths mapped."""
+        ns = pod["metadata"]["namespace"]
+        env: dict[str, str] = {}
+        for item in pod["spec"]["containers"][0].get("env", []):
+            if "value" in item:
+                env[item["name"]] = item["value"]
+                continue
+            ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                secret = self.ground.kubectl("get", "secret", "-n", ns, ref["name"], "-o", "json", check=False)
+                data = json.loads(secret.stdout).get("data", {}) if secret.returncode == 0 else {}
+                if ref["key"] in data:
+                    env[item["name"]] = base64.b64decode(data[ref["key"]]).decode()
+        cache = self.workdir / "node-cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        env["LORA_CACHE_DIR"] = str(cache)
+        return env
+
+    def run_pod(self, pod: dict) -> int:
+        """Runs the trainer container's command; patches the pod Succeeded or Failed with its exit code."""
+        ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        container = pod["spec"]["containers"][0]
+        command = container.get("command") or []
+        binary = shutil.which(command[0], path=str(Path(sys.executable).parent)) if command else None
+        argv = [binary or command[0], *command[1:], *container.get("args", [])]
+        log = self.workdir / f"{ns}_{name}.log"
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "LORA_", "KUBECONFIG"))}
+        with log.open("wb") as out:
+            code = subprocess.run(argv, env={**base, **self.env_of(pod)}, stdout=out, stderr=subprocess.STDOUT,
+                                  cwd=self.workdir).returncode
+        self.exits[f"{ns}/{name}"] = code
+        tail = log.read_text(errors="replace")[-1500:]
+        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": tail,
+                      "startedAt": pod["status"].get("startTime", "2026-01-01T00:00:00Z"),
+                      "finishedAt": pod["status"].get("startTime", "2026-01-01T00:00:00Z")}
+        status = {"phase": "Succeeded" if code == 0 else "Failed",
+                  "containerStatuses": [{"name": container["name"], "image": container["image"], "imageID": "",
+                                         "ready": False, "restartCount": 0, "state": {"terminated": terminated}}]}
+        self.ground.kubectl("patch", "pod", "-n", ns, name, "--subresource=status", "--type=merge",
+                            "-p", json.dumps({"status": status}), check=False)
+        return code

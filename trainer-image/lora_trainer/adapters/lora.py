@@ -1,0 +1,146 @@
+"""LoRA and LoCon: low-rank adapters on the denoiser (and optionally the text encoders), via peft.
+
+LoCon is LoRA plus adapters on the convolution layers, with their own rank and alpha
+(network.convDim / convAlpha) through peft's ``rank_pattern`` / ``alpha_pattern``.
+The text encoders get a LoRA when ``textEncoderLearningRate`` and ``textEncoderRatio``
+are both above 0; it trains for that share of the steps, from the start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lora_operator.api import CheckpointFormat, JobSpec, Network, Training
+
+from ..errors import ConfigError
+from ..export import peft_layers, write_diffusers, write_kohya
+from ..families import Components, Family
+from .base import trainable
+
+TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")
+
+
+def lora_config(targets: list[str], network: Network, conv_targets: list[str] | None = None) -> Any:
+    """A peft LoraConfig: rank dim, alpha, dropout; conv layers at convDim / convAlpha when given."""
+    from peft import LoraConfig
+
+    rank_pattern: dict[str, int] = {}
+    alpha_pattern: dict[str, float] = {}
+    for name in conv_targets or []:
+        rank_pattern[name] = network.conv_dim
+        alpha_pattern[name] = network.conv_alpha or network.conv_dim
+    return LoraConfig(
+        r=network.dim,
+        lora_alpha=network.alpha,
+        lora_dropout=network.dropout,
+        init_lora_weights=True,
+        target_modules=[*targets, *(conv_targets or [])],
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+    )
+
+
+def text_encoder_trains(training: Training) -> bool:
+    """Whether the text encoders get a LoRA at all."""
+    return training.text_encoder_learning_rate > 0 and training.text_encoder_ratio > 0
+
+
+class LoraAdapter:
+    """A LoRA (conv=False) or LoCon (conv=True) adapter."""
+
+    def __init__(self, conv: bool = False):
+        self.conv = conv
+        self.modules: dict[str, torch.nn.Module] = {}
+        self.trains_text = False
+        self.text_ratio_applies = True
+        self._groups: list[dict[str, Any]] = []
+        self._family: Family | None = None
+        self._spec: JobSpec | None = None
+
+    def attach(self, family: Family, parts: Components, spec: JobSpec) -> None:
+        """Add LoRA layers to the denoiser (and conv layers for LoCon, text encoders when trained)."""
+        network, training = spec.network, spec.training
+        conv_targets = None
+        if self.conv:
+            if not family.conv_targets:
+                raise ConfigError(f"type: locon needs convolution layers; {family.family} has none (use type: lora)")
+            if network.conv_dim < 1:
+                raise ConfigError("network.convDim: must be at least 1 for type locon")
+            conv_targets = family.conv_targets
+        self._family, self._spec = family, spec
+        parts.denoiser.add_adapter(lora_config(family.denoiser_targets, network, conv_targets))
+        self.modules = {family.denoiser_name: parts.denoiser}
+        self._groups = [
+            {"name": family.denoiser_name, "lr": training.unet_learning_rate,
+             "params": trainable(list(parts.denoiser.parameters()))}
+        ]
+        self.trains_text = text_encoder_trains(training)
+        if self.trains_text:
+            text_params = []
+            encoders = parts.text_encoders[: family.trainable_text_encoders]
+            for name, encoder in zip(TEXT_COMPONENTS, encoders, strict=False):
+                encoder.add_adapter(lora_config(family.text_encoder_targets, network))
+                self.modules[name] = encoder
+                text_params += trainable(list(encoder.parameters()))
+            self._groups.append(
+                {"name": "text_encoder", "lr": training.text_encoder_learning_rate, "params": text_params})
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The denoiser group (unetLearningRate) and the text group (textEncoderLearningRate)."""
+        return self._groups
+
+    def set_text_training(self, enabled: bool) -> None:
+        """Freeze or unfreeze the text-encoder LoRA weights."""
+        for group in self._groups[1:]:
+            for p in group["params"]:
+                p.requires_grad_(enabled)
+                if not enabled:
+                    p.grad = None
+
+    def prepare_caption(self, caption: str) -> str:
+        """Captions are used as written."""
+        return caption
+
+    def after_step(self) -> None:
+        """Nothing to do after a step."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """All LoRA weights, keyed component.peft_key."""
+        out = {}
+        for name, module in self.modules.items():
+            for key, value in peft_layers(module)[0].items():
+                out[f"{name}.{key}"] = value
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore weights written by `state_dict`."""
+        from peft import set_peft_model_state_dict
+
+        for name, module in self.modules.items():
+            prefix = f"{name}."
+            part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            set_peft_model_state_dict(module, part)
+
+    def export(self, folder: Path, formats: list[CheckpointFormat], metadata: dict[str, Any]) -> list[tuple[str, Path]]:
+        """Write kohya.safetensors and/or diffusers/pytorch_lora_weights.safetensors."""
+        layers = {name: peft_layers(module) for name, module in self.modules.items()}
+        written = []
+        if CheckpointFormat.KOHYA in formats:
+            meta = {
+                **metadata,
+                "network_module": "networks.lora",
+                "network_dim": self._spec.network.dim,
+                "network_alpha": self._spec.network.alpha,
+                "network_args": {"conv_dim": self._spec.network.conv_dim,
+                                 "conv_alpha": self._spec.network.conv_alpha or self._spec.network.conv_dim}
+                if self.conv else {},
+            }
+            kohya = write_kohya(folder / "kohya.safetensors", layers, self._family.kohya_prefix, meta)
+            written.append(("kohya", kohya))
+        if CheckpointFormat.DIFFUSERS in formats:
+            configs = {name: module.peft_config["default"].to_dict() for name, module in self.modules.items()}
+            written.append(("diffusers", write_diffusers(folder / "diffusers", layers, configs)))
+        return written

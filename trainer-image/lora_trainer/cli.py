@@ -1,0 +1,173 @@
+"""``lora-train``: train from a job YAML on a laptop, or inside the trainer pod.
+
+Local mode: ``lora-train run job.yaml [--storage DIR]`` reads the same YAML as
+``kubectl apply`` (a LoraTrainingJob, optionally with the templates it names in the
+same file, or a bare spec). ``--storage DIR`` stands in for the object store.
+
+Pod mode: ``lora-train run --spec-env LORA_JOB_SPEC`` reads the resolved spec and
+the environment of docs/CONTRACTS.md.
+
+The exit code is a `lora_operator.api.ExitCode`; a user error prints one line naming
+the field or file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lora_operator.api import ExitCode, JobSpec, SpecError, resolve_spec
+from lora_operator.storage import StorageError
+
+from .errors import ConfigError, DatasetError, TrainerError
+from .inputs import Resolver, default_cache_dir
+from .loop import RunInputs, run_recipe
+from .outputs import Outputs
+
+log = logging.getLogger("lora_trainer")
+TEMPLATE_KINDS = ("LoraTrainingTemplate", "ClusterLoraTrainingTemplate")
+
+
+def load_job_file(path: Path) -> tuple[JobSpec, str, str]:
+    """Read a job YAML: (resolved spec, namespace, job name).
+
+    Raises:
+        ConfigError: unreadable YAML, no job in it, or an invalid spec (names the field).
+    """
+    import yaml
+
+    try:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: {err}".splitlines()[0]) from err
+    templates = {
+        d.get("metadata", {}).get("name"): d.get("spec") or {} for d in docs if d.get("kind") in TEMPLATE_KINDS
+    }
+    jobs = [d for d in docs if d.get("kind") not in TEMPLATE_KINDS]
+    if len(jobs) != 1:
+        raise ConfigError(f"{path}: expected one LoraTrainingJob (or a bare spec), found {len(jobs)}")
+    doc = jobs[0]
+    if "kind" in doc:
+        if doc["kind"] != "LoraTrainingJob":
+            raise ConfigError(f"{path}: kind {doc['kind']!r} is not LoraTrainingJob")
+        meta, raw = doc.get("metadata") or {}, doc.get("spec") or {}
+    else:
+        meta, raw = {}, doc
+    template = None
+    if raw.get("template"):
+        if raw["template"] not in templates:
+            raise ConfigError(f"spec.template: {raw['template']!r} is not in {path}; local mode reads "
+                              "templates from the same file (add the LoraTrainingTemplate document)")
+        template = templates[raw["template"]]
+    return _resolve(raw, template), meta.get("namespace") or "default", meta.get("name") or path.stem
+
+
+def _resolve(raw: dict[str, Any], template: dict[str, Any] | None = None) -> JobSpec:
+    try:
+        return resolve_spec(raw, template)
+    except SpecError as err:
+        raise ConfigError(str(err)) from err
+
+
+def train(spec: JobSpec, resolver: Resolver, prefix_uri: str, workdir: Path, *, attempt: int = 1,
+          resume: bool = False, progress_interval: float = 5.0) -> int:
+    """Fetch the inputs, train, upload; returns the exit code."""
+    outputs = Outputs(resolver.store(prefix_uri), workdir / "out")
+    dataset = spec.dataset
+    inputs = RunInputs(
+        model_dir=resolver.model_folder(spec.base_model.uri, workdir),
+        dataset_root=resolver.folder(dataset.uri, workdir / "dataset", "dataset.uri", DatasetError),
+    )
+    if dataset.regularization is not None:
+        inputs.regularization_root = resolver.folder(
+            dataset.regularization.uri, workdir / "regularization", "dataset.regularization.uri", DatasetError)
+    if dataset.auto_caption is not None:
+        inputs.captioner_dir = resolver.model_folder(dataset.auto_caption.model, workdir, "dataset.autoCaption.model")
+    started = time.monotonic()
+    manifest = run_recipe(spec, inputs, outputs, attempt=attempt, resume=resume, progress_interval=progress_interval)
+    from .progress import format_eta
+
+    print(f"done in {format_eta(time.monotonic() - started)}: {len(manifest.checkpoints)} checkpoint file(s) "
+          f"under {outputs.uri('')}", file=sys.stderr)
+    for entry in manifest.checkpoints:
+        val = f"  validation loss {entry.validation_loss:.4f}" if entry.validation_loss is not None else ""
+        print(f"  {entry.path}  {entry.size_bytes} B{val}", file=sys.stderr)
+    return ExitCode.SUCCESS
+
+
+def run_local(job_file: Path, storage: Path | None, workdir: Path | None, env: Mapping[str, str], *,
+              resume: bool = False) -> int:
+    """Local mode: a job YAML, outputs under <output.uri>/<namespace>/<job>/."""
+    spec, namespace, name = load_job_file(job_file)
+    resolver = Resolver(env=env, storage_root=storage, cache_dir=default_cache_dir(env))
+    prefix = f"{spec.output.uri.rstrip('/')}/{namespace}/{name}/"
+    with tempfile.TemporaryDirectory(prefix="lora-train-") as tmp:
+        return train(spec, resolver, prefix, workdir or Path(tmp), resume=resume)
+
+
+def run_pod(spec_env: str, env: Mapping[str, str], workdir: Path | None) -> int:
+    """Pod mode: the resolved spec and the contract's environment."""
+    raw = env.get(spec_env)
+    if not raw:
+        raise ConfigError(f"{spec_env}: environment variable is empty or missing")
+    try:
+        spec = _resolve(json.loads(raw))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{spec_env}: not JSON: {err}") from err
+    prefix = env.get("LORA_OUTPUT_PREFIX") or ""
+    if not prefix:
+        raise ConfigError("LORA_OUTPUT_PREFIX: environment variable is missing")
+    resolver = Resolver(env=env, cache_dir=default_cache_dir(env))
+    with tempfile.TemporaryDirectory(prefix="lora-train-") as tmp:
+        return train(spec, resolver, prefix, workdir or Path(tmp), attempt=int(env.get("LORA_ATTEMPT", "1")),
+                     resume=env.get("LORA_RESUME") == "1",
+                     progress_interval=float(env.get("LORA_PROGRESS_INTERVAL", "5")))
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser."""
+    p = argparse.ArgumentParser(prog="lora-train", description="Train a LoRA, LoCon or embedding.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train a job")
+    run.add_argument("job", nargs="?", type=Path, help="job YAML (local mode)")
+    run.add_argument("--spec-env", help="read the resolved spec (JSON) from this environment variable (pod mode)")
+    run.add_argument("--storage", type=Path, help="local folder standing in for s3:// buckets (local mode)")
+    run.add_argument("--workdir", type=Path, help="keep intermediate files here instead of a temporary folder")
+    run.add_argument("--resume", action="store_true", help="continue from the state saved by an interrupted run")
+    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Entry point; returns (and as a script exits with) an ExitCode."""
+    args = parser().parse_args(argv)
+    env = os.environ if env is None else env
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        if args.spec_env:
+            return int(run_pod(args.spec_env, env, args.workdir))
+        if args.job is None:
+            raise ConfigError("lora-train run: give a job YAML, or --spec-env VAR in the pod")
+        return int(run_local(args.job, args.storage, args.workdir, env, resume=args.resume))
+    except TrainerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return int(err.exit_code)
+    except StorageError as err:
+        print(f"error: storage: {err}", file=sys.stderr)
+        return int(ExitCode.TRANSIENT if err.transient else ExitCode.BAD_CONFIG)
+
+
+def _script() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    _script()

@@ -1,0 +1,76 @@
+"""Images and captions to model inputs, with caching of latents and text embeddings.
+
+The VAE is frozen and encodes deterministically (posterior mode), so a latent depends
+only on (sample, flipped): cached latents equal fresh ones. Text embeddings are cached
+by caption when captions are deterministic (no shuffle, no dropout) and no text weight
+is training at that step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .families import Components, Family
+
+
+def pixels(image: Image.Image, flip: bool) -> torch.Tensor:
+    """An RGB image as a (3, H, W) float tensor in [-1, 1], mirrored when `flip`."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    tensor = torch.from_numpy(array).permute(2, 0, 1)
+    return torch.flip(tensor, dims=[-1]) if flip else tensor
+
+
+class Encoder:
+    """Encodes batches for the loop.
+
+    Args:
+        family: The model family.
+        parts: Its components (adapted).
+        device: Where the models run.
+        cache_latents: Keep latents of each (sample, flipped) after the first encode.
+        cache_text: Keep text embeddings per caption while the text side is frozen.
+    """
+
+    def __init__(self, family: Family, parts: Components, device: torch.device, *,
+                 cache_latents: bool, cache_text: bool):
+        self.family = family
+        self.parts = parts
+        self.device = device
+        self.cache_latents = cache_latents
+        self.cache_text = cache_text
+        self._latents: dict[tuple[int, bool], torch.Tensor] = {}
+        self._text: dict[str, dict[str, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def latents(self, keys: list[tuple[int, bool]], images: list[Image.Image]) -> torch.Tensor:
+        """Latents of a batch; `keys` are (sample index, flipped) pairs."""
+        missing = [i for i, key in enumerate(keys) if key not in self._latents]
+        if missing:
+            batch = torch.stack([pixels(images[i], keys[i][1]) for i in missing]).to(self.device)
+            encoded = self.family.encode_images(self.parts, batch).float()
+            fresh = {keys[i]: encoded[j : j + 1] for j, i in enumerate(missing)}
+        else:
+            fresh = {}
+        out = torch.cat([fresh[k] if k in fresh else self._latents[k] for k in keys])
+        if self.cache_latents:
+            self._latents.update({k: v.cpu() if self.device.type == "cpu" else v for k, v in fresh.items()})
+        return out.to(self.device)
+
+    def text(self, captions: list[str], grad: bool) -> dict[str, torch.Tensor]:
+        """Conditioning of a batch of captions; with grad when text weights train."""
+        if grad or not self.cache_text:
+            with torch.set_grad_enabled(grad):
+                return self.family.encode_prompts(self.parts, captions)
+        missing = sorted({c for c in captions if c not in self._text})
+        if missing:
+            with torch.no_grad():
+                encoded = self.family.encode_prompts(self.parts, missing)
+            for j, caption in enumerate(missing):
+                self._text[caption] = {k: v[j : j + 1] for k, v in encoded.items()}
+        return {k: torch.cat([self._text[c][k] for c in captions]) for k in self._text[captions[0]]}
+
+    def forget_text(self) -> None:
+        """Drop cached text embeddings (the text weights changed)."""
+        self._text.clear()

@@ -1,0 +1,142 @@
+"""Flux: a rectified-flow transformer on packed 2x2 latent patches, CLIP-L pooled + T5 sequence text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lora_operator.api import ModelFamily, Previews, Sampler
+
+from .base import Components, Sizes, load_part, tokenize, vae_encode
+from .sd15 import CLIP_TARGETS
+
+TRANSFORMER_TARGETS = [
+    "to_q", "to_k", "to_v", "to_out.0",
+    "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+    "proj_mlp", "proj_out",
+]
+T5_MAX_LENGTH = 512
+TRAIN_GUIDANCE = 1.0
+"""Distilled guidance the transformer sees while training (Flux dev convention)."""
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) latents -> (B, H/2 * W/2, 4C) patch tokens, as FluxPipeline packs them."""
+    b, c, h, w = latents.shape
+    patches = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return patches.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def image_ids(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Positional ids (0, row, col) of the packed latent patches."""
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1] += torch.arange(h // 2)[:, None]
+    ids[..., 2] += torch.arange(w // 2)[None, :]
+    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+
+
+class FluxFamily:
+    """Flux.1 (dev / schnell): flow matching, loss on the velocity noise - latents."""
+
+    family = ModelFamily.FLUX
+    denoiser_name = "transformer"
+    kohya_prefix = "lora_transformer"
+    default_sampler = Sampler.FLOW_EULER
+    denoiser_targets = TRANSFORMER_TARGETS
+    conv_targets: list[str] = []
+    text_encoder_targets = CLIP_TARGETS
+    trainable_text_encoders = 1
+    """Only CLIP-L; T5 stays frozen (as every Flux trainer does)."""
+    checkpointing_below_gib = 80.0
+
+    def __init__(self, max_sequence_length: int = T5_MAX_LENGTH):
+        self.max_sequence_length = max_sequence_length
+
+    def load(self, folder: Path, dtype: torch.dtype) -> Components:
+        """Load transformer, VAE, CLIP-L + T5 and their tokenizers, and the flow-matching scheduler."""
+        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+        from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+        t5_tokenizer = load_part(T5TokenizerFast, folder, "tokenizer_2")
+        self.max_sequence_length = min(self.max_sequence_length, t5_tokenizer.model_max_length)
+        return Components(
+            denoiser=load_part(FluxTransformer2DModel, folder, "transformer", torch_dtype=dtype),
+            vae=load_part(AutoencoderKL, folder, "vae", torch_dtype=dtype),
+            text_encoders=[
+                load_part(CLIPTextModel, folder, "text_encoder", torch_dtype=dtype),
+                load_part(T5EncoderModel, folder, "text_encoder_2", torch_dtype=dtype),
+            ],
+            tokenizers=[load_part(CLIPTokenizer, folder, "tokenizer"), t5_tokenizer],
+            noise_scheduler=load_part(FlowMatchEulerDiscreteScheduler, folder, "scheduler"),
+            folder=folder,
+        )
+
+    def encode_prompts(self, parts: Components, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """CLIP-L pooled output and the T5 hidden-state sequence."""
+        clip, t5 = parts.text_encoders
+        pooled = clip(tokenize(parts.tokenizers[0], prompts).to(clip.device)).pooler_output
+        ids = tokenize(parts.tokenizers[1], prompts, self.max_sequence_length).to(t5.device)
+        return {"prompt_embeds": t5(ids)[0], "pooled_prompt_embeds": pooled}
+
+    def encode_images(self, parts: Components, pixels: torch.Tensor) -> torch.Tensor:
+        """Shifted and scaled VAE latents."""
+        return vae_encode(parts.vae, pixels)
+
+    def sample_timesteps(self, parts: Components, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Sigmas in (0, 1): the sigmoid of a standard normal (logit-normal sampling, SD3 / Flux)."""
+        return torch.sigmoid(torch.randn(n, generator=generator))
+
+    def fixed_timesteps(self, parts: Components, n: int) -> torch.Tensor:
+        """`n` sigmas spread evenly over (0.1, 0.9)."""
+        return torch.linspace(0.1, 0.9, n)
+
+    def noisy_and_target(
+        self, parts: Components, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Linear interpolation x_t = (1 - s) x + s noise; the target is the velocity noise - x."""
+        sigma = timesteps.to(latents.device, latents.dtype).view(-1, 1, 1, 1)
+        return (1 - sigma) * latents + sigma * noise, noise - latents
+
+    def predict(
+        self, parts: Components, noisy: torch.Tensor, timesteps: torch.Tensor, cond: dict[str, torch.Tensor],
+        sizes: Sizes,
+    ) -> torch.Tensor:
+        """The transformer's velocity, unpacked back to (B, C, H, W)."""
+        transformer = parts.denoiser
+        b, c, h, w = noisy.shape
+        text = cond["prompt_embeds"]
+        guidance = None
+        if transformer.config.guidance_embeds:
+            guidance = torch.full((b,), TRAIN_GUIDANCE, device=noisy.device, dtype=noisy.dtype)
+        out = transformer(
+            hidden_states=pack(noisy),
+            timestep=timesteps.to(noisy.device, noisy.dtype),
+            guidance=guidance,
+            pooled_projections=cond["pooled_prompt_embeds"],
+            encoder_hidden_states=text,
+            txt_ids=torch.zeros(text.shape[1], 3, device=noisy.device, dtype=noisy.dtype),
+            img_ids=image_ids(h, w, noisy.device, noisy.dtype),
+            return_dict=False,
+        )[0]
+        return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+    def loss_weights(self, parts: Components, timesteps: torch.Tensor, min_snr_gamma: float) -> torch.Tensor:
+        """Ones: min-SNR does not apply to flow matching."""
+        return torch.ones(len(timesteps))
+
+    def pipeline(self, parts: Components) -> Any:
+        """A FluxPipeline over the components."""
+        from diffusers import FluxPipeline
+
+        return FluxPipeline(
+            scheduler=parts.noise_scheduler, vae=parts.vae, text_encoder=parts.text_encoders[0],
+            tokenizer=parts.tokenizers[0], text_encoder_2=parts.text_encoders[1], tokenizer_2=parts.tokenizers[1],
+            transformer=parts.denoiser,
+        )
+
+    def pipeline_kwargs(self, previews: Previews) -> dict[str, Any]:
+        """Distilled guidance and the T5 length; Flux takes no negative prompt."""
+        return {"guidance_scale": previews.guidance, "max_sequence_length": self.max_sequence_length}

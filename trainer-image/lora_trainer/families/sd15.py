@@ -1,0 +1,110 @@
+"""Stable Diffusion 1.x: a UNet with DDPM noise (epsilon or v-prediction), one CLIP text encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lora_operator.api import ModelFamily, Previews, Sampler
+
+from .base import Components, Sizes, load_part, tokenize, vae_encode
+
+UNET_LINEAR_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
+UNET_CONV_TARGETS = ["conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv"]
+CLIP_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+
+
+class SD15Family:
+    """Stable Diffusion 1.x (and 2.x: v-prediction comes from the scheduler config)."""
+
+    family = ModelFamily.SD15
+    denoiser_name = "unet"
+    kohya_prefix = "lora_unet"
+    default_sampler = Sampler.EULER_A
+    denoiser_targets = UNET_LINEAR_TARGETS
+    conv_targets = UNET_CONV_TARGETS
+    text_encoder_targets = CLIP_TARGETS
+    trainable_text_encoders = 1
+    checkpointing_below_gib = 16.0
+
+    def load(self, folder: Path, dtype: torch.dtype) -> Components:
+        """Load UNet, VAE, CLIP text encoder and tokenizer, and the DDPM scheduler."""
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        return Components(
+            denoiser=load_part(UNet2DConditionModel, folder, "unet", torch_dtype=dtype),
+            vae=load_part(AutoencoderKL, folder, "vae", torch_dtype=dtype),
+            text_encoders=[load_part(CLIPTextModel, folder, "text_encoder", torch_dtype=dtype)],
+            tokenizers=[load_part(CLIPTokenizer, folder, "tokenizer")],
+            noise_scheduler=load_part(DDPMScheduler, folder, "scheduler"),
+            folder=folder,
+        )
+
+    def encode_prompts(self, parts: Components, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """The last hidden state of the CLIP text encoder."""
+        encoder = parts.text_encoders[0]
+        ids = tokenize(parts.tokenizers[0], prompts).to(encoder.device)
+        return {"prompt_embeds": encoder(ids)[0]}
+
+    def encode_images(self, parts: Components, pixels: torch.Tensor) -> torch.Tensor:
+        """Scaled VAE latents."""
+        return vae_encode(parts.vae, pixels)
+
+    def sample_timesteps(self, parts: Components, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Uniform integer timesteps in [0, num_train_timesteps)."""
+        return torch.randint(0, parts.noise_scheduler.config.num_train_timesteps, (n,), generator=generator)
+
+    def fixed_timesteps(self, parts: Components, n: int) -> torch.Tensor:
+        """`n` timesteps spread evenly over the schedule, away from both ends."""
+        total = parts.noise_scheduler.config.num_train_timesteps
+        return torch.linspace(total * 0.1, total * 0.9, n).long()
+
+    def noisy_and_target(
+        self, parts: Components, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """DDPM forward process; the target is the noise (epsilon) or the velocity (v_prediction)."""
+        scheduler = parts.noise_scheduler
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        if scheduler.config.prediction_type == "v_prediction":
+            return noisy, scheduler.get_velocity(latents, noise, timesteps)
+        return noisy, noise
+
+    def predict(
+        self, parts: Components, noisy: torch.Tensor, timesteps: torch.Tensor, cond: dict[str, torch.Tensor],
+        sizes: Sizes,
+    ) -> torch.Tensor:
+        """The UNet output."""
+        unet = parts.denoiser
+        return unet(noisy, timesteps.to(noisy.device), cond["prompt_embeds"], **self._added_cond(cond, sizes, noisy))[0]
+
+    def _added_cond(self, cond: dict[str, torch.Tensor], sizes: Sizes, noisy: torch.Tensor) -> dict[str, Any]:
+        return {}
+
+    def loss_weights(self, parts: Components, timesteps: torch.Tensor, min_snr_gamma: float) -> torch.Tensor:
+        """Min-SNR-gamma weights (Hang et al. 2023), or ones when gamma is 0."""
+        if min_snr_gamma <= 0:
+            return torch.ones(len(timesteps))
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(parts.noise_scheduler, timesteps.cpu())
+        clipped = torch.clamp(snr, max=min_snr_gamma)
+        if parts.noise_scheduler.config.prediction_type == "v_prediction":
+            return clipped / (snr + 1)
+        return clipped / snr
+
+    def pipeline(self, parts: Components) -> Any:
+        """A StableDiffusionPipeline over the components (no safety checker)."""
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline(
+            vae=parts.vae, text_encoder=parts.text_encoders[0], tokenizer=parts.tokenizers[0], unet=parts.denoiser,
+            scheduler=parts.noise_scheduler, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+    def pipeline_kwargs(self, previews: Previews) -> dict[str, Any]:
+        """Negative prompt and guidance scale."""
+        return {"negative_prompt": previews.negative_prompt or None, "guidance_scale": previews.guidance}

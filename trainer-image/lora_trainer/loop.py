@@ -1,0 +1,364 @@
+"""The training recipe: one class, read top to bottom (setup / train / save_checkpoint / cleanup).
+
+Every model family and adapter type runs through this one loop; what differs sits
+behind `families.Family` and `adapters.Adapter`. Randomness of micro-batch *n*
+(timesteps, noise, flips, caption shuffles, LoRA dropout) is drawn from generators
+seeded with (seed, n), so a resumed run continues exactly where the interrupted one
+would have gone, and on CPU the same seed and data give byte-identical adapters.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lora_operator.api import (
+    CheckpointEntry,
+    JobSpec,
+    Manifest,
+    checkpoint_name,
+    spec_hash,
+)
+
+from . import state as resume_state
+from .adapters import make_adapter
+from .data import CaptionBuilder, PreparedDataset, Sample, load_captioner, prepare_dataset
+from .encode import Encoder
+from .errors import ConfigError, NanLossError
+from .export import file_digest
+from .families import get_family
+from .noise import make_noise
+from .optim import build_optimizer, build_scheduler
+from .outputs import Outputs
+from .precision import checkpointing_wanted, resolve_precision
+from .previews import check_sampler, render_previews
+from .progress import ManifestWriter, ProgressReporter
+from .schedule import BatchStream, Plan, total_steps
+
+log = logging.getLogger(__name__)
+
+VALIDATION_TIMESTEPS = 4
+"""Fixed timesteps per validation image: the validation loss compares across epochs."""
+
+
+def draw_seed(seed: int, index: int) -> int:
+    """The seed of micro-batch `index`: independent streams per batch, stable across resumes."""
+    return (seed * 1_000_003 + index * 7_919 + 17) % (2**63 - 1)
+
+
+@dataclass
+class RunInputs:
+    """Local folders a run reads.
+
+    Attributes:
+        model_dir: The base model (a diffusers folder).
+        dataset_root: The training images.
+        regularization_root: The regularization images, when the spec has them.
+    """
+
+    model_dir: Path
+    dataset_root: Path
+    regularization_root: Path | None = None
+    captioner_dir: Path | None = None
+    """The auto-caption tagger model, when dataset.autoCaption is set."""
+
+
+class LoraRecipe:
+    """Trains one adapter as a job spec describes.
+
+    Args:
+        spec: The resolved job spec.
+        inputs: Local folders of the model and the data.
+        outputs: The job's output prefix.
+        attempt: The attempt number (1-based), for progress.json.
+        resume: Continue from the state under ``state/`` when there is one.
+        progress_interval: Seconds between progress.json writes.
+    """
+
+    def __init__(self, spec: JobSpec, inputs: RunInputs, outputs: Outputs, *, attempt: int = 1,
+                 resume: bool = False, progress_interval: float = 5.0):
+        self.spec = spec
+        self.training = spec.training
+        self.inputs = inputs
+        self.outputs = outputs
+        self.attempt = attempt
+        self.resume = resume
+        self.progress_interval = progress_interval
+        self.family = get_family(spec.base_model.family)
+        self.adapter = make_adapter(spec.type)
+        self.start_step = 0
+        self.started_at = time.monotonic()
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """Prepare data, load the model, attach the adapter, build optimizer and schedule."""
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        t, spec = self.training, self.spec
+        check_sampler(self.family, spec.previews)
+        set_seed(t.seed)
+        captioner = None
+        if spec.dataset.auto_caption is not None and self.inputs.captioner_dir is not None:
+            captioner = load_captioner(self.inputs.captioner_dir, threshold=spec.dataset.auto_caption.threshold)
+        self.data: PreparedDataset = prepare_dataset(
+            spec.dataset, self.inputs.dataset_root, spec.base_model.family, seed=t.seed,
+            regularization_root=self.inputs.regularization_root, captioner=captioner,
+        )
+        self.samples: list[Sample] = self.data.train + self.data.regularization
+        self.plan = Plan.make(total_steps(t, spec.base_model.family, self.data.train), t.epochs)
+        self.text_steps = math.ceil(t.text_encoder_ratio * self.plan.total_steps)
+
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        self.mixed_precision, weight_dtype = resolve_precision(t.mixed_precision, device_type)
+        self.accelerator = Accelerator(mixed_precision=self.mixed_precision)
+        self.device = self.accelerator.device
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.main = self.accelerator.is_main_process
+
+        publish = self.outputs.publish_bytes if self.main else (lambda key, data: None)
+        self.progress = ProgressReporter(publish, self.attempt, self.plan.total_steps, self.plan.epochs,
+                                         interval=self.progress_interval)
+        self.progress.phase("loading")
+        self.manifest = ManifestWriter(publish, Manifest(
+            spec_hash=spec_hash(spec), images=len(self.data.train), validation_images=len(self.data.validation),
+            total_steps=self.plan.total_steps, skipped=list(self.data.skipped),
+        ))
+
+        self.parts = self.family.load(self.inputs.model_dir, weight_dtype)
+        for module in self.parts.frozen_modules():
+            module.requires_grad_(False)
+            module.to(self.device)
+        torch.manual_seed(t.seed)  # the adapter's initial weights
+        self.adapter.attach(self.family, self.parts, spec)
+        self._gradient_checkpointing()
+        self.builder = CaptionBuilder(spec.dataset, t)
+
+        self.optimizer = build_optimizer(self.adapter.param_groups(), t)
+        self.lr_scheduler = build_scheduler(self.optimizer, t, self.plan.total_steps)
+        denoiser, self.optimizer = self.accelerator.prepare(self.parts.denoiser, self.optimizer)
+        self.train_parts = replace(self.parts, denoiser=denoiser)
+        self.encoder = Encoder(self.family, self.train_parts, self.device, cache_latents=t.cache_latents,
+                               cache_text=self.builder.deterministic)
+        self.stream = BatchStream(self.samples, t.batch_size, t.seed)
+        self.reg_weight = spec.dataset.regularization.weight if spec.dataset.regularization else 1.0
+        if self.resume:
+            self.start_step = resume_state.restore(self)
+        if t.cache_latents:
+            self.progress.phase("caching")
+            self._precache()
+
+    def _gradient_checkpointing(self) -> None:
+        self.gradient_checkpointing = checkpointing_wanted(
+            self.training.gradient_checkpointing, self.family, self.device)
+        if self.gradient_checkpointing:
+            self.parts.denoiser.enable_gradient_checkpointing()
+            if self.adapter.trains_text:
+                for encoder in self.parts.text_encoders[: self.family.trainable_text_encoders]:
+                    encoder.gradient_checkpointing_enable()
+
+    def _precache(self) -> None:
+        for start in range(0, len(self.samples), self.training.batch_size):
+            chunk = list(range(start, min(start + self.training.batch_size, len(self.samples))))
+            same = [i for i in chunk if self.samples[i].target_size == self.samples[chunk[0]].target_size]
+            self.encoder.latents([(i, False) for i in same], [self.samples[i].image for i in same])
+
+    # ------------------------------------------------------------------ train
+    def train(self) -> Manifest:
+        """Run the optimizer steps; checkpoints, previews and state at epoch ends.
+
+        Returns:
+            The final manifest.
+
+        Raises:
+            NanLossError: The loss became NaN or infinite.
+        """
+        t = self.training
+        self.progress.report.step = self.start_step
+        self.progress.report.epoch = self.plan.epoch_of(self.start_step) if self.start_step else 0
+        self.progress.phase("training")
+        for step in range(self.start_step + 1, self.plan.total_steps + 1):
+            text_now = self.adapter.trains_text and (step <= self.text_steps or not self.adapter.text_ratio_applies)
+            self.adapter.set_text_training(text_now)
+            if step == self.text_steps + 1:
+                self.encoder.forget_text()
+            loss = 0.0
+            for k in range(t.gradient_accumulation):
+                index = ((step - 1) * t.gradient_accumulation + k) * self.world + self.rank
+                micro = self._loss(index, text_now) / t.gradient_accumulation
+                self.accelerator.backward(micro)
+                loss += micro.item()
+            self._sync_text_grads()
+            if t.max_grad_norm > 0:
+                params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+                self.accelerator.clip_grad_norm_(params, t.max_grad_norm)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.adapter.after_step()
+            epoch = self.plan.epoch_of(step)
+            self.last_loss = loss
+            self.progress.step(step, epoch, loss)
+            if step == self.plan.epoch_end(epoch):
+                self._end_epoch(epoch, step)
+        self.progress.phase("done")
+        self.manifest.write(finished=True)
+        return self.manifest.manifest
+
+    def _loss(self, index: int, text_now: bool) -> torch.Tensor:
+        """The weighted loss of micro-batch `index`."""
+        seed = draw_seed(self.training.seed, index)
+        gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)
+        torch.manual_seed(seed)  # adapter dropout
+        samples_idx = self.stream.batch(index)
+        samples = [self.samples[i] for i in samples_idx]
+        flips = [self.spec.dataset.flip and rng.random() < 0.5 for _ in samples]
+        latents = self.encoder.latents(list(zip(samples_idx, flips, strict=True)), [s.image for s in samples])
+        captions = [self.adapter.prepare_caption(self.builder.build(s.caption, rng)) for s in samples]
+        cond = self.encoder.text(captions, grad=text_now)
+        noise = make_noise(latents, self.training, gen)
+        timesteps = self.family.sample_timesteps(self.parts, len(samples), gen)
+        weights = self.family.loss_weights(self.parts, timesteps, self.training.min_snr_gamma)
+        weights = weights * torch.tensor([self.reg_weight if s.regularization else 1.0 for s in samples])
+        loss = self._weighted_mse(latents, noise, timesteps, cond, samples, weights)
+        if not torch.isfinite(loss):
+            raise NanLossError(
+                f"training: the loss became {loss.item()} at micro-batch {index} "
+                f"(lower training.unetLearningRate, now {self.training.unet_learning_rate})"
+            )
+        return loss
+
+    def _weighted_mse(self, latents, noise, timesteps, cond, samples, weights) -> torch.Tensor:
+        noisy, target = self.family.noisy_and_target(self.parts, latents, noise, timesteps)
+        sizes = [(s.original_size, s.crop_top_left, s.target_size) for s in samples]
+        with self.accelerator.autocast():
+            pred = self.family.predict(self.train_parts, noisy, timesteps, cond, sizes)
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.ndim)))
+        return (per_sample * weights.to(per_sample)).mean()
+
+    def _sync_text_grads(self) -> None:
+        # Text weights are not wrapped in DDP (the families call the encoders directly): average by hand.
+        if self.world == 1:
+            return
+        for group in self.adapter.param_groups():
+            if group["name"] == self.family.denoiser_name:
+                continue  # DDP already averaged these
+            for p in group["params"]:
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
+
+    @torch.no_grad()
+    def validation_loss(self) -> float | None:
+        """Mean loss on the held-out images at fixed timesteps and noise; None without any."""
+        if not self.data.validation:
+            return None
+        self.parts.denoiser.eval()
+        losses = []
+        for j, sample in enumerate(self.data.validation):
+            caption = self.adapter.prepare_caption(", ".join(self.builder.tags(sample.caption)))
+            latents = self.family.encode_images(self.parts, _pixels_batch(sample, self.device)).float()
+            cond = self.family.encode_prompts(self.parts, [caption])
+            timesteps = self.family.fixed_timesteps(self.parts, VALIDATION_TIMESTEPS)
+            gen = torch.Generator().manual_seed(draw_seed(self.training.seed, -1 - j))
+            latents = latents.expand(len(timesteps), *latents.shape[1:])
+            noise = torch.randn(latents.shape, generator=gen).to(latents)
+            cond = {k: v.expand(len(timesteps), *v.shape[1:]) for k, v in cond.items()}
+            ones = torch.ones(len(timesteps))
+            losses.append(self._weighted_mse(latents, noise, timesteps, cond, [sample] * len(timesteps), ones).item())
+        self.parts.denoiser.train()
+        return sum(losses) / len(losses)
+
+    def _end_epoch(self, epoch: int, step: int) -> None:
+        val = self.validation_loss()
+        last = epoch == self.plan.epochs
+        if self.main and (epoch % self.spec.checkpoints.every_epochs == 0 or last):
+            self.save_checkpoint(epoch, step, val)
+        every = self.spec.previews.every_epochs
+        if self.main and every and (epoch % every == 0 or last):
+            for entry in render_previews(self.family, self.parts, self.spec.previews, self._preview_prompts(),
+                                         epoch, self._preview_size(), self.outputs):
+                self.manifest.add_preview(entry)
+        if self.main:
+            self.manifest.write()
+            if not last:
+                resume_state.save(self, step)
+        self.progress.write()
+        self.accelerator.wait_for_everyone()
+
+    # ------------------------------------------------------------------ save
+    def save_checkpoint(self, epoch: int, step: int, validation_loss: float | None) -> list[CheckpointEntry]:
+        """Export the adapter in every requested format and upload it under checkpoints/epoch-NNNN/."""
+        self.progress.phase("saving")
+        name = checkpoint_name(epoch)
+        rel = f"checkpoints/{name}"
+        metadata = self._metadata(epoch, step)
+        entries = []
+        for fmt, path in self.adapter.export(self.outputs.local(rel + "/x").parent, self.spec.checkpoints.formats,
+                                             metadata):
+            key = path.relative_to(self.outputs.workdir).as_posix()
+            self.outputs.publish(key)
+            size, sha = file_digest(path)
+            entry = CheckpointEntry(name=name, epoch=epoch, step=step, format=fmt, path=key, size_bytes=size,
+                                    sha256=sha, validation_loss=validation_loss)
+            self.manifest.add_checkpoint(entry)
+            entries.append(entry)
+        self.progress.phase("training")
+        return entries
+
+    def _metadata(self, epoch: int, step: int) -> dict:
+        s, t = self.spec, self.training
+        height, width = self.samples[0].target_size
+        return {
+            "base_model_family": str(s.base_model.family), "sd_model_name": s.base_model.uri,
+            "epoch": epoch, "steps": step, "max_train_steps": self.plan.total_steps, "seed": t.seed,
+            "num_train_images": len(self.data.train), "resolution": f"{width}x{height}",
+            "learning_rate": t.unet_learning_rate, "text_encoder_lr": t.text_encoder_learning_rate,
+            "unet_lr": t.unet_learning_rate, "lr_scheduler": str(t.lr_scheduler.type),
+            "optimizer": str(t.optimizer.type), "noise_offset": t.noise_offset, "min_snr_gamma": t.min_snr_gamma,
+            "mixed_precision": self.mixed_precision, "batch_size_per_device": t.batch_size,
+            "gradient_accumulation_steps": t.gradient_accumulation, "caption_dropout_rate": t.caption_dropout,
+            "training_comment": f"lora-operator spec {spec_hash(s)[:12]}",
+        }
+
+    def _preview_prompts(self) -> list[str]:
+        if self.spec.previews.prompts:
+            return list(self.spec.previews.prompts)
+        source = self.data.validation or self.data.train
+        return [", ".join(self.builder.tags(source[0].caption))]
+
+    def _preview_size(self) -> tuple[int, int]:
+        if self.spec.previews.size:
+            width, height = (int(v) for v in self.spec.previews.size.split("x"))
+            return height, width
+        return self.data.train[0].target_size
+
+    def cleanup(self) -> None:
+        """Release the models and end the distributed group."""
+        self.accelerator.end_training()
+        self.parts = self.train_parts = None
+
+
+def _pixels_batch(sample: Sample, device: torch.device) -> torch.Tensor:
+    from .encode import pixels
+
+    return pixels(sample.image, False).unsqueeze(0).to(device)
+
+
+def run_recipe(spec: JobSpec, inputs: RunInputs, outputs: Outputs, **kwargs) -> Manifest:
+    """setup + train + cleanup; what the CLI calls."""
+    if spec.type is None:
+        raise ConfigError("type: missing (resolve the spec first)")
+    recipe = LoraRecipe(spec, inputs, outputs, **kwargs)
+    try:
+        recipe.setup()
+        return recipe.train()
+    finally:
+        if hasattr(recipe, "accelerator"):
+            recipe.cleanup()

@@ -1,0 +1,41 @@
+"""Training noise: Gaussian plus optional offset noise and multi-resolution (pyramid) noise."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lora_operator.api import Training
+
+
+def offset_noise(noise: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """Add a per-channel constant (Guttenberg 2023): lets the model learn very dark / bright images."""
+    b, c = noise.shape[:2]
+    return noise + strength * torch.randn(b, c, 1, 1, generator=generator).to(noise)
+
+
+def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float, generator: torch.Generator) -> torch.Tensor:
+    """Multi-resolution noise (Whitaker 2023): upsampled low-resolution noise at decaying weights.
+
+    The result is renormalised to unit variance, as kohya does.
+    """
+    b, c, h, w = noise.shape
+    out = noise.clone()
+    for i in range(iterations):
+        r = 2 + int(torch.rand(1, generator=generator).item() * 2)  # scale factor in [2, 4)
+        sh, sw = max(1, int(h / r**i)), max(1, int(w / r**i))
+        low = torch.randn(b, c, sh, sw, generator=generator).to(noise)
+        out = out + F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False) * discount**i
+        if sh == 1 and sw == 1:
+            break
+    return out / out.std()
+
+
+def make_noise(latents: torch.Tensor, training: Training, generator: torch.Generator) -> torch.Tensor:
+    """The noise of one step, shaped like `latents`, drawn from `generator` (CPU)."""
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    if training.multires_noise.iterations > 0:
+        noise = pyramid_noise(noise, training.multires_noise.iterations, training.multires_noise.discount, generator)
+    if training.noise_offset > 0:
+        noise = offset_noise(noise, training.noise_offset, generator)
+    return noise

@@ -1,0 +1,106 @@
+"""Preview images at epoch ends: every prompt x imagesPerPrompt with the adapter, plus a grid.
+
+Images of prompt P, image I go to ``previews/epoch-NNNN/pP-iI.png``; the grid (one row
+per prompt) to ``previews/epoch-NNNN/grid.png``. The seed is the same every epoch so
+epochs compare image by image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from PIL import Image
+
+from lora_operator.api import PreviewEntry, Previews, Sampler, checkpoint_name
+
+from .errors import ConfigError
+from .families import Components, Family
+from .outputs import Outputs
+
+FLOW_SAMPLERS = {Sampler.FLOW_EULER}
+
+
+def _scheduler_class(sampler: Sampler) -> Any:
+    import diffusers
+
+    names = {
+        Sampler.EULER: "EulerDiscreteScheduler",
+        Sampler.EULER_A: "EulerAncestralDiscreteScheduler",
+        Sampler.DDIM: "DDIMScheduler",
+        Sampler.DPMPP_2M: "DPMSolverMultistepScheduler",
+        Sampler.FLOW_EULER: "FlowMatchEulerDiscreteScheduler",
+    }
+    return getattr(diffusers, names[sampler])
+
+
+def check_sampler(family: Family, previews: Previews) -> None:
+    """Refuse a flow sampler for a DDPM family (a DDPM sampler on Flux means its default, flow_euler)."""
+    flow_family = family.default_sampler in FLOW_SAMPLERS
+    if previews.sampler in FLOW_SAMPLERS and not flow_family:
+        raise ConfigError(f"previews.sampler: {previews.sampler} is for flow-matching models (flux), "
+                          f"not {family.family}; use euler, euler_a, ddim or dpmpp_2m")
+
+
+def preview_scheduler(family: Family, parts: Components, sampler: Sampler) -> Any:
+    """The inference scheduler of `sampler`, configured from the model's training scheduler."""
+    if (sampler in FLOW_SAMPLERS) != (family.default_sampler in FLOW_SAMPLERS):
+        sampler = family.default_sampler
+    extra = {"algorithm_type": "dpmsolver++", "solver_order": 2} if sampler is Sampler.DPMPP_2M else {}
+    return _scheduler_class(sampler).from_config(parts.noise_scheduler.config, **extra)
+
+
+def grid(images: list[list[Image.Image]]) -> Image.Image:
+    """One row per prompt, one column per image."""
+    w, h = images[0][0].size
+    cols = max(len(row) for row in images)
+    sheet = Image.new("RGB", (w * cols, h * len(images)), "white")
+    for r, row in enumerate(images):
+        for c, image in enumerate(row):
+            sheet.paste(image, (c * w, r * h))
+    return sheet
+
+
+@torch.no_grad()
+def generate(family: Family, parts: Components, previews: Previews, prompts: list[str],
+             size: tuple[int, int]) -> list[list[Image.Image]]:
+    """Images per prompt with the current (adapted) components, in eval mode."""
+    modules = [parts.denoiser, *parts.text_encoders]
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    pipe = family.pipeline(parts)
+    pipe.scheduler = preview_scheduler(family, parts, previews.sampler)
+    pipe.set_progress_bar_config(disable=True)
+    out = []
+    try:
+        for prompt in prompts:
+            n = previews.images_per_prompt
+            generators = [torch.Generator(device="cpu").manual_seed(previews.seed + i) for i in range(n)]
+            result = pipe(prompt=prompt, num_images_per_prompt=n, num_inference_steps=previews.steps,
+                          height=size[0], width=size[1], generator=generators,
+                          **family.pipeline_kwargs(previews))
+            out.append(list(result.images))
+    finally:
+        for m, mode in zip(modules, modes, strict=True):
+            m.train(mode)
+    return out
+
+
+def render_previews(family: Family, parts: Components, previews: Previews, prompts: list[str], epoch: int,
+                    size: tuple[int, int], outputs: Outputs) -> list[PreviewEntry]:
+    """Generate, write and upload the previews of `epoch`; one entry per prompt."""
+    folder = f"previews/{checkpoint_name(epoch)}"
+    images = generate(family, parts, previews, prompts, size)
+    entries = []
+    grid_key = f"{folder}/grid.png"
+    for p, (prompt, row) in enumerate(zip(prompts, images, strict=True)):
+        paths = []
+        for i, image in enumerate(row):
+            key = f"{folder}/p{p}-i{i}.png"
+            image.save(outputs.local(key))
+            paths.append(outputs.publish(key))
+        entries.append(PreviewEntry(epoch=epoch, prompt=prompt, paths=paths, grid=grid_key))
+    grid(images).save(outputs.local(grid_key))
+    outputs.publish(grid_key)
+    return entries

@@ -1,0 +1,89 @@
+"""How many steps a run takes, how they split into epochs, and which samples each micro-batch holds.
+
+Epochs are equal slices of the optimizer steps (the last may be shorter): with
+``steps: auto`` and the tensorart preset one epoch is exactly one pass over the
+data; with an explicit or scenario step count an epoch may hold more or less than
+one pass. Data passes run on independently of epochs, each shuffled from
+``(seed, pass)``, so micro-batch *n* is the same in a fresh and a resumed run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from lora_operator.api import ModelFamily, Training, epoch_steps, scenario_steps
+
+from .data import Sample, epoch_order, make_batches
+
+
+def total_steps(training: Training, family: ModelFamily, samples: list[Sample]) -> int:
+    """Optimizer steps of the run: `training.steps`, or the preset formula when it is auto.
+
+    Args:
+        training: The hyperparameters.
+        family: The base model family (the scenario preset depends on it).
+        samples: The training samples (not regularization, not validation).
+    """
+    if training.steps != "auto":
+        return int(training.steps)
+    if training.steps_preset == "tensorart":
+        draws = sum(s.repeats for s in samples)
+        micro = epoch_steps(draws, 1, training.epochs, training.batch_size)
+        return max(1, math.ceil(micro / training.gradient_accumulation))
+    return scenario_steps(family, len(samples))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Steps and epochs of a run.
+
+    Attributes:
+        total_steps: Optimizer steps in all.
+        epochs: Epochs (at most one per step).
+        steps_per_epoch: Optimizer steps in each epoch but maybe the last.
+    """
+
+    total_steps: int
+    epochs: int
+    steps_per_epoch: int
+
+    @classmethod
+    def make(cls, steps: int, epochs: int) -> Plan:
+        """Split `steps` into `epochs` equal slices (fewer epochs when there are fewer steps)."""
+        epochs = max(1, min(epochs, steps))
+        per_epoch = math.ceil(steps / epochs)
+        return cls(total_steps=steps, epochs=math.ceil(steps / per_epoch), steps_per_epoch=per_epoch)
+
+    def epoch_of(self, step: int) -> int:
+        """The 1-based epoch that optimizer step `step` (1-based) belongs to."""
+        return min(self.epochs, math.ceil(step / self.steps_per_epoch))
+
+    def epoch_end(self, epoch: int) -> int:
+        """The last optimizer step (1-based) of `epoch`."""
+        return min(self.total_steps, epoch * self.steps_per_epoch)
+
+
+class BatchStream:
+    """Micro-batches of sample indices over endless seeded data passes.
+
+    Args:
+        samples: Training (and regularization) samples.
+        batch_size: Samples per micro-batch (one target size each).
+        seed: Seed of the shuffles.
+    """
+
+    def __init__(self, samples: list[Sample], batch_size: int, seed: int):
+        self.samples = samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self._batches: list[list[int]] = []
+        self._passes = 0
+
+    def batch(self, index: int) -> list[int]:
+        """Sample indices of micro-batch `index` (0-based, counted over the whole run)."""
+        while index >= len(self._batches):
+            order = epoch_order(self.samples, self._passes, self.seed)
+            self._batches.extend(make_batches(self.samples, order, self.batch_size))
+            self._passes += 1
+        return self._batches[index]

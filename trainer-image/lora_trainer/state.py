@@ -1,0 +1,80 @@
+"""Resume state: adapter weights, optimizer, lr schedule and position, saved at epoch ends.
+
+Written locally, then uploaded to ``state/``; ``state/meta.json`` goes last, so a state
+without it is incomplete and ignored. The position is the optimizer step: data order and
+every random draw derive from (seed, step), so nothing else is needed to continue exactly.
+RNG states are saved too, for code that draws from the global generators.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lora_operator.api import STATE_PREFIX, spec_hash
+
+if TYPE_CHECKING:
+    from .loop import LoraRecipe
+
+log = logging.getLogger(__name__)
+
+ADAPTER_FILE = "adapter.safetensors"
+TRAINING_FILE = "training.pt"
+META_FILE = "meta.json"
+
+
+def save(recipe: LoraRecipe, step: int) -> None:
+    """Write the resume state after optimizer step `step` and upload it to state/."""
+    out = recipe.outputs
+    save_file({k: v.contiguous() for k, v in recipe.adapter.state_dict().items()},
+              str(out.local(STATE_PREFIX + ADAPTER_FILE)))
+    torch.save(
+        {
+            "optimizer": recipe.optimizer.state_dict(),
+            "lr_scheduler": recipe.lr_scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+        },
+        out.local(STATE_PREFIX + TRAINING_FILE),
+    )
+    meta = {"step": step, "epoch": recipe.plan.epoch_of(step), "total_steps": recipe.plan.total_steps,
+            "spec_hash": spec_hash(recipe.spec)}
+    out.publish(STATE_PREFIX + ADAPTER_FILE)
+    out.publish(STATE_PREFIX + TRAINING_FILE)
+    out.publish_bytes(STATE_PREFIX + META_FILE, json.dumps(meta).encode())
+
+
+def restore(recipe: LoraRecipe) -> int:
+    """Load the state from state/ into the recipe; returns the step to continue after (0: none)."""
+    local = recipe.outputs.workdir / "restore"
+    shutil.rmtree(local, ignore_errors=True)
+    recipe.outputs.fetch_prefix(STATE_PREFIX, local)
+    meta_path = Path(local, META_FILE)
+    if not meta_path.is_file():
+        log.info("no saved state: starting from step 0")
+        return 0
+    meta = json.loads(meta_path.read_text())
+    if meta.get("spec_hash") != spec_hash(recipe.spec):
+        log.warning("saved state belongs to another spec: starting from step 0")
+        return 0
+    recipe.adapter.load_state_dict(load_file(str(local / ADAPTER_FILE)))
+    training = torch.load(local / TRAINING_FILE, weights_only=False)
+    recipe.optimizer.load_state_dict(training["optimizer"])
+    recipe.lr_scheduler.load_state_dict(training["lr_scheduler"])
+    torch.set_rng_state(training["torch_rng"])
+    random.setstate(training["python_rng"])
+    manifest = recipe.outputs.store.get_bytes("manifest.json")
+    if manifest:
+        from lora_operator.api import Manifest
+
+        recipe.manifest.manifest = Manifest.model_validate_json(manifest)
+        recipe.manifest.manifest.finished = False
+    log.info("resuming after step %d (epoch %d)", meta["step"], meta["epoch"])
+    return int(meta["step"])
