@@ -45,3 +45,26 @@ def test_finished_job_is_deleted_after_its_ttl(ground, operator, ns):  # noqa: F
     end_pod(ground, ns, running_pod(ground, ns, "brief")["metadata"]["name"], 0)
     ground.wait_for(lambda: ground.kubectl("get", "ltj", "brief", "-n", ns, check=False).returncode != 0,
                     timeout=60, what="the job deleted after its TTL")
+
+
+def _sample(text: str, name: str, labels: str = "") -> float:
+    line = next((row for row in text.splitlines() if row.startswith(f"{name}{labels} ") or
+                 (not labels and row.startswith(f"{name} "))), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
+def test_metrics_series_move_as_jobs_move(ground, operator, ns):  # noqa: F811
+    ground.add_gpu_nodes(1, gpus=1, gpu_type="metrics", prefix="metrics")
+    ground.wait_for(lambda: "lora_operator_admissions_total" in operator.metrics(), timeout=30, what="/metrics up")
+    before = operator.metrics()
+    ground.apply({**job("counted", "metrics"), "metadata": {"name": "counted", "namespace": ns}})
+    end_pod(ground, ns, running_pod(ground, ns, "counted")["metadata"]["name"], 0)
+    wait_phase(ground, operator, ns, "counted", "Succeeded")
+    ground.wait_for(lambda: _sample(operator.metrics(), "lora_operator_jobs", '{phase="Succeeded"}')
+                    > _sample(before, "lora_operator_jobs", '{phase="Succeeded"}'), timeout=30,
+                    what="lora_operator_jobs{phase=Succeeded} to grow")
+    after = operator.metrics()
+    assert _sample(after, "lora_operator_admissions_total") == _sample(before, "lora_operator_admissions_total") + 1
+    assert _sample(after, "lora_operator_admission_latency_seconds_count") > _sample(
+        before, "lora_operator_admission_latency_seconds_count")
+    assert 'lora_operator_gpu_nodes{state="free"}' in after
