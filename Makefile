@@ -10,7 +10,7 @@ export PYTHONPATH := $(CURDIR)/tests
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 
 .PHONY: setup apt venv tools test test-unit test-trainer test-cluster lint crds chaos demo \
-        cluster-up cluster-down bench-cpu bench-gpu bench-scale clean
+        cluster-up cluster-down clean
 
 setup: apt venv tools  ## everything the tests and the demo need
 
@@ -66,15 +66,6 @@ cluster-down:
 
 demo: setup  ## the whole product on one machine: operator, a tiny real training run, previews
 	$(BIN)/python examples/demo.py
-
-bench-cpu: venv
-	$(BIN)/python bench/trainer.py --device cpu
-
-bench-gpu: venv  ## full-size SD1.5 / SDXL / Flux on the GPU (run on a GPU machine)
-	$(BIN)/python bench/trainer.py --device cuda
-
-bench-scale: setup
-	$(BIN)/python bench/operator_scale.py --nodes 100 --jobs 1000
 
 clean:
 	rm -rf $(VENV) .cache
