@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -47,10 +48,15 @@ class Controller:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._kicked = asyncio.Event()
         self.passes = 0
+        self._handler_context: contextvars.Context | None = None
 
     def bind(self, jobs: Mapping[str, Any], pods: Mapping[str, Any], nodes: Mapping[str, Any]) -> None:
-        """Remembers the kopf indexes (job uid -> body, job uid -> pods, node name -> GpuNode)."""
+        """Remembers the kopf indexes (job uid -> body, job uid -> pods, node name -> GpuNode) and the
+        context of a handler: kopf's event poster lives in context variables that the scheduling
+        loop (started before any handler) would otherwise lack."""
         self.jobs, self.pods, self.nodes = jobs, pods, nodes
+        if self._handler_context is None:
+            self._handler_context = contextvars.copy_context()
 
     def node_exists(self, name: str) -> bool:
         return name in self.nodes
@@ -106,7 +112,8 @@ class Controller:
             await asyncio.sleep(BURST_SECONDS)
             self._kicked.clear()
             try:
-                plan = await asyncio.to_thread(self.run_pass)
+                context = (self._handler_context or contextvars.copy_context()).copy()
+                plan = await asyncio.get_running_loop().run_in_executor(None, context.run, self.run_pass)
             except Exception:  # noqa: BLE001 - one failed pass must not stop scheduling
                 log.exception("scheduling pass failed")
                 self.metrics.count_reconcile_error("schedule")

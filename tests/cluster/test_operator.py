@@ -104,6 +104,12 @@ def test_job_goes_queued_running_succeeded_as_its_pod_completes(ground, operator
     assert status["specHash"] and status["resolvedSpec"]["network"]["dim"] == 16
     ground.kubectl("wait", "--for=condition=Succeeded", "ltj/one", "-n", ns, "--timeout=10s")
 
+    def reasons() -> set[str]:
+        events = run_kubectl_json(ground, "get", "events", "-n", ns, "--field-selector", "involvedObject.name=one")
+        return {e["reason"] for e in events["items"]}
+    ground.wait_for(lambda: {"Queued", "NodeAssigned", "PodRunning", "TrainingComplete"} <= reasons(), timeout=30,
+                    what=f"an Event for each transition (have {reasons()})\n{operator.tail()}")
+
 
 def test_three_nodes_ten_jobs_never_share_a_node_and_drain_in_priority_order(ground, operator, ns):
     priorities = [0, 5, 0, 9, 1, 0, 5, 2, 0, 7]
