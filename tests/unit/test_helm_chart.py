@@ -31,6 +31,7 @@ EXPECTED_RULES = {
     ("lora-operator.io", "loratrainingtemplates"): {"get", "list", "watch"},
     ("lora-operator.io", "clusterloratrainingtemplates"): {"get", "list", "watch"},
     ("", "pods"): {"get", "list", "watch", "create", "delete"},
+    ("", "serviceaccounts"): {"create"},
     ("", "nodes"): {"list", "watch"},
     ("", "secrets"): {"get"},
     ("", "events"): {"create"},

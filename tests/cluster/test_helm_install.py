@@ -1,0 +1,202 @@
+"""`helm install` of the chart onto the real local control plane, then a job reconciled under its RBAC.
+
+No container runtime runs here, so the operator Deployment's pods are only played by kwok. The
+operator itself runs as a local process authenticated as the chart's ServiceAccount (a
+TokenRequest token, no admin certificate), with peering through the chart's ClusterKopfPeering
+exactly as the Deployment runs it: whatever the chart's ClusterRole lacks shows up as a 403.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import uuid
+
+import pytest
+
+from testground.operator import OperatorProcess, run_kubectl_json, storage_secret
+from testground.serviceaccount import service_account_kubeconfig
+
+pytestmark = pytest.mark.cluster
+
+CHART = "helm/lora-operator"
+RELEASE = "lora-operator"
+RELEASE_NS = "lora-system"
+OPERATOR_SA = RELEASE  # the chart's fullname: the release name already contains the chart name
+TRAINER_SA = "lora-trainer"
+GPU_TYPE = "helm-install"
+
+
+def helm(ground, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(ground.bin_dir / "helm"), f"--kubeconfig={ground.kubeconfig}", *args],
+                          capture_output=True, text=True, timeout=120)
+    if check and done.returncode:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+@pytest.fixture(scope="module")
+def namespaces(ground):
+    """Two job namespaces: `listed` gets the trainer ServiceAccount from the chart, `unlisted` from
+    the operator at admission (a job may come from any namespace). The release namespace gets the
+    storage Secret too: the Deployment reads the operator's own keys from it."""
+    names = {"listed": f"helm-{uuid.uuid4().hex[:6]}", "unlisted": f"helm-{uuid.uuid4().hex[:6]}"}
+    for ns in (*names.values(), RELEASE_NS):
+        ground.kubectl("create", "namespace", ns)
+        ground.apply(storage_secret(ground, ns))
+    yield names
+    for ns in names.values():
+        ground.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+@pytest.fixture(scope="module")
+def release(ground, namespaces):
+    ground.add_gpu_nodes(2, gpus=4, gpu_type=GPU_TYPE, prefix="helm")
+    helm(ground, "install", RELEASE, CHART, "-n", RELEASE_NS, "--create-namespace",
+         "--set", f"storage.endpoint={ground.minio.endpoint}", "--set", "storage.existingSecret=lora-storage",
+         "--set", "trainer.image.repository=lora-trainer", "--set", "trainer.image.tag=test",
+         "--set", f"trainer.serviceAccount.namespaces={{{namespaces['listed']}}}")
+    yield RELEASE
+    helm(ground, "uninstall", RELEASE, "-n", RELEASE_NS, "--ignore-not-found", "--wait")
+
+
+@pytest.fixture(scope="module")
+def operator(ground, release, tmp_path_factory):
+    """`lora-operator run` as the Deployment runs it (peering, no --standalone), as the chart's SA."""
+    folder = tmp_path_factory.mktemp("helm-operator")
+    kubeconfig = service_account_kubeconfig(ground, RELEASE_NS, OPERATOR_SA, folder / "kubeconfig")
+    op = OperatorProcess(ground, folder / "operator.log", args=(),
+                         extra_env={"KUBECONFIG": str(kubeconfig), "LORA_TRAINER_SERVICE_ACCOUNT": TRAINER_SA})
+    yield op.start()
+    op.stop()
+
+
+def job(name: str, namespace: str) -> dict:
+    return {
+        "apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "baseModel": {"family": "sd15", "uri": "s3://models/tiny-sd15"},
+            "dataset": {"uri": "s3://datasets/none-needed/"},
+            "output": {"uri": "s3://loras/"},
+            "placement": {"gpuType": GPU_TYPE},
+            "retryPolicy": {"maxRetries": 0},
+        },
+    }
+
+
+def phase(ground, ns: str, name: str) -> str | None:
+    return run_kubectl_json(ground, "get", "ltj", "-n", ns, name).get("status", {}).get("phase")
+
+
+def wait_phase(ground, operator, ns: str, name: str, wanted: str) -> None:
+    try:
+        ground.wait_for(lambda: phase(ground, ns, name) == wanted, timeout=45, what=f"{ns}/{name} {wanted}")
+    except TimeoutError:
+        raise AssertionError(f"{ns}/{name}: phase {phase(ground, ns, name)}, wanted {wanted}\n"
+                             f"--- operator log ---\n{operator.tail()}") from None
+
+
+def running_trainer_pod(ground, operator, ns: str) -> dict:
+    def find() -> dict | None:
+        pods = run_kubectl_json(ground, "get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=trainer")
+        return next((p for p in pods["items"] if p["status"].get("phase") == "Running"), None)
+    try:
+        ground.wait_for(lambda: find() is not None, timeout=45, what=f"a running trainer pod in {ns}")
+    except TimeoutError:
+        raise AssertionError(f"no running trainer pod in {ns}\n--- operator log ---\n{operator.tail()}") from None
+    return find()
+
+
+def end_pod_succeeded(ground, ns: str, pod: str) -> None:
+    """Ends the trainer as its kubelet would: container terminated with exit code 0, pod Succeeded."""
+    terminated = {"exitCode": 0, "reason": "Completed", "startedAt": "2026-01-01T00:00:00Z",
+                  "finishedAt": "2026-01-01T00:00:01Z"}
+    status = {"phase": "Succeeded",
+              "containerStatuses": [{"name": "trainer", "image": "lora-trainer:test", "imageID": "", "ready": False,
+                                     "restartCount": 0, "state": {"terminated": terminated}}]}
+    ground.kubectl("patch", "pod", "-n", ns, pod, "--subresource=status", "--type=merge",
+                   "-p", json.dumps({"status": status}))
+
+
+def test_helm_install_creates_the_operator_its_least_privilege_rbac_and_the_peering(ground, release, namespaces):
+    deployment = run_kubectl_json(ground, "get", "deployment", "-n", RELEASE_NS, RELEASE)
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == OPERATOR_SA
+    assert "--standalone" not in pod["containers"][0]["args"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["LORA_STORAGE_ENDPOINT"] == ground.minio.endpoint
+    assert env["LORA_TRAINER_IMAGE"] == "lora-trainer:test"
+    # kwok plays the two replicas' kubelet, so the rollout completes without a container runtime.
+    ground.kubectl("rollout", "status", f"deployment/{RELEASE}", "-n", RELEASE_NS, "--timeout=40s", timeout=50)
+
+    run_kubectl_json(ground, "get", "serviceaccount", "-n", RELEASE_NS, OPERATOR_SA)
+    binding = run_kubectl_json(ground, "get", "clusterrolebinding", RELEASE)
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": RELEASE_NS}]
+    rules = run_kubectl_json(ground, "get", "clusterrole", binding["roleRef"]["name"])["rules"]
+    assert all("*" not in r[f] for r in rules for f in ("apiGroups", "resources", "verbs"))
+    run_kubectl_json(ground, "get", "clusterkopfpeering", "lora-operator")
+    run_kubectl_json(ground, "get", "poddisruptionbudget", "-n", RELEASE_NS, RELEASE)
+    for ns in (RELEASE_NS, namespaces["listed"]):
+        trainer_sa = run_kubectl_json(ground, "get", "serviceaccount", "-n", ns, TRAINER_SA)
+        assert trainer_sa["automountServiceAccountToken"] is False
+        assert trainer_sa["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    # The operator's ServiceAccount may do what it needs and nothing wider.
+    can_i = [f"--as=system:serviceaccount:{RELEASE_NS}:{OPERATOR_SA}"]
+    assert ground.kubectl("auth", "can-i", "create", "pods", "-n", namespaces["listed"], *can_i).stdout.strip() == "yes"
+    for verb, *what in (("list", "secrets"), ("delete", "nodes"), ("create", "rolebindings"),
+                        ("create", "serviceaccounts", "--subresource=token"), ("patch", "serviceaccounts")):
+        answer = ground.kubectl("auth", "can-i", verb, *what, "-A", *can_i, check=False).stdout.strip()
+        assert answer == "no", f"the operator may {verb} {' '.join(what)}"
+
+
+def test_operator_as_the_charts_service_account_runs_jobs_to_success_without_a_403(ground, operator, namespaces):
+    for ns in namespaces.values():
+        ground.apply(job("charted", ns))
+    pods = {}
+    for ns in namespaces.values():
+        pods[ns] = running_trainer_pod(ground, operator, ns)
+        wait_phase(ground, operator, ns, "charted", "Running")
+    for ns, pod in pods.items():
+        assert pod["spec"]["serviceAccountName"] == TRAINER_SA
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        node = run_kubectl_json(ground, "get", "node", pod["spec"]["nodeName"])
+        assert node["metadata"]["labels"]["lora-operator.io/gpu-type"] == GPU_TYPE
+        # The chart made the ServiceAccount in the listed namespace; the operator in the other one.
+        trainer_sa = run_kubectl_json(ground, "get", "serviceaccount", "-n", ns, TRAINER_SA)
+        assert trainer_sa["automountServiceAccountToken"] is False
+    assert len({p["spec"]["nodeName"] for p in pods.values()}) == 2  # one job per GPU node
+    for ns, pod in pods.items():
+        end_pod_succeeded(ground, ns, pod["metadata"]["name"])
+    for ns in namespaces.values():
+        wait_phase(ground, operator, ns, "charted", "Succeeded")
+
+    def reasons(ns: str) -> set[str]:
+        events = run_kubectl_json(ground, "get", "events", "-n", ns, "--field-selector", "involvedObject.name=charted")
+        return {e["reason"] for e in events["items"]}
+    for ns in namespaces.values():  # Events, posted as the chart's ServiceAccount
+        try:
+            ground.wait_for(lambda ns=ns: {"NodeAssigned", "TrainingComplete"} <= reasons(ns), timeout=30,
+                            what=f"the operator's Events in {ns}")
+        except TimeoutError:
+            raise AssertionError(f"{ns}: Events {reasons(ns)}\n--- operator log ---\n{operator.tail()}") from None
+
+    peering = run_kubectl_json(ground, "get", "clusterkopfpeering", "lora-operator")
+    assert peering.get("status"), "the operator never announced itself in the chart's ClusterKopfPeering"
+    assert operator.proc.alive(), operator.tail()
+    log = operator.log.read_text(errors="replace")
+    forbidden = [line for line in log.splitlines() if re.search(r"forbidden", line, re.IGNORECASE)]
+    assert not forbidden, "the chart's RBAC refused the operator:\n" + "\n".join(forbidden[:10])
+
+
+def test_helm_uninstall_removes_the_release(ground, release, namespaces, operator):
+    operator.stop()  # as the Deployment's pods go with the release
+    helm(ground, "uninstall", RELEASE, "-n", RELEASE_NS, "--wait", "--timeout=60s")
+    assert RELEASE not in helm(ground, "list", "-n", RELEASE_NS, "-q").stdout.split()
+    for args in (("deployment", "-n", RELEASE_NS, RELEASE), ("serviceaccount", "-n", RELEASE_NS, OPERATOR_SA),
+                 ("serviceaccount", "-n", namespaces["listed"], TRAINER_SA), ("clusterrole", RELEASE),
+                 ("clusterrolebinding", RELEASE), ("clusterkopfpeering", "lora-operator")):
+        assert ground.kubectl("get", *args, "--ignore-not-found", "-o", "name").stdout.strip() == "", args
+    # CRDs outlive the release (helm never deletes crds/), so the jobs and their results stay.
+    run_kubectl_json(ground, "get", "crd", "loratrainingjobs.lora-operator.io")
