@@ -10,7 +10,7 @@ export PYTHONPATH := $(CURDIR)/tests
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 
 .PHONY: setup apt venv tools test test-unit test-trainer test-cluster lint crds chaos demo \
-        cluster-up cluster-down clean
+        cluster-up cluster-down bench-cpu bench-gpu clean
 
 setup: apt venv tools  ## everything the tests and the demo need
 
@@ -66,6 +66,12 @@ cluster-down:
 
 demo: setup  ## the whole product on one machine: operator, a tiny real training run, previews
 	$(BIN)/python examples/demo.py
+
+bench-cpu: venv  ## trainer speed smoke on CPU (tiny models): ours vs a diffusers-example loop
+	$(BIN)/python bench/trainer.py --device cpu --tiny --case all --json bench/results-cpu.json
+
+bench-gpu: venv  ## trainer speed and MFU on a GPU (full-size random-weight SD1.5 / SDXL / Flux)
+	$(BIN)/python bench/trainer.py --device cuda --case all --json bench/results-gpu.json
 
 clean:
 	rm -rf $(VENV) .cache

@@ -9,11 +9,14 @@ would have gone, and on CPU the same seed and data give byte-identical adapters.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -30,6 +33,7 @@ from lora_operator.api import (
 from . import state as resume_state
 from .adapters import make_adapter
 from .data import CaptionBuilder, PreparedDataset, Sample, load_captioner, prepare_dataset
+from .data.dataset import REGULARIZATION_PREFIX
 from .encode import Encoder
 from .errors import ConfigError, NanLossError
 from .export import file_digest
@@ -44,8 +48,23 @@ from .schedule import BatchStream, Plan, total_steps
 
 log = logging.getLogger(__name__)
 
+CAPTIONS_FILE = "captions.json"
+"""Under the job prefix: the caption each image trained with (auto captions are visible here)."""
+COLLECTIVE_TIMEOUT = timedelta(hours=1)
+"""How long workers wait for each other in a collective (rank 0 alone saves and renders)."""
 VALIDATION_TIMESTEPS = 4
 """Fixed timesteps per validation image: the validation loss compares across epochs."""
+
+
+def captions_json(data: PreparedDataset) -> bytes:
+    """captions.json: the base caption (sidecar .txt or auto caption) of every image used, by file.
+
+    Prefix, tags, shuffles and dropout are applied per step on top of these; regularization
+    files are keyed ``regularization/<file>`` as in the manifest's skipped list.
+    """
+    captions = {s.key: s.caption for s in sorted(data.train + data.validation, key=lambda s: s.key)}
+    captions.update({REGULARIZATION_PREFIX + s.key: s.caption for s in data.regularization})
+    return json.dumps(captions, indent=1, ensure_ascii=False).encode()
 
 
 def draw_seed(seed: int, index: int) -> int:
@@ -100,7 +119,7 @@ class LoraRecipe:
     def setup(self) -> None:
         """Prepare data, load the model, attach the adapter, build optimizer and schedule."""
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import InitProcessGroupKwargs, set_seed
 
         t, spec = self.training, self.spec
         check_sampler(self.family, spec.previews)
@@ -118,15 +137,20 @@ class LoraRecipe:
 
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
         self.mixed_precision, weight_dtype = resolve_precision(t.mixed_precision, device_type)
-        self.accelerator = Accelerator(mixed_precision=self.mixed_precision)
+        # With several GPUs, rank 0 writes checkpoints, previews and state while the others wait in
+        # a collective: give it longer than the default 10 minutes.
+        self.accelerator = Accelerator(mixed_precision=self.mixed_precision,
+                                       kwargs_handlers=[InitProcessGroupKwargs(timeout=COLLECTIVE_TIMEOUT)])
         self.device = self.accelerator.device
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.main = self.accelerator.is_main_process
 
         publish = self.outputs.publish_bytes if self.main else (lambda key, data: None)
         self.progress = ProgressReporter(publish, self.attempt, self.plan.total_steps, self.plan.epochs,
-                                         interval=self.progress_interval)
+                                         interval=self.progress_interval,
+                                         stream=None if self.main else open(os.devnull, "w"))  # noqa: SIM115
         self.progress.phase("loading")
+        publish(CAPTIONS_FILE, captions_json(self.data))
         self.manifest = ManifestWriter(publish, Manifest(
             spec_hash=spec_hash(spec), images=len(self.data.train), validation_images=len(self.data.validation),
             total_steps=self.plan.total_steps, skipped=list(self.data.skipped),
@@ -143,7 +167,10 @@ class LoraRecipe:
 
         self.optimizer = build_optimizer(self.adapter.param_groups(), t)
         self.lr_scheduler = build_scheduler(self.optimizer, t, self.plan.total_steps)
-        denoiser, self.optimizer = self.accelerator.prepare(self.parts.denoiser, self.optimizer)
+        denoiser = self.parts.denoiser
+        if any(p.requires_grad for p in denoiser.parameters()):
+            denoiser = self.accelerator.prepare(denoiser)  # DDP refuses a module with nothing to train
+        self.optimizer = self.accelerator.prepare(self.optimizer)
         self.train_parts = replace(self.parts, denoiser=denoiser)
         self.encoder = Encoder(self.family, self.train_parts, self.device, cache_latents=t.cache_latents,
                                cache_text=self.builder.deterministic)
@@ -172,7 +199,7 @@ class LoraRecipe:
 
     # ------------------------------------------------------------------ train
     def train(self) -> Manifest:
-        """Run the optimizer steps; checkpoints, previews and state at epoch ends.
+        """Run the optimizer steps; checkpoints and previews at epoch ends, resume state also every N steps.
 
         Returns:
             The final manifest.
@@ -180,37 +207,56 @@ class LoraRecipe:
         Raises:
             NanLossError: The loss became NaN or infinite.
         """
-        t = self.training
         self.progress.report.step = self.start_step
         self.progress.report.epoch = self.plan.epoch_of(self.start_step) if self.start_step else 0
         self.progress.phase("training")
         for step in range(self.start_step + 1, self.plan.total_steps + 1):
-            text_now = self.adapter.trains_text and (step <= self.text_steps or not self.adapter.text_ratio_applies)
-            self.adapter.set_text_training(text_now)
-            if step == self.text_steps + 1:
-                self.encoder.forget_text()
-            loss = 0.0
-            for k in range(t.gradient_accumulation):
-                index = ((step - 1) * t.gradient_accumulation + k) * self.world + self.rank
-                micro = self._loss(index, text_now) / t.gradient_accumulation
-                self.accelerator.backward(micro)
-                loss += micro.item()
-            self._sync_text_grads()
-            if t.max_grad_norm > 0:
-                params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-                self.accelerator.clip_grad_norm_(params, t.max_grad_norm)
-            self.optimizer.step()
-            self.lr_scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.adapter.after_step()
+            loss = self.train_step(step)
             epoch = self.plan.epoch_of(step)
             self.last_loss = loss
             self.progress.step(step, epoch, loss)
             if step == self.plan.epoch_end(epoch):
                 self._end_epoch(epoch, step)
+            elif self._state_due(step):
+                resume_state.save(self, step)
         self.progress.phase("done")
         self.manifest.write(finished=True)
         return self.manifest.manifest
+
+    def _state_due(self, step: int) -> bool:
+        """A mid-epoch resume state is due (checkpoints.stateEverySteps; epoch ends save their own)."""
+        every = self.spec.checkpoints.state_every_steps
+        return self.main and every > 0 and step % every == 0 and step < self.plan.total_steps
+
+    def train_step(self, step: int) -> float:
+        """One optimizer step (1-based): its micro-batches, clipping, optimizer and LR updates.
+
+        Everything a step costs and nothing else (no progress, no epoch ends), so that
+        `bench/trainer.py` times exactly what `train` runs per step.
+
+        Returns:
+            The step's loss (mean over its micro-batches).
+        """
+        t = self.training
+        text_now = self.adapter.trains_text and (step <= self.text_steps or not self.adapter.text_ratio_applies)
+        self.adapter.set_text_training(text_now)
+        if step == self.text_steps + 1:
+            self.encoder.forget_text()
+        loss = 0.0
+        for k in range(t.gradient_accumulation):
+            index = ((step - 1) * t.gradient_accumulation + k) * self.world + self.rank
+            micro = self._loss(index, text_now) / t.gradient_accumulation
+            self.accelerator.backward(micro)
+            loss += micro.item()
+        self._sync_text_grads()
+        if t.max_grad_norm > 0:
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            self.accelerator.clip_grad_norm_(params, t.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.adapter.after_step()
+        return loss
 
     def _loss(self, index: int, text_now: bool) -> torch.Tensor:
         """The weighted loss of micro-batch `index`."""
@@ -227,7 +273,8 @@ class LoraRecipe:
         timesteps = self.family.sample_timesteps(self.parts, len(samples), gen)
         weights = self.family.loss_weights(self.parts, timesteps, self.training.min_snr_gamma)
         weights = weights * torch.tensor([self.reg_weight if s.regularization else 1.0 for s in samples])
-        loss = self._weighted_mse(latents, noise, timesteps, cond, samples, weights)
+        sizes = [s.size_conditioning(flipped) for s, flipped in zip(samples, flips, strict=True)]
+        loss = self._weighted_mse(latents, noise, timesteps, cond, sizes, weights)
         if not torch.isfinite(loss):
             raise NanLossError(
                 f"training: the loss became {loss.item()} at micro-batch {index} "
@@ -235,9 +282,8 @@ class LoraRecipe:
             )
         return loss
 
-    def _weighted_mse(self, latents, noise, timesteps, cond, samples, weights) -> torch.Tensor:
+    def _weighted_mse(self, latents, noise, timesteps, cond, sizes, weights) -> torch.Tensor:
         noisy, target = self.family.noisy_and_target(self.parts, latents, noise, timesteps)
-        sizes = [(s.original_size, s.crop_top_left, s.target_size) for s in samples]
         with self.accelerator.autocast():
             pred = self.family.predict(self.train_parts, noisy, timesteps, cond, sizes)
         per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.ndim)))
@@ -271,7 +317,8 @@ class LoraRecipe:
             noise = torch.randn(latents.shape, generator=gen).to(latents)
             cond = {k: v.expand(len(timesteps), *v.shape[1:]) for k, v in cond.items()}
             ones = torch.ones(len(timesteps))
-            losses.append(self._weighted_mse(latents, noise, timesteps, cond, [sample] * len(timesteps), ones).item())
+            sizes = [sample.size_conditioning(False)] * len(timesteps)
+            losses.append(self._weighted_mse(latents, noise, timesteps, cond, sizes, ones).item())
         self.parts.denoiser.train()
         return sum(losses) / len(losses)
 

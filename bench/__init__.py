@@ -1,0 +1,1 @@
+"""Benchmarks: `python bench/trainer.py` (trainer speed against a diffusers-example loop)."""

@@ -1,0 +1,329 @@
+"""Trainer speed: our recipe's training step against a diffusers-example LoRA loop, same model and data.
+
+One command, one run; per case (model, resolution, batch) the rows are:
+
+- ``ours``: `LoraRecipe.train_step` of lora_trainer, set up by its own `setup` (latents and
+  text embeddings cached when the spec allows, frozen weights in bf16 on a GPU, LoRA in fp32);
+- ``reference``: the diffusers text-to-image LoRA example's step (`trainer_reference`): VAE and
+  text encoders every step, no caching, no compile;
+- ``ours-uncached`` (default with ``--tiny``, or ``--equal-work``): our step with an encoder that
+  caches nothing, i.e. the reference's work; its ratio to the reference is our machinery's overhead.
+
+Rows alternate step by step after warm-up, in one process on one device. Each row reports
+images/s, median and p90 step time, peak memory (GPU: max_memory_allocated; CPU: rise of the
+peak RSS during a step), FLOPs of one step (FlopCounterMode; gradient checkpointing's
+recomputed forward excluded) and, on a GPU with a known peak, MFU.
+
+Examples:
+    python bench/trainer.py --device cuda --case all --json bench/results-gpu.json
+    python bench/trainer.py --device cpu --tiny --case all --json bench/results-cpu.json
+    python bench/trainer.py --device cuda --case sdxl-1024 --batch 4 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import random
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from bench.trainer_measure import Samples, count_flops, dense_bf16_peak, gpu_name, timed  # noqa: E402
+from bench.trainer_models import full_size_loader, tiny_model  # noqa: E402
+from bench.trainer_reference import ReferenceLoop  # noqa: E402
+
+TINY_RESOLUTION = 32
+RANK = 16
+
+
+@dataclass(frozen=True)
+class Case:
+    """A benchmark case: model family, resolution, batch sizes."""
+
+    family: str
+    resolution: int
+    batches: tuple[int, ...]
+
+
+CASES = {
+    "sd15-512": Case("sd15", 512, (1, 4)),
+    "sdxl-1024": Case("sdxl", 1024, (1, 4)),
+    "flux-1024": Case("flux", 1024, (1, 2)),
+}
+
+
+def write_dataset(folder: Path, n: int, size: int) -> Path:
+    """`n` distinct size x size images with captions (content does not matter for speed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        low = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)  # smooth noise: cheap to write and decode
+        Image.fromarray(low).resize((size, size), Image.BILINEAR).save(folder / f"img{i}.png")
+        (folder / f"img{i}.txt").write_text(f"a photo of a subject, number {i}, soft light, detailed background")
+    return folder
+
+
+def bench_spec(family: str, model: Path, data: Path, out: Path, resolution: int, batch: int) -> dict[str, Any]:
+    """The job spec both rows follow: LoRA rank 16, bf16, AdamW, clipping at 1.0, no augmentation."""
+    return {
+        "type": "lora",
+        "baseModel": {"family": family, "uri": model.as_uri()},
+        "dataset": {"uri": data.as_uri(), "captionPrefix": "tkxw, ", "validationSplit": 0.0, "flip": False,
+                    "crop": {"mode": "center", "size": f"{resolution}x{resolution}"}},
+        "network": {"dim": RANK, "alpha": RANK},
+        "training": {"steps": 100_000, "epochs": 1, "batchSize": batch, "unetLearningRate": 1e-4,
+                     "textEncoderLearningRate": 0.0, "mixedPrecision": "bf16", "lrScheduler": {"type": "constant"},
+                     "maxGradNorm": 1.0, "gradientCheckpointing": "auto", "cacheLatents": True, "seed": 7},
+        "previews": {"everyEpochs": 0},
+        "output": {"uri": out.as_uri()},
+    }
+
+
+class Bench:
+    """One case at one batch size: the set-up recipe, the reference loop and their step functions."""
+
+    def __init__(self, case: Case, batch: int, tiny: bool, device: torch.device, tmp: Path,
+                 resolution: int | None = None):
+        from lora_operator.api import resolve_spec
+        from lora_operator.storage import open_store
+        from lora_trainer.loop import LoraRecipe, RunInputs
+        from lora_trainer.outputs import Outputs
+
+        self.case, self.batch, self.device = case, batch, device
+        self.resolution = resolution or (TINY_RESOLUTION if tiny else case.resolution)
+        model = tiny_model(case.family, tmp / "model") if tiny else tmp / "model"
+        model.mkdir(parents=True, exist_ok=True)
+        data = write_dataset(tmp / "data", 2 * batch, self.resolution)
+        spec = resolve_spec(bench_spec(case.family, model, data, tmp / "out", self.resolution, batch))
+        self.recipe = LoraRecipe(spec, RunInputs(model_dir=model, dataset_root=data),
+                                 Outputs(open_store((tmp / "out").as_uri()), tmp / "work"), progress_interval=3600)
+        if not tiny:
+            self.recipe.family.load = full_size_loader(case.family, device)
+        self.recipe.setup()
+        if self.recipe.device.type != device.type:
+            raise SystemExit(f"--device {device.type}: the recipe chose {self.recipe.device.type}")
+        self.cached = self.recipe.encoder
+        self.uncached = type(self.cached)(self.recipe.family, self.recipe.train_parts, self.recipe.device,
+                                          cache_latents=False, cache_text=False)
+        self.reference = ReferenceLoop(self.recipe)
+        self.step = 0
+        self.ref_index = 0
+
+    # The row functions: `prepare` switches adapters / encoders (untimed), `run` is the timed step.
+    def prepare(self, row: str) -> None:
+        """Make `row`'s LoRA active (and its encoder current) before its step."""
+        if row == "reference":
+            self.reference.activate()
+        else:
+            self.recipe.parts.denoiser.set_adapter("default")
+            self.recipe.encoder = self.cached if row == "ours" else self.uncached
+
+    def run(self, row: str) -> float:
+        """One training step of `row`; returns its loss."""
+        if row == "reference":
+            return self.reference.step(self._reference_batch())
+        self.step += 1
+        return self.recipe.train_step(self.step)
+
+    def _reference_batch(self) -> list[tuple[Any, str, tuple]]:
+        recipe = self.recipe
+        indices = recipe.stream.batch(self.ref_index)
+        self.ref_index += 1
+        rng = random.Random(0)
+        return [(s.image, recipe.builder.build(s.caption, rng), (s.original_size, s.crop_top_left))
+                for s in (recipe.samples[i] for i in indices)]
+
+    def close(self) -> None:
+        """Free the models."""
+        self.recipe.cleanup()
+        self.recipe = self.reference = self.cached = self.uncached = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def measure(bench: Bench, rows: list[str], warmup: int, steps: int, peak: float | None) -> list[dict[str, Any]]:
+    """Warm up, count FLOPs, then time `steps` alternating steps per row."""
+    for _ in range(warmup):
+        for row in rows:
+            bench.prepare(row)
+            bench.run(row)
+    flops: dict[str, tuple[int, int]] = {}
+    for row in rows:
+        bench.prepare(row)
+        flops[row] = count_flops(lambda row=row: bench.run(row), bench.recipe.parts.denoiser)
+    samples = {row: Samples() for row in rows}
+    for i in range(steps):
+        for row in rows if i % 2 == 0 else rows[::-1]:  # ABBA order: neither row always runs first
+            bench.prepare(row)
+            seconds, cpu, mib = timed(lambda row=row: bench.run(row), bench.device)
+            samples[row].times.append(seconds)
+            samples[row].cpu_times.append(cpu)
+            samples[row].peaks.append(mib)
+    checkpointing = bench.recipe.gradient_checkpointing
+    out = []
+    for row in rows:
+        executed, denoiser_forward = flops[row]
+        model_flops = executed - denoiser_forward if checkpointing else executed
+        stats = samples[row].summary()
+        achieved = model_flops / stats["median_s"]
+        out.append({
+            "case": f"{bench.case.family}-{bench.resolution}", "family": bench.case.family,
+            "resolution": bench.resolution, "batch": bench.batch, "row": row, **stats,
+            "images_per_s": bench.batch / stats["median_s"], "flops": model_flops, "flops_executed": executed,
+            "flop_per_s": achieved, "mfu": achieved / peak if peak else None,
+            "gradient_checkpointing": checkpointing, "encoders_per_step": row != "ours",
+            "steps": steps,
+        })
+    return out
+
+
+def profile_ours(bench: Bench, steps: int = 3, top: int = 15) -> str:
+    """torch.profiler over `steps` of our step; the top ops by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.device.type == "cuda" else [])
+    bench.prepare("ours")
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            bench.run("ours")
+        if bench.device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if bench.device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=top)
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per case and batch: median step time of ours / reference (and ours-uncached / reference)."""
+    out = []
+    by_key: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        by_key.setdefault((r["case"], r["batch"]), {})[r["row"]] = r
+    for (case, batch), found in by_key.items():
+        entry: dict[str, Any] = {"case": case, "batch": batch}
+        for key, suffix in (("median_s", ""), ("cpu_median_s", "_cpu_time")):
+            ref = found["reference"][key]
+            entry["ours_over_reference" + suffix] = found["ours"][key] / ref
+            if "ours-uncached" in found:
+                entry["ours_uncached_over_reference" + suffix] = found["ours-uncached"][key] / ref
+        out.append(entry)
+    return out
+
+
+def table(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]], gpu: bool) -> str:
+    """A plain-text table of the rows, then the ratios."""
+    head = (f"{'case':<11}{'bs':>3} {'row':<14}{'img/s':>9}{'median ms':>11}{'p90 ms':>9}{'cpu ms':>9}"
+            f"{'peak MiB':>10}{'GFLOP/step':>12}{'TFLOP/s' if gpu else 'GFLOP/s':>9}{'MFU':>7}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        rate = r["flop_per_s"] / (1e12 if gpu else 1e9)
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+        lines.append(f"{r['case']:<11}{r['batch']:>3} {r['row']:<14}{r['images_per_s']:>9.2f}"
+                     f"{1e3 * r['median_s']:>11.1f}{1e3 * r['p90_s']:>9.1f}{1e3 * r['cpu_median_s']:>9.1f}"
+                     f"{r['peak_mib']:>10.1f}{r['flops'] / 1e9:>12.2f}{rate:>9.2f}{mfu:>7}")
+    lines.append("")
+    for q in ratio_rows:
+        line = f"{q['case']} bs{q['batch']}: ours/reference {q['ours_over_reference']:.3f}x wall"
+        if not gpu:
+            line += f", {q['ours_over_reference_cpu_time']:.3f}x cpu time"
+        if "ours_uncached_over_reference" in q:
+            line += (f"; at equal work ours-uncached/reference {q['ours_uncached_over_reference']:.3f}x wall"
+                     + ("" if gpu else f", {q['ours_uncached_over_reference_cpu_time']:.3f}x cpu time"))
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--case", choices=[*CASES, "all"], default="all")
+    parser.add_argument("--batch", type=int, action="append", help="batch size(s); default: the case's")
+    parser.add_argument("--tiny", action="store_true", help="the tiny test models (lora_trainer.tiny) at 32 px")
+    parser.add_argument("--resolution", type=int, help="override the case's resolution (px, a multiple of 64)")
+    parser.add_argument("--warmup", type=int, help="warm-up steps per row (default 3; 1 with --tiny)")
+    parser.add_argument("--steps", type=int, help="timed steps per row (default 10; 8 with --tiny)")
+    parser.add_argument("--equal-work", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time ours without caching (default: on with --tiny)")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler over our step; print the top ops")
+    parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the GPU when it is not in the table")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (default 1: on a shared 2-core machine OpenMP spin-waits under "
+                             "contention made tiny steps up to 40x slower and the rows incomparable)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 3)
+    args.steps = args.steps if args.steps is not None else (8 if args.tiny else 10)
+    args.equal_work = args.tiny if args.equal_work is None else args.equal_work
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; print the table; returns (and writes with --json) the results."""
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no GPU here (use --device cpu --tiny)")
+    if device.type == "cpu" and torch.cuda.is_available():
+        raise SystemExit("--device cpu: the recipe would pick the GPU; run with CUDA_VISIBLE_DEVICES=")
+    name, peak, peak_label = "cpu", None, "cpu: FLOP/s only, no MFU"
+    if device.type == "cuda":
+        name = gpu_name()
+        peak, peak_label = dense_bf16_peak(name)
+        if args.peak_tflops:
+            peak, peak_label = args.peak_tflops * 1e12, f"{name}: {args.peak_tflops} TFLOP/s (--peak-tflops)"
+    print(f"device: {name}; peak: {peak_label}", flush=True)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    try:
+        results, profiles = run_cases(args, device, peak)
+    finally:
+        torch.set_num_threads(threads)
+    ratio_rows = ratios(results)
+    print("\n" + table(results, ratio_rows, device.type == "cuda"))
+    report = {
+        "date": datetime.date.today().isoformat(), "command": " ".join(["bench/trainer.py", *(argv or sys.argv[1:])]),
+        "device": name, "peak": peak_label, "torch": torch.__version__, "tiny": args.tiny,
+        "cpu_threads": args.threads if device.type == "cpu" else None,
+        "rows": results, "ratios": ratio_rows, "profiles": profiles,
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1))
+    return report
+
+
+def run_cases(args: argparse.Namespace, device: torch.device, peak: float | None) -> tuple[list, dict]:
+    """Every requested case and batch size, one after the other; (rows, profiles)."""
+    rows_wanted = ["ours", "ours-uncached", "reference"] if args.equal_work else ["ours", "reference"]
+    results, profiles = [], {}
+    for key in CASES if args.case == "all" else [args.case]:
+        case = CASES[key]
+        for batch in args.batch or case.batches:
+            with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
+                bench = Bench(case, batch, args.tiny, device, Path(tmp), args.resolution)
+                try:
+                    results += measure(bench, rows_wanted, args.warmup, args.steps, peak)
+                    if args.profile:
+                        profiles[f"{key} bs{batch}"] = profile_ours(bench)
+                        print(f"\n== profile of ours, {key} bs{batch}\n{profiles[f'{key} bs{batch}']}", flush=True)
+                finally:
+                    bench.close()
+            print(f"done: {key} bs{batch}", flush=True)
+    return results, profiles
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Models for the trainer benchmark: full-size random-weight components built in memory, or tiny folders.
+
+Full-size models come from the public diffusers / transformers configs in `bench/configs/`
+(configs only, no weights, nothing downloaded). They are built directly on the target
+device, then cast the way each family's `load` casts them, so the recipe sees the same
+parts it would load from a model folder. Tokenizers are the byte-level ones of
+`lora_trainer.tiny` (every id fits the real vocabularies); only the padded length matters
+for speed, and it is the real one (77 for CLIP, 512 for T5).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lora_trainer.families import Components
+from lora_trainer.tiny import build_tiny_model, write_clip_tokenizer, write_t5_tokenizer
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def _classes() -> dict[str, Any]:
+    """The component classes a config may name: a fixed table, a config never chooses code to import."""
+    import diffusers
+    import transformers
+
+    names = {
+        diffusers: ["UNet2DConditionModel", "FluxTransformer2DModel", "AutoencoderKL", "DDPMScheduler",
+                    "FlowMatchEulerDiscreteScheduler"],
+        transformers: ["CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel"],
+    }
+    return {name: getattr(module, name) for module, names_ in names.items() for name in names_}
+
+
+def load_config(family: str) -> dict[str, Any]:
+    """The full-size component configs of `family` (sd15, sdxl or flux)."""
+    return json.loads((CONFIGS / f"{family}.json").read_text())
+
+
+def _tokenizer(kind: str, max_length: int, folder: Path) -> Any:
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    if kind == "clip":
+        write_clip_tokenizer(folder)
+        tokenizer = CLIPTokenizer.from_pretrained(folder)
+    else:
+        write_t5_tokenizer(folder)
+        tokenizer = T5TokenizerFast.from_pretrained(folder)
+    tokenizer.model_max_length = max_length
+    return tokenizer
+
+
+def _module(cls: Any, config: dict[str, Any], device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    # Random init happens on the device (seconds for Flux's 12B parameters on a GPU, not minutes on CPU);
+    # float32 first, then the family's dtype, as from_pretrained(torch_dtype=...) leaves them.
+    with torch.device(device):
+        if hasattr(cls, "from_config"):  # diffusers
+            module = cls.from_config(config)
+        else:
+            config_cls = cls.config_class
+            module = cls(config_cls(**config))
+    return module.to(dtype).eval()
+
+
+def build_full_size(family: str, folder: Path, dtype: torch.dtype, device: torch.device) -> Components:
+    """Random-weight full-size components of `family` on `device`.
+
+    Args:
+        family: sd15, sdxl or flux.
+        folder: Where the tokenizers are written (and the `folder` of the components).
+        dtype: Dtype of the frozen weights (the recipe's resolved precision).
+        device: Where the weights are created.
+    """
+    spec, classes = load_config(family), _classes()
+    keep32 = set(spec.get("float32", []))
+
+    def part(name: str, entry: dict[str, Any]) -> torch.nn.Module:
+        return _module(classes[entry["class"]], entry["config"], device, torch.float32 if name in keep32 else dtype)
+
+    encoders = [part(f"text_encoder_{i}", e) for i, e in enumerate(spec["text_encoders"])]
+    tokenizers = [_tokenizer(e["tokenizer"], e["max_length"], folder / f"tokenizer_{i}")
+                  for i, e in enumerate(spec["text_encoders"])]
+    scheduler = classes[spec["scheduler"]["class"]].from_config(spec["scheduler"]["config"])
+    return Components(
+        denoiser=part("denoiser", spec["denoiser"]), vae=part("vae", spec["vae"]), text_encoders=encoders,
+        tokenizers=tokenizers, noise_scheduler=scheduler, folder=folder,
+    )
+
+
+def full_size_loader(family: str, device: torch.device):
+    """A replacement for `Family.load` that builds the full-size random model instead of reading a folder."""
+
+    def load(folder: Path, dtype: torch.dtype) -> Components:
+        return build_full_size(family, folder, dtype, device)
+
+    return load
+
+
+def tiny_model(family: str, folder: Path) -> Path:
+    """A tiny random-weight model folder of `family` (the trainer tests' models), loaded the normal way."""
+    return build_tiny_model(family, folder)

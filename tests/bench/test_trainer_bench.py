@@ -1,0 +1,44 @@
+"""The trainer benchmark's CPU smoke: both rows run, report throughput and FLOPs (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def bench_trainer(monkeypatch):
+    """bench/trainer.py as a module (bench/ is a package at the repository root, not installed)."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import trainer
+
+    return trainer
+
+
+def test_cpu_tiny_smoke_reports_both_rows_and_the_reference_counts_more_flops(bench_trainer, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU smoke needs a process without a GPU (the recipe would pick it); see make bench-gpu")
+    out = tmp_path / "bench.json"
+    bench_trainer.main(["--device", "cpu", "--tiny", "--case", "sd15-512", "--batch", "2", "--warmup", "1",
+                        "--steps", "2", "--json", str(out)])
+    report = json.loads(out.read_text())
+    rows = {r["row"]: r for r in report["rows"]}
+    assert {"ours", "reference"} <= set(rows)
+    for row in rows.values():
+        assert row["images_per_s"] > 0 and row["flops"] > 0 and row["batch"] == 2
+        assert row["mfu"] is None  # no MFU without a GPU peak
+    # The reference runs the VAE and the text encoder every step; ours reads them from the caches.
+    assert rows["reference"]["flops"] > rows["ours"]["flops"]
+    assert not rows["ours"]["encoders_per_step"] and rows["reference"]["encoders_per_step"]
+    # At equal work (ours without caches) both count the same FLOPs: same model, data and settings.
+    assert rows["ours-uncached"]["flops"] == pytest.approx(rows["reference"]["flops"], rel=1e-6)
+    (ratio,) = report["ratios"]
+    assert ratio["ours_over_reference"] > 0 and ratio["ours_uncached_over_reference"] > 0
