@@ -7,6 +7,10 @@ same file, or a bare spec). ``--storage DIR`` stands in for the object store.
 Pod mode: ``lora-train run --spec-env LORA_JOB_SPEC`` reads the resolved spec and
 the environment of docs/CONTRACTS.md.
 
+Either mode trains with one process per visible GPU (`launch`): with more than one,
+this process starts the workers, each running this same command line, and exits with
+their code. ``--processes N`` (or ``LORA_PROCESSES``) sets the count, e.g. 2 on CPU.
+
 The exit code is a `lora_operator.api.ExitCode`; a user error prints one line naming
 the field or file.
 """
@@ -29,6 +33,7 @@ from lora_operator.storage import StorageError
 
 from .errors import ConfigError, DatasetError, TrainerError
 from .inputs import Resolver, default_cache_dir
+from .launch import PROCESSES_ENV, is_worker, launch, wanted_processes
 from .loop import RunInputs, run_recipe
 from .outputs import Outputs
 
@@ -80,6 +85,9 @@ def _resolve(raw: dict[str, Any], template: dict[str, Any] | None = None) -> Job
 def train(spec: JobSpec, resolver: Resolver, prefix_uri: str, workdir: Path, *, attempt: int = 1,
           resume: bool = False, progress_interval: float = 5.0) -> int:
     """Fetch the inputs, train, upload; returns the exit code."""
+    rank = int(os.environ.get("RANK", "0"))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        workdir = workdir / f"rank-{rank}"  # workers may have been given the same --workdir
     outputs = Outputs(resolver.store(prefix_uri), workdir / "out")
     dataset = spec.dataset
     inputs = RunInputs(
@@ -95,6 +103,8 @@ def train(spec: JobSpec, resolver: Resolver, prefix_uri: str, workdir: Path, *, 
     manifest = run_recipe(spec, inputs, outputs, attempt=attempt, resume=resume, progress_interval=progress_interval)
     from .progress import format_eta
 
+    if rank != 0:
+        return ExitCode.SUCCESS
     print(f"done in {format_eta(time.monotonic() - started)}: {len(manifest.checkpoints)} checkpoint file(s) "
           f"under {outputs.uri('')}", file=sys.stderr)
     for entry in manifest.checkpoints:
@@ -142,16 +152,22 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", type=Path, help="local folder standing in for s3:// buckets (local mode)")
     run.add_argument("--workdir", type=Path, help="keep intermediate files here instead of a temporary folder")
     run.add_argument("--resume", action="store_true", help="continue from the state saved by an interrupted run")
+    run.add_argument("--processes", type=int, metavar="N",
+                     help=f"training processes, one per GPU (default: ${PROCESSES_ENV}, else the visible GPUs)")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Entry point; returns (and as a script exits with) an ExitCode."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     env = os.environ if env is None else env
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
+        processes = 1 if is_worker(env) else wanted_processes(args.processes, env)
+        if processes > 1:
+            return launch(argv, processes, {**os.environ, **env})
         if args.spec_env:
             return int(run_pod(args.spec_env, env, args.workdir))
         if args.job is None:

@@ -1,4 +1,7 @@
-"""Resume state: adapter weights, optimizer, lr schedule and position, saved at epoch ends.
+"""Resume state: adapter weights, optimizer, lr schedule and position.
+
+Saved at epoch ends and every ``checkpoints.stateEverySteps`` optimizer steps in between
+(by the main process only), so a retried pod repeats at most that many steps.
 
 Written locally, then uploaded to ``state/``; ``state/meta.json`` goes last, so a state
 without it is incomplete and ignored. The position is the optimizer step: data order and
@@ -53,7 +56,7 @@ def save(recipe: LoraRecipe, step: int) -> None:
 
 def restore(recipe: LoraRecipe) -> int:
     """Load the state from state/ into the recipe; returns the step to continue after (0: none)."""
-    local = recipe.outputs.workdir / "restore"
+    local = recipe.outputs.workdir / f"restore-{recipe.rank}"  # ranks may share a work folder
     shutil.rmtree(local, ignore_errors=True)
     recipe.outputs.fetch_prefix(STATE_PREFIX, local)
     meta_path = Path(local, META_FILE)

@@ -99,6 +99,10 @@ class Checkpoints(ApiModel):
 
     every_epochs: int = Field(default=1, ge=1, le=1000)
     """Write a checkpoint every N epochs (and always at the end). Default: 1."""
+    state_every_steps: int = Field(default=100, ge=0, le=100000)
+    """Save the resume state (adapter, optimizer, schedule, position) every N optimizer steps as well
+    as at epoch ends, so a retried pod loses at most N steps; 0 saves it only at epoch ends.
+    Default: 100."""
     formats: list[CheckpointFormat] = Field(
         default_factory=lambda: [CheckpointFormat.KOHYA, CheckpointFormat.DIFFUSERS], min_length=1, max_length=2
     )

@@ -32,15 +32,28 @@ def crop_to(image: Image.Image, target: tuple[int, int],
     height, width = target
     if mode == CropMode.NONE:
         return _resize(image, width, height), (0, 0)
-    scale = max(width / image.width, height / image.height)
-    scaled_w = max(width, round(image.width * scale))
-    scaled_h = max(height, round(image.height * scale))
+    scaled_h, scaled_w = scaled_size((image.height, image.width), target, mode)
     scaled = _resize(image, scaled_w, scaled_h)
     if mode == CropMode.CENTER:
         top, left = (scaled_h - height) // 2, (scaled_w - width) // 2
     else:
         top, left = focus_window(scaled, height, width)
     return scaled.crop((left, top, left + width, top + height)), (top, left)
+
+
+def scaled_size(original: tuple[int, int], target: tuple[int, int], mode: CropMode) -> tuple[int, int]:
+    """``(height, width)`` of the image scaled to cover ``target``, before `crop_to` cuts the window.
+
+    Args:
+        original: ``(height, width)`` of the image.
+        target: ``(height, width)`` of the window.
+        mode: The crop mode (none resizes straight to the target).
+    """
+    height, width = target
+    if mode == CropMode.NONE:
+        return target
+    scale = max(width / original[1], height / original[0])
+    return max(height, round(original[0] * scale)), max(width, round(original[1] * scale))
 
 
 def _resize(image: Image.Image, width: int, height: int) -> Image.Image:

@@ -17,7 +17,7 @@ from lora_operator.api.dataset import AutoCaptionMode
 from ..errors import ConfigError, DatasetError
 from .buckets import target_size
 from .captions import read_caption
-from .crop import crop_to
+from .crop import crop_to, scaled_size
 from .discover import IMAGE_SUFFIXES, discover
 from .images import UnusableImage, load_image
 
@@ -44,6 +44,8 @@ class Sample:
         crop_top_left: ``(top, left)`` of the cut in the scaled image (SDXL conditioning).
         target_size: ``(height, width)`` of ``image``; samples of a batch share it.
         regularization: True for regularization (class) images.
+        scaled_size: ``(height, width)`` of the scaled image the window was cut from
+            (None: ``target_size``, nothing was cut away).
     """
 
     key: str
@@ -54,6 +56,18 @@ class Sample:
     crop_top_left: tuple[int, int]
     target_size: tuple[int, int]
     regularization: bool = False
+    scaled_size: tuple[int, int] | None = None
+
+    def size_conditioning(self, flipped: bool) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """``(original_size, crop_top_left, target_size)`` for SDXL's add_time_ids.
+
+        A mirrored image shows the window mirrored too: its left edge moves to
+        ``scaled_width - left - target_width`` (as kohya's sd-scripts and diffusers' SDXL script do).
+        """
+        top, left = self.crop_top_left
+        if flipped:
+            left = (self.scaled_size or self.target_size)[1] - left - self.target_size[1]
+        return self.original_size, (top, left), self.target_size
 
 
 @dataclass
@@ -182,7 +196,8 @@ def _load_one(path: Path, key: str, dataset: Dataset, family: ModelFamily, mode:
     cropped, top_left = crop_to(image, size, dataset.crop.mode)
     sample = Sample(key=key, image=cropped, caption=caption or "", repeats=repeats,
                     original_size=(image.height, image.width), crop_top_left=top_left,
-                    target_size=size, regularization=regularization)
+                    target_size=size, regularization=regularization,
+                    scaled_size=scaled_size((image.height, image.width), size, dataset.crop.mode))
     return _Loaded(key=key, sample=sample, warning=f"{key}: {warning}" if warning else None, full=full)
 
 
