@@ -50,7 +50,7 @@ chaos: setup  ## fault injection: kill -9, node loss, storage and apiserver outa
 	$(PYTEST) tests -m chaos
 
 lint: venv
-	$(BIN)/ruff check operator trainer-image tests examples
+	$(BIN)/ruff check operator trainer-image tests examples bench
 	$(BIN)/lint-imports
 	$(BIN)/python -m lora_operator.crdgen --check
 

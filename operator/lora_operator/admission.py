@@ -4,9 +4,12 @@ made before its pod is created, so no two passes (or replicas) can start the sam
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -17,15 +20,18 @@ from .k8s import Conflict, Kube
 from .lifecycle import Emit, Lifecycle
 from .metrics import OperatorMetrics
 from .render import build_trainer_pod
-from .scheduling import Admission, GpuNode, Plan, TrainerPod, resource_toleration, schedule
+from .scheduling import Admission, GpuNode, Plan, QueuedJob, TrainerPod, resource_toleration, schedule
 from .views import JobView, parse_time
 
 log = logging.getLogger(__name__)
 
+ADMISSION_WORKERS = 4
+"""Admissions of one pass run side by side: each is a few API round trips (claim, pod, event),
+and a pass that fills a hundred free nodes must not take a hundred round trips in a row."""
+CLAIM_TRIES = 3
+"""Conditional claim writes per admission; a conflict re-reads the job (see `claim`)."""
 RECENT_SECONDS = 60.0
 """How long a pod this replica just created counts as holding its node before the watch shows it."""
-POSITION_WRITES_PER_PASS = 200
-"""queuePosition patches per pass, head of the queue first: one admission must not cost 5000 writes."""
 
 
 @dataclass
@@ -41,6 +47,9 @@ class Admitter:
     """node -> (job uid, expiry on the monotonic clock) of pods created by this process."""
     node_freed: dict[str, datetime] = field(default_factory=dict)
     """node -> when its last trainer pod ended (admission latency starts there)."""
+    writes: threading.Lock = field(default_factory=threading.Lock)
+    """Held while a pass claims jobs; the queue-position writer takes it for each of its writes."""
+    _pool: ThreadPoolExecutor | None = None
 
     def overlay(self, pods: list[TrainerPod]) -> list[TrainerPod]:
         """The watched pods plus the ones just created that the watch does not show yet."""
@@ -50,24 +59,40 @@ class Admitter:
         return pods + [TrainerPod(name="(creating)", node=n, job_uid=uid, active=True)
                        for n, (uid, _) in self.recent.items()]
 
-    def run(self, jobs: Iterable[JobView], nodes: list[GpuNode], pods: list[TrainerPod], now: datetime) -> Plan:
-        """One pass: admit what fits, update queue positions and the queue/node metrics."""
-        by_uid = {job.uid: job for job in jobs}
-        waiting = [job for job in by_uid.values() if job.waiting()]
-        plan = schedule([j.as_queued() for j in waiting], nodes, self.overlay(pods), now,
+    def run(self, queued: list[QueuedJob], nodes: list[GpuNode], pods: list[TrainerPod], now: datetime,
+            job_of: Callable[[str], JobView | None]) -> Plan:
+        """One pass: admit what fits and update the queue/node metrics.
+
+        `queued` are the waiting jobs' scheduling views; `job_of(uid)` gives the full view of
+        the few that are admitted. Queue positions are left to `positions.PositionWriter`.
+        """
+        plan = schedule(queued, nodes, self.overlay(pods), now,
                         gpu_type_label=self.config.gpu_type_label,
                         always_tolerated=(resource_toleration(self.config.gpu_resource),))
-        admitted = 0
-        for admission in plan.admissions:
-            try:
-                self.admit(by_uid[admission.job_uid], admission, now)
-                admitted += 1
-            except Conflict as err:
-                log.info("admission skipped, the job changed: %s", err)
-        self.write_positions(by_uid, plan)
-        self.metrics.set_queue_length(len(waiting) - admitted)
+        claims = [(job, admission) for admission in plan.admissions
+                  if (job := job_of(admission.job_uid)) is not None and job.waiting()]
+        # (a job that changed since the snapshot is left to the next pass)
+        with self.writes:
+            if len(claims) <= 1:
+                admitted = sum(self.try_admit(job, admission, now) for job, admission in claims)
+            else:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(ADMISSION_WORKERS, thread_name_prefix="admit")
+                # Each admission carries the pass's context (kopf's event poster lives in it).
+                futures = [self._pool.submit(contextvars.copy_context().run, self.try_admit, job, admission, now)
+                           for job, admission in claims]
+                admitted = sum(f.result() for f in futures)
+        self.metrics.set_queue_length(len(queued) - admitted)
         self.metrics.set_gpu_nodes(busy=len(plan.busy_nodes) + admitted, free=len(plan.free_nodes))
         return plan
+
+    def try_admit(self, job: JobView, admission: Admission, now: datetime) -> bool:
+        try:
+            self.admit(job, admission, now)
+            return True
+        except Conflict as err:
+            log.info("admission skipped, the job changed: %s", err)
+            return False
 
     def admit(self, job: JobView, admission: Admission, now: datetime) -> None:
         """Claims the job for the node (conditional status patch), then creates its trainer pod."""
@@ -77,14 +102,41 @@ class Admitter:
                                 node=admission.node, gpus=admission.gpus, attempt=attempt, resume=attempt > 1,
                                 config=self.config)
         name = pod["metadata"]["name"]
-        self.lifecycle.write(job, st.admitted(job.status, node=admission.node, gpus=admission.gpus, pod=name,
-                                              attempt=attempt, now=now))
+        job = self.claim(job, admission, pod=name, attempt=attempt, now=now)
         self.recent[admission.node] = (job.uid, time.monotonic() + RECENT_SECONDS)
         self.kube.ensure_service_account(job.namespace, self.config.trainer_service_account)
         self.kube.create_pod(pod)
         self.metrics.observe_admission((now - self.admissible_since(job, admission.node)).total_seconds())
         self.emit(job.body, "Normal", "NodeAssigned",
                   f"attempt {attempt} on node {admission.node} with {admission.gpus} GPU(s), pod {name}")
+
+    def claim(self, job: JobView, admission: Admission, *, pod: str, attempt: int, now: datetime) -> JobView:
+        """Writes Admitted, conditional on the resourceVersion read; returns the view it was written on.
+
+        A conflict usually means only kopf's own metadata patch (finalizer, last-handled
+        configuration) got in between: the job is read again and, if it still waits for the
+        same attempt, claimed again. Giving up would let the lower-ranked jobs of this pass
+        take the nodes and pass it over.
+
+        Raises:
+            Conflict: the job really changed (admitted elsewhere, suspended, deleted...).
+        """
+        def write(view: JobView) -> JobView:
+            self.lifecycle.write(view, st.admitted(view.status, node=admission.node, gpus=admission.gpus,
+                                                   pod=pod, attempt=attempt, now=now))
+            return view
+
+        for _ in range(CLAIM_TRIES - 1):
+            try:
+                return write(job)
+            except Conflict:
+                body = self.kube.get_job(job.namespace, job.name)
+                fresh = JobView.of(body) if body else None
+                if (fresh is None or fresh.uid != job.uid or not fresh.waiting()
+                        or fresh.status.attempt + 1 != attempt):
+                    raise
+                job = fresh
+        return write(job)
 
     def admissible_since(self, job: JobView, node: str) -> datetime:
         """When the job could first have taken the node: the later of queued-since and node-freed."""
@@ -93,14 +145,3 @@ class Admitter:
         since = max(filter(None, (parse_time(queued), parse_time(job.status.not_before), self.node_freed.get(node))),
                     default=job.created)
         return since
-
-    def write_positions(self, by_uid: dict[str, JobView], plan: Plan) -> None:
-        """Patches queuePosition where it changed, head of the queue first, a bounded number per pass."""
-        changed = sorted((pos, uid) for uid, pos in plan.positions.items()
-                         if uid in by_uid and by_uid[uid].status.queue_position != pos)
-        for pos, uid in changed[:POSITION_WRITES_PER_PASS]:
-            job = by_uid[uid]
-            try:
-                self.kube.patch_job_status(job.namespace, job.name, {"queuePosition": pos}, job.resource_version)
-            except Conflict:
-                continue

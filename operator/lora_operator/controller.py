@@ -18,8 +18,9 @@ from .config import OperatorConfig
 from .k8s import Conflict, Kube
 from .lifecycle import Emit, Lifecycle
 from .metrics import OperatorMetrics
+from .positions import PositionWriter
 from .scheduling import GpuNode
-from .views import JobView, pod_target_node, trainer_pod, utcnow
+from .views import JobView, QueueEntry, pod_target_node, trainer_pod, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,10 @@ BURST_SECONDS = 0.05
 """A pass waits this long after the first kick so a burst of events makes one pass."""
 IDLE_PASS_SECONDS = 5.0
 """A pass runs at least this often (backoffs expiring, missed events)."""
+POSITION_ROUND_SECONDS = 0.2
+"""The queue-position writer runs at most this often (and after each pass)."""
+VIEW_CACHE = 512
+"""Parsed JobViews kept (most recently used), for the reconciles of jobs that are changing."""
 
 
 def _values(store: Any) -> list:
@@ -45,8 +50,16 @@ class Controller:
         self.jobs: Mapping[str, Any] = {}
         self.pods: Mapping[str, Any] = {}
         self.nodes: Mapping[str, Any] = {}
+        self.positions = PositionWriter(kube, lock=self.admitter.writes)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._kicked = asyncio.Event()
+        self._passed = asyncio.Event()
+        self._entries: dict[str, QueueEntry] = {}
+        """uid -> scheduling view of the job's latest body (rebuilt when its resourceVersion moves)."""
+        self._views: dict[str, JobView] = {}
+        self._seen: dict[str, Any] = {}
+        """uid -> the QueuedJob (or None) the last event showed: a change is what needs a pass."""
+        self._nodes_seen: dict[str, Any] = {}
         self.passes = 0
         self._handler_context: contextvars.Context | None = None
 
@@ -61,9 +74,54 @@ class Controller:
     def node_exists(self, name: str) -> bool:
         return name in self.nodes
 
-    def job(self, uid: str) -> JobView | None:
+    def _body(self, uid: str) -> Mapping[str, Any] | None:
         bodies = _values(self.jobs.get(uid))
-        return JobView.of(bodies[-1]) if bodies else None
+        return bodies[-1] if bodies else None
+
+    def job(self, uid: str) -> JobView | None:
+        """The job's latest body as a JobView, parsed once per resourceVersion."""
+        body = self._body(uid)
+        if body is None:
+            self._views.pop(uid, None)
+            return None
+        view = self._views.get(uid)
+        if view is None or view.resource_version != body["metadata"].get("resourceVersion"):
+            view = JobView.of(body)
+            self._views.pop(uid, None)
+            self._views[uid] = view
+            if len(self._views) > VIEW_CACHE:
+                self._views.pop(next(iter(self._views)), None)
+        return view
+
+    def entry(self, uid: str) -> QueueEntry | None:
+        """The job's scheduling view, rebuilt only when its resourceVersion changed."""
+        body = self._body(uid)
+        if body is None:
+            self._entries.pop(uid, None)
+            return None
+        entry = self._entries.get(uid)
+        if entry is None or entry.resource_version != body["metadata"].get("resourceVersion"):
+            entry = self._entries[uid] = QueueEntry.of(body)
+        return entry
+
+    def job_event(self, uid: str) -> bool:
+        """Records a job event; True when it changed what the scheduler sees (so a pass is due).
+
+        Most job events do not: queuePosition, progress, conditions of running jobs.
+        """
+        entry = self.entry(uid)
+        if entry is None:
+            return self._seen.pop(uid, None) is not None
+        before = self._seen.get(uid, ...)
+        self._seen[uid] = entry.queued
+        return before is ... or before != entry.queued
+
+    def node_event(self, name: str) -> bool:
+        """Records a node event; True when the node's scheduling view changed (not a heartbeat)."""
+        now = _values(self.nodes.get(name))
+        changed = self._nodes_seen.get(name) != now
+        self._nodes_seen[name] = now
+        return changed
 
     def pods_of(self, uid: str) -> dict[str, Mapping[str, Any]]:
         return {p["metadata"]["name"]: p for p in _values(self.pods.get(uid))}
@@ -73,6 +131,12 @@ class Controller:
             view = self.job(uid)
             if view:
                 yield view
+
+    def all_entries(self) -> dict[str, QueueEntry]:
+        entries = {uid: self.entry(uid) for uid in list(self.jobs)}
+        for uid in set(self._entries) - set(entries):
+            self._entries.pop(uid, None)
+        return {uid: e for uid, e in entries.items() if e is not None}
 
     def gpu_nodes(self) -> list[GpuNode]:
         return [n for store in list(self.nodes.values()) for n in _values(store)]
@@ -105,6 +169,13 @@ class Controller:
 
     async def loop(self) -> None:
         """The scheduling loop: a pass after each burst of kicks, and at least every few seconds."""
+        writer = asyncio.create_task(self.position_loop())
+        try:
+            await self._schedule_forever()
+        finally:
+            writer.cancel()
+
+    async def _schedule_forever(self) -> None:
         wakeup = IDLE_PASS_SECONDS
         while True:
             with contextlib.suppress(TimeoutError):
@@ -119,17 +190,40 @@ class Controller:
                 self.metrics.count_reconcile_error("schedule")
                 wakeup = 1.0
                 continue
+            self._passed.set()
             wakeup = IDLE_PASS_SECONDS
             if plan.next_wakeup is not None:
                 wakeup = min(wakeup, max((plan.next_wakeup - utcnow()).total_seconds(), 0.05))
 
+    async def position_loop(self) -> None:
+        """Writes queue positions after passes, within the writer's budget, never blocking a pass."""
+        while True:
+            await self._passed.wait()
+            self._passed.clear()
+            try:
+                more = await asyncio.to_thread(self.write_positions)
+            except Exception:  # noqa: BLE001 - positions are informational; the next round retries
+                log.exception("writing queue positions failed")
+                more = True
+            await asyncio.sleep(max(POSITION_ROUND_SECONDS, self.positions.seconds_until_token()))
+            if more:
+                self._passed.set()
+
+    def write_positions(self) -> bool:
+        """One round of position writes; True when some are still due."""
+        entries = self.all_entries()
+        self.positions.write(entries)
+        return bool(self.positions.due(entries.values()))
+
     def run_pass(self):
-        jobs = list(self.all_jobs())
+        entries = self.all_entries()
         pods = [trainer_pod(p) for store in list(self.pods.values()) for p in _values(store)]
-        plan = self.admitter.run(jobs, self.gpu_nodes(), pods, utcnow())
+        queued = [e.queued for e in entries.values() if e.queued is not None]
+        plan = self.admitter.run(queued, self.gpu_nodes(), pods, utcnow(), self.job)
+        self.positions.wanted = plan.positions
         counts: dict[str, int] = defaultdict(int)
-        for job in jobs:
-            counts[job.status.phase.value] += 1
+        for entry in entries.values():
+            counts[entry.phase or "Pending"] += 1
         self.metrics.observe_jobs(counts)
         self.passes += 1
         return plan

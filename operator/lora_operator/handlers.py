@@ -17,7 +17,7 @@ from .config import OperatorConfig
 from .controller import Controller, needs_timer
 from .k8s import Kube
 from .metrics import OperatorMetrics, start_metrics_server
-from .views import JOB_UID_LABEL, TRAINER_COMPONENT, JobView, gpu_node, pod_active, utcnow
+from .views import JOB_UID_LABEL, TRAINER_COMPONENT, JobView, gpu_node, pod_active, slim_job, slim_pod, utcnow
 
 log = logging.getLogger(__name__)
 JOBS = (GROUP, VERSION, LoraTrainingJob.PLURAL)
@@ -40,6 +40,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 32
+    # How long a replica's peering record counts as alive: a standby takes over this long after
+    # the active replica died (kill -9 leaves its record behind). kopf's default is 60 s.
+    settings.peering.lifetime = int(os.environ.get("LORA_PEERING_LIFETIME", "60"))
     config = OperatorConfig.from_env()
     metrics = OperatorMetrics()
     memo.controller = Controller(Kube.connect(), config, metrics, _emit)
@@ -54,19 +57,21 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
 
 
+# The indexes are async on purpose: kopf runs sync handlers in its thread pool, one hop per
+# event; they only copy a dict, which the event loop does faster than a thread hand-off.
 @kopf.index(*JOBS)
-def jobs_index(uid: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
-    return {uid: dict(body)}
+async def jobs_index(uid: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return {uid: slim_job(body)}
 
 
 @kopf.index("", "v1", "pods", labels=TRAINER_PODS)
-def pods_index(labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[str, Any] | None:
+async def pods_index(labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[str, Any] | None:
     uid = labels.get(JOB_UID_LABEL)
-    return {uid: dict(body)} if uid else None
+    return {uid: slim_pod(body)} if uid else None
 
 
 @kopf.index("", "v1", "nodes")
-def nodes_index(name: str, body: kopf.Body, **_: Any) -> dict[str, Any] | None:
+async def nodes_index(name: str, body: kopf.Body, **_: Any) -> dict[str, Any] | None:
     node = gpu_node(body, GPU_RESOURCE)
     return {name: node} if node else None
 
@@ -82,9 +87,10 @@ def _controller(memo: kopf.Memo, jobs_index: kopf.Index, pods_index: kopf.Index,
 async def job_changed(uid: str, type: str | None, memo: kopf.Memo, jobs_index: kopf.Index,
                       pods_index: kopf.Index, nodes_index: kopf.Index, **_: Any) -> None:
     controller = _controller(memo, jobs_index, pods_index, nodes_index)
+    if controller.job_event(uid) or type == "DELETED":
+        controller.kick()  # only when what the scheduler sees changed: not for positions or progress
     if type != "DELETED":
         await controller.reconcile(uid)
-    controller.kick()
 
 
 @kopf.on.delete(*JOBS)
@@ -109,10 +115,10 @@ async def trainer_pod_changed(body: kopf.Body, labels: kopf.Labels, type: str | 
     controller = _controller(memo, jobs_index, pods_index, nodes_index)
     if type == "DELETED" or not pod_active(body):
         controller.node_freed(body)
+        controller.kick()  # the node is free now: schedule before finishing the job's bookkeeping
     uid = labels.get(JOB_UID_LABEL)
     if uid:
         await controller.reconcile(uid)
-    controller.kick()
 
 
 @kopf.on.event("", "v1", "nodes")
@@ -123,7 +129,8 @@ async def node_changed(type: str | None, name: str, memo: kopf.Memo, jobs_index:
         for view in list(controller.all_jobs()):
             if view.status.node == name:
                 await controller.reconcile(view.uid)
-    controller.kick()
+    if controller.node_event(name) or type == "DELETED":
+        controller.kick()  # not for heartbeats: only when the node's scheduling view changed
 
 
 @kopf.timer(*JOBS, interval=PROGRESS_INTERVAL, initial_delay=1.0,

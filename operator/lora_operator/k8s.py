@@ -8,6 +8,7 @@ restarted one acting on a stale view) cannot both admit a job: the second gets a
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,9 @@ from .api.resources import ClusterLoraTrainingTemplate, LoraTrainingJob, LoraTra
 log = logging.getLogger(__name__)
 
 
+DELETE_MEMORY_SECONDS = 60.0
+
+
 class Conflict(Exception):
     """The object changed since it was read; the caller re-reads and decides again."""
 
@@ -30,6 +34,7 @@ class Kube:
 
     api: client.ApiClient
     _service_accounts: set[tuple[str, str]] = field(default_factory=set)
+    _deleted: dict[tuple[str, str], float] = field(default_factory=dict)
 
     @classmethod
     def connect(cls) -> Kube:
@@ -72,12 +77,24 @@ class Kube:
         self._service_accounts.add((namespace, name))
 
     def delete_pod(self, namespace: str, name: str, grace_seconds: int | None = None) -> None:
-        """Deletes a pod; a pod already gone is fine."""
+        """Deletes a pod; a pod already gone is fine. A pod this process deleted in the last
+        minute is not deleted again: every event of a finished job would otherwise repeat the
+        request until the watch shows the pod's deletionTimestamp."""
+        now = time.monotonic()
+        if grace_seconds is None and self._deleted.get((namespace, name), 0.0) > now:
+            return
+        if len(self._deleted) > 10_000:
+            self._deleted = {k: t for k, t in self._deleted.items() if t > now}
+        self._deleted[namespace, name] = now + DELETE_MEMORY_SECONDS
         try:
             self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace_seconds)
         except ApiException as err:
             if err.status != 404:
+                self._deleted.pop((namespace, name), None)  # failed: the next event tries again
                 raise
+        except Exception:
+            self._deleted.pop((namespace, name), None)
+            raise
 
     def patch_job_status(self, namespace: str, name: str, status: dict[str, Any],
                          resource_version: str | None = None) -> dict[str, Any]:

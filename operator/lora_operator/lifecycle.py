@@ -22,7 +22,7 @@ from .metrics import OperatorMetrics
 from .outcome import ActionKind, classify, next_action
 from .render import output_prefix
 from .results import apply_reports, dataset_is_empty, finalize, read_reports
-from .storage import StorageError
+from .storage import ObjectNotFound, StorageError
 from .views import ATTEMPT_LABEL, JobView, pod_active, pod_snapshot
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,6 @@ class Lifecycle:
             return self.housekeep(job, pods, now)
         if job.status.resolved_spec is None:
             return self.resolve(job, now)
-        spec = JobSpec.model_validate(job.status.resolved_spec)
         if job.suspend_requested:
             return self.suspend(job, pods, now)
         if job.status.phase is Phase.SUSPENDED:
@@ -85,7 +84,7 @@ class Lifecycle:
             self.write(job, st.failed(job.status, reason=Reason.DEADLINE_EXCEEDED, message=message, now=now))
             return self.emit(job.body, "Warning", Reason.DEADLINE_EXCEEDED, message)
         if job.status.phase in (Phase.RUNNING, Phase.PENDING) and job.status.attempt:
-            return self.follow_attempt(job, spec, pods, now)
+            return self.follow_attempt(job, JobSpec.model_validate(job.status.resolved_spec), pods, now)
         return None
 
     def resolve(self, job: JobView, now: datetime) -> None:
@@ -114,6 +113,9 @@ class Lifecycle:
         try:
             if dataset_is_empty(spec, self.config):
                 return self.fail(job, Reason.DATASET_EMPTY, f"spec.dataset.uri: {spec.dataset.uri} holds no files", now)
+        except ObjectNotFound as err:
+            return self.fail(job, Reason.DATASET_EMPTY, f"spec.dataset.uri: {spec.dataset.uri}: {err} does not exist",
+                             now)
         except StorageError as err:
             log.warning("%s: cannot list the dataset yet: %s", job.key, err)
         resolved = spec.to_resource()
@@ -206,6 +208,8 @@ class Lifecycle:
 
     def delete_pods(self, job: JobView, pods: Mapping[str, Mapping[str, Any]]) -> None:
         for name, pod in pods.items():
+            if pod["metadata"].get("deletionTimestamp"):
+                continue  # already going; deleting it again on every event is a wasted request
             if pod_active(pod) or job.status.phase in FINISHED_PHASES or job.deleting:
                 self.kube.delete_pod(job.namespace, name)
 

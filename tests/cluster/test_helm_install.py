@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from testground.operator import OperatorProcess, run_kubectl_json, storage_secret
+from testground.operator import KWOK_DATASET, OperatorProcess, run_kubectl_json, seed_kwok_dataset, storage_secret
 from testground.serviceaccount import service_account_kubeconfig
 
 pytestmark = pytest.mark.cluster
@@ -53,6 +53,7 @@ def namespaces(ground):
 @pytest.fixture(scope="module")
 def release(ground, namespaces):
     ground.add_gpu_nodes(2, gpus=4, gpu_type=GPU_TYPE, prefix="helm")
+    seed_kwok_dataset(ground)
     helm(ground, "install", RELEASE, CHART, "-n", RELEASE_NS, "--create-namespace",
          "--set", f"storage.endpoint={ground.minio.endpoint}", "--set", "storage.existingSecret=lora-storage",
          "--set", "trainer.image.repository=lora-trainer", "--set", "trainer.image.tag=test",
@@ -78,7 +79,7 @@ def job(name: str, namespace: str) -> dict:
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "baseModel": {"family": "sd15", "uri": "s3://models/tiny-sd15"},
-            "dataset": {"uri": "s3://datasets/none-needed/"},
+            "dataset": {"uri": KWOK_DATASET},
             "output": {"uri": "s3://loras/"},
             "placement": {"gpuType": GPU_TYPE},
             "retryPolicy": {"maxRetries": 0},
@@ -105,7 +106,11 @@ def running_trainer_pod(ground, operator, ns: str) -> dict:
     try:
         ground.wait_for(lambda: find() is not None, timeout=45, what=f"a running trainer pod in {ns}")
     except TimeoutError:
-        raise AssertionError(f"no running trainer pod in {ns}\n--- operator log ---\n{operator.tail()}") from None
+        jobs = ground.kubectl("get", "ltj", "-A", "-o", "wide", check=False).stdout
+        pods = ground.kubectl("get", "pods", "-A", "-o", "wide", "-l", "app.kubernetes.io/component=trainer",
+                              check=False).stdout
+        raise AssertionError(f"no running trainer pod in {ns}\n--- jobs ---\n{jobs}\n--- trainer pods ---\n{pods}"
+                             f"\n--- operator log ---\n{operator.tail()}") from None
     return find()
 
 

@@ -11,13 +11,13 @@ from PIL import Image
 
 from lora_operator.kubectl_lora import main
 from lora_operator.kubectl_lora.sheet import LABEL_WIDTH, PAD
-from testground.operator import install_crds, run_kubectl_json
+from testground.operator import KWOK_DATASET, install_crds, run_kubectl_json
 
 pytestmark = pytest.mark.cluster
 
 SPEC = {
     "baseModel": {"family": "sd15", "uri": "s3://models/tiny-sd15"},
-    "dataset": {"uri": "s3://datasets/none-needed/"},
+    "dataset": {"uri": KWOK_DATASET},
     "output": {"uri": "s3://loras/"},
     "training": {"epochs": 2, "unetLearningRate": 1e-4},
 }

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from testground.operator import OperatorProcess, install_crds, run_kubectl_json, storage_secret
+from testground.operator import KWOK_DATASET, OperatorProcess, install_crds, run_kubectl_json, storage_secret
 
 pytestmark = pytest.mark.cluster
 
@@ -38,7 +38,7 @@ def job(name: str, gpu_type: str, priority: int = 0, **spec) -> dict:
         "apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob", "metadata": {"name": name},
         "spec": {
             "baseModel": {"family": "sd15", "uri": "s3://models/tiny-sd15"},
-            "dataset": {"uri": "s3://datasets/none-needed/"},
+            "dataset": {"uri": KWOK_DATASET},
             "output": {"uri": "s3://loras/"},
             "placement": {"gpuType": gpu_type},
             "priority": priority,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
@@ -15,8 +16,23 @@ REPO = Path(__file__).resolve().parents[2]
 STORAGE_SECRET = "lora-storage"
 
 
+KWOK_DATASET = "s3://datasets/kwok/"
+"""The dataset jobs name when kwok plays their pods: it must hold a file, since the operator
+refuses a job whose dataset prefix is empty (DatasetEmpty)."""
+
+
+def seed_kwok_dataset(ground: Ground) -> None:
+    """Puts one object under `KWOK_DATASET`."""
+    client = ground.minio.client()
+    if not client.bucket_exists("datasets"):
+        client.make_bucket("datasets")
+    client.put_object("datasets", "kwok/placeholder.txt", io.BytesIO(b"kwok"), 4)
+
+
 def install_crds(ground: Ground) -> None:
-    """Applies the generated CRDs and kopf's peering CRDs and waits until they are served."""
+    """Prepares a ground for the operator: the generated CRDs and kopf's peering CRDs, served,
+    and the placeholder dataset `KWOK_DATASET`."""
+    seed_kwok_dataset(ground)
     ground.kubectl("apply", "-f", str(REPO / "crds"))
     ground.kubectl("apply", "-f", str(REPO / "helm/lora-operator/crds/kopf-peering.yaml"))
     ground.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 
 from .base import ObjectInfo, ObjectStore
@@ -19,6 +20,15 @@ from .s3 import S3Store, make_client
 from .uri import as_prefix, join_key, parse_uri
 
 DEFAULT_ENDPOINT = "s3.amazonaws.com"
+
+
+@lru_cache(maxsize=16)
+def _shared_client(endpoint: str, access_key: str | None, secret_key: str | None, secure: bool,
+                   region: str | None):
+    """One client (connection pool, TLS context, bucket regions) per endpoint and identity: the
+    operator opens a store per job event, and a new client each time cost a CA-bundle load, a
+    new connection and a region lookup per read. Minio clients are thread-safe."""
+    return make_client(endpoint, access_key, secret_key, secure=secure, region=region)
 
 
 def open_store(uri: str, *, endpoint: str | None = None, access_key: str | None = None,
@@ -43,7 +53,7 @@ def open_store(uri: str, *, endpoint: str | None = None, access_key: str | None 
         return LocalStore(Path(key), uri=Path(key).as_uri() + "/")
     if scheme != "s3":
         raise InvalidUri(f"{uri!r}: {scheme}:// is not an object store (use s3:// or file://)")
-    client = make_client(endpoint or DEFAULT_ENDPOINT, access_key, secret_key, secure=secure, region=region)
+    client = _shared_client(endpoint or DEFAULT_ENDPOINT, access_key, secret_key, secure, region)
     prefix = as_prefix(key)
     return S3Store(client, bucket, prefix, uri=f"s3://{bucket}/{prefix}", policy=policy)
 

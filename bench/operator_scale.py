@@ -1,0 +1,378 @@
+"""The operator at scale on the real local control plane: N kwok GPU nodes, J jobs, M namespaces.
+
+    PYTHONPATH=tests .venv/bin/python bench/operator_scale.py --nodes 100 --jobs 1000
+
+What it does:
+1. `Ground.up()` (etcd, kube-apiserver, controller-manager, scheduler, kwok, MinIO), mixed GPU
+   pools (h100x8, a100x8, l40sx4, a10x1), each node tainted `bench.lora-operator.io/hold`
+   so nothing starts before the queue is full; CRDs, the storage Secret per namespace, the
+   dataset object in MinIO; the operator as a real process (`lora-operator run --standalone`).
+2. Submits the jobs (seeded: namespace, priority, optional GPU type, duration) and waits
+   until every one is Queued; then removes the taints (t0).
+3. A fake kubelet in this process ends each trainer pod `duration` seconds after the pod
+   appeared; the operator sees the pod Succeeded, finishes the job and admits the next one.
+4. Reports, from the API server's watch streams (not the operator's memory): makespan against
+   the ideal (total work / nodes) and a zero-latency list-scheduling reference, admission
+   latency (node freed -> next trainer pod ADDED) p50/p99, queue-order violations,
+   double-booked nodes, API requests by verb (apiserver_request_total, all clients), and the
+   operator's peak RSS (VmHWM) and CPU seconds (utime+stime).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from scale_analysis import (
+    JobInfo,
+    admission_latencies,
+    double_bookings,
+    list_schedule_makespan,
+    order_violations,
+    percentile,
+)
+from scale_watch import FakeKubelet, Recorder
+
+from testground import Ground, gpu_node
+from testground.operator import OperatorProcess, install_crds, storage_secret
+
+HOLD_TAINT = {"key": "bench.lora-operator.io/hold", "value": "true", "effect": "NoSchedule"}
+POOLS = (("h100", 8, 0.4), ("a100", 8, 0.3), ("l40s", 4, 0.2), ("a10", 1, 0.1))
+"""GPU type, GPUs per node, share of the nodes."""
+PRIORITIES = ((0, 0.6), (1, 0.2), (5, 0.15), (10, 0.05))
+CONSTRAINED_SHARE = 0.3
+"""Share of jobs that name a GPU type (drawn by pool size); the rest run anywhere."""
+GROUP, VERSION, PLURAL = "lora-operator.io", "v1alpha1", "loratrainingjobs"
+
+
+def pools(nodes: int) -> list[tuple[str, int, int]]:
+    counts = [max(1, round(nodes * share)) for _, _, share in POOLS]
+    counts[0] += nodes - sum(counts)
+    return [(t, g, c) for (t, g, _), c in zip(POOLS, counts, strict=True)]
+
+
+def draw_jobs(count: int, namespaces: int, seed: int, mean: float) -> list[dict]:
+    """Seeded jobs: namespace, priority, optional GPU type, duration (gamma, shape 4: cv 0.5)."""
+    rng = random.Random(seed)
+    types = [t for t, _, _ in POOLS]
+    weights = [s for _, _, s in POOLS]
+    jobs = []
+    for i in range(count):
+        jobs.append({
+            "name": f"job-{i:05d}", "namespace": f"team-{rng.randrange(namespaces):02d}", "order": i,
+            "priority": rng.choices([p for p, _ in PRIORITIES], [w for _, w in PRIORITIES])[0],
+            "gpuType": rng.choices(types, weights)[0] if rng.random() < CONSTRAINED_SHARE else None,
+            "duration": max(0.5, rng.gammavariate(4.0, mean / 4.0)),
+        })
+    return jobs
+
+
+def manifest(job: dict) -> dict:
+    placement = {"gpuType": job["gpuType"]} if job["gpuType"] else {}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "LoraTrainingJob",
+        "metadata": {"name": job["name"], "namespace": job["namespace"]},
+        "spec": {
+            "baseModel": {"family": "sd15", "uri": "s3://models/tiny-sd15"},
+            "dataset": {"uri": "s3://datasets/scale/"},
+            "output": {"uri": "s3://loras/"},
+            "placement": placement,
+            "priority": job["priority"],
+        },
+    }
+
+
+def apiserver_requests(ground: Ground) -> Counter:
+    """apiserver_request_total summed by (verb, resource/subresource), all clients."""
+    pki = ground.control_plane.pki
+    ctx = ssl.create_default_context(cafile=str(pki.ca_crt))
+    ctx.load_cert_chain(str(pki.admin_crt), str(pki.admin_key))
+    with urllib.request.urlopen(f"{ground.control_plane.server}/metrics", context=ctx, timeout=10) as resp:
+        text = resp.read().decode()
+    totals: Counter = Counter()
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels_part, value = line.rsplit(" ", 1)
+        labels = dict(item.split("=", 1) for item in labels_part[len("apiserver_request_total{"):-1].split(",")
+                      if "=" in item)
+        labels = {k: v.strip('"') for k, v in labels.items()}
+        resource = labels.get("resource", "")
+        if labels.get("subresource"):
+            resource += "/" + labels["subresource"]
+        if labels.get("code", "200")[0] != "2":
+            resource += f" ({labels['code']})"
+        totals[labels.get("verb", ""), resource] += float(value)
+    return totals
+
+
+def proc_usage(pid: int) -> dict:
+    """Peak RSS (VmHWM) and CPU seconds (utime+stime) of a live process, from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = 100.0
+    return {"peak_rss_mb": round(hwm / 1024, 1), "rss_mb": round(rss / 1024, 1),
+            "cpu_seconds": round((int(fields[11]) + int(fields[12])) / ticks, 1)}
+
+
+def python_pid(pid: int) -> int:
+    """The operator's python process: `pid` itself, or its child when py-spy launched it."""
+    if b"py-spy" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+        return pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return int(children[0])
+
+
+def sample_rss(pid_of, samples: list, stop) -> None:
+    """(seconds, RSS MB) of the operator every half second, to see when memory grows."""
+    start = time.monotonic()
+    while not stop.wait(0.5):
+        with contextlib.suppress(OSError, IndexError, StopIteration):
+            samples.append((round(time.monotonic() - start, 1), proc_usage(pid_of())["rss_mb"]))
+
+
+def setup(ground: Ground, args, jobs: list[dict]) -> dict[str, str]:
+    """Nodes (held by a taint), CRDs, namespaces, Secrets, buckets. Returns node -> GPU type."""
+    node_type: dict[str, str] = {}
+    manifests = []
+    for gpu_type, gpus, count in pools(args.nodes):
+        for i in range(count):
+            name = f"{gpu_type}-{i}"
+            manifests.append(gpu_node(name, gpus, gpu_type, taints=[HOLD_TAINT]))
+            node_type[name] = gpu_type
+    ground.apply(manifests)
+    ground.kubectl("wait", "--for=condition=Ready", "--timeout=180s", "node", "--all", timeout=200)
+    install_crds(ground)
+    namespaces = sorted({j["namespace"] for j in jobs})
+    ground.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in namespaces])
+    ground.apply([storage_secret(ground, ns) for ns in namespaces])
+    minio = ground.minio.client()
+    for bucket in ("datasets", "loras", "models"):
+        if not minio.bucket_exists(bucket):
+            minio.make_bucket(bucket)
+    import io
+
+    minio.put_object("datasets", "scale/img0.txt", io.BytesIO(b"a corgi"), 7)
+    return node_type
+
+
+def submit(api, jobs: list[dict], threads: int = 8) -> dict[str, dict]:
+    """Creates the jobs (in submission order per namespace); returns uid -> job."""
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(api)
+
+    def create(job):
+        body = custom.create_namespaced_custom_object(GROUP, VERSION, job["namespace"], PLURAL, manifest(job))
+        return body["metadata"]["uid"], job
+
+    # FIFO is by creationTimestamp (1 s resolution) then name: creating in index order keeps
+    # "submitted earlier" == "ranks earlier" within a namespace.
+    with ThreadPoolExecutor(threads) as pool:
+        return dict(pool.map(create, jobs))
+
+
+def release(api, node_type: dict[str, str]) -> dict[str, float]:
+    """Removes the hold taint from every node at once; returns node -> time it was released."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api)
+    released: dict[str, float] = {}
+
+    def untaint(name):
+        core.patch_node(name, {"spec": {"taints": None}})
+        released[name] = time.monotonic()
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(untaint, sorted(node_type)))
+    return released
+
+
+def run(args) -> dict:
+    jobs = draw_jobs(args.jobs, args.namespaces, args.seed, args.duration_mean)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="lora-scale-"))
+    ground = Ground.up(workdir)
+    operator = None
+    recorder = None
+    try:
+        node_type = setup(ground, args, jobs)
+        api = ground.api_client()
+        api.rest_client.pool_manager.connection_pool_kw["maxsize"] = 32
+        env = {"LORA_PROGRESS_INTERVAL": str(args.progress_interval), "LORA_UNSCHEDULABLE_TIMEOUT": "300"}
+        args_op = ("--standalone",)
+        operator = OperatorProcess(ground, workdir / "operator.log", extra_env=env, args=args_op)
+        if args.profile:
+            operator = _profiled(operator, workdir, args.profile)
+        operator.start()
+        kubelet = FakeKubelet(api, durations={})
+        recorder = Recorder(api, kubelet).start()
+        pid = python_pid(operator.proc.pid)
+        rss_samples: list = []
+        threading.Thread(target=sample_rss, args=(lambda: pid, rss_samples, recorder.stop), daemon=True).start()
+        t_start = time.monotonic()
+        before = apiserver_requests(ground)
+        t_submit = time.monotonic()
+        by_uid = submit(api, jobs)
+        t_submitted = time.monotonic()
+        kubelet.durations.update({uid: job["duration"] for uid, job in by_uid.items()})
+
+        def progress():
+            print(f"  queued {recorder.count('Queued')}/{len(jobs)}, succeeded {recorder.count('Succeeded')}, "
+                  f"operator {proc_usage(pid)}", flush=True)
+
+        if not recorder.wait_phase("Queued", len(jobs), args.timeout, progress):
+            raise SystemExit(f"only {recorder.count('Queued')} jobs Queued\n{operator.tail()}")
+        t_queued = time.monotonic()
+        usage_queued = proc_usage(pid)
+        mid = apiserver_requests(ground)
+        print(f"all {len(jobs)} Queued {t_queued - t_submit:.1f}s after the first submission", flush=True)
+        t0 = time.monotonic()
+        released = release(api, node_type)
+        if not recorder.wait_phase("Succeeded", len(jobs), args.timeout, progress):
+            raise SystemExit(f"only {recorder.count('Succeeded')} jobs Succeeded\n{operator.tail()}")
+        t_done = time.monotonic()
+        usage = proc_usage(pid)
+        after = apiserver_requests(ground)
+        time.sleep(1.0)  # the last pod deletions arrive on the watch
+        info = {uid: JobInfo(uid, j["namespace"], j["name"], j["priority"], j["order"], j["gpuType"], j["duration"])
+                for uid, j in by_uid.items()}
+        return report(args, jobs, info, node_type, recorder, kubelet, released, before, mid, after,
+                      times={"submit": t_submit, "submitted": t_submitted, "queued": t_queued, "t0": t0,
+                             "done": t_done},
+                      usage_queued=usage_queued, usage=usage, operator=operator,
+                      rss=[(round(t - (t0 - t_start), 1), mb) for t, mb in rss_samples])
+    finally:
+        if recorder:
+            recorder.close()
+        if operator:
+            if args.profile and operator.proc and operator.proc.popen:
+                # SIGINT to the operator alone: kopf exits, then py-spy writes its profile.
+                with contextlib.suppress(OSError, IndexError, subprocess.TimeoutExpired):
+                    os.kill(python_pid(operator.proc.pid), signal.SIGINT)
+                    operator.proc.popen.wait(timeout=90)
+            operator.stop()
+        if not args.keep:
+            ground.down()
+        else:
+            print(f"ground kept in {workdir} (KUBECONFIG={ground.kubeconfig})")
+
+
+def _profiled(operator: OperatorProcess, workdir: Path, tool: str) -> OperatorProcess:
+    """The operator started under py-spy (all threads) instead of plain python."""
+    from testground.procs import Proc
+
+    def start():
+        out = workdir / f"operator-profile.{ {'flamegraph': 'svg', 'speedscope': 'json', 'raw': 'txt'}[tool]}"
+        argv = [str(Path(sys.executable).parent / "py-spy"), "record", "--threads", "--idle", "-r", "50",
+                "-f", tool, "-o", str(out), "--", sys.executable, "-m", "lora_operator.cli", "run", *operator.args]
+        operator.proc = Proc("lora-operator", argv, operator.log, env=operator.env()).start()
+        return operator
+
+    operator.start = start  # type: ignore[method-assign]
+    return operator
+
+
+def report(args, jobs, info, node_type, recorder, kubelet, released, before, mid, after, times,
+           usage_queued, usage, operator, rss) -> dict:
+    t0 = times["t0"]
+    last_end = max(kubelet.ended.values())
+    makespan = last_end - t0
+    total_work = sum(j["duration"] for j in jobs)
+    ideal = total_work / len(node_type)
+    reference = list_schedule_makespan(list(info.values()), node_type)
+    steady, first = admission_latencies(recorder.pods, dict(released))
+    violations = order_violations(recorder.pods, recorder.jobs, info, node_type)
+    doubles = double_bookings(recorder.pods)
+    created = Counter(e.job_uid for e in recorder.pods if e.type == "ADDED")
+
+    def delta(a, b):
+        d = {f"{verb} {res}": int(b[k] - a.get(k, 0)) for k in b for verb, res in [k] if b[k] - a.get(k, 0) > 0}
+        return dict(sorted(d.items(), key=lambda kv: -kv[1]))
+
+    def by_verb(d):
+        out = defaultdict(int)
+        for key, n in d.items():
+            out[key.split()[0]] += n
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    drain = delta(mid, after)
+    submit_phase = delta(before, mid)
+    result = {
+        "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {_cpus()} CPUs, {platform.python_version()}",
+        "nodes": len(node_type), "jobs": len(jobs), "namespaces": args.namespaces, "seed": args.seed,
+        "pools": pools(args.nodes),
+        "submit_seconds": round(times["submitted"] - times["submit"], 1),
+        "all_queued_seconds": round(times["queued"] - times["submit"], 1),
+        "makespan_seconds": round(makespan, 2), "ideal_seconds": round(ideal, 2),
+        "makespan_over_ideal": round(makespan / ideal, 3),
+        "zero_latency_reference_seconds": round(reference, 2),
+        "makespan_over_reference": round(makespan / reference, 3),
+        "all_succeeded_seconds": round(times["done"] - t0, 2),
+        "admission_latency_after_pod_end": {"n": len(steady), "p50": round(percentile(steady, 50), 3),
+                                            "p90": round(percentile(steady, 90), 3),
+                                            "p99": round(percentile(steady, 99), 3),
+                                            "max": round(max(steady, default=float("nan")), 3)},
+        "admission_latency_first_pod_per_node": {"n": len(first), "p50": round(percentile(first, 50), 3),
+                                                 "p99": round(percentile(first, 99), 3),
+                                                 "max": round(max(first, default=float("nan")), 3)},
+        "order_violations": len(violations), "order_violation_examples": violations[:5],
+        "double_booked": len(doubles), "double_booked_examples": doubles[:5],
+        "jobs_with_more_than_one_pod": sum(1 for n in created.values() if n > 1),
+        "api_requests_submit_phase_by_verb": by_verb(submit_phase),
+        "api_requests_drain_phase_by_verb": by_verb(drain),
+        "api_requests_drain_phase": dict(list(drain.items())[:24]),
+        "operator_when_all_queued": usage_queued,
+        "operator_at_end": usage,
+        "operator_rss_mb_by_second_from_t0": rss[::4],
+    }
+    print(json.dumps(result, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", type=int, default=100)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--namespaces", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--duration-mean", type=float, default=5.0, help="mean trainer pod duration, seconds")
+    parser.add_argument("--progress-interval", type=float, default=10.0,
+                        help="LORA_PROGRESS_INTERVAL of the operator (its production default)")
+    parser.add_argument("--timeout", type=float, default=3600.0)
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--keep", action="store_true", help="leave the test ground running")
+    parser.add_argument("--profile", choices=("flamegraph", "speedscope", "raw"), default=None,
+                        help="run the operator under py-spy (pip install py-spy into the venv first)")
+    parser.add_argument("--out", default=None, help="write the result JSON here")
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Pure analysis of the recorded pod and job history: admission latency, queue-order violations,
+double-booked nodes, and a zero-latency list-scheduling reference for the makespan."""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from dataclasses import dataclass
+
+from scale_watch import JobEvent, PodEvent
+
+FINISHED = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What the benchmark submitted: rank inputs and placement of one job."""
+
+    uid: str
+    namespace: str
+    name: str
+    priority: int
+    order: int
+    """Submission index: FIFO within a namespace (names sort the same way)."""
+    gpu_type: str | None
+    duration: float
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def admissions(pods: list[PodEvent]) -> list[PodEvent]:
+    """The ADDED event of each trainer pod (one per admission), in revision order."""
+    return sorted((e for e in pods if e.type == "ADDED"), key=lambda e: e.rv)
+
+
+def admission_latencies(pods: list[PodEvent], released: dict[str, float]) -> tuple[list[float], list[float]]:
+    """Per admission: seconds from its node becoming free to the trainer pod's ADDED event.
+
+    A node becomes free when the watch shows its previous trainer pod finished (Succeeded/
+    Failed) or gone; the first pod of each node counts from the node's release (`released`).
+    Returns (latencies after a pod ended, latencies of the first pod per node).
+    """
+    freed: dict[str, float] = {}
+    holder: dict[str, str] = {}
+    steady, first = [], []
+    for event in sorted(pods, key=lambda e: e.rv):
+        key = f"{event.namespace}/{event.name}"
+        if event.type == "ADDED" and event.node:
+            if event.node in freed:
+                steady.append(event.t - freed.pop(event.node))
+            elif event.node in released:
+                first.append(event.t - released.pop(event.node))
+            holder[event.node] = key
+        elif (event.phase in FINISHED or event.type == "DELETED") and event.node and holder.get(event.node) == key:
+            freed[event.node] = event.t
+            holder.pop(event.node)
+    return steady, first
+
+
+def double_bookings(pods: list[PodEvent]) -> list[tuple[str, str, str]]:
+    """(node, holder, newcomer) each time a trainer pod targets a node whose pod has not finished."""
+    active: dict[str, set[str]] = defaultdict(set)
+    found = []
+    for event in sorted(pods, key=lambda e: e.rv):
+        if not event.node:
+            continue
+        key = f"{event.namespace}/{event.name}"
+        if event.type == "DELETED" or event.phase in FINISHED:
+            active[event.node].discard(key)
+        elif key not in active[event.node]:
+            found.extend((event.node, other, key) for other in active[event.node])
+            active[event.node].add(key)
+    return found
+
+
+def order_violations(pods: list[PodEvent], jobs: list[JobEvent], info: dict[str, JobInfo],
+                     node_type: dict[str, str]) -> list[tuple[str, str, str]]:
+    """Admissions that passed over a better-ranked waiting job fitting the same node.
+
+    At each trainer pod creation (job A on node n, revision r), a violation is a job B that at r
+    was Queued (its last event before r; not in backoff), fitted n (no GPU type or n's type),
+    and ranked above A: higher priority, or equal priority in the same namespace and submitted
+    earlier. Equal priorities across namespaces take turns by design (fair share) and are not
+    compared. Returns (node, admitted job, passed-over job).
+    """
+    timeline = sorted([(e.rv, 0, e) for e in jobs] + [(e.rv, 1, e) for e in admissions(pods)],
+                      key=lambda x: (x[0], x[1]))
+    waiting: set[str] = set()
+    by_priority: dict[tuple[str | None, int], int] = defaultdict(int)
+    lanes: dict[tuple[str | None, str, int], list[tuple[int, str]]] = defaultdict(list)
+    found = []
+    for _, kind, event in timeline:
+        if kind == 0:
+            job = info.get(event.uid)
+            if job is None:
+                continue
+            now_waiting = event.phase == "Queued" and not event.not_before and event.type != "DELETED"
+            if now_waiting and job.uid not in waiting:
+                waiting.add(job.uid)
+                by_priority[job.gpu_type, job.priority] += 1
+                heapq.heappush(lanes[job.gpu_type, job.namespace, job.priority], (job.order, job.uid))
+            elif not now_waiting and job.uid in waiting:
+                waiting.discard(job.uid)
+                by_priority[job.gpu_type, job.priority] -= 1
+            continue
+        admitted = info.get(event.job_uid)
+        if admitted is None or not event.node:
+            continue
+        for group in (None, node_type.get(event.node)):
+            higher = [p for (g, p), n in by_priority.items() if g == group and n > 0 and p > admitted.priority]
+            lane = lanes[group, admitted.namespace, admitted.priority]
+            while lane and lane[0][1] not in waiting:
+                heapq.heappop(lane)
+            earlier = lane and lane[0][0] < admitted.order and lane[0][1] != admitted.uid
+            if higher or earlier:
+                other = f"priority {max(higher)}" if higher else info[lane[0][1]].name
+                found.append((event.node, admitted.name, other))
+                break
+    return found
+
+
+def list_schedule_makespan(jobs: list[JobInfo], node_type: dict[str, str]) -> float:
+    """Makespan of a zero-latency operator: each node, when free, takes the best-ranked job it fits.
+
+    Rank: priority, then submission order (the namespace turns do not change the total work).
+    """
+    ranked = sorted(jobs, key=lambda j: (-j.priority, j.order))
+    queues: dict[str | None, list[tuple[int, int, JobInfo]]] = defaultdict(list)
+    for rank, job in enumerate(ranked):
+        queues[job.gpu_type].append((rank, job.order, job))
+    for queue in queues.values():
+        queue.reverse()  # pop() from the end takes the best rank
+    free = [(0.0, node) for node in sorted(node_type)]
+    heapq.heapify(free)
+    end = 0.0
+    while free:
+        t, node = heapq.heappop(free)
+        candidates = [q for q in (queues[None], queues[node_type[node]]) if q]
+        if not candidates:
+            continue
+        queue = min(candidates, key=lambda q: q[-1][0])
+        job = queue.pop()[2]
+        end = max(end, t + job.duration)
+        heapq.heappush(free, (t + job.duration, node))
+    return end

@@ -1,0 +1,85 @@
+"""queuePosition writes, apart from the scheduling pass and within a budget.
+
+Every admission moves every waiting job up by one: keeping 5000 positions exact would cost
+5000 status writes per admission, each one a watch event for every client. Positions are a
+courtesy to the user, so they are written by a background task after each pass, a bounded
+number per second, head of the queue first, and far down the queue only when they moved by a
+tenth or more. The scheduling pass never waits for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from .k8s import Conflict, Kube
+from .views import QueueEntry
+
+log = logging.getLogger(__name__)
+
+EXACT_HEAD = 10
+"""Positions up to this one are kept exact; further down only moves of >= 10% are written."""
+WRITES_PER_SECOND = 10.0
+"""Every status write of a LoraTrainingJob costs the API server a full decode, validation and
+managedFields update of a large object: positions get a small share of what it can take."""
+BURST = 50
+"""At most this many writes at once (e.g. after many jobs were queued together)."""
+
+
+def worth_writing(stored: int | None, wanted: int) -> bool:
+    """Whether a job showing `stored` should be patched to `wanted`."""
+    if stored == wanted:
+        return False
+    if stored is None or wanted <= EXACT_HEAD:
+        return True
+    return abs(stored - wanted) * 10 >= stored
+
+
+@dataclass
+class PositionWriter:
+    """Writes the latest plan's positions with a token bucket (WRITES_PER_SECOND, BURST)."""
+
+    kube: Kube
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """Shared with the admitter: a position write never races a pass's claim on the same job."""
+    rate: float = WRITES_PER_SECOND
+    burst: int = BURST
+    wanted: dict[str, int] = field(default_factory=dict)
+    _tokens: float = float(BURST)
+    _refilled: float = field(default_factory=time.monotonic)
+
+    def due(self, entries: Iterable[QueueEntry]) -> list[tuple[int, str]]:
+        """(position, uid) of the waiting jobs whose stored position is worth updating, head first."""
+        changed = []
+        for entry in entries:
+            wanted = self.wanted.get(entry.uid)
+            if entry.queued is not None and wanted is not None and worth_writing(entry.queue_position, wanted):
+                changed.append((wanted, entry.uid))
+        changed.sort()
+        return changed
+
+    def write(self, entries: Mapping[str, QueueEntry]) -> int:
+        """Spends the tokens available now on the most important changes; returns the writes made."""
+        now = time.monotonic()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._refilled) * self.rate)
+        self._refilled = now
+        written = 0
+        for position, uid in self.due(entries.values()):
+            if self._tokens < 1:
+                break
+            job = entries[uid].queued
+            self._tokens -= 1
+            try:
+                with self.lock:
+                    self.kube.patch_job_status(job.namespace, job.name, {"queuePosition": position},
+                                               entries[uid].resource_version)
+                written += 1
+            except Conflict:
+                continue  # the job changed; the next round sees its new state
+        return written
+
+    def seconds_until_token(self) -> float:
+        return 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.rate

@@ -1,0 +1,54 @@
+"""Queue-position writes: head exact, the rest only on large moves, within a token budget; and
+the cheap scheduling view (QueueEntry) agrees with the pydantic one (JobView)."""
+
+from __future__ import annotations
+
+from lora_operator.k8s import Conflict
+from lora_operator.positions import EXACT_HEAD, PositionWriter, worth_writing
+from lora_operator.views import JobView, QueueEntry
+
+
+def body(uid: str, phase: str = "Queued", position: int | None = None, rv: str = "1", **spec) -> dict:
+    status = {"phase": phase, "resolvedSpec": {"placement": {"gpuType": "h100", "nodeSelector": {"a": "b"}}}}
+    if position is not None:
+        status["queuePosition"] = position
+    return {"metadata": {"uid": uid, "name": f"job-{uid}", "namespace": "ns", "resourceVersion": rv,
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"priority": 3, **spec}, "status": status}
+
+
+class FakeKube:
+    def __init__(self, conflict: set[str] = frozenset()):
+        self.patches: list[tuple[str, int]] = []
+        self.conflict = conflict
+
+    def patch_job_status(self, namespace, name, status, resource_version=None):
+        if name in self.conflict:
+            raise Conflict(name)
+        self.patches.append((name, status["queuePosition"]))
+
+
+def test_head_positions_are_exact_and_deep_ones_move_only_by_a_tenth():
+    assert worth_writing(None, 500)
+    assert worth_writing(EXACT_HEAD + 1, EXACT_HEAD)
+    assert not worth_writing(7, 7)
+    assert not worth_writing(1000, 950)
+    assert worth_writing(1000, 900)
+
+
+def test_writer_spends_its_budget_head_first_and_skips_conflicts():
+    entries = {u: QueueEntry.of(body(u)) for u in ("a", "b", "c", "d")}
+    writer = PositionWriter(FakeKube(conflict={"job-b"}), rate=0.0, burst=3)  # type: ignore[arg-type]
+    writer.wanted = {"a": 4, "b": 1, "c": 2, "d": 3}
+    assert writer.write(entries) == 2
+    assert writer.kube.patches == [("job-c", 2), ("job-d", 3)]  # b conflicted, a had no token left
+    assert writer.write(entries) == 0  # no refill at rate 0
+
+
+def test_queue_entry_matches_the_job_view():
+    for raw in (body("a"), body("b", suspend=True), body("c", phase="Running"),
+                {**body("d"), "status": {"phase": "Queued"}}):
+        view, entry = JobView.of(raw), QueueEntry.of(raw)
+        assert (entry.queued is not None) == view.waiting()
+        if view.waiting():
+            assert entry.queued == view.as_queued()
