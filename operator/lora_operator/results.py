@@ -19,7 +19,7 @@ from .api.reports import (
     Manifest,
     ProgressReport,
 )
-from .api.status import CheckpointRecord, JobOutput, PreviewRecord, Progress
+from .api.status import MAX_SKIPPED_SHOWN, CheckpointRecord, JobOutput, PreviewRecord, Progress
 from .config import OperatorConfig
 from .render import output_prefix
 from .storage import ObjectStore, StorageError, open_store
@@ -90,6 +90,7 @@ def apply_reports(status: JobStatus, reports: Reports, prefix: str) -> JobStatus
         update["previews"] = [PreviewRecord(
             epoch=p.epoch, prompt=p.prompt, uris=[prefix + u for u in p.paths],
             grid=prefix + p.grid if p.grid else None) for p in m.previews]
+        update["skipped_files"] = m.skipped[:MAX_SKIPPED_SHOWN]
     return status.model_copy(update=update) if update else status
 
 

@@ -199,7 +199,8 @@ TRAINED = [
     Trained("unicode and spaces in the dataset prefix", {"dataset": {"uri": MIXED_PREFIX}}, None, file="*",
             user_sees="Succeeded; every file under the prefix is read"),
     Trained("a 20000x20000 image", {"dataset": {"uri": MIXED_PREFIX}}, None, file="huge.png",
-            user_sees="Succeeded without it: manifest.json `skipped` names huge.png, 400 MP above the 100 MP limit"),
+            user_sees="Succeeded without it: status.skippedFiles (and manifest.json) name huge.png, 400 MP "
+                      "above the 100 MP limit"),
 ]
 OTHER = [
     ("malformed YAML (bad indentation)",
@@ -394,6 +395,8 @@ def test_trainer_side_case_ends_with_the_file_or_field_named(cat, trained, c):
     assert manifest["images"] + manifest["validationImages"] == usable, manifest
     if c.file == "huge.png":
         assert list(skipped) == ["huge.png"] and "400 MP" in skipped["huge.png"], skipped
+        on_resource = {s["file"]: s["reason"] for s in status.get("skippedFiles", [])}
+        assert on_resource == skipped, status.get("skippedFiles")  # kubectl shows it, not only the manifest
     elif c.file != "*":
         assert c.file not in skipped, skipped
 

@@ -68,7 +68,9 @@ class SkippedFile(ApiModel):
     """A dataset file that was not used, and why."""
 
     file: str
+    """Path relative to the dataset prefix (regularization images under regularization/)."""
     reason: str
+    """Why it was skipped, e.g. "cannot decode" or "image has 400 MP, above the 100 MP limit"."""
 
 
 class Manifest(ApiModel):

@@ -6,6 +6,10 @@ from pydantic import Field
 
 from .base import ApiModel
 from .conditions import Phase
+from .reports import SkippedFile
+
+MAX_SKIPPED_SHOWN = 50
+"""Skipped dataset files listed on the resource; manifest.json lists them all."""
 
 
 class Condition(ApiModel):
@@ -143,6 +147,9 @@ class JobStatus(ApiModel):
     """Checkpoints written so far, oldest first."""
     previews: list[PreviewRecord] = Field(default_factory=list)
     """Preview images written so far."""
+    skipped_files: list[SkippedFile] = Field(default_factory=list, max_length=MAX_SKIPPED_SHOWN)
+    """Dataset files the trainer did not use and why (unreadable, too large, ...); the first 50,
+    all of them are in manifest.json."""
     output: JobOutput | None = None
     """The finalized result, once selectedCheckpoint was copied to final/."""
     resolved_spec: dict | None = None
