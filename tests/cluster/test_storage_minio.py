@@ -61,6 +61,7 @@ def test_upload_dir_and_download_prefix(minio_server, bucket, tmp_path):
 @pytest.fixture
 def counted_downloads(monkeypatch):
     """Small parts so a few MB take several ranged GETs; counts files and ranges fetched."""
+    # Spies on the real S3 store against the real MinIO: calls pass through and are counted.
     monkeypatch.setattr(s3, "PART_SIZE", 1 << 20)
     counts = {"files": [], "ranges": 0}
     get_file, get_range = S3Store.get_file, S3Store._get_range

@@ -33,6 +33,8 @@ def test_a_malformed_uri_is_a_model_error():
 def test_hf_uris_go_to_snapshot_download_with_the_token(tmp_path, monkeypatch):
     import huggingface_hub
 
+    # A stand-in for the hub, which this machine cannot reach; the test checks the routing and token.
+
     calls = []
 
     def fake_snapshot_download(**kwargs):

@@ -243,6 +243,7 @@ def test_mixed_precision_falls_back_to_float32_on_cpu_and_maps_to_dtypes_on_gpu(
     recipe = train(training={"steps": 1, "mixedPrecision": "bf16"})
     assert recipe.mixed_precision == "no" and recipe.parts.denoiser.dtype == torch.float32
     assert resolve_precision("fp16", "cuda") == ("fp16", torch.float16)
+    # No GPU here: what the GPU reports is stood in for, to check the dtype mapping alone.
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_precision("bf16", "cuda") == ("bf16", torch.bfloat16)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)

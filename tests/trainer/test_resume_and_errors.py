@@ -61,6 +61,7 @@ def test_nan_loss_stops_the_run_with_a_nan_error(train):
 def test_nan_loss_exits_with_nan_loss_code(tmp_path, tiny_models, dataset_dir, monkeypatch, capsys):
     from lora_trainer.families.sd15 import SD15Family
 
+    # Forces a NaN at once; the real learning-rate-driven NaN runs in tests/cluster/test_bad_inputs.py.
     monkeypatch.setattr(SD15Family, "predict", lambda self, parts, noisy, *a: noisy * float("nan"))
     spec = base_spec("sd15", tiny_models("sd15"), dataset_dir, tmp_path / "out")
     assert main(["run", str(write_job(tmp_path / "job.yaml", spec))]) == ExitCode.NAN_LOSS

@@ -51,6 +51,7 @@ def test_center_crop_of_an_odd_width_mirrors_off_by_one_and_a_plain_resize_stays
 
 
 def test_the_loop_passes_mirrored_crops_exactly_for_the_flipped_draws(train, tmp_path, monkeypatch):
+    # A spy: the real method runs; the wrapper records what the loop passed to it.
     seen = []  # per micro-batch: (flipped, time_ids row)
     added_cond = SDXLFamily._added_cond
 
