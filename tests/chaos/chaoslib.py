@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -21,6 +19,7 @@ from pathlib import Path
 
 from testground.kubelet_shim import KubeletShim
 from testground.operator import KWOK_DATASET, storage_secret
+from testground.podstatus import TIME, report, terminated
 
 TRAINER_SELECTOR = "app.kubernetes.io/component=trainer"
 JOB_UID_LABEL = "lora-operator.io/job-uid"
@@ -214,10 +213,7 @@ class PodCompleter:
         threading.Timer(delay, self._complete, args=(state,)).start()
 
     def _complete(self, state: PodState) -> None:
-        status = {"status": {"phase": "Succeeded", "containerStatuses": [{
-            "name": "trainer", "image": "lora-trainer:test", "imageID": "", "ready": False, "restartCount": 0,
-            "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": "2026-01-01T00:00:00Z",
-                                     "finishedAt": "2026-01-01T00:00:01Z"}}}]}}
+        status = {"status": terminated(0)}
         for _ in range(60):  # the API server may be restarting
             try:
                 self.core.patch_namespaced_pod_status(state.name, state.namespace, status, _request_timeout=10)
@@ -323,16 +319,9 @@ class FateShim(KubeletShim):
         ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         key = f"{ns}/{name}"
         container = pod["spec"]["containers"][0]
-        command = container.get("command") or []
-        binary = shutil.which(command[0], path=str(Path(sys.executable).parent)) if command else None
-        argv = [binary or command[0], *command[1:], *container.get("args", [])]
-        log = self.workdir / f"{ns}_{name}.log"
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "LORA_", "KUBECONFIG"))}
-        with log.open("wb") as out:
-            proc = subprocess.Popen(argv, env={**base, **self.env_of(pod)}, stdout=out, stderr=subprocess.STDOUT,
-                                    cwd=self.workdir, start_new_session=True)
-            self.procs[key] = proc
-            code = proc.wait()
+        proc, log = self.launch(pod)
+        self.procs[key] = proc
+        code = proc.wait()
         self.exits[key] = code
         fate = self.fates.get(key)
         if fate == "node-lost":
@@ -343,19 +332,10 @@ class FateShim(KubeletShim):
                       "conditions": [{"type": "DisruptionTarget", "status": "True",
                                       "reason": "TerminationByKubelet", "message": "evicted"}]}
         else:
-            if fate == "oom":
-                code, reason = 137, "OOMKilled"
-            else:
-                reason = "Completed" if code == 0 else "Error"
-            started = pod["status"].get("startTime", "2026-01-01T00:00:00Z")
-            terminated = {"exitCode": code, "reason": reason, "message": tail, "startedAt": started,
-                          "finishedAt": started}
-            status = {"phase": "Succeeded" if code == 0 else "Failed",
-                      "containerStatuses": [{"name": container["name"], "image": container["image"], "imageID": "",
-                                             "ready": False, "restartCount": 0,
-                                             "state": {"terminated": terminated}}]}
-        self.ground.kubectl("patch", "pod", "-n", ns, name, "--subresource=status", "--type=merge",
-                            "-p", json.dumps({"status": status}), check=False)
+            code, reason = (137, "OOMKilled") if fate == "oom" else (code, None)
+            status = terminated(code, reason, tail, container=container["name"], image=container["image"],
+                                started=pod["status"].get("startTime", TIME))
+        report(self.ground, ns, name, status, check=False)
         return code
 
 

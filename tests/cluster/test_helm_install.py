@@ -8,7 +8,6 @@ exactly as the Deployment runs it: whatever the chart's ClusterRole lacks shows 
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import uuid
@@ -16,6 +15,7 @@ import uuid
 import pytest
 
 from testground.operator import KWOK_DATASET, OperatorProcess, run_kubectl_json, seed_kwok_dataset, storage_secret
+from testground.podstatus import report, terminated
 from testground.serviceaccount import service_account_kubeconfig
 
 pytestmark = pytest.mark.cluster
@@ -116,13 +116,7 @@ def running_trainer_pod(ground, operator, ns: str) -> dict:
 
 def end_pod_succeeded(ground, ns: str, pod: str) -> None:
     """Ends the trainer as its kubelet would: container terminated with exit code 0, pod Succeeded."""
-    terminated = {"exitCode": 0, "reason": "Completed", "startedAt": "2026-01-01T00:00:00Z",
-                  "finishedAt": "2026-01-01T00:00:01Z"}
-    status = {"phase": "Succeeded",
-              "containerStatuses": [{"name": "trainer", "image": "lora-trainer:test", "imageID": "", "ready": False,
-                                     "restartCount": 0, "state": {"terminated": terminated}}]}
-    ground.kubectl("patch", "pod", "-n", ns, pod, "--subresource=status", "--type=merge",
-                   "-p", json.dumps({"status": status}))
+    report(ground, ns, pod, terminated(0))
 
 
 def test_helm_install_creates_the_operator_its_least_privilege_rbac_and_the_peering(ground, release, namespaces):

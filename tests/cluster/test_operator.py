@@ -12,6 +12,7 @@ import uuid
 import pytest
 
 from testground.operator import KWOK_DATASET, OperatorProcess, install_crds, run_kubectl_json, storage_secret
+from testground.podstatus import report, terminated
 
 pytestmark = pytest.mark.cluster
 
@@ -71,13 +72,7 @@ def trainer_pods(ground, ns: str) -> list[dict]:
 
 def end_pod(ground, ns: str, pod: str, exit_code: int, reason: str | None = None) -> None:
     """Ends a trainer pod as its kubelet would: terminated container, pod phase from the exit code."""
-    terminated = {"exitCode": exit_code, "reason": reason or ("Completed" if exit_code == 0 else "Error"),
-                  "startedAt": "2026-01-01T00:00:00Z", "finishedAt": "2026-01-01T00:00:01Z"}
-    status = {"phase": "Succeeded" if exit_code == 0 else "Failed",
-              "containerStatuses": [{"name": "trainer", "image": "lora-trainer:test", "imageID": "", "ready": False,
-                                     "restartCount": 0, "state": {"terminated": terminated}}]}
-    ground.kubectl("patch", "pod", "-n", ns, pod, "--subresource=status", "--type=merge",
-                   "-p", json.dumps({"status": status}))
+    report(ground, ns, pod, terminated(exit_code, reason))
 
 
 def running_pod(ground, ns: str, job_name: str) -> dict:

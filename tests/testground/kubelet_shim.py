@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .ground import Ground
+from .podstatus import TIME, report, terminated
 
 TRAINER_SELECTOR = "app.kubernetes.io/component=trainer"
 
@@ -75,8 +76,8 @@ class KubeletShim:
         env["LORA_CACHE_DIR"] = str(cache)
         return env
 
-    def run_pod(self, pod: dict) -> int:
-        """Runs the trainer container's command; patches the pod Succeeded or Failed with its exit code."""
+    def launch(self, pod: dict) -> tuple[subprocess.Popen, Path]:
+        """Starts the trainer container's command with its environment, in its own process group."""
         ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         container = pod["spec"]["containers"][0]
         command = container.get("command") or []
@@ -85,16 +86,19 @@ class KubeletShim:
         log = self.workdir / f"{ns}_{name}.log"
         base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "LORA_", "KUBECONFIG"))}
         with log.open("wb") as out:
-            code = subprocess.run(argv, env={**base, **self.env_of(pod)}, stdout=out, stderr=subprocess.STDOUT,
-                                  cwd=self.workdir).returncode
+            proc = subprocess.Popen(argv, env={**base, **self.env_of(pod)}, stdout=out, stderr=subprocess.STDOUT,
+                                    cwd=self.workdir, start_new_session=True)
+        return proc, log
+
+    def run_pod(self, pod: dict) -> int:
+        """Runs the trainer container's command; patches the pod Succeeded or Failed with its exit code."""
+        ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        container = pod["spec"]["containers"][0]
+        proc, log = self.launch(pod)
+        code = proc.wait()
         self.exits[f"{ns}/{name}"] = code
         tail = log.read_text(errors="replace")[-1500:]
-        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": tail,
-                      "startedAt": pod["status"].get("startTime", "2026-01-01T00:00:00Z"),
-                      "finishedAt": pod["status"].get("startTime", "2026-01-01T00:00:00Z")}
-        status = {"phase": "Succeeded" if code == 0 else "Failed",
-                  "containerStatuses": [{"name": container["name"], "image": container["image"], "imageID": "",
-                                         "ready": False, "restartCount": 0, "state": {"terminated": terminated}}]}
-        self.ground.kubectl("patch", "pod", "-n", ns, name, "--subresource=status", "--type=merge",
-                            "-p", json.dumps({"status": status}), check=False)
+        report(self.ground, ns, name, terminated(code, message=tail, container=container["name"],
+                                                 image=container["image"],
+                                                 started=pod["status"].get("startTime", TIME)), check=False)
         return code
