@@ -68,3 +68,22 @@ def test_metrics_series_move_as_jobs_move(ground, operator, ns):  # noqa: F811
     assert _sample(after, "lora_operator_admission_latency_seconds_count") > _sample(
         before, "lora_operator_admission_latency_seconds_count")
     assert 'lora_operator_gpu_nodes{state="free"}' in after
+
+
+def test_pod_stuck_unschedulable_is_queued_again_once_then_fails_with_the_reason(ground, operator, ns):  # noqa: F811
+    from testground import gpu_node
+
+    # A GPU node that kube-scheduler refuses (room for no pod) while it looks free to the queue:
+    # the trainer pod stays Pending/Unschedulable past LORA_UNSCHEDULABLE_TIMEOUT (20 s here).
+    node = gpu_node("nopods-0", gpus=1, gpu_type="nopods")
+    for key in ("allocatable", "capacity"):
+        node["status"][key]["pods"] = "0"
+    ground.apply(node)
+    ground.kubectl("wait", "--for=condition=Ready", "--timeout=60s", "node/nopods-0")
+    ground.apply({**job("stuck", "nopods"), "metadata": {"name": "stuck", "namespace": ns}})
+    wait_phase(ground, operator, ns, "stuck", "Failed", timeout=150)
+    status = get_job(ground, ns, "stuck")["status"]
+    assert [a["reason"] for a in status["attempts"]] == ["Unschedulable", "Unschedulable"]
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "Unschedulable"
+    ground.kubectl("delete", "node", "nopods-0")
