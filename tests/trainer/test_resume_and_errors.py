@@ -61,8 +61,10 @@ def test_nan_loss_stops_the_run_with_a_nan_error(train):
 def test_nan_loss_exits_with_nan_loss_code(tmp_path, tiny_models, dataset_dir, monkeypatch, capsys):
     from lora_trainer.families.sd15 import SD15Family
 
-    # Forces a NaN at once; the real learning-rate-driven NaN runs in tests/cluster/test_bad_inputs.py.
-    monkeypatch.setattr(SD15Family, "predict", lambda self, parts, noisy, *a: noisy * float("nan"))
+    # Forces a NaN at once (the real prediction times NaN, so gradients still flow); the
+    # learning-rate-driven NaN runs for real in tests/cluster/test_bad_inputs.py.
+    predict = SD15Family.predict
+    monkeypatch.setattr(SD15Family, "predict", lambda self, *a: predict(self, *a) * float("nan"))
     spec = base_spec("sd15", tiny_models("sd15"), dataset_dir, tmp_path / "out")
     assert main(["run", str(write_job(tmp_path / "job.yaml", spec))]) == ExitCode.NAN_LOSS
     err = capsys.readouterr().err.strip().splitlines()

@@ -54,6 +54,8 @@ COLLECTIVE_TIMEOUT = timedelta(hours=1)
 """How long workers wait for each other in a collective (rank 0 alone saves and renders)."""
 VALIDATION_TIMESTEPS = 4
 """Fixed timesteps per validation image: the validation loss compares across epochs."""
+LOSS_READ_EVERY = 10
+"""Steps between reads of the loss to the host (progress line, NaN check): no sync in between."""
 
 
 def captions_json(data: PreparedDataset) -> bytes:
@@ -210,14 +212,18 @@ class LoraRecipe:
         self.progress.report.step = self.start_step
         self.progress.report.epoch = self.plan.epoch_of(self.start_step) if self.start_step else 0
         self.progress.phase("training")
+        pending: list[tuple[int, torch.Tensor]] = []
         for step in range(self.start_step + 1, self.plan.total_steps + 1):
-            loss = self.train_step(step)
+            pending.append((step, self.train_step(step)))
             epoch = self.plan.epoch_of(step)
-            self.last_loss = loss
-            self.progress.step(step, epoch, loss)
-            if step == self.plan.epoch_end(epoch):
+            epoch_end = step == self.plan.epoch_end(epoch)
+            state_due = not epoch_end and self._state_due(step)
+            if epoch_end or state_due or step % LOSS_READ_EVERY == 0:
+                self._read_losses(pending, epoch)
+                pending = []
+            if epoch_end:
                 self._end_epoch(epoch, step)
-            elif self._state_due(step):
+            elif state_due:
                 resume_state.save(self, step)
         self.progress.phase("done")
         self.manifest.write(finished=True)
@@ -228,26 +234,44 @@ class LoraRecipe:
         every = self.spec.checkpoints.state_every_steps
         return self.main and every > 0 and step % every == 0 and step < self.plan.total_steps
 
-    def train_step(self, step: int) -> float:
+    def _read_losses(self, pending: list[tuple[int, torch.Tensor]], epoch: int) -> None:
+        """Reads the losses of the steps since the last read in one device sync; stops on NaN/inf.
+
+        A step's loss stays on the device until here, so steps run without host syncs; a NaN is
+        caught at the latest LOSS_READ_EVERY steps later, and always before a checkpoint or a
+        resume state is written.
+        """
+        values = torch.stack([loss.detach().float().cpu() for _, loss in pending]).tolist()
+        for (step, _), value in zip(pending, values, strict=True):
+            if not math.isfinite(value):
+                raise NanLossError(
+                    f"training: the loss became {value} at step {step} "
+                    f"(lower training.unetLearningRate, now {self.training.unet_learning_rate})"
+                )
+            self.last_loss = value
+            self.progress.step(step, epoch, value)
+
+    def train_step(self, step: int) -> torch.Tensor:
         """One optimizer step (1-based): its micro-batches, clipping, optimizer and LR updates.
 
         Everything a step costs and nothing else (no progress, no epoch ends), so that
         `bench/trainer.py` times exactly what `train` runs per step.
 
         Returns:
-            The step's loss (mean over its micro-batches).
+            The step's loss (mean over its micro-batches), still on the device: reading it would
+            make the host wait for the step.
         """
         t = self.training
         text_now = self.adapter.trains_text and (step <= self.text_steps or not self.adapter.text_ratio_applies)
         self.adapter.set_text_training(text_now)
         if step == self.text_steps + 1:
             self.encoder.forget_text()
-        loss = 0.0
+        loss = torch.zeros(())
         for k in range(t.gradient_accumulation):
             index = ((step - 1) * t.gradient_accumulation + k) * self.world + self.rank
             micro = self._loss(index, text_now) / t.gradient_accumulation
             self.accelerator.backward(micro)
-            loss += micro.item()
+            loss = micro.detach() + loss.to(micro.device)
         self._sync_text_grads()
         if t.max_grad_norm > 0:
             params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
@@ -274,13 +298,7 @@ class LoraRecipe:
         weights = self.family.loss_weights(self.parts, timesteps, self.training.min_snr_gamma)
         weights = weights * torch.tensor([self.reg_weight if s.regularization else 1.0 for s in samples])
         sizes = [s.size_conditioning(flipped) for s, flipped in zip(samples, flips, strict=True)]
-        loss = self._weighted_mse(latents, noise, timesteps, cond, sizes, weights)
-        if not torch.isfinite(loss):
-            raise NanLossError(
-                f"training: the loss became {loss.item()} at micro-batch {index} "
-                f"(lower training.unetLearningRate, now {self.training.unet_learning_rate})"
-            )
-        return loss
+        return self._weighted_mse(latents, noise, timesteps, cond, sizes, weights)
 
     def _weighted_mse(self, latents, noise, timesteps, cond, sizes, weights) -> torch.Tensor:
         noisy, target = self.family.noisy_and_target(self.parts, latents, noise, timesteps)
