@@ -216,6 +216,8 @@ def run(args) -> dict:
         api = ground.api_client()
         api.rest_client.pool_manager.connection_pool_kw["maxsize"] = 32
         env = {"LORA_PROGRESS_INTERVAL": str(args.progress_interval), "LORA_UNSCHEDULABLE_TIMEOUT": "300"}
+        if args.tracemalloc:
+            env["LORA_TRACEMALLOC"] = str(Path(args.tracemalloc).resolve())
         args_op = ("--standalone",)
         operator = OperatorProcess(ground, workdir / "operator.log", extra_env=env, args=args_op)
         if args.profile:
@@ -243,12 +245,20 @@ def run(args) -> dict:
         usage_queued = proc_usage(pid)
         mid = apiserver_requests(ground)
         print(f"all {len(jobs)} Queued {t_queued - t_submit:.1f}s after the first submission", flush=True)
+        if args.tracemalloc:  # start tracing now (not through the start-up imports), then a baseline dump
+            os.kill(pid, signal.SIGUSR1)
+            time.sleep(3.0)
+            os.kill(pid, signal.SIGUSR1)
+            time.sleep(3.0)
         t0 = time.monotonic()
         released = release(api, node_type)
         if not recorder.wait_phase("Succeeded", len(jobs), args.timeout, progress):
             raise SystemExit(f"only {recorder.count('Succeeded')} jobs Succeeded\n{operator.tail()}")
         t_done = time.monotonic()
         usage = proc_usage(pid)
+        if args.tracemalloc:
+            os.kill(pid, signal.SIGUSR1)
+            time.sleep(5.0)
         after = apiserver_requests(ground)
         time.sleep(1.0)  # the last pod deletions arrive on the watch
         info = {uid: JobInfo(uid, j["namespace"], j["name"], j["priority"], j["order"], j["gpuType"], j["duration"])
@@ -370,6 +380,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="leave the test ground running")
     parser.add_argument("--profile", choices=("flamegraph", "speedscope", "raw"), default=None,
                         help="run the operator under py-spy (pip install py-spy into the venv first)")
+    parser.add_argument("--tracemalloc", default=None, metavar="DIR",
+                        help="trace the operator's allocations from all-Queued on (LORA_TRACEMALLOC): dumps to DIR")
     parser.add_argument("--out", default=None, help="write the result JSON here")
     run(parser.parse_args(argv))
 
