@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from testground.kubelet_shim import KubeletShim
-from testground.operator import KWOK_DATASET, storage_secret
+from testground.operator import kwok_job, storage_secret
 from testground.podstatus import TIME, report, terminated
 
 TRAINER_SELECTOR = "app.kubernetes.io/component=trainer"
@@ -147,8 +147,8 @@ class PodHistory:
             return list(self._known.values())
 
 
-def double_bookings(events: list[PodState]) -> list[str]:
-    """Every moment a node held two unfinished trainer pods (bound by spec.nodeName)."""
+def _overlaps(events: list[PodState], key, what: str) -> list[str]:
+    """Replays the pod history; every moment two unfinished pods shared `key(pod)` (None: not counted)."""
     state: dict[str, PodState] = {}
     found = []
     for ev in events:
@@ -156,27 +156,22 @@ def double_bookings(events: list[PodState]) -> list[str]:
             state.pop(ev.uid, None)
             continue
         state[ev.uid] = ev
-        if ev.node and ev.active:
-            holders = sorted(s.name for s in state.values() if s.node == ev.node and s.active)
+        shared = key(ev)
+        if shared is not None and ev.active:
+            holders = sorted(s.name for s in state.values() if key(s) == shared and s.active)
             if len(holders) > 1:
-                found.append(f"node {ev.node} held {holders} (rv {ev.resource_version})")
+                found.append(f"{what} {shared} had {holders} (rv {ev.resource_version})")
     return found
+
+
+def double_bookings(events: list[PodState]) -> list[str]:
+    """Every moment a node held two unfinished trainer pods (bound by spec.nodeName)."""
+    return _overlaps(events, lambda pod: pod.node or None, "node")
 
 
 def double_runs(events: list[PodState]) -> list[str]:
     """Every moment a job had two unfinished trainer pods (bound or not)."""
-    state: dict[str, PodState] = {}
-    found = []
-    for ev in events:
-        if ev.kind == "DELETED":
-            state.pop(ev.uid, None)
-            continue
-        state[ev.uid] = ev
-        if ev.active:
-            pods = sorted(s.name for s in state.values() if s.job_uid == ev.job_uid and s.active)
-            if len(pods) > 1:
-                found.append(f"job {ev.job_uid} had {pods} (rv {ev.resource_version})")
-    return found
+    return _overlaps(events, lambda pod: pod.job_uid, "job")
 
 
 def succeeded_pods_by_job(events: list[PodState]) -> dict[str, set[str]]:
@@ -229,19 +224,8 @@ class PodCompleter:
 # --------------------------------------------------------------------------- jobs
 def job(name: str, namespace: str, gpu_type: str, **spec) -> dict:
     """A LoraTrainingJob whose pods kwok runs (nothing trains; the test ends the pods)."""
-    return {
-        "apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "baseModel": {"family": "sd15", "uri": "s3://models/tiny-sd15"},
-            "dataset": {"uri": KWOK_DATASET},
-            "output": {"uri": "s3://loras/"},
-            "placement": {"gpuType": gpu_type},
-            "retryPolicy": {"maxRetries": 3, "backoffSeconds": 1, "maxBackoffSeconds": 2},
-            **spec,
-        },
-    }
-
+    retry = {"maxRetries": 3, "backoffSeconds": 1, "maxBackoffSeconds": 2}
+    return kwok_job(name, gpu_type, namespace=namespace, **{"retryPolicy": retry, **spec})
 
 def list_jobs(ground, namespace: str | None = None) -> list[dict]:
     where = ["-n", namespace] if namespace else ["-A"]

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from testground.operator import KWOK_DATASET, OperatorProcess, run_kubectl_json, seed_kwok_dataset, storage_secret
+from testground.operator import OperatorProcess, kwok_job, run_kubectl_json, seed_kwok_dataset, storage_secret
 from testground.podstatus import report, terminated
 from testground.serviceaccount import service_account_kubeconfig
 
@@ -74,18 +74,7 @@ def operator(ground, release, tmp_path_factory):
 
 
 def job(name: str, namespace: str) -> dict:
-    return {
-        "apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "baseModel": {"family": "sd15", "uri": "s3://models/tiny-sd15"},
-            "dataset": {"uri": KWOK_DATASET},
-            "output": {"uri": "s3://loras/"},
-            "placement": {"gpuType": GPU_TYPE},
-            "retryPolicy": {"maxRetries": 0},
-        },
-    }
-
+    return kwok_job(name, GPU_TYPE, namespace=namespace, retryPolicy={"maxRetries": 0})
 
 def phase(ground, ns: str, name: str) -> str | None:
     return run_kubectl_json(ground, "get", "ltj", "-n", ns, name).get("status", {}).get("phase")

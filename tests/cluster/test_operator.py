@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from testground.operator import KWOK_DATASET, OperatorProcess, install_crds, run_kubectl_json, storage_secret
+from testground.operator import OperatorProcess, install_crds, kwok_job, run_kubectl_json, storage_secret
 from testground.podstatus import report, terminated
 
 pytestmark = pytest.mark.cluster
@@ -35,19 +35,8 @@ def ns(ground, request):
 
 
 def job(name: str, gpu_type: str, priority: int = 0, **spec) -> dict:
-    return {
-        "apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob", "metadata": {"name": name},
-        "spec": {
-            "baseModel": {"family": "sd15", "uri": "s3://models/tiny-sd15"},
-            "dataset": {"uri": KWOK_DATASET},
-            "output": {"uri": "s3://loras/"},
-            "placement": {"gpuType": gpu_type},
-            "priority": priority,
-            "retryPolicy": {"maxRetries": 1, "backoffSeconds": 1, "maxBackoffSeconds": 2},
-            **spec,
-        },
-    }
-
+    retry = {"maxRetries": 1, "backoffSeconds": 1, "maxBackoffSeconds": 2}
+    return kwok_job(name, gpu_type, **{"priority": priority, "retryPolicy": retry, **spec})
 
 def get_job(ground, ns: str, name: str) -> dict:
     return run_kubectl_json(ground, "get", "ltj", "-n", ns, name)

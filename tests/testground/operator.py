@@ -21,6 +21,22 @@ KWOK_DATASET = "s3://datasets/kwok/"
 refuses a job whose dataset prefix is empty (DatasetEmpty)."""
 
 
+def kwok_job(name: str, gpu_type: str, *, namespace: str | None = None, **spec) -> dict:
+    """A LoraTrainingJob whose pods kwok runs (nothing trains; the test ends the pods), on nodes of
+    `gpu_type`; `spec` adds or replaces top-level spec fields."""
+    metadata = {"name": name, **({"namespace": namespace} if namespace else {})}
+    return {
+        "apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob", "metadata": metadata,
+        "spec": {
+            "baseModel": {"family": "sd15", "uri": "s3://models/tiny-sd15"},
+            "dataset": {"uri": KWOK_DATASET},
+            "output": {"uri": "s3://loras/"},
+            "placement": {"gpuType": gpu_type},
+            **spec,
+        },
+    }
+
+
 def seed_kwok_dataset(ground: Ground) -> None:
     """Puts one object under `KWOK_DATASET`."""
     client = ground.minio.client()
