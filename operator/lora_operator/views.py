@@ -63,18 +63,7 @@ class JobView:
 
     def waiting(self) -> bool:
         """Queued for a node: resolved, not suspended, not finished, not being deleted."""
-        return (self.status.phase is Phase.QUEUED and self.status.resolved_spec is not None
-                and not self.suspend_requested and not self.deleting)
-
-    def as_queued(self) -> QueuedJob:
-        placement = (self.status.resolved_spec or {}).get("placement") or {}
-        return QueuedJob(
-            uid=self.uid, namespace=self.namespace, name=self.name, priority=int(self.spec.get("priority", 0)),
-            created=self.created, not_before=parse_time(self.status.not_before),
-            node_selector=placement.get("nodeSelector") or {},
-            tolerations=tuple(Toleration.from_mapping(t) for t in placement.get("tolerations") or ()),
-            gpu_type=placement.get("gpuType"),
-        )
+        return queued_job(self.body) is not None
 
 
 KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp",
@@ -118,24 +107,29 @@ class QueueEntry:
 
     @classmethod
     def of(cls, body: Mapping[str, Any]) -> QueueEntry:
-        meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
-        resolved = status.get("resolvedSpec")
-        waiting = (status.get("phase") == Phase.QUEUED and resolved is not None and not spec.get("suspend")
-                   and not meta.get("deletionTimestamp"))
-        queued = None
-        if waiting:
-            placement = resolved.get("placement") or {}
-            queued = QueuedJob(
-                uid=meta["uid"], namespace=meta["namespace"], name=meta["name"],
-                priority=int(spec.get("priority", 0)),
-                created=parse_time(meta.get("creationTimestamp")) or utcnow(),
-                not_before=parse_time(status.get("notBefore")),
-                node_selector=dict(placement.get("nodeSelector") or {}),
-                tolerations=tuple(Toleration.from_mapping(t) for t in placement.get("tolerations") or ()),
-                gpu_type=placement.get("gpuType"),
-            )
+        meta, status = body["metadata"], body.get("status") or {}
+        queued = queued_job(body)
         return cls(uid=meta["uid"], resource_version=meta.get("resourceVersion"), phase=status.get("phase"),
                    queue_position=status.get("queuePosition"), queued=queued)
+
+
+def queued_job(body: Mapping[str, Any]) -> QueuedJob | None:
+    """The scheduler's view of a job that waits for a node (Queued, resolved, not suspended, not
+    being deleted), read from the raw body without pydantic; None for any other job."""
+    meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+    resolved = status.get("resolvedSpec")
+    if (status.get("phase") != Phase.QUEUED or resolved is None or spec.get("suspend")
+            or meta.get("deletionTimestamp")):
+        return None
+    placement = resolved.get("placement") or {}
+    return QueuedJob(
+        uid=meta["uid"], namespace=meta["namespace"], name=meta["name"], priority=int(spec.get("priority", 0)),
+        created=parse_time(meta.get("creationTimestamp")) or utcnow(),
+        not_before=parse_time(status.get("notBefore")),
+        node_selector=dict(placement.get("nodeSelector") or {}),
+        tolerations=tuple(Toleration.from_mapping(t) for t in placement.get("tolerations") or ()),
+        gpu_type=placement.get("gpuType"),
+    )
 
 
 def gpu_node(body: Mapping[str, Any], gpu_resource: str) -> GpuNode | None:

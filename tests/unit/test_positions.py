@@ -45,10 +45,12 @@ def test_writer_spends_its_budget_head_first_and_skips_conflicts():
     assert writer.write(entries) == 0  # no refill at rate 0
 
 
-def test_queue_entry_matches_the_job_view():
-    for raw in (body("a"), body("b", suspend=True), body("c", phase="Running"),
-                {**body("d"), "status": {"phase": "Queued"}}):
-        view, entry = JobView.of(raw), QueueEntry.of(raw)
-        assert (entry.queued is not None) == view.waiting()
-        if view.waiting():
-            assert entry.queued == view.as_queued()
+def test_only_resolved_queued_jobs_that_are_not_suspended_or_deleted_wait_for_a_node():
+    waiting = QueueEntry.of(body("a")).queued
+    assert waiting is not None and JobView.of(body("a")).waiting()
+    assert (waiting.priority, waiting.gpu_type, dict(waiting.node_selector)) == (3, "h100", {"a": "b"})
+    deleting = body("e")
+    deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:01Z"
+    for raw in (body("b", suspend=True), body("c", phase="Running"), {**body("d"), "status": {"phase": "Queued"}},
+                deleting):
+        assert QueueEntry.of(raw).queued is None and not JobView.of(raw).waiting()
