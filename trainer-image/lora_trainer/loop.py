@@ -116,6 +116,8 @@ class LoraRecipe:
         self.adapter = make_adapter(spec.type)
         self.start_step = 0
         self.started_at = time.monotonic()
+        self.last_loss: float | None = None
+        """The last training loss read back from the device (every LOSS_READ_EVERY steps)."""
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -219,8 +221,9 @@ class LoraRecipe:
             epoch_end = step == self.plan.epoch_end(epoch)
             state_due = not epoch_end and self._state_due(step)
             if epoch_end or state_due or step % LOSS_READ_EVERY == 0:
-                self._read_losses(pending, epoch)
+                self._read_losses(pending)
                 pending = []
+            self.progress.step(step, epoch, self.last_loss)
             if epoch_end:
                 self._end_epoch(epoch, step)
             elif state_due:
@@ -234,12 +237,12 @@ class LoraRecipe:
         every = self.spec.checkpoints.state_every_steps
         return self.main and every > 0 and step % every == 0 and step < self.plan.total_steps
 
-    def _read_losses(self, pending: list[tuple[int, torch.Tensor]], epoch: int) -> None:
+    def _read_losses(self, pending: list[tuple[int, torch.Tensor]]) -> None:
         """Reads the losses of the steps since the last read in one device sync; stops on NaN/inf.
 
-        A step's loss stays on the device until here, so steps run without host syncs; a NaN is
-        caught at the latest LOSS_READ_EVERY steps later, and always before a checkpoint or a
-        resume state is written.
+        A step's loss stays on the device until here, so steps run without host syncs (progress
+        counts every step; its loss is the last one read); a NaN is caught at the latest
+        LOSS_READ_EVERY steps later, and always before a checkpoint or a resume state is written.
         """
         values = torch.stack([loss.detach().float().cpu() for _, loss in pending]).tolist()
         for (step, _), value in zip(pending, values, strict=True):
@@ -249,7 +252,6 @@ class LoraRecipe:
                     f"(lower training.unetLearningRate, now {self.training.unet_learning_rate})"
                 )
             self.last_loss = value
-            self.progress.step(step, epoch, value)
 
     def train_step(self, step: int) -> torch.Tensor:
         """One optimizer step (1-based): its micro-batches, clipping, optimizer and LR updates.

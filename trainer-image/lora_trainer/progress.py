@@ -57,14 +57,16 @@ class ProgressReporter:
             self._start = (self.clock(), self.report.step)
         self.write()
 
-    def step(self, step: int, epoch: int, loss: float) -> None:
+    def step(self, step: int, epoch: int, loss: float | None) -> None:
         """Record a finished optimizer step; writes when `interval` has passed."""
         now = self.clock()
         if self._start is None:
             self._start = (now, step - 1)
         started, first = self._start
         r = self.report
-        r.step, r.epoch, r.loss = step, epoch, round(float(loss), 6)
+        r.step, r.epoch = step, epoch
+        if loss is not None:  # None until the first loss is read back from the device
+            r.loss = round(float(loss), 6)
         if now > started and step > first:
             r.steps_per_second = round((step - first) / (now - started), 4)
             r.eta_seconds = round((r.total_steps - step) / r.steps_per_second, 1)
@@ -82,7 +84,8 @@ class ProgressReporter:
     def _print_line(self) -> None:
         r = self.report
         rate = f"{r.steps_per_second:.2f} it/s" if r.steps_per_second else "? it/s"
-        line = (f"step {r.step}/{r.total_steps}  epoch {r.epoch}/{r.total_epochs}  loss {r.loss:.4f}  "
+        loss = f"{r.loss:.4f}" if r.loss is not None else "?"
+        line = (f"step {r.step}/{r.total_steps}  epoch {r.epoch}/{r.total_epochs}  loss {loss}  "
                 f"{rate}  ETA {format_eta(r.eta_seconds)}")
         if self.stream.isatty():
             self.stream.write("\r" + line.ljust(80))
