@@ -59,12 +59,13 @@ def test_killed_trainer_resumes_from_its_last_state_and_succeeds(own_ground, wor
             env = pod_env(run, pod)
             assert env["LORA_ATTEMPT"] == str(number)
             assert env["LORA_RESUME"] == ("1" if number > 1 else "0"), env
+            # looked up before the wait, so the kill follows the moment training is seen past a state
+            node = json.loads(ground.kubectl("get", "pod", pod, "-n", run.namespace, "-o", "json").stdout)[
+                "spec"]["nodeName"]
             # a new resume state of this attempt, and training already past it
             ground.wait_for(lambda after=resumed_from: (s := run.step(name, "state/meta.json")) > after
                             and run.step(name, "progress.json") > s, timeout=180, interval=0.05,
                             what=f"{pod}: a saved state and steps after it")
-            node = json.loads(ground.kubectl("get", "pod", pod, "-n", run.namespace, "-o", "json").stdout)[
-                "spec"]["nodeName"]
             if fault == "node-lost":
                 ground.kubectl("delete", "node", node, "--wait=false")
             run.shim.kill(run.namespace, pod, fault)
