@@ -43,8 +43,8 @@ class Admitter:
     metrics: OperatorMetrics
     emit: Emit
     lifecycle: Lifecycle
-    recent: dict[str, tuple[str, float]] = field(default_factory=dict)
-    """node -> (job uid, expiry on the monotonic clock) of pods created by this process."""
+    recent: dict[str, tuple[tuple[str, str], str, float]] = field(default_factory=dict)
+    """node -> ((namespace, pod name), job uid, expiry on the monotonic clock) of pods created by this process."""
     node_freed: dict[str, datetime] = field(default_factory=dict)
     """node -> when its last trainer pod ended (admission latency starts there)."""
     writes: threading.Lock = field(default_factory=threading.Lock)
@@ -52,12 +52,16 @@ class Admitter:
     _pool: ThreadPoolExecutor | None = None
 
     def overlay(self, pods: list[TrainerPod]) -> list[TrainerPod]:
-        """The watched pods plus the ones just created that the watch does not show yet."""
+        """The watched pods plus the ones just created that the watch does not show yet.
+
+        A pod the watch shows in any phase leaves the overlay: one that ran and ended between
+        two passes must free its node then, not when its entry expires.
+        """
         now = time.monotonic()
-        seen = {(p.job_uid, p.node) for p in pods if p.active}
-        self.recent = {n: v for n, v in self.recent.items() if v[1] > now and (v[0], n) not in seen}
-        return pods + [TrainerPod(name="(creating)", node=n, job_uid=uid, active=True)
-                       for n, (uid, _) in self.recent.items()]
+        seen = {(p.namespace, p.name) for p in pods}
+        self.recent = {n: v for n, v in self.recent.items() if v[2] > now and v[0] not in seen}
+        return pods + [TrainerPod(name=name, node=n, job_uid=uid, active=True, namespace=namespace)
+                       for n, ((namespace, name), uid, _) in self.recent.items()]
 
     def run(self, queued: list[QueuedJob], nodes: list[GpuNode], pods: list[TrainerPod], now: datetime,
             job_of: Callable[[str], JobView | None]) -> Plan:
@@ -103,7 +107,7 @@ class Admitter:
                                 config=self.config)
         name = pod["metadata"]["name"]
         job = self.claim(job, admission, pod=name, attempt=attempt, now=now)
-        self.recent[admission.node] = (job.uid, time.monotonic() + RECENT_SECONDS)
+        self.recent[admission.node] = ((job.namespace, name), job.uid, time.monotonic() + RECENT_SECONDS)
         self.kube.ensure_service_account(job.namespace, self.config.trainer_service_account)
         self.kube.create_pod(pod)
         self.metrics.observe_admission((now - self.admissible_since(job, admission.node)).total_seconds())
