@@ -23,12 +23,14 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
 import random
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ from PIL import Image  # noqa: E402
 from bench.trainer_measure import Samples, count_flops, dense_bf16_peak, gpu_name, timed  # noqa: E402
 from bench.trainer_models import full_size_loader, tiny_model  # noqa: E402
 from bench.trainer_reference import ReferenceLoop  # noqa: E402
+from lora_trainer.speed import eager  # noqa: E402
 
 TINY_RESOLUTION = 32
 RANK = 16
@@ -75,9 +78,13 @@ def write_dataset(folder: Path, n: int, size: int) -> Path:
     return folder
 
 
-def bench_spec(family: str, model: Path, data: Path, out: Path, resolution: int, batch: int) -> dict[str, Any]:
-    """The job spec both rows follow: LoRA rank 16, bf16, AdamW, clipping at 1.0, no augmentation."""
-    return {
+def bench_spec(family: str, model: Path, data: Path, out: Path, resolution: int, batch: int,
+               training: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The job spec both rows follow: LoRA rank 16, bf16, AdamW, clipping at 1.0, no augmentation.
+
+    `training` overrides training fields (gradientCheckpointing, compile).
+    """
+    spec = {
         "type": "lora",
         "baseModel": {"family": family, "uri": model.as_uri()},
         "dataset": {"uri": data.as_uri(), "captionPrefix": "tkxw, ", "validationSplit": 0.0, "flip": False,
@@ -89,13 +96,15 @@ def bench_spec(family: str, model: Path, data: Path, out: Path, resolution: int,
         "previews": {"everyEpochs": 0},
         "output": {"uri": out.as_uri()},
     }
+    spec["training"].update(training or {})
+    return spec
 
 
 class Bench:
     """One case at one batch size: the set-up recipe, the reference loop and their step functions."""
 
     def __init__(self, case: Case, batch: int, tiny: bool, device: torch.device, tmp: Path,
-                 resolution: int | None = None):
+                 resolution: int | None = None, training: dict[str, Any] | None = None):
         from lora_operator.api import resolve_spec
         from lora_operator.storage import open_store
         from lora_trainer.loop import LoraRecipe, RunInputs
@@ -106,7 +115,8 @@ class Bench:
         model = tiny_model(case.family, tmp / "model") if tiny else tmp / "model"
         model.mkdir(parents=True, exist_ok=True)
         data = write_dataset(tmp / "data", 2 * batch, self.resolution)
-        spec = resolve_spec(bench_spec(case.family, model, data, tmp / "out", self.resolution, batch))
+        spec = resolve_spec(bench_spec(case.family, model, data, tmp / "out", self.resolution, batch,
+                                           training))
         self.recipe = LoraRecipe(spec, RunInputs(model_dir=model, dataset_root=data),
                                  Outputs(open_store((tmp / "out").as_uri()), tmp / "work"), progress_interval=3600)
         if not tiny:
@@ -133,7 +143,8 @@ class Bench:
     def run(self, row: str) -> float:
         """One training step of `row`; returns its loss."""
         if row == "reference":
-            return self.reference.step(self._reference_batch())
+            with eager():  # the diffusers example compiles nothing
+                return self.reference.step(self._reference_batch())
         self.step += 1
         return self.recipe.train_step(self.step)
 
@@ -163,7 +174,8 @@ def measure(bench: Bench, rows: list[str], warmup: int, steps: int, peak: float 
     flops: dict[str, tuple[int, int]] = {}
     for row in rows:
         bench.prepare(row)
-        flops[row] = count_flops(lambda row=row: bench.run(row), bench.recipe.parts.denoiser)
+        with eager():  # compiled kernels bypass the FLOP counter; the model FLOPs are the same
+            flops[row] = count_flops(lambda row=row: bench.run(row), bench.recipe.parts.denoiser)
     samples = {row: Samples() for row in rows}
     for i in range(steps):
         for row in rows if i % 2 == 0 else rows[::-1]:  # ABBA order: neither row always runs first
@@ -185,6 +197,7 @@ def measure(bench: Bench, rows: list[str], warmup: int, steps: int, peak: float 
             "images_per_s": bench.batch / stats["median_s"], "flops": model_flops, "flops_executed": executed,
             "flop_per_s": achieved, "mfu": achieved / peak if peak else None,
             "gradient_checkpointing": checkpointing, "encoders_per_step": row != "ours",
+            "compiled": bench.recipe.compiled and row != "reference",
             "steps": steps,
         })
     return out
@@ -256,6 +269,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="timed steps per row (default 10; 8 with --tiny)")
     parser.add_argument("--equal-work", action=argparse.BooleanOptionalAction, default=None,
                         help="also time ours without caching (default: on with --tiny)")
+    parser.add_argument("--gradient-checkpointing", choices=["auto", "on", "off"], default="auto",
+                        help="training.gradientCheckpointing of both rows (default auto: by GPU memory)")
+    parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                        help="training.compile of our rows (default auto: on with a GPU)")
+    parser.add_argument("--sdpa", choices=["default", "no-cudnn", *SDPA_BACKENDS],
+                        default="default", help="restrict scaled_dot_product_attention to one backend")
     parser.add_argument("--profile", action="store_true", help="torch.profiler over our step; print the top ops")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the GPU when it is not in the table")
     parser.add_argument("--threads", type=int, default=1,
@@ -288,16 +307,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     try:
-        results, profiles = run_cases(args, device, peak)
+        results, profiles = run_cases(args, device, peak,
+                                      lambda rows, profs: write_report(args, argv, name, peak_label, rows, profs))
     finally:
         torch.set_num_threads(threads)
-    ratio_rows = ratios(results)
-    print("\n" + table(results, ratio_rows, device.type == "cuda"))
+    report = write_report(args, argv, name, peak_label, results, profiles)
+    print("\n" + table(results, report["ratios"], device.type == "cuda"))
+    return report
+
+
+def write_report(args: argparse.Namespace, argv: list[str] | None, device_name: str, peak_label: str,
+                 results: list[dict[str, Any]], profiles: dict[str, str]) -> dict[str, Any]:
+    """The report of the rows so far; written to --json (after each case too, so a cut-off run keeps them)."""
     report = {
         "date": datetime.date.today().isoformat(), "command": " ".join(["bench/trainer.py", *(argv or sys.argv[1:])]),
-        "device": name, "peak": peak_label, "torch": torch.__version__, "tiny": args.tiny,
-        "cpu_threads": args.threads if device.type == "cpu" else None,
-        "rows": results, "ratios": ratio_rows, "profiles": profiles,
+        "device": device_name, "peak": peak_label, "torch": torch.__version__, "tiny": args.tiny,
+        "cpu_threads": args.threads if args.device == "cpu" else None,
+        "rows": results, "ratios": ratios(results), "profiles": profiles,
     }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -305,22 +331,50 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
-def run_cases(args: argparse.Namespace, device: torch.device, peak: float | None) -> tuple[list, dict]:
-    """Every requested case and batch size, one after the other; (rows, profiles)."""
+SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+                 "math": "MATH"}
+
+
+@contextlib.contextmanager
+def sdpa_backend(name: str) -> Iterator[None]:
+    """scaled_dot_product_attention restricted to one backend (`default`: torch's own choice)."""
+    if name == "default":
+        yield
+        return
+    if name == "no-cudnn":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        try:
+            yield
+        finally:
+            torch.backends.cuda.enable_cudnn_sdp(True)
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[name])]):
+        yield
+
+
+def run_cases(args: argparse.Namespace, device: torch.device, peak: float | None,
+              done: Callable[[list, dict], object]) -> tuple[list, dict]:
+    """Every requested case and batch size, one after the other; (rows, profiles). `done` sees each."""
     rows_wanted = ["ours", "ours-uncached", "reference"] if args.equal_work else ["ours", "reference"]
     results, profiles = [], {}
     for key in CASES if args.case == "all" else [args.case]:
         case = CASES[key]
         for batch in args.batch or case.batches:
             with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
-                bench = Bench(case, batch, args.tiny, device, Path(tmp), args.resolution)
+                bench = Bench(case, batch, args.tiny, device, Path(tmp), args.resolution,
+                              {"gradientCheckpointing": args.gradient_checkpointing, "compile": args.compile})
                 try:
-                    results += measure(bench, rows_wanted, args.warmup, args.steps, peak)
-                    if args.profile:
-                        profiles[f"{key} bs{batch}"] = profile_ours(bench)
-                        print(f"\n== profile of ours, {key} bs{batch}\n{profiles[f'{key} bs{batch}']}", flush=True)
+                    with sdpa_backend(args.sdpa):
+                        results += measure(bench, rows_wanted, args.warmup, args.steps, peak)
+                        if args.profile:
+                            profiles[f"{key} bs{batch}"] = profile_ours(bench)
+                            print(f"\n== profile of ours, {key} bs{batch}\n{profiles[f'{key} bs{batch}']}",
+                                  flush=True)
                 finally:
                     bench.close()
+            done(results, profiles)
             print(f"done: {key} bs{batch}", flush=True)
     return results, profiles
 

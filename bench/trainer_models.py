@@ -54,14 +54,20 @@ def _tokenizer(kind: str, max_length: int, folder: Path) -> Any:
 
 
 def _module(cls: Any, config: dict[str, Any], device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    # Random init happens on the device (seconds for Flux's 12B parameters on a GPU, not minutes on CPU);
-    # float32 first, then the family's dtype, as from_pretrained(torch_dtype=...) leaves them.
-    with torch.device(device):
-        if hasattr(cls, "from_config"):  # diffusers
-            module = cls.from_config(config)
-        else:
-            config_cls = cls.config_class
-            module = cls(config_cls(**config))
+    # Random init happens on the device (seconds for Flux's 12B parameters on a GPU, not minutes on CPU),
+    # directly in the family's dtype as from_pretrained(torch_dtype=...) leaves them: a float32 Flux
+    # transformer (48 GB) beside its T5 would not fit an 80 GB GPU while being cast.
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            if hasattr(cls, "from_config"):  # diffusers
+                module = cls.from_config(config)
+            else:
+                config_cls = cls.config_class
+                module = cls(config_cls(**config))
+    finally:
+        torch.set_default_dtype(default)
     return module.to(dtype).eval()
 
 

@@ -45,6 +45,7 @@ from .precision import checkpointing_wanted, resolve_precision
 from .previews import check_sampler, render_previews
 from .progress import ManifestWriter, ProgressReporter
 from .schedule import BatchStream, Plan, total_steps
+from .speed import channels_last, compile_blocks, compile_wanted, eager, stable_attention, upload
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +168,10 @@ class LoraRecipe:
         torch.manual_seed(t.seed)  # the adapter's initial weights
         self.adapter.attach(self.family, self.parts, spec)
         self._gradient_checkpointing()
+        self._speed_ups()
         self.builder = CaptionBuilder(spec.dataset, t)
 
-        self.optimizer = build_optimizer(self.adapter.param_groups(), t)
+        self.optimizer = build_optimizer(self.adapter.param_groups(), t, self.device)
         self.lr_scheduler = build_scheduler(self.optimizer, t, self.plan.total_steps)
         denoiser = self.parts.denoiser
         if any(p.requires_grad for p in denoiser.parameters()):
@@ -187,13 +189,23 @@ class LoraRecipe:
             self._precache()
 
     def _gradient_checkpointing(self) -> None:
+        megapixels = max(h * w for h, w in (s.target_size for s in self.samples)) / 1e6
         self.gradient_checkpointing = checkpointing_wanted(
-            self.training.gradient_checkpointing, self.family, self.device)
+            self.training.gradient_checkpointing, self.family, self.device,
+            images=self.training.batch_size, megapixels=megapixels)
         if self.gradient_checkpointing:
             self.parts.denoiser.enable_gradient_checkpointing()
             if self.adapter.trains_text:
                 for encoder in self.parts.text_encoders[: self.family.trainable_text_encoders]:
                     encoder.gradient_checkpointing_enable()
+
+    def _speed_ups(self) -> None:
+        if self.device.type == "cuda":
+            stable_attention()
+            channels_last(self.parts.denoiser)
+        self.compiled = compile_wanted(self.training.compile, self.device)
+        if self.compiled:
+            compile_blocks(self.parts.denoiser)
 
     def _precache(self) -> None:
         for start in range(0, len(self.samples), self.training.batch_size):
@@ -268,12 +280,12 @@ class LoraRecipe:
         self.adapter.set_text_training(text_now)
         if step == self.text_steps + 1:
             self.encoder.forget_text()
-        loss = torch.zeros(())
+        loss = None
         for k in range(t.gradient_accumulation):
             index = ((step - 1) * t.gradient_accumulation + k) * self.world + self.rank
             micro = self._loss(index, text_now) / t.gradient_accumulation
             self.accelerator.backward(micro)
-            loss = micro.detach() + loss.to(micro.device)
+            loss = micro.detach() if loss is None else loss + micro.detach()
         self._sync_text_grads()
         if t.max_grad_norm > 0:
             params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
@@ -299,6 +311,7 @@ class LoraRecipe:
         timesteps = self.family.sample_timesteps(self.parts, len(samples), gen)
         weights = self.family.loss_weights(self.parts, timesteps, self.training.min_snr_gamma)
         weights = weights * torch.tensor([self.reg_weight if s.regularization else 1.0 for s in samples])
+        timesteps, weights = upload(timesteps, latents.device), upload(weights, latents.device)
         sizes = [s.size_conditioning(flipped) for s, flipped in zip(samples, flips, strict=True)]
         return self._weighted_mse(latents, noise, timesteps, cond, sizes, weights)
 
@@ -307,7 +320,7 @@ class LoraRecipe:
         with self.accelerator.autocast():
             pred = self.family.predict(self.train_parts, noisy, timesteps, cond, sizes)
         per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.ndim)))
-        return (per_sample * weights.to(per_sample)).mean()
+        return (per_sample * upload(weights, per_sample.device, per_sample.dtype)).mean()
 
     def _sync_text_grads(self) -> None:
         # Text weights are not wrapped in DDP (the families call the encoders directly): average by hand.
@@ -343,14 +356,17 @@ class LoraRecipe:
         return sum(losses) / len(losses)
 
     def _end_epoch(self, epoch: int, step: int) -> None:
-        val = self.validation_loss()
+        with eager():
+            val = self.validation_loss()
         last = epoch == self.plan.epochs
         if self.main and (epoch % self.spec.checkpoints.every_epochs == 0 or last):
             self.save_checkpoint(epoch, step, val)
         every = self.spec.previews.every_epochs
         if self.main and every and (epoch % every == 0 or last):
-            for entry in render_previews(self.family, self.parts, self.spec.previews, self._preview_prompts(),
-                                         epoch, self._preview_size(), self.outputs):
+            with eager():
+                entries = render_previews(self.family, self.parts, self.spec.previews, self._preview_prompts(),
+                                          epoch, self._preview_size(), self.outputs)
+            for entry in entries:
                 self.manifest.add_preview(entry)
         if self.main:
             self.manifest.write()

@@ -7,11 +7,13 @@ import torch.nn.functional as F
 
 from lora_operator.api import Training
 
+from .speed import upload
+
 
 def offset_noise(noise: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
     """Add a per-channel constant (Guttenberg 2023): lets the model learn very dark / bright images."""
     b, c = noise.shape[:2]
-    return noise + strength * torch.randn(b, c, 1, 1, generator=generator).to(noise)
+    return noise + strength * upload(torch.randn(b, c, 1, 1, generator=generator), noise.device, noise.dtype)
 
 
 def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float, generator: torch.Generator) -> torch.Tensor:
@@ -24,7 +26,7 @@ def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float, generat
     for i in range(iterations):
         r = 2 + int(torch.rand(1, generator=generator).item() * 2)  # scale factor in [2, 4)
         sh, sw = max(1, int(h / r**i)), max(1, int(w / r**i))
-        low = torch.randn(b, c, sh, sw, generator=generator).to(noise)
+        low = upload(torch.randn(b, c, sh, sw, generator=generator), noise.device, noise.dtype)
         out = out + F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False) * discount**i
         if sh == 1 and sw == 1:
             break
@@ -33,7 +35,7 @@ def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float, generat
 
 def make_noise(latents: torch.Tensor, training: Training, generator: torch.Generator) -> torch.Tensor:
     """The noise of one step, shaped like `latents`, drawn from `generator` (CPU)."""
-    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    noise = upload(torch.randn(latents.shape, generator=generator), latents.device, latents.dtype)
     if training.multires_noise.iterations > 0:
         noise = pyramid_noise(noise, training.multires_noise.iterations, training.multires_noise.discount, generator)
     if training.noise_offset > 0:

@@ -39,14 +39,28 @@ def resolve_precision(requested: MixedPrecision | str, device_type: str) -> tupl
     return mode.value, DTYPES[mode]
 
 
-def checkpointing_wanted(setting: str, family: Family, device: torch.device, memory_gib: float | None = None) -> bool:
+MEMORY_HEADROOM = 0.9
+"""Share of the GPU's memory a step may plan to use (the rest: allocator slack, optimizer, spikes)."""
+
+
+def checkpointing_wanted(setting: str, family: Family, device: torch.device, *, images: int, megapixels: float,
+                         memory_gib: float | None = None, resident_gib: float | None = None) -> bool:
     """Whether to turn gradient checkpointing on.
+
+    auto estimates the step's peak: the weights already on the GPU plus the denoiser's
+    saved activations, `family.activation_gib_per_megapixel` per training megapixel
+    (measured on an H100 without checkpointing, bench/RESULTS.md). Checkpointing costs
+    about a third more compute, so it is turned on only when that estimate would not fit:
+    Flux at 1024 px fits one image on an 80 GB GPU without it, not two.
 
     Args:
         setting: training.gradientCheckpointing: on, off or auto.
-        family: The model family (auto compares with its `checkpointing_below_gib`).
+        family: The model family.
         device: The training device; auto is off on CPU (memory is not the limit there).
+        images: Images per micro-batch.
+        megapixels: The largest training image, in megapixels.
         memory_gib: The GPU memory; default: asked from torch.
+        resident_gib: Memory already in use (the loaded models); default: asked from torch.
     """
     if setting in ("on", "off"):
         return setting == "on"
@@ -54,4 +68,8 @@ def checkpointing_wanted(setting: str, family: Family, device: torch.device, mem
         return False
     if memory_gib is None:
         memory_gib = torch.cuda.get_device_properties(device).total_memory / 2**30
-    return memory_gib < family.checkpointing_below_gib
+    if resident_gib is None:
+        resident_gib = torch.cuda.memory_allocated(device) / 2**30
+    peak = resident_gib + images * megapixels * family.activation_gib_per_megapixel
+    log.info("gradientCheckpointing auto: estimated peak %.1f GiB of %.1f GiB", peak, memory_gib)
+    return peak > MEMORY_HEADROOM * memory_gib

@@ -118,6 +118,9 @@ class Training(ApiModel):
     """Trade compute for memory; auto turns it on when memory would not suffice. Default: auto."""
     cache_latents: bool = Field(default=True)
     """Encode images once and reuse the latents when augmentation allows. Default: true."""
+    compile: Literal["auto", "on", "off"] = Field(default="auto")
+    """torch.compile the denoiser's repeated blocks (regional compilation: seconds to a minute of
+    compiling once, then faster steps); auto turns it on on a GPU. Default: auto."""
 
 
 class Network(ApiModel):

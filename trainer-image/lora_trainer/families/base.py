@@ -64,8 +64,9 @@ class Family(Protocol):
     text_encoder_targets: list[str]
     trainable_text_encoders: int
     """How many leading text encoders may get a LoRA or an embedding."""
-    checkpointing_below_gib: float
-    """gradientCheckpointing auto turns it on on GPUs with less memory than this."""
+    activation_gib_per_megapixel: float
+    """Saved activations of a bf16 training step per image megapixel, without gradient checkpointing
+    (gradientCheckpointing auto compares the estimate with the GPU's memory)."""
 
     def load(self, folder: Path, dtype: torch.dtype) -> Components:
         """Load the components from a diffusers folder (raises ModelError)."""

@@ -1,0 +1,78 @@
+"""What makes a step fast on a GPU without changing what it computes.
+
+- regional compilation: `torch.compile` of the denoiser's repeated blocks (diffusers'
+  `compile_repeated_blocks`), so a block is compiled once and reused by every instance;
+  a step then launches fused kernels instead of thousands of eager ops, which is what
+  holds the GPU back at LoRA sizes (measured in bench/RESULTS.md);
+- channels-last weights and inputs for the UNet families, the layout cuDNN's bf16
+  convolutions run in (otherwise every convolution converts back and forth);
+- attention through the flash / memory-efficient kernels, not cuDNN's (`stable_attention`);
+- `upload`: host tensors go to the device without making the host wait for the GPU.
+
+Evaluation (validation loss, previews) runs eagerly (`eager`): a handful of no-grad
+calls do not repay a second compilation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def compile_wanted(setting: str, device: torch.device) -> bool:
+    """training.compile: on, off, or auto (on with a GPU)."""
+    if setting in ("on", "off"):
+        return setting == "on"
+    return device.type == "cuda"
+
+
+COMPILE_MODE_ENV = "LORA_COMPILE_MODE"
+"""An expert override of torch.compile's mode for the blocks (e.g. reduce-overhead); unset: the default."""
+
+
+def compile_blocks(denoiser: torch.nn.Module) -> int:
+    """Compiles the denoiser's repeated blocks in place; returns how many modules were wrapped."""
+    repeated = set(getattr(denoiser, "_repeated_blocks", None) or ())
+    mode = os.environ.get(COMPILE_MODE_ENV)
+    denoiser.compile_repeated_blocks(**({"mode": mode} if mode else {}))
+    count = sum(type(m).__name__ in repeated for m in denoiser.modules())
+    log.info("compiled %d repeated blocks (%s) of the denoiser", count, ", ".join(sorted(repeated)))
+    return count
+
+
+def stable_attention() -> None:
+    """scaled_dot_product_attention without the cuDNN backend (flash or memory-efficient instead).
+
+    With torch 2.11 on an H100 the cuDNN attention backward hit an illegal memory access in
+    Flux at 1024 px (4608 tokens) under gradient checkpointing; the flash kernel trained the
+    same model at the same speed (bench/RESULTS.md).
+    """
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+def channels_last(module: torch.nn.Module) -> None:
+    """Convolution weights in channels-last layout (a no-op for modules without 4-d weights)."""
+    module.to(memory_format=torch.channels_last)
+
+
+@contextlib.contextmanager
+def eager() -> Iterator[None]:
+    """Compiled modules run eagerly inside: for the few evaluation calls between epochs."""
+    with torch.compiler.set_stance("force_eager"):
+        yield
+
+
+def upload(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`tensor` on `device` (in `dtype`, default its own), queued without a host wait.
+
+    A blocking host-to-device copy waits for everything queued on the GPU: once per step
+    that is a bubble in which the GPU idles while the host catches up. From ordinary host
+    memory a non-blocking copy is staged at once, so the source may be freed right after.
+    """
+    return tensor.to(device=device, dtype=dtype or tensor.dtype, non_blocking=True)
