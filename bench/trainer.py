@@ -15,7 +15,7 @@ peak RSS during a step), FLOPs of one step (FlopCounterMode; gradient checkpoint
 recomputed forward excluded) and, on a GPU with a known peak, MFU.
 
 Examples:
-    python bench/trainer.py --device cuda --case all --json bench/results-gpu.json
+    python bench/trainer.py --device cuda --case all --json bench/results-gpu/all.json
     python bench/trainer.py --device cpu --tiny --case all --json bench/results-cpu.json
     python bench/trainer.py --device cuda --case sdxl-1024 --batch 4 --profile
 """

@@ -45,7 +45,7 @@ from .precision import checkpointing_wanted, resolve_precision
 from .previews import check_sampler, render_previews
 from .progress import ManifestWriter, ProgressReporter
 from .schedule import BatchStream, Plan, total_steps
-from .speed import channels_last, compile_blocks, compile_wanted, eager, stable_attention, upload
+from .speed import channels_last, compile_blocks, compile_mode, compile_wanted, eager, stable_attention, upload
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +204,9 @@ class LoraRecipe:
             stable_attention()
             channels_last(self.parts.denoiser)
         self.compiled = compile_wanted(self.training.compile, self.device)
+        self.compile_mode = compile_mode(self.family.compile_mode, self.device, self.gradient_checkpointing)
         if self.compiled:
-            compile_blocks(self.parts.denoiser)
+            compile_blocks(self.parts.denoiser, self.compile_mode)
 
     def _precache(self) -> None:
         for start in range(0, len(self.samples), self.training.batch_size):

@@ -33,16 +33,29 @@ def compile_wanted(setting: str, device: torch.device) -> bool:
 
 
 COMPILE_MODE_ENV = "LORA_COMPILE_MODE"
-"""An expert override of torch.compile's mode for the blocks (e.g. reduce-overhead); unset: the default."""
+"""An expert override of torch.compile's mode for the blocks (default, reduce-overhead, max-autotune...)."""
 
 
-def compile_blocks(denoiser: torch.nn.Module) -> int:
+def compile_mode(family_mode: str | None, device: torch.device, checkpointing: bool) -> str | None:
+    """torch.compile's mode for the blocks: the environment's override, else the family's on a GPU.
+
+    The UNet families replay CUDA graphs (reduce-overhead): their LoRA steps are thousands of
+    small kernels whose launches, not the GPU, set the pace. Not under gradient checkpointing,
+    whose recomputation in the backward pass was not measured with graphs. None: the default mode.
+    """
+    override = os.environ.get(COMPILE_MODE_ENV)
+    if override:
+        return None if override == "default" else override
+    return family_mode if device.type == "cuda" and not checkpointing else None
+
+
+def compile_blocks(denoiser: torch.nn.Module, mode: str | None = None) -> int:
     """Compiles the denoiser's repeated blocks in place; returns how many modules were wrapped."""
     repeated = set(getattr(denoiser, "_repeated_blocks", None) or ())
-    mode = os.environ.get(COMPILE_MODE_ENV)
     denoiser.compile_repeated_blocks(**({"mode": mode} if mode else {}))
     count = sum(type(m).__name__ in repeated for m in denoiser.modules())
-    log.info("compiled %d repeated blocks (%s) of the denoiser", count, ", ".join(sorted(repeated)))
+    log.info("compiled %d repeated blocks (%s) of the denoiser, mode %s", count, ", ".join(sorted(repeated)),
+             mode or "default")
     return count
 
 

@@ -64,6 +64,8 @@ class Family(Protocol):
     text_encoder_targets: list[str]
     trainable_text_encoders: int
     """How many leading text encoders may get a LoRA or an embedding."""
+    compile_mode: str | None
+    """torch.compile mode of the repeated blocks on a GPU (None: the default mode); see speed.compile_mode."""
     activation_gib_per_megapixel: float
     """Saved activations of a bf16 training step per image megapixel, without gradient checkpointing
     (gradientCheckpointing auto compares the estimate with the GPU's memory)."""
