@@ -42,3 +42,17 @@ def test_cpu_tiny_smoke_reports_both_rows_and_the_reference_counts_more_flops(be
     assert rows["ours-uncached"]["flops"] == pytest.approx(rows["reference"]["flops"], rel=1e-6)
     (ratio,) = report["ratios"]
     assert ratio["ours_over_reference"] > 0 and ratio["ours_uncached_over_reference"] > 0
+
+
+def test_compiled_rows_count_the_same_flops_and_the_reference_stays_eager(bench_trainer, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU smoke needs a process without a GPU (the recipe would pick it); see make bench-gpu")
+    out = tmp_path / "bench.json"
+    bench_trainer.main(["--device", "cpu", "--tiny", "--case", "sd15-512", "--batch", "1", "--warmup", "1",
+                        "--steps", "1", "--compile", "on", "--json", str(out)])
+    rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["ours"]["compiled"] and rows["ours-uncached"]["compiled"] and not rows["reference"]["compiled"]
+    # FLOPs are counted eagerly (compiled kernels would bypass the counter): equal work, equal count.
+    assert rows["ours-uncached"]["flops"] == pytest.approx(rows["reference"]["flops"], rel=1e-6)
