@@ -1,6 +1,10 @@
 """One scheduling pass: snapshot the queue, nodes and trainer pods, ask the pure planner, and carry
 out its admissions. The claim on a job is a status patch conditional on the resourceVersion read,
-made before its pod is created, so no two passes (or replicas) can start the same attempt."""
+made before its pod is created, so no two passes (or replicas) can start the same attempt.
+
+A pass settles all its claims, then hands the pod creations to a pool and returns: the next pass
+can start while they run, since the claimed jobs read as Admitted (`own_writes`) and their nodes
+as held (`Admitter.held`)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, TypeVar
 
 from . import status_transitions as st
 from .api import ConditionType, JobSpec
@@ -24,14 +29,26 @@ from .scheduling import Admission, GpuNode, Plan, QueuedJob, TrainerPod, resourc
 from .views import JobView, parse_time
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ADMISSION_WORKERS = 4
-"""Admissions of one pass run side by side: each is a few API round trips (claim, pod, event),
-and a pass that fills a hundred free nodes must not take a hundred round trips in a row."""
+"""Claims of one pass run side by side, and so do pod creations: a pass that fills a hundred free
+nodes must not take two hundred round trips in a row."""
 CLAIM_TRIES = 3
 """Conditional claim writes per admission; a conflict re-reads the job (see `claim`)."""
 RECENT_SECONDS = 60.0
 """How long a pod this replica just created counts as holding its node before the watch shows it."""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job this pass claimed for a node, and the trainer pod to create for it."""
+
+    job: JobView
+    """The view the claim was written on."""
+    admission: Admission
+    attempt: int
+    pod: dict[str, Any]
 
 
 @dataclass
@@ -49,78 +66,115 @@ class Admitter:
     """node -> when its last trainer pod ended (admission latency starts there)."""
     writes: threading.Lock = field(default_factory=threading.Lock)
     """Held while a pass claims jobs; the queue-position writer takes it for each of its writes."""
+    _recent_lock: threading.Lock = field(default_factory=threading.Lock)
+    """`recent` changes in the pass's threads and on the event loop (`pod_seen`)."""
     _pool: ThreadPoolExecutor | None = None
+    _starter: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(ADMISSION_WORKERS, thread_name_prefix="start"))
 
-    def overlay(self, pods: list[TrainerPod]) -> list[TrainerPod]:
-        """The watched pods plus the ones just created that the watch does not show yet.
+    def held(self) -> list[TrainerPod]:
+        """The pods this process created that the watch has not shown yet; each holds its node.
 
-        A pod the watch shows in any phase leaves the overlay: one that ran and ended between
-        two passes must free its node then, not when its entry expires.
+        Take it before reading the pods index: an entry leaves when the watch shows its pod
+        (`pod_seen`), after kopf put the pod in the index, so in this order every such pod is in
+        one or the other (the other order could miss a pod that appeared in between).
         """
         now = time.monotonic()
-        seen = {(p.namespace, p.name) for p in pods}
-        self.recent = {n: v for n, v in self.recent.items() if v[2] > now and v[0] not in seen}
-        return pods + [TrainerPod(name=name, node=n, job_uid=uid, active=True, namespace=namespace)
-                       for n, ((namespace, name), uid, _) in self.recent.items()]
+        with self._recent_lock:
+            self.recent = {n: v for n, v in self.recent.items() if v[2] > now}
+            return [TrainerPod(name=name, node=n, job_uid=uid, active=True, namespace=namespace)
+                    for n, ((namespace, name), uid, _) in self.recent.items()]
+
+    def pod_seen(self, namespace: str, name: str) -> None:
+        """The watch showed this pod, in any phase: it no longer holds its node through `held`.
+
+        Called on every trainer pod event, not from a pass: a pod that ran and ended while a long
+        pass ran (or between two passes) must free its node then, not when its entry expires.
+        """
+        with self._recent_lock:
+            for node, (key, _, _) in list(self.recent.items()):
+                if key == (namespace, name):
+                    del self.recent[node]
 
     def run(self, queued: list[QueuedJob], nodes: list[GpuNode], pods: list[TrainerPod], now: datetime,
             job_of: Callable[[str], JobView | None]) -> Plan:
         """One pass: admit what fits and update the queue/node metrics.
 
-        `queued` are the waiting jobs' scheduling views; `job_of(uid)` gives the full view of
-        the few that are admitted. Queue positions are left to `positions.PositionWriter`.
+        `queued` are the waiting jobs' scheduling views; `pods` the trainer pods, `held()` among
+        them (read first, see there); `job_of(uid)` gives the full view of the few that are
+        admitted. Queue positions are left to `positions.PositionWriter`.
         """
-        plan = schedule(queued, nodes, self.overlay(pods), now,
+        plan = schedule(queued, nodes, pods, now,
                         gpu_type_label=self.config.gpu_type_label,
                         always_tolerated=(resource_toleration(self.config.gpu_resource),))
-        claims = [(job, admission) for admission in plan.admissions
-                  if (job := job_of(admission.job_uid)) is not None and job.waiting()]
+        candidates = [(job, admission) for admission in plan.admissions
+                      if (job := job_of(admission.job_uid)) is not None and job.waiting()]
         # (a job that changed since the snapshot is left to the next pass)
         with self.writes:
-            if len(claims) <= 1:
-                admitted = sum(self.try_admit(job, admission, now) for job, admission in claims)
-            else:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(ADMISSION_WORKERS, thread_name_prefix="admit")
-                # Each admission carries the pass's context (kopf's event poster lives in it).
-                futures = [self._pool.submit(contextvars.copy_context().run, self.try_admit, job, admission, now)
-                           for job, admission in claims]
-                admitted = sum(f.result() for f in futures)
-        self.metrics.set_queue_length(len(queued) - admitted)
-        self.metrics.set_gpu_nodes(busy=len(plan.busy_nodes) + admitted, free=len(plan.free_nodes))
+            # Every claim of the pass is settled before any of its pods is created: a lower-ranked
+            # job's pod never appears while a better-ranked job of the same pass is still claimed.
+            claimed = [c for c in self._each(self.try_claim, candidates, now) if c is not None]
+        # The pods are created without holding up the next pass: their jobs are Admitted (as this
+        # process's next read shows, see own_writes) and their nodes are held (see `held`).
+        for c in claimed:
+            self._starter.submit(contextvars.copy_context().run, self.start, c, now)
+        self.metrics.set_queue_length(len(queued) - len(claimed))
+        self.metrics.set_gpu_nodes(busy=len(plan.busy_nodes) + len(claimed), free=len(plan.free_nodes))
         return plan
 
-    def try_admit(self, job: JobView, admission: Admission, now: datetime) -> bool:
-        try:
-            self.admit(job, admission, now)
-            return True
-        except Conflict as err:
-            log.info("admission skipped, the job changed: %s", err)
-            return False
+    def _each(self, fn: Callable[[Any, datetime], T], items: list, now: datetime) -> list[T]:
+        """fn(item, now) for each item, side by side; the results in the items' order."""
+        if len(items) <= 1:
+            return [fn(item, now) for item in items]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(ADMISSION_WORKERS, thread_name_prefix="admit")
+        # Each call carries the pass's context (kopf's event poster lives in it).
+        futures = [self._pool.submit(contextvars.copy_context().run, fn, item, now) for item in items]
+        return [f.result() for f in futures]
 
-    def admit(self, job: JobView, admission: Admission, now: datetime) -> None:
-        """Claims the job for the node (conditional status patch), then creates its trainer pod."""
+    def try_claim(self, candidate: tuple[JobView, Admission], now: datetime) -> Claimed | None:
+        """Claims the job for the node (see `claim`); None when the job changed meanwhile."""
+        job, admission = candidate
         spec = JobSpec.model_validate(job.status.resolved_spec)
         attempt = job.status.attempt + 1
         pod = build_trainer_pod(job_name=job.name, namespace=job.namespace, job_uid=job.uid, spec=spec,
                                 node=admission.node, gpus=admission.gpus, attempt=attempt, resume=attempt > 1,
                                 config=self.config)
         name = pod["metadata"]["name"]
-        job = self.claim(job, admission, pod=name, attempt=attempt, now=now)
-        self.recent[admission.node] = ((job.namespace, name), job.uid, time.monotonic() + RECENT_SECONDS)
-        self.kube.ensure_service_account(job.namespace, self.config.trainer_service_account)
-        self.kube.create_pod(pod)
+        try:
+            job = self.claim(job, admission, pod=name, attempt=attempt, now=now)
+        except Conflict as err:
+            log.info("admission skipped, the job changed: %s", err)
+            return None
+        with self._recent_lock:
+            self.recent[admission.node] = ((job.namespace, name), job.uid, time.monotonic() + RECENT_SECONDS)
+        return Claimed(job, admission, attempt, pod)
+
+    def start(self, claimed: Claimed, now: datetime) -> None:
+        """Creates the trainer pod of a claimed job.
+
+        A failure is only logged: the job is Admitted, and once its pod has not appeared for
+        `lifecycle.POD_CREATE_GRACE` its attempt counts as lost and it is queued again.
+        """
+        job, admission, name = claimed.job, claimed.admission, claimed.pod["metadata"]["name"]
+        try:
+            self.kube.ensure_service_account(job.namespace, self.config.trainer_service_account)
+            self.kube.create_pod(claimed.pod)
+        except Exception:  # noqa: BLE001 - in a pool thread nothing else would see it
+            log.exception("%s: creating trainer pod %s failed", job.key, name)
+            self.metrics.count_reconcile_error("admission")
+            return
         self.metrics.observe_admission((now - self.admissible_since(job, admission.node)).total_seconds())
         self.emit(job.body, "Normal", "NodeAssigned",
-                  f"attempt {attempt} on node {admission.node} with {admission.gpus} GPU(s), pod {name}")
+                  f"attempt {claimed.attempt} on node {admission.node} with {admission.gpus} GPU(s), pod {name}")
 
     def claim(self, job: JobView, admission: Admission, *, pod: str, attempt: int, now: datetime) -> JobView:
         """Writes Admitted, conditional on the resourceVersion read; returns the view it was written on.
 
-        A conflict usually means only kopf's own metadata patch (finalizer, last-handled
-        configuration) got in between: the job is read again and, if it still waits for the
-        same attempt, claimed again. Giving up would let the lower-ranked jobs of this pass
-        take the nodes and pass it over.
+        A conflict usually means only a queue-position write got in between (kopf's own
+        metadata patches are done before a job is queued, see `handlers.kopf_bookkeeping_done`):
+        the job is read again and, if it still waits for the same attempt, claimed again.
+        Giving up would let the lower-ranked jobs of this pass take the nodes and pass it over.
 
         Raises:
             Conflict: the job really changed (admitted elsewhere, suspended, deleted...).

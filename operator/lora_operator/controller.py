@@ -10,6 +10,7 @@ import contextvars
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .admission import Admitter
@@ -45,6 +46,7 @@ class Controller:
     def __init__(self, kube: Kube, config: OperatorConfig, metrics: OperatorMetrics, emit: Emit):
         self.config = config
         self.metrics = metrics
+        self.own_writes = kube.own_writes
         self.lifecycle = Lifecycle(kube, config, metrics, emit, node_exists=self.node_exists)
         self.admitter = Admitter(kube, config, metrics, emit, self.lifecycle)
         self.jobs: Mapping[str, Any] = {}
@@ -62,6 +64,10 @@ class Controller:
         self._nodes_seen: dict[str, Any] = {}
         self.passes = 0
         self._handler_context: contextvars.Context | None = None
+        self._pass_thread = ThreadPoolExecutor(1, thread_name_prefix="schedule")
+        """Passes run on a thread of their own: in the event loop's default executor they would
+        wait behind the reconciles of every job and pod event (a few threads, each a round trip
+        or more), so a node that freed during a burst of events waited seconds for its pass."""
 
     def bind(self, jobs: Mapping[str, Any], pods: Mapping[str, Any], nodes: Mapping[str, Any]) -> None:
         """Remembers the kopf indexes (job uid -> body, job uid -> pods, node name -> GpuNode) and the
@@ -75,8 +81,9 @@ class Controller:
         return name in self.nodes
 
     def _body(self, uid: str) -> Mapping[str, Any] | None:
+        """The job's latest body: the index's, or the one this process wrote that the watch has not shown yet."""
         bodies = _values(self.jobs.get(uid))
-        return bodies[-1] if bodies else None
+        return self.own_writes.latest(uid, bodies[-1] if bodies else None)
 
     def job(self, uid: str) -> JobView | None:
         """The job's latest body as a JobView, parsed once per resourceVersion."""
@@ -141,8 +148,11 @@ class Controller:
     def gpu_nodes(self) -> list[GpuNode]:
         return [n for store in list(self.nodes.values()) for n in _values(store)]
 
-    async def reconcile(self, uid: str, *, progress: bool = False) -> None:
-        """Reconciles one job (and optionally reads its progress); retried on conflicts."""
+    async def reconcile(self, uid: str, *, progress: bool = False, may_queue: bool = True) -> None:
+        """Reconciles one job (and optionally reads its progress); retried on conflicts.
+
+        `may_queue=False` leaves a new job Pending for now (see `Lifecycle.reconcile`).
+        """
         async with self._locks[uid]:
             for attempt in range(5):
                 view = self.job(uid)
@@ -150,7 +160,8 @@ class Controller:
                     self._locks.pop(uid, None)
                     return
                 try:
-                    await asyncio.to_thread(self.lifecycle.reconcile, view, self.pods_of(uid), utcnow())
+                    await asyncio.to_thread(self.lifecycle.reconcile, view, self.pods_of(uid), utcnow(),
+                                            may_queue=may_queue)
                     if progress:
                         await asyncio.to_thread(self.lifecycle.sync_progress, self.job(uid) or view, utcnow())
                     return
@@ -162,10 +173,41 @@ class Controller:
         """Asks for a scheduling pass soon (many kicks in a burst make one pass)."""
         self._kicked.set()
 
+    def pod_event(self, pod: Mapping[str, Any]) -> None:
+        """Records that the watch showed a trainer pod (it no longer needs the admitter's overlay)."""
+        self.admitter.pod_seen(pod["metadata"]["namespace"], pod["metadata"]["name"])
+
     def node_freed(self, pod: Mapping[str, Any]) -> None:
         node = pod_target_node(pod)
         if node:
             self.admitter.node_freed[node] = utcnow()
+
+    async def follow_loop(self) -> None:
+        """Every progress interval, reconciles (reading progress) the jobs `needs_timer` selects.
+
+        One loop instead of a kopf timer per job: for a resource with timers kopf keeps the
+        latest full body (managedFields and all) of every object, whether or not a timer runs
+        for it, a second copy of the whole queue beside the slim index; and it evaluates the
+        timer's filter on every event of every job.
+        """
+        while True:
+            await asyncio.sleep(self.config.progress_interval)
+            due, unqueued = [], []
+            for uid in list(self.jobs):
+                body = self._body(uid)
+                status = (body or {}).get("status") or {}
+                if body is not None and needs_timer(status, body.get("spec") or {}):
+                    due.append(uid)
+                elif body is not None and "resolvedSpec" not in status:
+                    # Still waiting for kopf's bookkeeping (see handlers.kopf_bookkeeping_done): a safety
+                    # net, as kopf did not always write its diff-base when two replicas started together.
+                    unqueued.append(uid)
+            calls = [self.reconcile(uid, progress=True) for uid in due] + [self.reconcile(uid) for uid in unqueued]
+            for uid, outcome in zip(due + unqueued, await asyncio.gather(*calls, return_exceptions=True),
+                                    strict=True):
+                if isinstance(outcome, Exception):
+                    log.error("following job %s failed: %r", uid, outcome)
+                    self.metrics.count_reconcile_error("follow")
 
     async def loop(self) -> None:
         """The scheduling loop: a pass after each burst of kicks, and at least every few seconds."""
@@ -184,7 +226,7 @@ class Controller:
             self._kicked.clear()
             try:
                 context = (self._handler_context or contextvars.copy_context()).copy()
-                plan = await asyncio.get_running_loop().run_in_executor(None, context.run, self.run_pass)
+                plan = await asyncio.get_running_loop().run_in_executor(self._pass_thread, context.run, self.run_pass)
             except Exception:  # noqa: BLE001 - one failed pass must not stop scheduling
                 log.exception("scheduling pass failed")
                 self.metrics.count_reconcile_error("schedule")
@@ -217,7 +259,8 @@ class Controller:
 
     def run_pass(self):
         entries = self.all_entries()
-        pods = [trainer_pod(p) for store in list(self.pods.values()) for p in _values(store)]
+        held = self.admitter.held()  # before the pods index (see there)
+        pods = held + [trainer_pod(p) for store in list(self.pods.values()) for p in _values(store)]
         queued = [e.queued for e in entries.values() if e.queued is not None]
         plan = self.admitter.run(queued, self.gpu_nodes(), pods, utcnow(), self.job)
         self.positions.wanted = plan.positions

@@ -17,11 +17,20 @@ from kubernetes.client.exceptions import ApiException
 
 from .api import GROUP, VERSION
 from .api.resources import ClusterLoraTrainingTemplate, LoraTrainingJob, LoraTrainingTemplate
+from .own_writes import OwnWrites
 
 log = logging.getLogger(__name__)
 
 
 DELETE_MEMORY_SECONDS = 60.0
+
+
+def _discard(response: Any) -> None:
+    """Reads and releases a response the operator does not use. Called with `_preload_content=False`
+    the client builds no model objects (a V1Pod is thousands of Python objects for a trainer pod
+    with its spec in an environment variable); an error status still raises ApiException."""
+    response.read()
+    response.release_conn()
 
 
 class Conflict(Exception):
@@ -33,6 +42,8 @@ class Kube:
     """Typed access to the few API calls the operator makes."""
 
     api: client.ApiClient
+    own_writes: OwnWrites = field(default_factory=OwnWrites)
+    """The bodies its conditional job status writes returned, until the watch shows them."""
     _service_accounts: set[tuple[str, str]] = field(default_factory=set)
     _deleted: dict[tuple[str, str], float] = field(default_factory=dict)
 
@@ -56,7 +67,8 @@ class Kube:
     def create_pod(self, manifest: dict[str, Any]) -> bool:
         """Creates the pod; False when a pod of that name exists already (idempotent admission)."""
         try:
-            self.core.create_namespaced_pod(manifest["metadata"]["namespace"], manifest)
+            _discard(self.core.create_namespaced_pod(manifest["metadata"]["namespace"], manifest,
+                                                     _preload_content=False))
             return True
         except ApiException as err:
             if err.status == 409:
@@ -87,7 +99,8 @@ class Kube:
             self._deleted = {k: t for k, t in self._deleted.items() if t > now}
         self._deleted[namespace, name] = now + DELETE_MEMORY_SECONDS
         try:
-            self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace_seconds)
+            _discard(self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace_seconds,
+                                                     _preload_content=False))
         except ApiException as err:
             if err.status != 404:
                 self._deleted.pop((namespace, name), None)  # failed: the next event tries again
@@ -107,12 +120,15 @@ class Kube:
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
         try:
-            return self.custom.patch_namespaced_custom_object_status(
+            written = self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, LoraTrainingJob.PLURAL, name, body)
         except ApiException as err:
             if err.status in (404, 409):
                 raise Conflict(f"{namespace}/{name}: {err.reason}") from err
             raise
+        if resource_version:
+            self.own_writes.wrote(resource_version, written)
+        return written
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:

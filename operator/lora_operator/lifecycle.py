@@ -61,8 +61,12 @@ class Lifecycle:
                                        job.resource_version if conditional else None)
         return new
 
-    def reconcile(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
+    def reconcile(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime, *,
+                  may_queue: bool = True) -> None:
         """Brings one job one step closer to its desired state.
+
+        With `may_queue=False` a new job is not resolved and queued yet: the caller knows that
+        other writes to it (kopf's own bookkeeping) are still to come.
 
         Raises:
             Conflict: the job changed meanwhile; the caller reconciles again with a fresh view.
@@ -72,7 +76,7 @@ class Lifecycle:
         if job.status.phase in FINISHED_PHASES:
             return self.housekeep(job, pods, now)
         if job.status.resolved_spec is None:
-            return self.resolve(job, now)
+            return self.resolve(job, now) if may_queue else None
         if job.suspend_requested:
             return self.suspend(job, pods, now)
         if job.status.phase is Phase.SUSPENDED:

@@ -209,3 +209,20 @@ def test_deleting_a_running_job_cancels_and_removes_its_pod(ground, operator, ns
     running_pod(ground, ns, "doomed")
     ground.kubectl("delete", "ltj", "doomed", "-n", ns, "--timeout=60s")
     ground.wait_for(lambda: not trainer_pods(ground, ns), timeout=60, what="trainer pod gone")
+
+
+def test_a_job_is_queued_only_after_kopfs_finalizer_and_diff_base_are_on_it(ground, operator, ns):
+    # Queued first, a job's claim would race kopf's two metadata patches (each a new
+    # resourceVersion): under load the claim fails and lower-ranked jobs take the nodes.
+    from kubernetes import client, watch
+
+    custom = client.CustomObjectsApi(ground.api_client())
+    listed = custom.list_namespaced_custom_object("lora-operator.io", "v1alpha1", ns, "loratrainingjobs")
+    stream = watch.Watch().stream(custom.list_namespaced_custom_object, "lora-operator.io", "v1alpha1", ns,
+                                  "loratrainingjobs", resource_version=listed["metadata"]["resourceVersion"],
+                                  timeout_seconds=60)
+    ground.apply({**job("bookkept", "no-such-gpu"), "metadata": {"name": "bookkept", "namespace": ns}})
+    first_queued = next(e["object"] for e in stream if (e["object"].get("status") or {}).get("phase") == "Queued")
+    meta = first_queued["metadata"]
+    assert "kopf.zalando.org/KopfFinalizerMarker" in meta.get("finalizers", []), meta
+    assert "lora-operator.io/last-handled-configuration" in (meta.get("annotations") or {}), meta

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from lora_operator.admission import Admitter
-from lora_operator.scheduling import TrainerPod
 
 
 def admitter_with(node: str, namespace: str, pod: str, expires_in: float = 60.0) -> Admitter:
@@ -16,26 +15,24 @@ def admitter_with(node: str, namespace: str, pod: str, expires_in: float = 60.0)
 
 def test_a_created_pod_the_watch_does_not_show_yet_holds_its_node():
     admitter = admitter_with("gpu-1", "team-a", "job-a-attempt-1")
-    pods = admitter.overlay([])
-    assert [(p.node, p.active, p.job_uid) for p in pods] == [("gpu-1", True, "uid-a")]
+    held = admitter.held()
+    assert [(p.node, p.active, p.job_uid, p.namespace) for p in held] == [("gpu-1", True, "uid-a", "team-a")]
 
 
-def test_a_pod_that_already_ended_when_the_watch_first_shows_it_frees_its_node():
-    # The pod ran and finished between two passes: the watch never showed it active.
+def test_any_event_of_the_pod_releases_its_entry_without_a_pass_seeing_the_pod():
+    # The pod ran, ended and was deleted while a pass ran: no pass's snapshot ever held it.
     admitter = admitter_with("gpu-1", "team-a", "job-a-attempt-1")
-    ended = TrainerPod(name="job-a-attempt-1", node="gpu-1", job_uid="uid-a", active=False, namespace="team-a")
-    pods = admitter.overlay([ended])
-    assert pods == [ended]
+    admitter.pod_seen("team-a", "job-a-attempt-1")
+    assert admitter.held() == []
     assert admitter.recent == {}
 
 
 def test_a_same_named_pod_in_another_namespace_does_not_release_the_entry():
     admitter = admitter_with("gpu-1", "team-a", "job-a-attempt-1")
-    other = TrainerPod(name="job-a-attempt-1", node="gpu-2", job_uid="uid-b", active=False, namespace="team-b")
-    pods = admitter.overlay([other])
-    assert {(p.node, p.active) for p in pods} == {("gpu-2", False), ("gpu-1", True)}
+    admitter.pod_seen("team-b", "job-a-attempt-1")
+    assert [p.node for p in admitter.held()] == ["gpu-1"]
 
 
 def test_an_entry_expires():
     admitter = admitter_with("gpu-1", "team-a", "job-a-attempt-1", expires_in=-1.0)
-    assert admitter.overlay([]) == []
+    assert admitter.held() == []

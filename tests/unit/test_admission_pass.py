@@ -1,0 +1,158 @@
+"""One scheduling pass against a fake API server: every claim of the pass is settled before any of
+its pods is created, the pass does not wait for the pods, and a node whose new pod the watch
+shows while the pass reads its snapshot stays held."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+from lora_operator.admission import Admitter
+from lora_operator.api import resolve_spec
+from lora_operator.config import OperatorConfig
+from lora_operator.controller import Controller
+from lora_operator.k8s import Conflict
+from lora_operator.lifecycle import Lifecycle
+from lora_operator.metrics import OperatorMetrics
+from lora_operator.own_writes import OwnWrites
+from lora_operator.scheduling import GpuNode, TrainerPod
+from lora_operator.views import QueueEntry
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+SPEC = resolve_spec({"baseModel": {"family": "sd15", "uri": "s3://m/sd15"}, "dataset": {"uri": "s3://d/x/"},
+                     "output": {"uri": "s3://o/"}}).to_resource()
+
+
+def job_body(name: str, rv: str = "1", created: str = "2026-01-01T00:00:00Z") -> dict:
+    return {"apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob",
+            "metadata": {"uid": f"uid-{name}", "name": name, "namespace": "ns", "resourceVersion": rv,
+                         "creationTimestamp": created, "generation": 1},
+            "spec": {"priority": 0}, "status": {"phase": "Queued", "resolvedSpec": SPEC}}
+
+
+class FakeKube:
+    """Records the order of claims and pod creations; a claim can be made to conflict first."""
+
+    def __init__(self, bodies: dict[str, dict], conflicts: dict[str, int] | None = None):
+        self.own_writes = OwnWrites()
+        self.bodies = bodies
+        self.conflicts = dict(conflicts or {})
+        self.calls: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        self.pods_may_go = threading.Event()
+        self.pods_may_go.set()
+
+    def patch_job_status(self, namespace, name, status, resource_version=None):
+        with self.lock:
+            if self.conflicts.get(name, 0) > 0:
+                self.conflicts[name] -= 1
+                self.bodies[name]["metadata"]["resourceVersion"] += "x"  # someone else wrote
+                raise Conflict(name)
+            self.calls.append(("claim", name))
+            body = self.bodies[name]
+            body["status"] = {**body["status"], **status}
+            body["metadata"]["resourceVersion"] += "+"
+            return body
+
+    def get_job(self, namespace, name):
+        return self.bodies[name]
+
+    def ensure_service_account(self, namespace, name):
+        pass
+
+    def create_pod(self, manifest):
+        self.pods_may_go.wait(10)
+        with self.lock:
+            self.calls.append(("pod", manifest["metadata"]["labels"]["lora-operator.io/job"]))
+        return True
+
+
+def admitter(kube: FakeKube) -> Admitter:
+    config, metrics = OperatorConfig(), OperatorMetrics()
+    lifecycle = Lifecycle(kube, config, metrics, lambda *a: None, node_exists=lambda name: True)
+    return Admitter(kube, config, metrics, lambda *a: None, lifecycle)
+
+
+def views(kube: FakeKube):
+    from lora_operator.views import JobView
+
+    return lambda uid: JobView.of(kube.bodies[uid.removeprefix("uid-")])
+
+
+def nodes(count: int) -> list[GpuNode]:
+    return [GpuNode(name=f"gpu-{i}", ready=True, schedulable=True, gpus=8) for i in range(count)]
+
+
+def wait_for(predicate) -> None:
+    done = threading.Event()
+    for _ in range(200):
+        if predicate():
+            return
+        done.wait(0.01)
+    raise AssertionError("timed out")
+
+
+def test_every_claim_of_a_pass_is_settled_before_any_of_its_pods_is_created():
+    # The head job's claim conflicts twice (kopf or a position write got in between) and is
+    # retried; the pods of the jobs behind it must not appear while it is still being claimed.
+    bodies = {n: job_body(n, created=f"2026-01-01T00:00:0{i}Z") for i, n in enumerate(("a", "b", "c", "d"))}
+    kube = FakeKube(bodies, conflicts={"a": 2})
+    adm = admitter(kube)
+    queued = [QueueEntry.of(b).queued for b in bodies.values()]
+    plan = adm.run(queued, nodes(4), [], NOW, views(kube))
+    assert len(plan.admissions) == 4
+    wait_for(lambda: sum(1 for kind, _ in kube.calls if kind == "pod") == 4)
+    kinds = [kind for kind, _ in kube.calls]
+    assert kinds == ["claim"] * 4 + ["pod"] * 4, kube.calls
+
+
+def test_a_pass_does_not_wait_for_its_pods_and_their_nodes_stay_held_meanwhile():
+    bodies = {"a": job_body("a")}
+    kube = FakeKube(bodies)
+    kube.pods_may_go.clear()  # the API server is slow to create pods
+    adm = admitter(kube)
+    plan = adm.run([QueueEntry.of(bodies["a"]).queued], nodes(1), [], NOW, views(kube))
+    assert [a.node for a in plan.admissions] == ["gpu-0"]
+    assert ("pod", "a") not in kube.calls  # returned before the pod was created
+    assert [p.node for p in adm.held()] == ["gpu-0"]
+    kube.pods_may_go.set()
+    wait_for(lambda: ("pod", "a") in kube.calls)
+
+
+class AppearingPods(dict):
+    """A pods index whose pod appears (and whose event is handled) while a pass reads the index."""
+
+    def __init__(self, on_read):
+        super().__init__()
+        self.on_read = on_read
+
+    def values(self):
+        snapshot = list(super().values())
+        self.on_read()  # just after the read: the snapshot misses the pod, its event is handled
+        return snapshot
+
+
+def test_a_pod_the_watch_shows_while_a_pass_takes_its_snapshot_still_holds_its_node():
+    bodies = {"b": job_body("b")}
+    kube = FakeKube(bodies)
+    controller = Controller(kube, OperatorConfig(), OperatorMetrics(), lambda *a: None)
+    controller.admitter.recent["gpu-0"] = (("ns", "a-a1"), "uid-a", float("inf"))  # created, not watched yet
+    pod = {"metadata": {"name": "a-a1", "namespace": "ns", "labels": {"lora-operator.io/job-uid": "uid-a"}},
+           "spec": {"nodeName": "gpu-0"}, "status": {"phase": "Pending"}}
+
+    def pod_event():  # kopf indexes the pod, then runs the handler
+        if "uid-a" not in pods:
+            dict.__setitem__(pods, "uid-a", [pod])
+            controller.pod_event(pod)
+
+    pods = AppearingPods(pod_event)
+    controller.bind({"uid-b": [bodies["b"]]}, pods, {"gpu-0": nodes(1)})
+    plan = controller.run_pass()
+    assert plan.admissions == []
+    assert "gpu-0" in plan.busy_nodes
+
+
+def test_held_pods_count_as_active_trainer_pods():
+    adm = admitter(FakeKube({}))
+    adm.recent["gpu-3"] = (("ns", "x-a1"), "uid-x", float("inf"))
+    assert adm.held() == [TrainerPod(name="x-a1", node="gpu-3", job_uid="uid-x", active=True, namespace="ns")]

@@ -1,0 +1,68 @@
+"""The Kubernetes adapter without a cluster: responses it never reads are not parsed into client
+models, and the bodies its conditional status writes return are remembered for its next reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from lora_operator.k8s import Kube
+
+
+class Response:
+    def __init__(self):
+        self.read_and_released = []
+
+    def read(self):
+        self.read_and_released.append("read")
+
+    def release_conn(self):
+        self.read_and_released.append("released")
+
+
+class Api:
+    """Stands in for CoreV1Api and CustomObjectsApi."""
+
+    def __init__(self):
+        self.kwargs: dict[str, dict] = {}
+        self.response = Response()
+
+    def create_namespaced_pod(self, namespace, body, **kwargs):
+        self.kwargs["create"] = kwargs
+        return self.response
+
+    def delete_namespaced_pod(self, name, namespace, **kwargs):
+        self.kwargs["delete"] = kwargs
+        return self.response
+
+    def patch_namespaced_custom_object_status(self, group, version, namespace, plural, name, body):
+        rv = body.get("metadata", {}).get("resourceVersion")
+        return {"metadata": {"uid": "u1", "name": name, "namespace": namespace,
+                             "resourceVersion": f"{rv}+" if rv else "9"}, "status": body["status"]}
+
+
+@pytest.fixture
+def kube(monkeypatch):
+    api = Api()
+    monkeypatch.setattr(Kube, "core", property(lambda self: api))
+    monkeypatch.setattr(Kube, "custom", property(lambda self: api))
+    return Kube(api=None), api
+
+
+@pytest.mark.parametrize("call", ["create", "delete"])
+def test_pod_create_and_delete_responses_are_read_raw_and_released(kube, call):
+    adapter, api = kube
+    if call == "create":
+        adapter.create_pod({"metadata": {"name": "p", "namespace": "ns"}})
+    else:
+        adapter.delete_pod("ns", "p")
+    assert api.kwargs[call]["_preload_content"] is False
+    assert api.response.read_and_released == ["read", "released"]
+
+
+def test_only_conditional_status_writes_are_remembered(kube):
+    adapter, _ = kube
+    adapter.patch_job_status("ns", "j", {"phase": "Cancelled"})
+    assert len(adapter.own_writes) == 0
+    adapter.patch_job_status("ns", "j", {"phase": "Pending"}, "5")
+    stale = {"metadata": {"uid": "u1", "resourceVersion": "5"}, "status": {"phase": "Queued"}}
+    assert adapter.own_writes.latest("u1", stale)["status"]["phase"] == "Pending"
