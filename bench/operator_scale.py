@@ -174,19 +174,25 @@ def setup(ground: Ground, args, jobs: list[dict]) -> dict[str, str]:
 
 
 def submit(api, jobs: list[dict], threads: int = 8) -> dict[str, dict]:
-    """Creates the jobs (in submission order per namespace); returns uid -> job."""
+    """Creates the jobs (in index order, 8 at a time); returns uid -> job.
+
+    Each job's "order" becomes its rank by (creationTimestamp, name), the operator's FIFO key:
+    with 8 requests in flight a job can be created a second after later-indexed ones (its
+    request waited for a connection), and then it really is the younger one.
+    """
     from kubernetes import client
 
     custom = client.CustomObjectsApi(api)
 
     def create(job):
         body = custom.create_namespaced_custom_object(GROUP, VERSION, job["namespace"], PLURAL, manifest(job))
-        return body["metadata"]["uid"], job
+        return body["metadata"]["uid"], body["metadata"]["creationTimestamp"], job
 
-    # FIFO is by creationTimestamp (1 s resolution) then name: creating in index order keeps
-    # "submitted earlier" == "ranks earlier" within a namespace.
     with ThreadPoolExecutor(threads) as pool:
-        return dict(pool.map(create, jobs))
+        created = list(pool.map(create, jobs))
+    for rank, (_, _, job) in enumerate(sorted(created, key=lambda c: (c[1], c[2]["name"]))):
+        job["order"] = rank
+    return {uid: job for uid, _, job in created}
 
 
 def release(api, node_type: dict[str, str]) -> dict[str, float]:

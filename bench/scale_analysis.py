@@ -21,7 +21,7 @@ class JobInfo:
     name: str
     priority: int
     order: int
-    """Submission index: FIFO within a namespace (names sort the same way)."""
+    """Rank by (creationTimestamp, name), the operator's FIFO key within a namespace and priority."""
     gpu_type: str | None
     duration: float
 
