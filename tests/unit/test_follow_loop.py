@@ -20,49 +20,41 @@ def body(uid: str, phase: str, **spec) -> dict:
             "spec": spec, "status": {"phase": phase, "resolvedSpec": {}}}
 
 
-def test_each_interval_reconciles_running_jobs_and_finished_ones_with_a_ttl_only():
+def follow(jobs: dict[str, dict], seconds: float, failing: str = "") -> list[tuple[str, bool, bool]]:
+    """Runs the follow loop over `jobs` for `seconds`; the (uid, progress, may_queue) of each reconcile."""
     controller = Controller(Kube(), OperatorConfig(progress_interval=0.01), OperatorMetrics(), lambda *a: None)
-    jobs = {"run": body("run", "Running"), "queued": body("queued", "Queued"),
-            "ttl": body("ttl", "Succeeded", ttlSecondsAfterFinished=60), "done": body("done", "Succeeded")}
     controller.bind({uid: [b] for uid, b in jobs.items()}, {}, {})
-    seen: list[tuple[str, bool]] = []
+    seen: list[tuple[str, bool, bool]] = []
 
     async def reconcile(uid: str, *, progress: bool = False, may_queue: bool = True) -> None:
-        seen.append((uid, progress))
-        if uid == "ttl":
-            raise RuntimeError("storage down")  # one failing job does not stop the loop
+        seen.append((uid, progress, may_queue))
+        if uid == failing:
+            raise RuntimeError("storage down")
 
     controller.reconcile = reconcile  # type: ignore[method-assign]
 
     async def run_a_while():
         task = asyncio.create_task(controller.follow_loop())
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(seconds)
         task.cancel()
 
     asyncio.run(run_a_while())
-    assert {uid for uid, _ in seen} == {"run", "ttl"}
-    assert all(progress for _, progress in seen)
-    assert seen.count(("run", True)) >= 2  # not once: every interval
+    return seen
+
+
+def test_each_interval_reconciles_running_jobs_and_finished_ones_with_a_ttl_only():
+    jobs = {"run": body("run", "Running"), "queued": body("queued", "Queued"),
+            "ttl": body("ttl", "Succeeded", ttlSecondsAfterFinished=60), "done": body("done", "Succeeded")}
+    seen = follow(jobs, 0.1, failing="ttl")  # one failing job does not stop the loop
+    assert {uid for uid, _, _ in seen} == {"run", "ttl"}
+    assert all(progress for _, progress, _ in seen)
+    assert seen.count(("run", True, True)) >= 2  # not once: every interval
 
 
 def test_a_job_still_without_a_resolved_spec_is_reconciled_so_it_may_queue():
     # kopf's diff-base annotation gates queueing; when it never comes (seen with two replicas
     # starting together) the follow loop queues the job anyway, one interval later.
-    controller = Controller(Kube(), OperatorConfig(progress_interval=0.01), OperatorMetrics(), lambda *a: None)
     new = {"metadata": {"uid": "new", "name": "new", "namespace": "ns", "resourceVersion": "1"}, "spec": {}}
-    controller.bind({"new": [new], "queued": [body("queued", "Queued")]}, {}, {})
-    seen: list[tuple[str, bool, bool]] = []
-
-    async def reconcile(uid: str, *, progress: bool = False, may_queue: bool = True) -> None:
-        seen.append((uid, progress, may_queue))
-
-    controller.reconcile = reconcile  # type: ignore[method-assign]
-
-    async def run_a_while():
-        task = asyncio.create_task(controller.follow_loop())
-        await asyncio.sleep(0.05)
-        task.cancel()
-
-    asyncio.run(run_a_while())
+    seen = follow({"new": new, "queued": body("queued", "Queued")}, 0.05)
     assert {uid for uid, _, _ in seen} == {"new"}
     assert all(may_queue and not progress for _, progress, may_queue in seen)
