@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 
 from lora_operator.config import OperatorConfig
-from lora_operator.controller import Controller
+from lora_operator.controller import UNQUEUED_PER_TICK, Controller
 from lora_operator.metrics import OperatorMetrics
 from lora_operator.own_writes import OwnWrites
+from lora_operator.views import utcnow
 
 
 class Kube:
@@ -51,10 +52,26 @@ def test_each_interval_reconciles_running_jobs_and_finished_ones_with_a_ttl_only
     assert seen.count(("run", True, True)) >= 2  # not once: every interval
 
 
-def test_a_job_still_without_a_resolved_spec_is_reconciled_so_it_may_queue():
+def new_job(uid: str, created: str) -> dict:
+    return {"metadata": {"uid": uid, "name": uid, "namespace": "ns", "resourceVersion": "1",
+                         "creationTimestamp": created}, "spec": {}}
+
+
+def test_a_job_still_without_a_resolved_spec_after_the_grace_is_reconciled_so_it_may_queue():
     # kopf's diff-base annotation gates queueing; when it never comes (seen with two replicas
-    # starting together) the follow loop queues the job anyway, one interval later.
-    new = {"metadata": {"uid": "new", "name": "new", "namespace": "ns", "resourceVersion": "1"}, "spec": {}}
-    seen = follow({"new": new, "queued": body("queued", "Queued")}, 0.05)
-    assert {uid for uid, _, _ in seen} == {"new"}
+    # starting together) the follow loop queues the job anyway, once it is older than the grace.
+    just_now = utcnow().isoformat().replace("+00:00", "Z")
+    jobs = {"stuck": new_job("stuck", "2026-01-01T00:00:00Z"), "fresh": new_job("fresh", just_now),
+            "queued": body("queued", "Queued")}
+    seen = follow(jobs, 0.05)
+    assert {uid for uid, _, _ in seen} == {"stuck"}
     assert all(may_queue and not progress for _, progress, may_queue in seen)
+
+
+def test_stuck_new_jobs_are_queued_a_few_at_a_time():
+    # During a submission burst kopf lags by thousands of jobs: reconciling them all at once stalled
+    # the operator, so each tick takes at most UNQUEUED_PER_TICK.
+    jobs = {f"j{i}": new_job(f"j{i}", "2026-01-01T00:00:00Z") for i in range(3 * UNQUEUED_PER_TICK)}
+    seen = follow(jobs, 0.05)  # a few ticks; the fake reconcile queues nothing, so each tick takes the same
+    assert seen and len(seen) % UNQUEUED_PER_TICK == 0
+    assert {uid for uid, _, _ in seen} == {f"j{i}" for i in range(UNQUEUED_PER_TICK)}
