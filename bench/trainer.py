@@ -273,7 +273,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="training.gradientCheckpointing of both rows (default auto: by GPU memory)")
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                         help="training.compile of our rows (default auto: on with a GPU)")
-    parser.add_argument("--sdpa", choices=["default", "no-cudnn", *SDPA_BACKENDS],
+    parser.add_argument("--sdpa", choices=["default", *SDPA_BACKENDS],
                         default="default", help="restrict scaled_dot_product_attention to one backend")
     parser.add_argument("--profile", action="store_true", help="torch.profiler over our step; print the top ops")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the GPU when it is not in the table")
@@ -340,13 +340,6 @@ def sdpa_backend(name: str) -> Iterator[None]:
     """scaled_dot_product_attention restricted to one backend (`default`: torch's own choice)."""
     if name == "default":
         yield
-        return
-    if name == "no-cudnn":
-        torch.backends.cuda.enable_cudnn_sdp(False)
-        try:
-            yield
-        finally:
-            torch.backends.cuda.enable_cudnn_sdp(True)
         return
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

@@ -194,7 +194,7 @@ class Controller:
             self.admitter.node_freed[node] = utcnow()
 
     async def follow_loop(self) -> None:
-        """Every progress interval, reconciles (reading progress) the jobs `needs_timer` selects.
+        """Every progress interval, reconciles (reading progress) the jobs `needs_following` selects.
 
         One loop instead of a kopf timer per job: for a resource with timers kopf keeps the
         latest full body (managedFields and all) of every object, whether or not a timer runs
@@ -208,7 +208,7 @@ class Controller:
             for uid in list(self.jobs):
                 body = self._body(uid)
                 status = (body or {}).get("status") or {}
-                if body is not None and needs_timer(status, body.get("spec") or {}):
+                if body is not None and needs_following(status, body.get("spec") or {}):
                     due.append(uid)
                 elif (body is not None and "resolvedSpec" not in status and len(unqueued) < UNQUEUED_PER_TICK
                       and (parse_time(body["metadata"].get("creationTimestamp")) or stale) < stale):
@@ -283,7 +283,7 @@ class Controller:
         return plan
 
 
-def needs_timer(status: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
+def needs_following(status: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
     """Jobs that need periodic attention: running ones (progress, deadline) and finished ones
     with a TTL or a checkpoint selection not carried out yet."""
     phase = (status or {}).get("phase")
@@ -296,4 +296,4 @@ def needs_timer(status: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
     return False
 
 
-__all__ = ["Controller", "needs_timer"]
+__all__ = ["Controller", "needs_following"]

@@ -312,7 +312,7 @@ class LoraRecipe:
         timesteps = self.family.sample_timesteps(self.parts, len(samples), gen)
         weights = self.family.loss_weights(self.parts, timesteps, self.training.min_snr_gamma)
         weights = weights * torch.tensor([self.reg_weight if s.regularization else 1.0 for s in samples])
-        timesteps, weights = upload(timesteps, latents.device), upload(weights, latents.device)
+        timesteps = upload(timesteps, latents.device)
         sizes = [s.size_conditioning(flipped) for s, flipped in zip(samples, flips, strict=True)]
         return self._weighted_mse(latents, noise, timesteps, cond, sizes, weights)
 
