@@ -1,4 +1,7 @@
-"""`lora-operator run`: kopf's per-event success lines stay out of the log unless --verbose."""
+"""`lora-operator run`: kopf's per-event success lines stay out of the log unless --verbose.
+
+kopf.run is replaced: only the logging set-up before it is under test, and the real operator
+process (with a real kopf.run) runs in tests/cluster."""
 
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
 """The Kubernetes adapter without a cluster: responses it never reads are not parsed into client
-models, and the bodies its conditional status writes return are remembered for its next reads."""
+models, and the bodies its conditional status writes return are remembered for its next reads.
+
+A stand-in API, not the local control plane: what is asserted (the client called with
+`_preload_content=False`, the raw response read and released) is invisible from the API server's
+side. The same calls run against the real one in tests/cluster (every operator test creates pods)."""
 
 from __future__ import annotations
 
