@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import sys
+
+from . import heap
 
 PEERING_NAME = "lora-operator"
 
@@ -21,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="peering priority; default: random, so replicas never tie (kopf pauses all on a tie)")
     run.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
+    heap.cap_arenas(int(os.environ.get("LORA_MALLOC_ARENAS", "2")))  # before any thread starts
 
     import kopf
 

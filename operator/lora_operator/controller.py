@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
+from . import heap
 from .admission import Admitter
 from .api import Phase
 from .config import OperatorConfig
@@ -159,11 +160,8 @@ class Controller:
     def gpu_nodes(self) -> list[GpuNode]:
         return [n for store in list(self.nodes.values()) for n in _values(store)]
 
-    async def reconcile(self, uid: str, *, progress: bool = False, may_queue: bool = True) -> None:
-        """Reconciles one job (and optionally reads its progress); retried on conflicts.
-
-        `may_queue=False` leaves a new job Pending for now (see `Lifecycle.reconcile`).
-        """
+    async def reconcile(self, uid: str, *, progress: bool = False) -> None:
+        """Reconciles one job (and optionally reads its progress); retried on conflicts."""
         async with self._locks[uid]:
             for attempt in range(5):
                 view = self.job(uid)
@@ -171,14 +169,21 @@ class Controller:
                     self._locks.pop(uid, None)
                     return
                 try:
-                    await asyncio.to_thread(self.lifecycle.reconcile, view, self.pods_of(uid), utcnow(),
-                                            may_queue=may_queue)
+                    await asyncio.to_thread(self.lifecycle.reconcile, view, self.pods_of(uid), utcnow())
                     if progress:
                         await asyncio.to_thread(self.lifecycle.sync_progress, self.job(uid) or view, utcnow())
                     return
                 except Conflict:
                     await asyncio.sleep(0.1 * (attempt + 1))  # the watch brings the newer object
             log.info("job %s kept changing; the next event reconciles it", uid)
+
+    async def job_gone(self, job: JobView) -> None:
+        """The job was deleted: its pods go (see `Lifecycle.gone`) and its node is scheduled again."""
+        async with self._locks[job.uid]:
+            await asyncio.to_thread(self.lifecycle.gone, job, self.pods_of(job.uid))
+        self._locks.pop(job.uid, None)
+        self.job_event(job.uid)  # forgets its scheduling view
+        self.kick()
 
     def kick(self) -> None:
         """Asks for a scheduling pass soon (many kicks in a burst make one pass)."""
@@ -219,6 +224,7 @@ class Controller:
                 if isinstance(outcome, Exception):
                     log.error("following job %s failed: %r", uid, outcome)
                     self.metrics.count_reconcile_error("follow")
+            heap.trim()  # what the last bursts of events and writes freed goes back to the system
 
     async def loop(self) -> None:
         """The scheduling loop: a pass after each burst of kicks, and at least every few seconds."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -90,4 +91,69 @@ def start_tracemalloc(out_dir: str) -> None:
                 log.exception("tracemalloc dump failed")
 
     signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=dump, daemon=True).start())
+    counter = iter(range(1, 10**6))
+    signal.signal(signal.SIGUSR2, lambda *_: threading.Thread(
+        target=census, args=(str(directory / f"census-{next(counter):03d}.txt"),), daemon=True).start())
     (directory / "malloc-at-start.txt").write_text(f"rss {rss_mb():.1f} MB; {malloc_totals()}\n")
+
+
+def census(path: str) -> None:
+    """Writes what holds the job bodies alive (diagnostics, bench only; SIGUSR2 with
+    LORA_TRACEMALLOC): objects by type, how many full job metadata dicts (with managedFields)
+    and parsed resolved specs exist, and for a sample of them the chain of referrers."""
+    import gc
+    from collections import Counter
+
+    gc.collect()
+    objects = gc.get_objects()
+    types = Counter(type(o).__name__ for o in objects)
+    full_meta = [o for o in objects if isinstance(o, dict) and "managedFields" in o and "uid" in o]
+    resolved = [o for o in objects if isinstance(o, dict) and "resolvedSpec" in o]
+    lines = [f"rss {_rss_mb():.1f} MB; {_malloc_totals()}; {len(objects)} gc objects",
+             f"metadata dicts with managedFields: {len(full_meta)}",
+             f"status dicts with resolvedSpec: {len(resolved)}, "
+             f"of them a parsed dict: {sum(isinstance(o['resolvedSpec'], dict) for o in resolved)}",
+             "== types ==", *(f"{n} {t}" for t, n in types.most_common(30))]
+    ignore = {id(objects), id(full_meta), id(resolved)}
+
+    def describe(obj: object) -> str:
+        if isinstance(obj, dict):
+            return f"dict keys={list(obj)[:6]}"
+        return type(obj).__qualname__
+
+    chains: Counter = Counter()
+    for sample in (full_meta[::max(1, len(full_meta) // 20)] + resolved[::max(1, len(resolved) // 20)])[:40]:
+        chain, obj = [], sample
+        for _ in range(5):
+            holders = [r for r in gc.get_referrers(obj) if id(r) not in ignore and r is not objects
+                       and type(r).__name__ != "frame"]
+            if not holders:
+                break
+            obj = holders[0]
+            chain.append(describe(obj))
+        chains[" <- ".join(chain)] += 1
+    lines.append("== referrer chains (sampled) ==")
+    lines.extend(f"{n} x {chain}" for chain, n in chains.most_common())
+    with open(path, "w") as out:
+        out.write("\n".join(lines) + "\n== sys._debugmallocstats ==\n")
+        out.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(out.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.write("== largest mappings (smaps Rss, kB) ==\n")
+        out.writelines(_largest_mappings())
+
+
+def _largest_mappings(count: int = 15) -> list[str]:
+    maps, current = [], ""
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            if line.startswith("Rss:"):
+                maps.append((int(line.split()[1]), current))
+            elif not line[0].isupper() or "-" in line.split()[0]:
+                current = line.strip()
+    return [f"{kb} {name}\n" for kb, name in sorted(maps, reverse=True)[:count]]

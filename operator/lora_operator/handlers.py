@@ -12,14 +12,13 @@ from typing import Any
 
 import kopf
 
-from . import status_transitions as st
 from .api import GROUP, VERSION, LoraTrainingJob
 from .config import OperatorConfig
 from .controller import Controller
 from .diagnostics import start_tracemalloc
 from .k8s import Kube
 from .metrics import OperatorMetrics, start_metrics_server
-from .views import JOB_UID_LABEL, TRAINER_COMPONENT, JobView, gpu_node, pod_active, slim_job, slim_pod, utcnow
+from .views import JOB_UID_LABEL, TRAINER_COMPONENT, JobView, gpu_node, pod_active, slim_job, slim_pod
 
 log = logging.getLogger(__name__)
 JOBS = (GROUP, VERSION, LoraTrainingJob.PLURAL)
@@ -33,38 +32,19 @@ def _emit(body: Any, type_: str, reason: str, message: str) -> None:
     kopf.event(body, type=type_, reason=reason, message=message[:1000])
 
 
-class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """kopf's annotation diff-base, built without deep-copying what it then throws away.
-
-    kopf builds the essence (spec, labels, annotations) of every object on every watch event,
-    jobs, pods and nodes alike, by deep-copying the whole body and deleting status and metadata:
-    about a sixth of the event loop's time at 1000 jobs. The essence is the same when only what it
-    keeps is copied.
-    """
-
-    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
-        if extra_fields:  # a handler that watches status fields: kopf's own way
-            return super().build(body=body, extra_fields=extra_fields)
-        meta = body.get("metadata", {})
-        lean = {key: value for key, value in body.items() if key not in ("metadata", "status")}
-        lean["metadata"] = {key: meta[key] for key in ("labels", "annotations", "ownerReferences") if key in meta}
-        return super().build(body=kopf.Body(lean))
-
-
-def configure_persistence(settings: kopf.OperatorSettings) -> None:
-    """kopf's progress and diff-base go to annotations of our group (never to the strict status)."""
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
-
-
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """Kopf's own state goes to annotations (the strict status schema would prune it)."""
+    """The controller and its loops. No handler here is one of kopf's change-detecting ones
+    (on.create/update/delete): kopf then puts no finalizer and no last-handled-configuration on
+    a job, two metadata patches and two watch events per job fewer. A deleted job's trainer pod
+    goes with it through its ownerReference, and promptly through `Controller.job_gone`."""
     if os.environ.get("LORA_TRACEMALLOC"):
         start_tracemalloc(os.environ["LORA_TRACEMALLOC"])
-    configure_persistence(settings)
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    # A relist (start-up, a standby taking over, a watch too old) comes in pages: the whole list
+    # of 5000 jobs at once parses to ~170 MB of dicts before the first one is indexed.
+    settings.watching.chunk_size = int(os.environ.get("LORA_LIST_CHUNK", "500"))
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 32
     # How long a replica's peering record counts as alive: a standby takes over this long after
@@ -137,43 +117,15 @@ def _controller(memo: kopf.Memo, jobs_index: kopf.Index, pods_index: kopf.Index,
     return controller
 
 
-def kopf_bookkeeping_done(body: kopf.Body, settings: kopf.OperatorSettings) -> bool:
-    """Whether kopf has put its finalizer and its last-handled configuration on the job.
-
-    kopf writes each with a metadata patch of its own, after the handlers of an event, one event
-    apart. A job queued before both are in place has its claim race them: a claim is conditional
-    on the resourceVersion, so it fails or retries, and under load the lower-ranked jobs of the
-    same pass take the nodes. Queued only afterwards, nothing of kopf's writes a waiting job.
-    """
-    finalizers = body.get("metadata", {}).get("finalizers") or ()
-    return (settings.persistence.finalizer in finalizers
-            and settings.persistence.diffbase_storage.fetch(body=body) is not None)
-
-
 @kopf.on.event(*JOBS)
-async def job_changed(uid: str, type: str | None, body: kopf.Body, status: kopf.Status, memo: kopf.Memo,
+async def job_changed(uid: str, type: str | None, body: kopf.Body, memo: kopf.Memo,
                       jobs_index: kopf.Index, pods_index: kopf.Index, nodes_index: kopf.Index, **_: Any) -> None:
     controller = _controller(memo, jobs_index, pods_index, nodes_index)
-    if controller.job_event(uid) or type == "DELETED":
+    if type == "DELETED":
+        return await controller.job_gone(JobView.of(slim_job(body)))
+    if controller.job_event(uid):
         controller.kick()  # only when what the scheduler sees changed: not for positions or progress
-    if type != "DELETED":
-        may_queue = "resolvedSpec" in status or kopf_bookkeeping_done(body, memo.kopf_settings)
-        await controller.reconcile(uid, may_queue=may_queue)  # kopf's own patches come as events too
-
-
-@kopf.on.delete(*JOBS)
-async def job_deleted(body: kopf.Body, uid: str, memo: kopf.Memo, jobs_index: kopf.Index,
-                      pods_index: kopf.Index, nodes_index: kopf.Index, **_: Any) -> None:
-    """Cancel: the phase becomes Cancelled and the trainer pod is removed before the job goes."""
-    controller = _controller(memo, jobs_index, pods_index, nodes_index)
-    view = JobView.of(body)
-    lifecycle = controller.lifecycle
-    await asyncio.to_thread(lifecycle.delete_pods, view, controller.pods_of(uid))
-    if view.status.phase not in st.FINISHED_PHASES:
-        await asyncio.to_thread(lifecycle.write, view, st.cancelled(view.status, now=utcnow()), False)
-        _emit(body, "Normal", "Cancelled", "the job was deleted; its trainer pod was removed")
-    controller.metrics.forget_job(view.namespace, view.name)
-    controller.kick()
+    await controller.reconcile(uid)
 
 
 @kopf.on.event("", "v1", "pods", labels=TRAINER_PODS)

@@ -61,22 +61,18 @@ class Lifecycle:
                                        job.resource_version if conditional else None)
         return new
 
-    def reconcile(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime, *,
-                  may_queue: bool = True) -> None:
+    def reconcile(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
         """Brings one job one step closer to its desired state.
-
-        With `may_queue=False` a new job is not resolved and queued yet: the caller knows that
-        other writes to it (kopf's own bookkeeping) are still to come.
 
         Raises:
             Conflict: the job changed meanwhile; the caller reconciles again with a fresh view.
         """
         if job.deleting:
-            return self.cancel(job, pods)
+            return self.cancel(job, pods, now)
         if job.status.phase in FINISHED_PHASES:
             return self.housekeep(job, pods, now)
         if job.status.resolved_spec is None:
-            return self.resolve(job, now) if may_queue else None
+            return self.resolve(job, now)
         if job.suspend_requested:
             return self.suspend(job, pods, now)
         if job.status.phase is Phase.SUSPENDED:
@@ -205,10 +201,24 @@ class Lifecycle:
             self.kube.delete_job(job.namespace, job.name)
         return None
 
-    def cancel(self, job: JobView, pods: Mapping[str, Mapping[str, Any]]) -> None:
-        """The job is being deleted: its pods go with it (the finalizer waits for this)."""
+    def cancel(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
+        """The job is being deleted but still there (a foreground deletion, another controller's
+        finalizer): its pods go, and an unfinished job reads Cancelled until it is gone."""
         self.delete_pods(job, pods)
         self.metrics.forget_job(job.namespace, job.name)
+        if job.status.phase not in FINISHED_PHASES:
+            self.write(job, st.cancelled(job.status, now=now))
+            self.emit(job.body, "Normal", Reason.CANCELLED, "the job is being deleted; its trainer pod was removed")
+
+    def gone(self, job: JobView, pods: Mapping[str, Mapping[str, Any]]) -> None:
+        """The job was deleted (`job` is its last state): its pods go now. Their ownerReference
+        would have the garbage collector remove them too, but a round later."""
+        for name, pod in pods.items():
+            if not pod["metadata"].get("deletionTimestamp"):
+                self.kube.delete_pod(job.namespace, name)
+        self.metrics.forget_job(job.namespace, job.name)
+        if job.status.phase not in FINISHED_PHASES:
+            self.emit(job.body, "Normal", Reason.CANCELLED, "the job was deleted; its trainer pod was removed")
 
     def delete_pods(self, job: JobView, pods: Mapping[str, Mapping[str, Any]]) -> None:
         for name, pod in pods.items():

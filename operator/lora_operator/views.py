@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,7 +50,7 @@ class JobView:
             namespace=meta["namespace"], name=meta["name"], uid=meta["uid"], generation=meta.get("generation"),
             resource_version=meta.get("resourceVersion"),
             created=parse_time(meta.get("creationTimestamp")) or utcnow(),
-            spec=body.get("spec") or {}, status=JobStatus.model_validate(body.get("status") or {}),
+            spec=body.get("spec") or {}, status=JobStatus.model_validate(unpacked(body.get("status") or {})),
             deleting=bool(meta.get("deletionTimestamp")), body=body,
         )
 
@@ -72,12 +73,39 @@ KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "generation", "c
 last-applied-configuration, kopf's last-handled-configuration): over half of a job's bytes."""
 
 
+@dataclass(frozen=True, slots=True)
+class PackedSpec:
+    """`status.resolvedSpec` as the index keeps it: compact JSON text, 1.4 KB where the parsed
+    dicts take 10 KB (two thirds of a slim job), plus the placement every scheduling pass reads.
+    Parsed again only where an attempt is followed or a pod rendered (`JobView.of`)."""
+
+    text: str
+    placement: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, resolved: Mapping[str, Any]) -> PackedSpec:
+        return cls(json.dumps(resolved, separators=(",", ":")), resolved.get("placement") or {})
+
+    def unpack(self) -> dict[str, Any]:
+        return json.loads(self.text)
+
+
+def unpacked(status: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A status whose resolvedSpec is a plain dict again (the index keeps it packed)."""
+    resolved = status.get("resolvedSpec")
+    return {**status, "resolvedSpec": resolved.unpack()} if isinstance(resolved, PackedSpec) else status
+
+
 def slim_job(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A job body as the index keeps it (a 5 KB job parses to ~34 KB of dicts; this halves it)."""
-    meta = body.get("metadata") or {}
+    """A job body as the index keeps it: a 5 KB job parses to ~34 KB of dicts, this keeps ~5 KB
+    (no managedFields or annotations, the resolved spec packed)."""
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    resolved = status.get("resolvedSpec")
+    if isinstance(resolved, Mapping):
+        status = {**status, "resolvedSpec": PackedSpec.of(resolved)}
     return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
             "metadata": {k: meta[k] for k in KEPT_METADATA if k in meta},
-            "spec": body.get("spec") or {}, "status": body.get("status") or {}}
+            "spec": body.get("spec") or {}, "status": status}
 
 
 def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -121,7 +149,7 @@ def queued_job(body: Mapping[str, Any]) -> QueuedJob | None:
     if (status.get("phase") != Phase.QUEUED or resolved is None or spec.get("suspend")
             or meta.get("deletionTimestamp")):
         return None
-    placement = resolved.get("placement") or {}
+    placement = resolved.placement if isinstance(resolved, PackedSpec) else resolved.get("placement") or {}
     return QueuedJob(
         uid=meta["uid"], namespace=meta["namespace"], name=meta["name"], priority=int(spec.get("priority", 0)),
         created=parse_time(meta.get("creationTimestamp")) or utcnow(),

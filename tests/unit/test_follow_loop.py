@@ -21,14 +21,14 @@ def body(uid: str, phase: str, **spec) -> dict:
             "spec": spec, "status": {"phase": phase, "resolvedSpec": {}}}
 
 
-def follow(jobs: dict[str, dict], seconds: float, failing: str = "") -> list[tuple[str, bool, bool]]:
-    """Runs the follow loop over `jobs` for `seconds`; the (uid, progress, may_queue) of each reconcile."""
+def follow(jobs: dict[str, dict], seconds: float, failing: str = "") -> list[tuple[str, bool]]:
+    """Runs the follow loop over `jobs` for `seconds`; the (uid, progress) of each reconcile."""
     controller = Controller(Kube(), OperatorConfig(progress_interval=0.01), OperatorMetrics(), lambda *a: None)
     controller.bind({uid: [b] for uid, b in jobs.items()}, {}, {})
-    seen: list[tuple[str, bool, bool]] = []
+    seen: list[tuple[str, bool]] = []
 
-    async def reconcile(uid: str, *, progress: bool = False, may_queue: bool = True) -> None:
-        seen.append((uid, progress, may_queue))
+    async def reconcile(uid: str, *, progress: bool = False) -> None:
+        seen.append((uid, progress))
         if uid == failing:
             raise RuntimeError("storage down")
 
@@ -47,9 +47,9 @@ def test_each_interval_reconciles_running_jobs_and_finished_ones_with_a_ttl_only
     jobs = {"run": body("run", "Running"), "queued": body("queued", "Queued"),
             "ttl": body("ttl", "Succeeded", ttlSecondsAfterFinished=60), "done": body("done", "Succeeded")}
     seen = follow(jobs, 0.1, failing="ttl")  # one failing job does not stop the loop
-    assert {uid for uid, _, _ in seen} == {"run", "ttl"}
-    assert all(progress for _, progress, _ in seen)
-    assert seen.count(("run", True, True)) >= 2  # not once: every interval
+    assert {uid for uid, _ in seen} == {"run", "ttl"}
+    assert all(progress for _, progress in seen)
+    assert seen.count(("run", True)) >= 2  # not once: every interval
 
 
 def new_job(uid: str, created: str) -> dict:
@@ -58,14 +58,14 @@ def new_job(uid: str, created: str) -> dict:
 
 
 def test_a_job_still_without_a_resolved_spec_after_the_grace_is_reconciled_so_it_may_queue():
-    # kopf's diff-base annotation gates queueing; when it never comes (seen with two replicas
-    # starting together) the follow loop queues the job anyway, once it is older than the grace.
+    # A new job is resolved on its first event; when that reconcile gave up (it kept conflicting,
+    # the operator was busy failing over) the follow loop resolves it once it is older than the grace.
     just_now = utcnow().isoformat().replace("+00:00", "Z")
     jobs = {"stuck": new_job("stuck", "2026-01-01T00:00:00Z"), "fresh": new_job("fresh", just_now),
             "queued": body("queued", "Queued")}
     seen = follow(jobs, 0.05)
-    assert {uid for uid, _, _ in seen} == {"stuck"}
-    assert all(may_queue and not progress for _, progress, may_queue in seen)
+    assert {uid for uid, _ in seen} == {"stuck"}
+    assert not any(progress for _, progress in seen)
 
 
 def test_stuck_new_jobs_are_queued_a_few_at_a_time():
@@ -74,4 +74,4 @@ def test_stuck_new_jobs_are_queued_a_few_at_a_time():
     jobs = {f"j{i}": new_job(f"j{i}", "2026-01-01T00:00:00Z") for i in range(3 * UNQUEUED_PER_TICK)}
     seen = follow(jobs, 0.05)  # a few ticks; the fake reconcile queues nothing, so each tick takes the same
     assert seen and len(seen) % UNQUEUED_PER_TICK == 0
-    assert {uid for uid, _, _ in seen} == {f"j{i}" for i in range(UNQUEUED_PER_TICK)}
+    assert {uid for uid, _ in seen} == {f"j{i}" for i in range(UNQUEUED_PER_TICK)}
