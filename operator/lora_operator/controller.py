@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -33,6 +34,8 @@ IDLE_PASS_SECONDS = 5.0
 """A pass runs at least this often (backoffs expiring, missed events)."""
 POSITION_ROUND_SECONDS = 0.2
 """The queue-position writer runs at most this often (and after each pass)."""
+RECONCILE_WORKERS = 8
+"""Reconciles at once (each mostly waits on an API or storage request on a thread)."""
 VIEW_CACHE = 512
 """Parsed JobViews kept (most recently used), for the reconciles of jobs that are changing."""
 
@@ -74,6 +77,9 @@ class Controller:
         self._seen: dict[str, Any] = {}
         """uid -> the QueuedJob (or None) the last event showed: a change is what needs a pass."""
         self._nodes_seen: dict[str, Any] = {}
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._waiting: set[str] = set()
+        """Jobs in `_queue`, each once."""
         self.passes = 0
         self._handler_context: contextvars.Context | None = None
         self._pass_thread = ThreadPoolExecutor(1, thread_name_prefix="schedule")
@@ -169,18 +175,49 @@ class Controller:
                     self._locks.pop(uid, None)
                     return
                 try:
-                    await asyncio.to_thread(self.lifecycle.reconcile, view, self.pods_of(uid), utcnow())
+                    await self._on_thread(self.lifecycle.reconcile, view, self.pods_of(uid), utcnow())
                     if progress:
-                        await asyncio.to_thread(self.lifecycle.sync_progress, self.job(uid) or view, utcnow())
+                        await self._on_thread(self.lifecycle.sync_progress, self.job(uid) or view, utcnow())
                     return
                 except Conflict:
                     await asyncio.sleep(0.1 * (attempt + 1))  # the watch brings the newer object
             log.info("job %s kept changing; the next event reconciles it", uid)
 
+    async def _on_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args) on a worker thread, in a handler's context: kopf's event poster lives in
+        context variables that the controller's own tasks (started before any handler) lack."""
+        context = (self._handler_context or contextvars.copy_context()).copy()
+        return await asyncio.get_running_loop().run_in_executor(None, functools.partial(context.run, fn, *args))
+
+    def enqueue(self, uid: str) -> None:
+        """Asks for a reconcile of the job by one of the `reconcile_workers`; a job already
+        waiting for one is not added twice (the reconcile reads its latest body when it runs).
+
+        The watch handlers return at once instead of awaiting the reconcile: kopf keeps the whole
+        parsed event (a job parses to ~34 KB) until its handler returns, and a burst of thousands
+        of new jobs, each waiting for a thread, peaked at over 300 MB of event bodies."""
+        if uid not in self._waiting:
+            self._waiting.add(uid)
+            self._queue.put_nowait(uid)
+
+    async def reconcile_workers(self, count: int = RECONCILE_WORKERS) -> None:
+        """Reconciles the queued jobs, `count` at a time, until cancelled."""
+        async def work() -> None:
+            while True:
+                uid = await self._queue.get()
+                self._waiting.discard(uid)  # an event from now on queues it again
+                try:
+                    await self.reconcile(uid)
+                except Exception:  # noqa: BLE001 - one job's failure must not stop the others
+                    log.exception("reconciling job %s failed", uid)
+                    self.metrics.count_reconcile_error("reconcile")
+
+        await asyncio.gather(*(work() for _ in range(count)))
+
     async def job_gone(self, job: JobView) -> None:
         """The job was deleted: its pods go (see `Lifecycle.gone`) and its node is scheduled again."""
         async with self._locks[job.uid]:
-            await asyncio.to_thread(self.lifecycle.gone, job, self.pods_of(job.uid))
+            await self._on_thread(self.lifecycle.gone, job, self.pods_of(job.uid))
         self._locks.pop(job.uid, None)
         self.job_event(job.uid)  # forgets its scheduling view
         self.kick()

@@ -57,6 +57,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.metrics_server = start_metrics_server(config.metrics_port, metrics.registry)
     memo.loop_task = asyncio.create_task(memo.controller.loop())
     memo.follow_task = asyncio.create_task(memo.controller.follow_loop())
+    memo.workers_task = asyncio.create_task(memo.controller.reconcile_workers())
 
 
 @kopf.on.login()
@@ -86,7 +87,7 @@ async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    for task in (getattr(memo, "loop_task", None), getattr(memo, "follow_task", None)):
+    for task in (getattr(memo, name, None) for name in ("loop_task", "follow_task", "workers_task")):
         if task:
             task.cancel()
 
@@ -125,7 +126,7 @@ async def job_changed(uid: str, type: str | None, body: kopf.Body, memo: kopf.Me
         return await controller.job_gone(JobView.of(slim_job(body)))
     if controller.job_event(uid):
         controller.kick()  # only when what the scheduler sees changed: not for positions or progress
-    await controller.reconcile(uid)
+    controller.enqueue(uid)
 
 
 @kopf.on.event("", "v1", "pods", labels=TRAINER_PODS)
@@ -139,7 +140,7 @@ async def trainer_pod_changed(body: kopf.Body, labels: kopf.Labels, type: str | 
         controller.kick()  # the node is free now: schedule before finishing the job's bookkeeping
     uid = labels.get(JOB_UID_LABEL)
     if uid:
-        await controller.reconcile(uid)
+        controller.enqueue(uid)
 
 
 @kopf.on.event("", "v1", "nodes")
@@ -149,6 +150,6 @@ async def node_changed(type: str | None, name: str, memo: kopf.Memo, jobs_index:
     if type == "DELETED":
         for view in list(controller.all_jobs()):
             if view.status.node == name:
-                await controller.reconcile(view.uid)
+                controller.enqueue(view.uid)
     if controller.node_event(name) or type == "DELETED":
         controller.kick()  # not for heartbeats: only when the node's scheduling view changed

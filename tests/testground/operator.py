@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import sys
@@ -51,7 +52,15 @@ def install_crds(ground: Ground) -> None:
     seed_kwok_dataset(ground)
     ground.kubectl("apply", "-f", str(REPO / "crds"))
     ground.kubectl("apply", "-f", str(REPO / "helm/lora-operator/crds/kopf-peering.yaml"))
-    ground.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    # Right after the apply a CRD may have no status.conditions yet, which `kubectl wait` reports
+    # as an error instead of waiting: poll for Established instead.
+    def established() -> bool:
+        crds = json.loads(ground.kubectl("get", "crd", "-o", "json").stdout)["items"]
+        return bool(crds) and all(any(cond.get("type") == "Established" and cond.get("status") == "True"
+                                      for cond in (c.get("status") or {}).get("conditions") or ())
+                                  for c in crds)
+
+    ground.wait_for(established, timeout=60, what="CRDs Established")
 
 
 def storage_secret(ground: Ground, namespace: str, name: str = STORAGE_SECRET) -> dict:
