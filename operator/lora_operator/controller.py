@@ -46,12 +46,11 @@ def _values(store: Any) -> list:
 
 
 BOOKKEEPING_GRACE = 60.0
-"""Seconds a new job may wait for kopf's bookkeeping before the follow loop queues it anyway
-(see handlers.kopf_bookkeeping_done): a safety net, as kopf did not always write its diff-base
-when two replicas started together. Normally kopf is done within a second or two."""
+"""Seconds a new job may stay unresolved before the follow loop reconciles it again: a safety
+net for a first reconcile that gave up (it kept conflicting, the replica lost its peering)."""
 UNQUEUED_PER_TICK = 20
-"""Such jobs queued per follow-loop tick at most: during a submission burst kopf lags behind by
-thousands of jobs, and reconciling all of them at once (MinIO checks, status writes) stalled the
+"""Such jobs queued per follow-loop tick at most: during a submission burst the reconciles lag
+behind by thousands of jobs, and reconciling all of them again at once (MinIO checks, status writes) stalled the
 operator (5000 jobs: 200 s to queue instead of 93 s, 682 MB)."""
 
 
