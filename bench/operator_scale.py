@@ -296,7 +296,7 @@ def _profiled(operator: OperatorProcess, workdir: Path, tool: str) -> OperatorPr
 
     def start():
         out = workdir / f"operator-profile.{ {'flamegraph': 'svg', 'speedscope': 'json', 'raw': 'txt'}[tool]}"
-        argv = [str(Path(sys.executable).parent / "py-spy"), "record", "--threads", "--idle", "-r", "50",
+        argv = [str(Path(sys.executable).parent / "py-spy"), "record", "--threads", "-r", "50",
                 "-f", tool, "-o", str(out), "--", sys.executable, "-m", "lora_operator.cli", "run", *operator.args]
         operator.proc = Proc("lora-operator", argv, operator.log, env=operator.env()).start()
         return operator

@@ -32,6 +32,32 @@ def _emit(body: Any, type_: str, reason: str, message: str) -> None:
     kopf.event(body, type=type_, reason=reason, message=message[:1000])
 
 
+class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's annotation diff-base, built without deep-copying what it then throws away.
+
+    kopf builds the essence (spec, labels, annotations) of every object on every watch event,
+    jobs, pods and nodes alike, even with no change-detecting handler to compare it for, by
+    deep-copying the whole body and deleting status and metadata: a fifth of the event loop's
+    time at 1000 jobs. The essence is the same when only what it keeps is copied.
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        if extra_fields:  # a handler that watches status fields: kopf's own way
+            return super().build(body=body, extra_fields=extra_fields)
+        meta = body.get("metadata", {})
+        lean = {key: value for key, value in body.items() if key not in ("metadata", "status")}
+        lean["metadata"] = {key: meta[key] for key in ("labels", "annotations", "ownerReferences") if key in meta}
+        return super().build(body=kopf.Body(lean))
+
+
+def configure_persistence(settings: kopf.OperatorSettings) -> None:
+    """kopf's progress and diff-base storages: annotations of our group, never the strict status
+    (nothing is stored while no handler detects changes; kopf still builds both on each event,
+    and one progress storage clears once where kopf's default clears twice)."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """The controller and its loops. No handler here is one of kopf's change-detecting ones
@@ -40,6 +66,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     goes with it through its ownerReference, and promptly through `Controller.job_gone`."""
     if os.environ.get("LORA_TRACEMALLOC"):
         start_tracemalloc(os.environ["LORA_TRACEMALLOC"])
+    configure_persistence(settings)
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     # A relist (start-up, a standby taking over, a watch too old) comes in pages: the whole list
