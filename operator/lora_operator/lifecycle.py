@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from . import status_transitions as st
 from .api import FINISHED_PHASES, ConditionType, JobSpec, JobStatus, Phase, Reason, SpecError, resolve_spec, spec_hash
 from .config import OperatorConfig
+from .confirmed import Confirmed
 from .k8s import Conflict, Kube
 from .metrics import OperatorMetrics
 from .outcome import ActionKind, classify, next_action
@@ -51,6 +52,8 @@ class Lifecycle:
     metrics: OperatorMetrics
     emit: Emit
     node_exists: Callable[[str], bool]
+    confirmed: Confirmed = field(default_factory=Confirmed)
+    """Secrets and datasets that passed resolve's checks a moment ago."""
 
     def write(self, job: JobView, new: JobStatus, conditional: bool = True) -> JobStatus:
         """Patches the job's status if it changed; conditional on the resourceVersion read."""
@@ -102,22 +105,29 @@ class Lifecycle:
         except SpecError as err:
             return self.fail(job, Reason.INVALID_SPEC, str(err), now)
         secret = spec.storage.secret_ref if spec.storage and spec.storage.secret_ref else self.config.storage_secret
-        data = self.kube.get_secret_data(job.namespace, secret)
-        if data is None:
-            return self.fail(job, Reason.SECRET_NOT_FOUND,
-                             f"spec.storage.secretRef: Secret {job.namespace}/{secret} does not exist", now)
-        missing = [key for key in ("accessKey", "secretKey") if key not in data]
-        if missing:
-            return self.fail(job, Reason.SECRET_NOT_FOUND,
-                             f"spec.storage.secretRef: Secret {secret} lacks key(s) {', '.join(missing)}", now)
-        try:
-            if dataset_is_empty(spec, self.config):
-                return self.fail(job, Reason.DATASET_EMPTY, f"spec.dataset.uri: {spec.dataset.uri} holds no files", now)
-        except ObjectNotFound as err:
-            return self.fail(job, Reason.DATASET_EMPTY, f"spec.dataset.uri: {spec.dataset.uri}: {err} does not exist",
-                             now)
-        except StorageError as err:
-            log.warning("%s: cannot list the dataset yet: %s", job.key, err)
+        if ("secret", job.namespace, secret) not in self.confirmed:
+            data = self.kube.get_secret_data(job.namespace, secret)
+            if data is None:
+                return self.fail(job, Reason.SECRET_NOT_FOUND,
+                                 f"spec.storage.secretRef: Secret {job.namespace}/{secret} does not exist", now)
+            missing = [key for key in ("accessKey", "secretKey") if key not in data]
+            if missing:
+                return self.fail(job, Reason.SECRET_NOT_FOUND,
+                                 f"spec.storage.secretRef: Secret {secret} lacks key(s) {', '.join(missing)}", now)
+            self.confirmed.add(("secret", job.namespace, secret))
+        dataset = ("dataset", spec.storage.endpoint if spec.storage else None,
+                   spec.dataset.uri if spec.dataset else None)
+        if dataset not in self.confirmed:
+            try:
+                if dataset_is_empty(spec, self.config):
+                    return self.fail(job, Reason.DATASET_EMPTY, f"spec.dataset.uri: {spec.dataset.uri} holds no files",
+                                     now)
+                self.confirmed.add(dataset)
+            except ObjectNotFound as err:
+                return self.fail(job, Reason.DATASET_EMPTY,
+                                 f"spec.dataset.uri: {spec.dataset.uri}: {err} does not exist", now)
+            except StorageError as err:
+                log.warning("%s: cannot list the dataset yet: %s", job.key, err)
         resolved = spec.to_resource()
         status = job.status.model_copy(update={"resolved_spec": resolved, "spec_hash": spec_hash(spec),
                                                "output": None})

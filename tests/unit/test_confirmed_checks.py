@@ -1,0 +1,84 @@
+"""resolve's Secret and dataset checks: a pass is remembered for a moment (a burst of jobs on one
+Secret and dataset makes one read of each), a failure never is."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from lora_operator import lifecycle as lifecycle_module
+from lora_operator.config import OperatorConfig
+from lora_operator.confirmed import Confirmed
+from lora_operator.lifecycle import Lifecycle
+from lora_operator.metrics import OperatorMetrics
+from lora_operator.views import JobView
+
+
+class Kube:
+    def __init__(self, secret: dict | None):
+        self.secret, self.secret_reads, self.patches = secret, 0, []
+
+    def get_secret_data(self, namespace, name):
+        self.secret_reads += 1
+        return self.secret
+
+    def patch_job_status(self, namespace, name, patch, resource_version=None):
+        self.patches.append(patch)
+
+
+def job(name: str) -> JobView:
+    return JobView.of({"metadata": {"name": name, "namespace": "ns", "uid": name, "resourceVersion": "1",
+                                    "creationTimestamp": "2026-01-01T00:00:00Z"},
+                       "spec": {"baseModel": {"family": "sd15", "uri": "s3://models/tiny"},
+                                "dataset": {"uri": "s3://datasets/corgi/"}, "output": {"uri": "s3://loras/"}},
+                       "status": {}})
+
+
+@pytest.fixture
+def listings(monkeypatch):
+    calls = {"n": 0, "empty": False}
+
+    def dataset_is_empty(spec, config):
+        calls["n"] += 1
+        return calls["empty"]
+
+    monkeypatch.setattr(lifecycle_module, "dataset_is_empty", dataset_is_empty)
+    return calls
+
+
+def resolve_all(kube: Kube, names: list[str], confirmed: Confirmed | None = None) -> list[str]:
+    lc = Lifecycle(kube, OperatorConfig(), OperatorMetrics(), lambda *a: None, node_exists=lambda n: True,
+                   confirmed=confirmed or Confirmed())
+    for name in names:
+        lc.resolve(job(name), datetime.now(UTC))
+    return [p["phase"] for p in kube.patches]
+
+
+def test_a_burst_on_one_secret_and_dataset_reads_each_once(listings):
+    kube = Kube({"accessKey": "a", "secretKey": "s"})
+    assert resolve_all(kube, ["a", "b", "c"]) == ["Queued"] * 3
+    assert kube.secret_reads == 1 and listings["n"] == 1
+
+
+def test_a_missing_secret_is_read_again_for_every_job(listings):
+    kube = Kube(None)
+    assert resolve_all(kube, ["a", "b"]) == ["Failed", "Failed"]
+    assert kube.secret_reads == 2
+
+
+def test_an_empty_dataset_is_listed_again_for_every_job(listings):
+    listings["empty"] = True
+    kube = Kube({"accessKey": "a", "secretKey": "s"})
+    assert resolve_all(kube, ["a", "b"]) == ["Failed", "Failed"]
+    assert listings["n"] == 2
+
+
+def test_a_pass_is_forgotten_after_its_window(listings):
+    now = [0.0]
+    confirmed = Confirmed(seconds=30, clock=lambda: now[0])
+    kube = Kube({"accessKey": "a", "secretKey": "s"})
+    resolve_all(kube, ["a"], confirmed)
+    now[0] = 31.0
+    resolve_all(kube, ["b"], confirmed)
+    assert kube.secret_reads == 2 and listings["n"] == 2
