@@ -172,8 +172,8 @@ class Admitter:
     def claim(self, job: JobView, admission: Admission, *, pod: str, attempt: int, now: datetime) -> JobView:
         """Writes Admitted, conditional on the resourceVersion read; returns the view it was written on.
 
-        A conflict usually means only a queue-position write got in between (kopf's own
-        metadata patches are done before a job is queued, see `handlers.kopf_bookkeeping_done`):
+        A conflict usually means only a queue-position write got in between (kopf writes
+        nothing on jobs: the operator has no change-detecting handler, see `handlers.configure`):
         the job is read again and, if it still waits for the same attempt, claimed again.
         Giving up would let the lower-ranked jobs of this pass take the nodes and pass it over.
 

@@ -45,7 +45,7 @@ def _values(store: Any) -> list:
     return list(store) if store is not None else []
 
 
-BOOKKEEPING_GRACE = 60.0
+UNRESOLVED_GRACE = 60.0
 """Seconds a new job may stay unresolved before the follow loop reconciles it again: a safety
 net for a first reconcile that gave up (it kept conflicting, the replica lost its peering)."""
 UNQUEUED_PER_TICK = 20
@@ -182,11 +182,12 @@ class Controller:
                     await asyncio.sleep(0.1 * (attempt + 1))  # the watch brings the newer object
             log.info("job %s kept changing; the next event reconciles it", uid)
 
-    async def _on_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """fn(*args) on a worker thread, in a handler's context: kopf's event poster lives in
-        context variables that the controller's own tasks (started before any handler) lack."""
+    async def _on_thread(self, fn: Callable[..., Any], *args: Any, executor: ThreadPoolExecutor | None = None) -> Any:
+        """fn(*args) on a worker thread (of `executor`, else the loop's default), in a handler's
+        context: kopf's event poster lives in context variables that the controller's own tasks
+        (started before any handler) lack."""
         context = (self._handler_context or contextvars.copy_context()).copy()
-        return await asyncio.get_running_loop().run_in_executor(None, functools.partial(context.run, fn, *args))
+        return await asyncio.get_running_loop().run_in_executor(executor, functools.partial(context.run, fn, *args))
 
     def enqueue(self, uid: str) -> None:
         """Asks for a reconcile of the job by one of the `reconcile_workers`; a job already
@@ -245,7 +246,7 @@ class Controller:
         while True:
             await asyncio.sleep(self.config.progress_interval)
             due, unqueued = [], []
-            stale = utcnow() - timedelta(seconds=BOOKKEEPING_GRACE)
+            stale = utcnow() - timedelta(seconds=UNRESOLVED_GRACE)
             for uid in list(self.jobs):
                 body = self._body(uid)
                 status = (body or {}).get("status") or {}
@@ -278,8 +279,7 @@ class Controller:
             await asyncio.sleep(BURST_SECONDS)
             self._kicked.clear()
             try:
-                context = (self._handler_context or contextvars.copy_context()).copy()
-                plan = await asyncio.get_running_loop().run_in_executor(self._pass_thread, context.run, self.run_pass)
+                plan = await self._on_thread(self.run_pass, executor=self._pass_thread)
             except Exception:  # noqa: BLE001 - one failed pass must not stop scheduling
                 log.exception("scheduling pass failed")
                 self.metrics.count_reconcile_error("schedule")

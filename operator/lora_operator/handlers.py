@@ -150,7 +150,7 @@ async def job_changed(uid: str, type: str | None, body: kopf.Body, memo: kopf.Me
                       jobs_index: kopf.Index, pods_index: kopf.Index, nodes_index: kopf.Index, **_: Any) -> None:
     controller = _controller(memo, jobs_index, pods_index, nodes_index)
     if type == "DELETED":
-        return await controller.job_gone(JobView.of(slim_job(body)))
+        return await controller.job_gone(JobView.of(body))
     if controller.job_event(uid):
         controller.kick()  # only when what the scheduler sees changed: not for positions or progress
     controller.enqueue(uid)

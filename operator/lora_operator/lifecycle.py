@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -223,9 +223,7 @@ class Lifecycle:
     def gone(self, job: JobView, pods: Mapping[str, Mapping[str, Any]]) -> None:
         """The job was deleted (`job` is its last state): its pods go now. Their ownerReference
         would have the garbage collector remove them too, but a round later."""
-        for name, pod in pods.items():
-            if not pod["metadata"].get("deletionTimestamp"):
-                self.kube.delete_pod(job.namespace, name)
+        self.delete_pods(replace(job, deleting=True), pods)  # its last state may not say it was deleted
         self.metrics.forget_job(job.namespace, job.name)
         if job.status.phase not in FINISHED_PHASES:
             self.emit(job.body, "Normal", Reason.CANCELLED, "the job was deleted; its trainer pod was removed")

@@ -1,5 +1,10 @@
 """resolve's Secret and dataset checks: a pass is remembered for a moment (a burst of jobs on one
-Secret and dataset makes one read of each), a failure never is."""
+Secret and dataset makes one read of each), a failure never is.
+
+A counting stand-in for the API and the listing, not the local control plane and MinIO: what is
+asserted is how many reads happen, which neither counts per caller. The real checks run against
+them in tests/cluster/test_bad_inputs.py (missing Secret, Secret without keys, empty dataset) and
+in every cluster test that queues a job."""
 
 from __future__ import annotations
 
