@@ -97,13 +97,32 @@ def manifest(job: dict) -> dict:
     }
 
 
-def apiserver_requests(ground: Ground) -> Counter:
-    """apiserver_request_total summed by (verb, resource/subresource), all clients."""
+def apiserver_get(ground: Ground, path: str, timeout: float = 10) -> bytes:
+    """GET `path` from the API server as the admin user (metrics, pprof)."""
     pki = ground.control_plane.pki
     ctx = ssl.create_default_context(cafile=str(pki.ca_crt))
     ctx.load_cert_chain(str(pki.admin_crt), str(pki.admin_key))
-    with urllib.request.urlopen(f"{ground.control_plane.server}/metrics", context=ctx, timeout=10) as resp:
-        text = resp.read().decode()
+    with urllib.request.urlopen(f"{ground.control_plane.server}{path}", context=ctx, timeout=timeout) as resp:
+        return resp.read()
+
+
+def apiserver_profile(ground: Ground, out: str | None, delay: float, seconds: int) -> None:
+    """Saves a CPU profile of the API server (Go pprof) taken `delay` s from now into `out`, when
+    given; `go tool pprof -top <kube-apiserver binary> <out>` reads it."""
+    if not out:
+        return
+
+    def take():
+        time.sleep(delay)
+        data = apiserver_get(ground, f"/debug/pprof/profile?seconds={seconds}", timeout=seconds + 30)
+        Path(out).write_bytes(data)
+
+    threading.Thread(target=take, daemon=True).start()
+
+
+def apiserver_requests(ground: Ground) -> Counter:
+    """apiserver_request_total summed by (verb, resource/subresource), all clients."""
+    text = apiserver_get(ground, "/metrics").decode()
     totals: Counter = Counter()
     for line in text.splitlines():
         if not line.startswith("apiserver_request_total{"):
@@ -138,6 +157,36 @@ def python_pid(pid: int) -> int:
         return pid
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return int(children[0])
+
+
+def cpu_by_component(ground: Ground, operator_pid: int) -> dict[str, float]:
+    """CPU seconds so far of each test-ground process, the operator and this benchmark (utime+stime)."""
+    pids = {name: proc.pid for name, proc in ground.control_plane.procs.items() if proc.pid}
+    pids.update({"minio": ground.minio.proc.pid if ground.minio.proc else None, "operator": operator_pid,
+                 "benchmark": os.getpid()})
+    out = {}
+    for name, pid in pids.items():
+        with contextlib.suppress(OSError, TypeError):
+            out[name] = proc_usage(pid)["cpu_seconds"]
+    return out
+
+
+PASS_METRIC = "lora_operator_scheduling_pass_seconds"
+
+
+def pass_histogram(metrics_text: str) -> dict[str, float]:
+    """The samples of the operator's scheduling-pass histogram, from its /metrics text."""
+    return {key: float(value) for key, value in (line.rsplit(" ", 1) for line in metrics_text.splitlines()
+                                                 if line.startswith(PASS_METRIC))}
+
+
+def pass_summary(before: dict[str, float], after: dict[str, float]) -> dict:
+    """Passes between two scrapes: count, mean, and how many took longer than each bucket bound."""
+    delta = {key: value - before.get(key, 0.0) for key, value in after.items()}
+    count = delta.get(f"{PASS_METRIC}_count", 0.0)
+    buckets = {key.split('le="')[1].split('"')[0]: n for key, n in delta.items() if "_bucket{" in key}
+    return {"passes": int(count), "mean_ms": round(1000 * delta.get(f"{PASS_METRIC}_sum", 0.0) / max(count, 1), 2),
+            "slower_than_seconds": {le: int(count - n) for le, n in buckets.items() if le != "+Inf" and count > n}}
 
 
 def sample_rss(pid_of, samples: list, stop) -> None:
@@ -256,12 +305,16 @@ def run(args) -> dict:
             time.sleep(3.0)
             os.kill(pid, signal.SIGUSR1)
             time.sleep(3.0)
+        cpu_t0, passes_t0 = cpu_by_component(ground, pid), pass_histogram(operator.metrics())
         t0 = time.monotonic()
         released = release(api, node_type)
+        apiserver_profile(ground, args.apiserver_profile, delay=3.0, seconds=30)
         if not recorder.wait_phase("Succeeded", len(jobs), args.timeout, progress):
             raise SystemExit(f"only {recorder.count('Succeeded')} jobs Succeeded\n{operator.tail()}")
         t_done = time.monotonic()
         usage = proc_usage(pid)
+        cpu_done = cpu_by_component(ground, pid)
+        passes = pass_summary(passes_t0, pass_histogram(operator.metrics()))
         if args.tracemalloc:
             os.kill(pid, signal.SIGUSR1)
             time.sleep(5.0)
@@ -273,6 +326,7 @@ def run(args) -> dict:
                       times={"submit": t_submit, "submitted": t_submitted, "queued": t_queued, "t0": t0,
                              "done": t_done},
                       usage_queued=usage_queued, usage=usage, operator=operator,
+                      passes=passes, cpu={k: round(cpu_done[k] - cpu_t0.get(k, 0.0), 1) for k in cpu_done},
                       rss=[(round(t - (t0 - t_start), 1), mb) for t, mb in rss_samples])
     finally:
         if recorder:
@@ -306,7 +360,7 @@ def _profiled(operator: OperatorProcess, workdir: Path, tool: str) -> OperatorPr
 
 
 def report(args, jobs, info, node_type, recorder, kubelet, released, before, mid, after, times,
-           usage_queued, usage, operator, rss) -> dict:
+           usage_queued, usage, operator, rss, cpu, passes) -> dict:
     t0 = times["t0"]
     last_end = max(kubelet.ended.values())
     makespan = last_end - t0
@@ -358,6 +412,8 @@ def report(args, jobs, info, node_type, recorder, kubelet, released, before, mid
         "api_requests_drain_phase": dict(list(drain.items())[:24]),
         "operator_when_all_queued": usage_queued,
         "operator_at_end": usage,
+        "drain_scheduling_passes": passes,
+        "drain_cpu_seconds_by_process": dict(sorted(cpu.items(), key=lambda kv: -kv[1])),
         "operator_rss_mb_by_second_from_t0": rss[::4],
     }
     print(json.dumps(result, indent=1))
@@ -388,6 +444,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="run the operator under py-spy (pip install py-spy into the venv first)")
     parser.add_argument("--tracemalloc", default=None, metavar="DIR",
                         help="trace the operator's allocations from all-Queued on (LORA_TRACEMALLOC): dumps to DIR")
+    parser.add_argument("--apiserver-profile", default=None, metavar="FILE",
+                        help="save a 30 s Go CPU profile of the API server, from 3 s after the release")
     parser.add_argument("--out", default=None, help="write the result JSON here")
     run(parser.parse_args(argv))
 

@@ -311,6 +311,10 @@ class Controller:
         return bool(self.positions.due(entries.values()))
 
     def run_pass(self):
+        with self.metrics.pass_seconds.time():
+            return self._pass()
+
+    def _pass(self):
         entries = self.all_entries()
         held = self.admitter.held()  # before the pods index (see there)
         pods = held + [trainer_pod(p) for store in list(self.pods.values()) for p in _values(store)]

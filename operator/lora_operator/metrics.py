@@ -22,6 +22,9 @@ from lora_operator.api import Phase
 ADMISSION_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
 """From 10 ms (a free node at creation) to a minute (a busy apiserver); slower lands in +Inf."""
 
+PASS_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+"""A pass over a few jobs takes a millisecond; over thousands, tens of milliseconds."""
+
 METRIC_NAMES = (
     "lora_operator_jobs",
     "lora_operator_queue_length",
@@ -33,6 +36,7 @@ METRIC_NAMES = (
     "lora_operator_job_loss",
     "lora_operator_reconcile_errors_total",
     "lora_operator_admissions_total",
+    "lora_operator_scheduling_pass_seconds",
 )
 """The exposed names (counters with their `_total`); the Grafana dashboard test reads them."""
 
@@ -80,6 +84,13 @@ class OperatorMetrics:
         )
         self.admissions = Counter(
             "lora_operator_admissions", "Jobs admitted to a GPU node (trainer pods created).", registry=r
+        )
+
+        self.pass_seconds = Histogram(
+            "lora_operator_scheduling_pass_seconds",
+            "Seconds one scheduling pass took (ranking the queue, placing jobs, settling its claims).",
+            buckets=PASS_SECONDS_BUCKETS,
+            registry=r,
         )
 
     def observe_jobs(self, phase_counts: Mapping[str, int]) -> None:

@@ -150,6 +150,7 @@ def test_a_pod_the_watch_shows_while_a_pass_takes_its_snapshot_still_holds_its_n
     plan = controller.run_pass()
     assert plan.admissions == []
     assert "gpu-0" in plan.busy_nodes
+    assert controller.metrics.registry.get_sample_value("lora_operator_scheduling_pass_seconds_count") == 1
 
 
 def test_held_pods_count_as_active_trainer_pods():

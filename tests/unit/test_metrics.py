@@ -49,6 +49,17 @@ def test_admission_counts_and_lands_in_latency_buckets_from_10ms_to_60s(metrics:
     assert value(f"{name}_bucket", {"le": "60.0"}) == 3
 
 
+def test_scheduling_pass_seconds_is_a_histogram_from_a_millisecond(metrics: OperatorMetrics) -> None:
+    metrics.pass_seconds.observe(0.0004)
+    metrics.pass_seconds.observe(0.03)
+    value = metrics.registry.get_sample_value
+    name = "lora_operator_scheduling_pass_seconds"
+    assert value(f"{name}_count") == 2
+    assert value(f"{name}_bucket", {"le": "0.001"}) == 1
+    assert value(f"{name}_bucket", {"le": "0.025"}) == 1
+    assert value(f"{name}_bucket", {"le": "0.05"}) == 2
+
+
 def test_retries_and_reconcile_errors_count_by_label(metrics: OperatorMetrics) -> None:
     metrics.count_retry("Crashed")
     metrics.count_retry("Crashed")
