@@ -404,6 +404,7 @@ def report(args, jobs, info, node_type, recorder, kubelet, released, before, mid
         "admission_latency_first_pod_per_node": {"n": len(first), "p50": round(percentile(first, 50), 3),
                                                  "p99": round(percentile(first, 99), 3),
                                                  "max": round(max(first, default=float("nan")), 3)},
+        "watch_relists_seconds_from_t0": [(round(t - t0, 1), path) for t, path in recorder.relists],
         "order_violations": len(violations), "order_violation_examples": violations[:5],
         "double_booked": len(doubles), "double_booked_examples": doubles[:5],
         "jobs_with_more_than_one_pod": sum(1 for n in created.values() if n > 1),

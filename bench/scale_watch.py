@@ -63,8 +63,14 @@ class JobEvent:
 
 
 def stream(api, path: str, query: dict[str, str], on_event: Callable[[str, dict], None],
-           stop: threading.Event) -> None:
-    """Watches `path` from query['resourceVersion'] until `stop`, reconnecting from the last revision."""
+           stop: threading.Event, relists: list | None = None) -> None:
+    """Watches `path` from query['resourceVersion'] until `stop`, reconnecting from the last revision.
+
+    A revision the API server no longer has (410 Gone: this process fell behind, the server cut the
+    watch, and its window moved on) is recovered by listing the collection again: each object is
+    passed on as MODIFIED and the watch goes on from the list. The events in between are lost, so
+    each such relist is recorded (time, path) in `relists` for the report.
+    """
     pool = api.rest_client.pool_manager
     host = api.configuration.host
     rv = query.get("resourceVersion", "")
@@ -74,32 +80,56 @@ def stream(api, path: str, query: dict[str, str], on_event: Callable[[str, dict]
         url = host + path + "?" + "&".join(f"{k}={v}" for k, v in params.items() if v != "")
         try:
             resp = pool.request("GET", url, preload_content=False, timeout=None)
-        except Exception:  # noqa: BLE001 - the apiserver is going away at the end of a run
-            if stop.is_set():
+        except Exception:  # noqa: BLE001 - the apiserver is going away at the end of a run, or busy
+            if stop.wait(0.5):
                 return
-            raise
-        buffer = b""
+            continue
         try:
-            for chunk in resp.stream(65536):
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    obj = event["object"]
-                    if event["type"] == "ERROR":
-                        raise RuntimeError(f"watch {path}: {obj}")
-                    rv = obj["metadata"]["resourceVersion"]
-                    if event["type"] != "BOOKMARK":
-                        on_event(event["type"], obj)
-                if stop.is_set():
+            for event in _events(resp, stop):
+                obj = event["object"]
+                if event["type"] == "ERROR" and obj.get("code") == 410:
+                    rv = relist(api, path, query, on_event)
+                    if relists is not None:
+                        relists.append((time.monotonic(), path))
                     break
+                if event["type"] == "ERROR":
+                    raise RuntimeError(f"watch {path}: {obj}")
+                rv = obj["metadata"]["resourceVersion"]
+                if event["type"] != "BOOKMARK":
+                    on_event(event["type"], obj)
         except Exception:  # noqa: BLE001 - a stream cut at shutdown, or a timeout: reconnect
             if stop.is_set():
                 return
         finally:
             resp.release_conn()
+
+
+def _events(resp, stop: threading.Event):
+    """The parsed events of a watch response, until it ends or `stop` is set."""
+    buffer = b""
+    for chunk in resp.stream(65536):
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line.strip():
+                yield json.loads(line)
+        if stop.is_set():
+            return
+
+
+def relist(api, path: str, query: dict[str, str], on_event: Callable[[str, dict], None]) -> str:
+    """Lists the collection (pages of 500), passes each object on as MODIFIED; returns the list's revision."""
+    selector = {k: v for k, v in query.items() if k == "labelSelector"}
+    token = ""
+    while True:
+        params = {**selector, "limit": "500", **({"continue": token} if token else {})}
+        url = api.configuration.host + path + "?" + "&".join(f"{k}={v}" for k, v in params.items())
+        page = json.loads(api.rest_client.pool_manager.request("GET", url).data)
+        for obj in page["items"]:
+            on_event("MODIFIED", obj)
+        token = page["metadata"].get("continue") or ""
+        if not token:
+            return page["metadata"]["resourceVersion"]
 
 
 def list_rv(api, path: str, query: dict[str, str]) -> str:
@@ -183,14 +213,17 @@ class Recorder:
     threads: list[threading.Thread] = field(default_factory=list)
     job_phase: dict[str, str | None] = field(default_factory=dict)
     changed: threading.Condition = field(default_factory=threading.Condition)
+    relists: list = field(default_factory=list)
+    """(monotonic time, path) of each watch that had to list again (events were lost there)."""
 
     def start(self) -> Recorder:
         pod_query = {"labelSelector": TRAINER_SELECTOR}
         pod_rv = list_rv(self.api, PODS_PATH, pod_query)
         job_rv = list_rv(self.api, JOBS_PATH, {})
         for target, args in (
-            (stream, (self.api, PODS_PATH, {**pod_query, "resourceVersion": pod_rv}, self._pod, self.stop)),
-            (stream, (self.api, JOBS_PATH, {"resourceVersion": job_rv}, self._job, self.stop)),
+            (stream, (self.api, PODS_PATH, {**pod_query, "resourceVersion": pod_rv}, self._pod, self.stop,
+                      self.relists)),
+            (stream, (self.api, JOBS_PATH, {"resourceVersion": job_rv}, self._job, self.stop, self.relists)),
             (self.kubelet.run, (self.stop,)),
         ):
             thread = threading.Thread(target=target, args=args, daemon=True)

@@ -2,9 +2,9 @@
 out its admissions. The claim on a job is a status patch conditional on the resourceVersion read,
 made before its pod is created, so no two passes (or replicas) can start the same attempt.
 
-A pass settles all its claims, then hands the pod creations to a pool and returns: the next pass
-can start while they run, since the claimed jobs read as Admitted (`own_writes`) and their nodes
-as held (`Admitter.held`)."""
+A pass reserves the nodes it hands out (`Admitter.held` shows them as taken, and their jobs as
+started), hands the claims to a pool and returns: the next pass can run while the claims and then
+the pod creations go to the API server. A claim that fails gives its node back and asks for a pass."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from .config import OperatorConfig
 from .k8s import Conflict, Kube
 from .lifecycle import Emit, Lifecycle
 from .metrics import OperatorMetrics
-from .render import build_trainer_pod
+from .render import build_trainer_pod, pod_name
 from .scheduling import Admission, GpuNode, Plan, QueuedJob, TrainerPod, resource_toleration, schedule
 from .views import JobView, parse_time
 
@@ -38,7 +38,14 @@ admission p50 / p99 0.50 / 1.61 s with 4, 0.35 / 0.91 s with 8.)"""
 CLAIM_TRIES = 3
 """Conditional claim writes per admission; a conflict re-reads the job (see `claim`)."""
 RECENT_SECONDS = 60.0
-"""How long a pod this replica just created counts as holding its node before the watch shows it."""
+"""How long a pod this replica is claiming or just created counts as holding its node before the watch shows it."""
+SETTLERS = 4
+"""Passes whose claims can be in flight at once (each waits on its claims' round trips)."""
+
+
+def _set(event: threading.Event) -> threading.Event:
+    event.set()
+    return event
 
 
 @dataclass(frozen=True)
@@ -62,14 +69,19 @@ class Admitter:
     emit: Emit
     lifecycle: Lifecycle
     recent: dict[str, tuple[tuple[str, str], str, float]] = field(default_factory=dict)
-    """node -> ((namespace, pod name), job uid, expiry on the monotonic clock) of pods created by this process."""
+    """node -> ((namespace, pod name), job uid, expiry on the monotonic clock) of the pods this
+    process is claiming a job for or has created, until the watch shows them."""
     node_freed: dict[str, datetime] = field(default_factory=dict)
     """node -> when its last trainer pod ended (admission latency starts there)."""
-    writes: threading.Lock = field(default_factory=threading.Lock)
-    """Held while a pass claims jobs; the queue-position writer takes it for each of its writes."""
+    released: Callable[[], None] = lambda: None
+    """Called from a claim thread when a claim failed and gave its node back (the controller asks for a pass)."""
     _recent_lock: threading.Lock = field(default_factory=threading.Lock)
     """`recent` changes in the pass's threads and on the event loop (`pod_seen`)."""
+    _settled: threading.Event = field(default_factory=lambda: _set(threading.Event()))
+    """Set once every claim of the latest pass is settled: the next pass creates its pods after that."""
     _pool: ThreadPoolExecutor | None = None
+    _settlers: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(SETTLERS, thread_name_prefix="settle"))
     _starter: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(ADMISSION_WORKERS, thread_name_prefix="start"))
 
@@ -85,6 +97,11 @@ class Admitter:
             self.recent = {n: v for n, v in self.recent.items() if v[2] > now}
             return [TrainerPod(name=name, node=n, job_uid=uid, active=True, namespace=namespace)
                     for n, ((namespace, name), uid, _) in self.recent.items()]
+
+    def claiming(self, uid: str) -> bool:
+        """Whether a pass of this process has reserved a node for the job (its claim may be in flight)."""
+        with self._recent_lock:
+            return any(job_uid == uid for _, job_uid, _ in self.recent.values())
 
     def pod_seen(self, namespace: str, name: str) -> None:
         """The watch showed this pod, in any phase: it no longer holds its node through `held`.
@@ -111,17 +128,50 @@ class Admitter:
         candidates = [(job, admission) for admission in plan.admissions
                       if (job := job_of(admission.job_uid)) is not None and job.waiting()]
         # (a job that changed since the snapshot is left to the next pass)
-        with self.writes:
-            # Every claim of the pass is settled before any of its pods is created: a lower-ranked
-            # job's pod never appears while a better-ranked job of the same pass is still claimed.
-            claimed = [c for c in self._each(self.try_claim, candidates, now) if c is not None]
-        # The pods are created without holding up the next pass: their jobs are Admitted (as this
-        # process's next read shows, see own_writes) and their nodes are held (see `held`).
+        if candidates:
+            self._reserve(candidates)
+            before, settled = self._settled, threading.Event()
+            self._settled = settled
+            self._settlers.submit(contextvars.copy_context().run, self.settle, candidates, now, before, settled)
+        self.metrics.set_queue_length(len(queued) - len(candidates))
+        self.metrics.set_gpu_nodes(busy=len(plan.busy_nodes) + len(candidates), free=len(plan.free_nodes))
+        return plan
+
+    def _reserve(self, candidates: list[tuple[JobView, Admission]]) -> None:
+        """Marks each candidate's node as held by the pod its claim is for, before the claim is sent."""
+        expiry = time.monotonic() + RECENT_SECONDS
+        with self._recent_lock:
+            for job, admission in candidates:
+                key = (job.namespace, pod_name(job.name, job.status.attempt + 1))
+                self.recent[admission.node] = (key, job.uid, expiry)
+
+    def _release(self, job: JobView, node: str) -> None:
+        with self._recent_lock:
+            if node in self.recent and self.recent[node][1] == job.uid:
+                del self.recent[node]
+
+    def settle(self, candidates: list[tuple[JobView, Admission]], now: datetime,
+               before: threading.Event, settled: threading.Event) -> None:
+        """Claims the pass's candidates side by side, then creates their pods.
+
+        Every claim of a pass is settled before any of its pods is created, and the pods of a
+        pass come after every claim of the passes before it: a lower-ranked job's pod never
+        appears while a better-ranked job is still being claimed. A claim that fails gives its
+        node back; one that lost to a change of its job also asks for a pass at once (an API
+        error waits for the next one, so a persistent error does not spin)."""
+        try:
+            results = self._each(self._claim_or_log, candidates, now)
+        finally:
+            settled.set()
+        claimed = [c for c in results if isinstance(c, Claimed)]
+        for (job, admission), c in zip(candidates, results, strict=True):
+            if not isinstance(c, Claimed):
+                self._release(job, admission.node)
+        if None in results:
+            self.released()
+        before.wait()
         for c in claimed:
             self._starter.submit(contextvars.copy_context().run, self.start, c, now)
-        self.metrics.set_queue_length(len(queued) - len(claimed))
-        self.metrics.set_gpu_nodes(busy=len(plan.busy_nodes) + len(claimed), free=len(plan.free_nodes))
-        return plan
 
     def _each(self, fn: Callable[[Any, datetime], T], items: list, now: datetime) -> list[T]:
         """fn(item, now) for each item, side by side; the results in the items' order."""
@@ -132,6 +182,15 @@ class Admitter:
         # Each call carries the pass's context (kopf's event poster lives in it).
         futures = [self._pool.submit(contextvars.copy_context().run, fn, item, now) for item in items]
         return [f.result() for f in futures]
+
+    def _claim_or_log(self, candidate: tuple[JobView, Admission], now: datetime) -> Claimed | None | bool:
+        """`try_claim`, with an error logged and counted (False) instead of raised on a pool thread."""
+        try:
+            return self.try_claim(candidate, now)
+        except Exception:  # noqa: BLE001 - in a pool thread nothing else would see it
+            log.exception("%s: claiming node %s failed", candidate[0].key, candidate[1].node)
+            self.metrics.count_reconcile_error("admission")
+            return False
 
     def try_claim(self, candidate: tuple[JobView, Admission], now: datetime) -> Claimed | None:
         """Claims the job for the node (see `claim`); None when the job changed meanwhile."""
@@ -147,8 +206,6 @@ class Admitter:
         except Conflict as err:
             log.info("admission skipped, the job changed: %s", err)
             return None
-        with self._recent_lock:
-            self.recent[admission.node] = ((job.namespace, name), job.uid, time.monotonic() + RECENT_SECONDS)
         return Claimed(job, admission, attempt, pod)
 
     def start(self, claimed: Claimed, now: datetime) -> None:

@@ -24,7 +24,7 @@ from .lifecycle import Emit, Lifecycle
 from .metrics import OperatorMetrics
 from .positions import PositionWriter
 from .scheduling import GpuNode
-from .views import JobView, QueueEntry, parse_time, pod_target_node, trainer_pod, utcnow
+from .views import JobView, QueueEntry, parse_time, pod_active, pod_target_node, trainer_pod, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Controller:
         self.jobs: Mapping[str, Any] = {}
         self.pods: Mapping[str, Any] = {}
         self.nodes: Mapping[str, Any] = {}
-        self.positions = PositionWriter(kube, lock=self.admitter.writes)
+        self.positions = PositionWriter(kube, claiming=self.admitter.claiming)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._kicked = asyncio.Event()
         self._passed = asyncio.Event()
@@ -76,6 +76,8 @@ class Controller:
         self._seen: dict[str, Any] = {}
         """uid -> the QueuedJob (or None) the last event showed: a change is what needs a pass."""
         self._nodes_seen: dict[str, Any] = {}
+        self._ended: set[tuple[str, str]] = set()
+        """(namespace, name) of the trainer pods seen finished and not yet deleted."""
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._waiting: set[str] = set()
         """Jobs in `_queue`, each once."""
@@ -129,16 +131,20 @@ class Controller:
         return entry
 
     def job_event(self, uid: str) -> bool:
-        """Records a job event; True when it changed what the scheduler sees (so a pass is due).
+        """Records a job event; True when it could let a pass admit more (so a pass is due): a
+        job that waits for a node is new or its scheduling view changed (placement, priority, backoff).
 
-        Most job events do not: queuePosition, progress, conditions of running jobs.
+        Most job events do not: queuePosition, progress, conditions of running jobs. Nor does a
+        job leaving the queue (admitted, suspended, deleted): no node frees, and the others'
+        positions follow at the next pass.
         """
         entry = self.entry(uid)
         if entry is None:
-            return self._seen.pop(uid, None) is not None
+            self._seen.pop(uid, None)
+            return False
         before = self._seen.get(uid, ...)
         self._seen[uid] = entry.queued
-        return before is ... or before != entry.queued
+        return entry.queued is not None and (before is ... or before != entry.queued)
 
     def node_event(self, name: str) -> bool:
         """Records a node event; True when the node's scheduling view changed (not a heartbeat)."""
@@ -226,14 +232,30 @@ class Controller:
         """Asks for a scheduling pass soon (many kicks in a burst make one pass)."""
         self._kicked.set()
 
-    def pod_event(self, pod: Mapping[str, Any]) -> None:
-        """Records that the watch showed a trainer pod (it no longer needs the admitter's overlay)."""
-        self.admitter.pod_seen(pod["metadata"]["namespace"], pod["metadata"]["name"])
+    def pod_changed(self, pod: Mapping[str, Any], *, deleted: bool) -> None:
+        """A trainer pod event. The watch showed the pod, so it leaves the admitter's overlay.
 
-    def node_freed(self, pod: Mapping[str, Any]) -> None:
+        A pod frees its node once: on the first event that shows it finished, or on its DELETED
+        if it was still active. That event records when the node freed (admission latency starts
+        there) and asks for a pass. The events that follow the end of a pod (its deletion's
+        MODIFIED, then DELETED) change nothing the scheduler sees. Before, each of them asked
+        for a pass, and each moved the node's freed time later.
+        """
+        meta = pod["metadata"]
+        key = (meta["namespace"], meta["name"])
+        self.admitter.pod_seen(*key)
+        if deleted:
+            if key in self._ended:
+                self._ended.discard(key)
+                return
+        elif pod_active(pod) or key in self._ended:
+            return
+        else:
+            self._ended.add(key)
         node = pod_target_node(pod)
         if node:
             self.admitter.node_freed[node] = utcnow()
+        self.kick()  # the node is free now: schedule before finishing the job's bookkeeping
 
     async def follow_loop(self) -> None:
         """Every progress interval, reconciles (reading progress) the jobs `needs_following` selects.
@@ -265,6 +287,8 @@ class Controller:
 
     async def loop(self) -> None:
         """The scheduling loop: a pass after each burst of kicks, and at least every few seconds."""
+        loop = asyncio.get_running_loop()
+        self.admitter.released = lambda: loop.call_soon_threadsafe(self.kick)  # a claim lost its job: pass again
         writer = asyncio.create_task(self.position_loop())
         try:
             await self._schedule_forever()

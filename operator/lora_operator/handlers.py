@@ -18,7 +18,7 @@ from .controller import Controller
 from .diagnostics import start_tracemalloc
 from .k8s import Kube
 from .metrics import OperatorMetrics, start_metrics_server
-from .views import JOB_UID_LABEL, TRAINER_COMPONENT, JobView, gpu_node, pod_active, slim_job, slim_pod
+from .views import JOB_UID_LABEL, TRAINER_COMPONENT, JobView, gpu_node, slim_job, slim_pod
 
 log = logging.getLogger(__name__)
 JOBS = (GROUP, VERSION, LoraTrainingJob.PLURAL)
@@ -161,10 +161,7 @@ async def trainer_pod_changed(body: kopf.Body, labels: kopf.Labels, type: str | 
                               jobs_index: kopf.Index, pods_index: kopf.Index, nodes_index: kopf.Index,
                               **_: Any) -> None:
     controller = _controller(memo, jobs_index, pods_index, nodes_index)
-    controller.pod_event(body)
-    if type == "DELETED" or not pod_active(body):
-        controller.node_freed(body)
-        controller.kick()  # the node is free now: schedule before finishing the job's bookkeeping
+    controller.pod_changed(body, deleted=type == "DELETED")
     uid = labels.get(JOB_UID_LABEL)
     if uid:
         controller.enqueue(uid)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 from kubernetes import client, config
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 
 
 DELETE_MEMORY_SECONDS = 60.0
+USER_AGENT = "lora-operator"
+"""The client's User-Agent: the API server names the writer in managedFields after it, so
+`kubectl get --show-managed-fields` shows `lora-operator` (not the client library) as the writer of status."""
 
 
 def _discard(response: Any) -> None:
@@ -31,6 +35,13 @@ def _discard(response: Any) -> None:
     with its spec in an environment variable); an error status still raises ApiException."""
     response.read()
     response.release_conn()
+
+
+def _version() -> str:
+    try:
+        return metadata.version("lora-operator")
+    except metadata.PackageNotFoundError:
+        return "dev"
 
 
 class Conflict(Exception):
@@ -54,7 +65,9 @@ class Kube:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config()
-        return cls(client.ApiClient())
+        api = client.ApiClient()
+        api.user_agent = f"{USER_AGENT}/{_version()}"
+        return cls(api)
 
     @property
     def core(self) -> client.CoreV1Api:

@@ -10,9 +10,8 @@ tenth or more. The scheduling pass never waits for them.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .k8s import Conflict, Kube
@@ -43,8 +42,9 @@ class PositionWriter:
     """Writes the latest plan's positions with a token bucket (WRITES_PER_SECOND, BURST)."""
 
     kube: Kube
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    """Shared with the admitter: a position write never races a pass's claim on the same job."""
+    claiming: Callable[[str], bool] = lambda uid: False
+    """Whether a pass is claiming the job (`Admitter.claiming`): such a job is not written, so a
+    claim conflicts with at most the one position write that was already on its way."""
     rate: float = WRITES_PER_SECOND
     burst: int = BURST
     wanted: dict[str, int] = field(default_factory=dict)
@@ -71,11 +71,12 @@ class PositionWriter:
             if self._tokens < 1:
                 break
             job = entries[uid].queued
+            if self.claiming(uid):
+                continue
             self._tokens -= 1
             try:
-                with self.lock:
-                    self.kube.patch_job_status(job.namespace, job.name, {"queuePosition": position},
-                                               entries[uid].resource_version)
+                self.kube.patch_job_status(job.namespace, job.name, {"queuePosition": position},
+                                           entries[uid].resource_version)
                 written += 1
             except Conflict:
                 continue  # the job changed; the next round sees its new state

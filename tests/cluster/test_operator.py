@@ -87,6 +87,8 @@ def test_job_goes_queued_running_succeeded_as_its_pod_completes(ground, operator
     assert status["attempts"][0]["reason"] == "TrainingComplete"
     assert status["specHash"] and status["resolvedSpec"]["network"]["dim"] == 16
     ground.kubectl("wait", "--for=condition=Succeeded", "ltj/one", "-n", ns, "--timeout=10s")
+    fields = run_kubectl_json(ground, "get", "ltj", "-n", ns, "one", "--show-managed-fields")["metadata"]
+    assert {m["manager"] for m in fields["managedFields"] if m.get("subresource") == "status"} == {"lora-operator"}
 
     def reasons() -> set[str]:
         events = run_kubectl_json(ground, "get", "events", "-n", ns, "--field-selector", "involvedObject.name=one")

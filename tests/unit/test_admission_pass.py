@@ -1,6 +1,7 @@
-"""One scheduling pass against a fake API server: every claim of the pass is settled before any of
-its pods is created, the pass does not wait for the pods, and a node whose new pod the watch
-shows while the pass reads its snapshot stays held."""
+"""One scheduling pass against a fake API server: the pass does not wait for its claims or pods
+(their nodes stay held meanwhile), every claim of a pass is settled before any of its pods is
+created and the pods of a later pass come after it, a lost claim gives its node back, and a node
+whose new pod the watch shows while the pass reads its snapshot stays held."""
 
 from __future__ import annotations
 
@@ -41,8 +42,14 @@ class FakeKube:
         self.lock = threading.Lock()
         self.pods_may_go = threading.Event()
         self.pods_may_go.set()
+        self.claims_may_go = threading.Event()
+        self.claims_may_go.set()
+        self.errors: set[str] = set()
 
     def patch_job_status(self, namespace, name, status, resource_version=None):
+        self.claims_may_go.wait(10)
+        if name in self.errors:
+            raise RuntimeError(f"the API server refused {name}")
         with self.lock:
             if self.conflicts.get(name, 0) > 0:
                 self.conflicts[name] -= 1
@@ -119,6 +126,75 @@ def test_a_pass_does_not_wait_for_its_pods_and_their_nodes_stay_held_meanwhile()
     wait_for(lambda: ("pod", "a") in kube.calls)
 
 
+def test_a_pass_does_not_wait_for_its_claims_and_the_next_pass_sees_their_nodes_and_jobs_taken():
+    bodies = {"a": job_body("a"), "b": job_body("b", created="2026-01-01T00:00:01Z")}
+    kube = FakeKube(bodies)
+    kube.claims_may_go.clear()  # the API server is slow to answer the claim
+    adm = admitter(kube)
+    queued = [QueueEntry.of(b).queued for b in bodies.values()]
+    first = adm.run(queued, nodes(1), [], NOW, views(kube))
+    assert [a.job_uid for a in first.admissions] == ["uid-a"]
+    assert kube.calls == []  # returned before the claim was answered
+    assert adm.claiming("uid-a") and not adm.claiming("uid-b")
+    second = adm.run(queued, nodes(2), adm.held(), NOW, views(kube))
+    assert [(a.job_uid, a.node) for a in second.admissions] == [("uid-b", "gpu-1")]
+    kube.claims_may_go.set()
+    wait_for(lambda: sum(1 for kind, _ in kube.calls if kind == "pod") == 2)
+
+
+def test_the_pods_of_a_pass_wait_for_the_claims_of_the_pass_before_it():
+    bodies = {"a": job_body("a"), "b": job_body("b", created="2026-01-01T00:00:01Z")}
+    kube = FakeKube(bodies, conflicts={"a": 1})  # a's claim is retried: it settles last
+    adm = admitter(kube)
+    gate = threading.Event()
+    slow = adm.try_claim
+
+    def try_claim(candidate, now):
+        if candidate[0].name == "a":
+            gate.wait(10)
+        return slow(candidate, now)
+
+    adm.try_claim = try_claim
+    adm.run([QueueEntry.of(bodies["a"]).queued], nodes(1), [], NOW, views(kube))
+    adm.run([QueueEntry.of(bodies["b"]).queued], [GpuNode(name="gpu-9", ready=True, schedulable=True, gpus=8)],
+            adm.held(), NOW, views(kube))
+    wait_for(lambda: ("claim", "b") in kube.calls)
+    threading.Event().wait(0.1)
+    assert ("pod", "b") not in kube.calls  # b is claimed, but a (ranked first) is still being claimed
+    gate.set()
+    wait_for(lambda: ("pod", "b") in kube.calls)
+    assert kube.calls.index(("claim", "a")) < kube.calls.index(("pod", "b"))
+
+
+def test_a_claim_that_loses_to_a_change_of_its_job_gives_the_node_back_and_asks_for_a_pass():
+    bodies = {"a": job_body("a")}
+    kube = FakeKube(bodies, conflicts={"a": 1})
+    kube.get_job = lambda namespace, name: {**bodies[name], "spec": {"suspend": True}}  # no longer waiting
+    adm = admitter(kube)
+    asked = threading.Event()
+    adm.released = asked.set
+    adm.run([QueueEntry.of(job_body("a")).queued], nodes(1), [], NOW, views(kube))
+    assert asked.wait(5)
+    assert adm.held() == [] and not adm.claiming("uid-a")
+    assert ("pod", "a") not in kube.calls
+
+
+def test_a_claim_the_api_server_refuses_gives_the_node_back_is_counted_and_does_not_spin():
+    bodies = {"a": job_body("a"), "b": job_body("b", created="2026-01-01T00:00:01Z")}
+    kube = FakeKube(bodies)
+    kube.errors = {"a"}
+    adm = admitter(kube)
+    asked = threading.Event()
+    adm.released = asked.set
+    adm.run([QueueEntry.of(b).queued for b in bodies.values()], nodes(2), [], NOW, views(kube))
+    wait_for(lambda: ("pod", "b") in kube.calls)
+    wait_for(lambda: not adm.claiming("uid-a"))
+    assert [p.job_uid for p in adm.held()] == ["uid-b"]
+    assert adm.metrics.registry.get_sample_value("lora_operator_reconcile_errors_total",
+                                                 {"handler": "admission"}) == 1
+    assert not asked.is_set()
+
+
 class AppearingPods(dict):
     """A pods index whose pod appears (and whose event is handled) while a pass reads the index."""
 
@@ -143,7 +219,7 @@ def test_a_pod_the_watch_shows_while_a_pass_takes_its_snapshot_still_holds_its_n
     def pod_event():  # kopf indexes the pod, then runs the handler
         if "uid-a" not in pods:
             dict.__setitem__(pods, "uid-a", [pod])
-            controller.pod_event(pod)
+            controller.pod_changed(pod, deleted=False)
 
     pods = AppearingPods(pod_event)
     controller.bind({"uid-b": [bodies["b"]]}, pods, {"gpu-0": nodes(1)})

@@ -45,6 +45,14 @@ def test_writer_spends_its_budget_head_first_and_skips_conflicts():
     assert writer.write(entries) == 0  # no refill at rate 0
 
 
+def test_writer_leaves_a_job_that_a_pass_is_claiming_and_spends_no_token_on_it():
+    entries = {u: QueueEntry.of(body(u)) for u in ("a", "b")}
+    writer = PositionWriter(FakeKube(), rate=0.0, burst=1, claiming=lambda uid: uid == "a")  # type: ignore[arg-type]
+    writer.wanted = {"a": 1, "b": 2}
+    assert writer.write(entries) == 1
+    assert writer.kube.patches == [("job-b", 2)]  # the claim on a must not conflict with a position write
+
+
 def test_only_resolved_queued_jobs_that_are_not_suspended_or_deleted_wait_for_a_node():
     waiting = QueueEntry.of(body("a")).queued
     assert waiting is not None and JobView.of(body("a")).waiting()

@@ -1,0 +1,78 @@
+"""What asks for a scheduling pass: a pod's end frees its node once (not on each event that
+follows it), and a job event only when a waiting job is new or its scheduling view changed."""
+
+from __future__ import annotations
+
+from test_admission_pass import FakeKube, job_body
+
+from lora_operator.config import OperatorConfig
+from lora_operator.controller import Controller
+from lora_operator.metrics import OperatorMetrics
+
+
+def controller(bodies: dict | None = None) -> Controller:
+    c = Controller(FakeKube(bodies or {}), OperatorConfig(), OperatorMetrics(), lambda *a: None)
+    c.bind({}, {}, {})
+    return c
+
+
+def pod(phase: str, deleting: bool = False) -> dict:
+    meta = {"name": "a-a1", "namespace": "ns", "labels": {"lora-operator.io/job-uid": "uid-a"}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:09Z"
+    return {"metadata": meta, "spec": {"nodeName": "gpu-0"}, "status": {"phase": phase}}
+
+
+def kicked(c: Controller) -> bool:
+    was = c._kicked.is_set()
+    c._kicked.clear()
+    return was
+
+
+def test_a_pods_end_asks_for_one_pass_and_the_events_after_it_for_none():
+    c = controller()
+    c.pod_changed(pod("Running"), deleted=False)
+    assert not kicked(c)
+    c.pod_changed(pod("Succeeded"), deleted=False)
+    assert kicked(c)
+    freed = c.admitter.node_freed["gpu-0"]
+    c.pod_changed(pod("Succeeded", deleting=True), deleted=False)  # the operator deleted it
+    c.pod_changed(pod("Succeeded", deleting=True), deleted=True)
+    assert not kicked(c)
+    assert c.admitter.node_freed["gpu-0"] == freed  # latency counts from the end, not the deletion
+
+
+def test_a_pod_deleted_while_active_frees_its_node():
+    c = controller()
+    c.pod_changed(pod("Running", deleting=True), deleted=False)  # terminating: still holds its node
+    assert not kicked(c)
+    c.pod_changed(pod("Running", deleting=True), deleted=True)
+    assert kicked(c)
+    assert "gpu-0" in c.admitter.node_freed
+
+
+def test_every_pod_event_takes_the_pod_out_of_the_admitters_overlay():
+    c = controller()
+    c.admitter.recent["gpu-0"] = (("ns", "a-a1"), "uid-a", float("inf"))
+    c.pod_changed(pod("Pending"), deleted=False)
+    assert c.admitter.held() == []
+
+
+def test_job_events_ask_for_a_pass_only_when_a_waiting_jobs_view_is_new_or_changed():
+    body = job_body("a")
+    bodies = {"uid-a": [body]}
+    c = controller()
+    c.bind(bodies, {}, {})
+
+    def changes(rv: str, spec: dict | None = None, **status) -> bool:
+        old = bodies["uid-a"][0]
+        bodies["uid-a"] = [{**old, "metadata": {**old["metadata"], "resourceVersion": rv},
+                            "spec": spec or old["spec"], "status": {**old["status"], **status}}]
+        return c.job_event("uid-a")
+
+    assert c.job_event("uid-a")  # a new waiting job
+    assert not changes("2", queuePosition=3)  # only its position moved
+    assert changes("3", spec={"priority": 10})  # it ranks differently now
+    assert not changes("4", spec={"priority": 10, "suspend": True})  # it left the queue: no node frees
+    del bodies["uid-a"]
+    assert not c.job_event("uid-a")
