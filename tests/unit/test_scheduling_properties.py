@@ -18,6 +18,7 @@ from lora_operator.scheduling import (
     queue_order,
     schedule,
 )
+from lora_operator.scheduling.order import fifo_key
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 LABEL = "gpu-type"
@@ -122,6 +123,18 @@ def test_no_earlier_job_could_have_used_a_later_jobs_node_and_no_fit_is_left_idl
             passed_over.append(job)
     for name in plan.free_nodes:
         assert not any(fits(job, by_name[name], gpu_type_label=LABEL) for job in passed_over)
+
+
+@settings(max_examples=300, deadline=None)
+@given(jobs_st, st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(0, 5)))
+def test_queue_order_is_the_sort_on_priority_turn_lane_head_and_namespace(jobs, turns):
+    jobs = list(_first(jobs, lambda j: j.uid).values())
+    lanes: dict = {}
+    for job in sorted(jobs, key=fifo_key):
+        lanes.setdefault((job.priority, job.namespace), []).append(job)
+    keys = {job.uid: (-job.priority, turns.get(job.namespace, 0) + rank, fifo_key(lane[0]), job.namespace)
+            for lane in lanes.values() for rank, job in enumerate(lane)}
+    assert [j.uid for j in queue_order(jobs, turns)] == [j.uid for j in sorted(jobs, key=lambda j: keys[j.uid])]
 
 
 @settings(max_examples=200, deadline=None)

@@ -69,12 +69,14 @@ def schedule(
     )
     waiting = [job for job in _unique(queued, lambda j: j.uid) if job.uid not in running_jobs]
     ordered = queue_order(waiting, turns_by_namespace(pod.namespace for pod in pods))
-    eligible = [job for job in ordered if not _in_backoff(job, now)]
-    pool.count_demand(eligible)
-
     admissions: list[Admission] = []
     left: list[QueuedJob] = []
-    for job in ordered:
+    if pool.remaining:
+        pool.count_demand(job for job in ordered if not _in_backoff(job, now))
+    for index, job in enumerate(ordered):
+        if not pool.remaining:
+            left.extend(ordered[index:])  # no node left to hand out: the rest only get their positions
+            break
         taken = None if _in_backoff(job, now) else pool.take(job)
         if taken is None:
             left.append(job)
