@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -152,36 +152,36 @@ class Admitter:
 
     def settle(self, candidates: list[tuple[JobView, Admission]], now: datetime,
                before: threading.Event, settled: threading.Event) -> None:
-        """Claims the pass's candidates side by side, then creates their pods.
+        """Claims the pass's candidates side by side and creates the pod of each claimed one.
 
-        Every claim of a pass is settled before any of its pods is created, and the pods of a
-        pass come after every claim of the passes before it: a lower-ranked job's pod never
-        appears while a better-ranked job is still being claimed. A claim that fails gives its
-        node back; one that lost to a change of its job also asks for a pass at once (an API
-        error waits for the next one, so a persistent error does not spin)."""
+        A pod is created once its own claim and those of every better-ranked candidate of the
+        pass are settled, and after every claim of the passes before: a lower-ranked job's pod
+        never appears while a better-ranked job is still being claimed, yet the head of a pass
+        that fills a hundred nodes does not wait for the hundredth claim. A claim that fails
+        gives its node back; one that lost to a change of its job also asks for a pass at once
+        (an API error waits for the next one, so a persistent error does not spin)."""
+        lost = False
         try:
-            results = self._each(self._claim_or_log, candidates, now)
+            pending = self._submit_each(self._claim_or_log, candidates, now)
+            before.wait()
+            for (job, admission), claim in zip(candidates, pending, strict=True):
+                outcome = claim.result()
+                if isinstance(outcome, Claimed):
+                    self._starter.submit(contextvars.copy_context().run, self.start, outcome, now)
+                else:
+                    self._release(job, admission.node)
+                    lost = lost or outcome is None
         finally:
             settled.set()
-        claimed = [c for c in results if isinstance(c, Claimed)]
-        for (job, admission), c in zip(candidates, results, strict=True):
-            if not isinstance(c, Claimed):
-                self._release(job, admission.node)
-        if None in results:
+        if lost:
             self.released()
-        before.wait()
-        for c in claimed:
-            self._starter.submit(contextvars.copy_context().run, self.start, c, now)
 
-    def _each(self, fn: Callable[[Any, datetime], T], items: list, now: datetime) -> list[T]:
-        """fn(item, now) for each item, side by side; the results in the items' order."""
-        if len(items) <= 1:
-            return [fn(item, now) for item in items]
+    def _submit_each(self, fn: Callable[[Any, datetime], T], items: list, now: datetime) -> list[Future[T]]:
+        """fn(item, now) for each item, side by side on the admission pool; their futures in the items' order."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(ADMISSION_WORKERS, thread_name_prefix="admit")
         # Each call carries the pass's context (kopf's event poster lives in it).
-        futures = [self._pool.submit(contextvars.copy_context().run, fn, item, now) for item in items]
-        return [f.result() for f in futures]
+        return [self._pool.submit(contextvars.copy_context().run, fn, item, now) for item in items]
 
     def _claim_or_log(self, candidate: tuple[JobView, Admission], now: datetime) -> Claimed | None | bool:
         """`try_claim`, with an error logged and counted (False) instead of raised on a pool thread."""

@@ -1,7 +1,7 @@
 """One scheduling pass against a fake API server: the pass does not wait for its claims or pods
-(their nodes stay held meanwhile), every claim of a pass is settled before any of its pods is
-created and the pods of a later pass come after it, a lost claim gives its node back, and a node
-whose new pod the watch shows while the pass reads its snapshot stays held."""
+(their nodes stay held meanwhile); a pod is created once the claims of its job and of every
+better-ranked job of its pass and of earlier passes are settled; a lost claim gives its node
+back; and a node whose new pod the watch shows while the pass reads its snapshot stays held."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def wait_for(predicate) -> None:
     raise AssertionError("timed out")
 
 
-def test_every_claim_of_a_pass_is_settled_before_any_of_its_pods_is_created():
+def test_no_pod_of_a_pass_is_created_while_a_better_ranked_claim_of_it_is_in_flight():
     # The head job's claim conflicts twice (kopf or a position write got in between) and is
     # retried; the pods of the jobs behind it must not appear while it is still being claimed.
     bodies = {n: job_body(n, created=f"2026-01-01T00:00:0{i}Z") for i, n in enumerate(("a", "b", "c", "d"))}
@@ -140,6 +140,26 @@ def test_a_pass_does_not_wait_for_its_claims_and_the_next_pass_sees_their_nodes_
     assert [(a.job_uid, a.node) for a in second.admissions] == [("uid-b", "gpu-1")]
     kube.claims_may_go.set()
     wait_for(lambda: sum(1 for kind, _ in kube.calls if kind == "pod") == 2)
+
+
+def test_the_head_of_a_pass_gets_its_pod_without_waiting_for_a_lower_ranked_claim():
+    bodies = {"a": job_body("a"), "b": job_body("b", created="2026-01-01T00:00:01Z")}
+    kube = FakeKube(bodies)
+    adm = admitter(kube)
+    gate = threading.Event()
+    claim = adm.try_claim
+
+    def try_claim(candidate, now):
+        if candidate[0].name == "b":
+            gate.wait(10)
+        return claim(candidate, now)
+
+    adm.try_claim = try_claim
+    adm.run([QueueEntry.of(b).queued for b in bodies.values()], nodes(2), [], NOW, views(kube))
+    wait_for(lambda: ("pod", "a") in kube.calls)
+    assert ("claim", "b") not in kube.calls
+    gate.set()
+    wait_for(lambda: ("pod", "b") in kube.calls)
 
 
 def test_the_pods_of_a_pass_wait_for_the_claims_of_the_pass_before_it():
