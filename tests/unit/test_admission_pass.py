@@ -105,12 +105,27 @@ def test_no_pod_of_a_pass_is_created_while_a_better_ranked_claim_of_it_is_in_fli
     bodies = {n: job_body(n, created=f"2026-01-01T00:00:0{i}Z") for i, n in enumerate(("a", "b", "c", "d"))}
     kube = FakeKube(bodies, conflicts={"a": 2})
     adm = admitter(kube)
+    others_claimed = threading.Event()
+    claim = adm.try_claim
+
+    def try_claim(candidate, now):
+        if candidate[0].name == "a":  # and it is slow: the others are claimed first
+            others_claimed.wait(10)
+        return claim(candidate, now)
+
+    adm.try_claim = try_claim
     queued = [QueueEntry.of(b).queued for b in bodies.values()]
     plan = adm.run(queued, nodes(4), [], NOW, views(kube))
     assert len(plan.admissions) == 4
+    wait_for(lambda: {("claim", n) for n in "bcd"} <= set(kube.calls))
+    threading.Event().wait(0.1)
+    assert not [call for call in kube.calls if call[0] == "pod"]
+    others_claimed.set()
     wait_for(lambda: sum(1 for kind, _ in kube.calls if kind == "pod") == 4)
-    kinds = [kind for kind, _ in kube.calls]
-    assert kinds == ["claim"] * 4 + ["pod"] * 4, kube.calls
+    ranked = ["a", "b", "c", "d"]
+    for rank, name in enumerate(ranked):  # every better-ranked claim (and its own) came before its pod
+        assert all(kube.calls.index(("claim", better)) < kube.calls.index(("pod", name))
+                   for better in ranked[:rank + 1]), kube.calls
 
 
 def test_a_pass_does_not_wait_for_its_pods_and_their_nodes_stay_held_meanwhile():
