@@ -165,18 +165,28 @@ class Controller:
                 yield view
 
     def all_entries(self) -> dict[str, QueueEntry]:
-        """Every job's scheduling view (a pass reads thousands: one index walk, no per-job lookups)."""
-        latest = self.own_writes.latest
-        entries = {}
-        for uid, store in list(self.jobs.items()):
-            bodies = _values(store)
-            entry = self._entry(uid, latest(uid, bodies[-1] if bodies else None))
-            if entry is not None:
+        """Every job's scheduling view.
+
+        `job_event` keeps these views: it runs on every job event, after kopf indexed the body.
+        Only the jobs with a write of this process ahead of the watch are read again here. A
+        pass reads thousands: walking kopf's index (a Python mapping) took two thirds of a
+        pass at 5000 jobs. `prune` drops the views of jobs the index no longer has.
+        """
+        entries = dict(self._entries)
+        for uid in self.own_writes.uids():
+            entry = self.entry(uid)
+            if entry is None:
+                entries.pop(uid, None)
+            else:
                 entries[uid] = entry
-        if len(self._entries) > len(entries):
-            for uid in set(self._entries) - set(entries):
-                self._entries.pop(uid, None)
         return entries
+
+    def prune(self) -> None:
+        """Forgets the scheduling views of jobs that left the index without a DELETED event
+        reaching `job_changed`: such a view would hold a place in the queue."""
+        for uid in set(self._entries) - set(self.jobs):
+            self._entries.pop(uid, None)
+            self._seen.pop(uid, None)
 
     def gpu_nodes(self) -> list[GpuNode]:
         return [n for store in list(self.nodes.values()) for n in _values(store)]
@@ -293,6 +303,7 @@ class Controller:
                 if isinstance(outcome, Exception):
                     log.error("following job %s failed: %r", uid, outcome)
                     self.metrics.count_reconcile_error("follow")
+            self.prune()
             heap.trim()  # what the last bursts of events and writes freed goes back to the system
 
     async def loop(self) -> None:

@@ -63,5 +63,9 @@ class OwnWrites:
             del self._bodies[uid]
             return indexed
 
+    def uids(self) -> list[str]:
+        """The jobs with a write of this process that the watch may not have shown yet."""
+        return list(self._bodies)
+
     def __len__(self) -> int:
         return len(self._bodies)

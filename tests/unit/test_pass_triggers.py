@@ -1,5 +1,6 @@
 """What asks for a scheduling pass: a pod's end frees its node once (not on each event that
-follows it), and a job event only when a waiting job is new or its scheduling view changed."""
+follows it), and a job event only when a waiting job is new or its scheduling view changed;
+and what a pass reads: the views the job events left, fresher ones where this process wrote."""
 
 from __future__ import annotations
 
@@ -76,3 +77,30 @@ def test_job_events_ask_for_a_pass_only_when_a_waiting_jobs_view_is_new_or_chang
     assert not changes("4", spec={"priority": 10, "suspend": True})  # it left the queue: no node frees
     del bodies["uid-a"]
     assert not c.job_event("uid-a")
+
+
+def test_a_pass_reads_the_views_job_events_left_and_this_processs_own_newer_writes():
+    a, b = job_body("a"), job_body("b")
+    index = {"uid-a": [a], "uid-b": [b]}
+    c = controller()
+    c.bind(index, {}, {})
+    c.job_event("uid-a")
+    assert set(c.all_entries()) == {"uid-a"}  # b's event has not been handled yet
+    c.job_event("uid-b")
+    claimed = {**a, "metadata": {**a["metadata"], "resourceVersion": "2"},
+               "status": {**a["status"], "phase": "Admitted", "conditions": [
+                   {"type": "Admitted", "status": "True", "lastTransitionTime": "2026-01-01T00:00:05Z"}]}}
+    c.own_writes.wrote("1", claimed)  # a claim whose watch event is still on its way
+    entries = c.all_entries()
+    assert entries["uid-a"].queued is None and entries["uid-b"].queued is not None
+
+
+def test_prune_drops_the_views_of_jobs_gone_from_the_index():
+    index = {"uid-a": [job_body("a")]}
+    c = controller()
+    c.bind(index, {}, {})
+    c.job_event("uid-a")
+    del index["uid-a"]  # gone without a DELETED event reaching the handler
+    assert set(c.all_entries()) == {"uid-a"}
+    c.prune()
+    assert c.all_entries() == {}
