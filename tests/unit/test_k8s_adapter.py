@@ -70,3 +70,23 @@ def test_only_conditional_status_writes_are_remembered(kube):
     adapter.patch_job_status("ns", "j", {"phase": "Pending"}, "5")
     stale = {"metadata": {"uid": "u1", "resourceVersion": "5"}, "status": {"phase": "Queued"}}
     assert adapter.own_writes.latest("u1", stale)["status"]["phase"] == "Pending"
+
+
+def test_connect_keeps_a_connection_per_worker_thread_alive_and_names_the_operator(tmp_path, monkeypatch):
+    from lora_operator.k8s import SYNC_CONNECTIONS
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("""
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+""")
+    from kubernetes.config import kube_config
+
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))  # read at import from KUBECONFIG
+    kube = Kube.connect()
+    assert kube.api.rest_client.pool_manager.connection_pool_kw["maxsize"] == SYNC_CONNECTIONS >= 8 + 8
+    assert kube.api.user_agent.startswith("lora-operator/")  # managedFields name the writer after it
