@@ -4,7 +4,7 @@ made before its pod is created, so no two passes (or replicas) can start the sam
 
 A pass reserves the nodes it hands out (`Admitter.held` shows them as taken, and their jobs as
 started), hands the claims to a pool and returns: the next pass can run while the claims and then
-the pod creations go to the API server. A claim that fails gives its node back and asks for a pass."""
+the pod creations go to the API server. A claim that fails gives its node back (see `settle`)."""
 
 from __future__ import annotations
 
