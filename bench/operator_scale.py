@@ -171,21 +171,25 @@ def cpu_by_component(ground: Ground, operator_pid: int) -> dict[str, float]:
     return out
 
 
-PASS_METRIC = "lora_operator_scheduling_pass_seconds"
+HISTOGRAMS = {"passes": "lora_operator_scheduling_pass_seconds",
+              "operator_admission_latency": "lora_operator_admission_latency_seconds"}
+"""The operator's histograms the report summarizes for the drain: its scheduling passes, and its
+own admission latency (from the pod end it saw to its pod-create response; the benchmark's
+figure adds the watch deliveries on both sides)."""
 
 
-def pass_histogram(metrics_text: str) -> dict[str, float]:
-    """The samples of the operator's scheduling-pass histogram, from its /metrics text."""
+def histograms(metrics_text: str) -> dict[str, float]:
+    """The samples of the operator's HISTOGRAMS, from its /metrics text."""
     return {key: float(value) for key, value in (line.rsplit(" ", 1) for line in metrics_text.splitlines()
-                                                 if line.startswith(PASS_METRIC))}
+                                                 if line.startswith(tuple(HISTOGRAMS.values())))}
 
 
-def pass_summary(before: dict[str, float], after: dict[str, float]) -> dict:
-    """Passes between two scrapes: count, mean, and how many took longer than each bucket bound."""
-    delta = {key: value - before.get(key, 0.0) for key, value in after.items()}
-    count = delta.get(f"{PASS_METRIC}_count", 0.0)
+def histogram_summary(name: str, before: dict[str, float], after: dict[str, float]) -> dict:
+    """One histogram between two scrapes: count, mean, and how many took longer than each bucket bound."""
+    delta = {key: value - before.get(key, 0.0) for key, value in after.items() if key.startswith(name)}
+    count = delta.get(f"{name}_count", 0.0)
     buckets = {key.split('le="')[1].split('"')[0]: n for key, n in delta.items() if "_bucket{" in key}
-    return {"passes": int(count), "mean_ms": round(1000 * delta.get(f"{PASS_METRIC}_sum", 0.0) / max(count, 1), 2),
+    return {"count": int(count), "mean_ms": round(1000 * delta.get(f"{name}_sum", 0.0) / max(count, 1), 2),
             "slower_than_seconds": {le: int(count - n) for le, n in buckets.items() if le != "+Inf" and count > n}}
 
 
@@ -305,7 +309,7 @@ def run(args) -> dict:
             time.sleep(3.0)
             os.kill(pid, signal.SIGUSR1)
             time.sleep(3.0)
-        cpu_t0, passes_t0 = cpu_by_component(ground, pid), pass_histogram(operator.metrics())
+        cpu_t0, histograms_t0 = cpu_by_component(ground, pid), histograms(operator.metrics())
         t0 = time.monotonic()
         released = release(api, node_type)
         apiserver_profile(ground, args.apiserver_profile, delay=3.0, seconds=30)
@@ -314,7 +318,8 @@ def run(args) -> dict:
         t_done = time.monotonic()
         usage = proc_usage(pid)
         cpu_done = cpu_by_component(ground, pid)
-        passes = pass_summary(passes_t0, pass_histogram(operator.metrics()))
+        histograms_done = histograms(operator.metrics())
+        summaries = {key: histogram_summary(name, histograms_t0, histograms_done) for key, name in HISTOGRAMS.items()}
         if args.tracemalloc:
             os.kill(pid, signal.SIGUSR1)
             time.sleep(5.0)
@@ -326,7 +331,7 @@ def run(args) -> dict:
                       times={"submit": t_submit, "submitted": t_submitted, "queued": t_queued, "t0": t0,
                              "done": t_done},
                       usage_queued=usage_queued, usage=usage, operator=operator,
-                      passes=passes, cpu={k: round(cpu_done[k] - cpu_t0.get(k, 0.0), 1) for k in cpu_done},
+                      summaries=summaries, cpu={k: round(cpu_done[k] - cpu_t0.get(k, 0.0), 1) for k in cpu_done},
                       rss=[(round(t - (t0 - t_start), 1), mb) for t, mb in rss_samples])
     finally:
         if recorder:
@@ -360,7 +365,7 @@ def _profiled(operator: OperatorProcess, workdir: Path, tool: str) -> OperatorPr
 
 
 def report(args, jobs, info, node_type, recorder, kubelet, released, before, mid, after, times,
-           usage_queued, usage, operator, rss, cpu, passes) -> dict:
+           usage_queued, usage, operator, rss, cpu, summaries) -> dict:
     t0 = times["t0"]
     last_end = max(kubelet.ended.values())
     makespan = last_end - t0
@@ -413,7 +418,8 @@ def report(args, jobs, info, node_type, recorder, kubelet, released, before, mid
         "api_requests_drain_phase": dict(list(drain.items())[:24]),
         "operator_when_all_queued": usage_queued,
         "operator_at_end": usage,
-        "drain_scheduling_passes": passes,
+        "drain_scheduling_passes": summaries["passes"],
+        "drain_operator_admission_latency": summaries["operator_admission_latency"],
         "drain_cpu_seconds_by_process": dict(sorted(cpu.items(), key=lambda kv: -kv[1])),
         "operator_rss_mb_by_second_from_t0": rss[::4],
     }
