@@ -124,9 +124,7 @@ class Controller:
 
     def entry(self, uid: str) -> QueueEntry | None:
         """The job's scheduling view, rebuilt only when its resourceVersion changed."""
-        return self._entry(uid, self._body(uid))
-
-    def _entry(self, uid: str, body: Mapping[str, Any] | None) -> QueueEntry | None:
+        body = self._body(uid)
         if body is None:
             self._entries.pop(uid, None)
             return None
