@@ -99,21 +99,27 @@ def wait_for(predicate) -> None:
     raise AssertionError("timed out")
 
 
+def hold_claim(adm: Admitter, name: str) -> threading.Event:
+    """Makes the claim of job `name` wait until the returned event is set (a slow API server)."""
+    go = threading.Event()
+    claim = adm.try_claim
+
+    def try_claim(candidate, now):
+        if candidate[0].name == name:
+            go.wait(10)
+        return claim(candidate, now)
+
+    adm.try_claim = try_claim
+    return go
+
+
 def test_no_pod_of_a_pass_is_created_while_a_better_ranked_claim_of_it_is_in_flight():
     # The head job's claim conflicts twice (kopf or a position write got in between) and is
     # retried; the pods of the jobs behind it must not appear while it is still being claimed.
     bodies = {n: job_body(n, created=f"2026-01-01T00:00:0{i}Z") for i, n in enumerate(("a", "b", "c", "d"))}
     kube = FakeKube(bodies, conflicts={"a": 2})
     adm = admitter(kube)
-    others_claimed = threading.Event()
-    claim = adm.try_claim
-
-    def try_claim(candidate, now):
-        if candidate[0].name == "a":  # and it is slow: the others are claimed first
-            others_claimed.wait(10)
-        return claim(candidate, now)
-
-    adm.try_claim = try_claim
+    others_claimed = hold_claim(adm, "a")  # and it is slow: the others are claimed first
     queued = [QueueEntry.of(b).queued for b in bodies.values()]
     plan = adm.run(queued, nodes(4), [], NOW, views(kube))
     assert len(plan.admissions) == 4
@@ -161,15 +167,7 @@ def test_the_head_of_a_pass_gets_its_pod_without_waiting_for_a_lower_ranked_clai
     bodies = {"a": job_body("a"), "b": job_body("b", created="2026-01-01T00:00:01Z")}
     kube = FakeKube(bodies)
     adm = admitter(kube)
-    gate = threading.Event()
-    claim = adm.try_claim
-
-    def try_claim(candidate, now):
-        if candidate[0].name == "b":
-            gate.wait(10)
-        return claim(candidate, now)
-
-    adm.try_claim = try_claim
+    gate = hold_claim(adm, "b")
     adm.run([QueueEntry.of(b).queued for b in bodies.values()], nodes(2), [], NOW, views(kube))
     wait_for(lambda: ("pod", "a") in kube.calls)
     assert ("claim", "b") not in kube.calls
@@ -181,15 +179,7 @@ def test_the_pods_of_a_pass_wait_for_the_claims_of_the_pass_before_it():
     bodies = {"a": job_body("a"), "b": job_body("b", created="2026-01-01T00:00:01Z")}
     kube = FakeKube(bodies, conflicts={"a": 1})  # a's claim is retried: it settles last
     adm = admitter(kube)
-    gate = threading.Event()
-    slow = adm.try_claim
-
-    def try_claim(candidate, now):
-        if candidate[0].name == "a":
-            gate.wait(10)
-        return slow(candidate, now)
-
-    adm.try_claim = try_claim
+    gate = hold_claim(adm, "a")
     adm.run([QueueEntry.of(bodies["a"]).queued], nodes(1), [], NOW, views(kube))
     adm.run([QueueEntry.of(bodies["b"]).queued], [GpuNode(name="gpu-9", ready=True, schedulable=True, gpus=8)],
             adm.held(), NOW, views(kube))

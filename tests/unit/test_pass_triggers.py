@@ -1,6 +1,10 @@
 """What asks for a scheduling pass: a pod's end frees its node once (not on each event that
 follows it), and a job event only when a waiting job is new or its scheduling view changed;
-and what a pass reads: the views the job events left, fresher ones where this process wrote."""
+and what a pass reads: the views the job events left, fresher ones where this process wrote.
+
+These are the controller's in-memory decisions: no API call is made, and the stand-in Kube only
+lets the Controller be built. The same paths run against the real control plane in
+tests/cluster/test_operator.py (pods end, nodes free, jobs queue and drain in order)."""
 
 from __future__ import annotations
 
