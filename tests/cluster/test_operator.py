@@ -88,7 +88,10 @@ def test_job_goes_queued_running_succeeded_as_its_pod_completes(ground, operator
     assert status["specHash"] and status["resolvedSpec"]["network"]["dim"] == 16
     ground.kubectl("wait", "--for=condition=Succeeded", "ltj/one", "-n", ns, "--timeout=10s")
     fields = run_kubectl_json(ground, "get", "ltj", "-n", ns, "one", "--show-managed-fields")["metadata"]
-    assert {m["manager"] for m in fields["managedFields"] if m.get("subresource") == "status"} == {"lora-operator"}
+    status_entries = [m for m in fields["managedFields"] if m.get("subresource") == "status"]
+    assert {m["manager"] for m in status_entries} == {"lora-operator"}
+    # resolvedSpec is owned whole (x-kubernetes-map-type: atomic), not leaf by leaf
+    assert status_entries[0]["fieldsV1"]["f:status"]["f:resolvedSpec"] == {}
 
     def reasons() -> set[str]:
         events = run_kubectl_json(ground, "get", "events", "-n", ns, "--field-selector", "involvedObject.name=one")

@@ -93,6 +93,12 @@ def test_status_is_strict_except_resolved_spec():
     assert loose == ["status.resolvedSpec"]
 
 
+def test_resolved_spec_is_one_atomic_field_and_conditions_a_map_by_type():
+    status = schema_of(JOB_FILE)["properties"]["status"]["properties"]
+    assert status["resolvedSpec"]["x-kubernetes-map-type"] == "atomic"
+    assert status["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
+
+
 def test_steps_is_int_or_auto():
     steps = dict(walk(schema_of(JOB_FILE)))["spec.training.steps"]
     assert steps["x-kubernetes-int-or-string"] is True

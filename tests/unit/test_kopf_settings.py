@@ -1,44 +1,42 @@
-"""kopf's per-event bookkeeping, made cheap: the diff-base essence kopf builds on every watch
-event is built without copying the parts of a body it throws away."""
+"""kopf's per-event bookkeeping, made cheap: no diff-base essence is built on a watch event,
+which is safe only while the operator registers no handler that compares essences."""
 
 from __future__ import annotations
 
-import copy
-
 import kopf
 
-from lora_operator.handlers import LeanDiffBaseStorage, configure_persistence
-
-DIFFBASE = "lora-operator.io/last-handled-configuration"
-
-
-def job(annotations=None, status=None) -> dict:
-    return {"apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob",
-            "metadata": {"name": "j", "namespace": "ns", "uid": "u", "resourceVersion": "1",
-                         "annotations": annotations or {}, "labels": {"team": "a"},
-                         "managedFields": [{"manager": "kubectl"}]},
-            "spec": {"priority": 1, "dataset": {"uri": "s3://d/"}}, "status": status or {}}
+from lora_operator import handlers
+from lora_operator.handlers import NoDiffBase, configure_persistence
 
 
-class Uncopyable:
+class Uncopyable(dict):
     def __deepcopy__(self, memo):
-        raise AssertionError("the status was deep-copied")
+        raise AssertionError("the body was deep-copied")
 
 
-def test_the_lean_diff_base_equals_kopfs_and_never_copies_the_status():
-    annotations = {DIFFBASE: "{}", "lora-operator.io/kopf-managed": "yes", "keep": "me",
-                   "kubectl.kubernetes.io/last-applied-configuration": "{}"}
-    body = job(annotations=annotations, status={"phase": "Queued"})
-    kopfs = kopf.AnnotationsDiffBaseStorage(prefix="lora-operator.io", key="last-handled-configuration")
-    lean = LeanDiffBaseStorage(prefix="lora-operator.io", key="last-handled-configuration")
-    assert lean.build(body=kopf.Body(body)) == kopfs.build(body=kopf.Body(body))
-    essence = lean.build(body=kopf.Body({**copy.deepcopy(body), "status": {"big": Uncopyable()}}))
-    essence["spec"]["dataset"]["uri"] = "changed"
-    assert body["spec"]["dataset"]["uri"] == "s3://d/"  # still a copy, not a view
+def test_no_registered_handler_compares_essences():
+    """kopf reads the diff-base only for change-detecting handlers (on.create/update/delete/
+    resume/field) and daemons or timers. Adding one makes `NoDiffBase` wrong: it must go then."""
+    registry = kopf.get_default_registry()
+    assert handlers.job_changed and handlers.trainer_pod_changed  # the module registered its handlers
+    assert registry._watching.get_all_handlers(), "the event handlers should be registered"
+    assert not registry._changing.get_all_handlers(), "a change-detecting handler needs a real diff-base storage"
+    assert not registry._spawning.get_all_handlers(), "a daemon or timer needs a real diff-base storage"
 
 
-def test_the_operator_configures_the_lean_storages():
+def test_no_essence_is_built_fetched_or_stored():
+    body = kopf.Body({"metadata": {"name": "j", "annotations": {}}, "spec": Uncopyable(a=1)})
+    storage = NoDiffBase()
+    assert storage.build(body=body) is None
+    assert storage.build(body=body, extra_fields=["status.phase"]) is None
+    assert storage.fetch(body=body) is None
+    patch = kopf.Patch()
+    storage.store(body=body, patch=patch, essence={"spec": {"a": 2}})
+    assert not patch  # nothing written back onto the object
+
+
+def test_the_operator_configures_the_storages():
     settings = kopf.OperatorSettings()
     configure_persistence(settings)
-    assert isinstance(settings.persistence.diffbase_storage, LeanDiffBaseStorage)
+    assert isinstance(settings.persistence.diffbase_storage, NoDiffBase)
     assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
