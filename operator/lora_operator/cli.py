@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"lora-operator: {err}", file=sys.stderr)
         return 2
+    heap.tune_collector()
     namespace = args.namespace or config.watch_namespace or None
     kopf.run(
         clusterwide=namespace is None,

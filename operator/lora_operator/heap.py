@@ -1,4 +1,5 @@
-"""The C heap of a long-running operator process (glibc): fewer arenas, free pages handed back.
+"""The heaps of a long-running operator process: Python's cyclic collector tuned for a stream of
+watch events; glibc's C heap with fewer arenas and its free pages handed back.
 
 Python objects over 512 bytes (dict tables of job bodies, JSON text, TLS buffers) come from
 malloc. glibc keeps what a burst freed (a 5000-job submission, a relist) for reuse instead of
@@ -12,11 +13,26 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import gc
 import logging
 
 log = logging.getLogger(__name__)
 M_ARENA_MAX = -8
 """mallopt parameter: the most arenas glibc creates (malloc.h)."""
+GC_THRESHOLDS = (10_000, 10, 100)
+"""Python's collector: a young collection per 10,000 net new container objects (default 700), a
+full one considered after 100 middle ones (default 10). Every watch event parses into thousands
+of dicts and lists; the few still alive at a young collection (queued, indexed) were promoted,
+and the default thresholds then ran a full collection every ~2.5 s at 1000 jobs, each holding the
+GIL for 100-250 ms: the event loop and every worker thread stopped (bench/RESULTS.md)."""
+
+
+def tune_collector(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
+    """Sets the collector's thresholds and moves every object alive now (modules, the API client's
+    classes, settings) out of all later collections: call once, after the imports, before kopf runs."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*thresholds)
 
 
 @functools.cache
