@@ -78,6 +78,7 @@ class Controller:
         self._views: dict[str, JobView] = {}
         self._seen: dict[str, Any] = {}
         """uid -> the QueuedJob (or None) the last event showed: a change is what needs a pass."""
+        metrics.count_jobs_with(self.phase_counts)
         self._nodes_seen: dict[str, Any] = {}
         self._ended: set[tuple[str, str]] = set()
         """(namespace, name) of the trainer pods seen finished and not yet deleted."""
@@ -181,6 +182,11 @@ class Controller:
             else:
                 entries[uid] = entry
         return entries
+
+    def phase_counts(self) -> Counter[str]:
+        """Jobs by phase, for `lora_operator_jobs`; read at each scrape, from the metrics thread
+        (a list of a dict's values is taken whole, so the event loop's writes cannot break it)."""
+        return Counter(entry.phase or "Pending" for entry in list(self._entries.values()))
 
     def prune(self) -> None:
         """Forgets the scheduling views of jobs that left the index without a DELETED event
@@ -367,7 +373,6 @@ class Controller:
         queued = [e.queued for e in entries.values() if e.queued is not None]
         plan = self.admitter.run(queued, self.gpu_nodes(), pods, utcnow(), self.job)
         self.positions.wanted = plan.positions
-        self.metrics.observe_jobs(Counter(entry.phase or "Pending" for entry in entries.values()))
         self.passes += 1
         return plan
 

@@ -16,10 +16,12 @@ def metrics() -> OperatorMetrics:
     return OperatorMetrics()
 
 
-def test_observe_jobs_sets_every_phase_and_zeroes_the_missing_ones(metrics: OperatorMetrics) -> None:
-    metrics.observe_jobs({"Queued": 3, "Running": 2})
-    metrics.observe_jobs({"Running": 1})
+def test_jobs_by_phase_are_counted_at_each_scrape_with_every_phase_present(metrics: OperatorMetrics) -> None:
+    counts = {"Queued": 3, "Running": 2}
+    metrics.count_jobs_with(lambda: counts)
     value = metrics.registry.get_sample_value
+    assert value("lora_operator_jobs", {"phase": "Running"}) == 2
+    counts = {"Running": 1}  # what the operator sees now, read again by the next scrape
     assert value("lora_operator_jobs", {"phase": "Running"}) == 1
     assert value("lora_operator_jobs", {"phase": "Queued"}) == 0
     for phase in Phase:
@@ -117,6 +119,7 @@ def test_two_operators_in_one_process_do_not_clash() -> None:
 def test_metric_names_are_exactly_the_exposed_families(metrics: OperatorMetrics) -> None:
     metrics.count_retry("Crashed")
     metrics.count_reconcile_error("h")
+    metrics.count_jobs_with(dict)  # the controller registers its count at start
     exposed = set()
     for family in metrics.registry.collect():
         suffix = "_total" if family.type == "counter" else ""

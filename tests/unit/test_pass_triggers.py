@@ -1,6 +1,7 @@
 """What asks for a scheduling pass: a pod's end frees its node once (not on each event that
 follows it), and a job event only when a waiting job is new or its scheduling view changed;
-and what a pass reads: the views the job events left, fresher ones where this process wrote.
+and what a pass reads: the views the job events left, fresher ones where this process wrote; the
+jobs-by-phase gauge reads the same views when scraped.
 
 These are the controller's in-memory decisions: no API call is made, and the stand-in Kube only
 lets the Controller be built. The same paths run against the real control plane in
@@ -83,12 +84,18 @@ def test_job_events_ask_for_a_pass_only_when_a_waiting_jobs_view_is_new_or_chang
     assert not c.job_event("uid-a")
 
 
-def test_a_pass_reads_the_views_job_events_left_and_this_processs_own_newer_writes():
+def two_jobs() -> tuple[Controller, dict, dict]:
+    """A controller over jobs a and b (both Queued); only a's event was handled yet."""
     a, b = job_body("a"), job_body("b")
     index = {"uid-a": [a], "uid-b": [b]}
     c = controller()
     c.bind(index, {}, {})
     c.job_event("uid-a")
+    return c, index, a
+
+
+def test_a_pass_reads_the_views_job_events_left_and_this_processs_own_newer_writes():
+    c, _, a = two_jobs()
     assert set(c.all_entries()) == {"uid-a"}  # b's event has not been handled yet
     c.job_event("uid-b")
     claimed = {**a, "metadata": {**a["metadata"], "resourceVersion": "2"},
@@ -108,3 +115,16 @@ def test_prune_drops_the_views_of_jobs_gone_from_the_index():
     assert set(c.all_entries()) == {"uid-a"}
     c.prune()
     assert c.all_entries() == {}
+
+
+def test_the_jobs_by_phase_gauge_reads_the_views_at_scrape_time_not_at_each_pass():
+    c, index, a = two_jobs()
+    c.job_event("uid-b")
+    scrape = c.metrics.registry.get_sample_value
+    assert scrape("lora_operator_jobs", {"phase": "Queued"}) == 2
+    index["uid-a"] = [{**a, "metadata": {**a["metadata"], "resourceVersion": "2"},
+                       "status": {**a["status"], "phase": "Running"}}]
+    c.job_event("uid-a")  # no pass ran in between
+    assert scrape("lora_operator_jobs", {"phase": "Queued"}) == 1
+    assert scrape("lora_operator_jobs", {"phase": "Running"}) == 1
+    assert scrape("lora_operator_jobs", {"phase": "Succeeded"}) == 0
