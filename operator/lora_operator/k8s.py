@@ -24,9 +24,9 @@ log = logging.getLogger(__name__)
 
 
 DELETE_MEMORY_SECONDS = 60.0
-SYNC_CONNECTIONS = 32
+SYNC_CONNECTIONS = 48
 """Kept-alive API connections of the client the worker threads share: the claim, pod-start and
-reconcile threads (8 + 8 + the event loop's executor) make that many requests at once. The
+reconcile threads (16 + 16 + 8, and the position writer) make that many requests at once. The
 client's default (5 per CPU: 10 on 2 cores) made urllib3 open a new TLS connection for each
 request beyond it and drop it afterwards (~950 times in a 5000-job run, bench/RESULTS.md)."""
 USER_AGENT = "lora-operator"

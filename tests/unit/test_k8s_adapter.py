@@ -73,6 +73,8 @@ def test_only_conditional_status_writes_are_remembered(kube):
 
 
 def test_connect_keeps_a_connection_per_worker_thread_alive_and_names_the_operator(tmp_path, monkeypatch):
+    from lora_operator.admission import ADMISSION_WORKERS
+    from lora_operator.controller import RECONCILE_WORKERS
     from lora_operator.k8s import SYNC_CONNECTIONS
 
     kubeconfig = tmp_path / "kubeconfig"
@@ -88,5 +90,6 @@ current-context: x
 
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))  # read at import from KUBECONFIG
     kube = Kube.connect()
-    assert kube.api.rest_client.pool_manager.connection_pool_kw["maxsize"] == SYNC_CONNECTIONS >= 8 + 8
+    assert kube.api.rest_client.pool_manager.connection_pool_kw["maxsize"] == SYNC_CONNECTIONS
+    assert SYNC_CONNECTIONS > 2 * ADMISSION_WORKERS + RECONCILE_WORKERS  # claims, pod starts, reconciles
     assert kube.api.user_agent.startswith("lora-operator/")  # managedFields name the writer after it
