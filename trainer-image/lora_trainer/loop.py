@@ -9,7 +9,6 @@ would have gone, and on CPU the same seed and data give byte-identical adapters.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -33,7 +32,6 @@ from lora_operator.api import (
 from . import state as resume_state
 from .adapters import make_adapter
 from .data import CaptionBuilder, PreparedDataset, Sample, load_captioner, prepare_dataset
-from .data.dataset import REGULARIZATION_PREFIX
 from .encode import Encoder
 from .errors import ConfigError, NanLossError
 from .export import file_digest
@@ -42,7 +40,7 @@ from .noise import make_noise
 from .optim import build_optimizer, build_scheduler
 from .outputs import Outputs
 from .precision import checkpointing_wanted, resolve_precision
-from .previews import check_sampler, render_previews
+from .previews import check_sampler, preview_prompts, preview_size, render_previews
 from .progress import ManifestWriter, ProgressReporter
 from .schedule import BatchStream, Plan, total_steps
 from .speed import channels_last, compile_blocks, compile_mode, compile_wanted, eager, stable_attention, upload
@@ -57,17 +55,6 @@ VALIDATION_TIMESTEPS = 4
 """Fixed timesteps per validation image: the validation loss compares across epochs."""
 LOSS_READ_EVERY = 10
 """Steps between reads of the loss to the host (progress line, NaN check): no sync in between."""
-
-
-def captions_json(data: PreparedDataset) -> bytes:
-    """captions.json: the base caption (sidecar .txt or auto caption) of every image used, by file.
-
-    Prefix, tags, shuffles and dropout are applied per step on top of these; regularization
-    files are keyed ``regularization/<file>`` as in the manifest's skipped list.
-    """
-    captions = {s.key: s.caption for s in sorted(data.train + data.validation, key=lambda s: s.key)}
-    captions.update({REGULARIZATION_PREFIX + s.key: s.caption for s in data.regularization})
-    return json.dumps(captions, indent=1, ensure_ascii=False).encode()
 
 
 def draw_seed(seed: int, index: int) -> int:
@@ -155,7 +142,7 @@ class LoraRecipe:
                                          interval=self.progress_interval,
                                          stream=None if self.main else open(os.devnull, "w"))  # noqa: SIM115
         self.progress.phase("loading")
-        publish(CAPTIONS_FILE, captions_json(self.data))
+        publish(CAPTIONS_FILE, self.data.captions_json())
         self.manifest = ManifestWriter(publish, Manifest(
             spec_hash=spec_hash(spec), images=len(self.data.train), validation_images=len(self.data.validation),
             total_steps=self.plan.total_steps, skipped=list(self.data.skipped),
@@ -365,8 +352,9 @@ class LoraRecipe:
         every = self.spec.previews.every_epochs
         if self.main and every and (epoch % every == 0 or last):
             with eager():
-                entries = render_previews(self.family, self.parts, self.spec.previews, self._preview_prompts(),
-                                          epoch, self._preview_size(), self.outputs)
+                entries = render_previews(self.family, self.parts, self.spec.previews,
+                                          preview_prompts(self.spec.previews, self.data, self.builder), epoch,
+                                          preview_size(self.spec.previews, self.data), self.outputs)
             for entry in entries:
                 self.manifest.add_preview(entry)
         if self.main:
@@ -410,18 +398,6 @@ class LoraRecipe:
             "gradient_accumulation_steps": t.gradient_accumulation, "caption_dropout_rate": t.caption_dropout,
             "training_comment": f"lora-operator spec {spec_hash(s)[:12]}",
         }
-
-    def _preview_prompts(self) -> list[str]:
-        if self.spec.previews.prompts:
-            return list(self.spec.previews.prompts)
-        source = self.data.validation or self.data.train
-        return [", ".join(self.builder.tags(source[0].caption))]
-
-    def _preview_size(self) -> tuple[int, int]:
-        if self.spec.previews.size:
-            width, height = (int(v) for v in self.spec.previews.size.split("x"))
-            return height, width
-        return self.data.train[0].target_size
 
     def cleanup(self) -> None:
         """Release the models and end the distributed group."""

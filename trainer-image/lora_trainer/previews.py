@@ -14,6 +14,7 @@ from PIL import Image
 
 from lora_operator.api import PreviewEntry, Previews, Sampler, checkpoint_name
 
+from .data import CaptionBuilder, PreparedDataset
 from .errors import ConfigError
 from .families import Components, Family
 from .outputs import Outputs
@@ -104,3 +105,19 @@ def render_previews(family: Family, parts: Components, previews: Previews, promp
     grid(images).save(outputs.local(grid_key))
     outputs.publish(grid_key)
     return entries
+
+
+def preview_prompts(previews: Previews, data: PreparedDataset, builder: CaptionBuilder) -> list[str]:
+    """previews.prompts, else the tags of the first validation (or training) image's caption."""
+    if previews.prompts:
+        return list(previews.prompts)
+    source = data.validation or data.train
+    return [", ".join(builder.tags(source[0].caption))]
+
+
+def preview_size(previews: Previews, data: PreparedDataset) -> tuple[int, int]:
+    """(height, width) of the previews: previews.size (``WxH``), else the first training image's."""
+    if previews.size:
+        width, height = (int(v) for v in previews.size.split("x"))
+        return height, width
+    return data.train[0].target_size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -89,6 +90,16 @@ class PreparedDataset:
     regularization: list[Sample]
     skipped: list[SkippedFile]
     warnings: list[str] = field(default_factory=list)
+
+    def captions_json(self) -> bytes:
+        """captions.json: the base caption (sidecar .txt or auto caption) of every image used, by file.
+
+        Prefix, tags, shuffles and dropout are applied per step on top of these; regularization
+        files are keyed ``regularization/<file>`` as in the manifest's skipped list.
+        """
+        captions = {s.key: s.caption for s in sorted(self.train + self.validation, key=lambda s: s.key)}
+        captions.update({REGULARIZATION_PREFIX + s.key: s.caption for s in self.regularization})
+        return json.dumps(captions, indent=1, ensure_ascii=False).encode()
 
 
 def prepare_dataset(dataset: Dataset, root: Path, family: ModelFamily, *, seed: int,
