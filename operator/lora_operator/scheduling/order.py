@@ -17,8 +17,18 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import NamedTuple
 
 from .model import QueuedJob
+
+
+class _Lane(NamedTuple):
+    """One namespace's waiting jobs at one priority, FIFO, and the turns it already had."""
+
+    head: tuple[datetime, str, str]
+    namespace: str
+    turns: int
+    jobs: list[QueuedJob]
 
 
 def fifo_key(job: QueuedJob) -> tuple[datetime, str, str]:
@@ -51,20 +61,20 @@ def queue_order(jobs: Iterable[QueuedJob], turns_taken: Mapping[str, int] | None
     lanes: dict[tuple[int, str], list[QueuedJob]] = defaultdict(list)
     for job in jobs:
         lanes[job.priority, job.namespace].append(job)
-    levels: dict[int, list[tuple[tuple[datetime, str, str], str, int, list[QueuedJob]]]] = defaultdict(list)
+    levels: dict[int, list[_Lane]] = defaultdict(list)
     for (priority, namespace), lane in lanes.items():
         lane.sort(key=fifo_key)
-        levels[priority].append((fifo_key(lane[0]), namespace, turns_taken.get(namespace, 0), lane))
+        levels[priority].append(_Lane(fifo_key(lane[0]), namespace, turns_taken.get(namespace, 0), lane))
     ordered: list[QueuedJob] = []
     for priority in sorted(levels, reverse=True):
-        live = sorted(levels[priority], key=lambda lane: (lane[0], lane[1]))
-        round_ = min(offset for _, _, offset, _ in live)
+        live = sorted(levels[priority], key=lambda lane: (lane.head, lane.namespace))
+        round_ = min(lane.turns for lane in live)
         while live:
-            for _, _, offset, lane in live:
-                if 0 <= round_ - offset < len(lane):
-                    ordered.append(lane[round_ - offset])
+            for lane in live:
+                if 0 <= round_ - lane.turns < len(lane.jobs):
+                    ordered.append(lane.jobs[round_ - lane.turns])
             round_ += 1
-            live = [lane for lane in live if round_ - lane[2] < len(lane[3])]
+            live = [lane for lane in live if round_ - lane.turns < len(lane.jobs)]
     return ordered
 
 
