@@ -2,7 +2,8 @@
 the garbage collector is tuned before kopf starts.
 
 kopf.run is replaced: only the set-up before it is under test, and the real operator
-process (with a real kopf.run) runs in tests/cluster."""
+process (with a real kopf.run) runs in tests/cluster. A real process's logger levels and
+collector thresholds cannot be read from outside it, hence `main` in this process."""
 
 from __future__ import annotations
 
