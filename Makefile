@@ -71,6 +71,7 @@ bench-cpu: venv  ## trainer speed smoke on CPU (tiny models): ours vs a diffuser
 	$(BIN)/python bench/trainer.py --device cpu --tiny --case all --json bench/results-cpu.json
 
 bench-gpu: venv  ## trainer speed and MFU on a GPU (full-size random-weight SD1.5 / SDXL / Flux)
+	$(BIN)/python bench/attention.py --json bench/results-gpu/attention.json
 	$(BIN)/python bench/trainer.py --device cuda --case all --json bench/results-gpu/all.json
 
 clean:

@@ -6,7 +6,17 @@ import pytest
 import torch
 
 from lora_trainer.families import get_family
-from lora_trainer.speed import COMPILE_MODE_ENV, compile_mode, compile_wanted, upload
+from lora_trainer.speed import (
+    COMPILE_MODE_ENV,
+    COMPILE_SCOPE_ENV,
+    compile_denoiser,
+    compile_mode,
+    compile_scope,
+    compile_wanted,
+    stable_attention,
+    training_attention,
+    upload,
+)
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 
@@ -37,3 +47,76 @@ def test_upload_moves_and_casts_and_keeps_the_dtype_by_default():
     ints = torch.arange(4)
     assert upload(ints, CPU).dtype == torch.int64
     assert upload(ints, CPU, torch.float32).tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_families_compile_their_repeated_blocks_unless_the_environment_asks_for_the_whole_model(monkeypatch):
+    monkeypatch.delenv(COMPILE_SCOPE_ENV, raising=False)
+    assert {get_family(f).compile_scope for f in ("sd15", "sdxl", "flux")} == {"blocks"}
+    monkeypatch.setenv(COMPILE_SCOPE_ENV, "model")
+    assert compile_scope(get_family("sdxl").compile_scope) == "model"
+    monkeypatch.setenv(COMPILE_SCOPE_ENV, "everything")
+    with pytest.raises(ValueError, match="LORA_COMPILE_SCOPE='everything'"):
+        compile_scope("blocks")
+
+
+class _Block(torch.nn.Linear):
+    pass
+
+
+class _Denoiser(torch.nn.Module):
+    """Stands in for a diffusers denoiser's compile hooks (the real models are compiled in test_hyperparameters)."""
+
+    _repeated_blocks = ["_Block"]
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(_Block(4, 4) for _ in range(3))
+        self.head = torch.nn.Linear(4, 1)
+
+    def compile_repeated_blocks(self, **kwargs):
+        for block in self.blocks:
+            block.compile(**kwargs)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def compiled(module: torch.nn.Module) -> bool:
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+def test_compile_scope_model_wraps_the_whole_denoiser_and_blocks_only_the_repeated_ones():
+    whole, regional = _Denoiser(), _Denoiser()
+    assert compile_denoiser(whole, scope="model") == 1
+    assert compiled(whole) and not any(compiled(b) for b in whole.blocks)
+    assert compile_denoiser(regional, scope="blocks") == 3
+    assert not compiled(regional) and all(compiled(b) for b in regional.blocks) and not compiled(regional.head)
+
+
+@pytest.fixture
+def attention_flags():
+    """Restores the process-wide attention settings the tests change."""
+    order, cudnn = torch._C._get_sdp_priority_order(), torch.backends.cuda.cudnn_sdp_enabled()
+    yield
+    torch._C._set_sdp_priority_order(order)
+    torch.backends.cuda.enable_cudnn_sdp(cudnn)
+
+
+def test_training_attention_puts_cudnn_first_on_a_gpu_without_checkpointing(attention_flags):
+    from torch.nn.attention import SDPBackend
+
+    stable_attention()
+    before = torch._C._get_sdp_priority_order()
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
+    with training_attention(CUDA, checkpointing=False):
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch._C._get_sdp_priority_order()[0] == int(SDPBackend.CUDNN_ATTENTION)
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()  # fall-backs
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
+    cudnn = int(SDPBackend.CUDNN_ATTENTION)  # disabled again; the enabled backends keep their order
+    assert [b for b in torch._C._get_sdp_priority_order() if b != cudnn] == [b for b in before if b != cudnn]
+    for device, checkpointing in ((CUDA, True), (CPU, False)):
+        with training_attention(device, checkpointing=checkpointing):
+            assert not torch.backends.cuda.cudnn_sdp_enabled()  # the crash-safe default stays

@@ -43,7 +43,17 @@ from .precision import checkpointing_wanted, resolve_precision
 from .previews import check_sampler, preview_prompts, preview_size, render_previews
 from .progress import ManifestWriter, ProgressReporter
 from .schedule import BatchStream, Plan, total_steps
-from .speed import channels_last, compile_blocks, compile_mode, compile_wanted, eager, stable_attention, upload
+from .speed import (
+    channels_last,
+    compile_denoiser,
+    compile_mode,
+    compile_scope,
+    compile_wanted,
+    eager,
+    stable_attention,
+    training_attention,
+    upload,
+)
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +203,7 @@ class LoraRecipe:
         self.compiled = compile_wanted(self.training.compile, self.device)
         self.compile_mode = compile_mode(self.family.compile_mode, self.device, self.gradient_checkpointing)
         if self.compiled:
-            compile_blocks(self.parts.denoiser, self.compile_mode)
+            compile_denoiser(self.parts.denoiser, self.compile_mode, compile_scope(self.family.compile_scope))
 
     def _precache(self) -> None:
         for start in range(0, len(self.samples), self.training.batch_size):
@@ -305,7 +315,7 @@ class LoraRecipe:
 
     def _weighted_mse(self, latents, noise, timesteps, cond, sizes, weights) -> torch.Tensor:
         noisy, target = self.family.noisy_and_target(self.parts, latents, noise, timesteps)
-        with self.accelerator.autocast():
+        with self.accelerator.autocast(), training_attention(self.device, self.gradient_checkpointing):
             pred = self.family.predict(self.train_parts, noisy, timesteps, cond, sizes)
         per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.ndim)))
         return (per_sample * upload(weights, per_sample.device, per_sample.dtype)).mean()

@@ -49,10 +49,34 @@ def compile_mode(family_mode: str | None, device: torch.device, checkpointing: b
     return family_mode if device.type == "cuda" and not checkpointing else None
 
 
-def compile_blocks(denoiser: torch.nn.Module, mode: str | None = None) -> int:
-    """Compiles the denoiser's repeated blocks in place; returns how many modules were wrapped."""
+COMPILE_SCOPE_ENV = "LORA_COMPILE_SCOPE"
+"""An expert override of what is compiled: `blocks` (the repeated blocks) or `model` (the whole denoiser)."""
+COMPILE_SCOPES = ("blocks", "model")
+
+
+def compile_scope(family_scope: str) -> str:
+    """What to compile: the environment's override, else the family's choice."""
+    scope = os.environ.get(COMPILE_SCOPE_ENV) or family_scope
+    if scope not in COMPILE_SCOPES:
+        raise ValueError(f"{COMPILE_SCOPE_ENV}={scope!r}: expected one of {', '.join(COMPILE_SCOPES)}")
+    return scope
+
+
+def compile_denoiser(denoiser: torch.nn.Module, mode: str | None = None, scope: str = "blocks") -> int:
+    """Compiles the denoiser in place; returns how many modules were wrapped.
+
+    `blocks`: diffusers' regional compilation of the repeated blocks (one compilation per
+    block shape, seconds). `model`: the whole denoiser as one graph, so that what lies between
+    the blocks (the UNets' ResNet blocks: group norms, SiLUs, residual adds) is fused too and,
+    in reduce-overhead mode, replayed as CUDA graphs with everything else.
+    """
+    kwargs = {"mode": mode} if mode else {}
+    if scope == "model":
+        denoiser.compile(**kwargs)
+        log.info("compiled the whole denoiser (%s), mode %s", type(denoiser).__name__, mode or "default")
+        return 1
     repeated = set(getattr(denoiser, "_repeated_blocks", None) or ())
-    denoiser.compile_repeated_blocks(**({"mode": mode} if mode else {}))
+    denoiser.compile_repeated_blocks(**kwargs)
     count = sum(type(m).__name__ in repeated for m in denoiser.modules())
     log.info("compiled %d repeated blocks (%s) of the denoiser, mode %s", count, ", ".join(sorted(repeated)),
              mode or "default")
@@ -62,11 +86,30 @@ def compile_blocks(denoiser: torch.nn.Module, mode: str | None = None) -> int:
 def stable_attention() -> None:
     """scaled_dot_product_attention without the cuDNN backend (flash or memory-efficient instead).
 
-    With torch 2.11 on an H100 the cuDNN attention backward hit an illegal memory access in
-    Flux at 1024 px (4608 tokens) under gradient checkpointing; the flash kernel trained the
-    same model at the same speed (bench/RESULTS.md).
+    The default for everything but the denoiser's training forward (`training_attention`):
+    with torch 2.11 on an H100 the cuDNN attention backward hit an illegal memory access in
+    Flux at 1024 px (4608 tokens) under gradient checkpointing (bench/RESULTS.md).
     """
     torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+@contextlib.contextmanager
+def training_attention(device: torch.device, checkpointing: bool) -> Iterator[None]:
+    """The denoiser's training forward with cuDNN attention first, where it was measured safe.
+
+    On an H100 cuDNN's fused attention ran forward + backward 1.2 to 2.2x faster than the
+    flash kernel at every denoiser shape, with the same error against float32 (bench/attention.py,
+    bench/RESULTS.md). It is not used under gradient checkpointing (the crash in
+    `stable_attention`); shapes cuDNN does not take fall through to flash, memory-efficient, math.
+    """
+    if device.type != "cuda" or checkpointing:
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    with sdpa_kernel(order, set_priority=True):
+        yield
 
 
 def channels_last(module: torch.nn.Module) -> None:
