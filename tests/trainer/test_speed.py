@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from diffusers.models.modeling_utils import ModelMixin
 
 from lora_trainer.families import get_family
 from lora_trainer.speed import (
+    BLOCK_VARIANTS,
+    COMPILE_BLOCKS_ENV,
     COMPILE_MODE_ENV,
     COMPILE_SCOPE_ENV,
     compile_denoiser,
@@ -64,18 +67,15 @@ class _Block(torch.nn.Linear):
 
 
 class _Denoiser(torch.nn.Module):
-    """Stands in for a diffusers denoiser's compile hooks (the real models are compiled in test_hyperparameters)."""
+    """A small module with diffusers' own regional compilation (real models: test_hyperparameters)."""
 
     _repeated_blocks = ["_Block"]
+    compile_repeated_blocks = ModelMixin.compile_repeated_blocks
 
     def __init__(self):
         super().__init__()
         self.blocks = torch.nn.ModuleList(_Block(4, 4) for _ in range(3))
         self.head = torch.nn.Linear(4, 1)
-
-    def compile_repeated_blocks(self, **kwargs):
-        for block in self.blocks:
-            block.compile(**kwargs)
 
     def forward(self, x):
         for block in self.blocks:
@@ -120,3 +120,13 @@ def test_training_attention_puts_cudnn_first_on_a_gpu_without_checkpointing(atte
     for device, checkpointing in ((CUDA, True), (CPU, False)):
         with training_attention(device, checkpointing=checkpointing):
             assert not torch.backends.cuda.cudnn_sdp_enabled()  # the crash-safe default stays
+
+
+def test_the_environment_names_other_block_classes_to_compile(monkeypatch):
+    monkeypatch.setenv(COMPILE_BLOCKS_ENV, " _Block , Linear")
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    denoiser = _Denoiser()
+    assert compile_denoiser(denoiser, scope="blocks") == 4  # the three blocks and the head
+    assert all(compiled(b) for b in denoiser.blocks) and compiled(denoiser.head)
+    assert torch._dynamo.config.recompile_limit == BLOCK_VARIANTS
+    assert _Denoiser._repeated_blocks == ["_Block"]  # other instances keep the class's list

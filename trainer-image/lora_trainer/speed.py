@@ -62,19 +62,32 @@ def compile_scope(family_scope: str) -> str:
     return scope
 
 
+COMPILE_BLOCKS_ENV = "LORA_COMPILE_BLOCKS"
+"""An expert override of which block classes `blocks` compiles (comma-separated class names), e.g.
+`BasicTransformerBlock,ResnetBlock2D` to fuse the UNets' group norms and their float32 casts too."""
+BLOCK_VARIANTS = 64
+"""Compilations allowed per block class when the environment names the blocks: a UNet's ResNet
+blocks come in about a dozen channel and resolution variants, over torch's default limit of 8."""
+
+
 def compile_denoiser(denoiser: torch.nn.Module, mode: str | None = None, scope: str = "blocks") -> int:
     """Compiles the denoiser in place; returns how many modules were wrapped.
 
     `blocks`: diffusers' regional compilation of the repeated blocks (one compilation per
-    block shape, seconds). `model`: the whole denoiser as one graph, so that what lies between
-    the blocks (the UNets' ResNet blocks: group norms, SiLUs, residual adds) is fused too and,
-    in reduce-overhead mode, replayed as CUDA graphs with everything else.
+    block shape, seconds; `LORA_COMPILE_BLOCKS` names other block classes). `model`: the whole
+    denoiser as one graph, so that what lies between the blocks (the UNets' ResNet blocks:
+    group norms, SiLUs, residual adds) is fused too and, in reduce-overhead mode, replayed as
+    CUDA graphs with everything else.
     """
     kwargs = {"mode": mode} if mode else {}
     if scope == "model":
         denoiser.compile(**kwargs)
         log.info("compiled the whole denoiser (%s), mode %s", type(denoiser).__name__, mode or "default")
         return 1
+    named = [name.strip() for name in os.environ.get(COMPILE_BLOCKS_ENV, "").split(",") if name.strip()]
+    if named:
+        denoiser._repeated_blocks = named  # this instance only: diffusers compiles the classes listed here
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, BLOCK_VARIANTS)
     repeated = set(getattr(denoiser, "_repeated_blocks", None) or ())
     denoiser.compile_repeated_blocks(**kwargs)
     count = sum(type(m).__name__ in repeated for m in denoiser.modules())
