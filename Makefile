@@ -70,9 +70,11 @@ demo: setup  ## the whole product on one machine: operator, a tiny real training
 bench-cpu: venv  ## trainer speed smoke on CPU (tiny models): ours vs a diffusers-example loop
 	$(BIN)/python bench/trainer.py --device cpu --tiny --case all --json bench/results-cpu.json
 
-bench-gpu: venv  ## trainer speed and MFU on a GPU (full-size random-weight SD1.5 / SDXL / Flux)
+bench-gpu: venv  ## trainer speed and MFU on a GPU (full-size random-weight SD1.5 / SDXL / Flux, a process each)
 	$(BIN)/python bench/attention.py --json bench/results-gpu/attention.json
-	$(BIN)/python bench/trainer.py --device cuda --case all --json bench/results-gpu/all.json
+	for case in sd15-512 sdxl-1024 flux-1024; do \
+	  $(BIN)/python bench/trainer.py --device cuda --case $$case --json bench/results-gpu/$$case.json || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) .cache
