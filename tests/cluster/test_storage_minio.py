@@ -157,3 +157,22 @@ def test_an_upload_survives_a_storage_outage(minio_server, bucket, tmp_path):
     assert outcome == {"ok": True}
     assert store.get_bytes("state/model.bin") == payload
     assert source.exists()
+
+
+def test_dataset_upload_to_minio_sends_only_what_changed(minio_server, bucket, tmp_path, capsys):
+    """`lora-train upload` against the real MinIO: a second run sends nothing, an edited caption alone."""
+    from lora_trainer.cli import main
+    from testground.seed import mixed_dataset
+
+    folder, uri, env = mixed_dataset(tmp_path / "corgi"), f"s3://{bucket}/datasets/corgi/", minio_server.env()
+    assert main(["upload", str(folder), uri], env) == 0
+    store = store_from_env(uri, env)
+    assert [o.key for o in store.list()] == ["a.png", "a.txt", "b.jpg", "repeats.json", "sub dir/c.TXT",
+                                             "sub dir/c.webp"]
+    assert main(["upload", str(folder), uri], env) == 0
+    assert "; 6 already there with the same content" in capsys.readouterr().out.splitlines()[-2]
+    (folder / "a.txt").write_text("corgi, sitting, studio light")
+    assert main(["upload", str(folder), uri], env) == 0
+    out = capsys.readouterr().out
+    assert "uploaded 1 file(s)" in out and "; 5 already there with the same content" in out
+    assert store.get_bytes("a.txt") == b"corgi, sitting, studio light"

@@ -26,6 +26,22 @@ def make_dataset(folder: Path, count: int = 6) -> None:
         (folder / f"img{i}.txt").write_text(f"{colour} {shape}, simple drawing")
 
 
+def mixed_dataset(root: Path) -> Path:
+    """A dataset folder as users hand them over: usable images (png, jpg, webp; a sub-folder with a
+    space), captions (one named .TXT), a repeats.json, and files the trainer skips or never sees
+    (a corrupt png with its caption, a pdf, a hidden folder). Usable: a.png, b.jpg, sub dir/c.webp."""
+    for rel, fmt in (("a.png", "PNG"), ("b.jpg", "JPEG"), ("sub dir/c.webp", "WEBP"), (".thumbs/x.png", "PNG")):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (96, 64), (200, 120, 40)).save(root / rel, fmt)
+    (root / "a.txt").write_text("corgi, sitting")
+    (root / "sub dir" / "c.TXT").write_text("corgi, running")
+    (root / "repeats.json").write_text('{"a.png": 3}')
+    (root / "broken.png").write_bytes(b"\x89PNG not really")
+    (root / "broken.txt").write_text("caption of an unusable image")
+    (root / "notes.pdf").write_bytes(b"%PDF-1.7")
+    return root
+
+
 def upload(ground: Ground, uri: str, folder: Path) -> None:
     bucket = uri.split("/")[2]
     client = ground.minio.client()

@@ -7,6 +7,9 @@ same file, or a bare spec). ``--storage DIR`` stands in for the object store.
 Pod mode: ``lora-train run --spec-env LORA_JOB_SPEC`` reads the resolved spec and
 the environment of docs/CONTRACTS.md.
 
+Datasets: ``lora-train upload FOLDER s3://bucket/prefix/ [--job job.yaml]`` checks a folder
+the way the trainer will read it, then uploads what the job will use (`upload`).
+
 Either mode trains with one process per visible GPU (`launch`): with more than one,
 this process starts the workers, each running this same command line, and exits with
 their code. ``--processes N`` (or ``LORA_PROCESSES``) sets the count, e.g. 2 on CPU.
@@ -28,13 +31,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lora_operator.api import ExitCode, JobSpec, SpecError, resolve_spec
+from lora_operator.api import Dataset, ExitCode, JobSpec, ModelFamily, SpecError, resolve_spec
 from lora_operator.storage import StorageError
 
 from .errors import ConfigError, DatasetError, TrainerError
 from .inputs import Resolver, default_cache_dir
 from .launch import PROCESSES_ENV, is_worker, launch, wanted_processes
-from .loop import RunInputs, run_recipe
 from .outputs import Outputs
 
 log = logging.getLogger("lora_trainer")
@@ -85,6 +87,7 @@ def _resolve(raw: dict[str, Any], template: dict[str, Any] | None = None) -> Job
 def train(spec: JobSpec, resolver: Resolver, prefix_uri: str, workdir: Path, *, attempt: int = 1,
           resume: bool = False, progress_interval: float = 5.0) -> int:
     """Fetch the inputs, train, upload; returns the exit code."""
+    from .loop import RunInputs, run_recipe  # torch: not needed by `upload`
     rank = int(os.environ.get("RANK", "0"))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         workdir = workdir / f"rank-{rank}"  # workers may have been given the same --workdir
@@ -142,6 +145,35 @@ def run_pod(spec_env: str, env: Mapping[str, str], workdir: Path | None) -> int:
                      progress_interval=float(env.get("LORA_PROGRESS_INTERVAL", "5")))
 
 
+def run_upload(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Check a dataset folder as the trainer will read it, then upload what the job will use."""
+    from .upload import plan_upload, upload
+
+    folder: Path = args.folder
+    if args.job is not None:
+        spec, _, _ = load_job_file(args.job)
+        dataset, family = spec.dataset, spec.base_model.family
+        if dataset.uri and dataset.uri.rstrip("/") != args.uri.rstrip("/"):
+            print(f"note: {args.job} reads its dataset from {dataset.uri}, not {args.uri}")
+    else:
+        dataset, family = Dataset(uri=args.uri), ModelFamily(args.family)
+    plan = plan_upload(folder, dataset, family)
+    print(f"{folder}: {plan.usable} usable image(s) for a {family.value} job, {len(plan.skipped)} file(s) skipped")
+    for skipped in plan.skipped:
+        print(f"  skipped {skipped.file}: {skipped.reason}")
+    for warning in plan.warnings:
+        print(f"  warning: {warning}")
+    if args.dry_run:
+        print(f"dry run: would upload {len(plan.files)} file(s) to {args.uri}")
+        return ExitCode.SUCCESS
+    store = Resolver(env=env, storage_root=args.storage).store(args.uri)
+    done = upload(store, folder, plan.files)
+    print(f"uploaded {len(done.sent)} file(s) to {store.uri}; "
+          f"{len(done.unchanged)} already there with the same content")
+    print(f"dataset.uri: {args.uri}")
+    return ExitCode.SUCCESS
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser."""
     p = argparse.ArgumentParser(prog="lora-train", description="Train a LoRA, LoCon or embedding.")
@@ -155,6 +187,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--processes", type=int, metavar="N",
                      help=f"training processes, one per GPU (default: ${PROCESSES_ENV}, else the visible GPUs)")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    up = sub.add_parser("upload", help="check a dataset folder as the trainer will read it, then upload it")
+    up.add_argument("folder", type=Path, help="local folder of images, caption .txt files and repeats.json")
+    up.add_argument("uri", help="the job's dataset.uri: s3://bucket/prefix/ (S3_ENDPOINT, AWS_* keys) or file://")
+    up.add_argument("--job", type=Path, help="check with this job YAML's dataset settings and base-model family")
+    up.add_argument("--family", choices=[f.value for f in ModelFamily], default=ModelFamily.SDXL.value,
+                    help="base-model family to check sizes for, without --job (default: sdxl)")
+    up.add_argument("--storage", type=Path, help="local folder standing in for s3:// buckets (local mode)")
+    up.add_argument("--dry-run", action="store_true", help="check and list the files, upload nothing")
+    up.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 
@@ -165,6 +206,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
+        if args.command == "upload":
+            return int(run_upload(args, env))
         processes = 1 if is_worker(env) else wanted_processes(args.processes, env)
         if processes > 1:
             return launch(argv, processes, {**os.environ, **env})

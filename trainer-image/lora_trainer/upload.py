@@ -1,0 +1,108 @@
+"""``lora-train upload``: check a dataset folder the way the trainer will read it, then upload it.
+
+The check is the trainer's own preparation (`prepare_dataset`: decoding, modes, sizes, crops,
+captions, repeats.json), so what it reports is what the job will see: the images it will
+train on, and each file it will skip and why. A folder the trainer would refuse (no usable
+image, a malformed repeats.json) is not uploaded.
+
+What is uploaded: the usable images, their caption files and the repeats.json files, under
+their paths relative to the folder. Files the trainer would skip stay behind. An object that
+is already there with the same content (its S3 ETag is the file's MD5) is not sent again, so
+an interrupted upload is finished by running the same command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lora_operator.api import Dataset, ModelFamily, SkippedFile
+from lora_operator.storage import ObjectStore
+
+from .data import discover, prepare_dataset
+from .data.discover import REPEATS_FILE, SIDECAR_SUFFIXES
+
+
+@dataclass
+class UploadPlan:
+    """What the trainer makes of a folder, and the files that go up.
+
+    Attributes:
+        usable: Images the trainer will train on (the validation share included).
+        skipped: Files the trainer will not use, with the reason.
+        warnings: The preparation's warnings (cut captions, repeats.json naming no image...).
+        files: Paths relative to the folder, in upload order.
+    """
+
+    usable: int
+    skipped: list[SkippedFile]
+    warnings: list[str]
+    files: list[str] = field(default_factory=list)
+
+
+def plan_upload(root: Path, dataset: Dataset, family: ModelFamily) -> UploadPlan:
+    """Prepare `root` as the trainer would (without auto-captioning or regularization images).
+
+    Raises:
+        DatasetError: The trainer would refuse the folder (names the files and reasons).
+        ConfigError: Dataset settings the trainer would refuse.
+    """
+    settings = dataset.model_copy(update={"auto_caption": None, "regularization": None})
+    prepared = prepare_dataset(settings, root, family, seed=0)
+    skipped = {s.file for s in prepared.skipped}
+    files = []
+    for image in discover(root).images:
+        key = image.relative_to(root).as_posix()
+        if key in skipped:
+            continue
+        files.append(key)
+        files += [p.relative_to(root).as_posix() for p in _sidecars(image)]
+    files += sorted(p.relative_to(root).as_posix() for p in root.rglob(REPEATS_FILE) if _visible(p, root))
+    usable = len(prepared.train) + len(prepared.validation)
+    return UploadPlan(usable=usable, skipped=prepared.skipped, warnings=prepared.warnings, files=files)
+
+
+def _sidecars(image: Path) -> list[Path]:
+    """The caption files beside an image (same name, a sidecar suffix in any letter case)."""
+    return sorted(p for p in image.parent.glob(f"{_escape(image.stem)}.*")
+                  if p.suffix.lower() in SIDECAR_SUFFIXES and p.is_file())
+
+
+def _escape(stem: str) -> str:
+    """A file name as a glob pattern that matches only itself."""
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in stem)
+
+
+def _visible(path: Path, root: Path) -> bool:
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+@dataclass
+class Uploaded:
+    """The outcome of `upload`: keys sent, and keys already there with the same content."""
+
+    sent: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+
+def upload(store: ObjectStore, root: Path, files: list[str]) -> Uploaded:
+    """Put `files` (relative to `root`) under the store's prefix, skipping unchanged objects."""
+    done = Uploaded()
+    remote = {info.key: info.etag for info in store.list()}
+    for key in files:
+        path = root / key
+        if remote.get(key) == _md5(path):
+            done.unchanged.append(key)
+            continue
+        store.put_file(key, path)
+        done.sent.append(key)
+    return done
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
