@@ -73,6 +73,18 @@ def test_corrupt_and_foreign_files_are_skipped_and_listed(tmp_path):
     assert "image" in reasons["broken.jpg"]
 
 
+def test_a_check_without_keeping_images_finds_the_same_samples_and_skips(tmp_path):
+    write_image(tmp_path / "good.png")
+    write_image(tmp_path / "sub" / "also good.png")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    kept = prepare_dataset(Dataset(validation_split=0.0), tmp_path, ModelFamily.SD15, seed=0)
+    checked = prepare_dataset(Dataset(validation_split=0.0), tmp_path, ModelFamily.SD15, seed=0, keep_images=False)
+    assert [(s.key, s.target_size, s.caption) for s in checked.train] == [
+        (s.key, s.target_size, s.caption) for s in kept.train]
+    assert checked.skipped == kept.skipped
+    assert all(s.image is None for s in checked.train) and all(s.image is not None for s in kept.train)
+
+
 def test_an_empty_folder_is_a_dataset_error_naming_the_folder(tmp_path):
     (tmp_path / "readme.txt").write_text("no images here")
     with pytest.raises(DatasetError, match=str(tmp_path)):

@@ -49,7 +49,7 @@ def plan_upload(root: Path, dataset: Dataset, family: ModelFamily) -> UploadPlan
         ConfigError: Dataset settings the trainer would refuse.
     """
     settings = dataset.model_copy(update={"auto_caption": None, "regularization": None})
-    prepared = prepare_dataset(settings, root, family, seed=0)
+    prepared = prepare_dataset(settings, root, family, seed=0, keep_images=False)
     skipped = {s.file for s in prepared.skipped}
     files = []
     for image in discover(root).images:

@@ -38,7 +38,7 @@ class Sample:
 
     Attributes:
         key: Path relative to the dataset (or regularization) root, with forward slashes.
-        image: RGB, already cut to ``target_size``.
+        image: RGB, already cut to ``target_size`` (None when prepared with ``keep_images=False``).
         caption: Base caption (sidecar .txt or auto caption); prefix and tags come later.
         repeats: Draws per epoch.
         original_size: ``(height, width)`` before cropping (SDXL conditioning).
@@ -50,7 +50,7 @@ class Sample:
     """
 
     key: str
-    image: Image.Image
+    image: Image.Image | None
     caption: str
     repeats: int
     original_size: tuple[int, int]
@@ -103,7 +103,8 @@ class PreparedDataset:
 
 
 def prepare_dataset(dataset: Dataset, root: Path, family: ModelFamily, *, seed: int,
-                    regularization_root: Path | None = None, captioner=None) -> PreparedDataset:
+                    regularization_root: Path | None = None, captioner=None,
+                    keep_images: bool = True) -> PreparedDataset:
     """Load, caption, crop and split a local dataset folder.
 
     Args:
@@ -113,6 +114,8 @@ def prepare_dataset(dataset: Dataset, root: Path, family: ModelFamily, *, seed: 
         seed: Seed of the validation split.
         regularization_root: Local folder of regularization images, if the job has them.
         captioner: A `Captioner` (see `load_captioner`); required when dataset.autoCaption is set.
+        keep_images: False: each image is dropped once checked, and the samples carry `image=None`
+            (a check of a folder of any size in little memory, for `lora-train upload`).
 
     Raises:
         DatasetError: No usable image (names the files and reasons), an empty folder (names
@@ -120,12 +123,13 @@ def prepare_dataset(dataset: Dataset, root: Path, family: ModelFamily, *, seed: 
         ConfigError: Bucket settings allowing no bucket, or a missing captioner / regularization folder.
     """
     _check_settings(dataset, family, captioner, regularization_root)
-    samples, skipped, warnings = _load_folder(root, dataset, family, captioner, regularization=False)
+    samples, skipped, warnings = _load_folder(root, dataset, family, captioner, regularization=False,
+                                              keep_images=keep_images)
     train, validation = split_validation(samples, dataset.validation_split, seed)
     regularization = []
     if regularization_root is not None:
         regularization, reg_skipped, reg_warnings = _load_folder(
-            regularization_root, dataset, family, captioner, regularization=True)
+            regularization_root, dataset, family, captioner, regularization=True, keep_images=keep_images)
         skipped += [SkippedFile(file=REGULARIZATION_PREFIX + s.file, reason=s.reason) for s in reg_skipped]
         warnings += [f"regularization: {w}" for w in reg_warnings]
     for warning in warnings:
@@ -155,8 +159,8 @@ class _Loaded:
     full: Image.Image | None = None  # kept (downscaled) only when the image still needs a caption
 
 
-def _load_folder(root: Path, dataset: Dataset, family: ModelFamily, captioner, *,
-                 regularization: bool) -> tuple[list[Sample], list[SkippedFile], list[str]]:
+def _load_folder(root: Path, dataset: Dataset, family: ModelFamily, captioner, *, regularization: bool,
+                 keep_images: bool = True) -> tuple[list[Sample], list[SkippedFile], list[str]]:
     label = "regularization folder" if regularization else "dataset folder"
     found = discover(root)
     skipped = [SkippedFile(file=name, reason="not a png, jpg, jpeg or webp image") for name in found.ignored]
@@ -170,7 +174,10 @@ def _load_folder(root: Path, dataset: Dataset, family: ModelFamily, captioner, *
     def load(path: Path) -> _Loaded:
         key = path.relative_to(root).as_posix()
         repeats = found.repeats.get(key, default_repeats)
-        return _load_one(path, key, dataset, family, mode, repeats, regularization)
+        item = _load_one(path, key, dataset, family, mode, repeats, regularization)
+        if item.sample is not None and not keep_images:
+            item.sample.image = None
+        return item
 
     workers = max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
