@@ -124,9 +124,9 @@ def test_training_attention_puts_cudnn_first_on_a_gpu_without_checkpointing(atte
 
 def test_the_environment_names_other_block_classes_to_compile(monkeypatch):
     monkeypatch.setenv(COMPILE_BLOCKS_ENV, " _Block , Linear")
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
     denoiser = _Denoiser()
-    assert compile_denoiser(denoiser, scope="blocks") == 4  # the three blocks and the head
+    with torch._dynamo.config.patch(recompile_limit=8):  # restored afterwards (a monkeypatch would delete it)
+        assert compile_denoiser(denoiser, scope="blocks") == 4  # the three blocks and the head
+        assert torch._dynamo.config.recompile_limit == BLOCK_VARIANTS
     assert all(compiled(b) for b in denoiser.blocks) and compiled(denoiser.head)
-    assert torch._dynamo.config.recompile_limit == BLOCK_VARIANTS
     assert _Denoiser._repeated_blocks == ["_Block"]  # other instances keep the class's list
