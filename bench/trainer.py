@@ -27,6 +27,7 @@ import contextlib
 import datetime
 import gc
 import json
+import math
 import random
 import sys
 import tempfile
@@ -174,10 +175,11 @@ def measure(bench: Bench, rows: list[str], warmup: int, steps: int, peak: float 
             bench.prepare(row)
             bench.run(row)
     samples = {row: Samples() for row in rows}
+    losses: dict[str, list] = {row: [] for row in rows}  # read after the timing: no sync inside a step
     for i in range(steps):
         for row in rows if i % 2 == 0 else rows[::-1]:  # ABBA order: neither row always runs first
             bench.prepare(row)
-            seconds, cpu, mib = timed(lambda row=row: bench.run(row), bench.device)
+            seconds, cpu, mib = timed(lambda row=row: losses[row].append(bench.run(row)), bench.device)
             samples[row].times.append(seconds)
             samples[row].cpu_times.append(cpu)
             samples[row].peaks.append(mib)
@@ -196,7 +198,8 @@ def measure(bench: Bench, rows: list[str], warmup: int, steps: int, peak: float 
             "flop_per_s": achieved, "mfu": achieved / peak if peak and achieved else None,
             "gradient_checkpointing": checkpointing, "encoders_per_step": row != "ours",
             "compiled": bench.recipe.compiled and row != "reference",
-            "steps": steps,
+            "steps": steps, "losses": [float(loss) for loss in losses[row]],
+            "losses_finite": all(math.isfinite(float(loss)) for loss in losses[row]),
         })
     return out
 
@@ -328,6 +331,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(threads)
     report = write_report(args, argv, name, peak_label, results, profiles)
     print("\n" + table(results, report["ratios"], device.type == "cuda"))
+    for row in results:
+        if not row["losses_finite"]:
+            print(f"WARNING: {row['case']} bs{row['batch']} {row['row']}: a timed step's loss was not finite")
     return report
 
 

@@ -35,6 +35,7 @@ def test_cpu_tiny_smoke_reports_both_rows_and_the_reference_counts_more_flops(be
     for row in rows.values():
         assert row["images_per_s"] > 0 and row["flops"] > 0 and row["batch"] == 2
         assert row["mfu"] is None  # no MFU without a GPU peak
+        assert row["losses_finite"] and len(row["losses"]) == row["steps"]  # every timed step's loss, read after
     # The reference runs the VAE and the text encoder every step; ours reads them from the caches.
     assert rows["reference"]["flops"] > rows["ours"]["flops"]
     assert not rows["ours"]["encoders_per_step"] and rows["reference"]["encoders_per_step"]
