@@ -21,8 +21,9 @@ def uploaded(storage: Path, bucket_prefix: str) -> list[str]:
 def test_upload_sends_what_the_trainer_will_use_and_names_what_it_skips(tmp_path, capsys):
     folder, storage = mixed_dataset(tmp_path / "corgi"), tmp_path / "buckets"
     code = main(["upload", str(folder), "s3://data/corgi/", "--storage", str(storage)])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert code == ExitCode.SUCCESS, out
+    assert "6/6 files" in err  # the progress line at the end
     assert uploaded(storage, "data/corgi") == ["a.png", "a.txt", "b.jpg", "repeats.json",
                                                "sub dir/c.TXT", "sub dir/c.webp"]
     assert (storage / "data/corgi/a.txt").read_text() == "corgi, sitting"
@@ -86,3 +87,14 @@ def test_upload_runs_without_loading_torch(tmp_path):
               f"code = main(['upload', {str(folder)!r}, 's3://data/corgi/', '--dry-run']); "
               "sys.exit(code if 'torch' not in sys.modules else 99)")
     assert subprocess.run([sys.executable, "-c", script], capture_output=True).returncode == 0
+
+
+def test_progress_is_reported_after_each_file(tmp_path):
+    from lora_operator.storage import open_store
+    from lora_trainer.upload import upload
+
+    folder = mixed_dataset(tmp_path / "corgi")
+    calls = []
+    done = upload(open_store((tmp_path / "out").as_uri()), folder, ["a.png", "a.txt", "b.jpg"],
+                  progress=lambda n, total: calls.append((n, total)))
+    assert done.sent == ["a.png", "a.txt", "b.jpg"] and calls == [(1, 3), (2, 3), (3, 3)]

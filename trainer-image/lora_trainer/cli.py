@@ -145,6 +145,19 @@ def run_pod(spec_env: str, env: Mapping[str, str], workdir: Path | None) -> int:
                      progress_interval=float(env.get("LORA_PROGRESS_INTERVAL", "5")))
 
 
+def _upload_progress(started: float, every: float = 5.0):
+    """A progress callback printing `n/total files` to stderr at most every `every` seconds, and at the end."""
+    last = [started]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last[0] >= every:
+            last[0] = now
+            print(f"  {done}/{total} files", file=sys.stderr, flush=True)
+
+    return report
+
+
 def run_upload(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Check a dataset folder as the trainer will read it, then upload what the job will use."""
     from .upload import plan_upload, upload
@@ -167,7 +180,7 @@ def run_upload(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         print(f"dry run: would upload {len(plan.files)} file(s) to {args.uri}")
         return ExitCode.SUCCESS
     store = Resolver(env=env, storage_root=args.storage).store(args.uri)
-    done = upload(store, folder, plan.files)
+    done = upload(store, folder, plan.files, progress=_upload_progress(time.monotonic()))
     print(f"uploaded {len(done.sent)} file(s) to {store.uri}; "
           f"{len(done.unchanged)} already there with the same content")
     print(f"dataset.uri: {args.uri}")

@@ -14,6 +14,7 @@ an interrupted upload is finished by running the same command.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,17 +87,23 @@ class Uploaded:
     unchanged: list[str] = field(default_factory=list)
 
 
-def upload(store: ObjectStore, root: Path, files: list[str]) -> Uploaded:
-    """Put `files` (relative to `root`) under the store's prefix, skipping unchanged objects."""
+def upload(store: ObjectStore, root: Path, files: list[str],
+           progress: Callable[[int, int], None] | None = None) -> Uploaded:
+    """Put `files` (relative to `root`) under the store's prefix, skipping unchanged objects.
+
+    `progress(done, total)` is called after each file.
+    """
     done = Uploaded()
     remote = {info.key: info.etag for info in store.list()}
-    for key in files:
+    for count, key in enumerate(files, 1):
         path = root / key
         if remote.get(key) == _md5(path):
             done.unchanged.append(key)
-            continue
-        store.put_file(key, path)
-        done.sent.append(key)
+        else:
+            store.put_file(key, path)
+            done.sent.append(key)
+        if progress is not None:
+            progress(count, len(files))
     return done
 
 
