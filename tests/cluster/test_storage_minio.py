@@ -176,3 +176,14 @@ def test_dataset_upload_to_minio_sends_only_what_changed(minio_server, bucket, t
     out = capsys.readouterr().out
     assert "uploaded 1 file(s)" in out and "; 5 already there with the same content" in out
     assert store.get_bytes("a.txt") == b"corgi, sitting, studio light"
+
+
+def test_dataset_upload_to_a_missing_bucket_names_it(minio_server, tmp_path, capsys):
+    from lora_trainer.cli import main
+    from testground.seed import mixed_dataset
+
+    folder = mixed_dataset(tmp_path / "corgi")
+    code = main(["upload", str(folder), "s3://no-such-bucket-here/corgi/"], minio_server.env())
+    err = capsys.readouterr().err
+    assert code == 64, err
+    assert "s3://no-such-bucket-here/ (bucket) does not exist" in err, err
