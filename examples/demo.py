@@ -2,7 +2,7 @@
 
 Brings up the test ground (real etcd, kube-apiserver, scheduler, controller-manager, kwok GPU
 node, MinIO), installs the CRDs, starts the operator, uploads a tiny random-weight SD1.5 model
-and a generated dataset to MinIO, applies examples/demo-job.yaml, lets the trainer pod the
+to MinIO and a generated dataset with `lora-train upload`, applies examples/demo-job.yaml, lets the trainer pod the
 operator creates run for real as a local process, and prints the job as it goes
 Queued -> Running -> Succeeded, then where the checkpoints and the preview grid are.
 """
@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from lora_trainer.cli import main as lora_train
 from lora_trainer.tiny import build_tiny_model
 from testground import Ground
 from testground.kubelet_shim import KubeletShim
@@ -45,10 +46,15 @@ def main() -> int:
     try:
         print(f"   up in {ground.startup_seconds:.1f}s; KUBECONFIG={ground.kubeconfig}")
         install_crds(ground)
-        print("== uploading a tiny random-weight SD1.5 model and a 6-image dataset to MinIO")
+        print("== uploading a tiny random-weight SD1.5 model to MinIO")
         upload(ground, "s3://models/tiny-sd15/", build_tiny_model("sd15", work / "tiny-sd15"))
         make_dataset(work / "dataset")
-        upload(ground, "s3://datasets/demo/", work / "dataset")
+        if not ground.minio.client().bucket_exists("datasets"):
+            ground.minio.client().make_bucket("datasets")
+        print("== lora-train upload: the 6-image dataset, checked as the trainer will read it")
+        if lora_train(["upload", str(work / "dataset"), "s3://datasets/demo/", "--job",
+                       str(REPO / "examples/demo-job.yaml")], ground.env()) != 0:
+            raise SystemExit("demo: the dataset upload failed")
         ground.minio.client().make_bucket("loras")
         ground.kubectl("create", "namespace", NAMESPACE)
         ground.apply(storage_secret(ground, NAMESPACE))
