@@ -32,6 +32,14 @@ build_etcd() {
   (cd "$here/gotools/etcd" && go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3)
 }
 
+build_promtool() {  # the cache folder is not keyed by its version: a stamp file records it
+  have promtool && [ "$(cat "$bin/promtool.version" 2>/dev/null)" = "$PROMETHEUS_VERSION" ] && return
+  log "building promtool $PROMETHEUS_VERSION"
+  (cd "$here/gotools/prometheus" && go build -trimpath -ldflags "-s -w" -o "$bin/promtool" \
+    github.com/prometheus/prometheus/cmd/promtool)
+  echo "$PROMETHEUS_VERSION" > "$bin/promtool.version"
+}
+
 go_install() {  # name module-path version
   have "$1" && return
   log "building $1 $3"
@@ -44,5 +52,6 @@ go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
 go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
 go_install minio github.com/minio/minio "$MINIO_VERSION"
 build_kubernetes
+build_promtool
 log "tools ready in $bin ($(( $(date +%s) - start ))s)"
 echo "$bin"
