@@ -98,3 +98,15 @@ def test_progress_is_reported_after_each_file(tmp_path):
     done = upload(open_store((tmp_path / "out").as_uri()), folder, ["a.png", "a.txt", "b.jpg"],
                   progress=lambda n, total: calls.append((n, total)))
     assert done.sent == ["a.png", "a.txt", "b.jpg"] and calls == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_a_caption_shared_by_two_images_is_sent_once(tmp_path):
+    from PIL import Image
+
+    from lora_operator.api import Dataset, ModelFamily
+    from lora_trainer.upload import plan_upload
+
+    for name, fmt in (("a.png", "PNG"), ("a.jpg", "JPEG")):
+        Image.new("RGB", (64, 64)).save(tmp_path / name, fmt)
+    (tmp_path / "a.txt").write_text("corgi")
+    assert plan_upload(tmp_path, Dataset(), ModelFamily.SD15).files == ["a.jpg", "a.txt", "a.png"]

@@ -61,7 +61,8 @@ def plan_upload(root: Path, dataset: Dataset, family: ModelFamily) -> UploadPlan
         files += [p.relative_to(root).as_posix() for p in _sidecars(image)]
     files += sorted(p.relative_to(root).as_posix() for p in root.rglob(REPEATS_FILE) if _visible(p, root))
     usable = len(prepared.train) + len(prepared.validation)
-    return UploadPlan(usable=usable, skipped=prepared.skipped, warnings=prepared.warnings, files=files)
+    return UploadPlan(usable=usable, skipped=prepared.skipped, warnings=prepared.warnings,
+                      files=list(dict.fromkeys(files)))  # a.png and a.jpg share a.txt: send it once
 
 
 def _sidecars(image: Path) -> list[Path]:
