@@ -6,7 +6,9 @@
   holds the GPU back at LoRA sizes (measured in bench/RESULTS.md);
 - channels-last weights and inputs for the UNet families, the layout cuDNN's bf16
   convolutions run in (otherwise every convolution converts back and forth);
-- attention through the flash / memory-efficient kernels, not cuDNN's (`stable_attention`);
+- attention: cuDNN's fused kernel first in the denoiser's training forward when gradient
+  checkpointing is off (`training_attention`), the flash / memory-efficient kernels elsewhere
+  (`stable_attention`);
 - `upload`: host tensors go to the device without making the host wait for the GPU.
 
 Evaluation (validation loss, previews) runs eagerly (`eager`): a handful of no-grad
