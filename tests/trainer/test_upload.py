@@ -110,3 +110,6 @@ def test_a_caption_shared_by_two_images_is_sent_once(tmp_path):
         Image.new("RGB", (64, 64)).save(tmp_path / name, fmt)
     (tmp_path / "a.txt").write_text("corgi")
     assert plan_upload(tmp_path, Dataset(), ModelFamily.SD15).files == ["a.jpg", "a.txt", "a.png"]
+    (tmp_path / "a.b.png").write_bytes(b"corrupt")  # skipped: its caption stays behind, a.png's glob too
+    (tmp_path / "a.b.txt").write_text("not uploaded")
+    assert plan_upload(tmp_path, Dataset(), ModelFamily.SD15).files == ["a.jpg", "a.txt", "a.png"]

@@ -68,7 +68,7 @@ def plan_upload(root: Path, dataset: Dataset, family: ModelFamily) -> UploadPlan
 def _sidecars(image: Path) -> list[Path]:
     """The caption files beside an image (same name, a sidecar suffix in any letter case)."""
     return sorted(p for p in image.parent.glob(f"{_escape(image.stem)}.*")
-                  if p.suffix.lower() in SIDECAR_SUFFIXES and p.is_file())
+                  if p.stem == image.stem and p.suffix.lower() in SIDECAR_SUFFIXES and p.is_file())
 
 
 def _escape(stem: str) -> str:
