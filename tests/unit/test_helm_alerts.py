@@ -26,16 +26,26 @@ STANDBY = f'{SCRAPE}, instance="10.0.0.2:8080", pod="rel-lora-operator-b"'
 TARGET = {"job": "rel-lora-operator-metrics", "namespace": "lora-system"}
 
 
-@pytest.fixture(scope="module")
-def rules(tmp_path_factory) -> Path:
-    """The rendered rule groups, as a rule file promtool reads."""
-    rendered = subprocess.run(
+def render(*values: str) -> subprocess.CompletedProcess:
+    """`helm template` of the PrometheusRule with `--set` values."""
+    sets = [arg for value in ("metrics.prometheusRule.enabled=true", *values) for arg in ("--set", value)]
+    return subprocess.run(
         [str(tools_dir() / "helm"), "template", "rel", str(CHART), "-n", "lora-system", "--kube-version", "1.34.0",
-         "--set", "metrics.prometheusRule.enabled=true", "--show-only", "templates/prometheusrule.yaml"],
-        check=True, capture_output=True, text=True).stdout
-    path = tmp_path_factory.mktemp("rules") / "rules.yaml"
+         *sets, "--show-only", "templates/prometheusrule.yaml"], capture_output=True, text=True)
+
+
+def rule_file(rendered: str, folder: Path) -> Path:
+    path = folder / "rules.yaml"
     path.write_text(yaml.safe_dump({"groups": yaml.safe_load(rendered)["spec"]["groups"]}))
     return path
+
+
+@pytest.fixture(scope="module")
+def rules(tmp_path_factory) -> Path:
+    """The rule groups as rendered with the chart's ServiceMonitor, as a rule file promtool reads."""
+    rendered = render("metrics.serviceMonitor.enabled=true")
+    assert rendered.returncode == 0, rendered.stderr
+    return rule_file(rendered.stdout, tmp_path_factory.mktemp("rules"))
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
@@ -46,6 +56,18 @@ def test_promtool_accepts_the_rules(rules):
     check = promtool("check", "rules", str(rules))
     assert check.returncode == 0, check.stdout + check.stderr
     assert "SUCCESS: 7 rules found" in check.stdout
+
+
+def test_without_the_service_monitor_the_scrape_selector_is_required(tmp_path):
+    refused = render()
+    assert refused.returncode != 0
+    assert "metrics.prometheusRule.enabled needs metrics.serviceMonitor.enabled" in refused.stderr
+    own = render('metrics.prometheusRule.scrapeSelector=job="lora"\\, cluster="gpu-1"')
+    assert own.returncode == 0, own.stderr
+    assert 'lora_operator_queue_length{job="lora", cluster="gpu-1"}' in own.stdout
+    assert "rel-lora-operator-metrics" not in own.stdout
+    check = promtool("check", "rules", str(rule_file(own.stdout, tmp_path)))
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_the_rules_use_only_metrics_the_operator_exports(rules):
