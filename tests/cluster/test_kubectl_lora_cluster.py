@@ -170,3 +170,21 @@ def test_unknown_job_and_unreachable_storage_are_one_line_errors(ground, setup, 
     assert main([*flags, "pull", done, "-o", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: cannot read s3://") and "storage at 127.0.0.1:1" in err and err.count("\n") == 1
+
+
+def test_suspend_and_resume_set_spec_suspend_of_an_unfinished_job(ground, setup, done, capsys):
+    ns, _ = setup
+    ground.apply({"apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob",
+                  "metadata": {"name": "pausable", "namespace": ns}, "spec": SPEC})
+
+    def suspended() -> bool | None:
+        return run_kubectl_json(ground, "get", "ltj", "pausable", "-n", ns)["spec"].get("suspend")
+
+    assert main(lora(ground, setup, "suspend", "pausable", storage=False)) == 0
+    assert suspended() is True and "ltj/pausable suspended" in capsys.readouterr().out
+    assert main(lora(ground, setup, "suspend", "pausable", storage=False)) == 0
+    assert "already suspended" in capsys.readouterr().out
+    assert main(lora(ground, setup, "resume", "pausable", storage=False)) == 0
+    assert suspended() is False and "ltj/pausable resumed" in capsys.readouterr().out
+    assert main(lora(ground, setup, "suspend", done, storage=False)) == 1
+    assert f"ltj/{done} is Succeeded; only an unfinished job can be suspended" in capsys.readouterr().err

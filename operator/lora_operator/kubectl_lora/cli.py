@@ -115,6 +115,23 @@ def cmd_select(args: argparse.Namespace, jobs: Jobs) -> int:
     return 0
 
 
+def cmd_suspend(args: argparse.Namespace, jobs: Jobs) -> int:
+    """`suspend` / `resume`: set spec.suspend; the operator stops the pod, or queues the job again."""
+    suspend = args.command == "suspend"
+    job = jobs.get(args.job)
+    phase = _status(job).phase
+    if phase in FINISHED_PHASES:
+        raise CliError(f"ltj/{args.job} is {phase.value}; only an unfinished job can be "
+                       f"{'suspended' if suspend else 'resumed'}")
+    if bool(job.get("spec", {}).get("suspend")) == suspend:
+        print(f"ltj/{args.job} is already {'suspended' if suspend else 'not suspended'}")
+        return 0
+    jobs.patch_spec(args.job, {"suspend": suspend})
+    print(f"ltj/{args.job} suspended: its trainer pod stops and it keeps its place until resumed" if suspend
+          else f"ltj/{args.job} resumed: it queues again and continues from its last saved state")
+    return 0
+
+
 def cmd_retrain(args: argparse.Namespace, jobs: Jobs) -> int:
     source = jobs.get(args.job)
     status = _status(source)
@@ -165,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job")
     p.add_argument("checkpoint")
     p.set_defaults(fn=cmd_select)
+    for command, text in (("suspend", "stop a job's pod and hold it (spec.suspend)"),
+                          ("resume", "queue a suspended job again")):
+        p = sub.add_parser(command, help=text)
+        p.add_argument("job")
+        p.set_defaults(fn=cmd_suspend)
     p = sub.add_parser("retrain", help="new job from a finished one's resolvedSpec with --set overrides")
     p.add_argument("job")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
