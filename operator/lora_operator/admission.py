@@ -125,7 +125,8 @@ class Admitter:
         """
         plan = schedule(queued, nodes, pods, now,
                         gpu_type_label=self.config.gpu_type_label,
-                        always_tolerated=(resource_toleration(self.config.gpu_resource),))
+                        always_tolerated=(resource_toleration(self.config.gpu_resource),),
+                        node_limits=self.config.namespace_node_limits)
         candidates = [(job, admission) for admission in plan.admissions
                       if (job := job_of(admission.job_uid)) is not None and job.waiting()]
         # (a job that changed since the snapshot is left to the next pass)

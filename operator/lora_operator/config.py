@@ -7,10 +7,14 @@ surfacing later as a half-working reconcile loop.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+NamespaceKey = Annotated[str, StringConstraints(pattern=r"^(\*|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$")]
 
 
 class ConfigError(ValueError):
@@ -52,6 +56,19 @@ class OperatorConfig(BaseModel):
     """LORA_UNSCHEDULABLE_TIMEOUT: seconds a trainer pod may stay unschedulable or fail to pull its image."""
     progress_interval: float = Field(default=10.0, gt=0)
     """LORA_PROGRESS_INTERVAL: seconds between progress reads of a running job."""
+    namespace_node_limits: dict[NamespaceKey, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    """LORA_NAMESPACE_NODE_LIMITS: a JSON object, the most GPU nodes a namespace's jobs may hold at once,
+    e.g. {"team-a": 4, "*": 2} ("*": every namespace not listed). Jobs over the limit wait in their place."""
+
+    @field_validator("namespace_node_limits", mode="before")
+    @classmethod
+    def _limits_from_json(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError('not a JSON object like {"team-a": 4, "*": 2}') from None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -94,5 +111,6 @@ ENV_VARS: dict[str, str] = {
     "metrics_port": "LORA_METRICS_PORT",
     "unschedulable_timeout": "LORA_UNSCHEDULABLE_TIMEOUT",
     "progress_interval": "LORA_PROGRESS_INTERVAL",
+    "namespace_node_limits": "LORA_NAMESPACE_NODE_LIMITS",
 }
 """Field name -> environment variable, the whole contract of the operator's configuration."""

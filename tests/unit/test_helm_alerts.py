@@ -143,8 +143,8 @@ CASES = [
      "LoraJobsWaitingWhileNodesAreFree", "65m", [alert(
          "LoraJobsWaitingWhileNodesAreFree", "LoraTrainingJobs have waited 30 minutes while GPU nodes are free.",
          "3 or more jobs wait and nothing was admitted. Usually the waiting jobs ask for a gpuType, nodeSelector or "
-         "toleration no free node offers (`kubectl lora list` shows them; the Queued condition says why); otherwise "
-         "see the operator log.")]),
+         "toleration no free node offers, or their namespace holds its scheduling.namespaceNodeLimits (`kubectl lora "
+         "list` shows them); otherwise see the operator log.")]),
     ("jobs wait, nodes are free, admissions go on", queue(3, free=2, busy=None, admissions="5+1x90"),
      "LoraJobsWaitingWhileNodesAreFree", "65m", []),
     ("jobs wait and there is no GPU node", queue(2, free=0, busy=0),

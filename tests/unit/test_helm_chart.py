@@ -157,9 +157,12 @@ def test_operator_env_covers_the_configuration_contract(helm: Path) -> None:
 def test_values_reach_the_operator_env(helm: Path) -> None:
     container = operator_container(render(
         helm, "storage.endpoint=s3.example.com:443", "storage.secure=true", "trainer.image.tag=9.9",
-        "gpu.resourceName=amd.com/gpu", "operator.watchNamespace=team-a",
+        "gpu.resourceName=amd.com/gpu", "operator.watchNamespace=team-a", "scheduling.namespaceNodeLimits.team-a=4",
     ))
     env = {e["name"]: e.get("value") for e in container["env"]}
+    assert json.loads(env["LORA_NAMESPACE_NODE_LIMITS"]) == {"team-a": 4}
+    default = {e["name"]: e.get("value") for e in operator_container(render(helm))["env"]}
+    assert default["LORA_NAMESPACE_NODE_LIMITS"] == "{}"
     assert env["LORA_STORAGE_ENDPOINT"] == "s3.example.com:443"
     assert env["LORA_STORAGE_SECURE"] == "true"
     assert env["LORA_TRAINER_IMAGE"] == "ghcr.io/lora-operator/lora-trainer:9.9"

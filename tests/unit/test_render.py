@@ -228,3 +228,13 @@ def test_config_is_frozen_and_hides_the_secret_key():
     assert "s3cr3t" not in repr(config)
     with pytest.raises(ValueError):
         config.metrics_port = 1
+
+
+def test_namespace_node_limits_are_a_json_object_of_namespaces_to_counts():
+    config = OperatorConfig.from_env({"LORA_NAMESPACE_NODE_LIMITS": '{"team-a": 4, "*": 2}'})
+    assert config.namespace_node_limits == {"team-a": 4, "*": 2}
+    assert OperatorConfig.from_env({}).namespace_node_limits == {}
+    for bad, why in (("team-a=4", "not a JSON object"), ('{"team-a": -1}', "greater than or equal to 0"),
+                     ('{"Team_A": 1}', "should match pattern"), ('["team-a"]', "valid dictionary")):
+        with pytest.raises(ConfigError, match=f"^LORA_NAMESPACE_NODE_LIMITS: .*{why}"):
+            OperatorConfig.from_env({"LORA_NAMESPACE_NODE_LIMITS": bad})

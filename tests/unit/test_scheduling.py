@@ -207,3 +207,16 @@ def test_five_thousand_jobs_on_a_hundred_nodes_in_well_under_a_second():
     assert len(p.admissions) == 100 - len(pods)
     assert sorted(p.positions.values()) == list(range(1, 5000 - len(p.admissions) + 1))
     assert elapsed < 1.0
+
+
+def test_a_namespace_at_its_node_limit_waits_and_others_take_the_nodes():
+    jobs = [job("a1", age=1), job("a2", age=2), job("a3", age=3), job("b1", ns="b", age=4)]
+    nodes = [node("n1"), node("n2"), node("n3"), node("n4")]
+    p = plan(jobs, nodes, node_limits={"a": 2})  # the limit counts this pass's own admissions
+    assert sorted(admitted(p)) == ["a1", "a2", "b1"] and p.positions == {"a3": 1}
+    running = [TrainerPod("p", "n1", "a0", active=True, namespace="a")]
+    p = plan(jobs, nodes, running, node_limits={"a": 2})  # ... and the namespace's running pods
+    assert sorted(admitted(p)) == ["a1", "b1"] and p.positions == {"a2": 1, "a3": 2}
+    p = plan(jobs, nodes, node_limits={"*": 1, "b": 0})  # "*": every namespace not listed
+    assert sorted(admitted(p)) == ["a1"] and p.positions == {"b1": 1, "a2": 2, "a3": 3}  # namespaces take turns
+    assert admitted(plan(jobs, nodes, node_limits={})) == admitted(plan(jobs, nodes))  # no limit

@@ -163,3 +163,30 @@ def test_equal_priority_namespaces_alternate(a_jobs, b_jobs, free):
     order = [j.uid[0] for j in queue_order(jobs)]
     both = 2 * min(a_jobs, b_jobs)
     assert order[:both] == ["a", "b"] * min(a_jobs, b_jobs)
+
+
+limits_st = st.dictionaries(st.sampled_from(["a", "b", "c", "*"]), st.integers(0, 3), max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(jobs_st, nodes_st, pods_st, limits_st)
+def test_namespace_node_limits_hold_and_only_limited_jobs_are_passed_over_for_them(jobs, nodes, pods, limits):
+    plan = schedule(jobs, nodes, pods, NOW, gpu_type_label=LABEL, node_limits=limits)
+    by_name, _, _, order = _context(jobs, nodes, pods)
+    held = Counter(p.namespace for p in pods if p.active)
+    node_of = {a.job_uid: by_name[a.node] for a in plan.admissions}
+    passed_over = []
+    for job in order:  # replay the pass: a namespace's count grows with each of its admissions
+        limit = limits.get(job.namespace, limits.get("*"))
+        limited = limit is not None and held[job.namespace] >= limit
+        eligible = (job.not_before is None or job.not_before <= NOW) and not limited
+        if job.uid in node_of:
+            assert not limited, f"{job.namespace} was at its limit {limit}"
+            held[job.namespace] += 1
+            assert not any(fits(earlier, node_of[job.uid], gpu_type_label=LABEL) for earlier in passed_over)
+        elif eligible:
+            passed_over.append(job)
+    for name in plan.free_nodes:
+        assert not any(fits(job, by_name[name], gpu_type_label=LABEL) for job in passed_over)
+    admitted = {a.job_uid for a in plan.admissions}
+    assert plan.positions == {uid: i for i, uid in enumerate((j.uid for j in order if j.uid not in admitted), 1)}

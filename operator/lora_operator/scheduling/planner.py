@@ -10,6 +10,9 @@ it fits, if one is left. Consequences, chosen on purpose:
 * Among fitting free nodes a job takes the one the fewest eligible waiting jobs could use
   (then the one with the fewest GPUs, then by name), so a job that runs anywhere does not
   take the only H100 node a job further down is waiting for.
+* A namespace with a node limit (`node_limits`) that holds that many nodes (active trainer
+  pods) gets no more: its jobs keep their places and are passed over like jobs that fit no
+  free node.
 
 Safety holds whatever the input: a node with an active trainer pod (Pending ones count,
 they target their node through required node affinity) is never handed out, a node is
@@ -22,7 +25,8 @@ its position.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TypeVar
 
@@ -41,6 +45,7 @@ def schedule(
     *,
     gpu_type_label: str,
     always_tolerated: Sequence[Toleration] = (),
+    node_limits: Mapping[str, int] | None = None,
 ) -> Plan:
     """Decide which waiting jobs start now and on which node.
 
@@ -52,6 +57,8 @@ def schedule(
         gpu_type_label: Node label that ``QueuedJob.gpu_type`` must equal.
         always_tolerated: Tolerations every trainer pod carries besides the job's own,
             i.e. ``(resource_toleration(config.gpu_resource),)``.
+        node_limits: Most nodes a namespace may hold at once, by namespace; ``"*"`` is the
+            limit of namespaces not listed. Absent: no limit.
 
     Returns:
         The admissions (queue order) and the positions of the jobs left waiting.
@@ -71,16 +78,24 @@ def schedule(
     ordered = queue_order(waiting, turns_by_namespace(pod.namespace for pod in pods))
     admissions: list[Admission] = []
     left: list[QueuedJob] = []
+    held = Counter(pod.namespace for pod in pods)
+    limits = node_limits or {}
+
+    def at_limit(namespace: str) -> bool:
+        limit = limits.get(namespace, limits.get("*"))
+        return limit is not None and held[namespace] >= limit
+
     if pool.remaining:
-        pool.count_demand(job for job in ordered if not _in_backoff(job, now))
+        pool.count_demand(job for job in ordered if not _in_backoff(job, now) and not at_limit(job.namespace))
     for index, job in enumerate(ordered):
         if not pool.remaining:
             left.extend(ordered[index:])  # no node left to hand out: the rest only get their positions
             break
-        taken = None if _in_backoff(job, now) else pool.take(job)
+        taken = None if _in_backoff(job, now) or at_limit(job.namespace) else pool.take(job)
         if taken is None:
             left.append(job)
         else:
+            held[job.namespace] += 1
             admissions.append(Admission(job_uid=job.uid, node=taken[0], gpus=taken[1]))
 
     backoffs = [job.not_before for job in left if _in_backoff(job, now)]
