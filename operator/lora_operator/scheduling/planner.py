@@ -78,20 +78,21 @@ def schedule(
     ordered = queue_order(waiting, turns_by_namespace(pod.namespace for pod in pods))
     admissions: list[Admission] = []
     left: list[QueuedJob] = []
-    held = Counter(pod.namespace for pod in pods)
     limits = node_limits or {}
+    held = Counter(pod.namespace for pod in pods) if limits else Counter()
 
-    def at_limit(namespace: str) -> bool:
+    def at_limit(namespace: str) -> bool:  # only called with limits: a pass over 5000 jobs pays nothing without
         limit = limits.get(namespace, limits.get("*"))
         return limit is not None and held[namespace] >= limit
 
     if pool.remaining:
-        pool.count_demand(job for job in ordered if not _in_backoff(job, now) and not at_limit(job.namespace))
+        pool.count_demand(job for job in ordered
+                          if not _in_backoff(job, now) and not (limits and at_limit(job.namespace)))
     for index, job in enumerate(ordered):
         if not pool.remaining:
             left.extend(ordered[index:])  # no node left to hand out: the rest only get their positions
             break
-        taken = None if _in_backoff(job, now) or at_limit(job.namespace) else pool.take(job)
+        taken = None if _in_backoff(job, now) or (limits and at_limit(job.namespace)) else pool.take(job)
         if taken is None:
             left.append(job)
         else:
