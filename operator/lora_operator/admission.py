@@ -76,6 +76,8 @@ class Admitter:
     """node -> when its last trainer pod ended (admission latency starts there)."""
     released: Callable[[], None] = lambda: None
     """Called from a claim thread when a claim failed and gave its node back (the controller asks for a pass)."""
+    told_limited: set[str] = field(default_factory=set)
+    """Waiting jobs already told (an Event) that their namespace holds its node limit: told once per wait."""
     _recent_lock: threading.Lock = field(default_factory=threading.Lock)
     """`recent` changes in the pass's threads and on the event loop (`pod_seen`)."""
     _settled: threading.Event = field(default_factory=lambda: _set(threading.Event()))
@@ -127,6 +129,7 @@ class Admitter:
                         gpu_type_label=self.config.gpu_type_label,
                         always_tolerated=(resource_toleration(self.config.gpu_resource),),
                         node_limits=self.config.namespace_node_limits)
+        self._tell_limited(plan.limited, {job.uid for job in queued}, job_of)
         candidates = [(job, admission) for admission in plan.admissions
                       if (job := job_of(admission.job_uid)) is not None and job.waiting()]
         # (a job that changed since the snapshot is left to the next pass)
@@ -138,6 +141,18 @@ class Admitter:
         self.metrics.set_queue_length(len(queued) - len(candidates))
         self.metrics.set_gpu_nodes(busy=len(plan.busy_nodes) + len(candidates), free=len(plan.free_nodes))
         return plan
+
+    def _tell_limited(self, limited: frozenset[str], waiting: set[str],
+                      job_of: Callable[[str], JobView | None]) -> None:
+        """An Event on each job that newly waits because its namespace holds its node limit."""
+        limits = self.config.namespace_node_limits
+        for uid in limited - self.told_limited:
+            if (job := job_of(uid)) is not None:
+                limit = limits.get(job.namespace, limits.get("*"))
+                self.emit(job.body, "Normal", "NamespaceLimit",
+                          f"namespace {job.namespace} holds its limit of {limit} GPU node(s) "
+                          f"({self.config.env_var('namespace_node_limits')}); the job keeps its place in the queue")
+        self.told_limited = (self.told_limited | limited) & waiting
 
     def _reserve(self, candidates: list[tuple[JobView, Admission]]) -> None:
         """Marks each candidate's node as held by the pod its claim is for, before the claim is sent."""

@@ -30,6 +30,12 @@ def operator(ground, tmp_path_factory):
         ground.kubectl("delete", "namespace", ns, "--wait=false")
 
 
+def limit_events(ground, name: str) -> list[dict]:
+    events = json.loads(ground.kubectl("get", "events", "-n", LIMITED, "-o", "json",
+                                       "--field-selector", f"involvedObject.name={name}").stdout)["items"]
+    return [e for e in events if e["reason"] == "NamespaceLimit"]
+
+
 def active(ground, ns: str) -> list[dict]:
     return [p for p in trainer_pods(ground, ns) if p["status"].get("phase") in ("Pending", "Running")]
 
@@ -50,3 +56,7 @@ def test_a_namespace_at_its_limit_waits_while_another_uses_the_free_nodes(ground
         assert len(active(ground, FREE)) == 1
         end_pod(ground, LIMITED, pods[0]["metadata"]["name"], 0)
         wait_phase(ground, operator, LIMITED, expected, "Succeeded")
+    # each job that waited for the limit was told why once, however many passes it waited through
+    assert [len(limit_events(ground, name)) for name in ("a0", "a1", "a2")] == [0, 1, 1]
+    message = limit_events(ground, "a1")[0]["message"]
+    assert f"namespace {LIMITED} holds its limit of 1 GPU node(s) (LORA_NAMESPACE_NODE_LIMITS)" in message

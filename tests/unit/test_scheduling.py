@@ -214,9 +214,11 @@ def test_a_namespace_at_its_node_limit_waits_and_others_take_the_nodes():
     nodes = [node("n1"), node("n2"), node("n3"), node("n4")]
     p = plan(jobs, nodes, node_limits={"a": 2})  # the limit counts this pass's own admissions
     assert sorted(admitted(p)) == ["a1", "a2", "b1"] and p.positions == {"a3": 1}
+    assert p.limited == {"a3"}
     running = [TrainerPod("p", "n1", "a0", active=True, namespace="a")]
     p = plan(jobs, nodes, running, node_limits={"a": 2})  # ... and the namespace's running pods
     assert sorted(admitted(p)) == ["a1", "b1"] and p.positions == {"a2": 1, "a3": 2}
     p = plan(jobs, nodes, node_limits={"*": 1, "b": 0})  # "*": every namespace not listed
     assert sorted(admitted(p)) == ["a1"] and p.positions == {"b1": 1, "a2": 2, "a3": 3}  # namespaces take turns
     assert admitted(plan(jobs, nodes, node_limits={})) == admitted(plan(jobs, nodes))  # no limit
+    assert p.limited == {"a2", "a3", "b1"} and plan(jobs, nodes).limited == frozenset()

@@ -136,3 +136,5 @@ class Plan:
     """GPU nodes holding an active trainer pod before this pass."""
     next_wakeup: datetime | None = None
     """The earliest not_before of a job in backoff: when another pass may admit more."""
+    limited: frozenset[str] = frozenset()
+    """Jobs passed over because their namespace holds its node limit (they are in `positions`)."""

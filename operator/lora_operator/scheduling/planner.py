@@ -78,6 +78,7 @@ def schedule(
     ordered = queue_order(waiting, turns_by_namespace(pod.namespace for pod in pods))
     admissions: list[Admission] = []
     left: list[QueuedJob] = []
+    limited: set[str] = set()
     limits = node_limits or {}
     held = Counter(pod.namespace for pod in pods) if limits else Counter()
 
@@ -92,7 +93,11 @@ def schedule(
         if not pool.remaining:
             left.extend(ordered[index:])  # no node left to hand out: the rest only get their positions
             break
-        taken = None if _in_backoff(job, now) or (limits and at_limit(job.namespace)) else pool.take(job)
+        if limits and not _in_backoff(job, now) and at_limit(job.namespace):
+            limited.add(job.uid)
+            left.append(job)
+            continue
+        taken = None if _in_backoff(job, now) else pool.take(job)
         if taken is None:
             left.append(job)
         else:
@@ -106,6 +111,7 @@ def schedule(
         free_nodes=pool.untaken(),
         busy_nodes=tuple(sorted(n.name for n in all_nodes if n.name in busy)),
         next_wakeup=min(backoffs, default=None),
+        limited=frozenset(limited),
     )
 
 
