@@ -259,3 +259,28 @@ def test_held_pods_count_as_active_trainer_pods():
     adm = admitter(FakeKube({}))
     adm.recent["gpu-3"] = (("ns", "x-a1"), "uid-x", float("inf"))
     assert adm.held() == [TrainerPod(name="x-a1", node="gpu-3", job_uid="uid-x", active=True, namespace="ns")]
+
+
+def test_a_job_waiting_for_its_namespace_limit_is_told_once_while_it_waits():
+    bodies = {name: job_body(name, created=f"2026-01-01T00:00:0{i}Z") for i, name in enumerate("abc")}
+    kube, told = FakeKube(bodies), []
+    config = OperatorConfig(namespace_node_limits={"ns": 1})
+    lifecycle = Lifecycle(kube, config, OperatorMetrics(), lambda *a: None, node_exists=lambda name: True)
+    adm = Admitter(kube, config, OperatorMetrics(), lambda body, *a: told.append(body["metadata"]["name"]),
+                   lifecycle)
+    running = TrainerPod("other-pod", "gpu-0", "uid-other", active=True, namespace="ns")
+
+    def run(node_count: int, names: str = "abc") -> None:
+        queued = [QueueEntry.of(bodies[n]).queued for n in names]
+        plan = adm.run(queued, nodes(node_count), [running], NOW, views(kube))
+        assert plan.admissions == []
+
+    run(2)  # a free node, but ns already holds its one node: all three are told
+    assert sorted(told) == ["a", "b", "c"]
+    run(1)  # no free node: the pass ends before the limit is checked
+    run(2)  # limited again: nobody is told twice
+    assert sorted(told) == ["a", "b", "c"]
+    run(2, "bc")  # a stopped waiting (e.g. suspended) ...
+    run(2, "abc")  # ... and waits for the limit again: told again
+    assert sorted(told) == ["a", "a", "b", "c"]
+    assert kube.calls == []
