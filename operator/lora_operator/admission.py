@@ -25,7 +25,7 @@ from .k8s import Conflict, Kube
 from .lifecycle import Emit, Lifecycle
 from .metrics import OperatorMetrics
 from .render import build_trainer_pod, pod_name
-from .scheduling import Admission, GpuNode, Plan, QueuedJob, TrainerPod, resource_toleration, schedule
+from .scheduling import Admission, GpuNode, Plan, QueuedJob, TrainerPod, node_limit, resource_toleration, schedule
 from .views import JobView, parse_time
 
 log = logging.getLogger(__name__)
@@ -145,10 +145,9 @@ class Admitter:
     def _tell_limited(self, limited: frozenset[str], waiting: set[str],
                       job_of: Callable[[str], JobView | None]) -> None:
         """An Event on each job that newly waits because its namespace holds its node limit."""
-        limits = self.config.namespace_node_limits
         for uid in limited - self.told_limited:
             if (job := job_of(uid)) is not None:
-                limit = limits.get(job.namespace, limits.get("*"))
+                limit = node_limit(self.config.namespace_node_limits, job.namespace)
                 self.emit(job.body, "Normal", "NamespaceLimit",
                           f"namespace {job.namespace} holds its limit of {limit} GPU node(s) "
                           f"({self.config.env_var('namespace_node_limits')}); the job keeps its place in the queue")

@@ -83,7 +83,7 @@ def schedule(
     held = Counter(pod.namespace for pod in pods) if limits else Counter()
 
     def at_limit(namespace: str) -> bool:  # only called with limits: a pass over 5000 jobs pays nothing without
-        limit = limits.get(namespace, limits.get("*"))
+        limit = node_limit(limits, namespace)
         return limit is not None and held[namespace] >= limit
 
     if pool.remaining:
@@ -93,11 +93,14 @@ def schedule(
         if not pool.remaining:
             left.extend(ordered[index:])  # no node left to hand out: the rest only get their positions
             break
-        if limits and not _in_backoff(job, now) and at_limit(job.namespace):
+        if _in_backoff(job, now):
+            left.append(job)
+            continue
+        if limits and at_limit(job.namespace):
             limited.add(job.uid)
             left.append(job)
             continue
-        taken = None if _in_backoff(job, now) else pool.take(job)
+        taken = pool.take(job)
         if taken is None:
             left.append(job)
         else:
@@ -113,6 +116,11 @@ def schedule(
         next_wakeup=min(backoffs, default=None),
         limited=frozenset(limited),
     )
+
+
+def node_limit(limits: Mapping[str, int], namespace: str) -> int | None:
+    """The most nodes `namespace` may hold under `limits` (``"*"``: namespaces not listed); None: no limit."""
+    return limits.get(namespace, limits.get("*"))
 
 
 def _in_backoff(job: QueuedJob, now: datetime) -> bool:
