@@ -52,14 +52,14 @@ def test_upload_moves_and_casts_and_keeps_the_dtype_by_default():
     assert upload(ints, CPU, torch.float32).tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
-def test_families_compile_their_repeated_blocks_unless_the_environment_asks_for_the_whole_model(monkeypatch):
+def test_the_repeated_blocks_are_compiled_unless_the_environment_asks_for_the_whole_model(monkeypatch):
     monkeypatch.delenv(COMPILE_SCOPE_ENV, raising=False)
-    assert {get_family(f).compile_scope for f in ("sd15", "sdxl", "flux")} == {"blocks"}
+    assert compile_scope() == "blocks"
     monkeypatch.setenv(COMPILE_SCOPE_ENV, "model")
-    assert compile_scope(get_family("sdxl").compile_scope) == "model"
+    assert compile_scope() == "model"
     monkeypatch.setenv(COMPILE_SCOPE_ENV, "everything")
     with pytest.raises(ValueError, match="LORA_COMPILE_SCOPE='everything'"):
-        compile_scope("blocks")
+        compile_scope()
 
 
 class _Block(torch.nn.Linear):

@@ -203,7 +203,7 @@ class LoraRecipe:
         self.compiled = compile_wanted(self.training.compile, self.device)
         self.compile_mode = compile_mode(self.family.compile_mode, self.device, self.gradient_checkpointing)
         if self.compiled:
-            compile_denoiser(self.parts.denoiser, self.compile_mode, compile_scope(self.family.compile_scope))
+            compile_denoiser(self.parts.denoiser, self.compile_mode, compile_scope())
 
     def _precache(self) -> None:
         for start in range(0, len(self.samples), self.training.batch_size):

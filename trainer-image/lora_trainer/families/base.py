@@ -66,8 +66,6 @@ class Family(Protocol):
     """How many leading text encoders may get a LoRA or an embedding."""
     compile_mode: str | None
     """torch.compile mode of the repeated blocks on a GPU (None: the default mode); see speed.compile_mode."""
-    compile_scope: str
-    """What torch.compile wraps: `blocks` (the repeated blocks) or `model` (the whole denoiser); see speed."""
     activation_gib_per_megapixel: float
     """Saved activations of a bf16 training step per image megapixel, without gradient checkpointing
     (gradientCheckpointing auto compares the estimate with the GPU's memory)."""
