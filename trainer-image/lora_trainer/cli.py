@@ -147,12 +147,13 @@ def run_pod(spec_env: str, env: Mapping[str, str], workdir: Path | None) -> int:
 
 def _upload_progress(started: float, every: float = 5.0):
     """A progress callback printing `n/total files` to stderr at most every `every` seconds, and at the end."""
-    last = [started]
+    last = started
 
     def report(done: int, total: int) -> None:
+        nonlocal last
         now = time.monotonic()
-        if done == total or now - last[0] >= every:
-            last[0] = now
+        if done == total or now - last >= every:
+            last = now
             print(f"  {done}/{total} files", file=sys.stderr, flush=True)
 
     return report

@@ -21,7 +21,7 @@ from pathlib import Path
 from lora_operator.api import Dataset, ModelFamily, SkippedFile
 from lora_operator.storage import ObjectStore
 
-from .data import discover, prepare_dataset
+from .data import prepare_dataset
 from .data.discover import REPEATS_FILE, SIDECAR_SUFFIXES
 
 
@@ -51,17 +51,13 @@ def plan_upload(root: Path, dataset: Dataset, family: ModelFamily) -> UploadPlan
     """
     settings = dataset.model_copy(update={"auto_caption": None, "regularization": None})
     prepared = prepare_dataset(settings, root, family, seed=0, keep_images=False)
-    skipped = {s.file for s in prepared.skipped}
+    used = sorted(sample.key for sample in prepared.train + prepared.validation)  # discover()'s order
     files = []
-    for image in discover(root).images:
-        key = image.relative_to(root).as_posix()
-        if key in skipped:
-            continue
+    for key in used:
         files.append(key)
-        files += [p.relative_to(root).as_posix() for p in _sidecars(image)]
+        files += [p.relative_to(root).as_posix() for p in _sidecars(root / key)]
     files += sorted(p.relative_to(root).as_posix() for p in root.rglob(REPEATS_FILE) if _visible(p, root))
-    usable = len(prepared.train) + len(prepared.validation)
-    return UploadPlan(usable=usable, skipped=prepared.skipped, warnings=prepared.warnings,
+    return UploadPlan(usable=len(used), skipped=prepared.skipped, warnings=prepared.warnings,
                       files=list(dict.fromkeys(files)))  # a.png and a.jpg share a.txt: send it once
 
 
