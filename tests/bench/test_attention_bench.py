@@ -31,6 +31,8 @@ def test_flops_count_two_matmuls_forward_and_two_and_a_half_times_that_backward(
 
 
 def test_without_a_gpu_it_says_so(attention, monkeypatch):
+    # CI has no GPU, but a developer's machine may: the stand-in makes this the no-GPU path everywhere
+    # (the GPU path itself runs on the device machine; its figures are in bench/RESULTS.md).
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="needs a GPU"):
         attention.main([])
