@@ -40,6 +40,7 @@ from scale_analysis import (
     JobInfo,
     admission_latencies,
     double_bookings,
+    latency_within,
     list_schedule_makespan,
     order_violations,
     percentile,
@@ -64,6 +65,8 @@ HOLD_TAINT = {"key": "bench.lora-operator.io/hold", "value": "true", "effect": "
 POOLS = (("h100", 8, 0.4), ("a100", 8, 0.3), ("l40s", 4, 0.2), ("a10", 1, 0.1))
 """GPU type, GPUs per node, share of the nodes."""
 PRIORITIES = ((0, 0.6), (1, 0.2), (5, 0.15), (10, 0.05))
+TARGET_OVER_IDEAL = 1.05
+"""The issue's makespan target, as a multiple of the ideal (total work / nodes)."""
 CONSTRAINED_SHARE = 0.3
 """Share of jobs that name a GPU type (drawn by pool size); the rest run anywhere."""
 GROUP, VERSION, PLURAL = "lora-operator.io", "v1alpha1", "loratrainingjobs"
@@ -276,7 +279,8 @@ def report(args, jobs, info, node_type, recorder, kubelet, released, before, mid
     makespan = last_end - t0
     total_work = sum(j["duration"] for j in jobs)
     ideal = total_work / len(node_type)
-    reference = list_schedule_makespan(list(info.values()), node_type)
+    submitted = list(info.values())
+    reference = list_schedule_makespan(submitted, node_type)
     steady, first = admission_latencies(recorder.pods, dict(released))
     violations = order_violations(recorder.pods, recorder.jobs, info, node_type)
     doubles = double_bookings(recorder.pods)
@@ -306,6 +310,9 @@ def report(args, jobs, info, node_type, recorder, kubelet, released, before, mid
         "makespan_over_ideal": round(makespan / ideal, 3),
         "zero_latency_reference_seconds": round(reference, 2),
         "makespan_over_reference": round(makespan / reference, 3),
+        "handoff_latency_explaining_makespan_ms": round(1000 * latency_within(submitted, node_type, makespan), 1),
+        "handoff_latency_budget_for_target_ms": round(
+            1000 * latency_within(submitted, node_type, TARGET_OVER_IDEAL * ideal), 1),
         "all_succeeded_seconds": round(times["done"] - t0, 2),
         "admission_latency_after_pod_end": {"n": len(steady), "p50": round(percentile(steady, 50), 3),
                                             "p90": round(percentile(steady, 90), 3),

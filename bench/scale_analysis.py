@@ -124,8 +124,9 @@ def order_violations(pods: list[PodEvent], jobs: list[JobEvent], info: dict[str,
     return found
 
 
-def list_schedule_makespan(jobs: list[JobInfo], node_type: dict[str, str]) -> float:
-    """Makespan of a zero-latency operator: each node, when free, takes the best-ranked job it fits.
+def list_schedule_makespan(jobs: list[JobInfo], node_type: dict[str, str], latency: float = 0.0) -> float:
+    """Makespan of an operator that, `latency` seconds after a node frees (or is released at 0),
+    starts the best-ranked job the node fits. `latency=0` is the zero-latency reference.
 
     Rank: priority, then submission order (the namespace turns do not change the total work).
     """
@@ -145,6 +146,24 @@ def list_schedule_makespan(jobs: list[JobInfo], node_type: dict[str, str]) -> fl
             continue
         queue = min(candidates, key=lambda q: q[-1][0])
         job = queue.pop()[2]
-        end = max(end, t + job.duration)
-        heapq.heappush(free, (t + job.duration, node))
+        finish = t + latency + job.duration
+        end = max(end, finish)
+        heapq.heappush(free, (finish, node))
     return end
+
+
+def latency_within(jobs: list[JobInfo], node_type: dict[str, str], makespan: float) -> float:
+    """The largest handoff latency (seconds, to 0.1 ms) at which `list_schedule_makespan` stays
+    within `makespan`; 0.0 when even the zero-latency reference exceeds it.
+
+    With a target makespan (say 1.05 x ideal) it is what the target asks of the whole chain from
+    one pod's end to the next pod's start on its node (the end's status write, the watch, the
+    pass, the claim, the pod create); with a measured makespan, the latency that explains it.
+    """
+    if list_schedule_makespan(jobs, node_type) > makespan:
+        return 0.0
+    low, high = 0.0, max(j.duration for j in jobs)
+    while high - low > 1e-4:
+        mid = (low + high) / 2
+        low, high = (mid, high) if list_schedule_makespan(jobs, node_type, mid) <= makespan else (low, mid)
+    return low
