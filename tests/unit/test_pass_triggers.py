@@ -128,3 +128,47 @@ def test_the_jobs_by_phase_gauge_reads_the_views_at_scrape_time_not_at_each_pass
     assert scrape("lora_operator_jobs", {"phase": "Queued"}) == 1
     assert scrape("lora_operator_jobs", {"phase": "Running"}) == 1
     assert scrape("lora_operator_jobs", {"phase": "Succeeded"}) == 0
+
+
+def test_a_kick_after_a_quiet_spell_passes_at_once_and_kicks_within_the_window_make_one_pass(monkeypatch):
+    """The burst window is measured from the last pass: the first kick does not wait it out, the
+    kicks right after a pass wait for its end and then make one pass together. (A wide window,
+    2 s, so the order of events, not the machine's speed, decides the outcome.)"""
+    import asyncio
+    from types import SimpleNamespace
+
+    from lora_operator import controller as controller_module
+
+    monkeypatch.setattr(controller_module, "BURST_SECONDS", 2.0)
+    c = controller()
+    passes = []
+    c.run_pass = lambda: passes.append(1) or SimpleNamespace(next_wakeup=None)
+
+    async def scenario():
+        task = asyncio.create_task(c._schedule_forever())
+        await asyncio.sleep(0.05)
+        assert passes == []  # no kick yet (the idle pass is 5 s away)
+        c.kick()
+        await asyncio.sleep(0.5)
+        first = len(passes)  # a pass that waited the 2 s window first would not have run yet
+        for _ in range(3):
+            c.kick()
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
+        within_window = len(passes)
+        while len(passes) < 2:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        task.cancel()
+        return first, within_window, len(passes)
+
+    assert asyncio.run(scenario()) == (1, 1, 2)
+
+
+def test_burst_wait_is_the_rest_of_the_window():
+    from lora_operator.controller import BURST_SECONDS, burst_wait
+
+    assert burst_wait(10.0) == 0.0
+    assert burst_wait(BURST_SECONDS) == 0.0
+    assert burst_wait(0.0) == BURST_SECONDS
+    assert 0 < burst_wait(BURST_SECONDS / 2) < BURST_SECONDS
