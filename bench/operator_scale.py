@@ -54,6 +54,7 @@ from scale_probes import (
     histograms,
     proc_usage,
     python_pid,
+    sample_lag,
     sample_rss,
 )
 from scale_watch import FakeKubelet, Recorder
@@ -195,6 +196,8 @@ def run(args) -> dict:
         pid = python_pid(operator.proc.pid)
         rss_samples: list = []
         threading.Thread(target=sample_rss, args=(lambda: pid, rss_samples, recorder.stop), daemon=True).start()
+        lag_samples: list = []
+        threading.Thread(target=sample_lag, args=(lag_samples, recorder.stop), daemon=True).start()
         t_start = time.monotonic()
         before = apiserver_requests(ground)
         t_submit = time.monotonic()
@@ -240,6 +243,7 @@ def run(args) -> dict:
                              "done": t_done},
                       usage_queued=usage_queued, usage=usage, operator=operator,
                       summaries=summaries, cpu={k: round(cpu_done[k] - cpu_t0.get(k, 0.0), 1) for k in cpu_done},
+                      lag=[ms for t, ms in list(lag_samples) if t0 <= t <= t_done],
                       rss=[(round(t - (t0 - t_start), 1), mb) for t, mb in rss_samples])
     finally:
         if recorder:
@@ -273,7 +277,7 @@ def _profiled(operator: OperatorProcess, workdir: Path, tool: str) -> OperatorPr
 
 
 def report(args, jobs, info, node_type, recorder, kubelet, released, before, mid, after, times,
-           usage_queued, usage, operator, rss, cpu, summaries) -> dict:
+           usage_queued, usage, operator, rss, cpu, summaries, lag) -> dict:
     t0 = times["t0"]
     last_end = max(kubelet.ended.values())
     makespan = last_end - t0
@@ -324,6 +328,7 @@ def report(args, jobs, info, node_type, recorder, kubelet, released, before, mid
         "watch_relists_seconds_from_t0": [(round(t - t0, 1), path) for t, path in recorder.relists],
         "order_violations": len(violations), "order_violation_examples": violations[:5],
         "double_booked": len(doubles), "double_booked_examples": doubles[:5],
+        "fake_kubelet_failed_updates": len(kubelet.errors), "fake_kubelet_failed_examples": kubelet.errors[:3],
         "jobs_with_more_than_one_pod": sum(1 for n in created.values() if n > 1),
         "api_requests_submit_phase_by_verb": by_verb(submit_phase),
         "api_requests_drain_phase_by_verb": by_verb(drain),
@@ -332,6 +337,9 @@ def report(args, jobs, info, node_type, recorder, kubelet, released, before, mid
         "operator_at_end": usage,
         "drain_scheduling_passes": summaries["passes"],
         "drain_operator_admission_latency": summaries["operator_admission_latency"],
+        "benchmark_thread_wakeup_lag_ms": {"n": len(lag),
+                                           **{f"p{q}": round(percentile(lag, q), 1) for q in (50, 90, 99)},
+                                           "max": round(max(lag, default=float("nan")), 1)},
         "drain_cpu_seconds_by_process": dict(sorted(cpu.items(), key=lambda kv: -kv[1])),
         "operator_rss_mb_by_second_from_t0": rss[::4],
     }

@@ -117,3 +117,14 @@ def sample_rss(pid_of, samples: list, stop) -> None:
     while not stop.wait(0.5):
         with contextlib.suppress(OSError, IndexError, StopIteration):
             samples.append((round(time.monotonic() - start, 1), proc_usage(pid_of())["rss_mb"]))
+
+
+def sample_lag(samples: list, stop, interval: float = 0.005) -> None:
+    """How late this process's threads wake: a 5 ms sleep's overshoot, in ms, until `stop`.
+
+    The fake kubelet and the pod watch live in this process: their delays count as admission
+    latency and makespan, so the report shows how large this process's own share is."""
+    while not stop.is_set():
+        start = time.monotonic()
+        time.sleep(interval)
+        samples.append((start, 1000 * (time.monotonic() - start - interval)))

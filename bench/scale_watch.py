@@ -154,6 +154,8 @@ class FakeKubelet:
     workers: int = 4
     added: dict[str, float] = field(default_factory=dict)
     ended: dict[str, float] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    """Failed status updates (each retried 0.2 s later)."""
     _heap: list = field(default_factory=list)
     _running: set = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -192,7 +194,16 @@ class FakeKubelet:
             "name": "trainer", "image": "lora-trainer:bench", "imageID": "", "ready": False, "restartCount": 0,
             "state": {"terminated": terminated}}]}
         self.ended[f"{namespace}/{name}"] = time.monotonic()
-        core.patch_namespaced_pod_status(name, namespace, {"status": status})
+        try:
+            # The response's bytes are read (that frees the connection) but not turned into the
+            # client's model objects, which holds the GIL for milliseconds the pod watch would wait out.
+            response = core.patch_namespaced_pod_status(name, namespace, {"status": status}, _preload_content=False)
+            response.data  # noqa: B018 - reading it returns the connection to the pool
+        except Exception as err:  # noqa: BLE001 - a kubelet retries its status update
+            self.errors.append(f"{namespace}/{name}: {err!r}"[:300])
+            with self._lock:
+                heapq.heappush(self._heap, (time.monotonic() + 0.2, namespace, name))
+            self._wake.set()
 
 
 def _core(api):
