@@ -40,6 +40,7 @@ from scale_analysis import (
     JobInfo,
     admission_latencies,
     double_bookings,
+    handoffs,
     latency_within,
     list_schedule_makespan,
     order_violations,
@@ -286,6 +287,7 @@ def report(args, jobs, info, node_type, recorder, kubelet, released, before, mid
     submitted = list(info.values())
     reference = list_schedule_makespan(submitted, node_type)
     steady, first = admission_latencies(recorder.pods, dict(released))
+    handoff = handoffs(recorder.pods, kubelet.ended, kubelet.added)
     violations = order_violations(recorder.pods, recorder.jobs, info, node_type)
     doubles = double_bookings(recorder.pods)
     created = Counter(e.job_uid for e in recorder.pods if e.type == "ADDED")
@@ -325,6 +327,8 @@ def report(args, jobs, info, node_type, recorder, kubelet, released, before, mid
         "admission_latency_first_pod_per_node": {"n": len(first), "p50": round(percentile(first, 50), 3),
                                                  "p99": round(percentile(first, 99), 3),
                                                  "max": round(max(first, default=float("nan")), 3)},
+        "handoff_pod_end_to_next_start": {"n": len(handoff), "mean": round(sum(handoff) / max(1, len(handoff)), 3),
+                                          **{f"p{q}": round(percentile(handoff, q), 3) for q in (50, 90, 99)}},
         "watch_relists_seconds_from_t0": [(round(t - t0, 1), path) for t, path in recorder.relists],
         "order_violations": len(violations), "order_violation_examples": violations[:5],
         "double_booked": len(doubles), "double_booked_examples": doubles[:5],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict
 from dataclasses import dataclass
+from itertools import pairwise
 
 from scale_watch import JobEvent, PodEvent
 
@@ -60,6 +61,18 @@ def admission_latencies(pods: list[PodEvent], released: dict[str, float]) -> tup
             freed[event.node] = event.t
             holder.pop(event.node)
     return steady, first
+
+
+def handoffs(pods: list[PodEvent], ended: dict[str, float], added: dict[str, float]) -> list[float]:
+    """Per node, seconds from each pod's end (`ended`: when the kubelet ended it, before its
+    status update) to the next pod's start (`added`: when the kubelet saw it): the whole chain
+    the makespan pays for, measured, where `admission_latencies` counts from the watch."""
+    by_node: dict[str, list[str]] = defaultdict(list)
+    for event in admissions(pods):
+        if event.node:
+            by_node[event.node].append(f"{event.namespace}/{event.name}")
+    return [added[b] - ended[a] for keys in by_node.values() for a, b in pairwise(keys)
+            if a in ended and b in added]
 
 
 def double_bookings(pods: list[PodEvent]) -> list[tuple[str, str, str]]:

@@ -77,3 +77,11 @@ def test_latency_within_inverts_the_reference(analysis):
     assert budget > 0
     assert analysis.list_schedule_makespan(jobs, nodes, budget) <= reference + 1.0
     assert analysis.list_schedule_makespan(jobs, nodes, budget + 0.001) > reference + 1.0
+
+
+def test_a_handoff_runs_from_the_kubelets_end_of_a_pod_to_its_start_of_the_next_on_the_same_node(analysis):
+    history = [pod(analysis, 0, 1, "ADDED", "a", "n1"), pod(analysis, 0, 2, "ADDED", "x", "n2"),
+               pod(analysis, 5, 3, "ADDED", "b", "n1"), pod(analysis, 9, 4, "ADDED", "c", "n1")]
+    ended = {"ns/a": 4.9, "ns/b": 8.8, "ns/x": 3.0}
+    added = {"ns/a": 0.1, "ns/b": 5.0, "ns/c": 9.0, "ns/x": 0.1}
+    assert analysis.handoffs(history, ended, added) == pytest.approx([0.1, 0.2])
