@@ -167,10 +167,14 @@ class FakeKubelet:
             self.added.setdefault(key, event.t)
         if event.phase == "Running" and key not in self._running and key in self.added:
             self._running.add(key)
-            due = max(self.added[key] + self.durations.get(event.job_uid, 0.0), event.t)
-            with self._lock:
-                heapq.heappush(self._heap, (due, event.namespace, event.name))
-            self._wake.set()
+            self._end_at(max(self.added[key] + self.durations.get(event.job_uid, 0.0), event.t),
+                         event.namespace, event.name)
+
+    def _end_at(self, due: float, namespace: str, name: str) -> None:
+        """Schedules the pod's end at `due` (monotonic seconds) and wakes `run`."""
+        with self._lock:
+            heapq.heappush(self._heap, (due, namespace, name))
+        self._wake.set()
 
     def run(self, stop: threading.Event) -> None:
         core = _core(self.api)
@@ -201,9 +205,7 @@ class FakeKubelet:
             response.data  # noqa: B018 - reading it returns the connection to the pool
         except Exception as err:  # noqa: BLE001 - a kubelet retries its status update
             self.errors.append(f"{namespace}/{name}: {err!r}"[:300])
-            with self._lock:
-                heapq.heappush(self._heap, (time.monotonic() + 0.2, namespace, name))
-            self._wake.set()
+            self._end_at(time.monotonic() + 0.2, namespace, name)
 
 
 def _core(api):

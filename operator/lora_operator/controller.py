@@ -9,6 +9,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -328,7 +329,7 @@ class Controller:
     async def _schedule_forever(self) -> None:
         loop = asyncio.get_running_loop()
         wakeup = IDLE_PASS_SECONDS
-        last_pass = -BURST_SECONDS
+        last_pass = -math.inf  # the first kick passes at once
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kicked.wait(), timeout=wakeup)

@@ -133,7 +133,11 @@ def test_the_jobs_by_phase_gauge_reads_the_views_at_scrape_time_not_at_each_pass
 def test_a_kick_after_a_quiet_spell_passes_at_once_and_kicks_within_the_window_make_one_pass(monkeypatch):
     """The burst window is measured from the last pass: the first kick does not wait it out, the
     kicks right after a pass wait for its end and then make one pass together. (A wide window,
-    2 s, so the order of events, not the machine's speed, decides the outcome.)"""
+    2 s, so the order of events, not the machine's speed, decides the outcome.)
+
+    The pass itself is replaced by a counter: what is tested is when the loop runs it. What a
+    real pass does, on the real control plane, is in tests/cluster/test_operator.py, where pods
+    end and the next jobs start on the freed nodes."""
     import asyncio
     from types import SimpleNamespace
 
