@@ -57,7 +57,8 @@ class ReferenceLoop:
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             self.parts.denoiser.add_adapter(
                 LoraConfig(r=network.dim, lora_alpha=network.alpha, init_lora_weights="gaussian",
-                           target_modules=list(recipe.family.denoiser_targets)),
+                           target_modules=list(recipe.family.denoiser_targets),
+                           exclude_modules=recipe.family.denoiser_exclude),
                 adapter_name=ADAPTER,
             )
         cast_training_params(self.parts.denoiser, dtype=torch.float32)

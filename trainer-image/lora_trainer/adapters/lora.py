@@ -16,15 +16,16 @@ import torch
 from lora_operator.api import CheckpointFormat, JobSpec, Network, Training
 
 from ..errors import ConfigError
-from ..export import peft_layers, write_diffusers, write_kohya
+from ..export import modelspec, peft_layers, trigger_phrase, write_diffusers, write_kohya
 from ..families import Components, Family
+from ..families.base import TEXT_COMPONENTS
 from .base import trainable
 
-TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")
 
-
-def lora_config(targets: list[str], network: Network, conv_targets: list[str] | None = None) -> Any:
-    """A peft LoraConfig: rank dim, alpha, dropout; conv layers at convDim / convAlpha when given."""
+def lora_config(targets: list[str], network: Network, conv_targets: list[str] | None = None,
+                exclude: str | None = None) -> Any:
+    """A peft LoraConfig: rank dim, alpha, dropout; conv layers at convDim / convAlpha when given;
+    modules matching the regex `exclude` are left alone."""
     from peft import LoraConfig
 
     rank_pattern: dict[str, int] = {}
@@ -40,6 +41,7 @@ def lora_config(targets: list[str], network: Network, conv_targets: list[str] | 
         target_modules=[*targets, *(conv_targets or [])],
         rank_pattern=rank_pattern,
         alpha_pattern=alpha_pattern,
+        exclude_modules=exclude,
     )
 
 
@@ -59,6 +61,7 @@ class LoraAdapter:
         self._groups: list[dict[str, Any]] = []
         self._family: Family | None = None
         self._spec: JobSpec | None = None
+        self._parts: Components | None = None
 
     def attach(self, family: Family, parts: Components, spec: JobSpec) -> None:
         """Add LoRA layers to the denoiser (and conv layers for LoCon, text encoders when trained)."""
@@ -70,8 +73,9 @@ class LoraAdapter:
             if network.conv_dim < 1:
                 raise ConfigError("network.convDim: must be at least 1 for type locon")
             conv_targets = family.conv_targets
-        self._family, self._spec = family, spec
-        parts.denoiser.add_adapter(lora_config(family.denoiser_targets, network, conv_targets))
+        self._family, self._spec, self._parts = family, spec, parts
+        parts.denoiser.add_adapter(lora_config(family.denoiser_targets, network, conv_targets,
+                                               family.denoiser_exclude))
         self.modules = {family.denoiser_name: parts.denoiser}
         self._groups = [
             {"name": family.denoiser_name, "lr": training.unet_learning_rate,
@@ -129,18 +133,26 @@ class LoraAdapter:
         layers = {name: peft_layers(module) for name, module in self.modules.items()}
         written = []
         if CheckpointFormat.KOHYA in formats:
+            network, family = self._spec.network, self._family
             meta = {
                 **metadata,
-                "network_module": "networks.lora",
-                "network_dim": self._spec.network.dim,
-                "network_alpha": self._spec.network.alpha,
-                "network_args": {"conv_dim": self._spec.network.conv_dim,
-                                 "conv_alpha": self._spec.network.conv_alpha or self._spec.network.conv_dim}
+                "network_module": family.kohya_network_module,
+                "network_dim": network.dim,
+                "network_alpha": network.alpha,
+                "network_args": {"conv_dim": network.conv_dim, "conv_alpha": network.conv_alpha or network.conv_dim}
                 if self.conv else {},
             }
-            kohya = write_kohya(folder / "kohya.safetensors", layers, self._family.kohya_prefix, meta)
+            trigger = trigger_phrase(self._spec.dataset.caption_prefix)
+            version = family.model_version(self._parts)
+            spec_keys = modelspec(version, "lora", title=str(metadata.get("output_name") or trigger or "LoRA"),
+                                  resolution=str(metadata.get("resolution", "")), trigger_phrase=trigger)
+            kohya = write_kohya(folder / "kohya.safetensors", layers, family.kohya_layer, meta, version, spec_keys)
             written.append(("kohya", kohya))
         if CheckpointFormat.DIFFUSERS in formats:
+            # The file's keys name every adapted module, so diffusers' loader targets exactly those; the
+            # denoiser's exclude_modules only chose them, and kept in the config it makes peft warn on load.
             configs = {name: module.peft_config["default"].to_dict() for name, module in self.modules.items()}
+            for config in configs.values():
+                config.pop("exclude_modules", None)
             written.append(("diffusers", write_diffusers(folder / "diffusers", layers, configs)))
         return written

@@ -21,6 +21,43 @@ from ..errors import ModelError
 Sizes = list[tuple[tuple[int, int], tuple[int, int], tuple[int, int]]]
 """Per sample: (original_size, crop_top_left, target_size), all (height, width)."""
 
+TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")
+"""Component names of the text encoders in pipeline order, as diffusers LoRA files name them."""
+
+
+@dataclass(frozen=True)
+class KohyaLayer:
+    """Where the LoRA of one adapted module goes in a kohya file.
+
+    Attributes:
+        name: The kohya layer name, e.g. ``lora_unet_double_blocks_0_img_attn_qkv``.
+        part: Index of this module among the modules fused into the layer (q, k, v of a qkv: 0, 1, 2).
+        parts: How many modules the layer fuses (1: none).
+    """
+
+    name: str
+    part: int = 0
+    parts: int = 1
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """What kohya's and the ModelSpec metadata call a base model (values as sd-scripts writes them).
+
+    Attributes:
+        kohya: ``ss_base_model_version``, e.g. sd_v1, sdxl_base_v1-0, flux1.
+        architecture: ``modelspec.architecture`` without the adapter suffix, e.g. stable-diffusion-v1.
+        implementation: ``modelspec.implementation`` of a LoRA for this model.
+        prediction_type: ``modelspec.prediction_type`` (epsilon or v); None for flow models.
+        v2: ``ss_v2``: an SD 2.x base.
+    """
+
+    kohya: str
+    architecture: str
+    implementation: str
+    prediction_type: str | None = None
+    v2: bool = False
+
 
 @dataclass
 class Components:
@@ -54,11 +91,14 @@ class Family(Protocol):
     family: ModelFamily
     denoiser_name: str
     """Prefix of the denoiser in diffusers LoRA files: unet or transformer."""
-    kohya_prefix: str
-    """Prefix of the denoiser keys in kohya files: lora_unet or lora_transformer."""
     default_sampler: Sampler
     denoiser_targets: list[str]
-    """Linear layers of the denoiser that get a LoRA."""
+    """Linear layers of the denoiser that get a LoRA (peft target_modules: names or name suffixes)."""
+    denoiser_exclude: str | None
+    """Denoiser modules that never get a LoRA although a target matches (a regex on the full module name,
+    peft's exclude_modules); None: none."""
+    kohya_network_module: str
+    """``ss_network_module`` of a kohya file: the sd-scripts network that trains this family's LoRA."""
     conv_targets: list[str]
     """Convolution layers that get a LoCon adapter (empty: the family has none)."""
     text_encoder_targets: list[str]
@@ -72,6 +112,16 @@ class Family(Protocol):
 
     def load(self, folder: Path, dtype: torch.dtype) -> Components:
         """Load the components from a diffusers folder (raises ModelError)."""
+
+    def kohya_layer(self, component: str, module: str) -> KohyaLayer:
+        """The kohya layer of an adapted module (component: unet, transformer, text_encoder, ...).
+
+        Raises:
+            ValueError: the module has no kohya name that ComfyUI, A1111, Forge and InvokeAI load.
+        """
+
+    def model_version(self, parts: Components) -> ModelVersion:
+        """What LoRA metadata calls this base model."""
 
     def encode_prompts(self, parts: Components, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Conditioning tensors, batched on dim 0."""
@@ -130,3 +180,21 @@ def vae_encode(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     latents = vae.encode(pixels.to(vae.dtype)).latent_dist.mode()
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (latents - shift) * vae.config.scaling_factor
+
+
+def kohya_text_layer(prefixes: tuple[str, ...], component: str, module: str) -> KohyaLayer:
+    """The kohya layer of a CLIP text-encoder module: ``<prefix>_text_model_encoder_layers_0_self_attn_q_proj``.
+
+    Args:
+        prefixes: The family's kohya prefix per text encoder, in pipeline order (sd-scripts: lora_te for
+            SD1.5's single encoder, lora_te1 / lora_te2 for SDXL and Flux).
+        component: text_encoder or text_encoder_2.
+        module: The module name inside the encoder.
+    """
+    index = TEXT_COMPONENTS.index(component)
+    if index >= len(prefixes):
+        raise ValueError(f"{component}: no kohya prefix (the family names {len(prefixes)} text encoder(s))")
+    # kohya names CLIP layers from the transformers layout of CLIPTextModelWithProjection (text_model...);
+    # transformers 5's CLIPTextModel has no text_model level.
+    path = module if module.startswith("text_model.") else "text_model." + module
+    return KohyaLayer(f"{prefixes[index]}_{path.replace('.', '_')}")

@@ -1,7 +1,16 @@
-"""Flux: a rectified-flow transformer on packed 2x2 latent patches, CLIP-L pooled + T5 sequence text."""
+"""Flux: a rectified-flow transformer on packed 2x2 latent patches, CLIP-L pooled + T5 sequence text.
+
+The LoRA adapts every linear layer inside the double- and single-stream blocks, as sd-scripts does,
+and nothing outside them (the input / output projections and the time embeddings stay frozen).
+Its kohya file uses the Black Forest Labs module names (``lora_unet_double_blocks_0_img_attn_qkv``),
+which ComfyUI, Forge and InvokeAI load onto the original Flux model: there q, k and v of a block are
+one ``qkv`` linear layer, and a single block's q, k, v and MLP input are one ``linear1``, so their
+LoRAs are fused on export (see `export.fuse`).
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,15 +19,43 @@ import torch
 from lora_operator.api import ModelFamily, Previews, Sampler
 
 from ..speed import upload
-from .base import Components, Sizes, load_part, tokenize, vae_encode
+from .base import Components, KohyaLayer, ModelVersion, Sizes, kohya_text_layer, load_part, tokenize, vae_encode
 from .sd15 import CLIP_TARGETS
 
-TRANSFORMER_TARGETS = [
-    "to_q", "to_k", "to_v", "to_out.0",
-    "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
-    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
-    "proj_mlp", "proj_out",
-]
+DOUBLE_BLOCK_LAYERS = {
+    "attn.to_q": KohyaLayer("img_attn_qkv", 0, 3),
+    "attn.to_k": KohyaLayer("img_attn_qkv", 1, 3),
+    "attn.to_v": KohyaLayer("img_attn_qkv", 2, 3),
+    "attn.to_out.0": KohyaLayer("img_attn_proj"),
+    "attn.add_q_proj": KohyaLayer("txt_attn_qkv", 0, 3),
+    "attn.add_k_proj": KohyaLayer("txt_attn_qkv", 1, 3),
+    "attn.add_v_proj": KohyaLayer("txt_attn_qkv", 2, 3),
+    "attn.to_add_out": KohyaLayer("txt_attn_proj"),
+    "ff.net.0.proj": KohyaLayer("img_mlp_0"),
+    "ff.net.2": KohyaLayer("img_mlp_2"),
+    "ff_context.net.0.proj": KohyaLayer("txt_mlp_0"),
+    "ff_context.net.2": KohyaLayer("txt_mlp_2"),
+    "norm1.linear": KohyaLayer("img_mod_lin"),
+    "norm1_context.linear": KohyaLayer("txt_mod_lin"),
+}
+"""diffusers module of a double-stream block (transformer_blocks.N) -> its BFL layer (double_blocks.N)."""
+SINGLE_BLOCK_LAYERS = {
+    "attn.to_q": KohyaLayer("linear1", 0, 4),
+    "attn.to_k": KohyaLayer("linear1", 1, 4),
+    "attn.to_v": KohyaLayer("linear1", 2, 4),
+    "proj_mlp": KohyaLayer("linear1", 3, 4),
+    "proj_out": KohyaLayer("linear2"),
+    "norm.linear": KohyaLayer("modulation_lin"),
+}
+"""diffusers module of a single-stream block (single_transformer_blocks.N) -> its BFL layer (single_blocks.N)."""
+BLOCKS = {"transformer_blocks": ("double_blocks", DOUBLE_BLOCK_LAYERS),
+          "single_transformer_blocks": ("single_blocks", SINGLE_BLOCK_LAYERS)}
+_BLOCK_MODULE = re.compile(r"(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)")
+TRANSFORMER_TARGETS = list(dict.fromkeys([*DOUBLE_BLOCK_LAYERS, *SINGLE_BLOCK_LAYERS]))
+OUTSIDE_BLOCKS = r"(?!(single_)?transformer_blocks\.).*"
+"""Every module outside the blocks (proj_out, x_embedder, context_embedder, norm_out, time_text_embed):
+no other Flux trainer adapts them, and InvokeAI's kohya detector refuses a file that does."""
+IMPL_FLUX = "https://github.com/black-forest-labs/flux"
 T5_MAX_LENGTH = 512
 TRAIN_GUIDANCE = 1.0
 """Distilled guidance the transformer sees while training (Flux dev convention)."""
@@ -44,9 +81,11 @@ class FluxFamily:
 
     family = ModelFamily.FLUX
     denoiser_name = "transformer"
-    kohya_prefix = "lora_transformer"
+    kohya_text_prefixes = ("lora_te1",)
+    kohya_network_module = "networks.lora_flux"
     default_sampler = Sampler.FLOW_EULER
     denoiser_targets = TRANSFORMER_TARGETS
+    denoiser_exclude = OUTSIDE_BLOCKS
     conv_targets: list[str] = []
     text_encoder_targets = CLIP_TARGETS
     trainable_text_encoders = 1
@@ -75,6 +114,24 @@ class FluxFamily:
             noise_scheduler=load_part(FlowMatchEulerDiscreteScheduler, folder, "scheduler"),
             folder=folder,
         )
+
+    def kohya_layer(self, component: str, module: str) -> KohyaLayer:
+        """sd-scripts' Flux names: ``lora_unet_`` + the BFL module path (``double_blocks_0_img_attn_qkv``,
+        ``single_blocks_0_linear1``); CLIP-L layers as ``lora_te1_text_model_...``."""
+        if component != self.denoiser_name:
+            return kohya_text_layer(self.kohya_text_prefixes, component, module)
+        match = _BLOCK_MODULE.fullmatch(module)
+        blocks, layers = BLOCKS[match.group(1)] if match else (None, {})
+        layer = layers.get(match.group(3)) if match else None
+        if layer is None:
+            raise ValueError(f"transformer.{module}: no Flux.1 kohya (BFL) name; only block layers are exported")
+        return KohyaLayer(f"lora_unet_{blocks}_{match.group(2)}_{layer.name}", layer.part, layer.parts)
+
+    def model_version(self, parts: Components) -> ModelVersion:
+        """flux1 / flux-1-dev (guidance-distilled: the transformer embeds guidance) or flux-1-schnell."""
+        dev = bool(parts.denoiser.config.guidance_embeds)
+        return ModelVersion(kohya="flux1", architecture="flux-1-dev" if dev else "flux-1-schnell",
+                            implementation=IMPL_FLUX)
 
     def encode_prompts(self, parts: Components, prompts: list[str]) -> dict[str, torch.Tensor]:
         """CLIP-L pooled output and the T5 hidden-state sequence."""

@@ -9,11 +9,14 @@ import torch
 
 from lora_operator.api import ModelFamily, Previews, Sampler
 
-from .base import Components, Sizes, load_part, tokenize, vae_encode
+from .base import Components, KohyaLayer, ModelVersion, Sizes, kohya_text_layer, load_part, tokenize, vae_encode
 
 UNET_LINEAR_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 UNET_CONV_TARGETS = ["conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv"]
 CLIP_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+IMPL_DIFFUSERS = "diffusers"
+IMPL_STABILITY_AI = "https://github.com/Stability-AI/generative-models"
+"""modelspec.implementation values sd-scripts writes for LoRAs (SD1.x/2.x: diffusers, SDXL: SGM)."""
 
 
 class SD15Family:
@@ -21,9 +24,12 @@ class SD15Family:
 
     family = ModelFamily.SD15
     denoiser_name = "unet"
-    kohya_prefix = "lora_unet"
+    kohya_text_prefixes = ("lora_te",)
+    """sd-scripts' prefix per text encoder (one encoder: lora_te)."""
+    kohya_network_module = "networks.lora"
     default_sampler = Sampler.EULER_A
     denoiser_targets = UNET_LINEAR_TARGETS
+    denoiser_exclude = None
     conv_targets = UNET_CONV_TARGETS
     text_encoder_targets = CLIP_TARGETS
     trainable_text_encoders = 1
@@ -43,6 +49,22 @@ class SD15Family:
             noise_scheduler=load_part(DDPMScheduler, folder, "scheduler"),
             folder=folder,
         )
+
+    def kohya_layer(self, component: str, module: str) -> KohyaLayer:
+        """sd-scripts' names: ``lora_unet_`` + the diffusers UNet module path with dots as underscores,
+        which ComfyUI and A1111 map to the original (LDM / SGM) UNet; CLIP layers by `kohya_text_layer`."""
+        if component == self.denoiser_name:
+            return KohyaLayer(f"lora_unet_{module.replace('.', '_')}")
+        return kohya_text_layer(self.kohya_text_prefixes, component, module)
+
+    def model_version(self, parts: Components) -> ModelVersion:
+        """sd_v1 (stable-diffusion-v1), or sd_v2 (stable-diffusion-v2-512 / -768-v) for an OpenCLIP-H encoder;
+        ``_v`` and prediction type v for a v-prediction scheduler."""
+        v_pred = parts.noise_scheduler.config.prediction_type == "v_prediction"
+        v2 = parts.text_encoders[0].config.hidden_size == 1024  # SD 2.x: OpenCLIP ViT-H (SD 1.x: CLIP-L, 768)
+        arch = ("stable-diffusion-v2-768-v" if v_pred else "stable-diffusion-v2-512") if v2 else "stable-diffusion-v1"
+        return ModelVersion(kohya=("sd_v2" if v2 else "sd_v1") + ("_v" if v_pred else ""), architecture=arch,
+                            implementation=IMPL_DIFFUSERS, prediction_type="v" if v_pred else "epsilon", v2=v2)
 
     def encode_prompts(self, parts: Components, prompts: list[str]) -> dict[str, torch.Tensor]:
         """The last hidden state of the CLIP text encoder."""

@@ -10,8 +10,8 @@ import torch
 from lora_operator.api import ModelFamily, Previews
 
 from ..speed import upload
-from .base import Components, Sizes, load_part, tokenize, vae_encode
-from .sd15 import SD15Family
+from .base import Components, ModelVersion, Sizes, load_part, tokenize, vae_encode
+from .sd15 import IMPL_STABILITY_AI, SD15Family
 
 
 class SDXLFamily(SD15Family):
@@ -19,6 +19,7 @@ class SDXLFamily(SD15Family):
 
     family = ModelFamily.SDXL
     trainable_text_encoders = 2
+    kohya_text_prefixes = ("lora_te1", "lora_te2")
     activation_gib_per_megapixel = 7.0  # H100, 1024 px: 33.9 GiB peak at batch 4, 6.5 GiB of weights
 
     def load(self, folder: Path, dtype: torch.dtype) -> Components:
@@ -38,6 +39,12 @@ class SDXLFamily(SD15Family):
             noise_scheduler=load_part(DDPMScheduler, folder, "scheduler"),
             folder=folder,
         )
+
+    def model_version(self, parts: Components) -> ModelVersion:
+        """sdxl_base_v1-0 / stable-diffusion-xl-v1-base, as sd-scripts writes for every SDXL LoRA."""
+        v_pred = parts.noise_scheduler.config.prediction_type == "v_prediction"
+        return ModelVersion(kohya="sdxl_base_v1-0", architecture="stable-diffusion-xl-v1-base",
+                            implementation=IMPL_STABILITY_AI, prediction_type="v" if v_pred else "epsilon")
 
     def encode_prompts(self, parts: Components, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Penultimate hidden states of both encoders, concatenated; pooled output of the second."""
