@@ -1,5 +1,6 @@
 """SD1.5 and SDXL kohya files: every key lands, by ComfyUI's rules (`kohya_rules`), on a module of the
-original LDM / SGM UNet or of the CLIP text encoders, with the module's shape and the trained delta."""
+original LDM / SGM UNet or of the CLIP text encoders, with the module's shape and the trained delta;
+diffusers' loader reads the file back to the trained text encoders' and UNet's outputs."""
 
 from __future__ import annotations
 
@@ -68,3 +69,16 @@ def test_kohya_keys_land_on_the_original_unet_and_clip_modules(family, tmp_path,
     if family == "sd15":
         assert any(parts["lora_down.weight"].ndim == 4 for parts in layers.values())
     assert unet_layers == sum(1 for k in merged if not torch.equal(merged[k], plain[k]))
+
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(tiny_models(family))
+    pipe.load_lora_weights(str(recipe.outputs.workdir / "checkpoints/epoch-0001/kohya.safetensors"))
+    ids = recipe.parts.tokenizers[0](["tkxw, a square"], padding="max_length", return_tensors="pt").input_ids
+    loaded = [pipe.text_encoder, getattr(pipe, "text_encoder_2", None)][: len(encoders)]
+    with torch.no_grad():
+        for trained, other in zip(encoders, loaded, strict=True):
+            torch.testing.assert_close(other(ids).last_hidden_state, trained(ids).last_hidden_state)
+        if family == "sd15":  # SDXL's UNet (added conditioning) is compared in test_end_to_end
+            args = (torch.randn(1, 4, 16, 16), torch.tensor([500]), torch.randn(1, 77, 32))
+            torch.testing.assert_close(pipe.unet(*args).sample, unet(*args).sample)
