@@ -120,3 +120,13 @@ def test_fused_lora_adds_each_parts_update_to_its_rows_also_when_their_scales_di
     assert down.shape == (5, 6) and up.shape == (12, 5)
     expected = torch.cat([a / d.shape[0] * u @ d for d, u, a in pieces])
     torch.testing.assert_close(alpha / down.shape[0] * up @ down, expected)
+
+
+def test_flux_export_refuses_a_fused_layer_with_only_some_parts_adapted(tiny_models):
+    from peft import LoraConfig
+
+    flux = get_family("flux")
+    transformer = flux.load(tiny_models("flux"), torch.float32).denoiser
+    transformer.add_adapter(LoraConfig(r=2, target_modules=["attn.to_q", "attn.to_k"], init_lora_weights=False))
+    with pytest.raises(ValueError, match=r"lora_unet_\w+: fuses [34] modules but only parts \[0, 1\] have a LoRA"):
+        kohya_state_dict({"transformer": peft_layers(transformer)}, flux.kohya_layer)
