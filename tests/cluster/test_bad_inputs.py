@@ -20,6 +20,7 @@ import pytest
 import yaml
 from bad_inputs import (
     ADMISSION,
+    ALLOWED_IMAGES,
     API,
     BASE,
     MIXED_FILES,
@@ -91,7 +92,8 @@ def cat(ground, tmp_path_factory):
     ground.apply(half)
     ground.add_gpu_nodes(2, gpus=1, gpu_type="badkw", prefix="badkw")
     ground.add_gpu_nodes(3, gpus=1, gpu_type="badreal", prefix="badreal")
-    operator = OperatorProcess(ground, work / "operator.log").start()
+    operator = OperatorProcess(ground, work / "operator.log",
+                               extra_env={"LORA_TRAINER_ALLOWED_IMAGES": ALLOWED_IMAGES}).start()
     shim = NamespaceShim(ground, work / "pods")
     shim.namespace = real_ns
     shim.start()
@@ -172,6 +174,8 @@ def test_trainer_side_case_ends_with_the_file_or_field_named(cat, trained, c):
         assert failed["reason"] == c.reason and len(status["attempts"]) == 1, status["attempts"]
         for text in c.shows:
             assert text in failed["message"], failed["message"]
+        # the trainer's error itself, not the log lines before it (kubectl get -o wide shows the start)
+        assert failed["message"].startswith(c.shows[0] + ": ") and "INFO" not in failed["message"], failed
         return
     assert status["phase"] == "Succeeded", json.dumps(status)[:2000]
     client = cat.ground.minio.client()
@@ -187,6 +191,16 @@ def test_trainer_side_case_ends_with_the_file_or_field_named(cat, trained, c):
         assert on_resource == skipped, status.get("skippedFiles")  # kubectl shows it, not only the manifest
     elif c.file != "*":
         assert c.file not in skipped, skipped
+
+
+def test_an_image_on_the_platforms_list_runs(cat):
+    image = "registry.example.com/lora/t:2"  # under the catalogue's ALLOWED_IMAGES
+    assert "registry.example.com/lora/*" in ALLOWED_IMAGES
+    cat.ground.apply(job(cat.ns, "allowed-image", merged(BASE, {"placement": {"image": image}})))
+    pod = running_pod(cat.ground, cat.ns, "allowed-image")
+    assert pod["spec"]["containers"][0]["image"] == image
+    end_pod(cat.ground, cat.ns, pod["metadata"]["name"], 0)
+    wait_phase(cat.ground, cat.operator, cat.ns, "allowed-image", "Succeeded")
 
 
 def test_immutable_edit_after_admission_is_refused(cat):
