@@ -35,6 +35,7 @@ from bad_inputs import (
 )
 from test_operator import end_pod, get_job, running_pod, trainer_pods, wait_phase
 
+from lora_operator.k8s import Kube
 from lora_trainer.tiny import build_tiny_model
 from testground.kubelet_shim import KubeletShim
 from testground.operator import OperatorProcess, install_crds, storage_secret
@@ -201,6 +202,14 @@ def test_an_image_on_the_platforms_list_runs(cat):
     assert pod["spec"]["containers"][0]["image"] == image
     end_pod(cat.ground, cat.ns, pod["metadata"]["name"], 0)
     wait_phase(cat.ground, cat.operator, cat.ns, "allowed-image", "Succeeded")
+
+
+@pytest.mark.parametrize("name", ["..", ".", "sd15-character/..", "%2e%2e", "a" * 254])
+def test_a_template_name_that_is_no_object_name_finds_no_template(cat, name):
+    """Operator side of the CRD's pattern on spec.template (a job stored under an older CRD)."""
+    kube = Kube(cat.ground.api_client())
+    assert kube.get_template(cat.ns, "sd15-character") is not None
+    assert kube.get_template(cat.ns, name) is None
 
 
 def test_immutable_edit_after_admission_is_refused(cat):

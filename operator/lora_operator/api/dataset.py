@@ -93,7 +93,8 @@ class Dataset(ApiModel):
     uri: str | None = Field(default=None, pattern=URI_PATTERN)
     """URI prefix holding png/jpg/jpeg/webp images and optional same-named .txt captions:
     s3://bucket/prefix/ (bucket: lowercase letters, digits, dots, hyphens) or file:///path. No
-    empty, . or .. path segments."""
+    empty, . or .. path segments; file:// only under the folder the platform allows
+    (LORA_FILE_URI_ROOT)."""
     caption_prefix: str = Field(default="", max_length=200)
     """Trigger phrase put before every caption, e.g. "TKXW, "."""
     tags: Tags = Field(default_factory=Tags)

@@ -40,7 +40,8 @@ class BaseModelSpec(ApiModel):
     uri: str = Field(pattern=URI_PATTERN)
     """A diffusers-format model folder: s3://bucket/path, file:///mounted/path or hf://org/name.
     No empty, . or .. path segments; an s3 bucket name has lowercase letters, digits, dots and
-    hyphens only."""
+    hyphens only. An s3:// prefix must hold the model when the job is created (else
+    ModelNotFound); file:// only under the folder the platform allows (LORA_FILE_URI_ROOT)."""
     revision: str | None = Field(default=None, max_length=100)
     """hf:// revision (branch, tag or commit). Default: main."""
 
@@ -158,7 +159,9 @@ class Placement(ApiModel):
     gpu_type: str | None = Field(default=None, max_length=63)
     """GPU type (value of the operator's GPU-type node label, e.g. h100)."""
     image: str | None = Field(default=None, max_length=500)
-    """Trainer image. Default: the operator's trainer image."""
+    """Trainer image: the operator's, or one the platform allows (LORA_TRAINER_ALLOWED_IMAGES, chart
+    value trainer.allowedImages); another fails the job (NotAllowed). Default: the operator's
+    trainer image."""
 
 
 class RetryPolicy(ApiModel):
