@@ -12,9 +12,15 @@ import os
 from collections.abc import Mapping
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo, field_validator
 
 NamespaceKey = Annotated[str, StringConstraints(pattern=r"^(\*|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$")]
+
+JSON_EXPECTED = {
+    "namespace_node_limits": 'a JSON object like {"team-a": 4, "*": 2}',
+    "trainer_allowed_images": 'a JSON list like ["registry.example.com/lora/*"]',
+}
+"""What a JSON-valued variable must hold, for its error message."""
 
 
 class ConfigError(ValueError):
@@ -32,6 +38,13 @@ class OperatorConfig(BaseModel):
 
     trainer_image: str = Field(default="ghcr.io/lora-operator/lora-trainer:0.1.0", min_length=1)
     """LORA_TRAINER_IMAGE: trainer image for jobs without spec.placement.image."""
+    trainer_allowed_images: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    """LORA_TRAINER_ALLOWED_IMAGES: a JSON list of the images spec.placement.image (of a job or its
+    template) may name besides LORA_TRAINER_IMAGE: exact names, or prefixes ending in "*", e.g.
+    ["registry.example.com/lora/*"]. Default: none, only the trainer image runs."""
+    file_uri_root: str = Field(default="", pattern=r"^(/[^/]+)*$")
+    """LORA_FILE_URI_ROOT: the folder, in the trainer container, that file:// URIs of a job must lie
+    under (a volume the platform mounts, e.g. a model cache). Default: empty, file:// is refused."""
     trainer_service_account: str = Field(default="lora-trainer", min_length=1, max_length=253)
     """LORA_TRAINER_SERVICE_ACCOUNT: service account of trainer pods (its token is never mounted)."""
     storage_endpoint: str = ""
@@ -60,15 +73,15 @@ class OperatorConfig(BaseModel):
     """LORA_NAMESPACE_NODE_LIMITS: a JSON object, the most GPU nodes a namespace's jobs may hold at once,
     e.g. {"team-a": 4, "*": 2} ("*": every namespace not listed). Jobs over the limit wait in their place."""
 
-    @field_validator("namespace_node_limits", mode="before")
+    @field_validator("namespace_node_limits", "trainer_allowed_images", mode="before")
     @classmethod
-    def _limits_from_json(cls, value: object) -> object:
+    def _from_json(cls, value: object, info: ValidationInfo) -> object:
         if not isinstance(value, str):
             return value
         try:
             return json.loads(value)
         except json.JSONDecodeError:
-            raise ValueError('not a JSON object like {"team-a": 4, "*": 2}') from None
+            raise ValueError(f"not {JSON_EXPECTED[info.field_name]}") from None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -99,6 +112,8 @@ class OperatorConfig(BaseModel):
 
 ENV_VARS: dict[str, str] = {
     "trainer_image": "LORA_TRAINER_IMAGE",
+    "trainer_allowed_images": "LORA_TRAINER_ALLOWED_IMAGES",
+    "file_uri_root": "LORA_FILE_URI_ROOT",
     "trainer_service_account": "LORA_TRAINER_SERVICE_ACCOUNT",
     "storage_endpoint": "LORA_STORAGE_ENDPOINT",
     "storage_secure": "LORA_STORAGE_SECURE",

@@ -8,6 +8,7 @@ restarted one acting on a stale view) cannot both admit a job: the second gets a
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -18,12 +19,14 @@ from kubernetes.client.exceptions import ApiException
 
 from .api import GROUP, VERSION
 from .api.resources import ClusterLoraTrainingTemplate, LoraTrainingJob, LoraTrainingTemplate
+from .api.uris import NAME_PATTERN
 from .own_writes import OwnWrites
 
 log = logging.getLogger(__name__)
 
 
 DELETE_MEMORY_SECONDS = 60.0
+MAX_NAME = 253
 SYNC_CONNECTIONS = 48
 """Kept-alive API connections of the client the worker threads share: the claim, pod-start and
 reconcile threads (16 + 16 + 8, and the position writer) make that many requests at once. The
@@ -169,7 +172,13 @@ class Kube:
             raise
 
     def get_template(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The namespaced LoraTrainingTemplate of that name, else the cluster one, else None."""
+        """The namespaced LoraTrainingTemplate of that name, else the cluster one, else None.
+
+        A name that is no object name (``..``, ``a/b``) names nothing: put in the request path it
+        would address another resource (``..`` the list of templates) rather than fail.
+        """
+        if len(name) > MAX_NAME or not re.fullmatch(NAME_PATTERN, name):
+            return None
         for kind, call in (
             (LoraTrainingTemplate, lambda: self.custom.get_namespaced_custom_object(
                 GROUP, VERSION, namespace, LoraTrainingTemplate.PLURAL, name)),

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from . import policy
 from . import status_transitions as st
 from .api import FINISHED_PHASES, ConditionType, JobSpec, JobStatus, Phase, Reason, SpecError, resolve_spec, spec_hash
 from .config import OperatorConfig
 from .confirmed import Confirmed
+from .input_checks import missing_input
 from .k8s import Conflict, Kube
 from .metrics import OperatorMetrics
 from .outcome import ActionKind, classify, next_action
@@ -128,6 +130,9 @@ class Lifecycle:
                                  f"spec.dataset.uri: {spec.dataset.uri}: {err} does not exist", now)
             except StorageError as err:
                 log.warning("%s: cannot list the dataset yet: %s", job.key, err)
+        refused = policy.refusal(spec, self.config) or missing_input(spec, self.config, self.confirmed)
+        if refused is not None:
+            return self.fail(job, *refused, now)
         resolved = spec.to_resource()
         status = job.status.model_copy(update={"resolved_spec": resolved, "spec_hash": spec_hash(spec),
                                                "output": None})

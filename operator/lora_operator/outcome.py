@@ -151,8 +151,25 @@ def _disrupted(pod: PodSnapshot) -> bool:
     return pod.disruption_target and pod.terminated_reason != "OOMKilled"
 
 
+ERROR_MARK = "error: "
+"""How lora-train prints a failure, as its last line(s), after whatever it logged before."""
+MAX_DETAIL = 500
+
+
+def trainer_error(termination_message: str | None) -> str:
+    """The trainer's error out of its termination message, which the kubelet fills with the log's
+    tail (FallbackToLogsOnError): the text from its last ``error:`` line on, else the last line
+    (a traceback's exception). Never the log lines before it: the start of the job's message is
+    what ``kubectl get -o wide`` shows.
+    """
+    lines = (termination_message or "").strip().splitlines() or [""]
+    marked = [i for i, line in enumerate(lines) if line.startswith(ERROR_MARK)]
+    text = "\n".join(lines[marked[-1]:])[len(ERROR_MARK):].strip() if marked else lines[-1].strip()
+    return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL - 1] + "…"
+
+
 def _classify_failed(pod: PodSnapshot) -> Outcome:
-    detail = pod.termination_message.strip()[-500:] if pod.termination_message else ""
+    detail = trainer_error(pod.termination_message)
     if _disrupted(pod):
         cause = pod.status_message or pod.status_reason or pod.terminated_reason or "disruption"
         return Outcome(OutcomeKind.DISRUPTED, Reason.DISRUPTED, f"pod disrupted: {cause}", pod.exit_code)

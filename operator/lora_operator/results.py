@@ -48,7 +48,16 @@ def open_for(uri: str, spec: JobSpec, config: OperatorConfig, *, quick: bool = T
 
 def dataset_is_empty(spec: JobSpec, config: OperatorConfig) -> bool:
     """True when the dataset prefix holds no object at all (an s3:// prefix the operator can list)."""
-    uri = spec.dataset.uri if spec.dataset else None
+    return prefix_is_empty(spec.dataset.uri if spec.dataset else None, spec, config)
+
+
+def prefix_is_empty(uri: str | None, spec: JobSpec, config: OperatorConfig) -> bool:
+    """True when an s3:// `uri` of the job holds no object at all; False for other schemes.
+
+    Raises:
+        ObjectNotFound: its bucket does not exist.
+        StorageError: the store could not be listed.
+    """
     if not uri or not uri.startswith("s3://"):
         return False
     return not open_for(uri, spec, config).list("")

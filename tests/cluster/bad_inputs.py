@@ -14,6 +14,8 @@ from PIL import Image
 from testground.seed import make_dataset
 
 REPO = Path(__file__).resolve().parents[2]
+ALLOWED_IMAGES = '["registry.example.com/lora/*"]'
+"""LORA_TRAINER_ALLOWED_IMAGES of the catalogue's operator."""
 API = "lora-operator.io/v1alpha1"
 MIXED_PREFIX = "s3://datasets/ünïcødé dir/with spaces/"
 """The dataset of the odd-but-fine cases: its prefix holds unicode and spaces itself."""
@@ -113,6 +115,17 @@ REFUSED = [
             ("spec.network.convDim", "needs spec.type: locon")),
     Refused("backoff above its maximum", {"retryPolicy": {"backoffSeconds": 900, "maxBackoffSeconds": 600}},
             ("spec.retryPolicy.backoffSeconds", "must not exceed maxBackoffSeconds")),
+    Refused("crop size 99999x99999", {"dataset": {"uri": "s3://d/", "crop": {"size": "99999x99999"}}},
+            ("spec.dataset.crop.size", "should match")),
+    Refused("preview size above 4096", {"previews": {"size": "4097x512"}}, ("spec.previews.size", "should match")),
+    Refused("dataset URI climbing out with ..", {"dataset": {"uri": "s3://datasets/team-a/../team-b/"}},
+            ("spec.dataset.uri", "should match")),
+    Refused("base-model URI with a bucket name S3 refuses", {"baseModel": {"family": "sd15", "uri": "s3://Team_A/m"}},
+            ("spec.baseModel.uri", "should match")),
+    Refused("file:// output climbing out with ..", {"output": {"uri": "file:///cache/../etc/"}},
+            ("spec.output.uri", "should match")),
+    Refused('template named ".."', {"template": ".."}, ("spec.template", "should match")),
+    Refused("template name with a slash", {"template": "team-b/sd15-character"}, ("spec.template", "should match")),
     Refused("job name with capitals", {}, ("metadata.name", "RFC 1123"), name="Bad_Name"),
     Refused("job name over 253 characters", {}, ("metadata.name", "no more than 253"), name="n" * 254),
 ]
@@ -139,6 +152,19 @@ ADMISSION = [
                      ("spec.dataset.uri", "s3://datasets/nothing-here/", "holds no files")),
     FailsAtAdmission("dataset bucket that does not exist", {"dataset": {"uri": "s3://no-such-bucket/x/"}},
                      "DatasetEmpty", ("spec.dataset.uri", "s3://no-such-bucket/", "does not exist")),
+    FailsAtAdmission("base model that does not exist", {"baseModel": {"uri": "s3://models/no-such-model"}},
+                     "ModelNotFound", ("spec.baseModel.uri", "nothing under s3://models/no-such-model")),
+    FailsAtAdmission("base-model bucket that does not exist", {"baseModel": {"uri": "s3://no-such-models/m"}},
+                     "ModelNotFound", ("spec.baseModel.uri", "s3://no-such-models/", "does not exist")),
+    FailsAtAdmission("regularization images that do not exist",
+                     {"dataset": {"regularization": {"uri": "s3://datasets/no-such-class/"}}}, "DatasetEmpty",
+                     ("spec.dataset.regularization.uri", "nothing under s3://datasets/no-such-class/")),
+    FailsAtAdmission("trainer image off the platform's list", {"placement": {"image": "docker.io/evil/miner:1"}},
+                     "NotAllowed", ("spec.placement.image", "docker.io/evil/miner:1", "not an allowed trainer image")),
+    FailsAtAdmission("file:///etc as the dataset", {"dataset": {"uri": "file:///etc"}}, "NotAllowed",
+                     ("spec.dataset.uri", "file:///etc", "file:// URIs are for local runs")),
+    FailsAtAdmission("file:// base model", {"baseModel": {"uri": "file:///usr/lib/python3"}}, "NotAllowed",
+                     ("spec.baseModel.uri", "file:// URIs are for local runs")),
     FailsAtAdmission("dataset missing (no template fills it)", {"dataset": None}, "InvalidSpec", ("dataset",)),
     FailsAtAdmission("template makes convDim invalid", {"template": "sd15-character", "network": {"convDim": 4}},
                      "InvalidSpec", ("convDim",)),
@@ -171,8 +197,6 @@ MIXED_FILES = {  # file in the mixed dataset -> the case
 TRAINED = [
     Trained("all-corrupt dataset", {"dataset": {"uri": "s3://datasets/corrupt/"}}, "InputError",
             ("BAD_DATASET (65)", "broken0.png", "broken1.jpg")),
-    Trained("missing base model", {"baseModel": {"uri": "s3://models/no-such-model"}}, "InputError",
-            ("BAD_MODEL (66)", "s3://models/no-such-model")),
     Trained("learning rate that makes the loss NaN",
             {"network": {"dim": 4, "alpha": 1024}, "training": {"unetLearningRate": 1.0, "maxGradNorm": 0,
                                                                 "steps": 30}},

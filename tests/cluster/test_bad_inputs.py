@@ -20,6 +20,7 @@ import pytest
 import yaml
 from bad_inputs import (
     ADMISSION,
+    ALLOWED_IMAGES,
     API,
     BASE,
     MIXED_FILES,
@@ -34,6 +35,7 @@ from bad_inputs import (
 )
 from test_operator import end_pod, get_job, running_pod, trainer_pods, wait_phase
 
+from lora_operator.k8s import Kube
 from lora_trainer.tiny import build_tiny_model
 from testground.kubelet_shim import KubeletShim
 from testground.operator import OperatorProcess, install_crds, storage_secret
@@ -91,7 +93,8 @@ def cat(ground, tmp_path_factory):
     ground.apply(half)
     ground.add_gpu_nodes(2, gpus=1, gpu_type="badkw", prefix="badkw")
     ground.add_gpu_nodes(3, gpus=1, gpu_type="badreal", prefix="badreal")
-    operator = OperatorProcess(ground, work / "operator.log").start()
+    operator = OperatorProcess(ground, work / "operator.log",
+                               extra_env={"LORA_TRAINER_ALLOWED_IMAGES": ALLOWED_IMAGES}).start()
     shim = NamespaceShim(ground, work / "pods")
     shim.namespace = real_ns
     shim.start()
@@ -172,6 +175,8 @@ def test_trainer_side_case_ends_with_the_file_or_field_named(cat, trained, c):
         assert failed["reason"] == c.reason and len(status["attempts"]) == 1, status["attempts"]
         for text in c.shows:
             assert text in failed["message"], failed["message"]
+        # the trainer's error itself, not the log lines before it (kubectl get -o wide shows the start)
+        assert failed["message"].startswith(c.shows[0] + ": ") and "INFO" not in failed["message"], failed
         return
     assert status["phase"] == "Succeeded", json.dumps(status)[:2000]
     client = cat.ground.minio.client()
@@ -187,6 +192,24 @@ def test_trainer_side_case_ends_with_the_file_or_field_named(cat, trained, c):
         assert on_resource == skipped, status.get("skippedFiles")  # kubectl shows it, not only the manifest
     elif c.file != "*":
         assert c.file not in skipped, skipped
+
+
+def test_an_image_on_the_platforms_list_runs(cat):
+    image = "registry.example.com/lora/t:2"  # under the catalogue's ALLOWED_IMAGES
+    assert "registry.example.com/lora/*" in ALLOWED_IMAGES
+    cat.ground.apply(job(cat.ns, "allowed-image", merged(BASE, {"placement": {"image": image}})))
+    pod = running_pod(cat.ground, cat.ns, "allowed-image")
+    assert pod["spec"]["containers"][0]["image"] == image
+    end_pod(cat.ground, cat.ns, pod["metadata"]["name"], 0)
+    wait_phase(cat.ground, cat.operator, cat.ns, "allowed-image", "Succeeded")
+
+
+@pytest.mark.parametrize("name", ["..", ".", "sd15-character/..", "%2e%2e", "a" * 254])
+def test_a_template_name_that_is_no_object_name_finds_no_template(cat, name):
+    """Operator side of the CRD's pattern on spec.template (a job stored under an older CRD)."""
+    kube = Kube(cat.ground.api_client())
+    assert kube.get_template(cat.ns, "sd15-character") is not None
+    assert kube.get_template(cat.ns, name) is None
 
 
 def test_immutable_edit_after_admission_is_refused(cat):

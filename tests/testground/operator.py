@@ -20,6 +20,9 @@ STORAGE_SECRET = "lora-storage"
 KWOK_DATASET = "s3://datasets/kwok/"
 """The dataset jobs name when kwok plays their pods: it must hold a file, since the operator
 refuses a job whose dataset prefix is empty (DatasetEmpty)."""
+KWOK_MODEL = "s3://models/tiny-sd15"
+"""The base model they name: the operator refuses a job whose s3:// base model holds nothing
+(ModelNotFound), so it must hold a file too."""
 
 
 def kwok_job(name: str, gpu_type: str, *, namespace: str | None = None, **spec) -> dict:
@@ -29,7 +32,7 @@ def kwok_job(name: str, gpu_type: str, *, namespace: str | None = None, **spec) 
     return {
         "apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob", "metadata": metadata,
         "spec": {
-            "baseModel": {"family": "sd15", "uri": "s3://models/tiny-sd15"},
+            "baseModel": {"family": "sd15", "uri": KWOK_MODEL},
             "dataset": {"uri": KWOK_DATASET},
             "output": {"uri": "s3://loras/"},
             "placement": {"gpuType": gpu_type},
@@ -39,11 +42,14 @@ def kwok_job(name: str, gpu_type: str, *, namespace: str | None = None, **spec) 
 
 
 def seed_kwok_dataset(ground: Ground) -> None:
-    """Puts one object under `KWOK_DATASET`."""
+    """Puts one object under `KWOK_DATASET`, and one under `KWOK_MODEL` unless a real model is there."""
     client = ground.minio.client()
-    if not client.bucket_exists("datasets"):
-        client.make_bucket("datasets")
+    for bucket in ("datasets", "models"):
+        if not client.bucket_exists(bucket):
+            client.make_bucket(bucket)
     client.put_object("datasets", "kwok/placeholder.txt", io.BytesIO(b"kwok"), 4)
+    if not any(client.list_objects("models", prefix="tiny-sd15/")):
+        client.put_object("models", "tiny-sd15/placeholder.txt", io.BytesIO(b"kwok"), 4)
 
 
 def install_crds(ground: Ground) -> None:

@@ -112,6 +112,17 @@ def test_pod_mode_reads_the_spec_and_prefix_from_the_environment(tmp_path, tiny_
     assert json.loads((tmp_path / "out/ns/job1/manifest.json").read_text())["finished"] is True
 
 
+def test_in_a_pod_the_error_alone_is_the_termination_message(tmp_path, capsys):
+    log = tmp_path / "termination-log"
+    log.write_text("")  # the kubelet creates the file; the trainer fills it
+    env = {"LORA_TERMINATION_MESSAGE_PATH": str(log)}
+    assert main(["run", str(tmp_path / "missing.yaml")], env=env) == ExitCode.BAD_CONFIG
+    assert log.read_text() == ""  # a local run never writes it
+    assert main(["run", "--spec-env", "LORA_JOB_SPEC"], env=env) == ExitCode.BAD_CONFIG
+    assert log.read_text() == "error: LORA_JOB_SPEC: environment variable is empty or missing\n"
+    assert capsys.readouterr().err.endswith(log.read_text())
+
+
 def test_pod_mode_without_spec_is_a_config_error(capsys):
     assert main(["run", "--spec-env", "LORA_JOB_SPEC"], env={}) == ExitCode.BAD_CONFIG
     assert "LORA_JOB_SPEC" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""resolve's Secret and dataset checks: a pass is remembered for a moment (a burst of jobs on one
+"""resolve's Secret, dataset and base-model checks: a pass is remembered for a moment (a burst of jobs on one
 Secret and dataset makes one read of each), a failure never is.
 
 A counting stand-in for the API and the listing, not the local control plane and MinIO: what is
@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from lora_operator import input_checks
 from lora_operator import lifecycle as lifecycle_module
 from lora_operator.config import OperatorConfig
 from lora_operator.confirmed import Confirmed
@@ -42,13 +43,19 @@ def job(name: str) -> JobView:
 
 @pytest.fixture
 def listings(monkeypatch):
-    calls = {"n": 0, "empty": False}
+    calls = {"n": 0, "empty": False, "models": 0, "model_empty": False}
 
     def dataset_is_empty(spec, config):
         calls["n"] += 1
         return calls["empty"]
 
+    def prefix_is_empty(uri, spec, config):
+        assert uri == spec.base_model.uri
+        calls["models"] += 1
+        return calls["model_empty"]
+
     monkeypatch.setattr(lifecycle_module, "dataset_is_empty", dataset_is_empty)
+    monkeypatch.setattr(input_checks, "prefix_is_empty", prefix_is_empty)
     return calls
 
 
@@ -63,7 +70,7 @@ def resolve_all(kube: Kube, names: list[str], confirmed: Confirmed | None = None
 def test_a_burst_on_one_secret_and_dataset_reads_each_once(listings):
     kube = Kube({"accessKey": "a", "secretKey": "s"})
     assert resolve_all(kube, ["a", "b", "c"]) == ["Queued"] * 3
-    assert kube.secret_reads == 1 and listings["n"] == 1
+    assert kube.secret_reads == 1 and listings["n"] == 1 and listings["models"] == 1
 
 
 def test_a_missing_secret_is_read_again_for_every_job(listings):
@@ -77,6 +84,14 @@ def test_an_empty_dataset_is_listed_again_for_every_job(listings):
     kube = Kube({"accessKey": "a", "secretKey": "s"})
     assert resolve_all(kube, ["a", "b"]) == ["Failed", "Failed"]
     assert listings["n"] == 2
+
+
+def test_a_missing_base_model_is_listed_again_for_every_job(listings):
+    listings["model_empty"] = True
+    kube = Kube({"accessKey": "a", "secretKey": "s"})
+    assert resolve_all(kube, ["a", "b"]) == ["Failed", "Failed"]
+    assert listings["models"] == 2
+    assert kube.patches[0]["conditions"][-1]["reason"] == "ModelNotFound"
 
 
 def test_a_pass_is_forgotten_after_its_window(listings):

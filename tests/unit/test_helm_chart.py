@@ -346,3 +346,26 @@ def test_notes_render_the_next_steps_with_every_toggle(helm: Path, tmp_path: Pat
                      "kubectl get ltj -w", "dedicated=gpu:NoSchedule", "ServiceMonitor",
                      "ConfigMap lora-lora-operator-dashboard", "kopf liveness 8081"):
         assert expected in text
+
+
+def test_platform_choices_reach_the_operator_env(helm: Path) -> None:
+    docs = render(helm, "trainer.allowedImages={registry.example.com/lora/*,ghcr.io/x/t:2}",
+                  "trainer.fileUriRoot=/models")
+    env = {e["name"]: e.get("value") for e in operator_container(docs)["env"]}
+    assert json.loads(env["LORA_TRAINER_ALLOWED_IMAGES"]) == ["registry.example.com/lora/*", "ghcr.io/x/t:2"]
+    assert env["LORA_FILE_URI_ROOT"] == "/models"
+    default = {e["name"]: e.get("value") for e in operator_container(render(helm))["env"]}
+    assert default["LORA_TRAINER_ALLOWED_IMAGES"] == "[]" and default["LORA_FILE_URI_ROOT"] == ""
+
+
+def test_the_priority_ceiling_is_a_validating_admission_policy_of_the_values(helm: Path) -> None:
+    docs = render(helm, "priority.maxByNamespace.team-a=500")
+    policy = one(docs, "ValidatingAdmissionPolicy")
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["loratrainingjobs"]
+    ceilings = next(v for v in policy["spec"]["variables"] if v["name"] == "ceilings")["expression"]
+    assert json.loads(ceilings) == {"team-a": 500, "*": 0}  # the chart's default "*": 0 stays
+    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    assert not of_kind(render(helm, "priority.maxByNamespace=null"), "ValidatingAdmissionPolicy")
+    older = _run(helm, "template", "lora", str(CHART), "--kube-version", "1.29.0").stdout
+    assert "ValidatingAdmissionPolicy" not in older  # GA from 1.30; the chart still installs on 1.29

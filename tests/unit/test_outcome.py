@@ -170,3 +170,35 @@ def test_success_and_still_running():
         ActionKind.SUCCEED
     )
     assert next_action(Outcome(OutcomeKind.STILL_RUNNING), status(), POLICY, NOW).kind is ActionKind.NONE
+
+
+LOG_TAIL = ("ocessing 3 images\nINFO lora_trainer.loop: model loaded in 2.1s\n"
+            "WARNING lora_trainer.data: gray.png converted to RGB\n")
+
+
+@pytest.mark.parametrize(("tail", "error"), [
+    (LOG_TAIL + "error: dataset.uri: no usable image: broken0.png (not an image)\n",
+     "dataset.uri: no usable image: broken0.png (not an image)"),
+    (LOG_TAIL + "error: dataset.uri: no usable image:\n  broken0.png: truncated\n  broken1.jpg: truncated\n",
+     "dataset.uri: no usable image:\n  broken0.png: truncated\n  broken1.jpg: truncated"),
+    ("error: first\n" + LOG_TAIL + "error: storage: s3://loras/ns/j/: AccessDenied\n",
+     "storage: s3://loras/ns/j/: AccessDenied"),
+])
+def test_the_message_starts_with_the_trainers_error_not_its_log_lines(tail, error):
+    """The kubelet's termination message is the log's tail; `kubectl get -o wide` shows the start."""
+    outcome = classify(PodSnapshot("Failed", exit_code=int(ExitCode.BAD_DATASET), termination_message=tail),
+                       NOW, unschedulable_timeout=1)
+    assert outcome.message == f"BAD_DATASET (65): {error}"
+
+
+def test_a_crash_without_an_error_line_shows_the_last_line_the_exception():
+    tail = LOG_TAIL + 'Traceback (most recent call last):\n  File "loop.py", line 3\nRuntimeError: CUDA error\n'
+    outcome = classify(PodSnapshot("Failed", exit_code=1, termination_message=tail), NOW, unschedulable_timeout=1)
+    assert outcome.message == "UNEXPECTED (1): RuntimeError: CUDA error"
+
+
+def test_a_long_error_keeps_its_start():
+    tail = LOG_TAIL + "error: dataset.uri: " + "x" * 2000 + "\n"
+    message = classify(PodSnapshot("Failed", exit_code=65, termination_message=tail), NOW,
+                       unschedulable_timeout=1).message
+    assert message.startswith("BAD_DATASET (65): dataset.uri: xxx") and len(message) < 600

@@ -21,6 +21,7 @@ the field or file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -231,11 +232,25 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             raise ConfigError("lora-train run: give a job YAML, or --spec-env VAR in the pod")
         return int(run_local(args.job, args.storage, args.workdir, env, resume=args.resume))
     except TrainerError as err:
-        print(f"error: {err}", file=sys.stderr)
+        report_error(str(err), env, pod=bool(getattr(args, "spec_env", None)))
         return int(err.exit_code)
     except StorageError as err:
-        print(f"error: storage: {err}", file=sys.stderr)
+        report_error(f"storage: {err}", env, pod=bool(getattr(args, "spec_env", None)))
         return int(ExitCode.TRANSIENT if err.transient else ExitCode.BAD_CONFIG)
+
+
+TERMINATION_LOG = "/dev/termination-log"
+"""Where the kubelet reads a container's termination message from (its default path)."""
+
+
+def report_error(message: str, env: Mapping[str, str], *, pod: bool) -> None:
+    """Prints ``error: <message>`` as the last output and, in pod mode, writes it as the termination
+    message too, so the pod's status holds the error alone rather than the log's tail."""
+    print(f"error: {message}", file=sys.stderr)
+    path = Path(env.get("LORA_TERMINATION_MESSAGE_PATH") or TERMINATION_LOG)
+    if pod and path.exists():  # the kubelet creates it; a local run never writes the host's
+        with contextlib.suppress(OSError):
+            path.write_text(f"error: {message}\n")
 
 
 def _script() -> None:

@@ -7,8 +7,7 @@ from enum import StrEnum
 from pydantic import Field, model_validator
 
 from .base import ApiModel
-
-URI_PATTERN = r"^(s3|file|hf)://.+"
+from .uris import SIZE_PATTERN, URI_PATTERN
 
 
 class CropMode(StrEnum):
@@ -27,9 +26,11 @@ class Crop(ApiModel):
 
     mode: CropMode = CropMode.FOCUS
     """focus, center or none. Default: focus."""
-    size: str | None = Field(default=None, pattern=r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
-    """Target WIDTHxHEIGHT, e.g. 1024x1024. Default: the family's nearest standard size per image
-    (SD1.5 512x512 / 768x512 / 512x768, SDXL and Flux 1024x1024 / 768x1024 / 1024x768)."""
+    size: str | None = Field(default=None, pattern=SIZE_PATTERN)
+    """Target WIDTHxHEIGHT, e.g. 1024x1024, each side 10 to 4096 (no family trains larger;
+    a larger size would only run out of GPU memory once the job has a node). Default: the family's
+    nearest standard size per image (SD1.5 512x512 / 768x512 / 512x768, SDXL and Flux 1024x1024 /
+    768x1024 / 1024x768)."""
     buckets: bool = False
     """Group images into aspect-ratio buckets instead of one size. Default: false."""
     bucket_min_side: int = Field(default=256, ge=64, le=4096)
@@ -69,7 +70,7 @@ class AutoCaption(ApiModel):
     """Caption images with a tagger model loaded from storage."""
 
     model: str = Field(pattern=URI_PATTERN)
-    """URI of the tagger model folder (s3://, file:// or hf://)."""
+    """URI of the tagger model folder (s3://, file:// or hf://). No empty, . or .. path segments."""
     mode: AutoCaptionMode = AutoCaptionMode.MISSING
     """missing or replace. Default: missing."""
     threshold: float = Field(default=0.35, gt=0.0, lt=1.0)
@@ -80,7 +81,8 @@ class Regularization(ApiModel):
     """Class images that keep the model from forgetting its prior (DreamBooth prior preservation)."""
 
     uri: str = Field(pattern=URI_PATTERN)
-    """URI of the regularization images (with optional .txt captions)."""
+    """URI of the regularization images (with optional .txt captions). No empty, . or .. path
+    segments."""
     weight: float = Field(default=1.0, ge=0.0, le=10.0)
     """Weight of the prior loss. Default: 1.0."""
 
@@ -89,7 +91,10 @@ class Dataset(ApiModel):
     """The training images and their captions."""
 
     uri: str | None = Field(default=None, pattern=URI_PATTERN)
-    """URI prefix holding png/jpg/jpeg/webp images and optional same-named .txt captions."""
+    """URI prefix holding png/jpg/jpeg/webp images and optional same-named .txt captions:
+    s3://bucket/prefix/ (bucket: lowercase letters, digits, dots, hyphens) or file:///path. No
+    empty, . or .. path segments; file:// only under the folder the platform allows
+    (LORA_FILE_URI_ROOT)."""
     caption_prefix: str = Field(default="", max_length=200)
     """Trigger phrase put before every caption, e.g. "TKXW, "."""
     tags: Tags = Field(default_factory=Tags)

@@ -8,8 +8,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .base import ApiModel
-from .dataset import URI_PATTERN, Dataset
+from .dataset import Dataset
 from .training import Embedding, Network, Training
+from .uris import NAME_PATTERN, OUTPUT_URI_PATTERN, SIZE_PATTERN, URI_PATTERN
 
 
 class ModelFamily(StrEnum):
@@ -37,7 +38,10 @@ class BaseModelSpec(ApiModel):
     family: ModelFamily
     """sd15, sdxl or flux."""
     uri: str = Field(pattern=URI_PATTERN)
-    """A diffusers-format model folder: s3://bucket/path, file:///mounted/path or hf://org/name."""
+    """A diffusers-format model folder: s3://bucket/path, file:///mounted/path or hf://org/name.
+    No empty, . or .. path segments; an s3 bucket name has lowercase letters, digits, dots and
+    hyphens only. An s3:// prefix must hold the model when the job is created (else
+    ModelNotFound); file:// only under the folder the platform allows (LORA_FILE_URI_ROOT)."""
     revision: str | None = Field(default=None, max_length=100)
     """hf:// revision (branch, tag or commit). Default: main."""
 
@@ -75,8 +79,9 @@ class Previews(ApiModel):
     """Sampler. Default: euler_a (flow_euler for Flux)."""
     seed: int = Field(default=1234, ge=0, le=2**31 - 1)
     """Seed; the same seed every epoch so epochs compare. Default: 1234."""
-    size: str | None = Field(default=None, pattern=r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
-    """WIDTHxHEIGHT of previews. Default: the training size."""
+    size: str | None = Field(default=None, pattern=SIZE_PATTERN)
+    """WIDTHxHEIGHT of previews, each side 10 to 4096 (a larger image only exhausts the GPU's
+    memory at the first epoch's end). Default: the training size."""
 
     @model_validator(mode="after")
     def _bounded_image_count(self) -> Previews:
@@ -114,8 +119,9 @@ class Checkpoints(ApiModel):
 class Output(ApiModel):
     """Where results go."""
 
-    uri: str = Field(pattern=r"^(s3|file)://.+")
-    """Prefix; results go to <uri>/<namespace>/<job>/."""
+    uri: str = Field(pattern=OUTPUT_URI_PATTERN)
+    """Prefix (s3://bucket/prefix or file:///path, no empty, . or .. path segments); results go to
+    <uri>/<namespace>/<job>/."""
 
 
 class Storage(ApiModel):
@@ -153,7 +159,9 @@ class Placement(ApiModel):
     gpu_type: str | None = Field(default=None, max_length=63)
     """GPU type (value of the operator's GPU-type node label, e.g. h100)."""
     image: str | None = Field(default=None, max_length=500)
-    """Trainer image. Default: the operator's trainer image."""
+    """Trainer image: the operator's, or one the platform allows (LORA_TRAINER_ALLOWED_IMAGES, chart
+    value trainer.allowedImages); another fails the job (NotAllowed). Default: the operator's
+    trainer image."""
 
 
 class RetryPolicy(ApiModel):
@@ -205,9 +213,9 @@ class JobSettings(ApiModel):
 class JobSpec(JobSettings):
     """Desired state of a LoraTrainingJob. Fields left out come from spec.template, then defaults."""
 
-    template: str | None = Field(default=None, max_length=253)
-    """Name of a LoraTrainingTemplate in the namespace or a ClusterLoraTrainingTemplate; its
-    values are the defaults of this job."""
+    template: str | None = Field(default=None, max_length=253, pattern=NAME_PATTERN)
+    """Name of a LoraTrainingTemplate in the namespace or a ClusterLoraTrainingTemplate (an object
+    name: lowercase letters, digits, '-' and '.'); its values are the defaults of this job."""
     priority: int = Field(default=0, ge=-1000, le=1000)
     """Higher runs first; equal priorities run in creation order, namespaces taking turns.
     Editable at any time. Default: 0."""

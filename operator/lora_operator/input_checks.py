@@ -1,0 +1,49 @@
+"""Inputs that must exist before a job may take a GPU node: its s3:// base model, tagger model
+and regularization images (the dataset has its own check in lifecycle). Without this a
+missing model is found by the trainer, after the job held a whole node for its start-up.
+
+A prefix that holds no object fails the job; a store that cannot be listed right now does
+not (the trainer then reports it with its own clear error). Passes are remembered for a
+moment (`Confirmed`), so a burst of jobs on one model lists it once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .api import JobSpec, Reason
+from .config import OperatorConfig
+from .confirmed import Confirmed
+from .policy import uris_of
+from .results import prefix_is_empty
+from .storage import ObjectNotFound, StorageError
+
+log = logging.getLogger(__name__)
+
+
+CHECKED: dict[str, Reason] = {
+    "baseModel.uri": Reason.MODEL_NOT_FOUND,
+    "dataset.autoCaption.model": Reason.MODEL_NOT_FOUND,
+    "dataset.regularization.uri": Reason.DATASET_EMPTY,
+}
+"""The inputs checked here, each with the reason a job fails with when nothing is there."""
+
+
+def missing_input(spec: JobSpec, config: OperatorConfig, confirmed: Confirmed) -> tuple[Reason, str] | None:
+    """The first s3:// input of a resolved spec that holds nothing: (reason, message naming the field)."""
+    endpoint = spec.storage.endpoint if spec.storage else None
+    for field, uri in uris_of(spec):
+        key = ("input", endpoint, uri)
+        if field not in CHECKED or not uri.startswith("s3://") or key in confirmed:
+            continue
+        reason = CHECKED[field]
+        try:
+            if prefix_is_empty(uri, spec, config):
+                return reason, f"spec.{field}: nothing under {uri}"
+        except ObjectNotFound as err:
+            return reason, f"spec.{field}: {uri}: {err}"
+        except StorageError as err:
+            log.warning("cannot list spec.%s %s yet: %s", field, uri, err)
+            continue
+        confirmed.add(key)
+    return None

@@ -1,0 +1,83 @@
+"""What the platform lets a job choose: the trainer image it runs and the container paths its
+file:// URIs read.
+
+A tenant owns its jobs and namespaced templates, the platform owns the operator's
+configuration (chart values) and ClusterLoraTrainingTemplates. A job's resolved spec (its
+template's values included) may only name what the configuration allows, so no tenant runs
+an arbitrary image on a whole GPU node or has the trainer list arbitrary container folders
+into the job's status.
+
+Pure: a resolved spec and the configuration in, the first refusal out.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from urllib.parse import unquote
+
+from .api import JobSpec, Reason, SpecError
+from .config import OperatorConfig
+
+
+def image_allowed(image: str, config: OperatorConfig) -> bool:
+    """Whether `image` is the trainer image or on LORA_TRAINER_ALLOWED_IMAGES.
+
+    An entry ending in ``*`` allows every image that starts with the rest of it; any other
+    entry allows exactly that image.
+    """
+    if image == config.trainer_image:
+        return True
+    return any(image.startswith(entry[:-1]) if entry.endswith("*") else image == entry
+               for entry in config.trainer_allowed_images)
+
+
+def uris_of(spec: JobSpec) -> list[tuple[str, str]]:
+    """Every (field, URI) the trainer reads or writes, the field in the resource's spelling."""
+    found = [("baseModel.uri", spec.base_model.uri if spec.base_model else None),
+             ("output.uri", spec.output.uri if spec.output else None)]
+    dataset = spec.dataset
+    if dataset is not None:
+        found.append(("dataset.uri", dataset.uri))
+        if dataset.regularization is not None:
+            found.append(("dataset.regularization.uri", dataset.regularization.uri))
+        if dataset.auto_caption is not None:
+            found.append(("dataset.autoCaption.model", dataset.auto_caption.model))
+    return [(field, uri) for field, uri in found if uri]
+
+
+def file_uri_allowed(uri: str, root: str) -> bool:
+    """Whether a file:// `uri` lies under `root` once decoded and normalized (``%2e%2e`` too)."""
+    if not root:
+        return False
+    path = posixpath.normpath(unquote(uri[len("file://"):]))
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def refusal(spec: JobSpec, config: OperatorConfig) -> tuple[Reason, str] | None:
+    """The first value of a resolved spec the platform does not allow: (NotAllowed, message), or None.
+
+    Args:
+        spec: The resolved spec (its template's values included).
+        config: The operator configuration, which holds the platform's lists.
+    """
+    refused = first_refused_field(spec, config)
+    return (Reason.NOT_ALLOWED, str(refused)) if refused is not None else None
+
+
+def first_refused_field(spec: JobSpec, config: OperatorConfig) -> SpecError | None:
+    """The first field of `spec` whose value the platform does not allow, as a SpecError naming it."""
+    image = spec.placement.image if spec.placement else None
+    if image and not image_allowed(image, config):
+        return SpecError("placement.image", f"{image!r} is not an allowed trainer image: the platform allows "
+                         f"{config.trainer_image} and {config.env_var('trainer_allowed_images')} "
+                         "(chart value trainer.allowedImages); leave placement.image unset for the default")
+    for field, uri in uris_of(spec):
+        if not uri.startswith("file://") or file_uri_allowed(uri, config.file_uri_root):
+            continue
+        if not config.file_uri_root:
+            return SpecError(field, f"{uri}: file:// URIs are for local runs (lora-train); a cluster job reads "
+                             f"s3:// or hf:// (the platform may allow a folder: {config.env_var('file_uri_root')}, "
+                             "chart value trainer.fileUriRoot)")
+        return SpecError(field, f"{uri}: a file:// URI must lie under {config.file_uri_root}, "
+                         "the folder the platform allows")
+    return None
