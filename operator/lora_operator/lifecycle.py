@@ -125,7 +125,7 @@ class Lifecycle:
                 self.confirmed.add(dataset)
             except ObjectNotFound as err:
                 return self.fail(job, Reason.DATASET_EMPTY,
-                                 f"spec.dataset.uri: {spec.dataset.uri}: {err} does not exist", now)
+                                 f"spec.dataset.uri: {spec.dataset.uri}: {err}", now)  # err says it does not exist
             except StorageError as err:
                 log.warning("%s: cannot list the dataset yet: %s", job.key, err)
         resolved = spec.to_resource()

@@ -188,3 +188,30 @@ def test_suspend_and_resume_set_spec_suspend_of_an_unfinished_job(ground, setup,
     assert suspended() is False and "ltj/pausable resumed" in capsys.readouterr().out
     assert main(lora(ground, setup, "suspend", done, storage=False)) == 1
     assert f"ltj/{done} is Succeeded; only an unfinished job can be suspended" in capsys.readouterr().err
+
+
+def test_list_takes_namespace_after_the_subcommand_all_namespaces_labels_and_tags(ground, setup, capsys):
+    ns, _ = setup
+    other = f"{ns}-b"
+    ground.kubectl("create", "namespace", other)
+    try:
+        for where, name, labels in ((ns, "tagged", {"team": "a", "tag.lora-operator.io/portrait": ""}),
+                                    (other, "elsewhere", {"team": "b", "tag.lora-operator.io/portrait": ""})):
+            ground.apply({"apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob",
+                          "metadata": {"name": name, "namespace": where, "labels": labels}, "spec": SPEC})
+        base = ["--kubeconfig", str(ground.kubeconfig)]
+
+        def names(*args: str) -> list[list[str]]:
+            assert main([*base, "list", *args]) == 0
+            return [line.split()[:2] for line in capsys.readouterr().out.splitlines()[1:]]
+
+        assert ["elsewhere", "Pending"] in names("-n", other)
+        assert not any(row[0] == "tagged" for row in names("-n", other))
+        assert names("-n", ns, "-l", "team=a") == [["tagged", "Pending"]]
+        assert names("-A", "--tag", "portrait") == [[ns, "tagged"], [other, "elsewhere"]]
+        assert names("-A", "-l", "team=b", "--tag", "portrait") == [[other, "elsewhere"]]
+        assert main([*base, "list", "-n", ns, "--tag", "nothing-has-it"]) == 0
+        assert (capsys.readouterr().out ==
+                f"No LoraTrainingJobs in namespace {ns} match 'tag.lora-operator.io/nothing-has-it'.\n")
+    finally:
+        ground.kubectl("delete", "namespace", other, "--wait=false")

@@ -62,7 +62,8 @@ class Previews(ApiModel):
     every_epochs: int = Field(default=1, ge=0, le=1000)
     """Generate every N epochs (and at the end); 0 turns previews off. Default: 1."""
     prompts: list[str] = Field(default_factory=list, max_length=32)
-    """Prompts; empty means the first validation caption."""
+    """Prompts; empty means the first validation caption. imagesPerPrompt x prompts is at most
+    64."""
     negative_prompt: str = Field(default="", max_length=2000)
     """Negative prompt (ignored by Flux)."""
     images_per_prompt: int = Field(default=2, ge=1, le=16)
@@ -106,7 +107,9 @@ class Checkpoints(ApiModel):
     formats: list[CheckpointFormat] = Field(
         default_factory=lambda: [CheckpointFormat.KOHYA, CheckpointFormat.DIFFUSERS], min_length=1, max_length=2
     )
-    """Formats to write. Default: [kohya, diffusers]."""
+    """Formats to write: kohya (one .safetensors for ComfyUI, A1111, Forge) and/or diffusers (a PEFT
+    folder for diffusers' load_lora_weights); an embedding job writes its embedding file either way.
+    Default: [kohya, diffusers]."""
     delete_unselected: bool = False
     """When selectedCheckpoint is set, delete the other checkpoints. Default: false."""
 
@@ -123,7 +126,8 @@ class Storage(ApiModel):
 
     secret_ref: str | None = Field(default=None, max_length=253)
     """Name of a Secret in the job's namespace with keys accessKey and secretKey (and optionally
-    endpoint, hfToken). Default: the operator's storage Secret."""
+    endpoint, hfToken). Default: lora-storage in the job's namespace (the chart's
+    storage.existingSecret)."""
     endpoint: str | None = Field(default=None, max_length=500)
     """host:port of the S3 endpoint, overriding the operator's default."""
     secure: bool | None = None
@@ -151,7 +155,8 @@ class Placement(ApiModel):
     tolerations: list[Toleration] = Field(default_factory=list)
     """Tolerations for tainted GPU nodes."""
     gpu_type: str | None = Field(default=None, max_length=63)
-    """GPU type (value of the operator's GPU-type node label, e.g. h100)."""
+    """GPU type, e.g. h100: the node's label lora-operator.io/gpu-type (the chart's
+    gpu.typeLabelKey) must have this value."""
     image: str | None = Field(default=None, max_length=500)
     """Trainer image. Default: the operator's trainer image."""
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from ..api.conditions import FINISHED_PHASES, Phase
 from ..api.status import JobStatus
-from . import checkpoints, overrides, sheet, tables
+from . import checkpoints, overrides, sheet, tables, tags
 from .errors import CliError
 from .kube import Jobs
 from .objects import Objects, StorageOptions
@@ -25,8 +25,13 @@ def _status(job: dict) -> JobStatus:
 
 
 def cmd_list(args: argparse.Namespace, jobs: Jobs) -> int:
-    items = jobs.list()
-    print(tables.jobs_table(items) if items else f"No LoraTrainingJobs in namespace {jobs.namespace}.")
+    selector = tags.selector(args.selector, args.tag)
+    items = jobs.list(all_namespaces=args.all_namespaces, selector=selector)
+    if items:
+        print(tables.jobs_table(items, all_namespaces=args.all_namespaces))
+        return 0
+    where = "in any namespace" if args.all_namespaces else f"in namespace {jobs.namespace}"
+    print(f"No LoraTrainingJobs {where}" + (f" match {selector!r}." if selector else "."))
     return 0
 
 
@@ -145,49 +150,70 @@ def cmd_retrain(args: argparse.Namespace, jobs: Jobs) -> int:
     return 0
 
 
+def _add_common(parser: argparse.ArgumentParser, top: bool) -> None:
+    """Cluster and storage flags. kubectl takes them before or after the subcommand; so does this.
+
+    The subcommand's copies default to SUPPRESS, so a flag given before the subcommand is not
+    overwritten by the subcommand's unset copy.
+    """
+    default = {} if top else {"default": argparse.SUPPRESS}
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG or ~/.kube/config)", **default)
+    parser.add_argument("--context", help="kubeconfig context (default: the current one)", **default)
+    parser.add_argument("-n", "--namespace", help="namespace (default: the context's)", **default)
+    store = parser.add_argument_group("storage (for previews, pull and logs of a finished pod)")
+    store.add_argument("--s3-endpoint", help="host:port of the S3 endpoint (default: $S3_ENDPOINT)", **default)
+    store.add_argument("--access-key", help="S3 access key (default: $AWS_ACCESS_KEY_ID)", **default)
+    store.add_argument("--secret-key", help="S3 secret key (default: $AWS_SECRET_ACCESS_KEY)", **default)
+    store.add_argument("--s3-secure", action=argparse.BooleanOptionalAction,
+                       help="TLS to the endpoint (default: $S3_SECURE, else true)",
+                       **({"default": None} if top else default))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``kubectl lora`` argument parser."""
     parser = argparse.ArgumentParser(prog="kubectl lora", description="Inspect and steer LoraTrainingJobs.")
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG or ~/.kube/config)")
-    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
-    parser.add_argument("-n", "--namespace", help="namespace (default: the context's)")
-    store = parser.add_argument_group("storage (for previews and pull)")
-    store.add_argument("--s3-endpoint", help="host:port of the S3 endpoint (default: $S3_ENDPOINT)")
-    store.add_argument("--access-key", help="S3 access key (default: $AWS_ACCESS_KEY_ID)")
-    store.add_argument("--secret-key", help="S3 secret key (default: $AWS_SECRET_ACCESS_KEY)")
-    store.add_argument("--s3-secure", action=argparse.BooleanOptionalAction, default=None,
-                       help="TLS to the endpoint (default: $S3_SECURE, else true)")
+    _add_common(parser, top=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, top=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("list", help="NAME PHASE PROGRESS EPOCH QUEUE AGE").set_defaults(fn=cmd_list)
-    p = sub.add_parser("describe", help="resolved spec, attempts, checkpoints")
+    def add(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    p = add("list", help="NAME PHASE PROGRESS EPOCH QUEUE AGE")
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="jobs of every namespace")
+    p.add_argument("-l", "--selector", help="label selector, as kubectl's (e.g. team=a,stage!=test)")
+    p.add_argument("--tag", action="append", default=[],
+                   help=f"only jobs with this tag: the label {tags.TAG_PREFIX}<tag> (repeatable: all of them)")
+    p.set_defaults(fn=cmd_list)
+    p = add("describe", help="resolved spec, attempts, checkpoints")
     p.add_argument("job")
     p.set_defaults(fn=cmd_describe)
-    p = sub.add_parser("watch", help="live progress until the job finishes (exit 1 unless Succeeded)")
+    p = add("watch", help="live progress until the job finishes (exit 1 unless Succeeded)")
     p.add_argument("job")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between polls (default: 2)")
     p.set_defaults(fn=cmd_watch)
-    p = sub.add_parser("previews", help="contact sheet of the preview images (epochs as rows)")
+    p = add("previews", help="contact sheet of the preview images (epochs as rows)")
     p.add_argument("job")
     p.add_argument("--epoch", type=int, help="only this epoch (default: all)")
     p.add_argument("-o", "--output", default="grid.png", help="image to write (default: grid.png)")
     p.set_defaults(fn=cmd_previews)
-    p = sub.add_parser("pull", help="download a checkpoint")
+    p = add("pull", help="download a checkpoint")
     p.add_argument("job")
     p.add_argument("--checkpoint", help="e.g. epoch-0007 (default: the selected one, else the last)")
     p.add_argument("--format", choices=["kohya", "diffusers", "embedding"], help="default: kohya if written")
     p.add_argument("-o", "--output", default=".", help="folder to download into (default: .)")
     p.set_defaults(fn=cmd_pull)
-    p = sub.add_parser("select", help="set spec.selectedCheckpoint")
+    p = add("select", help="set spec.selectedCheckpoint")
     p.add_argument("job")
     p.add_argument("checkpoint")
     p.set_defaults(fn=cmd_select)
     for command, text in (("suspend", "stop a job's pod and hold it (spec.suspend)"),
                           ("resume", "queue a suspended job again")):
-        p = sub.add_parser(command, help=text)
+        p = add(command, help=text)
         p.add_argument("job")
         p.set_defaults(fn=cmd_suspend)
-    p = sub.add_parser("retrain", help="new job from a finished one's resolvedSpec with --set overrides")
+    p = add("retrain", help="new job from a finished one's resolvedSpec with --set overrides")
     p.add_argument("job")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                    help="camelCase dotted path and YAML value, e.g. training.unetLearningRate=5e-5 (repeatable)")

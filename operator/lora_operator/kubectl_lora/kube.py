@@ -41,9 +41,10 @@ class Jobs:
             raise CliError(f"cannot load kubeconfig: {err}") from err
         self.namespace = namespace or current_namespace(kubeconfig, context)
 
-    def _call(self, what: str, fn, *args, **kwargs) -> Any:
+    def _call(self, what: str, fn, *args, namespaced: bool = True, **kwargs) -> Any:
+        scope = (self.namespace,) if namespaced else ()
         try:
-            return fn(GROUP, VERSION, self.namespace, PLURAL, *args, **kwargs)
+            return fn(GROUP, VERSION, *scope, PLURAL, *args, **kwargs)
         except ApiException as err:
             if err.status == 404 and what:
                 raise CliError(f"ltj/{what} not found in namespace {self.namespace}") from err
@@ -56,9 +57,12 @@ class Jobs:
         """The job as a dict. Raises CliError ``ltj/<name> not found in namespace <ns>``."""
         return self._call(name, self.api.get_namespaced_custom_object, name)
 
-    def list(self) -> list[dict]:
-        """Every job of the namespace."""
-        return self._call("", self.api.list_namespaced_custom_object)["items"]
+    def list(self, all_namespaces: bool = False, selector: str | None = None) -> list[dict]:
+        """The jobs of the namespace (of every namespace with ``all_namespaces``) matching a label selector."""
+        kwargs = {"label_selector": selector} if selector else {}
+        if all_namespaces:
+            return self._call("", self.api.list_cluster_custom_object, namespaced=False, **kwargs)["items"]
+        return self._call("", self.api.list_namespaced_custom_object, **kwargs)["items"]
 
     def patch_spec(self, name: str, spec: dict) -> dict:
         """Merge-patch ``spec`` fields of a job."""
