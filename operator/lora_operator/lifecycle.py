@@ -14,15 +14,17 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from . import selection
 from . import status_transitions as st
 from .api import FINISHED_PHASES, ConditionType, JobSpec, JobStatus, Phase, Reason, SpecError, resolve_spec, spec_hash
+from .api.status import JobOutput
 from .config import OperatorConfig
 from .confirmed import Confirmed
 from .k8s import Conflict, Kube
 from .metrics import OperatorMetrics
 from .outcome import ActionKind, classify, next_action
 from .render import output_prefix
-from .results import apply_reports, dataset_is_empty, finalize, read_reports
+from .results import apply_reports, dataset_is_empty, delete_checkpoints, finalize, read_reports
 from .storage import ObjectNotFound, StorageError
 from .views import ATTEMPT_LABEL, JobView, pod_active, pod_snapshot
 
@@ -192,24 +194,54 @@ class Lifecycle:
         """A finished job: no pod left, the selected checkpoint finalized, deleted after its TTL."""
         self.delete_pods(job, pods)
         self.metrics.forget_job(job.namespace, job.name)
-        selected = job.spec.get("selectedCheckpoint")
-        current = job.status.output.checkpoint if job.status.output else None
-        if selected and selected != current and job.status.phase is Phase.SUCCEEDED:
-            spec = JobSpec.model_validate(job.status.resolved_spec)
-            try:
-                output = finalize(spec, job.namespace, job.name, selected, self.config)
-            except StorageError as err:
-                job_msg = f"spec.selectedCheckpoint: {err}"
-                self.write(job, job.status.model_copy(update={"message": job_msg}))
-                return self.emit(job.body, "Warning", Reason.CHECKPOINT_SELECTED, job_msg)
-            self.write(job, job.status.model_copy(update={"output": output,
-                                                          "message": f"{selected} copied to {output.uri}"}))
-            self.emit(job.body, "Normal", Reason.CHECKPOINT_SELECTED, f"{selected} copied to {output.uri}")
+        if job.spec.get("selectedCheckpoint") and job.status.phase in (Phase.SUCCEEDED, Phase.CANCELLED):
+            self.carry_out_selection(job)
         ttl = job.spec.get("ttlSecondsAfterFinished")
         done = job.status.completion_time
         if ttl is not None and done and now - _parse(done) >= timedelta(seconds=int(ttl)):
             self.kube.delete_job(job.namespace, job.name)
         return None
+
+    def carry_out_selection(self, job: JobView) -> None:
+        """spec.selectedCheckpoint (a name or auto) copied to final/; with spec.deleteUnselected
+        the other checkpoints deleted from storage and dropped from status.checkpoints. Both may
+        be set or changed after the run; each reconcile does what is not done yet."""
+        spec = JobSpec.model_validate(job.status.resolved_spec)
+        status, events = job.status, []  # events: (reason, message) once the status is written
+        try:
+            choice = selection.choose(job.spec["selectedCheckpoint"], status.checkpoints)
+        except ValueError as err:
+            return self.note_selection_error(job, str(err))
+        output = status.output or JobOutput()
+        if choice.name != output.checkpoint:
+            try:
+                output = finalize(spec, job.namespace, job.name, choice.name, self.config)
+            except StorageError as err:
+                return self.note_selection_error(job, f"spec.selectedCheckpoint: {err}")
+            events.append((Reason.CHECKPOINT_SELECTED, f"{choice.why}; copied to {output.uri}"))
+        if output.selection != choice.why:
+            output = output.model_copy(update={"selection": choice.why})
+            status = status.model_copy(update={"output": output, "message": f"{choice.why}; copied to {output.uri}"})
+        doomed = selection.unselected(status.checkpoints, choice.name) if job.spec.get("deleteUnselected") else []
+        if doomed:
+            try:
+                delete_checkpoints(spec, job.namespace, job.name, doomed, self.config)
+            except StorageError as err:
+                return self.note_selection_error(job, f"spec.deleteUnselected: {err}")
+            kept = [r for r in status.checkpoints if r.name == choice.name]
+            message = f"deleted the unselected checkpoints {', '.join(doomed)}; kept {choice.name}"
+            status = status.model_copy(update={"checkpoints": kept, "message": message})
+            events.append((Reason.CHECKPOINTS_DELETED, message))
+        if status is not job.status:
+            self.write(job, status)
+        for reason, message in events:
+            self.emit(job.body, "Normal", reason, message)
+        return None
+
+    def note_selection_error(self, job: JobView, message: str) -> None:
+        if job.status.message != message:  # once, not on every reconcile
+            self.write(job, job.status.model_copy(update={"message": message}))
+            self.emit(job.body, "Warning", Reason.CHECKPOINT_SELECTED, message)
 
     def cancel(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
         """The job is being deleted but still there (a foreground deletion, another controller's

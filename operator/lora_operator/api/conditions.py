@@ -64,6 +64,8 @@ class Reason(StrEnum):
     """The job was deleted (cancelled) by the user; its pod was removed."""
     CHECKPOINT_SELECTED = "CheckpointSelected"
     """spec.selectedCheckpoint was copied to final/."""
+    CHECKPOINTS_DELETED = "CheckpointsDeleted"
+    """spec.deleteUnselected: the checkpoints other than the selected one were deleted."""
 
 
 class Phase(StrEnum):

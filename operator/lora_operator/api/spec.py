@@ -110,8 +110,6 @@ class Checkpoints(ApiModel):
     """Formats to write: kohya (one .safetensors for ComfyUI, A1111, Forge) and/or diffusers (a PEFT
     folder for diffusers' load_lora_weights); an embedding job writes its embedding file either way.
     Default: [kohya, diffusers]."""
-    delete_unselected: bool = False
-    """When selectedCheckpoint is set, delete the other checkpoints. Default: false."""
 
 
 class Output(ApiModel):
@@ -222,8 +220,14 @@ class JobSpec(JobSettings):
     """Delete the job this long after it finished. Editable."""
     suspend: bool = False
     """Stop the pod (if any) and hold the job; clearing it queues the job again. Editable."""
-    selected_checkpoint: str | None = Field(default=None, pattern=r"^(epoch-[0-9]{4}|final)$")
-    """After success: the checkpoint (e.g. epoch-0007) copied to final/. Editable."""
+    selected_checkpoint: str | None = Field(default=None, pattern=r"^(epoch-[0-9]{4}|auto)$")
+    """After the job succeeded (or was cancelled): the checkpoint copied to final/, e.g. epoch-0007,
+    or auto: the one with the lowest validation loss (the last one when no loss was recorded);
+    status.output says which was picked and why. Editable."""
+    delete_unselected: bool = False
+    """With selectedCheckpoint set: delete every other checkpoint from storage and from
+    status.checkpoints. Editable after the run, so it can be decided after looking at the
+    previews. Default: false."""
 
 
 IMMUTABLE_AFTER_ADMISSION = (

@@ -114,6 +114,8 @@ class JobOutput(ApiModel):
 
     checkpoint: str | None = None
     """The selected checkpoint name."""
+    selection: str | None = None
+    """Why that checkpoint: named by spec.selectedCheckpoint, or auto's pick and its reason."""
     uri: str | None = None
     """Where final/ is."""
     prefix: str | None = None
