@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 Emit = Callable[[Mapping[str, Any], str, str, str], None]
 """emit(job body, type Normal|Warning, reason, message): posts a Kubernetes Event."""
 
+CANCEL_MESSAGE = "spec.cancel is true: cancelled; the checkpoints of finished epochs are kept"
+
 POD_CREATE_GRACE = timedelta(seconds=30)
 """An admitted job whose pod the watch has not shown yet is given this long before it counts as lost."""
 
@@ -76,6 +78,8 @@ class Lifecycle:
             return self.cancel(job, pods, now)
         if job.status.phase in FINISHED_PHASES:
             return self.housekeep(job, pods, now)
+        if job.cancel_requested:
+            return self.cancel_requested(job, pods, now)
         if job.status.resolved_spec is None:
             return self.resolve(job, now)
         if job.suspend_requested:
@@ -131,8 +135,10 @@ class Lifecycle:
             except StorageError as err:
                 log.warning("%s: cannot list the dataset yet: %s", job.key, err)
         resolved = spec.to_resource()
+        # output.prefix from the start: kubectl lora logs reads an ended attempt's log under it
+        output = JobOutput(prefix=output_prefix(spec, job.namespace, job.name))
         status = job.status.model_copy(update={"resolved_spec": resolved, "spec_hash": spec_hash(spec),
-                                               "output": None})
+                                               "output": output})
         self.write(job, st.queued(status, position=None, now=now))
         self.emit(job.body, "Normal", Reason.QUEUED, "spec resolved; waiting for a free GPU node")
         return None
@@ -242,6 +248,17 @@ class Lifecycle:
         if job.status.message != message:  # once, not on every reconcile
             self.write(job, job.status.model_copy(update={"message": message}))
             self.emit(job.body, "Warning", Reason.CHECKPOINT_SELECTED, message)
+
+    def cancel_requested(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
+        """spec.cancel: the pod goes, the job ends Cancelled with what its finished epochs wrote
+        (checkpoints, previews) read into its status; storage keeps them."""
+        status = job.status
+        if status.resolved_spec is not None:
+            status = self.with_results(job, JobSpec.model_validate(status.resolved_spec), status)
+        self.delete_pods(job, pods)  # a running pod; an ended one goes at the next reconcile, as any finished job's
+        self.write(job, st.cancelled(status, now=now, message=CANCEL_MESSAGE))
+        self.metrics.forget_job(job.namespace, job.name)
+        self.emit(job.body, "Normal", Reason.CANCELLED, CANCEL_MESSAGE)
 
     def cancel(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
         """The job is being deleted but still there (a foreground deletion, another controller's

@@ -154,7 +154,7 @@ def test_unreadable_kubeconfig_is_a_one_line_error(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv", [
     ["-n", "team-a", "list"], ["list", "-n", "team-a"], ["list", "--namespace=team-a"],
-    ["--namespace", "team-a", "describe", "j"], ["describe", "j", "-n", "team-a"],
+    ["--namespace", "team-a", "describe", "j"], ["describe", "j", "-n", "team-a"], ["logs", "j", "-n", "team-a"],
 ])
 def test_namespace_is_taken_before_or_after_the_subcommand(argv):
     args = build_parser().parse_args(argv)
@@ -195,3 +195,24 @@ def test_list_table_with_all_namespaces_has_a_namespace_column_sorted_by_it():
     lines = jobs_table(jobs, now, all_namespaces=True).splitlines()
     assert lines[0].split() == ["NAMESPACE", "NAME", "PHASE", "PROGRESS", "EPOCH", "QUEUE", "AGE"]
     assert [line.split()[:2] for line in lines[1:]] == [["a", "z"], ["b", "a"]]
+
+
+def test_logs_takes_an_attempt_and_follow_and_cancel_a_job():
+    args = build_parser().parse_args(["logs", "j", "--attempt", "2", "-f"])
+    assert (args.job, args.attempt, args.follow) == ("j", 2, True)
+    args = build_parser().parse_args(["logs", "j"])
+    assert (args.attempt, args.follow) == (None, False)
+    assert build_parser().parse_args(["cancel", "j", "-n", "x"]).namespace == "x"
+
+
+def test_logs_default_to_the_last_attempt_and_name_the_ones_that_exist():
+    from lora_operator.api.status import Attempt
+    from lora_operator.kubectl_lora.cli import _attempt
+
+    status = JobStatus(attempts=[Attempt(number=1, pod="j-1"), Attempt(number=2, pod="j-2")])
+    assert _attempt(status, "j", None).pod == "j-2"
+    assert _attempt(status, "j", 1).pod == "j-1"
+    with pytest.raises(CliError, match=r"ltj/j has no attempt 7 \(attempts: 1, 2\)"):
+        _attempt(status, "j", 7)
+    with pytest.raises(CliError, match="has had no trainer pod yet"):
+        _attempt(JobStatus(), "j", None)

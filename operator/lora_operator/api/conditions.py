@@ -61,7 +61,7 @@ class Reason(StrEnum):
     RESUMED = "Resumed"
     """spec.suspend was cleared; the job is queued again."""
     CANCELLED = "Cancelled"
-    """The job was deleted (cancelled) by the user; its pod was removed."""
+    """spec.cancel was set, or the job was deleted: its pod was removed."""
     CHECKPOINT_SELECTED = "CheckpointSelected"
     """spec.selectedCheckpoint was copied to final/."""
     CHECKPOINTS_DELETED = "CheckpointsDeleted"

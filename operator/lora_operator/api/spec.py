@@ -220,6 +220,11 @@ class JobSpec(JobSettings):
     """Delete the job this long after it finished. Editable."""
     suspend: bool = False
     """Stop the pod (if any) and hold the job; clearing it queues the job again. Editable."""
+    cancel: bool = False
+    """End the job as Cancelled: its pod stops, and the checkpoints of finished epochs stay in
+    storage and in status.checkpoints (unlike deleting the job); selectedCheckpoint still works.
+    Final: clearing it later does not restart the job (kubectl lora retrain does). Editable.
+    Default: false."""
     selected_checkpoint: str | None = Field(default=None, pattern=r"^(epoch-[0-9]{4}|auto)$")
     """After the job succeeded (or was cancelled): the checkpoint copied to final/, e.g. epoch-0007,
     or auto: the one with the lowest validation loss (the last one when no loss was recorded);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import urllib3
@@ -63,6 +64,23 @@ class Jobs:
         if all_namespaces:
             return self._call("", self.api.list_cluster_custom_object, namespaced=False, **kwargs)["items"]
         return self._call("", self.api.list_namespaced_custom_object, **kwargs)["items"]
+
+    def pod_log(self, pod: str, follow: bool) -> Iterator[str] | None:
+        """The trainer pod's log as it comes (to its end with ``follow``); None when the pod is gone.
+
+        Raises:
+            CliError: The API server cannot give the log (the node's kubelet unreachable, say).
+        """
+        core = client.CoreV1Api(self.api.api_client)
+        try:
+            response = core.read_namespaced_pod_log(pod, self.namespace, follow=follow, _preload_content=False)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise CliError(f"no log from pod {pod}: {err.status} {err.reason}: {_message(err)}") from err
+        except urllib3.exceptions.HTTPError as err:
+            raise CliError(f"cannot reach the API server at {self.api.api_client.configuration.host}: {err}") from err
+        return (chunk.decode(errors="replace") for chunk in response.stream(1024))
 
     def patch_spec(self, name: str, spec: dict) -> dict:
         """Merge-patch ``spec`` fields of a job."""
