@@ -48,15 +48,18 @@ def choose(selected: str, checkpoints: Sequence[CheckpointRecord]) -> Choice:
     the last checkpoint and says so.
 
     Raises:
-        ValueError: auto, and the job has no checkpoint at all.
+        ValueError: auto, and the job has no checkpoint at all; or a name the job's checkpoints
+            do not hold (with none listed, storage is asked: the status may not have them).
     """
+    names = checkpoint_names(checkpoints)
     if selected != AUTO:
+        if names and selected not in names:
+            raise ValueError(f"spec.selectedCheckpoint: no checkpoint {selected} (checkpoints: {', '.join(names)})")
         return Choice(selected, f"{selected}: named by spec.selectedCheckpoint")
     best = best_checkpoint(checkpoints)
     if best is not None:
         loss = min(r.validation_loss for r in checkpoints if r.name == best and r.validation_loss is not None)
         return Choice(best, f"{AUTO_PREFIX}{best} has the lowest validation loss ({loss:.4f})")
-    names = checkpoint_names(checkpoints)
     if not names:
         raise ValueError("spec.selectedCheckpoint: auto: the job has no checkpoints to pick from")
     return Choice(names[-1], f"{AUTO_PREFIX}{names[-1]} is the last checkpoint (no validation loss was recorded)")

@@ -93,5 +93,5 @@ def test_auto_picks_the_lowest_loss_and_delete_unselected_set_after_the_run_dele
     patch({"selectedCheckpoint": "epoch-0001"})  # deleted: said, not crashed on
     ground.wait_for(lambda: "spec.selectedCheckpoint" in (get_job(ground, ns, "pick")["status"].get("message") or ""),
                     timeout=30, what="the selection error in status.message")
-    assert "epoch-0001 not found" in get_job(ground, ns, "pick")["status"]["message"]
+    assert "no checkpoint epoch-0001 (checkpoints: epoch-0002)" in get_job(ground, ns, "pick")["status"]["message"]
     assert get_job(ground, ns, "pick")["status"]["output"]["checkpoint"] == "epoch-0002"

@@ -44,6 +44,9 @@ def test_auto_without_losses_takes_the_last_and_says_why():
 
 def test_a_named_checkpoint_is_taken_as_named():
     assert choose("epoch-0001", [ck(1, 0.5), ck(2, 0.1)]).name == "epoch-0001"
+    assert choose("epoch-0007", []).name == "epoch-0007"  # nothing listed: storage decides
+    with pytest.raises(ValueError, match=r"no checkpoint epoch-0007 \(checkpoints: epoch-0001, epoch-0002\)"):
+        choose("epoch-0007", [ck(1, 0.5), ck(2, 0.1)])
     assert unselected([ck(1, 0.5), ck(1, None, "diffusers"), ck(2, 0.1), ck(3, None)], "epoch-0002") == [
         "epoch-0001", "epoch-0003"]
 
