@@ -34,6 +34,7 @@ Emit = Callable[[Mapping[str, Any], str, str, str], None]
 """emit(job body, type Normal|Warning, reason, message): posts a Kubernetes Event."""
 
 CANCEL_MESSAGE = "spec.cancel is true: cancelled; the checkpoints of finished epochs are kept"
+"""The Cancelled condition's message and Event of a job whose spec.cancel was set."""
 
 POD_CREATE_GRACE = timedelta(seconds=30)
 """An admitted job whose pod the watch has not shown yet is given this long before it counts as lost."""

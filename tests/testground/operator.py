@@ -40,10 +40,15 @@ def kwok_job(name: str, gpu_type: str, *, namespace: str | None = None, **spec) 
 
 def seed_kwok_dataset(ground: Ground) -> None:
     """Puts one object under `KWOK_DATASET`."""
-    client = ground.minio.client()
-    if not client.bucket_exists("datasets"):
-        client.make_bucket("datasets")
-    client.put_object("datasets", "kwok/placeholder.txt", io.BytesIO(b"kwok"), 4)
+    put_kwok_placeholder(ground.minio.client())
+
+
+def put_kwok_placeholder(client) -> None:
+    """One object under `KWOK_DATASET`, its bucket made if missing (`client`: a minio.Minio)."""
+    bucket, _, prefix = KWOK_DATASET.removeprefix("s3://").partition("/")
+    if not client.bucket_exists(bucket):
+        client.make_bucket(bucket)
+    client.put_object(bucket, f"{prefix}placeholder.txt", io.BytesIO(b"kwok"), 4)
 
 
 def install_crds(ground: Ground) -> None:
