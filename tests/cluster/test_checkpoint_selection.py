@@ -14,6 +14,7 @@ import json
 import pytest
 from test_operator import end_pod, get_job, job, ns, operator, running_pod, wait_phase  # noqa: F401
 
+from lora_operator.kubectl_lora import main as kubectl_lora
 from testground.operator import run_kubectl_json
 
 pytestmark = pytest.mark.cluster
@@ -56,7 +57,7 @@ def event_messages(ground, namespace: str, name: str, reason: str) -> list[str]:
     return [e["message"] for e in events["items"] if e["reason"] == reason]
 
 
-def test_auto_picks_the_lowest_loss_and_delete_unselected_set_after_the_run_deletes_the_rest(ground, operator, ns):  # noqa: F811
+def test_auto_picks_the_lowest_loss_and_delete_unselected_after_the_run_deletes_the_rest(ground, operator, ns, capsys):  # noqa: F811
     ground.add_gpu_nodes(1, gpus=1, gpu_type="select", prefix="select")
     ground.apply({**job("pick", "select"), "metadata": {"name": "pick", "namespace": ns}})
     pod = running_pod(ground, ns, "pick")
@@ -80,6 +81,8 @@ def test_auto_picks_the_lowest_loss_and_delete_unselected_set_after_the_run_dele
     assert "auto: epoch-0002 has the lowest validation loss" in event_messages(ground, ns, "pick",
                                                                                  "CheckpointSelected")[0]
     assert len(objects(ground, bucket, base + "checkpoints/")) == 3  # nothing deleted unless asked
+    assert kubectl_lora(["--kubeconfig", str(ground.kubeconfig), "describe", "pick", "-n", ns]) == 0
+    assert "Selection:  auto: epoch-0002 has the lowest validation loss (0.0800)" in capsys.readouterr().out
 
     patch({"deleteUnselected": True})  # decided after the run, having looked at the previews
     ground.wait_for(lambda: len(get_job(ground, ns, "pick")["status"]["checkpoints"]) == 1,

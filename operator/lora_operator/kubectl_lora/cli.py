@@ -46,6 +46,8 @@ def cmd_describe(args: argparse.Namespace, jobs: Jobs) -> int:
     print(f"Progress:   {tables.progress_line(status)}")
     if status.output and status.output.uri:
         print(f"Output:     {status.output.checkpoint} -> {status.output.uri}")
+        if status.output.selection:
+            print(f"Selection:  {status.output.selection}")
     print("\nResolved spec:")
     spec = status.resolved_spec or job.get("spec", {})
     print("  " + yaml.safe_dump(spec, sort_keys=False).rstrip().replace("\n", "\n  "))
