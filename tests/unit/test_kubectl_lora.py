@@ -105,6 +105,11 @@ def test_apply_overrides_sets_dotted_camelcase_paths_and_drops_selected_checkpoi
     assert SPEC["training"] == {"epochs": 2}  # the source is untouched
 
 
+def test_apply_overrides_drops_what_belonged_to_the_run():
+    out = apply_overrides({**SPEC, "cancel": True, "deleteUnselected": True}, [])
+    assert not {"cancel", "deleteUnselected", "selectedCheckpoint"} & set(out)
+
+
 @pytest.mark.parametrize(("expr", "message"), [
     ("training.epochs", "expected path.to.field=value"),
     ("training..epochs=3", "expected path.to.field=value"),
