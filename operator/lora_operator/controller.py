@@ -25,6 +25,7 @@ from .lifecycle import Emit, Lifecycle
 from .metrics import OperatorMetrics
 from .positions import PositionWriter
 from .scheduling import GpuNode
+from .selection import selection_pending
 from .views import JobView, QueueEntry, parse_time, pod_active, pod_target_node, trainer_pod, utcnow
 
 log = logging.getLogger(__name__)
@@ -397,9 +398,8 @@ def needs_following(status: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
     if phase == Phase.RUNNING:
         return True
     if phase in (Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED):
-        output = (status or {}).get("output") or {}
         return spec.get("ttlSecondsAfterFinished") is not None or (
-            spec.get("selectedCheckpoint") not in (None, output.get("checkpoint")))
+            phase != Phase.FAILED and selection_pending(spec, status or {}))
     return False
 
 

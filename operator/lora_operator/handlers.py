@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -57,6 +58,19 @@ def configure_persistence(settings: kopf.OperatorSettings) -> None:
     settings.persistence.diffbase_storage = NoDiffBase()
 
 
+EVENT_SOURCE = "lora-operator"
+"""The component of the operator's Events (`From` in `kubectl describe`; kopf's own default is `kopf`)."""
+
+
+def configure_posting(settings: kopf.OperatorSettings, env: Mapping[str, str] = os.environ) -> None:
+    """Events name the operator as their source and its pod (HOSTNAME) as the instance; only
+    warnings of kopf's own log go out as Events (the operator posts its own)."""
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = EVENT_SOURCE
+    settings.posting.reporting_instance = env.get("POD_NAME") or env.get("HOSTNAME") or EVENT_SOURCE
+    settings.posting.event_name_prefix = f"{EVENT_SOURCE}-"
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """The controller and its loops. No handler here is one of kopf's change-detecting ones
@@ -66,7 +80,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if os.environ.get("LORA_TRACEMALLOC"):
         start_tracemalloc(os.environ["LORA_TRACEMALLOC"])
     configure_persistence(settings)
-    settings.posting.level = logging.WARNING
+    configure_posting(settings)
     settings.watching.server_timeout = 300
     # A relist (start-up, a standby taking over, a watch too old) comes in pages: the whole list
     # of 5000 jobs at once parses to ~170 MB of dicts before the first one is indexed.

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import policy
+from . import policy, selection
 from . import status_transitions as st
 from .api import FINISHED_PHASES, ConditionType, JobSpec, JobStatus, Phase, Reason, SpecError, resolve_spec, spec_hash
+from .api.status import JobOutput
 from .config import OperatorConfig
 from .confirmed import Confirmed
 from .input_checks import missing_input
@@ -24,7 +25,7 @@ from .k8s import Conflict, Kube
 from .metrics import OperatorMetrics
 from .outcome import ActionKind, classify, next_action
 from .render import output_prefix
-from .results import apply_reports, dataset_is_empty, finalize, read_reports
+from .results import apply_reports, dataset_is_empty, delete_checkpoints, finalize, read_reports
 from .storage import ObjectNotFound, StorageError
 from .views import ATTEMPT_LABEL, JobView, pod_active, pod_snapshot
 
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[Mapping[str, Any], str, str, str], None]
 """emit(job body, type Normal|Warning, reason, message): posts a Kubernetes Event."""
+
+CANCEL_MESSAGE = "spec.cancel is true: cancelled; the checkpoints of finished epochs are kept"
+"""The Cancelled condition's message and Event of a job whose spec.cancel was set."""
 
 POD_CREATE_GRACE = timedelta(seconds=30)
 """An admitted job whose pod the watch has not shown yet is given this long before it counts as lost."""
@@ -76,6 +80,8 @@ class Lifecycle:
             return self.cancel(job, pods, now)
         if job.status.phase in FINISHED_PHASES:
             return self.housekeep(job, pods, now)
+        if job.cancel_requested:
+            return self.cancel_requested(job, pods, now)
         if job.status.resolved_spec is None:
             return self.resolve(job, now)
         if job.suspend_requested:
@@ -127,15 +133,17 @@ class Lifecycle:
                 self.confirmed.add(dataset)
             except ObjectNotFound as err:
                 return self.fail(job, Reason.DATASET_EMPTY,
-                                 f"spec.dataset.uri: {spec.dataset.uri}: {err} does not exist", now)
+                                 f"spec.dataset.uri: {spec.dataset.uri}: {err}", now)  # err says it does not exist
             except StorageError as err:
                 log.warning("%s: cannot list the dataset yet: %s", job.key, err)
         refused = policy.refusal(spec, self.config) or missing_input(spec, self.config, self.confirmed)
         if refused is not None:
             return self.fail(job, *refused, now)
         resolved = spec.to_resource()
+        # output.prefix from the start: kubectl lora logs reads an ended attempt's log under it
+        output = JobOutput(prefix=output_prefix(spec, job.namespace, job.name))
         status = job.status.model_copy(update={"resolved_spec": resolved, "spec_hash": spec_hash(spec),
-                                               "output": None})
+                                               "output": output})
         self.write(job, st.queued(status, position=None, now=now))
         self.emit(job.body, "Normal", Reason.QUEUED, "spec resolved; waiting for a free GPU node")
         return None
@@ -197,24 +205,65 @@ class Lifecycle:
         """A finished job: no pod left, the selected checkpoint finalized, deleted after its TTL."""
         self.delete_pods(job, pods)
         self.metrics.forget_job(job.namespace, job.name)
-        selected = job.spec.get("selectedCheckpoint")
-        current = job.status.output.checkpoint if job.status.output else None
-        if selected and selected != current and job.status.phase is Phase.SUCCEEDED:
-            spec = JobSpec.model_validate(job.status.resolved_spec)
-            try:
-                output = finalize(spec, job.namespace, job.name, selected, self.config)
-            except StorageError as err:
-                job_msg = f"spec.selectedCheckpoint: {err}"
-                self.write(job, job.status.model_copy(update={"message": job_msg}))
-                return self.emit(job.body, "Warning", Reason.CHECKPOINT_SELECTED, job_msg)
-            self.write(job, job.status.model_copy(update={"output": output,
-                                                          "message": f"{selected} copied to {output.uri}"}))
-            self.emit(job.body, "Normal", Reason.CHECKPOINT_SELECTED, f"{selected} copied to {output.uri}")
+        if job.spec.get("selectedCheckpoint") and job.status.phase in (Phase.SUCCEEDED, Phase.CANCELLED):
+            self.carry_out_selection(job)
         ttl = job.spec.get("ttlSecondsAfterFinished")
         done = job.status.completion_time
         if ttl is not None and done and now - _parse(done) >= timedelta(seconds=int(ttl)):
             self.kube.delete_job(job.namespace, job.name)
         return None
+
+    def carry_out_selection(self, job: JobView) -> None:
+        """spec.selectedCheckpoint (a name or auto) copied to final/; with spec.deleteUnselected
+        the other checkpoints deleted from storage and dropped from status.checkpoints. Both may
+        be set or changed after the run; each reconcile does what is not done yet."""
+        spec = JobSpec.model_validate(job.status.resolved_spec)
+        status, events = job.status, []  # events: (reason, message) once the status is written
+        try:
+            choice = selection.choose(job.spec["selectedCheckpoint"], status.checkpoints)
+        except ValueError as err:
+            return self.note_selection_error(job, str(err))
+        output = status.output or JobOutput()
+        if choice.name != output.checkpoint:
+            try:
+                output = finalize(spec, job.namespace, job.name, choice.name, self.config)
+            except StorageError as err:
+                return self.note_selection_error(job, f"spec.selectedCheckpoint: {err}")
+            events.append((Reason.CHECKPOINT_SELECTED, f"{choice.why}; copied to {output.uri}"))
+        if output.selection != choice.why:
+            output = output.model_copy(update={"selection": choice.why})
+            status = status.model_copy(update={"output": output, "message": f"{choice.why}; copied to {output.uri}"})
+        doomed = selection.unselected(status.checkpoints, choice.name) if job.spec.get("deleteUnselected") else []
+        if doomed:
+            try:
+                delete_checkpoints(spec, job.namespace, job.name, doomed, self.config)
+            except StorageError as err:
+                return self.note_selection_error(job, f"spec.deleteUnselected: {err}")
+            kept = [r for r in status.checkpoints if r.name == choice.name]
+            message = f"deleted the unselected checkpoints {', '.join(doomed)}; kept {choice.name}"
+            status = status.model_copy(update={"checkpoints": kept, "message": message})
+            events.append((Reason.CHECKPOINTS_DELETED, message))
+        if status is not job.status:
+            self.write(job, status)
+        for reason, message in events:
+            self.emit(job.body, "Normal", reason, message)
+        return None
+
+    def note_selection_error(self, job: JobView, message: str) -> None:
+        if job.status.message != message:  # once, not on every reconcile
+            self.write(job, job.status.model_copy(update={"message": message}))
+            self.emit(job.body, "Warning", Reason.CHECKPOINT_SELECTED, message)
+
+    def cancel_requested(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
+        """spec.cancel: the pod goes, the job ends Cancelled with what its finished epochs wrote
+        (checkpoints, previews) read into its status; storage keeps them."""
+        status = job.status
+        if status.resolved_spec is not None:
+            status = self.with_results(job, JobSpec.model_validate(status.resolved_spec), status)
+        self.delete_pods(job, pods)  # a running pod; an ended one goes at the next reconcile, as any finished job's
+        self.write(job, st.cancelled(status, now=now, message=CANCEL_MESSAGE))
+        self.metrics.forget_job(job.namespace, job.name)
+        self.emit(job.body, "Normal", Reason.CANCELLED, CANCEL_MESSAGE)
 
     def cancel(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
         """The job is being deleted but still there (a foreground deletion, another controller's

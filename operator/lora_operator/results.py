@@ -106,8 +106,6 @@ def apply_reports(status: JobStatus, reports: Reports, prefix: str) -> JobStatus
 def finalize(spec: JobSpec, namespace: str, name: str, checkpoint: str, config: OperatorConfig) -> JobOutput:
     """Copies checkpoints/<checkpoint>/ to final/ (replacing what was there) and returns the output record.
 
-    With checkpoints.deleteUnselected the other checkpoints are deleted afterwards.
-
     Raises:
         StorageError: the checkpoint does not exist or storage failed.
     """
@@ -121,8 +119,21 @@ def finalize(spec: JobSpec, namespace: str, name: str, checkpoint: str, config: 
         store.delete(old.key)
     for obj in objects:
         store.copy(obj.key, FINAL_PREFIX + obj.key[len(source):])
-    if spec.checkpoints and spec.checkpoints.delete_unselected:
-        for obj in store.list(CHECKPOINTS_PREFIX):
-            if not obj.key.startswith(source):
-                store.delete(obj.key)
     return JobOutput(checkpoint=checkpoint, uri=prefix + FINAL_PREFIX, prefix=prefix)
+
+
+def delete_checkpoints(spec: JobSpec, namespace: str, name: str, checkpoints: list[str],
+                       config: OperatorConfig) -> int:
+    """Deletes checkpoints/<name>/ of each of `checkpoints` (spec.deleteUnselected); returns the
+    objects deleted. Names only: a checkpoint's prefix is checkpoints/<name>/ and nothing above it.
+
+    Raises:
+        StorageError: storage failed (what was deleted stays deleted; a retry deletes the rest).
+    """
+    store = open_for(output_prefix(spec, namespace, name), spec, config, quick=False)
+    deleted = 0
+    for checkpoint in checkpoints:
+        for obj in store.list(f"{CHECKPOINTS_PREFIX}{checkpoint}/"):
+            store.delete(obj.key)
+            deleted += 1
+    return deleted

@@ -62,6 +62,10 @@ class JobView:
     def suspend_requested(self) -> bool:
         return bool(self.spec.get("suspend"))
 
+    @property
+    def cancel_requested(self) -> bool:
+        return bool(self.spec.get("cancel"))
+
     def waiting(self) -> bool:
         """Queued for a node: resolved, not suspended, not finished, not being deleted."""
         return queued_job(self.body) is not None
@@ -142,11 +146,11 @@ class QueueEntry:
 
 
 def queued_job(body: Mapping[str, Any]) -> QueuedJob | None:
-    """The scheduler's view of a job that waits for a node (Queued, resolved, not suspended, not
-    being deleted), read from the raw body without pydantic; None for any other job."""
+    """The scheduler's view of a job that waits for a node (Queued, resolved, not suspended or
+    cancelled, not being deleted), read from the raw body without pydantic; None for any other job."""
     meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
     resolved = status.get("resolvedSpec")
-    if (status.get("phase") != Phase.QUEUED or resolved is None or spec.get("suspend")
+    if (status.get("phase") != Phase.QUEUED or resolved is None or spec.get("suspend") or spec.get("cancel")
             or meta.get("deletionTimestamp")):
         return None
     placement = resolved.placement if isinstance(resolved, PackedSpec) else resolved.get("placement") or {}

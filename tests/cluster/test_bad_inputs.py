@@ -12,6 +12,7 @@ bench/RESULTS.md.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -40,6 +41,9 @@ from lora_trainer.tiny import build_tiny_model
 from testground.kubelet_shim import KubeletShim
 from testground.operator import OperatorProcess, install_crds, storage_secret
 from testground.seed import upload
+
+REPEATED_PHRASE = re.compile(r"\b(\w+(?: \w+){1,3}) \1\b")
+"""A phrase of two to four words said twice in a row: two layers each adding the same ending."""
 
 pytestmark = pytest.mark.cluster
 @dataclass
@@ -146,6 +150,7 @@ def test_fails_at_admission_with_a_reason_naming_the_field(cat, c):
     assert failed["reason"] == c.reason, failed
     for text in c.shows:
         assert text in failed["message"], failed
+    assert not REPEATED_PHRASE.search(failed["message"]), failed  # "x does not exist does not exist"
     assert not [p for p in trainer_pods(cat.ground, cat.ns) if p["metadata"]["labels"]["lora-operator.io/job"] == name]
 
 

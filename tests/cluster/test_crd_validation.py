@@ -90,6 +90,8 @@ BAD = [
     ("steps-word", {"training": {"steps": "many"}}, "spec.training.steps", "or one of: auto"),
     ("unknown-family", {"baseModel": {"family": "sd3", "uri": "s3://m/"}}, "spec.baseModel.family", "Unsupported"),
     ("typo-field", {"trainig": {"epochs": 2}}, "trainig", "unknown field"),
+    # final/ is where a selection is copied to: it can never be a selection itself
+    ("selected-final", {"selectedCheckpoint": "final"}, "spec.selectedCheckpoint", "should match"),
 ]
 
 
@@ -106,7 +108,8 @@ def test_bad_object_is_refused_with_a_message_naming_the_field(cluster, tmp_path
     {"template": "sd15-character", "network": {"convDim": 4}},  # the template may make it a locon
     {"training": {"steps": "auto"}},
     {"training": {"steps": 500}},
-], ids=["embedding", "locon", "template-decides", "steps-auto", "steps-500"])
+    {"selectedCheckpoint": "auto", "deleteUnselected": True},
+], ids=["embedding", "locon", "template-decides", "steps-auto", "steps-500", "selected-auto"])
 def test_good_variants_are_accepted(cluster, tmp_path, spec):
     result = apply(cluster, tmp_path, job(f"good-{abs(hash(json.dumps(spec))) % 10**8}", **spec))
     assert result.returncode == 0, result.stderr
@@ -151,7 +154,8 @@ def test_training_fields_freeze_once_admitted_while_editable_fields_stay_editabl
         assert (f"spec.{field} is immutable once the job was admitted; create a new job (kubectl lora retrain)"
                 in result.stderr), result.stderr
 
-    editable = {"suspend": True, "priority": 7, "selectedCheckpoint": "epoch-0002", "ttlSecondsAfterFinished": 60}
+    editable = {"suspend": True, "priority": 7, "selectedCheckpoint": "epoch-0002", "ttlSecondsAfterFinished": 60,
+                "deleteUnselected": True}
     result = merge_patch(cluster, "frozen", {"spec": editable})
     assert result.returncode == 0, result.stderr
     spec = json.loads(cluster.kubectl("get", "ltj", "frozen", "-n", NAMESPACE, "-o", "json").stdout)["spec"]
@@ -175,7 +179,8 @@ def test_kubectl_explain_shows_the_field_descriptions(cluster):
     out = explain(cluster, "ltj.spec.training")
     assert "DESCRIPTION: Hyperparameters." in out
     assert "unetLearningRate <number> Learning rate of the denoiser (UNet or Flux transformer) adapter." in out
-    assert "Optimizer steps, or auto" in explain(cluster, "ltj.spec.training.steps")
+    assert "An integer from 1 to 10000000 (optimizer steps) or the string auto" in explain(
+        cluster, "ltj.spec.training.steps")
     assert "Default: cosine_with_restarts" in explain(cluster, "lora.spec.training.lrScheduler.type")
     assert "First admission time" in explain(cluster, "ltj.status.admittedAt")
 
@@ -198,3 +203,17 @@ def test_get_lora_lists_every_kind_through_the_category(cluster, tmp_path):
     out = cluster.kubectl("get", "lora", "-A", "-o", "name").stdout
     assert "clusterloratrainingtemplate.lora-operator.io/sdxl-character" in out
     assert "loratrainingjob.lora-operator.io/category" in out
+
+
+@pytest.mark.parametrize(("path", "needles"), [
+    ("ltj.spec.storage.secretRef", ["Default: lora-storage in the job's namespace"]),
+    ("ltj.spec.checkpoints.formats", ["kohya (one .safetensors", "diffusers (a PEFT folder", "1 to 2 items."]),
+    ("ltj.spec.placement.gpuType", ["label lora-operator.io/gpu-type"]),
+    ("ltj.spec.priority", ["Range: -1000 to 1000. Default: 0."]),
+    ("ltj.spec.previews.prompts", ["At most 32 items."]),
+    ("ltj.spec.selectedCheckpoint", ["or auto: the one with the lowest validation loss"]),
+])
+def test_kubectl_explain_states_defaults_ranges_values_and_labels(cluster, path, needles):
+    out = explain(cluster, path)
+    for needle in needles:
+        assert needle in out, out

@@ -144,3 +144,18 @@ def test_ground_starts_and_tears_down_leaving_no_process(tmp_path):
         return False
 
     assert all(gone(pid) for pid in pids)
+
+
+def test_env_and_seed_point_a_shell_and_a_kwok_job_at_a_recorded_ground(ground, capsys):
+    from testground.__main__ import main
+
+    assert main(["env", "--workdir", str(ground.workdir)]) == 0
+    exported = dict(line.removeprefix("export ").split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert exported["KUBECONFIG"] == str(ground.kubeconfig)
+    assert exported["S3_ENDPOINT"] == exported["LORA_STORAGE_ENDPOINT"] == ground.minio.endpoint
+    assert exported["AWS_ACCESS_KEY_ID"] == exported["LORA_STORAGE_ACCESS_KEY"] == ground.minio.access_key
+    assert exported["LORA_STORAGE_SECURE"] == exported["S3_SECURE"] == "false"
+    assert main(["seed", "--workdir", str(ground.workdir)]) == 0
+    client = ground.minio.client()
+    assert all(client.bucket_exists(b) for b in ("datasets", "models", "loras"))
+    assert [o.object_name for o in client.list_objects("datasets", prefix="kwok/")] == ["kwok/placeholder.txt"]

@@ -188,3 +188,53 @@ def test_suspend_and_resume_set_spec_suspend_of_an_unfinished_job(ground, setup,
     assert suspended() is False and "ltj/pausable resumed" in capsys.readouterr().out
     assert main(lora(ground, setup, "suspend", done, storage=False)) == 1
     assert f"ltj/{done} is Succeeded; only an unfinished job can be suspended" in capsys.readouterr().err
+
+
+def test_list_takes_namespace_after_the_subcommand_all_namespaces_labels_and_tags(ground, setup, capsys):
+    ns, _ = setup
+    other = f"{ns}-b"
+    ground.kubectl("create", "namespace", other)
+    try:
+        for where, name, labels in ((ns, "tagged", {"team": "a", "tag.lora-operator.io/portrait": ""}),
+                                    (other, "elsewhere", {"team": "b", "tag.lora-operator.io/portrait": ""})):
+            ground.apply({"apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob",
+                          "metadata": {"name": name, "namespace": where, "labels": labels}, "spec": SPEC})
+        base = ["--kubeconfig", str(ground.kubeconfig)]
+
+        def names(*args: str) -> list[list[str]]:
+            assert main([*base, "list", *args]) == 0
+            return [line.split()[:2] for line in capsys.readouterr().out.splitlines()[1:]]
+
+        assert ["elsewhere", "Pending"] in names("-n", other)
+        assert not any(row[0] == "tagged" for row in names("-n", other))
+        assert names("-n", ns, "-l", "team=a") == [["tagged", "Pending"]]
+        assert names("-A", "--tag", "portrait") == [[ns, "tagged"], [other, "elsewhere"]]
+        assert names("-A", "-l", "team=b", "--tag", "portrait") == [[other, "elsewhere"]]
+        assert main([*base, "list", "-n", ns, "--tag", "nothing-has-it"]) == 0
+        assert (capsys.readouterr().out ==
+                f"No LoraTrainingJobs in namespace {ns} match 'tag.lora-operator.io/nothing-has-it'.\n")
+    finally:
+        ground.kubectl("delete", "namespace", other, "--wait=false")
+
+
+def test_logs_of_a_gone_pod_are_the_lines_its_trainer_kept_per_attempt(ground, setup, capsys):
+    ns, bucket = setup
+    name = make_finished_job(ground, setup, "logged", phase="Failed")
+    prefix = f"s3://{bucket}/{ns}/{name}/"
+    status = {"output": {"prefix": prefix},
+              "attempts": [{"number": 1, "pod": f"{name}-1", "reason": "Crashed", "exitCode": 1},
+                           {"number": 2, "pod": f"{name}-2", "reason": "Crashed", "exitCode": 1}]}
+    ground.kubectl("patch", "ltj", name, "-n", ns, "--subresource=status", "--type=merge",
+                   "-p", json.dumps({"status": status}))
+    client = ground.minio.client()
+    client.put_object(bucket, f"{ns}/{name}/logs/attempt-1.txt", io.BytesIO(b"first try\nerror: out of memory\n"), 31)
+
+    assert main(lora(ground, setup, "logs", name, "--attempt", "1")) == 0
+    out = capsys.readouterr()
+    assert out.out == "first try\nerror: out of memory\n"
+    assert f"pod {name}-1 is gone: the last lines of attempt 1, kept at {prefix}logs/attempt-1.txt" in out.err
+    assert main(lora(ground, setup, "logs", name)) == 1  # the last attempt kept nothing: said, with the URI
+    err = capsys.readouterr().err
+    assert f"no kept log of attempt 2 either: {prefix}logs/attempt-2.txt does not exist" in err and err.count("\n") == 1
+    assert main(lora(ground, setup, "logs", name, "--attempt", "5")) == 1
+    assert f"ltj/{name} has no attempt 5 (attempts: 1, 2)" in capsys.readouterr().err

@@ -98,6 +98,10 @@ def test_job_goes_queued_running_succeeded_as_its_pod_completes(ground, operator
         return {e["reason"] for e in events["items"]}
     ground.wait_for(lambda: {"Queued", "NodeAssigned", "PodRunning", "TrainingComplete"} <= reasons(), timeout=30,
                     what=f"an Event for each transition (have {reasons()})\n{operator.tail()}")
+    events = run_kubectl_json(ground, "get", "events", "-n", ns, "--field-selector", "involvedObject.name=one")
+    # `From` in kubectl describe: the operator, not the framework it is built on
+    assert {(e["source"]["component"], e["reportingComponent"]) for e in events["items"]} == {
+        ("lora-operator", "lora-operator")}
 
 
 def test_three_nodes_ten_jobs_never_share_a_node_and_drain_in_priority_order(ground, operator, ns):

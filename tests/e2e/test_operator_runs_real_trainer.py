@@ -1,6 +1,6 @@
 """End to end: the operator creates the trainer pod, the kubelet shim runs its real command and
 environment (tiny SD1.5 on CPU, MinIO storage), and the job ends Succeeded with checkpoints and
-previews in its status; selecting a checkpoint copies it to final/."""
+previews in its status; selecting a checkpoint copies it to final/; its log stays readable."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from lora_operator.kubectl_lora import main as kubectl_lora
 from lora_trainer.tiny import build_tiny_model
 from testground.kubelet_shim import KubeletShim
 from testground.operator import OperatorProcess, install_crds, storage_secret
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_demo_job_trains_for_real_and_reports_checkpoints_previews_and_final(ground, tmp_path):
+def test_demo_job_trains_for_real_and_reports_checkpoints_previews_and_final(ground, tmp_path, capsys):
     install_crds(ground)
     upload(ground, "s3://models/tiny-sd15/", build_tiny_model("sd15", tmp_path / "tiny-sd15"))
     make_dataset(tmp_path / "dataset")
@@ -58,6 +59,17 @@ def test_demo_job_trains_for_real_and_reports_checkpoints_previews_and_final(gro
                         timeout=60, what="checkpoint finalized")
         final = sorted(o.object_name for o in client.list_objects("loras", prefix="e2e/demo/final/", recursive=True))
         assert "e2e/demo/final/kohya.safetensors" in final
+
+        # the pod is gone: kubectl lora logs shows the last lines the real trainer kept in storage
+        ground.wait_for(lambda: not ground.kubectl("get", "pods", "-n", "e2e", "-o", "name").stdout.strip(),
+                        timeout=60, what="the trainer pod deleted")
+        m = ground.minio
+        flags = ["--kubeconfig", str(ground.kubeconfig), "-n", "e2e", "--s3-endpoint", m.endpoint,
+                 "--access-key", m.access_key, "--secret-key", m.secret_key, "--no-s3-secure"]
+        assert kubectl_lora(["logs", "demo", *flags]) == 0
+        out = capsys.readouterr()
+        assert "checkpoint file(s) under s3://loras/e2e/demo/" in out.out, out
+        assert "the last lines of attempt 1, kept at s3://loras/e2e/demo/logs/attempt-1.txt" in out.err
     finally:
         shim.stop()
         operator.stop()

@@ -43,13 +43,20 @@ def kwok_job(name: str, gpu_type: str, *, namespace: str | None = None, **spec) 
 
 def seed_kwok_dataset(ground: Ground) -> None:
     """Puts one object under `KWOK_DATASET`, and one under `KWOK_MODEL` unless a real model is there."""
-    client = ground.minio.client()
-    for bucket in ("datasets", "models"):
+    put_kwok_placeholder(ground.minio.client())
+
+
+def put_kwok_placeholder(client) -> None:
+    """One object under `KWOK_DATASET` and, unless a real model is there, under `KWOK_MODEL`: the operator
+    checks both exist before admission (`client`: a minio.Minio; buckets made if missing)."""
+    for uri in (KWOK_DATASET, KWOK_MODEL):
+        bucket, _, prefix = uri.removeprefix("s3://").rstrip("/").partition("/")
+        prefix += "/"
         if not client.bucket_exists(bucket):
             client.make_bucket(bucket)
-    client.put_object("datasets", "kwok/placeholder.txt", io.BytesIO(b"kwok"), 4)
-    if not any(client.list_objects("models", prefix="tiny-sd15/")):
-        client.put_object("models", "tiny-sd15/placeholder.txt", io.BytesIO(b"kwok"), 4)
+        if uri == KWOK_MODEL and any(client.list_objects(bucket, prefix=prefix)):
+            continue
+        client.put_object(bucket, f"{prefix}placeholder.txt", io.BytesIO(b"kwok"), 4)
 
 
 def install_crds(ground: Ground) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -110,6 +111,8 @@ def test_pod_mode_reads_the_spec_and_prefix_from_the_environment(tmp_path, tiny_
     progress = json.loads((tmp_path / "out/ns/job1/progress.json").read_text())
     assert progress["attempt"] == 2 and progress["phase"] == "done" and progress["step"] == 2
     assert json.loads((tmp_path / "out/ns/job1/manifest.json").read_text())["finished"] is True
+    kept = (tmp_path / "out/ns/job1/logs/attempt-2.txt").read_text()  # for kubectl lora logs once the pod is gone
+    assert "done in" in kept and "checkpoint file(s)" in kept
 
 
 def test_in_a_pod_the_error_alone_is_the_termination_message(tmp_path, capsys):
@@ -126,6 +129,37 @@ def test_in_a_pod_the_error_alone_is_the_termination_message(tmp_path, capsys):
 def test_pod_mode_without_spec_is_a_config_error(capsys):
     assert main(["run", "--spec-env", "LORA_JOB_SPEC"], env={}) == ExitCode.BAD_CONFIG
     assert "LORA_JOB_SPEC" in capsys.readouterr().err
+
+
+def test_pod_mode_keeps_the_last_lines_of_its_output_in_storage_per_attempt(tmp_path, capsys):
+    prefix = (tmp_path / "out/ns/job1").as_uri() + "/"
+    env = {"LORA_JOB_SPEC": "{not json", "LORA_OUTPUT_PREFIX": prefix, "LORA_ATTEMPT": "3"}
+    assert main(["run", "--spec-env", "LORA_JOB_SPEC"], env=env) == ExitCode.BAD_CONFIG
+    printed = capsys.readouterr().err
+    kept = (tmp_path / "out/ns/job1/logs/attempt-3.txt").read_text()
+    assert "error: LORA_JOB_SPEC: not JSON" in printed and "error: LORA_JOB_SPEC: not JSON" in kept
+    assert not (tmp_path / "out/ns/job1/logs/attempt-1.txt").exists()
+
+
+def test_log_tail_keeps_only_the_last_lines_and_a_traceback_in_flight(tmp_path):
+    from lora_operator.storage import open_store
+    from lora_trainer.logtail import LogTail
+
+    store = open_store((tmp_path / "p").as_uri() + "/")
+    tail = LogTail(store, "logs/attempt-1.txt", max_lines=5, every=3600).start()
+    try:
+        print("one\ntwo\nthree")
+        print("four", end="", file=sys.stderr)
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            tail.close()
+    finally:
+        tail.close()
+    kept = store.get_bytes("logs/attempt-1.txt").decode()
+    # the last 5 lines: "four" and the 4-line traceback, whose own line starts a line
+    assert kept.startswith("four\nTraceback (most recent call last):") and kept.endswith("RuntimeError: boom\n")
+    assert "three" not in kept
 
 
 def test_progress_json_is_throttled_but_written_at_phase_changes():

@@ -201,3 +201,26 @@ def test_nullable_optional_becomes_the_plain_type_with_its_docstring():
     root = {"$defs": {"A": {"type": "object", "description": "Theirs.", "properties": {}}}}
     assert Converter(root).convert_property(raw, "a") == {"type": "object", "description": "Mine.", "default": None,
                                                           "properties": {}}
+
+
+@pytest.mark.parametrize(("path", "needles"), [
+    ("spec.storage.secretRef", ["Default: lora-storage in the job's namespace"]),
+    ("spec.training.steps", ["An integer from 1 to 10000000", "or the string auto"]),
+    ("spec.checkpoints.formats", ["Formats to write: kohya (", "and/or diffusers (", "1 to 2 items."]),
+    ("spec.placement.gpuType", ["label lora-operator.io/gpu-type"]),
+    ("spec.priority", ["Range: -1000 to 1000. Default: 0."]),
+    ("spec.previews.prompts", ["At most 32 items.", "imagesPerPrompt x prompts is at most 64"]),
+    ("spec.previews.imagesPerPrompt", ["Range: 1 to 16. Default: 2."]),
+    ("spec.network.alpha", ["Range: 0 (exclusive) to 1024."]),
+    ("spec.training.optimizer.type", ["One of: adamw, adamw8bit, prodigy, adafactor, lion."]),
+])
+def test_explain_text_states_defaults_ranges_values_and_labels(path, needles):
+    description = dict(walk(schema_of(JOB_FILE)))[path]["description"]
+    for needle in needles:
+        assert needle in description, description
+
+
+def test_choices_the_docstring_names_already_are_not_listed_twice():
+    nodes = dict(walk(schema_of(JOB_FILE)))
+    assert nodes["spec.baseModel.family"]["description"] == "sd15, sdxl or flux."
+    assert "Range" not in nodes["status.phase"].get("description", "")  # status: users do not write it

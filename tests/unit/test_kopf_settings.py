@@ -6,7 +6,7 @@ from __future__ import annotations
 import kopf
 
 from lora_operator import handlers
-from lora_operator.handlers import NoDiffBase, configure_persistence
+from lora_operator.handlers import NoDiffBase, configure_persistence, configure_posting
 
 
 class Uncopyable(dict):
@@ -40,3 +40,13 @@ def test_the_operator_configures_the_storages():
     configure_persistence(settings)
     assert isinstance(settings.persistence.diffbase_storage, NoDiffBase)
     assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+
+
+def test_events_name_the_operator_and_its_pod_as_their_source():
+    settings = kopf.OperatorSettings()
+    configure_posting(settings, {"HOSTNAME": "lora-operator-7d9f-abcde"})
+    assert settings.posting.reporting_component == "lora-operator"
+    assert settings.posting.reporting_instance == "lora-operator-7d9f-abcde"
+    assert settings.posting.event_name_prefix == "lora-operator-"
+    configure_posting(settings, {})
+    assert settings.posting.reporting_instance == "lora-operator"

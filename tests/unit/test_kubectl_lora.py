@@ -10,10 +10,12 @@ from PIL import Image
 from lora_operator.api.status import CheckpointRecord, JobOutput, JobStatus, Progress
 from lora_operator.kubectl_lora import CliError, main
 from lora_operator.kubectl_lora.checkpoints import best_checkpoint, checkpoint_names, choose_record, default_checkpoint
+from lora_operator.kubectl_lora.cli import build_parser
 from lora_operator.kubectl_lora.objects import StorageOptions
 from lora_operator.kubectl_lora.overrides import apply_overrides, parse_value, retrain_body
 from lora_operator.kubectl_lora.sheet import LABEL_WIDTH, PAD, contact_sheet
 from lora_operator.kubectl_lora.tables import format_age, format_duration, format_table, jobs_table, progress_line
+from lora_operator.kubectl_lora.tags import selector, tag_label
 
 SPEC = {
     "baseModel": {"family": "sd15", "uri": "s3://models/tiny-sd15"},
@@ -103,6 +105,11 @@ def test_apply_overrides_sets_dotted_camelcase_paths_and_drops_selected_checkpoi
     assert SPEC["training"] == {"epochs": 2}  # the source is untouched
 
 
+def test_apply_overrides_drops_what_belonged_to_the_run():
+    out = apply_overrides({**SPEC, "cancel": True, "deleteUnselected": True}, [])
+    assert not {"cancel", "deleteUnselected", "selectedCheckpoint"} & set(out)
+
+
 @pytest.mark.parametrize(("expr", "message"), [
     ("training.epochs", "expected path.to.field=value"),
     ("training..epochs=3", "expected path.to.field=value"),
@@ -148,3 +155,69 @@ def test_unreadable_kubeconfig_is_a_one_line_error(tmp_path, capsys):
     assert main(["--kubeconfig", str(tmp_path / "missing"), "list"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: cannot load kubeconfig") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv", [
+    ["-n", "team-a", "list"], ["list", "-n", "team-a"], ["list", "--namespace=team-a"],
+    ["--namespace", "team-a", "describe", "j"], ["describe", "j", "-n", "team-a"], ["logs", "j", "-n", "team-a"],
+])
+def test_namespace_is_taken_before_or_after_the_subcommand(argv):
+    args = build_parser().parse_args(argv)
+    assert args.namespace == "team-a"
+
+
+def test_flags_before_the_subcommand_are_not_reset_by_it():
+    args = build_parser().parse_args(["-n", "a", "--kubeconfig", "k", "--no-s3-secure", "pull", "j"])
+    assert (args.namespace, args.kubeconfig, args.s3_secure) == ("a", "k", False)
+    args = build_parser().parse_args(["pull", "j", "--s3-endpoint", "m:9000", "--context", "c"])
+    assert (args.s3_endpoint, args.context, args.namespace, args.s3_secure) == ("m:9000", "c", None, None)
+
+
+def test_list_takes_all_namespaces_selector_and_tags():
+    args = build_parser().parse_args(["list", "-A", "-l", "team=a", "--tag", "portrait", "--tag", "v2"])
+    assert args.all_namespaces and args.selector == "team=a" and args.tag == ["portrait", "v2"]
+    assert not build_parser().parse_args(["list"]).all_namespaces
+
+
+def test_a_flag_given_after_the_subcommand_takes_effect(tmp_path, capsys):
+    assert main(["list", "--kubeconfig", str(tmp_path / "missing")]) == 1
+    assert "cannot load kubeconfig" in capsys.readouterr().err
+
+
+def test_tags_are_labels_under_the_tag_prefix_and_join_the_selector():
+    assert tag_label("portrait") == "tag.lora-operator.io/portrait"
+    assert selector("team=a", ["portrait", "v2"]) == "team=a,tag.lora-operator.io/portrait,tag.lora-operator.io/v2"
+    assert selector(None, []) is None and selector(" ", ["x"]) == "tag.lora-operator.io/x"
+    for bad in ("has space", "-dash", "a/b", "x" * 64, ""):
+        with pytest.raises(CliError, match="a tag is a label name"):
+            tag_label(bad)
+
+
+def test_list_table_with_all_namespaces_has_a_namespace_column_sorted_by_it():
+    now = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+    jobs = [{"metadata": {"name": n, "namespace": ns, "creationTimestamp": "2025-01-01T11:59:00Z"},
+             "status": {"phase": "Queued"}} for ns, n in (("b", "a"), ("a", "z"))]
+    lines = jobs_table(jobs, now, all_namespaces=True).splitlines()
+    assert lines[0].split() == ["NAMESPACE", "NAME", "PHASE", "PROGRESS", "EPOCH", "QUEUE", "AGE"]
+    assert [line.split()[:2] for line in lines[1:]] == [["a", "z"], ["b", "a"]]
+
+
+def test_logs_takes_an_attempt_and_follow_and_cancel_a_job():
+    args = build_parser().parse_args(["logs", "j", "--attempt", "2", "-f"])
+    assert (args.job, args.attempt, args.follow) == ("j", 2, True)
+    args = build_parser().parse_args(["logs", "j"])
+    assert (args.attempt, args.follow) == (None, False)
+    assert build_parser().parse_args(["cancel", "j", "-n", "x"]).namespace == "x"
+
+
+def test_logs_default_to_the_last_attempt_and_name_the_ones_that_exist():
+    from lora_operator.api.status import Attempt
+    from lora_operator.kubectl_lora.cli import _attempt
+
+    status = JobStatus(attempts=[Attempt(number=1, pod="j-1"), Attempt(number=2, pod="j-2")])
+    assert _attempt(status, "j", None).pod == "j-2"
+    assert _attempt(status, "j", 1).pod == "j-1"
+    with pytest.raises(CliError, match=r"ltj/j has no attempt 7 \(attempts: 1, 2\)"):
+        _attempt(status, "j", 7)
+    with pytest.raises(CliError, match="has had no trainer pod yet"):
+        _attempt(JobStatus(), "j", None)

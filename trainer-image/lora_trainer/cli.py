@@ -35,6 +35,7 @@ from typing import Any
 from lora_operator.api import Dataset, ExitCode, JobSpec, ModelFamily, SpecError, resolve_spec
 from lora_operator.storage import StorageError
 
+from . import logtail
 from .errors import ConfigError, DatasetError, TrainerError
 from .inputs import Resolver, default_cache_dir
 from .launch import PROCESSES_ENV, is_worker, launch, wanted_processes
@@ -219,7 +220,17 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     env = os.environ if env is None else env
+    tail = logtail.start_for_pod(env) if args.command == "run" and args.spec_env else None
+    # After the tee: logging's handler writes to the sys.stderr of the time it is made.
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return _run(args, argv, env)
+    finally:
+        if tail is not None:
+            tail.close()
+
+
+def _run(args: argparse.Namespace, argv: list[str], env: Mapping[str, str]) -> int:
     try:
         if args.command == "upload":
             return int(run_upload(args, env))

@@ -65,9 +65,11 @@ class Reason(StrEnum):
     RESUMED = "Resumed"
     """spec.suspend was cleared; the job is queued again."""
     CANCELLED = "Cancelled"
-    """The job was deleted (cancelled) by the user; its pod was removed."""
+    """spec.cancel was set, or the job was deleted: its pod was removed."""
     CHECKPOINT_SELECTED = "CheckpointSelected"
     """spec.selectedCheckpoint was copied to final/."""
+    CHECKPOINTS_DELETED = "CheckpointsDeleted"
+    """spec.deleteUnselected: the checkpoints other than the selected one were deleted."""
 
 
 class Phase(StrEnum):

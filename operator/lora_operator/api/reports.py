@@ -16,6 +16,13 @@ STATE_PREFIX = "state/"
 CHECKPOINTS_PREFIX = "checkpoints/"
 PREVIEWS_PREFIX = "previews/"
 FINAL_PREFIX = "final/"
+LOGS_PREFIX = "logs/"
+
+
+def attempt_log_key(attempt: int) -> str:
+    """Where the trainer keeps the last lines of an attempt's output, e.g. logs/attempt-2.txt:
+    a pod's log goes with the pod, this stays for `kubectl lora logs --attempt N`."""
+    return f"{LOGS_PREFIX}attempt-{attempt}.txt"
 
 
 def checkpoint_name(epoch: int) -> str:

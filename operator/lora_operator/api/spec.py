@@ -66,7 +66,8 @@ class Previews(ApiModel):
     every_epochs: int = Field(default=1, ge=0, le=1000)
     """Generate every N epochs (and at the end); 0 turns previews off. Default: 1."""
     prompts: list[str] = Field(default_factory=list, max_length=32)
-    """Prompts; empty means the first validation caption."""
+    """Prompts; empty means the first validation caption. imagesPerPrompt x prompts is at most
+    64."""
     negative_prompt: str = Field(default="", max_length=2000)
     """Negative prompt (ignored by Flux)."""
     images_per_prompt: int = Field(default=2, ge=1, le=16)
@@ -111,9 +112,9 @@ class Checkpoints(ApiModel):
     formats: list[CheckpointFormat] = Field(
         default_factory=lambda: [CheckpointFormat.KOHYA, CheckpointFormat.DIFFUSERS], min_length=1, max_length=2
     )
-    """Formats to write. Default: [kohya, diffusers]."""
-    delete_unselected: bool = False
-    """When selectedCheckpoint is set, delete the other checkpoints. Default: false."""
+    """Formats to write: kohya (one .safetensors for ComfyUI, A1111, Forge) and/or diffusers (a PEFT
+    folder for diffusers' load_lora_weights); an embedding job writes its embedding file either way.
+    Default: [kohya, diffusers]."""
 
 
 class Output(ApiModel):
@@ -129,7 +130,8 @@ class Storage(ApiModel):
 
     secret_ref: str | None = Field(default=None, max_length=253)
     """Name of a Secret in the job's namespace with keys accessKey and secretKey (and optionally
-    endpoint, hfToken). Default: the operator's storage Secret."""
+    endpoint, hfToken). Default: lora-storage in the job's namespace (the chart's
+    storage.existingSecret)."""
     endpoint: str | None = Field(default=None, max_length=500)
     """host:port of the S3 endpoint, overriding the operator's default."""
     secure: bool | None = None
@@ -157,7 +159,8 @@ class Placement(ApiModel):
     tolerations: list[Toleration] = Field(default_factory=list)
     """Tolerations for tainted GPU nodes."""
     gpu_type: str | None = Field(default=None, max_length=63)
-    """GPU type (value of the operator's GPU-type node label, e.g. h100)."""
+    """GPU type, e.g. h100: the node's label lora-operator.io/gpu-type (the chart's
+    gpu.typeLabelKey) must have this value."""
     image: str | None = Field(default=None, max_length=500)
     """Trainer image: the operator's, or one the platform allows (LORA_TRAINER_ALLOWED_IMAGES, chart
     value trainer.allowedImages); another fails the job (NotAllowed). Default: the operator's
@@ -225,8 +228,19 @@ class JobSpec(JobSettings):
     """Delete the job this long after it finished. Editable."""
     suspend: bool = False
     """Stop the pod (if any) and hold the job; clearing it queues the job again. Editable."""
-    selected_checkpoint: str | None = Field(default=None, pattern=r"^(epoch-[0-9]{4}|final)$")
-    """After success: the checkpoint (e.g. epoch-0007) copied to final/. Editable."""
+    cancel: bool = False
+    """End the job as Cancelled: its pod stops, and the checkpoints of finished epochs stay in
+    storage and in status.checkpoints (unlike deleting the job); selectedCheckpoint still works.
+    Final: clearing it later does not restart the job (kubectl lora retrain does). Editable.
+    Default: false."""
+    selected_checkpoint: str | None = Field(default=None, pattern=r"^(epoch-[0-9]{4}|auto)$")
+    """After the job succeeded (or was cancelled): the checkpoint copied to final/, e.g. epoch-0007,
+    or auto: the one with the lowest validation loss (the last one when no loss was recorded);
+    status.output says which was picked and why. Editable."""
+    delete_unselected: bool = False
+    """With selectedCheckpoint set: delete every other checkpoint from storage and from
+    status.checkpoints. Editable after the run, so it can be decided after looking at the
+    previews. Default: false."""
 
 
 IMMUTABLE_AFTER_ADMISSION = (

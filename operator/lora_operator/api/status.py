@@ -114,6 +114,8 @@ class JobOutput(ApiModel):
 
     checkpoint: str | None = None
     """The selected checkpoint name."""
+    selection: str | None = None
+    """Why that checkpoint: named by spec.selectedCheckpoint, or auto's pick and its reason."""
     uri: str | None = None
     """Where final/ is."""
     prefix: str | None = None
@@ -151,7 +153,8 @@ class JobStatus(ApiModel):
     """Dataset files the trainer did not use and why (unreadable, too large, ...); the first 50,
     all of them are in manifest.json."""
     output: JobOutput | None = None
-    """The finalized result, once selectedCheckpoint was copied to final/."""
+    """Where results go (prefix, from the start), and the finalized result once
+    selectedCheckpoint was copied to final/."""
     resolved_spec: dict | None = None
     """The spec after template and defaults, as the trainer sees it."""
     spec_hash: str | None = None

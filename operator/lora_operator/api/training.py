@@ -74,9 +74,10 @@ class Training(ApiModel):
     """How long and how the adapter is trained."""
 
     steps: Annotated[int, Field(ge=1, le=10_000_000)] | Literal["auto"] = "auto"
-    """Optimizer steps, or auto: SD1.5 175 per image, SDXL 350 per image (75 per image above 30
-    images), Flux 500 + 50 per image; capped by epochs x images x repeats / batch when the
-    preset is tensorart. Default: auto."""
+    """An integer from 1 to 10000000 (optimizer steps) or the string auto (int-or-string). auto:
+    SD1.5 175 per image, SDXL 350 per image (75 per image above 30 images), Flux 500 + 50 per
+    image; capped by epochs x images x repeats / batch when the preset is tensorart.
+    Default: auto."""
     steps_preset: Literal["scenario", "tensorart"] = Field(default="scenario")
     """scenario: the per-image formula above; tensorart: images x repeats x epochs / batch.
     Default: scenario."""

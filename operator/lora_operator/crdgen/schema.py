@@ -31,6 +31,47 @@ DROPPED_KEYS = frozenset({"title", "$defs", "examples", "discriminator"})
 DEFAULT_MARK = re.compile(r"\bDefault:", re.IGNORECASE)
 
 
+LIMITS_MARK = re.compile(r"\b(One of|Each of|Range|At most|From -?[0-9])\b")
+"""A description that states its allowed values itself is left as written."""
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _bound(node: Schema, key: str) -> str:
+    exclusive = node.get("exclusiveMinimum" if key == "minimum" else "exclusiveMaximum")
+    return _number(node[key]) + (" (exclusive)" if exclusive else "")
+
+
+def _values(values: list, description: str) -> str:
+    """The values, or "" when the description names each of them already."""
+    mark = DEFAULT_MARK.search(description)  # a default names one value, not the choices
+    words = {w.strip(".") for w in re.findall(r"[\w.-]+", description[:mark.start() if mark else None])}
+    return "" if all(str(v) in words for v in values) else ", ".join(map(str, values))
+
+
+def describe_limits(node: Schema, description: str = "") -> str:
+    """What `kubectl explain` does not show of a schema: its enum, its numeric range, its item
+    count. A sentence for the description, e.g. ``One of: a, b.``; empty when there is none."""
+    parts = []
+    items = node.get("items") if isinstance(node.get("items"), dict) else {}
+    for values, lead in ((node.get("enum"), "One of"), (items.get("enum"), "Each of")):
+        listed = _values(values, description) if values else ""
+        if listed:
+            parts.append(f"{lead}: {listed}.")
+    if "minimum" in node and "maximum" in node:
+        parts.append(f"Range: {_bound(node, 'minimum')} to {_bound(node, 'maximum')}.")
+    elif "minimum" in node:
+        parts.append(f"Range: at least {_bound(node, 'minimum')}.")
+    elif "maximum" in node:
+        parts.append(f"Range: at most {_bound(node, 'maximum')}.")
+    if "maxItems" in node:
+        low = node.get("minItems", 0)
+        parts.append(f"{low} to {node['maxItems']} items." if low else f"At most {node['maxItems']} items.")
+    return " ".join(parts)
+
+
 class SchemaError(ValueError):
     """A pydantic construct the generator cannot express as a structural schema."""
 
@@ -110,9 +151,16 @@ class Converter:
             raise SchemaError(f"{path or '<root>'}: unsupported JSON-schema key {key!r}")
 
     def convert_property(self, raw: Schema, path: str) -> Schema:
-        """Like `convert`, with the default stated in the description."""
+        """Like `convert`, with the allowed values and the default stated in the description."""
         node = self.convert(raw, path)
         description = node.get("description", "")
+        limits = describe_limits(node, description)
+        if self.document_defaults and limits and not LIMITS_MARK.search(description):
+            mark = DEFAULT_MARK.search(description)
+            at = mark.start() if mark else len(description)
+            head = description[:at].rstrip()
+            head += "" if not head or head.endswith(".") else "."
+            description = node["description"] = " ".join(p for p in (head, limits, description[at:].strip()) if p)
         default = format_default(raw.get("default", node.get("default")))
         if self.document_defaults and default is not None and not DEFAULT_MARK.search(description):
             node["description"] = f"{description.rstrip('.')}. Default: {default}.".lstrip(". ")

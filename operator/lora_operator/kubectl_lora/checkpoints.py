@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from ..api.status import CheckpointRecord, JobStatus
+from ..selection import best_checkpoint, checkpoint_names
 from .errors import CliError
+
+__all__ = ["PREFERRED_FORMATS", "best_checkpoint", "checkpoint_names", "choose_record", "default_checkpoint"]
 
 PREFERRED_FORMATS = ("kohya", "embedding", "diffusers")
 """The format ``pull`` takes when none is asked for: a single file before a folder."""
-
-
-def checkpoint_names(checkpoints: Sequence[CheckpointRecord]) -> list[str]:
-    """Distinct checkpoint names, oldest epoch first."""
-    names: dict[str, int] = {}
-    for record in checkpoints:
-        names.setdefault(record.name, record.epoch)
-    return sorted(names, key=lambda n: (names[n], n))
-
-
-def best_checkpoint(checkpoints: Sequence[CheckpointRecord]) -> str | None:
-    """The name with the lowest validation loss (the earliest on a tie); None when no loss is known."""
-    scored = [r for r in checkpoints if r.validation_loss is not None]
-    if not scored:
-        return None
-    return min(scored, key=lambda r: (r.validation_loss, r.epoch)).name
 
 
 def default_checkpoint(status: JobStatus, selected: str | None) -> str:

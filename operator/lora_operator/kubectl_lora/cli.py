@@ -13,8 +13,10 @@ import yaml
 from PIL import Image
 
 from ..api.conditions import FINISHED_PHASES, Phase
-from ..api.status import JobStatus
-from . import checkpoints, overrides, sheet, tables
+from ..api.reports import attempt_log_key
+from ..api.status import Attempt, JobStatus
+from ..selection import AUTO
+from . import checkpoints, overrides, sheet, tables, tags
 from .errors import CliError
 from .kube import Jobs
 from .objects import Objects, StorageOptions
@@ -25,8 +27,13 @@ def _status(job: dict) -> JobStatus:
 
 
 def cmd_list(args: argparse.Namespace, jobs: Jobs) -> int:
-    items = jobs.list()
-    print(tables.jobs_table(items) if items else f"No LoraTrainingJobs in namespace {jobs.namespace}.")
+    selector = tags.selector(args.selector, args.tag)
+    items = jobs.list(all_namespaces=args.all_namespaces, selector=selector)
+    if items:
+        print(tables.jobs_table(items, all_namespaces=args.all_namespaces))
+        return 0
+    where = "in any namespace" if args.all_namespaces else f"in namespace {jobs.namespace}"
+    print(f"No LoraTrainingJobs {where}" + (f" match {selector!r}." if selector else "."))
     return 0
 
 
@@ -39,6 +46,8 @@ def cmd_describe(args: argparse.Namespace, jobs: Jobs) -> int:
     print(f"Progress:   {tables.progress_line(status)}")
     if status.output and status.output.uri:
         print(f"Output:     {status.output.checkpoint} -> {status.output.uri}")
+        if status.output.selection:
+            print(f"Selection:  {status.output.selection}")
     print("\nResolved spec:")
     spec = status.resolved_spec or job.get("spec", {})
     print("  " + yaml.safe_dump(spec, sort_keys=False).rstrip().replace("\n", "\n  "))
@@ -107,7 +116,7 @@ def cmd_pull(args: argparse.Namespace, jobs: Jobs) -> int:
 def cmd_select(args: argparse.Namespace, jobs: Jobs) -> int:
     status = _status(jobs.get(args.job))
     names = checkpoints.checkpoint_names(status.checkpoints)
-    if args.checkpoint not in names:
+    if args.checkpoint not in (*names, AUTO):
         known = ", ".join(names) or "none"
         raise CliError(f"ltj/{args.job} has no checkpoint {args.checkpoint!r} (checkpoints: {known})")
     jobs.patch_spec(args.job, {"selectedCheckpoint": args.checkpoint})
@@ -132,6 +141,58 @@ def cmd_suspend(args: argparse.Namespace, jobs: Jobs) -> int:
     return 0
 
 
+def _attempt(status: JobStatus, job: str, number: int | None) -> Attempt:
+    if not status.attempts:
+        raise CliError(f"ltj/{job} has had no trainer pod yet (phase {status.phase.value})")
+    if number is None:
+        return status.attempts[-1]
+    found = next((a for a in status.attempts if a.number == number), None)
+    if found is None:
+        raise CliError(f"ltj/{job} has no attempt {number} (attempts: "
+                       f"{', '.join(str(a.number) for a in status.attempts)})")
+    return found
+
+
+def cmd_logs(args: argparse.Namespace, jobs: Jobs) -> int:
+    """`logs`: the trainer pod's log; once the pod is gone, the last lines its trainer kept in storage."""
+    status = _status(jobs.get(args.job))
+    attempt = _attempt(status, args.job, args.attempt)
+    why = f"pod {attempt.pod} is gone"
+    try:
+        chunks = jobs.pod_log(attempt.pod, args.follow)
+        if chunks is not None:
+            for chunk in chunks:
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+            return 0
+    except CliError as err:
+        why = str(err)
+    prefix = status.output.prefix if status.output else None
+    if not prefix:
+        raise CliError(f"{why}, and ltj/{args.job} has no status.output.prefix to read its kept log from")
+    uri = prefix + attempt_log_key(attempt.number)
+    try:
+        text = _objects(args).get_bytes(uri).decode(errors="replace")
+    except CliError as err:
+        raise CliError(f"{why}; no kept log of attempt {attempt.number} either: {err}") from err
+    print(f"# {why}: the last lines of attempt {attempt.number}, kept at {uri}", file=sys.stderr)
+    sys.stdout.write(text)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, jobs: Jobs) -> int:
+    """`cancel`: set spec.cancel; the operator ends the job as Cancelled and keeps its finished epochs."""
+    job = jobs.get(args.job)
+    phase = _status(job).phase
+    if phase in FINISHED_PHASES:
+        raise CliError(f"ltj/{args.job} is {phase.value} already; only an unfinished job can be cancelled")
+    if not job.get("spec", {}).get("cancel"):
+        jobs.patch_spec(args.job, {"cancel": True})
+    print(f"ltj/{args.job} cancelled: its trainer pod stops; the checkpoints of finished epochs stay in storage "
+          f"and in its status (kubectl lora describe {args.job})")
+    return 0
+
+
 def cmd_retrain(args: argparse.Namespace, jobs: Jobs) -> int:
     source = jobs.get(args.job)
     status = _status(source)
@@ -145,54 +206,67 @@ def cmd_retrain(args: argparse.Namespace, jobs: Jobs) -> int:
     return 0
 
 
+def _add_common(parser: argparse.ArgumentParser, top: bool) -> None:
+    """Cluster and storage flags. kubectl takes them before or after the subcommand; so does this.
+
+    The subcommand's copies default to SUPPRESS, so a flag given before the subcommand is not
+    overwritten by the subcommand's unset copy.
+    """
+    default = {} if top else {"default": argparse.SUPPRESS}
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG or ~/.kube/config)", **default)
+    parser.add_argument("--context", help="kubeconfig context (default: the current one)", **default)
+    parser.add_argument("-n", "--namespace", help="namespace (default: the context's)", **default)
+    store = parser.add_argument_group("storage (for previews, pull and logs of a finished pod)")
+    store.add_argument("--s3-endpoint", help="host:port of the S3 endpoint (default: $S3_ENDPOINT)", **default)
+    store.add_argument("--access-key", help="S3 access key (default: $AWS_ACCESS_KEY_ID)", **default)
+    store.add_argument("--secret-key", help="S3 secret key (default: $AWS_SECRET_ACCESS_KEY)", **default)
+    store.add_argument("--s3-secure", action=argparse.BooleanOptionalAction,
+                       help="TLS to the endpoint (default: $S3_SECURE, else true)",
+                       **({"default": None} if top else default))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``kubectl lora`` argument parser."""
     parser = argparse.ArgumentParser(prog="kubectl lora", description="Inspect and steer LoraTrainingJobs.")
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG or ~/.kube/config)")
-    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
-    parser.add_argument("-n", "--namespace", help="namespace (default: the context's)")
-    store = parser.add_argument_group("storage (for previews and pull)")
-    store.add_argument("--s3-endpoint", help="host:port of the S3 endpoint (default: $S3_ENDPOINT)")
-    store.add_argument("--access-key", help="S3 access key (default: $AWS_ACCESS_KEY_ID)")
-    store.add_argument("--secret-key", help="S3 secret key (default: $AWS_SECRET_ACCESS_KEY)")
-    store.add_argument("--s3-secure", action=argparse.BooleanOptionalAction, default=None,
-                       help="TLS to the endpoint (default: $S3_SECURE, else true)")
+    _add_common(parser, top=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, top=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("list", help="NAME PHASE PROGRESS EPOCH QUEUE AGE").set_defaults(fn=cmd_list)
-    p = sub.add_parser("describe", help="resolved spec, attempts, checkpoints")
-    p.add_argument("job")
-    p.set_defaults(fn=cmd_describe)
-    p = sub.add_parser("watch", help="live progress until the job finishes (exit 1 unless Succeeded)")
-    p.add_argument("job")
+    def add(name: str, fn, text: str, job: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=text)
+        if job:
+            p.add_argument("job")
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("list", cmd_list, "NAME PHASE PROGRESS EPOCH QUEUE AGE", job=False)
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="jobs of every namespace")
+    p.add_argument("-l", "--selector", help="label selector, as kubectl's (e.g. team=a,stage!=test)")
+    p.add_argument("--tag", action="append", default=[],
+                   help=f"only jobs with this tag: the label {tags.TAG_PREFIX}<tag> (repeatable: all of them)")
+    add("describe", cmd_describe, "resolved spec, attempts, checkpoints")
+    p = add("watch", cmd_watch, "live progress until the job finishes (exit 1 unless Succeeded)")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between polls (default: 2)")
-    p.set_defaults(fn=cmd_watch)
-    p = sub.add_parser("previews", help="contact sheet of the preview images (epochs as rows)")
-    p.add_argument("job")
+    p = add("previews", cmd_previews, "contact sheet of the preview images (epochs as rows)")
     p.add_argument("--epoch", type=int, help="only this epoch (default: all)")
     p.add_argument("-o", "--output", default="grid.png", help="image to write (default: grid.png)")
-    p.set_defaults(fn=cmd_previews)
-    p = sub.add_parser("pull", help="download a checkpoint")
-    p.add_argument("job")
+    p = add("pull", cmd_pull, "download a checkpoint")
     p.add_argument("--checkpoint", help="e.g. epoch-0007 (default: the selected one, else the last)")
     p.add_argument("--format", choices=["kohya", "diffusers", "embedding"], help="default: kohya if written")
     p.add_argument("-o", "--output", default=".", help="folder to download into (default: .)")
-    p.set_defaults(fn=cmd_pull)
-    p = sub.add_parser("select", help="set spec.selectedCheckpoint")
-    p.add_argument("job")
+    p = add("select", cmd_select, "set spec.selectedCheckpoint: an epoch, or auto (lowest validation loss)")
     p.add_argument("checkpoint")
-    p.set_defaults(fn=cmd_select)
-    for command, text in (("suspend", "stop a job's pod and hold it (spec.suspend)"),
-                          ("resume", "queue a suspended job again")):
-        p = sub.add_parser(command, help=text)
-        p.add_argument("job")
-        p.set_defaults(fn=cmd_suspend)
-    p = sub.add_parser("retrain", help="new job from a finished one's resolvedSpec with --set overrides")
-    p.add_argument("job")
+    add("suspend", cmd_suspend, "stop a job's pod and hold it (spec.suspend)")
+    add("resume", cmd_suspend, "queue a suspended job again")
+    p = add("logs", cmd_logs, "the trainer pod's log (the kept last lines once the pod is gone)")
+    p.add_argument("--attempt", type=int, help="attempt number (default: the last; see describe)")
+    p.add_argument("-f", "--follow", action="store_true", help="stream the live pod's log until it ends")
+    add("cancel", cmd_cancel, "end a job as Cancelled, keeping its finished epochs (spec.cancel)")
+    p = add("retrain", cmd_retrain, "new job from a finished one's resolvedSpec with --set overrides")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                    help="camelCase dotted path and YAML value, e.g. training.unetLearningRate=5e-5 (repeatable)")
     p.add_argument("--name", help="name of the new job (default: <job>-retrain-<random>)")
-    p.set_defaults(fn=cmd_retrain)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import urllib3
@@ -41,9 +42,10 @@ class Jobs:
             raise CliError(f"cannot load kubeconfig: {err}") from err
         self.namespace = namespace or current_namespace(kubeconfig, context)
 
-    def _call(self, what: str, fn, *args, **kwargs) -> Any:
+    def _call(self, what: str, fn, *args, namespaced: bool = True, **kwargs) -> Any:
+        scope = (self.namespace,) if namespaced else ()
         try:
-            return fn(GROUP, VERSION, self.namespace, PLURAL, *args, **kwargs)
+            return fn(GROUP, VERSION, *scope, PLURAL, *args, **kwargs)
         except ApiException as err:
             if err.status == 404 and what:
                 raise CliError(f"ltj/{what} not found in namespace {self.namespace}") from err
@@ -56,9 +58,29 @@ class Jobs:
         """The job as a dict. Raises CliError ``ltj/<name> not found in namespace <ns>``."""
         return self._call(name, self.api.get_namespaced_custom_object, name)
 
-    def list(self) -> list[dict]:
-        """Every job of the namespace."""
-        return self._call("", self.api.list_namespaced_custom_object)["items"]
+    def list(self, all_namespaces: bool = False, selector: str | None = None) -> list[dict]:
+        """The jobs of the namespace (of every namespace with ``all_namespaces``) matching a label selector."""
+        kwargs = {"label_selector": selector} if selector else {}
+        if all_namespaces:
+            return self._call("", self.api.list_cluster_custom_object, namespaced=False, **kwargs)["items"]
+        return self._call("", self.api.list_namespaced_custom_object, **kwargs)["items"]
+
+    def pod_log(self, pod: str, follow: bool) -> Iterator[str] | None:
+        """The trainer pod's log as it comes (to its end with ``follow``); None when the pod is gone.
+
+        Raises:
+            CliError: The API server cannot give the log (the node's kubelet unreachable, say).
+        """
+        core = client.CoreV1Api(self.api.api_client)
+        try:
+            response = core.read_namespaced_pod_log(pod, self.namespace, follow=follow, _preload_content=False)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise CliError(f"no log from pod {pod}: {err.status} {err.reason}: {_message(err)}") from err
+        except urllib3.exceptions.HTTPError as err:
+            raise CliError(f"cannot reach the API server at {self.api.api_client.configuration.host}: {err}") from err
+        return (chunk.decode(errors="replace") for chunk in response.stream(1024))
 
     def patch_spec(self, name: str, spec: dict) -> dict:
         """Merge-patch ``spec`` fields of a job."""

@@ -17,8 +17,9 @@ from .errors import CliError
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 """YAML 1.1 reads ``5e-5`` as a string; learning rates are written that way, so numbers are fixed up."""
 
-DROPPED_FIELDS = ("selectedCheckpoint",)
-"""Fields of a finished job's spec that belong to that run, not to a new one."""
+DROPPED_FIELDS = ("selectedCheckpoint", "deleteUnselected", "cancel")
+"""Fields of a finished job's spec that belong to that run, not to a new one (a retrain of a
+cancelled job must not start cancelled)."""
 
 
 def parse_value(raw: str) -> Any:

@@ -61,10 +61,15 @@ def job_row(job: dict, now: datetime | None = None) -> list[object]:
     ]
 
 
-def jobs_table(jobs: Sequence[dict], now: datetime | None = None) -> str:
-    """The ``list`` table, sorted by name."""
+def jobs_table(jobs: Sequence[dict], now: datetime | None = None, all_namespaces: bool = False) -> str:
+    """The ``list`` table, sorted by name; with ``all_namespaces`` a NAMESPACE column first, as kubectl's -A."""
+    headers = ["NAME", "PHASE", "PROGRESS", "EPOCH", "QUEUE", "AGE"]
+    if all_namespaces:
+        ordered = sorted(jobs, key=lambda j: (j["metadata"].get("namespace", ""), j["metadata"]["name"]))
+        return format_table(["NAMESPACE", *headers],
+                            [[j["metadata"].get("namespace"), *job_row(j, now)] for j in ordered])
     rows = [job_row(j, now) for j in sorted(jobs, key=lambda j: j["metadata"]["name"])]
-    return format_table(["NAME", "PHASE", "PROGRESS", "EPOCH", "QUEUE", "AGE"], rows)
+    return format_table(headers, rows)
 
 
 def attempts_table(attempts: Sequence[Attempt]) -> str:
