@@ -113,6 +113,25 @@ REFUSED = [
             ("spec.network.convDim", "needs spec.type: locon")),
     Refused("backoff above its maximum", {"retryPolicy": {"backoffSeconds": 900, "maxBackoffSeconds": 600}},
             ("spec.retryPolicy.backoffSeconds", "must not exceed maxBackoffSeconds")),
+    # values the Pod API refuses in the trainer pod: before the CRD had these rules, the pod create
+    # answered 422 and the job looped, holding a node (issue 26, finding 3)
+    *[Refused(f"storage.secretRef {ref!r}", {"storage": {"secretRef": ref}},
+              ("spec.storage.secretRef", "lowercase RFC 1123 subdomain"))
+      for ref in ("lora-storage/", "other-ns/lora-storage", "..", ".", "%2e%2e")],
+    Refused("toleration key with spaces", {"placement": {"tolerations": [{"key": "bad key", "operator": "Exists"}]}},
+            ("spec.placement.tolerations[0].key", "must be a label key")),
+    Refused("toleration with operator Exists and a value",
+            {"placement": {"tolerations": [{"key": "gpu", "operator": "Exists", "value": "x"}]}},
+            ("spec.placement.tolerations[0].value", "must be empty when its operator is Exists")),
+    Refused("toleration without a key, operator Equal", {"placement": {"tolerations": [{"value": "x"}]}},
+            ("spec.placement.tolerations[0].operator", "without a key must have operator Exists")),
+    Refused("nodeSelector key with spaces", {"placement": {"nodeSelector": {"bad key": "x"}}},
+            ("spec.placement.nodeSelector", "every key must be a label key")),
+    Refused("nodeSelector value over 63 characters", {"placement": {"nodeSelector": {"zone": "z" * 64}}},
+            ("spec.placement.nodeSelector", "every value must be a label value")),
+    Refused("gpuType with a space", {"placement": {"gpuType": "h 100"}},
+            ("spec.placement.gpuType", "must be a label value")),
+    Refused("template named '..'", {"template": ".."}, ("spec.template", "lowercase RFC 1123 subdomain")),
     Refused("job name with capitals", {}, ("metadata.name", "RFC 1123"), name="Bad_Name"),
     Refused("job name over 253 characters", {}, ("metadata.name", "no more than 253"), name="n" * 254),
 ]
