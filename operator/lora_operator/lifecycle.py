@@ -18,7 +18,7 @@ from . import status_transitions as st
 from .api import FINISHED_PHASES, ConditionType, JobSpec, JobStatus, Phase, Reason, SpecError, resolve_spec, spec_hash
 from .config import OperatorConfig
 from .confirmed import Confirmed
-from .k8s import Conflict, Kube
+from .k8s import Conflict, Kube, describe_error
 from .metrics import OperatorMetrics
 from .outcome import ActionKind, classify, next_action
 from .render import output_prefix
@@ -72,6 +72,9 @@ class Lifecycle:
         """
         if job.deleting:
             return self.cancel(job, pods, now)
+        derived = st.derive_phase(job.status.conditions)
+        if job.status.phase is not derived:
+            return self.correct_phase(job, derived)
         if job.status.phase in FINISHED_PHASES:
             return self.housekeep(job, pods, now)
         if job.status.resolved_spec is None:
@@ -139,6 +142,35 @@ class Lifecycle:
         self.write(job, st.failed(job.status, reason=reason, message=message, now=now))
         self.emit(job.body, "Warning", reason, message)
 
+    def correct_phase(self, job: JobView, derived: Phase) -> None:
+        """status.phase is only the summary of the conditions this operator wrote: a phase that
+        disagrees with them (a hand-patched Succeeded) is put back, and nothing acts on it."""
+        message = (f"status.phase {job.status.phase} does not follow the job's conditions; "
+                   f"set back to {derived}")
+        self.write(job, job.status.model_copy(update={"phase": derived}))
+        self.emit(job.body, "Warning", Reason.PHASE_CORRECTED, message)
+
+    def defer(self, job: JobView, error: BaseException, now: datetime) -> None:
+        """A check of an unresolved job met an API or storage error: Pending, Resolved False,
+        with the error in the message (an Event when it is new). The caller retries later."""
+        message = f"checks before queueing could not be made yet, retrying: {describe_error(error)}"
+        new = st.deferred(job.status, message=message, now=now)
+        if st.find_condition(new.conditions, ConditionType.RESOLVED) != st.find_condition(
+                job.status.conditions, ConditionType.RESOLVED):
+            self.write(job, new)
+            self.emit(job.body, "Warning", Reason.CHECK_DEFERRED, message)
+
+    def unexpected(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], error: BaseException,
+                   now: datetime) -> None:
+        """An error no rule covers, met while handling an unfinished job: it fails with the error
+        named, its pods go, instead of failing the same way on every event and tick."""
+        if job.status.phase in FINISHED_PHASES or job.deleting:
+            return
+        for name in pods:
+            self.kube.delete_pod(job.namespace, name)
+        self.fail(job, Reason.UNEXPECTED_ERROR,
+                  f"the operator could not handle this job: {describe_error(error)}", now)
+
     def suspend(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
         self.delete_pods(job, pods)
         if job.status.phase is not Phase.SUSPENDED:
@@ -148,7 +180,8 @@ class Lifecycle:
     def past_deadline(self, job: JobView, now: datetime) -> bool:
         limit = job.spec.get("activeDeadlineSeconds")
         started = job.status.admitted_at
-        return bool(limit and started and now - _parse(started) > timedelta(seconds=int(limit)))
+        # compared in seconds: a timedelta of a huge limit (2^63-1, which the schema allows) overflows
+        return bool(limit and started and (now - _parse(started)).total_seconds() > int(limit))
 
     def follow_attempt(self, job: JobView, spec: JobSpec, pods: Mapping[str, Mapping[str, Any]],
                        now: datetime) -> None:
