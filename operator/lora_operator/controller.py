@@ -282,6 +282,8 @@ class Controller:
             else:
                 log.error("%s: unexpected error", view.key, exc_info=error)
                 self.lifecycle.unexpected(view, self.pods_of(uid), error, utcnow())
+        except Conflict:
+            log.info("%s: changed while its error was recorded; the next event reconciles it", view.key)
         except Exception:  # noqa: BLE001 - the status write itself failed; the next try writes it
             log.exception("%s: recording an error in the status failed", view.key)
         self.metrics.count_reconcile_error("reconcile")
