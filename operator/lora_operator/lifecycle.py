@@ -59,6 +59,8 @@ class Lifecycle:
         """Patches the job's status if it changed; conditional on the resourceVersion read."""
         new = new.model_copy(update={"observed_generation": job.generation})
         patch = status_patch(job.status, new)
+        if patch and (job.body.get("status") or {}).get("phase") is None:
+            patch["phase"] = new.to_resource()["phase"]  # a blank phase parses as Pending: write it out
         if patch:
             self.kube.patch_job_status(job.namespace, job.name, patch,
                                        job.resource_version if conditional else None)

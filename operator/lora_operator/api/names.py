@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
 _LABEL = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 DNS1123_SUBDOMAIN = rf"^{_LABEL}(\.{_LABEL})*$"
@@ -76,4 +76,6 @@ ObjectName = Annotated[str, AfterValidator(_subdomain)]
 """The name of a namespaced object the pod refers to (a Secret) or the operator reads (a template)."""
 LabelKey = Annotated[str, AfterValidator(_label_key)]
 LabelValue = Annotated[str, AfterValidator(_label_value)]
-Labels = Annotated[dict[str, str], AfterValidator(_labels)]
+Labels = Annotated[dict[str, Annotated[str, Field(max_length=63)]], AfterValidator(_labels)]
+"""Labels (a node selector): keys and values checked; values bounded in the schema so the CEL
+rule over them stays within the apiserver's cost budget (map keys cannot be bounded there)."""
