@@ -180,10 +180,8 @@ class Lifecycle:
             self.emit(job.body, "Normal", Reason.SUSPENDED, "spec.suspend is true; the trainer pod was removed")
 
     def past_deadline(self, job: JobView, now: datetime) -> bool:
-        limit = job.spec.get("activeDeadlineSeconds")
-        started = job.status.admitted_at
-        # compared in seconds: a timedelta of a huge limit (2^63-1, which the schema allows) overflows
-        return bool(limit and started and (now - _parse(started)).total_seconds() > int(limit))
+        return bool(job.spec.get("activeDeadlineSeconds")) and seconds_past(
+            job.status.admitted_at, now, job.spec["activeDeadlineSeconds"], strictly=True)
 
     def follow_attempt(self, job: JobView, spec: JobSpec, pods: Mapping[str, Mapping[str, Any]],
                        now: datetime) -> None:
@@ -241,8 +239,7 @@ class Lifecycle:
                                                           "message": f"{selected} copied to {output.uri}"}))
             self.emit(job.body, "Normal", Reason.CHECKPOINT_SELECTED, f"{selected} copied to {output.uri}")
         ttl = job.spec.get("ttlSecondsAfterFinished")
-        done = job.status.completion_time
-        if ttl is not None and done and now - _parse(done) >= timedelta(seconds=int(ttl)):
+        if ttl is not None and seconds_past(job.status.completion_time, now, ttl):
             self.kube.delete_job(job.namespace, job.name)
         return None
 
@@ -281,6 +278,16 @@ class Lifecycle:
             self.metrics.set_job_progress(job.namespace, job.name, p.percent / 100, p.steps_per_second, p.loss)
         with contextlib.suppress(Conflict):  # the next tick reads again
             self.write(job, new)
+
+
+def seconds_past(since: str | None, now: datetime, limit: int, *, strictly: bool = False) -> bool:
+    """Whether `limit` seconds have passed (more than that with `strictly`) since the RFC 3339
+    time `since`; False when it is unset. Compared as numbers: a timedelta of a limit the
+    schema allows (up to 2^63-1 s) overflows."""
+    if not since:
+        return False
+    elapsed = (now - _parse(since)).total_seconds()
+    return elapsed > int(limit) if strictly else elapsed >= int(limit)
 
 
 def _parse(value: str) -> datetime:

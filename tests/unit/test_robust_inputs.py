@@ -14,7 +14,7 @@ from lora_operator.api import ConditionType, JobStatus, Phase, Reason, SpecError
 from lora_operator.api.spec import Placement, Storage, Toleration
 from lora_operator.crdgen.rules import name_rules
 from lora_operator.k8s import Refused, describe_error, transient
-from lora_operator.lifecycle import Lifecycle
+from lora_operator.lifecycle import Lifecycle, seconds_past
 from lora_operator.scheduling import GpuNode, QueuedJob, Taint, unmatched
 from lora_operator.status_transitions import admitted, deferred, derive_phase, find_condition, queued, waiting_for_node
 from lora_operator.storage import StorageError
@@ -148,3 +148,10 @@ def test_the_phase_follows_the_conditions_not_a_hand_edit():
     waiting = queued(JobStatus(), position=1, now=T0)
     patched = waiting.model_copy(update={"phase": Phase.SUCCEEDED})
     assert derive_phase(patched.conditions) is Phase.QUEUED
+
+
+def test_a_ttl_of_2_63_seconds_is_never_reached():
+    # found by the fuzzer: timedelta(seconds=2**63-1) overflowed in the TTL check of every finished job
+    assert not seconds_past("2026-01-01T00:00:00Z", T0 + timedelta(days=3650), 2**63 - 1)
+    assert seconds_past("2026-01-01T00:00:00Z", T0, 0) and not seconds_past(None, T0, 0)
+    assert not seconds_past("2026-01-01T00:00:00Z", T0 + timedelta(seconds=5), 5, strictly=True)
