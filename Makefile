@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)/tests
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 
-.PHONY: setup apt venv tools test test-unit test-trainer test-cluster lint crds chaos demo \
+.PHONY: setup apt venv tools test test-unit test-trainer test-cluster lint crds chaos fuzz demo \
         cluster-up cluster-down bench-cpu bench-gpu clean
 
 setup: apt venv tools  ## everything the tests and the demo need
@@ -48,6 +48,9 @@ test-cluster: setup
 
 chaos: setup  ## fault injection: kill -9, node loss, storage and apiserver outages
 	$(PYTEST) tests -m chaos
+
+fuzz: setup  ## schema-driven fuzzer: specs drawn from the CRD schema on the real control plane (make test runs 40)
+	LORA_FUZZ_EXAMPLES=$${LORA_FUZZ_EXAMPLES:-1000} $(PYTEST) tests/cluster/test_fuzz_specs.py -s
 
 lint: venv
 	$(BIN)/ruff check operator trainer-image tests examples bench

@@ -19,13 +19,23 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from . import status_transitions as st
-from .api import ConditionType, JobSpec
+from .api import ConditionType, JobSpec, Reason
 from .config import OperatorConfig
-from .k8s import Conflict, Kube
+from .k8s import Conflict, Kube, Refused
 from .lifecycle import Emit, Lifecycle
 from .metrics import OperatorMetrics
 from .render import build_trainer_pod, pod_name
-from .scheduling import Admission, GpuNode, Plan, QueuedJob, TrainerPod, node_limit, resource_toleration, schedule
+from .scheduling import (
+    Admission,
+    GpuNode,
+    Plan,
+    QueuedJob,
+    TrainerPod,
+    node_limit,
+    resource_toleration,
+    schedule,
+    unmatched,
+)
 from .views import JobView, parse_time
 
 log = logging.getLogger(__name__)
@@ -42,6 +52,18 @@ RECENT_SECONDS = 60.0
 """How long a pod this replica is claiming or just created counts as holding its node before the watch shows it."""
 SETTLERS = 4
 """Passes whose claims can be in flight at once (each waits on its claims' round trips)."""
+
+
+def describe_placement(job: QueuedJob, gpu_type_label: str) -> str:
+    """A job's placement as a user reads it, each part with the field that sets it."""
+    parts = []
+    if job.gpu_type is not None:
+        parts.append(f"spec.placement.gpuType {job.gpu_type!r} (node label {gpu_type_label})")
+    if job.node_selector:
+        parts.append(f"spec.placement.nodeSelector {dict(job.node_selector)}")
+    if job.tolerations:
+        parts.append(f"with spec.placement.tolerations of {len(job.tolerations)} taint(s)")
+    return ", ".join(parts) or "the job's placement (every GPU node has a taint it does not tolerate)"
 
 
 def _set(event: threading.Event) -> threading.Event:
@@ -76,6 +98,8 @@ class Admitter:
     """node -> when its last trainer pod ended (admission latency starts there)."""
     released: Callable[[], None] = lambda: None
     """Called from a claim thread when a claim failed and gave its node back (the controller asks for a pass)."""
+    told_unmatched: frozenset[str] = frozenset()
+    """Waiting jobs whose status says no GPU node matches them (NoMatchingNode)."""
     told_limited: set[str] = field(default_factory=set)
     """Waiting jobs already told (an Event) that their namespace holds its node limit: told once per wait."""
     _recent_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -130,6 +154,7 @@ class Admitter:
                         always_tolerated=(resource_toleration(self.config.gpu_resource),),
                         node_limits=self.config.namespace_node_limits)
         self._tell_limited(plan.limited, {job.uid for job in queued}, job_of)
+        self._tell_unmatched(queued, nodes, job_of, now)
         candidates = [(job, admission) for admission in plan.admissions
                       if (job := job_of(admission.job_uid)) is not None and job.waiting()]
         # (a job that changed since the snapshot is left to the next pass)
@@ -152,6 +177,46 @@ class Admitter:
                           f"namespace {job.namespace} holds its limit of {limit} GPU node(s) "
                           f"({self.config.env_var('namespace_node_limits')}); the job keeps its place in the queue")
         self.told_limited = (self.told_limited | limited) & waiting
+
+    def _tell_unmatched(self, queued: list[QueuedJob], nodes: list[GpuNode],
+                        job_of: Callable[[str], JobView | None], now: datetime) -> None:
+        """A waiting job that no GPU node could take (gpuType, nodeSelector, taints) says so:
+        Admitted False with reason NoMatchingNode and an Event, once; back to Queued when a node
+        that matches joins. It keeps its place and holds up no other job (the planner passes it over)."""
+        none = unmatched(queued, nodes, gpu_type_label=self.config.gpu_type_label,
+                         always_tolerated=(resource_toleration(self.config.gpu_resource),))
+        waiting = {job.uid: job for job in queued}
+        changed = [(uid, False) for uid in none - self.told_unmatched] + [
+            (uid, True) for uid in self.told_unmatched - none if uid in waiting]
+        with self._recent_lock:
+            self.told_unmatched = none
+        for uid, matched in changed:
+            self._starter.submit(contextvars.copy_context().run, self._write_match, waiting[uid], matched, job_of, now)
+
+    def _write_match(self, queued: QueuedJob, matched: bool, job_of: Callable[[str], JobView | None],
+                     now: datetime) -> None:
+        """Writes whether any node matches the job (see `_tell_unmatched`); a write that lost to a
+        change of the job is left to the next pass."""
+        job = job_of(queued.uid)
+        if job is None or not job.waiting():
+            return
+        if matched:
+            message = "a GPU node that matches the job's placement joined; waiting for it to be free"
+        else:
+            message = f"no GPU node matches {describe_placement(queued, self.config.gpu_type_label)}; " \
+                      "the job keeps its place and waits for one to join"
+        new = st.waiting_for_node(job.status, matched=matched, message=message, now=now)
+        if new == job.status:
+            return
+        try:
+            self.lifecycle.write(job, new)
+        except Exception as err:  # noqa: BLE001 - in a pool thread; the next pass tries again
+            log.info("%s: recording whether a node matches failed: %s", job.key, err)
+            with self._recent_lock:
+                self.told_unmatched = self.told_unmatched ^ {queued.uid}
+            return
+        if not matched:
+            self.emit(job.body, "Warning", Reason.NO_MATCHING_NODE, message)
 
     def _reserve(self, candidates: list[tuple[JobView, Admission]]) -> None:
         """Marks each candidate's node as held by the pod its claim is for, before the claim is sent."""
@@ -234,6 +299,8 @@ class Admitter:
         try:
             self.kube.ensure_service_account(job.namespace, self.config.trainer_service_account)
             self.kube.create_pod(claimed.pod)
+        except Refused as err:
+            return self.refused(claimed, err, now)
         except Exception:  # noqa: BLE001 - in a pool thread nothing else would see it
             log.exception("%s: creating trainer pod %s failed", job.key, name)
             self.metrics.count_reconcile_error("admission")
@@ -241,6 +308,28 @@ class Admitter:
         self.metrics.observe_admission((now - self.admissible_since(job, admission.node)).total_seconds())
         self.emit(job.body, "Normal", "NodeAssigned",
                   f"attempt {claimed.attempt} on node {admission.node} with {admission.gpus} GPU(s), pod {name}")
+
+    def refused(self, claimed: Claimed, error: Refused, now: datetime) -> None:
+        """The API server refused the trainer pod (422/400): a value of the job's spec that the
+        Pod API does not take and the CRD's rules did not catch. Sending it again cannot help,
+        so the job fails at once with the server's message, and its node is free again now
+        (before, the claim held it until the pod's grace ran out, then queued the job again)."""
+        job, node = claimed.job, claimed.admission.node
+        log.info("%s: %s", job.key, error)
+        try:
+            for _ in range(CLAIM_TRIES):
+                body = self.kube.get_job(job.namespace, job.name)
+                fresh = JobView.of(body) if body else None
+                if fresh is None or fresh.uid != job.uid or fresh.status.attempt != claimed.attempt:
+                    break
+                try:
+                    self.lifecycle.fail(fresh, Reason.POD_REFUSED, f"{error}; fix the job's spec", now)
+                    break
+                except Conflict:
+                    continue
+        finally:
+            self._release(job, node)
+            self.released()
 
     def claim(self, job: JobView, admission: Admission, *, pod: str, attempt: int, now: datetime) -> JobView:
         """Writes Admitted, conditional on the resourceVersion read; returns the view it was written on.

@@ -8,19 +8,21 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import heapq
 import logging
 import math
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime
 from typing import Any
 
 from . import heap
 from .admission import Admitter
-from .api import Phase
+from .api import FINISHED_PHASES, Phase
 from .config import OperatorConfig
-from .k8s import Conflict, Kube
+from .k8s import Conflict, Kube, describe_error, transient
 from .lifecycle import Emit, Lifecycle
 from .metrics import OperatorMetrics
 from .positions import PositionWriter
@@ -56,9 +58,50 @@ UNRESOLVED_GRACE = 60.0
 """Seconds a new job may stay unresolved before the follow loop reconciles it again: a safety
 net for a first reconcile that gave up (it kept conflicting, the replica lost its peering)."""
 UNQUEUED_PER_TICK = 20
-"""Such jobs queued per follow-loop tick at most: during a submission burst the reconciles lag
-behind by thousands of jobs, and reconciling all of them again at once (MinIO checks, status writes) stalled the
-operator (5000 jobs: 200 s to queue instead of 93 s, 682 MB)."""
+"""Unresolved jobs reconciled again per follow-loop tick at most, the longest overdue first:
+during a submission burst the reconciles lag behind by thousands of jobs, and reconciling all of
+them again at once (MinIO checks, status writes) stalled the operator (5000 jobs: 200 s to queue
+instead of 93 s, 682 MB). Each retry moves its job behind the others (`RetryBackoff`), so no job
+waits behind a fixed set of the oldest."""
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 60.0
+"""Backoff of an unresolved job whose checks met an API or storage error: doubles per failure."""
+
+
+class RetryBackoff:
+    """When each unresolved job is due for another try: its own backoff, doubling per failure,
+    so a job that keeps failing does not crowd out one that failed once."""
+
+    def __init__(self, first: float = RETRY_FIRST_SECONDS, most: float = RETRY_MAX_SECONDS):
+        self.first, self.most = first, most
+        self._due: dict[str, tuple[float, float]] = {}
+        """uid -> (due on the monotonic clock, the delay that set it)."""
+
+    def failed(self, uid: str, now: float) -> float:
+        """Records a failed try; returns the delay until the next one."""
+        _, last = self._due.get(uid, (0.0, 0.0))
+        delay = min(self.most, last * 2) if last else self.first
+        self._due[uid] = (now + delay, delay)
+        return delay
+
+    def tried(self, uid: str, now: float) -> None:
+        """A retry starts: the job waits out its current delay again before the next (a try that
+        fails doubles it through `failed`)."""
+        _, last = self._due.get(uid, (0.0, self.first))
+        self._due[uid] = (now + last, last)
+
+    def passed(self, uid: str) -> None:
+        self._due.pop(uid, None)
+
+    def due(self, uid: str) -> float | None:
+        """When the job's next try is due; None when no try of it failed."""
+        entry = self._due.get(uid)
+        return entry[0] if entry else None
+
+    def forget(self, keep: Iterable[str]) -> None:
+        keep = set(keep)
+        for uid in [u for u in self._due if u not in keep]:
+            del self._due[uid]
 
 
 class Controller:
@@ -90,6 +133,7 @@ class Controller:
         self._waiting: set[str] = set()
         """Jobs in `_queue`, each once."""
         self.passes = 0
+        self.retries = RetryBackoff()
         self._handler_context: contextvars.Context | None = None
         self._pass_thread = ThreadPoolExecutor(1, thread_name_prefix="schedule")
         """Passes run on a thread of their own: in the event loop's default executor they would
@@ -214,10 +258,36 @@ class Controller:
                     await self._on_thread(self.lifecycle.reconcile, view, self.pods_of(uid), utcnow())
                     if progress:
                         await self._on_thread(self.lifecycle.sync_progress, self.job(uid) or view, utcnow())
+                    self.retries.passed(uid)
                     return
                 except Conflict:
                     await asyncio.sleep(0.1 * (attempt + 1))  # the watch brings the newer object
+                except Exception as err:  # noqa: BLE001 - every job ends with a status, whatever went wrong
+                    await self._on_thread(self.recover, uid, err)
+                    return
             log.info("job %s kept changing; the next event reconciles it", uid)
+
+    def recover(self, uid: str, error: Exception) -> None:
+        """After a reconcile raised: an error that may clear up (an API or storage error) leaves
+        an unresolved job Pending with the error in its Resolved condition, retried after its
+        own backoff; any other error fails the job with the error named (see `Lifecycle.unexpected`)."""
+        view = self.job(uid)
+        if view is None:
+            return
+        try:
+            if transient(error):
+                delay = self.retries.failed(uid, time.monotonic())
+                log.warning("%s: %s; next try in %.0f s", view.key, describe_error(error), delay)
+                if view.status.resolved_spec is None:
+                    self.lifecycle.defer(view, error, utcnow())
+            else:
+                log.error("%s: unexpected error", view.key, exc_info=error)
+                self.lifecycle.unexpected(view, self.pods_of(uid), error, utcnow())
+        except Conflict:
+            log.info("%s: changed while its error was recorded; the next event reconciles it", view.key)
+        except Exception:  # noqa: BLE001 - the status write itself failed; the next try writes it
+            log.exception("%s: recording an error in the status failed", view.key)
+        self.metrics.count_reconcile_error("reconcile")
 
     async def _on_thread(self, fn: Callable[..., Any], *args: Any, executor: ThreadPoolExecutor | None = None) -> Any:
         """fn(*args) on a worker thread (of `executor`, else the loop's default), in a handler's
@@ -298,16 +368,21 @@ class Controller:
         """
         while True:
             await asyncio.sleep(self.config.progress_interval)
-            due, unqueued = [], []
-            stale = utcnow() - timedelta(seconds=UNRESOLVED_GRACE)
+            due, unresolved = [], []
+            now, clock = utcnow(), time.monotonic()
             for uid in list(self.jobs):
                 body = self._body(uid)
-                status = (body or {}).get("status") or {}
-                if body is not None and needs_following(status, body.get("spec") or {}):
+                if body is None:
+                    continue
+                status = body.get("status") or {}
+                if needs_following(status, body.get("spec") or {}):
                     due.append(uid)
-                elif (body is not None and "resolvedSpec" not in status and len(unqueued) < UNQUEUED_PER_TICK
-                      and (parse_time(body["metadata"].get("creationTimestamp")) or stale) < stale):
-                    unqueued.append(uid)
+                elif (when := self._retry_due(uid, body, now, clock)) is not None:
+                    unresolved.append((when, uid))
+            unqueued = [uid for _, uid in heapq.nsmallest(UNQUEUED_PER_TICK, unresolved)]
+            for uid in unqueued:  # each try backs its job off until one resolves it: the others get their turn
+                self.retries.tried(uid, clock)
+            self.retries.forget(self.jobs)
             calls = [self.reconcile(uid, progress=True) for uid in due] + [self.reconcile(uid) for uid in unqueued]
             for uid, outcome in zip(due + unqueued, await asyncio.gather(*calls, return_exceptions=True),
                                     strict=True):
@@ -316,6 +391,20 @@ class Controller:
                     self.metrics.count_reconcile_error("follow")
             self.prune()
             heap.trim()  # what the last bursts of events and writes freed goes back to the system
+
+    def _retry_due(self, uid: str, body: Mapping[str, Any], now: datetime, clock: float) -> float | None:
+        """When an unresolved job is due for another reconcile (on the monotonic clock), if it is
+        now: after its backoff when a try failed, else once older than the grace (a first
+        reconcile that gave up). Finished jobs are done, whether or not they were ever resolved."""
+        status = body.get("status") or {}
+        if "resolvedSpec" in status or status.get("phase") in FINISHED_PHASES or body["metadata"].get(
+                "deletionTimestamp"):
+            return None
+        due = self.retries.due(uid)
+        if due is None:
+            created = parse_time(body["metadata"].get("creationTimestamp")) or now
+            due = clock - (now - created).total_seconds() + UNRESOLVED_GRACE
+        return due if due <= clock else None
 
     async def loop(self) -> None:
         """The scheduling loop: a pass after each burst of kicks, and at least every few seconds."""

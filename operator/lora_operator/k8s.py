@@ -7,8 +7,8 @@ restarted one acting on a stale view) cannot both admit a job: the second gets a
 
 from __future__ import annotations
 
+import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -16,17 +16,18 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from .api import GROUP, VERSION
+from .api.names import is_subdomain
 from .api.resources import ClusterLoraTrainingTemplate, LoraTrainingJob, LoraTrainingTemplate
-from .api.uris import NAME_PATTERN
 from .own_writes import OwnWrites
+from .storage import StorageError
 
 log = logging.getLogger(__name__)
 
 
 DELETE_MEMORY_SECONDS = 60.0
-MAX_NAME = 253
 SYNC_CONNECTIONS = 48
 """Kept-alive API connections of the client the worker threads share: the claim, pod-start and
 reconcile threads (16 + 16 + 8, and the position writer) make that many requests at once. The
@@ -54,6 +55,41 @@ def _version() -> str:
 
 class Conflict(Exception):
     """The object changed since it was read; the caller re-reads and decides again."""
+
+
+class Refused(Exception):
+    """The API server refused an object as invalid (422 Invalid, 400 BadRequest). Sending it
+    again cannot help: the message (the server's, naming the field) is for the job's user."""
+
+
+REFUSED_STATUSES = frozenset({400, 422})
+MAX_ERROR_TEXT = 600
+"""Characters of an error kept for a status message."""
+
+
+def describe_error(error: BaseException) -> str:
+    """An error in one line for a status message: an API error as its status, reason and the
+    server's own message (which names the field), anything else as its type and text."""
+    if isinstance(error, ApiException):
+        try:
+            detail = json.loads(error.body or "{}").get("message") or ""
+        except (ValueError, AttributeError):
+            detail = str(error.body or "")
+        return f"{error.status} {error.reason}: {detail}".rstrip(": ")[:MAX_ERROR_TEXT]
+    if isinstance(error, Refused):
+        return str(error)[:MAX_ERROR_TEXT]
+    return f"{type(error).__name__}: {error}"[:MAX_ERROR_TEXT]
+
+
+def transient(error: BaseException) -> bool:
+    """Whether an error may clear up by itself: an API error other than a refusal (a 403 while
+    RBAC is being set up, a 5xx, a timeout), a connection error. Anything else (a ValueError on
+    a spec value, an overflow) fails the same way each time."""
+    if isinstance(error, ApiException):
+        return error.status not in REFUSED_STATUSES
+    if isinstance(error, StorageError):
+        return error.transient
+    return isinstance(error, (OSError, HTTPError))
 
 
 @dataclass
@@ -96,6 +132,8 @@ class Kube:
         except ApiException as err:
             if err.status == 409:
                 return False
+            if err.status in REFUSED_STATUSES:
+                raise Refused(f"the API server refused the trainer pod: {describe_error(err)}") from err
             raise
 
     def ensure_service_account(self, namespace: str, name: str) -> None:
@@ -177,7 +215,7 @@ class Kube:
         A name that is no object name (``..``, ``a/b``) names nothing: put in the request path it
         would address another resource (``..`` the list of templates) rather than fail.
         """
-        if len(name) > MAX_NAME or not re.fullmatch(NAME_PATTERN, name):
+        if not is_subdomain(name):
             return None
         for kind, call in (
             (LoraTrainingTemplate, lambda: self.custom.get_namespaced_custom_object(

@@ -21,7 +21,7 @@ from .api.status import JobOutput
 from .config import OperatorConfig
 from .confirmed import Confirmed
 from .input_checks import missing_input
-from .k8s import Conflict, Kube
+from .k8s import Conflict, Kube, describe_error
 from .metrics import OperatorMetrics
 from .outcome import ActionKind, classify, next_action
 from .render import output_prefix
@@ -65,6 +65,8 @@ class Lifecycle:
         """Patches the job's status if it changed; conditional on the resourceVersion read."""
         new = new.model_copy(update={"observed_generation": job.generation})
         patch = status_patch(job.status, new)
+        if patch and (job.body.get("status") or {}).get("phase") is None:
+            patch["phase"] = new.to_resource()["phase"]  # a blank phase parses as Pending: write it out
         if patch:
             self.kube.patch_job_status(job.namespace, job.name, patch,
                                        job.resource_version if conditional else None)
@@ -78,6 +80,9 @@ class Lifecycle:
         """
         if job.deleting:
             return self.cancel(job, pods, now)
+        derived = st.derive_phase(job.status.conditions)
+        if job.status.phase is not derived:
+            return self.correct_phase(job, derived)
         if job.status.phase in FINISHED_PHASES:
             return self.housekeep(job, pods, now)
         if job.cancel_requested:
@@ -152,6 +157,35 @@ class Lifecycle:
         self.write(job, st.failed(job.status, reason=reason, message=message, now=now))
         self.emit(job.body, "Warning", reason, message)
 
+    def correct_phase(self, job: JobView, derived: Phase) -> None:
+        """status.phase is only the summary of the conditions this operator wrote: a phase that
+        disagrees with them (a hand-patched Succeeded) is put back, and nothing acts on it."""
+        message = (f"status.phase {job.status.phase} does not follow the job's conditions; "
+                   f"set back to {derived}")
+        self.write(job, job.status.model_copy(update={"phase": derived}))
+        self.emit(job.body, "Warning", Reason.PHASE_CORRECTED, message)
+
+    def defer(self, job: JobView, error: BaseException, now: datetime) -> None:
+        """A check of an unresolved job met an API or storage error: Pending, Resolved False,
+        with the error in the message (an Event when it is new). The caller retries later."""
+        message = f"checks before queueing could not be made yet, retrying: {describe_error(error)}"
+        new = st.deferred(job.status, message=message, now=now)
+        if st.find_condition(new.conditions, ConditionType.RESOLVED) != st.find_condition(
+                job.status.conditions, ConditionType.RESOLVED):
+            self.write(job, new)
+            self.emit(job.body, "Warning", Reason.CHECK_DEFERRED, message)
+
+    def unexpected(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], error: BaseException,
+                   now: datetime) -> None:
+        """An error no rule covers, met while handling an unfinished job: it fails with the error
+        named, its pods go, instead of failing the same way on every event and tick."""
+        if job.status.phase in FINISHED_PHASES or job.deleting:
+            return
+        for name in pods:
+            self.kube.delete_pod(job.namespace, name)
+        self.fail(job, Reason.UNEXPECTED_ERROR,
+                  f"the operator could not handle this job: {describe_error(error)}", now)
+
     def suspend(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
         self.delete_pods(job, pods)
         if job.status.phase is not Phase.SUSPENDED:
@@ -159,9 +193,8 @@ class Lifecycle:
             self.emit(job.body, "Normal", Reason.SUSPENDED, "spec.suspend is true; the trainer pod was removed")
 
     def past_deadline(self, job: JobView, now: datetime) -> bool:
-        limit = job.spec.get("activeDeadlineSeconds")
-        started = job.status.admitted_at
-        return bool(limit and started and now - _parse(started) > timedelta(seconds=int(limit)))
+        return bool(job.spec.get("activeDeadlineSeconds")) and seconds_past(
+            job.status.admitted_at, now, job.spec["activeDeadlineSeconds"], strictly=True)
 
     def follow_attempt(self, job: JobView, spec: JobSpec, pods: Mapping[str, Mapping[str, Any]],
                        now: datetime) -> None:
@@ -208,8 +241,7 @@ class Lifecycle:
         if job.spec.get("selectedCheckpoint") and job.status.phase in (Phase.SUCCEEDED, Phase.CANCELLED):
             self.carry_out_selection(job)
         ttl = job.spec.get("ttlSecondsAfterFinished")
-        done = job.status.completion_time
-        if ttl is not None and done and now - _parse(done) >= timedelta(seconds=int(ttl)):
+        if ttl is not None and seconds_past(job.status.completion_time, now, ttl):
             self.kube.delete_job(job.namespace, job.name)
         return None
 
@@ -300,6 +332,16 @@ class Lifecycle:
             self.metrics.set_job_progress(job.namespace, job.name, p.percent / 100, p.steps_per_second, p.loss)
         with contextlib.suppress(Conflict):  # the next tick reads again
             self.write(job, new)
+
+
+def seconds_past(since: str | None, now: datetime, limit: int, *, strictly: bool = False) -> bool:
+    """Whether `limit` seconds have passed (more than that with `strictly`) since the RFC 3339
+    time `since`; False when it is unset. Compared as numbers: a timedelta of a limit the
+    schema allows (up to 2^63-1 s) overflows."""
+    if not since:
+        return False
+    elapsed = (now - _parse(since)).total_seconds()
+    return elapsed > int(limit) if strictly else elapsed >= int(limit)
 
 
 def _parse(value: str) -> datetime:

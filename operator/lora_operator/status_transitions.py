@@ -126,7 +126,32 @@ def queued(status: JobStatus, *, position: int | None, now: datetime, generation
     conditions = []
     if admitted_ is None or admitted_.status == "True":
         conditions.append((C.ADMITTED, False, Reason.QUEUED, "waiting for a free GPU node"))
-    return _apply(status, now, generation, conditions, queue_position=position)
+    fields: dict[str, Any] = {"queue_position": position}
+    resolved = find_condition(status.conditions, C.RESOLVED)
+    if resolved is not None and resolved.status == "False":  # a deferred check passed at last
+        conditions.append((C.RESOLVED, True, Reason.QUEUED, "the checks passed"))
+        fields["message"] = "spec resolved; waiting for a free GPU node"
+    return _apply(status, now, generation, conditions, **fields)
+
+
+def deferred(status: JobStatus, *, message: str, now: datetime, generation: int | None = None) -> JobStatus:
+    """A check before queueing could not be made (an API or storage error): the job stays
+    Pending with Resolved False, the message saying what failed, until a retry passes."""
+    if _finished(status):
+        return status
+    return _apply(status, now, generation, [(C.RESOLVED, False, Reason.CHECK_DEFERRED, message)], message=message)
+
+
+def waiting_for_node(status: JobStatus, *, matched: bool, message: str, now: datetime) -> JobStatus:
+    """A queued job's Admitted reason says whether any GPU node matches its placement at all
+    (NoMatchingNode) or it only waits for one to be free (Queued)."""
+    admitted_ = find_condition(status.conditions, C.ADMITTED)
+    if _finished(status) or admitted_ is None or admitted_.status == "True":
+        return status
+    if matched == (admitted_.reason != Reason.NO_MATCHING_NODE):
+        return status
+    reason = Reason.QUEUED if matched else Reason.NO_MATCHING_NODE
+    return _apply(status, now, None, [(C.ADMITTED, False, reason, message)], message=message)
 
 
 def admitted(

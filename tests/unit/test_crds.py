@@ -110,7 +110,8 @@ def test_enums_bounds_and_maps_survive():
     assert nodes["spec.baseModel.family"]["enum"] == ["sd15", "sdxl", "flux"]
     assert nodes["spec.network.alpha"]["minimum"] == 0 and nodes["spec.network.alpha"]["exclusiveMinimum"] is True
     assert nodes["spec.dataset.autoCaption.threshold"]["exclusiveMaximum"] is True
-    assert nodes["spec.placement.nodeSelector"]["additionalProperties"] == {"type": "string"}
+    assert nodes["spec.placement.nodeSelector"]["additionalProperties"] == {"type": "string", "maxLength": 63}
+    assert nodes["spec.placement.nodeSelector"]["maxProperties"] == 64
     assert nodes["spec.previews.prompts"]["maxItems"] == 32
     assert "pattern" in nodes["spec.output.uri"]
 

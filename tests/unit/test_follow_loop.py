@@ -68,10 +68,35 @@ def test_a_job_still_without_a_resolved_spec_after_the_grace_is_reconciled_so_it
     assert not any(progress for _, progress in seen)
 
 
-def test_stuck_new_jobs_are_queued_a_few_at_a_time():
+def test_stuck_new_jobs_are_queued_a_few_at_a_time_each_in_turn():
     # During a submission burst kopf lags by thousands of jobs: reconciling them all at once stalled
-    # the operator, so each tick takes at most UNQUEUED_PER_TICK.
+    # the operator, so each tick takes at most UNQUEUED_PER_TICK. A job tried waits out its backoff
+    # (RETRY_FIRST_SECONDS) before its next try: the next ticks take the others, not the same oldest again.
     jobs = {f"j{i}": new_job(f"j{i}", "2026-01-01T00:00:00Z") for i in range(3 * UNQUEUED_PER_TICK)}
-    seen = follow(jobs, 0.05)  # a few ticks; the fake reconcile queues nothing, so each tick takes the same
-    assert seen and len(seen) % UNQUEUED_PER_TICK == 0
-    assert {uid for uid, _ in seen} == {f"j{i}" for i in range(UNQUEUED_PER_TICK)}
+    seen = follow(jobs, 0.2)  # far more than 3 ticks, far less than the backoff
+    assert [uid for uid, _ in seen].count("j0") == 1
+    assert sorted(uid for uid, _ in seen) == sorted(jobs)  # each once, all of them
+
+
+def test_a_failed_job_is_finished_not_unresolved():
+    # A job that failed before it was resolved (SecretNotFound, InvalidSpec) has nothing to retry.
+    failed = new_job("failed", "2026-01-01T00:00:00Z") | {"status": {"phase": "Failed"}}
+    seen = follow({"failed": failed, "stuck": new_job("stuck", "2026-01-01T00:00:00Z")}, 0.05)
+    assert [uid for uid, _ in seen] == ["stuck"]
+
+
+def test_a_new_job_that_met_an_error_is_retried_ahead_of_a_hundred_that_keep_failing():
+    # 100 old unresolved jobs that keep failing back off further with each try; a newer job whose
+    # first try failed once is due after the shortest backoff, so it is retried on the next due tick.
+    controller = Controller(Kube(), OperatorConfig(progress_interval=0.01), OperatorMetrics(), lambda *a: None)
+    jobs = {f"old{i}": [new_job(f"old{i}", "2026-01-01T00:00:00Z")] for i in range(100)}
+    for i in range(100):
+        for _ in range(4):  # 1, 2, 4, 8 s
+            controller.retries.failed(f"old{i}", 0.0)
+    controller.retries.failed("new", 0.0)
+    jobs["new"] = [new_job("new", utcnow().isoformat().replace("+00:00", "Z"))]
+    controller.bind(jobs, {}, {})
+    now = utcnow()
+    due = [uid for uid in jobs if controller._retry_due(uid, jobs[uid][0], now, 1.5) is not None]
+    assert due == ["new"]
+    assert controller._retry_due("old0", jobs["old0"][0], now, 8.5) is not None

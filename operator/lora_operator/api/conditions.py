@@ -21,6 +21,9 @@ class ConditionType(StrEnum):
     """Training finished; checkpoints and previews are in status and storage."""
     FAILED = "Failed"
     """The job ended without a result; the reason says why."""
+    RESOLVED = "Resolved"
+    """False while a check before queueing (template, Secret, dataset) cannot be made yet: the
+    reason and message say what failed; the check is retried with a backoff of its own."""
 
 
 class Reason(StrEnum):
@@ -70,6 +73,17 @@ class Reason(StrEnum):
     """spec.selectedCheckpoint was copied to final/."""
     CHECKPOINTS_DELETED = "CheckpointsDeleted"
     """spec.deleteUnselected: the checkpoints other than the selected one were deleted."""
+    CHECK_DEFERRED = "CheckDeferred"
+    """A check before queueing met an API or storage error (a 403 while RBAC is set up, a
+    timeout): the job stays Pending and the check is retried with backoff."""
+    POD_REFUSED = "PodRefused"
+    """The API server refused the trainer pod (422/400): a spec value the Pod API does not take."""
+    UNEXPECTED_ERROR = "UnexpectedError"
+    """The operator met an error it has no rule for while handling this job; the message names it."""
+    NO_MATCHING_NODE = "NoMatchingNode"
+    """No GPU node has the job's gpuType, nodeSelector labels and tolerated taints; it waits for one."""
+    PHASE_CORRECTED = "PhaseCorrected"
+    """status.phase disagreed with the conditions the operator wrote (a hand edit); it was put back."""
 
 
 class Phase(StrEnum):

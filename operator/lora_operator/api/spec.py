@@ -9,8 +9,9 @@ from pydantic import Field, model_validator
 
 from .base import ApiModel
 from .dataset import Dataset
+from .names import LABEL_KEY_MAX, LabelKey, Labels, LabelValue, ObjectName
 from .training import Embedding, Network, Training
-from .uris import NAME_PATTERN, OUTPUT_URI_PATTERN, SIZE_PATTERN, URI_PATTERN
+from .uris import OUTPUT_URI_PATTERN, SIZE_PATTERN, URI_PATTERN
 
 
 class ModelFamily(StrEnum):
@@ -128,7 +129,7 @@ class Output(ApiModel):
 class Storage(ApiModel):
     """Credentials and endpoint of the object store."""
 
-    secret_ref: str | None = Field(default=None, max_length=253)
+    secret_ref: ObjectName | None = Field(default=None, max_length=253)
     """Name of a Secret in the job's namespace with keys accessKey and secretKey (and optionally
     endpoint, hfToken). Default: lora-storage in the job's namespace (the chart's
     storage.existingSecret)."""
@@ -138,27 +139,42 @@ class Storage(ApiModel):
     """Use TLS to the endpoint. Default: the operator's setting."""
 
 
+TOLERATION_EXISTS_VALUE = "a toleration's value must be empty when its operator is Exists"
+TOLERATION_EMPTY_KEY = "a toleration without a key must have operator Exists (it then matches every taint)"
+MAX_SELECTOR_LABELS = 64
+MAX_TOLERATIONS = 32
+"""Bounds that keep the CEL rules on each label and toleration within the apiserver's cost budget."""
+
+
 class Toleration(ApiModel):
     """A Kubernetes toleration."""
 
-    key: str | None = None
-    """Taint key; empty with operator Exists matches every taint."""
+    key: LabelKey | None = Field(default=None, max_length=LABEL_KEY_MAX)
+    """Taint key (a label key); empty with operator Exists matches every taint."""
     operator: Literal["Exists", "Equal"] = "Equal"
     """Exists or Equal. Default: Equal."""
-    value: str | None = None
-    """Taint value to match with operator Equal."""
+    value: LabelValue | None = Field(default=None, max_length=63)
+    """Taint value to match with operator Equal (a label value); empty with Exists."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect to match; empty matches all effects."""
+
+    @model_validator(mode="after")
+    def _as_the_pod_api_takes_it(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError(TOLERATION_EXISTS_VALUE)
+        if not self.key and self.operator != "Exists":
+            raise ValueError(TOLERATION_EMPTY_KEY)
+        return self
 
 
 class Placement(ApiModel):
     """Where the trainer may run. A job always gets a whole GPU node and all its GPUs."""
 
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    """Node labels the GPU node must have."""
-    tolerations: list[Toleration] = Field(default_factory=list)
+    node_selector: Labels = Field(default_factory=dict, max_length=MAX_SELECTOR_LABELS)
+    """Node labels the GPU node must have (label keys and values)."""
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=MAX_TOLERATIONS)
     """Tolerations for tainted GPU nodes."""
-    gpu_type: str | None = Field(default=None, max_length=63)
+    gpu_type: LabelValue | None = Field(default=None, max_length=63)
     """GPU type, e.g. h100: the node's label lora-operator.io/gpu-type (the chart's
     gpu.typeLabelKey) must have this value."""
     image: str | None = Field(default=None, max_length=500)
@@ -216,7 +232,7 @@ class JobSettings(ApiModel):
 class JobSpec(JobSettings):
     """Desired state of a LoraTrainingJob. Fields left out come from spec.template, then defaults."""
 
-    template: str | None = Field(default=None, max_length=253, pattern=NAME_PATTERN)
+    template: ObjectName | None = Field(default=None, max_length=253)
     """Name of a LoraTrainingTemplate in the namespace or a ClusterLoraTrainingTemplate (an object
     name: lowercase letters, digits, '-' and '.'); its values are the defaults of this job."""
     priority: int = Field(default=0, ge=-1000, le=1000)

@@ -16,7 +16,8 @@ class Condition(ApiModel):
     """A Kubernetes-style condition."""
 
     type: str
-    """Admitted, Running, Suspended, Succeeded or Failed."""
+    """Admitted, Running, Suspended, Succeeded, Failed or Resolved (False while a check before queueing waits
+    for a retry)."""
     status: str
     """True, False or Unknown."""
     reason: str = ""
@@ -128,7 +129,7 @@ class JobStatus(ApiModel):
     phase: Phase = Phase.PENDING
     """Summary of the conditions: Pending, Queued, Running, Succeeded, Failed, Suspended, Cancelled."""
     conditions: list[Condition] = Field(default_factory=list)
-    """Admitted, Running, Suspended, Succeeded, Failed."""
+    """Admitted, Running, Suspended, Succeeded, Failed, Resolved."""
     queue_position: int | None = None
     """1-based place in the queue while Queued."""
     node: str | None = None

@@ -28,5 +28,3 @@ _SIDE = r"([1-9][0-9]{1,2}|[1-3][0-9]{3}|40[0-8][0-9]|409[0-6])"
 SIZE_PATTERN = rf"^{_SIDE}x{_SIDE}$"
 """WIDTHxHEIGHT, each side 10 to MAX_IMAGE_SIDE pixels."""
 
-NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-"""A Kubernetes object name (RFC 1123 subdomain): no ``..``, slashes or capitals."""

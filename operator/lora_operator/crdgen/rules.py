@@ -13,7 +13,8 @@ both ``spec`` and ``status``.
 
 from __future__ import annotations
 
-from ..api.spec import IMMUTABLE_AFTER_ADMISSION, MAX_PREVIEW_IMAGES
+from ..api import names
+from ..api.spec import IMMUTABLE_AFTER_ADMISSION, MAX_PREVIEW_IMAGES, TOLERATION_EMPTY_KEY, TOLERATION_EXISTS_VALUE
 
 
 def rule(expression: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict:
@@ -78,7 +79,54 @@ def _both_set_order(low: str, high: str) -> dict:
     )
 
 
-MODEL_RULES: dict[str, list[dict]] = {
+def _is_label_key(expr: str) -> str:
+    """CEL: `expr` is a label key (its prefix, before the one '/', at most 253 characters)."""
+    return (f"size({expr}) <= {names.LABEL_KEY_MAX} && {expr}.matches(r'{names.LABEL_KEY}') && "
+            f"{expr}.lastIndexOf('/') <= {names.DNS1123_SUBDOMAIN_MAX}")
+
+
+def _optional_name(field: str, what: str) -> dict:
+    return rule(f"!has(self.{field}) || self.{field}.matches(r'{names.DNS1123_SUBDOMAIN}')",
+                f"{what} must be {names.SUBDOMAIN_TEXT}", f".{field}")
+
+
+def name_rules() -> dict[str, list[dict]]:
+    """The Pod API's own rules for what a spec passes on to the trainer pod (see `api.names`):
+    without them the apiserver accepts a job whose pod it then refuses."""
+    return {
+        "Storage": [_optional_name("secretRef", "storage.secretRef (the name of a Secret)")],
+        "Placement": [
+            rule(f"!has(self.nodeSelector) || self.nodeSelector.all(k, {_is_label_key('k')})",
+                 f"placement.nodeSelector: every key must be {names.LABEL_KEY_TEXT}", ".nodeSelector"),
+            rule(f"!has(self.nodeSelector) || self.nodeSelector.all(k, "
+                 f"self.nodeSelector[k].matches(r'{names.LABEL_VALUE}'))",
+                 f"placement.nodeSelector: every value must be {names.LABEL_VALUE_TEXT}", ".nodeSelector"),
+            rule(f"!has(self.gpuType) || self.gpuType.matches(r'{names.LABEL_VALUE}')",
+                 f"placement.gpuType must be {names.LABEL_VALUE_TEXT}", ".gpuType"),
+        ],
+        "Toleration": [
+            rule(f"!has(self.key) || self.key == '' || ({_is_label_key('self.key')})",
+                 f"a toleration's key must be {names.LABEL_KEY_TEXT}", ".key"),
+            rule(f"!has(self.value) || self.value.matches(r'{names.LABEL_VALUE}')",
+                 f"a toleration's value must be {names.LABEL_VALUE_TEXT}", ".value"),
+            rule("!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                 TOLERATION_EXISTS_VALUE, ".value"),
+            rule("(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+                 TOLERATION_EMPTY_KEY, ".operator"),
+        ],
+        "JobSpec": [_optional_name("template", "template (the name of a LoraTrainingTemplate)")],
+    }
+
+
+def _merged(*groups: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for group in groups:
+        for model, rules in group.items():
+            out[model] = out.get(model, []) + rules
+    return out
+
+
+MODEL_RULES: dict[str, list[dict]] = _merged(name_rules(), {
     "JobSpec": _job_spec_rules(),
     "TemplateSpec": _template_spec_rules(),
     "Crop": [_both_set_order("bucketMinSide", "bucketMaxSide")],
@@ -89,7 +137,7 @@ MODEL_RULES: dict[str, list[dict]] = {
         f"previews.imagesPerPrompt x the number of previews.prompts must not exceed {MAX_PREVIEW_IMAGES}",
         ".imagesPerPrompt",
     )],
-}
+})
 """Rules by the model they sit on (its JSON-schema ``$defs`` name)."""
 
 IMMUTABLE_MESSAGE = "spec.{field} is immutable once the job was admitted; create a new job (kubectl lora retrain)"

@@ -3,7 +3,7 @@
 Entry point: `schedule(queued, nodes, pods, now, gpu_type_label=...) -> Plan`.
 """
 
-from .fit import fits, resource_toleration, tolerated
+from .fit import fits, resource_toleration, tolerated, unmatched
 from .model import Admission, GpuNode, Plan, QueuedJob, Taint, Toleration, TrainerPod
 from .order import queue_order
 from .planner import node_limit, schedule
@@ -17,6 +17,7 @@ __all__ = [
     "Toleration",
     "TrainerPod",
     "fits",
+    "unmatched",
     "node_limit",
     "queue_order",
     "resource_toleration",

@@ -56,6 +56,28 @@ def fits(
     return _fits(placement_of(job), node.labels, node.taints, gpu_type_label, always_tolerated)
 
 
+def unmatched(
+    jobs: Iterable[QueuedJob],
+    nodes: Sequence[GpuNode],
+    *,
+    gpu_type_label: str,
+    always_tolerated: Sequence[Toleration] = (),
+) -> frozenset[str]:
+    """The uids of the jobs that no node of `nodes` could ever take, busy or free (no node has
+    their GPU type, selector labels or tolerated taints): they wait for a node to join. Checked
+    once per distinct placement."""
+    memo: dict[Placement, bool] = {}
+    out = set()
+    for job in jobs:
+        placement = placement_of(job)
+        if placement not in memo:
+            memo[placement] = not any(
+                _fits(placement, n.labels, n.taints, gpu_type_label, always_tolerated) for n in nodes)
+        if memo[placement]:
+            out.add(job.uid)
+    return frozenset(out)
+
+
 def _fits(
     placement: Placement,
     labels: Mapping[str, str],
