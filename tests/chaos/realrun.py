@@ -65,10 +65,14 @@ class RealRun:
     def job(self, name: str) -> dict:
         return json.loads(self.ground.kubectl("get", "ltj", name, "-n", self.namespace, "-o", "json").stdout)
 
+    def prefix(self, job_name: str) -> str:
+        """The key prefix of the job's outputs in BUCKET: <namespace>/<job>/<job UID>/."""
+        return f"{self.namespace}/{job_name}/{self.job(job_name)['metadata']['uid']}/"
+
     def read(self, job_name: str, key: str) -> dict | None:
         """A JSON object of the job's output prefix, or None while it is missing or MinIO is down."""
         try:
-            resp = self.ground.minio.client().get_object(BUCKET, f"{self.namespace}/{job_name}/{key}")
+            resp = self.ground.minio.client().get_object(BUCKET, self.prefix(job_name) + key)
         except Exception:  # noqa: BLE001
             return None
         try:
@@ -78,9 +82,9 @@ class RealRun:
             resp.release_conn()
 
     def objects(self, job_name: str, prefix: str = "") -> dict[str, int]:
-        client = self.ground.minio.client()
-        return {o.object_name.split(f"{job_name}/", 1)[1]: o.size for o in
-                client.list_objects(BUCKET, prefix=f"{self.namespace}/{job_name}/{prefix}", recursive=True)}
+        client, base = self.ground.minio.client(), self.prefix(job_name)
+        return {o.object_name[len(base):]: o.size for o in
+                client.list_objects(BUCKET, prefix=base + prefix, recursive=True)}
 
     def step(self, job_name: str, key: str) -> int:
         return int((self.read(job_name, key) or {}).get("step", 0))

@@ -48,7 +48,8 @@ def test_demo_job_trains_for_real_and_reports_checkpoints_previews_and_final(gro
         assert {p["epoch"] for p in status["previews"]} == {1, 2}
         assert status["progress"]["step"] == status["progress"]["totalSteps"] == 8
         client = ground.minio.client()
-        kohya = "e2e/demo/checkpoints/epoch-0002/kohya.safetensors"
+        prefix = f"e2e/demo/{job()['metadata']['uid']}/"
+        kohya = prefix + "checkpoints/epoch-0002/kohya.safetensors"
         assert client.stat_object("loras", kohya).size == next(
             c["sizeBytes"] for c in status["checkpoints"] if c["name"] == "epoch-0002" and c["format"] == "kohya")
 
@@ -56,8 +57,8 @@ def test_demo_job_trains_for_real_and_reports_checkpoints_previews_and_final(gro
                        "-p", '{"spec":{"selectedCheckpoint":"epoch-0001"}}')
         ground.wait_for(lambda: (job()["status"].get("output") or {}).get("checkpoint") == "epoch-0001",
                         timeout=60, what="checkpoint finalized")
-        final = sorted(o.object_name for o in client.list_objects("loras", prefix="e2e/demo/final/", recursive=True))
-        assert "e2e/demo/final/kohya.safetensors" in final
+        final = sorted(o.object_name for o in client.list_objects("loras", prefix=prefix + "final/", recursive=True))
+        assert prefix + "final/kohya.safetensors" in final
     finally:
         shim.stop()
         operator.stop()

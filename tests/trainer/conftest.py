@@ -84,8 +84,8 @@ def write_job(path: Path, spec: dict[str, Any], name: str = "job") -> Path:
 
 
 def job_prefix(output: Path, name: str = "job") -> Path:
-    """The local folder of a job's output prefix."""
-    return output / "team" / name
+    """The local folder of a job's output prefix (a local run's job UID is "local")."""
+    return output / "team" / name / "local"
 
 
 def manifest(output: Path, name: str = "job") -> dict[str, Any]:

@@ -96,20 +96,32 @@ def test_bare_spec_and_storage_folder_stand_in_for_s3(tmp_path, tiny_models, dat
     job = tmp_path / "bare.yaml"
     job.write_text(json.dumps(spec))
     assert main(["run", str(job), "--storage", str(storage)]) == ExitCode.SUCCESS
-    assert (storage / "loras/team-a/default/bare/checkpoints/epoch-0001/kohya.safetensors").is_file()
+    assert (storage / "loras/team-a/default/bare/local/checkpoints/epoch-0001/kohya.safetensors").is_file()
 
 
 def test_pod_mode_reads_the_spec_and_prefix_from_the_environment(tmp_path, tiny_models, dataset_dir):
     from lora_operator.api import resolve_spec
 
     spec = base_spec("sd15", tiny_models("sd15"), dataset_dir, tmp_path / "out")
-    prefix = (tmp_path / "out/ns/job1").as_uri() + "/"
+    prefix = (tmp_path / "out/ns/job1/uid-1").as_uri() + "/"
     env = {"LORA_JOB_SPEC": json.dumps(resolve_spec(spec).to_resource()), "LORA_OUTPUT_PREFIX": prefix,
-           "LORA_ATTEMPT": "2", "LORA_RESUME": "1", "LORA_CACHE_DIR": str(tmp_path / "cache")}
+           "LORA_JOB_UID": "uid-1", "LORA_ATTEMPT": "2", "LORA_RESUME": "1",
+           "LORA_CACHE_DIR": str(tmp_path / "cache")}
     assert main(["run", "--spec-env", "LORA_JOB_SPEC"], env=env) == ExitCode.SUCCESS
-    progress = json.loads((tmp_path / "out/ns/job1/progress.json").read_text())
+    progress = json.loads((tmp_path / "out/ns/job1/uid-1/progress.json").read_text())
     assert progress["attempt"] == 2 and progress["phase"] == "done" and progress["step"] == 2
-    assert json.loads((tmp_path / "out/ns/job1/manifest.json").read_text())["finished"] is True
+    assert progress["jobUid"] == "uid-1"
+    manifest = json.loads((tmp_path / "out/ns/job1/uid-1/manifest.json").read_text())
+    assert manifest["finished"] is True and manifest["jobUid"] == "uid-1"
+
+
+def test_pod_mode_refuses_a_prefix_that_is_not_its_jobs_own(tmp_path, capsys):
+    spec = {"baseModel": {"family": "sd15", "uri": "file:///m"}, "dataset": {"uri": "file:///d"},
+            "output": {"uri": (tmp_path / "out").as_uri()}}
+    env = {"LORA_JOB_SPEC": json.dumps(spec), "LORA_OUTPUT_PREFIX": (tmp_path / "out/ns/job1/old-uid").as_uri() + "/",
+           "LORA_JOB_UID": "uid-2"}
+    assert main(["run", "--spec-env", "LORA_JOB_SPEC"], env=env) == ExitCode.BAD_CONFIG
+    assert "LORA_JOB_UID" in capsys.readouterr().err
 
 
 def test_pod_mode_without_spec_is_a_config_error(capsys):

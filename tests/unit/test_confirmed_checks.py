@@ -44,7 +44,7 @@ def job(name: str) -> JobView:
 def listings(monkeypatch):
     calls = {"n": 0, "empty": False}
 
-    def dataset_is_empty(spec, config):
+    def dataset_is_empty(store):
         calls["n"] += 1
         return calls["empty"]
 
@@ -61,7 +61,7 @@ def resolve_all(kube: Kube, names: list[str], confirmed: Confirmed | None = None
 
 
 def test_a_burst_on_one_secret_and_dataset_reads_each_once(listings):
-    kube = Kube({"accessKey": "a", "secretKey": "s"})
+    kube = Kube({"accessKey": "YQ==", "secretKey": "cw=="})
     assert resolve_all(kube, ["a", "b", "c"]) == ["Queued"] * 3
     assert kube.secret_reads == 1 and listings["n"] == 1
 
@@ -74,7 +74,7 @@ def test_a_missing_secret_is_read_again_for_every_job(listings):
 
 def test_an_empty_dataset_is_listed_again_for_every_job(listings):
     listings["empty"] = True
-    kube = Kube({"accessKey": "a", "secretKey": "s"})
+    kube = Kube({"accessKey": "YQ==", "secretKey": "cw=="})
     assert resolve_all(kube, ["a", "b"]) == ["Failed", "Failed"]
     assert listings["n"] == 2
 
@@ -82,7 +82,7 @@ def test_an_empty_dataset_is_listed_again_for_every_job(listings):
 def test_a_pass_is_forgotten_after_its_window(listings):
     now = [0.0]
     confirmed = Confirmed(seconds=30, clock=lambda: now[0])
-    kube = Kube({"accessKey": "a", "secretKey": "s"})
+    kube = Kube({"accessKey": "YQ==", "secretKey": "cw=="})
     resolve_all(kube, ["a"], confirmed)
     now[0] = 31.0
     resolve_all(kube, ["b"], confirmed)
