@@ -21,22 +21,23 @@ class Crash(Exception):
     pass
 
 
+def crash_at_step_3(recipe):
+    """Makes the run raise `Crash` when it reaches optimizer step 3."""
+    step = recipe.progress.step
+
+    def wrapped(n, epoch, loss):
+        if n == 3:
+            raise Crash
+        step(n, epoch, loss)
+
+    recipe.progress.step = wrapped
+
+
 def test_resumed_run_ends_with_the_same_steps_and_bytes_as_an_uninterrupted_one(train, tmp_path):
     spec = {"training": {"steps": 4, "epochs": 2, "textEncoderLearningRate": 1e-3, "textEncoderRatio": 0.75},
             "dataset": {"flip": True}, "network": {"dropout": 0.1}}
     straight = train(**spec, tmp=tmp_path / "a")
     expected = load_file(tmp_path / "a/work/checkpoints/epoch-0002/kohya.safetensors")
-
-    def crash_at_step_3(recipe):
-        step = recipe.progress.step
-
-        def wrapped(n, epoch, loss):
-            if n == 3:
-                raise Crash
-            step(n, epoch, loss)
-
-        recipe.progress.step = wrapped
-
     with pytest.raises(Crash):
         train(**spec, tmp=tmp_path / "b", after_setup=crash_at_step_3)
     assert (tmp_path / "b/out/state/meta.json").is_file()
@@ -47,6 +48,22 @@ def test_resumed_run_ends_with_the_same_steps_and_bytes_as_an_uninterrupted_one(
     assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
     names = [(c.name, c.format) for c in resumed.manifest.manifest.checkpoints]
     assert sorted(names) == [(f"epoch-000{e}", f) for e in (1, 2) for f in ("diffusers", "kohya")]
+
+
+def test_a_run_never_resumes_from_state_another_job_saved(train, tmp_path):
+    """Defense in depth behind the UID in the prefix (issue 26 finding 2): state in the prefix that
+    another job wrote (a deleted job of the same name, a misplaced prefix) is not resumed from."""
+    spec = {"training": {"steps": 4, "epochs": 2}}
+    with pytest.raises(Crash):
+        train(**spec, tmp=tmp_path, job_uid="deleted-job", after_setup=crash_at_step_3)
+    assert json.loads((tmp_path / "out/state/meta.json").read_text())["job_uid"] == "deleted-job"
+    assert json.loads((tmp_path / "out/manifest.json").read_text())["jobUid"] == "deleted-job"
+    other = train(**spec, tmp=tmp_path, job_uid="new-job", resume=True)
+    assert other.start_step == 0
+    assert other.manifest.manifest.job_uid == "new-job"
+    assert json.loads((tmp_path / "out/state/meta.json").read_text())["job_uid"] == "new-job"
+    same = train(**spec, tmp=tmp_path, job_uid="new-job", resume=True)
+    assert same.start_step > 0  # its own state is resumed from
 
 
 def test_nan_loss_stops_the_run_with_a_nan_error(train):
