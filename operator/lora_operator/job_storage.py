@@ -23,6 +23,7 @@ from typing import Protocol
 from .api import JobSpec
 from .config import OperatorConfig
 from .endpoints import Target, job_target
+from .k8s import Forbidden
 from .storage import ObjectStore, StorageError, open_store
 from .storage.retry import RetryPolicy
 
@@ -92,12 +93,18 @@ class JobStorage:
 
         Raises:
             EndpointError: spec.storage.endpoint is not allowed (checked before the Secret is read).
-            SecretUnusable: the Secret is missing or lacks accessKey / secretKey.
+            SecretUnusable: the Secret is missing, not readable by the operator's role, or lacks
+                accessKey / secretKey.
         """
         where = job_target(spec, self.config)
         name = secret_name(spec, self.config)
-        data = self.secret(namespace, name)
         ref = f"Secret {namespace}/{name}"
+        try:
+            data = self.secret(namespace, name)
+        except Forbidden:
+            raise SecretUnusable(f"spec.storage.secretRef: the operator may not read {ref} (403): name a storage "
+                                 "Secret the platform allows (chart values storage.existingSecret, "
+                                 "storage.allowedSecretNames)", uri=ref) from None
         if data is None:
             raise SecretUnusable(f"spec.storage.secretRef: {ref} does not exist", uri=ref)
         missing = [key for key in SECRET_KEYS if key not in data]

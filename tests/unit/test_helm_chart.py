@@ -192,15 +192,22 @@ def test_rbac_is_least_privilege_without_wildcards(helm: Path) -> None:
     rules = one(docs, "ClusterRole")["rules"]
     granted: dict[tuple[str, str], set[str]] = {}
     for rule in rules:
-        assert "nonResourceURLs" not in rule and "resourceNames" not in rule
+        assert "nonResourceURLs" not in rule
+        assert "resourceNames" not in rule or rule["resources"] == ["secrets"]
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], f"wildcard in {field}: {rule}"
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 granted.setdefault((group, resource), set()).update(rule["verbs"])
     assert granted == EXPECTED_RULES
-    # Secrets: get only, so the operator can check a job's secretRef exists but never enumerate them.
+    # Secrets: get only, so the operator can check a job's secretRef exists but never enumerate them,
+    # and only of the storage Secret names the platform allows.
     assert granted[("", "secrets")] == {"get"}
+    secrets = next(rule for rule in rules if rule["resources"] == ["secrets"])
+    assert secrets["resourceNames"] == ["lora-storage"]
+    wider = render(helm, "storage.allowedSecretNames={team-s3,lora-storage}")
+    secrets = next(rule for rule in one(wider, "ClusterRole")["rules"] if rule["resources"] == ["secrets"])
+    assert secrets["resourceNames"] == ["lora-storage", "team-s3"]
 
 
 def test_rbac_can_be_turned_off(helm: Path) -> None:
