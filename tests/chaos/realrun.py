@@ -4,7 +4,7 @@ kubelet shim that runs the trainer pods as local processes; readers of the job's
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from chaoslib import FateShim, make_namespace
@@ -45,6 +45,8 @@ class RealRun:
     namespace: str
     operator: OperatorProcess
     shim: FateShim
+    uids: dict[str, str] = field(default_factory=dict)
+    """Job name -> metadata.uid, read once (the jobs here are never re-created)."""
 
     @classmethod
     def start(cls, ground, tmp_path: Path, **operator_env: str) -> RealRun:
@@ -67,7 +69,9 @@ class RealRun:
 
     def prefix(self, job_name: str) -> str:
         """The key prefix of the job's outputs in BUCKET: <namespace>/<job>/<job UID>/."""
-        return f"{self.namespace}/{job_name}/{self.job(job_name)['metadata']['uid']}/"
+        if job_name not in self.uids:
+            self.uids[job_name] = self.job(job_name)["metadata"]["uid"]
+        return f"{self.namespace}/{job_name}/{self.uids[job_name]}/"
 
     def read(self, job_name: str, key: str) -> dict | None:
         """A JSON object of the job's output prefix, or None while it is missing or MinIO is down."""
