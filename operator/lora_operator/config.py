@@ -14,6 +14,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo, field_validator
 
+from .endpoints import parse_endpoint, unsafe_address
+
 NamespaceKey = Annotated[str, StringConstraints(pattern=r"^(\*|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$")]
 
 JSON_EXPECTED = {
@@ -48,15 +50,17 @@ class OperatorConfig(BaseModel):
     trainer_service_account: str = Field(default="lora-trainer", min_length=1, max_length=253)
     """LORA_TRAINER_SERVICE_ACCOUNT: service account of trainer pods (its token is never mounted)."""
     storage_endpoint: str = ""
-    """LORA_STORAGE_ENDPOINT: host:port of the S3 endpoint (MinIO) the trainer and operator use."""
+    """LORA_STORAGE_ENDPOINT: host:port of the S3 endpoint (MinIO) the trainer and operator use by default
+    (empty: AWS S3). Always allowed in spec.storage.endpoint."""
+    storage_allowed_endpoints: tuple[str, ...] = ()
+    """LORA_STORAGE_ALLOWED_ENDPOINTS: comma-separated further endpoints (host:port or http(s)://host:port) a job
+    may name in spec.storage.endpoint; any other endpoint is refused before a connection is made."""
     storage_secure: bool = False
     """LORA_STORAGE_SECURE: use TLS to the storage endpoint ("true"/"false")."""
     storage_secret: str = Field(default="lora-storage", min_length=1, max_length=253)
-    """LORA_STORAGE_SECRET: Secret (keys accessKey, secretKey) for jobs without spec.storage.secretRef."""
-    storage_access_key: str | None = Field(default=None, repr=False)
-    """LORA_STORAGE_ACCESS_KEY: the operator's own access key, to read progress."""
-    storage_secret_key: str | None = Field(default=None, repr=False)
-    """LORA_STORAGE_SECRET_KEY: the operator's own secret key, to read progress."""
+    """LORA_STORAGE_SECRET: Secret (keys accessKey, secretKey) in the job's namespace for jobs without
+    spec.storage.secretRef. The operator reads, checks and finalizes a job's storage with that job's Secret
+    only: it has no storage key of its own."""
     gpu_resource: str = Field(default="nvidia.com/gpu", pattern=r"^[A-Za-z0-9.-]+/[A-Za-z0-9._-]+$")
     """LORA_GPU_RESOURCE: extended resource name of the GPUs."""
     gpu_type_label: str = Field(default="lora-operator.io/gpu-type", min_length=1, max_length=317)
@@ -72,6 +76,24 @@ class OperatorConfig(BaseModel):
     namespace_node_limits: dict[NamespaceKey, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
     """LORA_NAMESPACE_NODE_LIMITS: a JSON object, the most GPU nodes a namespace's jobs may hold at once,
     e.g. {"team-a": 4, "*": 2} ("*": every namespace not listed). Jobs over the limit wait in their place."""
+
+    @field_validator("storage_allowed_endpoints", mode="before")
+    @classmethod
+    def _endpoints_from_text(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("storage_endpoint", "storage_allowed_endpoints")
+    @classmethod
+    def _endpoints_parse(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        for text in (value,) if isinstance(value, str) else value:
+            if not text:
+                continue
+            endpoint = parse_endpoint(text)  # EndpointError is a ValueError: pydantic names the field
+            if why := unsafe_address(endpoint):
+                raise ValueError(f"{text!r}: {why}")
+        return value
 
     @field_validator("namespace_node_limits", "trainer_allowed_images", mode="before")
     @classmethod
@@ -118,8 +140,7 @@ ENV_VARS: dict[str, str] = {
     "storage_endpoint": "LORA_STORAGE_ENDPOINT",
     "storage_secure": "LORA_STORAGE_SECURE",
     "storage_secret": "LORA_STORAGE_SECRET",
-    "storage_access_key": "LORA_STORAGE_ACCESS_KEY",
-    "storage_secret_key": "LORA_STORAGE_SECRET_KEY",
+    "storage_allowed_endpoints": "LORA_STORAGE_ALLOWED_ENDPOINTS",
     "gpu_resource": "LORA_GPU_RESOURCE",
     "gpu_type_label": "LORA_GPU_TYPE_LABEL",
     "watch_namespace": "LORA_WATCH_NAMESPACE",

@@ -10,13 +10,13 @@ moment (`Confirmed`), so a burst of jobs on one model lists it once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Hashable
 
 from .api import JobSpec, Reason
-from .config import OperatorConfig
 from .confirmed import Confirmed
 from .policy import uris_of
-from .results import prefix_is_empty
-from .storage import ObjectNotFound, StorageError
+from .results import dataset_is_empty
+from .storage import ObjectNotFound, ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +29,29 @@ CHECKED: dict[str, Reason] = {
 """The inputs checked here, each with the reason a job fails with when nothing is there."""
 
 
-def missing_input(spec: JobSpec, config: OperatorConfig, confirmed: Confirmed) -> tuple[Reason, str] | None:
-    """The first s3:// input of a resolved spec that holds nothing: (reason, message naming the field)."""
-    endpoint = spec.storage.endpoint if spec.storage else None
+def missing_input(spec: JobSpec, open_store: Callable[[str], ObjectStore], access: Hashable,
+                  confirmed: Confirmed) -> tuple[Reason, str] | None:
+    """The first s3:// input of a resolved spec that holds nothing: (reason, message naming the field).
+
+    Args:
+        spec: The resolved spec.
+        open_store: Opens a URI with the job's own Secret (`job_storage.JobStorage.open`).
+        access: The endpoint and key `open_store` uses: a pass is remembered for that identity only.
+        confirmed: Checks that passed a moment ago.
+    """
     for field, uri in uris_of(spec):
-        key = ("input", endpoint, uri)
+        key = ("input", access, uri)
         if field not in CHECKED or not uri.startswith("s3://") or key in confirmed:
             continue
         reason = CHECKED[field]
         try:
-            if prefix_is_empty(uri, spec, config):
+            if dataset_is_empty(open_store(uri)):
                 return reason, f"spec.{field}: nothing under {uri}"
         except ObjectNotFound as err:
             return reason, f"spec.{field}: {uri}: {err}"
         except StorageError as err:
+            if err.denied:
+                return Reason.STORAGE_ACCESS_DENIED, f"spec.{field}: {err} (with the job's storage Secret)"
             log.warning("cannot list spec.%s %s yet: %s", field, uri, err)
             continue
         confirmed.add(key)

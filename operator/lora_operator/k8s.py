@@ -92,6 +92,11 @@ def transient(error: BaseException) -> bool:
     return isinstance(error, (OSError, HTTPError))
 
 
+class Forbidden(Exception):
+    """The operator's role may not read this object (403): e.g. a Secret whose name the chart's
+    RBAC does not list."""
+
+
 @dataclass
 class Kube:
     """Typed access to the few API calls the operator makes."""
@@ -232,10 +237,16 @@ class Kube:
         return None
 
     def get_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
-        """The base64 data of a Secret, or None when it does not exist."""
+        """The base64 data of a Secret, or None when it does not exist.
+
+        Raises:
+            Forbidden: the operator's role may not get it.
+        """
         try:
             return self.core.read_namespaced_secret(name, namespace).data or {}
         except ApiException as err:
             if err.status == 404:
                 return None
+            if err.status == 403:
+                raise Forbidden(f"Secret {namespace}/{name}: {err.reason}") from err
             raise

@@ -20,7 +20,9 @@ from .api import FINISHED_PHASES, ConditionType, JobSpec, JobStatus, Phase, Reas
 from .api.status import JobOutput
 from .config import OperatorConfig
 from .confirmed import Confirmed
+from .endpoints import EndpointError
 from .input_checks import missing_input
+from .job_storage import JobStorage, SecretUnusable, secret_name
 from .k8s import Conflict, Kube, describe_error
 from .metrics import OperatorMetrics
 from .outcome import ActionKind, classify, next_action
@@ -59,7 +61,13 @@ class Lifecycle:
     emit: Emit
     node_exists: Callable[[str], bool]
     confirmed: Confirmed = field(default_factory=Confirmed)
-    """Secrets and datasets that passed resolve's checks a moment ago."""
+    """Datasets that passed resolve's checks a moment ago."""
+    storage: JobStorage | None = None
+    """Each job's storage, with the job's own Secret. Default: one over `kube` and `config`."""
+
+    def __post_init__(self) -> None:
+        if self.storage is None:
+            self.storage = JobStorage(self.kube, self.config)
 
     def write(self, job: JobView, new: JobStatus, conditional: bool = True) -> JobStatus:
         """Patches the job's status if it changed; conditional on the resourceVersion read."""
@@ -117,36 +125,35 @@ class Lifecycle:
             spec = resolve_spec(dict(job.spec), template)
         except SpecError as err:
             return self.fail(job, Reason.INVALID_SPEC, str(err), now)
-        secret = spec.storage.secret_ref if spec.storage and spec.storage.secret_ref else self.config.storage_secret
-        if ("secret", job.namespace, secret) not in self.confirmed:
-            data = self.kube.get_secret_data(job.namespace, secret)
-            if data is None:
-                return self.fail(job, Reason.SECRET_NOT_FOUND,
-                                 f"spec.storage.secretRef: Secret {job.namespace}/{secret} does not exist", now)
-            missing = [key for key in ("accessKey", "secretKey") if key not in data]
-            if missing:
-                return self.fail(job, Reason.SECRET_NOT_FOUND,
-                                 f"spec.storage.secretRef: Secret {secret} lacks key(s) {', '.join(missing)}", now)
-            self.confirmed.add(("secret", job.namespace, secret))
-        dataset = ("dataset", spec.storage.endpoint if spec.storage else None,
-                   spec.dataset.uri if spec.dataset else None)
-        if dataset not in self.confirmed:
+        try:
+            access = self.storage.access(job.namespace, spec)  # the endpoint first: before any connection
+        except EndpointError as err:
+            return self.fail(job, Reason.ENDPOINT_NOT_ALLOWED, str(err), now)
+        except SecretUnusable as err:
+            return self.fail(job, Reason.SECRET_NOT_FOUND, str(err), now)
+        uri = spec.dataset.uri if spec.dataset else None
+        dataset = ("dataset", access.target, access.access_key, uri)
+        if uri and uri.startswith("s3://") and dataset not in self.confirmed:
             try:
-                if dataset_is_empty(spec, self.config):
-                    return self.fail(job, Reason.DATASET_EMPTY, f"spec.dataset.uri: {spec.dataset.uri} holds no files",
-                                     now)
+                if dataset_is_empty(self.storage.open(uri, job.namespace, spec)):
+                    return self.fail(job, Reason.DATASET_EMPTY, f"spec.dataset.uri: {uri} holds no files", now)
                 self.confirmed.add(dataset)
             except ObjectNotFound as err:
-                return self.fail(job, Reason.DATASET_EMPTY,
-                                 f"spec.dataset.uri: {spec.dataset.uri}: {err}", now)  # err says it does not exist
+                # err says that it does not exist
+                return self.fail(job, Reason.DATASET_EMPTY, f"spec.dataset.uri: {uri}: {err}", now)
             except StorageError as err:
+                if err.denied:
+                    return self.fail(job, Reason.STORAGE_ACCESS_DENIED, f"spec.dataset.uri: {err} (with the keys of "
+                                     f"Secret {job.namespace}/{secret_name(spec, self.config)})", now)
                 log.warning("%s: cannot list the dataset yet: %s", job.key, err)
-        refused = policy.refusal(spec, self.config) or missing_input(spec, self.config, self.confirmed)
+        refused = policy.refusal(spec, self.config) or missing_input(
+            spec, lambda uri: self.storage.open(uri, job.namespace, spec), (access.target, access.access_key),
+            self.confirmed)
         if refused is not None:
             return self.fail(job, *refused, now)
         resolved = spec.to_resource()
         # output.prefix from the start: kubectl lora logs reads an ended attempt's log under it
-        output = JobOutput(prefix=output_prefix(spec, job.namespace, job.name))
+        output = JobOutput(prefix=output_prefix(spec, job.namespace, job.name, job.uid))
         status = job.status.model_copy(update={"resolved_spec": resolved, "spec_hash": spec_hash(spec),
                                                "output": output})
         self.write(job, st.queued(status, position=None, now=now))
@@ -227,12 +234,15 @@ class Lifecycle:
         return None
 
     def with_results(self, job: JobView, spec: JobSpec, status: JobStatus) -> JobStatus:
+        prefix = output_prefix(spec, job.namespace, job.name, job.uid)
+        if not prefix.startswith("s3://"):
+            return status
         try:
-            reports = read_reports(spec, job.namespace, job.name, self.config)
-        except StorageError as err:
+            reports = read_reports(self.storage.open(prefix, job.namespace, spec), job.uid)
+        except (StorageError, EndpointError) as err:
             log.warning("%s: results not readable: %s", job.key, err)
             return status
-        return apply_reports(status, reports, output_prefix(spec, job.namespace, job.name))
+        return apply_reports(status, reports, prefix)
 
     def housekeep(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
         """A finished job: no pod left, the selected checkpoint finalized, deleted after its TTL."""
@@ -256,9 +266,14 @@ class Lifecycle:
         except ValueError as err:
             return self.note_selection_error(job, str(err))
         output = status.output or JobOutput()
+        try:
+            store = self.storage.open(output_prefix(spec, job.namespace, job.name, job.uid), job.namespace, spec,
+                                      quick=False)
+        except (StorageError, EndpointError) as err:
+            return self.note_selection_error(job, f"spec.selectedCheckpoint: {err}")
         if choice.name != output.checkpoint:
             try:
-                output = finalize(spec, job.namespace, job.name, choice.name, self.config)
+                output = finalize(store, job.uid, choice.name)
             except StorageError as err:
                 return self.note_selection_error(job, f"spec.selectedCheckpoint: {err}")
             events.append((Reason.CHECKPOINT_SELECTED, f"{choice.why}; copied to {output.uri}"))
@@ -268,7 +283,7 @@ class Lifecycle:
         doomed = selection.unselected(status.checkpoints, choice.name) if job.spec.get("deleteUnselected") else []
         if doomed:
             try:
-                delete_checkpoints(spec, job.namespace, job.name, doomed, self.config)
+                delete_checkpoints(store, doomed)
             except StorageError as err:
                 return self.note_selection_error(job, f"spec.deleteUnselected: {err}")
             kept = [r for r in status.checkpoints if r.name == choice.name]

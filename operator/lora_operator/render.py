@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from .api import API_VERSION, JobSpec, LoraTrainingJob
 from .config import OperatorConfig
+from .endpoints import job_target
 from .scheduling.fit import resource_toleration
 
 APP_NAME = "lora-operator"
@@ -30,6 +32,8 @@ CACHE_DIR = "/cache"
 SPEC_ENV = "LORA_JOB_SPEC"
 TRAINER_UID = 1000
 MAX_NAME = 63
+UID = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,127}")
+"""A metadata.uid (the API server makes UUIDs; the pattern only keeps separators out of the path)."""
 
 
 def _digest(text: str, length: int) -> str:
@@ -69,15 +73,21 @@ def trainer_selector(job_uid: str | None = None) -> str:
     return f"{selector},{LABEL_JOB_UID}={job_uid}" if job_uid else selector
 
 
-def output_prefix(spec: JobSpec, namespace: str, name: str) -> str:
-    """``<output.uri>/<namespace>/<job>/``, always ending with ``/``.
+def output_prefix(spec: JobSpec, namespace: str, name: str, uid: str) -> str:
+    """``<output.uri>/<namespace>/<job>/<job UID>/``, always ending with ``/``.
+
+    The UID makes the prefix the job's alone: a job deleted and created again with the same name
+    is another object with another UID, and never sees (resumes from, reports or finalizes) the
+    files of the old run. The name stays in the path so people find a job's runs by name.
 
     Raises:
-        ValueError: The spec has no output (it was not resolved).
+        ValueError: The spec has no output (it was not resolved), or the UID is not one.
     """
     if spec.output is None:
         raise ValueError("spec.output: required (resolve the spec first)")
-    return f"{spec.output.uri.rstrip('/')}/{namespace}/{name}/"
+    if not UID.fullmatch(uid):
+        raise ValueError(f"metadata.uid: {uid!r} is not a Kubernetes UID")
+    return f"{spec.output.uri.rstrip('/')}/{namespace}/{name}/{uid}/"
 
 
 def build_trainer_pod(
@@ -132,7 +142,7 @@ def build_trainer_pod(
                 "fsGroup": TRAINER_UID,
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
-            "containers": [_container(job_name, namespace, spec, gpus, attempt, resume, config)],
+            "containers": [_container(job_name, namespace, job_uid, spec, gpus, attempt, resume, config)],
             "volumes": [
                 {"name": "tmp", "emptyDir": {}},
                 {"name": "cache", "emptyDir": {}},
@@ -177,6 +187,7 @@ def _affinity(node: str) -> dict[str, Any]:
 def _container(
     job_name: str,
     namespace: str,
+    job_uid: str,
     spec: JobSpec,
     gpus: int,
     attempt: int,
@@ -190,7 +201,7 @@ def _container(
         "imagePullPolicy": "IfNotPresent",
         "command": ["lora-train"],
         "args": ["run", "--spec-env", SPEC_ENV],
-        "env": _env(job_name, namespace, spec, attempt, resume, config),
+        "env": _env(job_name, namespace, job_uid, spec, attempt, resume, config),
         "resources": {
             "limits": {config.gpu_resource: str(gpus)},
             "requests": {config.gpu_resource: str(gpus)},
@@ -214,22 +225,22 @@ def _container(
 
 
 def _env(
-    job_name: str, namespace: str, spec: JobSpec, attempt: int, resume: bool, config: OperatorConfig
+    job_name: str, namespace: str, job_uid: str, spec: JobSpec, attempt: int, resume: bool, config: OperatorConfig
 ) -> list[dict[str, Any]]:
     storage = spec.storage
     secret = (storage.secret_ref if storage else None) or config.storage_secret
-    endpoint = (storage.endpoint if storage else None) or config.storage_endpoint
-    secure = storage.secure if storage and storage.secure is not None else config.storage_secure
+    where = job_target(spec, config)  # resolve refused a job whose endpoint is not allowed; this checks again
     values = {
         SPEC_ENV: json.dumps(spec.to_resource(), sort_keys=True, separators=(",", ":")),
         "LORA_JOB_NAME": job_name,
         "LORA_JOB_NAMESPACE": namespace,
+        "LORA_JOB_UID": job_uid,
         "LORA_ATTEMPT": str(attempt),
         "LORA_RESUME": "1" if resume else "0",
-        "LORA_OUTPUT_PREFIX": output_prefix(spec, namespace, job_name),
+        "LORA_OUTPUT_PREFIX": output_prefix(spec, namespace, job_name, job_uid),
         "LORA_CACHE_DIR": CACHE_DIR,
-        "S3_ENDPOINT": endpoint,
-        "S3_SECURE": "true" if secure else "false",
+        "S3_ENDPOINT": where.address,
+        "S3_SECURE": "true" if where.secure else "false",
         # The root filesystem is read-only: libraries that write under $HOME get /tmp, and
         # Hugging Face downloads land in the node-local cache.
         "HOME": "/tmp",

@@ -1,6 +1,10 @@
 """What the operator reads from and writes to object storage: dataset checks, the trainer's
 progress and manifest, and finalizing the selected checkpoint. The trainer pod has no
-Kubernetes credentials, so storage is the only channel from it to the resource."""
+Kubernetes credentials, so storage is the only channel from it to the resource.
+
+Every store here is opened by the caller with the job's own Secret (`job_storage`), at the
+job's own prefix (`render.output_prefix`, which holds the job's UID); files another job wrote
+are ignored all the same."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from .api import JobSpec, JobStatus
+from .api import JobStatus
 from .api.reports import (
     CHECKPOINTS_PREFIX,
     FINAL_PREFIX,
@@ -20,15 +24,9 @@ from .api.reports import (
     ProgressReport,
 )
 from .api.status import MAX_SKIPPED_SHOWN, CheckpointRecord, JobOutput, PreviewRecord, Progress
-from .config import OperatorConfig
-from .render import output_prefix
-from .storage import ObjectStore, StorageError, open_store
-from .storage.retry import RetryPolicy
+from .storage import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
-
-QUICK = RetryPolicy(total_seconds=5.0)
-"""Operator reads must not stall a handler for minutes: a short budget, then try next tick."""
 
 
 @dataclass(frozen=True)
@@ -37,48 +35,34 @@ class Reports:
     manifest: Manifest | None
 
 
-def open_for(uri: str, spec: JobSpec, config: OperatorConfig, *, quick: bool = True) -> ObjectStore:
-    """The store at `uri` with the operator's own credentials and the job's endpoint."""
-    storage = spec.storage
-    endpoint = (storage.endpoint if storage and storage.endpoint else None) or config.storage_endpoint or None
-    secure = storage.secure if storage and storage.secure is not None else config.storage_secure
-    return open_store(uri, endpoint=endpoint, access_key=config.storage_access_key,
-                      secret_key=config.storage_secret_key, secure=secure, policy=QUICK if quick else None)
+def dataset_is_empty(store: ObjectStore) -> bool:
+    """True when the prefix `store` opens (with the job's Secret) holds no object at all."""
+    return not store.list("")
 
 
-def dataset_is_empty(spec: JobSpec, config: OperatorConfig) -> bool:
-    """True when the dataset prefix holds no object at all (an s3:// prefix the operator can list)."""
-    return prefix_is_empty(spec.dataset.uri if spec.dataset else None, spec, config)
+def read_reports(store: ObjectStore, job_uid: str) -> Reports:
+    """progress.json and manifest.json of a job's prefix; None for each that is missing, unreadable
+    or written by another job (its recorded UID is not `job_uid`)."""
+    return Reports(_load(store, PROGRESS_KEY, ProgressReport, job_uid),
+                   _load(store, MANIFEST_KEY, Manifest, job_uid))
 
 
-def prefix_is_empty(uri: str | None, spec: JobSpec, config: OperatorConfig) -> bool:
-    """True when an s3:// `uri` of the job holds no object at all; False for other schemes.
-
-    Raises:
-        ObjectNotFound: its bucket does not exist.
-        StorageError: the store could not be listed.
-    """
-    if not uri or not uri.startswith("s3://"):
-        return False
-    return not open_for(uri, spec, config).list("")
-
-
-def read_reports(spec: JobSpec, namespace: str, name: str, config: OperatorConfig) -> Reports:
-    """progress.json and manifest.json of a job; None for each that is missing or unreadable."""
-    prefix = output_prefix(spec, namespace, name)
-    if not prefix.startswith("s3://"):
-        return Reports(None, None)
-    store = open_for(prefix, spec, config)
-    return Reports(_load(store, PROGRESS_KEY, ProgressReport), _load(store, MANIFEST_KEY, Manifest))
-
-
-def _load(store: ObjectStore, key: str, model):
+def _load(store: ObjectStore, key: str, model, job_uid: str):
     try:
         data = store.get_bytes(key)
-        return model.model_validate(json.loads(data)) if data else None
-    except (StorageError, ValueError, ValidationError) as err:
+        report = model.model_validate(json.loads(data)) if data else None
+    except StorageError as err:
+        if err.denied:
+            raise
         log.info("cannot read %s: %s", store.uri_of(key), err)
         return None
+    except (ValueError, ValidationError) as err:
+        log.info("cannot read %s: %s", store.uri_of(key), err)
+        return None
+    if report is not None and report.job_uid != job_uid:
+        log.warning("%s was written by job %s, not %s: ignored", store.uri_of(key), report.job_uid, job_uid)
+        return None
+    return report
 
 
 def apply_reports(status: JobStatus, reports: Reports, prefix: str) -> JobStatus:
@@ -103,14 +87,23 @@ def apply_reports(status: JobStatus, reports: Reports, prefix: str) -> JobStatus
     return status.model_copy(update=update) if update else status
 
 
-def finalize(spec: JobSpec, namespace: str, name: str, checkpoint: str, config: OperatorConfig) -> JobOutput:
+def finalize(store: ObjectStore, job_uid: str, checkpoint: str) -> JobOutput:
     """Copies checkpoints/<checkpoint>/ to final/ (replacing what was there) and returns the output record.
 
+    Only a checkpoint the job's own manifest lists is copied: the manifest must carry the job's UID.
+
+    Args:
+        store: The job's output prefix, opened with the job's Secret.
+        job_uid: metadata.uid of the job.
+        checkpoint: The selected checkpoint's name.
+
     Raises:
-        StorageError: the checkpoint does not exist or storage failed.
+        StorageError: the checkpoint is not the job's, does not exist, or storage failed.
     """
-    prefix = output_prefix(spec, namespace, name)
-    store = open_for(prefix, spec, config, quick=False)
+    prefix = store.uri
+    manifest = _load(store, MANIFEST_KEY, Manifest, job_uid)
+    if manifest is None or checkpoint not in {c.name for c in manifest.checkpoints}:
+        raise StorageError(f"checkpoint {checkpoint} is not in this job's manifest", uri=prefix + MANIFEST_KEY)
     source = f"{CHECKPOINTS_PREFIX}{checkpoint}/"
     objects = store.list(source)
     if not objects:
@@ -122,15 +115,13 @@ def finalize(spec: JobSpec, namespace: str, name: str, checkpoint: str, config: 
     return JobOutput(checkpoint=checkpoint, uri=prefix + FINAL_PREFIX, prefix=prefix)
 
 
-def delete_checkpoints(spec: JobSpec, namespace: str, name: str, checkpoints: list[str],
-                       config: OperatorConfig) -> int:
+def delete_checkpoints(store: ObjectStore, checkpoints: list[str]) -> int:
     """Deletes checkpoints/<name>/ of each of `checkpoints` (spec.deleteUnselected); returns the
     objects deleted. Names only: a checkpoint's prefix is checkpoints/<name>/ and nothing above it.
 
     Raises:
         StorageError: storage failed (what was deleted stays deleted; a retry deletes the rest).
     """
-    store = open_for(output_prefix(spec, namespace, name), spec, config, quick=False)
     deleted = 0
     for checkpoint in checkpoints:
         for obj in store.list(f"{CHECKPOINTS_PREFIX}{checkpoint}/"):

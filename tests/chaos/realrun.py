@@ -4,7 +4,7 @@ kubelet shim that runs the trainer pods as local processes; readers of the job's
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from chaoslib import FateShim, make_namespace
@@ -45,6 +45,8 @@ class RealRun:
     namespace: str
     operator: OperatorProcess
     shim: FateShim
+    uids: dict[str, str] = field(default_factory=dict)
+    """Job name -> metadata.uid, read once (the jobs here are never re-created)."""
 
     @classmethod
     def start(cls, ground, tmp_path: Path, **operator_env: str) -> RealRun:
@@ -65,10 +67,16 @@ class RealRun:
     def job(self, name: str) -> dict:
         return json.loads(self.ground.kubectl("get", "ltj", name, "-n", self.namespace, "-o", "json").stdout)
 
+    def prefix(self, job_name: str) -> str:
+        """The key prefix of the job's outputs in BUCKET: <namespace>/<job>/<job UID>/."""
+        if job_name not in self.uids:
+            self.uids[job_name] = self.job(job_name)["metadata"]["uid"]
+        return f"{self.namespace}/{job_name}/{self.uids[job_name]}/"
+
     def read(self, job_name: str, key: str) -> dict | None:
         """A JSON object of the job's output prefix, or None while it is missing or MinIO is down."""
         try:
-            resp = self.ground.minio.client().get_object(BUCKET, f"{self.namespace}/{job_name}/{key}")
+            resp = self.ground.minio.client().get_object(BUCKET, self.prefix(job_name) + key)
         except Exception:  # noqa: BLE001
             return None
         try:
@@ -78,9 +86,9 @@ class RealRun:
             resp.release_conn()
 
     def objects(self, job_name: str, prefix: str = "") -> dict[str, int]:
-        client = self.ground.minio.client()
-        return {o.object_name.split(f"{job_name}/", 1)[1]: o.size for o in
-                client.list_objects(BUCKET, prefix=f"{self.namespace}/{job_name}/{prefix}", recursive=True)}
+        client, base = self.ground.minio.client(), self.prefix(job_name)
+        return {o.object_name[len(base):]: o.size for o in
+                client.list_objects(BUCKET, prefix=base + prefix, recursive=True)}
 
     def step(self, job_name: str, key: str) -> int:
         return int((self.read(job_name, key) or {}).get("step", 0))

@@ -57,7 +57,7 @@ def test_minio_outage_during_uploads_loses_no_checkpoint_and_the_job_succeeds(ow
     assert names == [f"epoch-{e:04d}" for e in range(1, epochs + 1)]
     client = ground.minio.client()
     for entry in manifest["checkpoints"]:
-        resp = client.get_object(BUCKET, f"{run.namespace}/{name}/{entry['path']}")
+        resp = client.get_object(BUCKET, run.prefix(name) + entry["path"])
         data = resp.read()
         resp.close()
         assert len(data) == entry["sizeBytes"] and hashlib.sha256(data).hexdigest() == entry["sha256"]

@@ -185,7 +185,8 @@ def test_trainer_side_case_ends_with_the_file_or_field_named(cat, trained, c):
         return
     assert status["phase"] == "Succeeded", json.dumps(status)[:2000]
     client = cat.ground.minio.client()
-    resp = client.get_object("loras", f"{cat.real_ns}/{result['metadata']['name']}/manifest.json")
+    meta = result["metadata"]
+    resp = client.get_object("loras", f"{cat.real_ns}/{meta['name']}/{meta['uid']}/manifest.json")
     manifest = json.loads(resp.read())
     resp.close()
     skipped = {s["file"]: s["reason"] for s in manifest["skipped"]}

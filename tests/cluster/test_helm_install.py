@@ -39,10 +39,11 @@ def helm(ground, *args: str, check: bool = True) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def namespaces(ground):
     """Two job namespaces: `listed` gets the trainer ServiceAccount from the chart, `unlisted` from
-    the operator at admission (a job may come from any namespace). The release namespace gets the
-    storage Secret too: the Deployment reads the operator's own keys from it."""
+    the operator at admission (a job may come from any namespace). Each has its storage Secret, which
+    the operator reads for that namespace's jobs (it has no key of its own)."""
     names = {"listed": f"helm-{uuid.uuid4().hex[:6]}", "unlisted": f"helm-{uuid.uuid4().hex[:6]}"}
-    for ns in (*names.values(), RELEASE_NS):
+    ground.kubectl("create", "namespace", RELEASE_NS)
+    for ns in names.values():
         ground.kubectl("create", "namespace", ns)
         ground.apply(storage_secret(ground, ns))
     yield names
@@ -137,6 +138,11 @@ def test_helm_install_creates_the_operator_its_least_privilege_rbac_and_the_peer
                         ("create", "serviceaccounts", "--subresource=token"), ("patch", "serviceaccounts")):
         answer = ground.kubectl("auth", "can-i", verb, *what, "-A", *can_i, check=False).stdout.strip()
         assert answer == "no", f"the operator may {verb} {' '.join(what)}"
+    # Secrets: only of the storage Secret names the chart allows (storage.existingSecret).
+    ns = namespaces["listed"]
+    assert ground.kubectl("auth", "can-i", "get", "secret/lora-storage", "-n", ns, *can_i).stdout.strip() == "yes"
+    answer = ground.kubectl("auth", "can-i", "get", "secret/db-password", "-n", ns, *can_i, check=False).stdout
+    assert answer.strip() == "no", "the operator may read any Secret of a namespace"
 
 
 def test_operator_as_the_charts_service_account_runs_jobs_to_success_without_a_403(ground, operator, namespaces):
@@ -176,6 +182,24 @@ def test_operator_as_the_charts_service_account_runs_jobs_to_success_without_a_4
     log = operator.log.read_text(errors="replace")
     forbidden = [line for line in log.splitlines() if re.search(r"forbidden", line, re.IGNORECASE)]
     assert not forbidden, "the chart's RBAC refused the operator:\n" + "\n".join(forbidden[:10])
+
+
+def test_a_job_naming_a_secret_the_chart_does_not_allow_fails_without_the_operator_reading_it(
+        ground, operator, namespaces):
+    """A tenant cannot make the operator use another Secret of the namespace (one the tenant may not
+    read itself, say): the chart's role gets only the allowed names, and the job fails with a reason."""
+    ns = namespaces["listed"]
+    other = storage_secret(ground, ns, name="db-password")
+    ground.apply(other)
+    ground.apply(job("other-secret", ns) | {"spec": {**job("other-secret", ns)["spec"],
+                                                     "storage": {"secretRef": "db-password"}}})
+    wait_phase(ground, operator, ns, "other-secret", "Failed")
+    failed = next(c for c in run_kubectl_json(ground, "get", "ltj", "-n", ns, "other-secret")["status"]["conditions"]
+                  if c["type"] == "Failed")
+    assert failed["reason"] == "SecretNotFound", failed
+    assert failed["message"].startswith(f"spec.storage.secretRef: the operator may not read Secret {ns}/db-password"
+                                        " (403)"), failed
+    assert "storage.allowedSecretNames" in failed["message"], failed
 
 
 def test_helm_uninstall_removes_the_release(ground, release, namespaces, operator):

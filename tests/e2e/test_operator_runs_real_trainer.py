@@ -49,7 +49,8 @@ def test_demo_job_trains_for_real_and_reports_checkpoints_previews_and_final(gro
         assert {p["epoch"] for p in status["previews"]} == {1, 2}
         assert status["progress"]["step"] == status["progress"]["totalSteps"] == 8
         client = ground.minio.client()
-        kohya = "e2e/demo/checkpoints/epoch-0002/kohya.safetensors"
+        prefix = f"e2e/demo/{job()['metadata']['uid']}/"
+        kohya = prefix + "checkpoints/epoch-0002/kohya.safetensors"
         assert client.stat_object("loras", kohya).size == next(
             c["sizeBytes"] for c in status["checkpoints"] if c["name"] == "epoch-0002" and c["format"] == "kohya")
 
@@ -57,8 +58,8 @@ def test_demo_job_trains_for_real_and_reports_checkpoints_previews_and_final(gro
                        "-p", '{"spec":{"selectedCheckpoint":"epoch-0001"}}')
         ground.wait_for(lambda: (job()["status"].get("output") or {}).get("checkpoint") == "epoch-0001",
                         timeout=60, what="checkpoint finalized")
-        final = sorted(o.object_name for o in client.list_objects("loras", prefix="e2e/demo/final/", recursive=True))
-        assert "e2e/demo/final/kohya.safetensors" in final
+        final = sorted(o.object_name for o in client.list_objects("loras", prefix=prefix + "final/", recursive=True))
+        assert prefix + "final/kohya.safetensors" in final
 
         # the pod is gone: kubectl lora logs shows the last lines the real trainer kept in storage
         ground.wait_for(lambda: not ground.kubectl("get", "pods", "-n", "e2e", "-o", "name").stdout.strip(),
@@ -68,8 +69,8 @@ def test_demo_job_trains_for_real_and_reports_checkpoints_previews_and_final(gro
                  "--access-key", m.access_key, "--secret-key", m.secret_key, "--no-s3-secure"]
         assert kubectl_lora(["logs", "demo", *flags]) == 0
         out = capsys.readouterr()
-        assert "checkpoint file(s) under s3://loras/e2e/demo/" in out.out, out
-        assert "the last lines of attempt 1, kept at s3://loras/e2e/demo/logs/attempt-1.txt" in out.err
+        assert f"checkpoint file(s) under s3://loras/{prefix}" in out.out, out
+        assert f"the last lines of attempt 1, kept at s3://loras/{prefix}logs/attempt-1.txt" in out.err
     finally:
         shim.stop()
         operator.stop()

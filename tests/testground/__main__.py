@@ -24,13 +24,13 @@ SEED_BUCKETS = ("datasets", "models", "loras")
 
 
 def exports(recorded: dict) -> dict[str, str]:
-    """KUBECONFIG, the storage settings of kubectl lora (S3_*, AWS_*) and of the operator (LORA_STORAGE_*)."""
+    """KUBECONFIG, the storage settings of kubectl lora (S3_*, AWS_*) and of the operator (LORA_STORAGE_*:
+    its endpoint only; the operator uses each job's own Secret, it has no key)."""
     minio = recorded["minio"]
     return {"KUBECONFIG": recorded["kubeconfig"],
             "S3_ENDPOINT": minio["endpoint"], "S3_SECURE": "false",
             "AWS_ACCESS_KEY_ID": minio["accessKey"], "AWS_SECRET_ACCESS_KEY": minio["secretKey"],
-            "LORA_STORAGE_ENDPOINT": minio["endpoint"], "LORA_STORAGE_SECURE": "false",
-            "LORA_STORAGE_ACCESS_KEY": minio["accessKey"], "LORA_STORAGE_SECRET_KEY": minio["secretKey"]}
+            "LORA_STORAGE_ENDPOINT": minio["endpoint"], "LORA_STORAGE_SECURE": "false"}
 
 
 def seed(recorded: dict) -> None:

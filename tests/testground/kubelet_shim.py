@@ -52,7 +52,7 @@ class KubeletShim:
             if listing.returncode:
                 continue
             for pod in json.loads(listing.stdout)["items"]:
-                key = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+                key = pod["metadata"]["uid"]  # as a kubelet: a pod re-created under the same name is another pod
                 if pod["status"].get("phase") == "Running" and key not in self.started:
                     self.started.add(key)
                     threading.Thread(target=self.run_pod, args=(pod,), daemon=True).start()

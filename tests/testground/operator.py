@@ -96,8 +96,7 @@ class OperatorProcess:
     def env(self) -> dict[str, str]:
         return {
             "KUBECONFIG": str(self.ground.kubeconfig), "LORA_STORAGE_ENDPOINT": self.ground.minio.endpoint,
-            "LORA_STORAGE_SECURE": "false", "LORA_STORAGE_ACCESS_KEY": self.ground.minio.access_key,
-            "LORA_STORAGE_SECRET_KEY": self.ground.minio.secret_key, "LORA_METRICS_PORT": str(self.metrics_port),
+            "LORA_STORAGE_SECURE": "false", "LORA_METRICS_PORT": str(self.metrics_port),
             "LORA_PROGRESS_INTERVAL": "1", "LORA_UNSCHEDULABLE_TIMEOUT": "20",
             "LORA_TRAINER_IMAGE": "lora-trainer:test", "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "trainer-image")]),

@@ -84,8 +84,8 @@ def write_job(path: Path, spec: dict[str, Any], name: str = "job") -> Path:
 
 
 def job_prefix(output: Path, name: str = "job") -> Path:
-    """The local folder of a job's output prefix."""
-    return output / "team" / name
+    """The local folder of a job's output prefix (a local run's job UID is "local")."""
+    return output / "team" / name / "local"
 
 
 def manifest(output: Path, name: str = "job") -> dict[str, Any]:
@@ -94,8 +94,9 @@ def manifest(output: Path, name: str = "job") -> dict[str, Any]:
 
 
 def run_recipe_for(tmp: Path, spec: dict[str, Any], *, resume: bool = False, setup_only: bool = False,
-                   after_setup: Callable[[Any], None] | None = None):
-    """Resolve `spec`, run the recipe in-process with outputs under `tmp/out`; returns the recipe."""
+                   after_setup: Callable[[Any], None] | None = None, job_uid: str = "local"):
+    """Resolve `spec`, run the recipe in-process with outputs under `tmp/out` as job `job_uid`; returns the
+    recipe."""
     from lora_operator.api import resolve_spec
     from lora_operator.storage import open_store
     from lora_trainer.loop import LoraRecipe, RunInputs
@@ -108,7 +109,7 @@ def run_recipe_for(tmp: Path, spec: dict[str, Any], *, resume: bool = False, set
                        dataset_root=Path(resolved.dataset.uri[len("file://"):]))
     if resolved.dataset.regularization is not None:
         inputs.regularization_root = Path(resolved.dataset.regularization.uri[len("file://"):])
-    recipe = LoraRecipe(resolved, inputs, Outputs(open_store(out.as_uri()), tmp / "work"), resume=resume,
+    recipe = LoraRecipe(resolved, inputs, Outputs(open_store(out.as_uri()), tmp / "work", job_uid), resume=resume,
                         progress_interval=0.0)
     recipe.setup()
     if after_setup:
@@ -124,7 +125,8 @@ def train(tmp_path, tiny_models, dataset_dir):
     counter = iter(range(1000))
 
     def run(family: str = "sd15", *, data_dir: Path | None = None, **overrides: Any):
-        kwargs = {k: overrides.pop(k) for k in ("resume", "setup_only", "after_setup", "tmp") if k in overrides}
+        kwargs = {k: overrides.pop(k) for k in ("resume", "setup_only", "after_setup", "tmp", "job_uid")
+                  if k in overrides}
         tmp = kwargs.pop("tmp", None) or tmp_path / f"run{next(counter)}"
         spec = base_spec(family, tiny_models(family), data_dir or dataset_dir, tmp / "out", **overrides)
         return run_recipe_for(tmp, spec, **kwargs)

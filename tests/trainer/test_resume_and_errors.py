@@ -22,22 +22,23 @@ class Crash(Exception):
     pass
 
 
+def crash_at_step_3(recipe):
+    """Makes the run raise `Crash` when it reaches optimizer step 3."""
+    step = recipe.progress.step
+
+    def wrapped(n, epoch, loss):
+        if n == 3:
+            raise Crash
+        step(n, epoch, loss)
+
+    recipe.progress.step = wrapped
+
+
 def test_resumed_run_ends_with_the_same_steps_and_bytes_as_an_uninterrupted_one(train, tmp_path):
     spec = {"training": {"steps": 4, "epochs": 2, "textEncoderLearningRate": 1e-3, "textEncoderRatio": 0.75},
             "dataset": {"flip": True}, "network": {"dropout": 0.1}}
     straight = train(**spec, tmp=tmp_path / "a")
     expected = load_file(tmp_path / "a/work/checkpoints/epoch-0002/kohya.safetensors")
-
-    def crash_at_step_3(recipe):
-        step = recipe.progress.step
-
-        def wrapped(n, epoch, loss):
-            if n == 3:
-                raise Crash
-            step(n, epoch, loss)
-
-        recipe.progress.step = wrapped
-
     with pytest.raises(Crash):
         train(**spec, tmp=tmp_path / "b", after_setup=crash_at_step_3)
     assert (tmp_path / "b/out/state/meta.json").is_file()
@@ -48,6 +49,22 @@ def test_resumed_run_ends_with_the_same_steps_and_bytes_as_an_uninterrupted_one(
     assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
     names = [(c.name, c.format) for c in resumed.manifest.manifest.checkpoints]
     assert sorted(names) == [(f"epoch-000{e}", f) for e in (1, 2) for f in ("diffusers", "kohya")]
+
+
+def test_a_run_never_resumes_from_state_another_job_saved(train, tmp_path):
+    """Defense in depth behind the UID in the prefix (issue 26 finding 2): state in the prefix that
+    another job wrote (a deleted job of the same name, a misplaced prefix) is not resumed from."""
+    spec = {"training": {"steps": 4, "epochs": 2}}
+    with pytest.raises(Crash):
+        train(**spec, tmp=tmp_path, job_uid="deleted-job", after_setup=crash_at_step_3)
+    assert json.loads((tmp_path / "out/state/meta.json").read_text())["job_uid"] == "deleted-job"
+    assert json.loads((tmp_path / "out/manifest.json").read_text())["jobUid"] == "deleted-job"
+    other = train(**spec, tmp=tmp_path, job_uid="new-job", resume=True)
+    assert other.start_step == 0
+    assert other.manifest.manifest.job_uid == "new-job"
+    assert json.loads((tmp_path / "out/state/meta.json").read_text())["job_uid"] == "new-job"
+    same = train(**spec, tmp=tmp_path, job_uid="new-job", resume=True)
+    assert same.start_step > 0  # its own state is resumed from
 
 
 def test_nan_loss_stops_the_run_with_a_nan_error(train):
@@ -97,22 +114,34 @@ def test_bare_spec_and_storage_folder_stand_in_for_s3(tmp_path, tiny_models, dat
     job = tmp_path / "bare.yaml"
     job.write_text(json.dumps(spec))
     assert main(["run", str(job), "--storage", str(storage)]) == ExitCode.SUCCESS
-    assert (storage / "loras/team-a/default/bare/checkpoints/epoch-0001/kohya.safetensors").is_file()
+    assert (storage / "loras/team-a/default/bare/local/checkpoints/epoch-0001/kohya.safetensors").is_file()
 
 
 def test_pod_mode_reads_the_spec_and_prefix_from_the_environment(tmp_path, tiny_models, dataset_dir):
     from lora_operator.api import resolve_spec
 
     spec = base_spec("sd15", tiny_models("sd15"), dataset_dir, tmp_path / "out")
-    prefix = (tmp_path / "out/ns/job1").as_uri() + "/"
+    prefix = (tmp_path / "out/ns/job1/uid-1").as_uri() + "/"
     env = {"LORA_JOB_SPEC": json.dumps(resolve_spec(spec).to_resource()), "LORA_OUTPUT_PREFIX": prefix,
-           "LORA_ATTEMPT": "2", "LORA_RESUME": "1", "LORA_CACHE_DIR": str(tmp_path / "cache")}
+           "LORA_JOB_UID": "uid-1", "LORA_ATTEMPT": "2", "LORA_RESUME": "1",
+           "LORA_CACHE_DIR": str(tmp_path / "cache")}
     assert main(["run", "--spec-env", "LORA_JOB_SPEC"], env=env) == ExitCode.SUCCESS
-    progress = json.loads((tmp_path / "out/ns/job1/progress.json").read_text())
+    progress = json.loads((tmp_path / "out/ns/job1/uid-1/progress.json").read_text())
     assert progress["attempt"] == 2 and progress["phase"] == "done" and progress["step"] == 2
-    assert json.loads((tmp_path / "out/ns/job1/manifest.json").read_text())["finished"] is True
-    kept = (tmp_path / "out/ns/job1/logs/attempt-2.txt").read_text()  # for kubectl lora logs once the pod is gone
+    assert progress["jobUid"] == "uid-1"
+    manifest = json.loads((tmp_path / "out/ns/job1/uid-1/manifest.json").read_text())
+    assert manifest["finished"] is True and manifest["jobUid"] == "uid-1"
+    kept = (tmp_path / "out/ns/job1/uid-1/logs/attempt-2.txt").read_text()  # for kubectl lora logs once the pod is gone
     assert "done in" in kept and "checkpoint file(s)" in kept
+
+
+def test_pod_mode_refuses_a_prefix_that_is_not_its_jobs_own(tmp_path, capsys):
+    spec = {"baseModel": {"family": "sd15", "uri": "file:///m"}, "dataset": {"uri": "file:///d"},
+            "output": {"uri": (tmp_path / "out").as_uri()}}
+    env = {"LORA_JOB_SPEC": json.dumps(spec), "LORA_OUTPUT_PREFIX": (tmp_path / "out/ns/job1/old-uid").as_uri() + "/",
+           "LORA_JOB_UID": "uid-2"}
+    assert main(["run", "--spec-env", "LORA_JOB_SPEC"], env=env) == ExitCode.BAD_CONFIG
+    assert "LORA_JOB_UID" in capsys.readouterr().err
 
 
 def test_in_a_pod_the_error_alone_is_the_termination_message(tmp_path, capsys):

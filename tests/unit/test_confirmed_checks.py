@@ -45,17 +45,17 @@ def job(name: str) -> JobView:
 def listings(monkeypatch):
     calls = {"n": 0, "empty": False, "models": 0, "model_empty": False}
 
-    def dataset_is_empty(spec, config):
+    def dataset_is_empty(store):
         calls["n"] += 1
         return calls["empty"]
 
-    def prefix_is_empty(uri, spec, config):
-        assert uri == spec.base_model.uri
+    def model_is_empty(store):
+        assert store.uri.rstrip("/") == "s3://models/tiny"
         calls["models"] += 1
         return calls["model_empty"]
 
     monkeypatch.setattr(lifecycle_module, "dataset_is_empty", dataset_is_empty)
-    monkeypatch.setattr(input_checks, "prefix_is_empty", prefix_is_empty)
+    monkeypatch.setattr(input_checks, "dataset_is_empty", model_is_empty)
     return calls
 
 
@@ -68,7 +68,7 @@ def resolve_all(kube: Kube, names: list[str], confirmed: Confirmed | None = None
 
 
 def test_a_burst_on_one_secret_and_dataset_reads_each_once(listings):
-    kube = Kube({"accessKey": "a", "secretKey": "s"})
+    kube = Kube({"accessKey": "YQ==", "secretKey": "cw=="})
     assert resolve_all(kube, ["a", "b", "c"]) == ["Queued"] * 3
     assert kube.secret_reads == 1 and listings["n"] == 1 and listings["models"] == 1
 
@@ -81,14 +81,14 @@ def test_a_missing_secret_is_read_again_for_every_job(listings):
 
 def test_an_empty_dataset_is_listed_again_for_every_job(listings):
     listings["empty"] = True
-    kube = Kube({"accessKey": "a", "secretKey": "s"})
+    kube = Kube({"accessKey": "YQ==", "secretKey": "cw=="})
     assert resolve_all(kube, ["a", "b"]) == ["Failed", "Failed"]
     assert listings["n"] == 2
 
 
 def test_a_missing_base_model_is_listed_again_for_every_job(listings):
     listings["model_empty"] = True
-    kube = Kube({"accessKey": "a", "secretKey": "s"})
+    kube = Kube({"accessKey": "YQ==", "secretKey": "cw=="})
     assert resolve_all(kube, ["a", "b"]) == ["Failed", "Failed"]
     assert listings["models"] == 2
     assert kube.patches[0]["conditions"][-1]["reason"] == "ModelNotFound"
@@ -97,7 +97,7 @@ def test_a_missing_base_model_is_listed_again_for_every_job(listings):
 def test_a_pass_is_forgotten_after_its_window(listings):
     now = [0.0]
     confirmed = Confirmed(seconds=30, clock=lambda: now[0])
-    kube = Kube({"accessKey": "a", "secretKey": "s"})
+    kube = Kube({"accessKey": "YQ==", "secretKey": "cw=="})
     resolve_all(kube, ["a"], confirmed)
     now[0] = 31.0
     resolve_all(kube, ["b"], confirmed)

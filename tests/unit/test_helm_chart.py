@@ -144,8 +144,7 @@ def test_operator_env_covers_the_configuration_contract(helm: Path) -> None:
     env = {e["name"]: e for e in container["env"]}
     assert set(ENV_VARS.values()) <= set(env)
     assert {name for name in env if name.startswith("LORA_")} <= set(ENV_VARS.values()) | PROPOSED_ENV
-    for key, var in (("accessKey", "LORA_STORAGE_ACCESS_KEY"), ("secretKey", "LORA_STORAGE_SECRET_KEY")):
-        assert env[var]["valueFrom"]["secretKeyRef"] == {"name": "lora-storage", "key": key}
+    assert not [e for e in env.values() if "secretKeyRef" in str(e)]  # no storage key of its own
     assert env["LORA_STORAGE_SECRET"]["value"] == "lora-storage"
     assert env["LORA_STORAGE_SECURE"]["value"] == "false"
     assert env["LORA_TRAINER_SERVICE_ACCOUNT"]["value"] == "lora-trainer"
@@ -158,12 +157,15 @@ def test_values_reach_the_operator_env(helm: Path) -> None:
     container = operator_container(render(
         helm, "storage.endpoint=s3.example.com:443", "storage.secure=true", "trainer.image.tag=9.9",
         "gpu.resourceName=amd.com/gpu", "operator.watchNamespace=team-a", "scheduling.namespaceNodeLimits.team-a=4",
+        "storage.allowedEndpoints={minio-b:9000,https://s3.eu.example.com}",
     ))
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert json.loads(env["LORA_NAMESPACE_NODE_LIMITS"]) == {"team-a": 4}
     default = {e["name"]: e.get("value") for e in operator_container(render(helm))["env"]}
     assert default["LORA_NAMESPACE_NODE_LIMITS"] == "{}"
     assert env["LORA_STORAGE_ENDPOINT"] == "s3.example.com:443"
+    assert env["LORA_STORAGE_ALLOWED_ENDPOINTS"] == "minio-b:9000,https://s3.eu.example.com"
+    assert default["LORA_STORAGE_ALLOWED_ENDPOINTS"] == ""
     assert env["LORA_STORAGE_SECURE"] == "true"
     assert env["LORA_TRAINER_IMAGE"] == "ghcr.io/lora-operator/lora-trainer:9.9"
     assert env["LORA_GPU_RESOURCE"] == "amd.com/gpu"
@@ -190,15 +192,22 @@ def test_rbac_is_least_privilege_without_wildcards(helm: Path) -> None:
     rules = one(docs, "ClusterRole")["rules"]
     granted: dict[tuple[str, str], set[str]] = {}
     for rule in rules:
-        assert "nonResourceURLs" not in rule and "resourceNames" not in rule
+        assert "nonResourceURLs" not in rule
+        assert "resourceNames" not in rule or rule["resources"] == ["secrets"]
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], f"wildcard in {field}: {rule}"
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 granted.setdefault((group, resource), set()).update(rule["verbs"])
     assert granted == EXPECTED_RULES
-    # Secrets: get only, so the operator can check a job's secretRef exists but never enumerate them.
+    # Secrets: get only, so the operator can check a job's secretRef exists but never enumerate them,
+    # and only of the storage Secret names the platform allows.
     assert granted[("", "secrets")] == {"get"}
+    secrets = next(rule for rule in rules if rule["resources"] == ["secrets"])
+    assert secrets["resourceNames"] == ["lora-storage"]
+    wider = render(helm, "storage.allowedSecretNames={team-s3,lora-storage}")
+    secrets = next(rule for rule in one(wider, "ClusterRole")["rules"] if rule["resources"] == ["secrets"])
+    assert secrets["resourceNames"] == ["lora-storage", "team-s3"]
 
 
 def test_rbac_can_be_turned_off(helm: Path) -> None:

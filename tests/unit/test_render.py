@@ -130,7 +130,8 @@ def test_env_carries_the_resolved_spec_that_round_trips():
     assert env["LORA_JOB_NAMESPACE"] == "team-a"
     assert env["LORA_ATTEMPT"] == "2"
     assert env["LORA_RESUME"] == "1"
-    assert env["LORA_OUTPUT_PREFIX"] == "s3://loras/team-a/team-a/corgi/"
+    assert env["LORA_JOB_UID"] == "uid-1"
+    assert env["LORA_OUTPUT_PREFIX"] == "s3://loras/team-a/team-a/corgi/uid-1/"
     assert env["LORA_CACHE_DIR"] == "/cache"
     assert env["S3_ENDPOINT"] == "minio:9000"
     assert env["S3_SECURE"] == "false"
@@ -138,12 +139,19 @@ def test_env_carries_the_resolved_spec_that_round_trips():
 
 
 def test_storage_credentials_come_only_from_the_referenced_secret():
-    env = env_of(pod(job_spec=spec(storage={"secretRef": "team-creds", "endpoint": "s3:443", "secure": True})))
+    config = CONFIG.model_copy(update={"storage_allowed_endpoints": ("s3:443",)})
+    env = env_of(pod(job_spec=spec(storage={"secretRef": "team-creds", "endpoint": "S3:443", "secure": True}),
+                     config=config))
     assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "team-creds", "key": "accessKey"}}
     assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "team-creds", "key": "secretKey"}}
     assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "team-creds", "key": "hfToken", "optional": True}}
     assert env["S3_ENDPOINT"] == "s3:443"
     assert env["S3_SECURE"] == "true"
+
+
+def test_a_pod_is_never_rendered_for_an_endpoint_the_platform_does_not_allow():
+    with pytest.raises(ValueError, match="spec.storage.endpoint: 'evil:9000' is not .* allowed: minio:9000"):
+        pod(job_spec=spec(storage={"endpoint": "evil:9000"}))
 
 
 def test_default_secret_is_used_when_the_job_names_none():
@@ -187,11 +195,15 @@ def test_trainer_selector():
     assert trainer_selector("u1").endswith(",lora-operator.io/job-uid=u1")
 
 
-def test_output_prefix_always_ends_with_one_slash():
-    assert output_prefix(spec(output={"uri": "s3://b/p"}), "ns", "j") == "s3://b/p/ns/j/"
-    assert output_prefix(spec(output={"uri": "file:///data/"}), "ns", "j") == "file:///data/ns/j/"
+def test_output_prefix_is_the_jobs_own_by_uid_and_always_ends_with_one_slash():
+    uid = "0b5e2f1c-7a7d-4c3e-9d0e-2f6a1b9c8d7e"
+    assert output_prefix(spec(output={"uri": "s3://b/p"}), "ns", "j", uid) == f"s3://b/p/ns/j/{uid}/"
+    assert output_prefix(spec(output={"uri": "file:///data/"}), "ns", "j", uid) == f"file:///data/ns/j/{uid}/"
     with pytest.raises(ValueError, match="spec.output"):
-        output_prefix(JobSpec(), "ns", "j")
+        output_prefix(JobSpec(), "ns", "j", uid)
+    for bad in ("", "../x", "a/b", "."):
+        with pytest.raises(ValueError, match="metadata.uid"):
+            output_prefix(spec(), "ns", "j", bad)
 
 
 # The configuration the renderer reads (config.py has no test module of its own yet).
@@ -223,9 +235,9 @@ def test_config_error_names_the_variable():
         OperatorConfig.from_env({"LORA_PROGRESS_INTERVAL": "-1"})
 
 
-def test_config_is_frozen_and_hides_the_secret_key():
-    config = OperatorConfig.from_env({"LORA_STORAGE_SECRET_KEY": "s3cr3t"})
-    assert "s3cr3t" not in repr(config)
+def test_config_is_frozen_and_holds_no_storage_key_of_its_own():
+    config = OperatorConfig.from_env({"LORA_STORAGE_SECRET_KEY": "s3cr3t", "LORA_STORAGE_ACCESS_KEY": "k"})
+    assert "s3cr3t" not in repr(config) and not any("key" in name for name in OperatorConfig.model_fields)
     with pytest.raises(ValueError):
         config.metrics_port = 1
 

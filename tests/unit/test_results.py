@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lora_operator.api import JobStatus
 from lora_operator.api.reports import CheckpointEntry, Manifest, ProgressReport, SkippedFile
 from lora_operator.api.status import MAX_SKIPPED_SHOWN
-from lora_operator.results import Reports, apply_reports
+from lora_operator.results import Reports, apply_reports, finalize, read_reports
+from lora_operator.storage import StorageError, open_store
 
 PREFIX = "s3://loras/ns/job/"
 
@@ -31,3 +34,28 @@ def test_skipped_files_on_the_resource_are_capped_the_manifest_keeps_all():
     status = apply_reports(JobStatus(), Reports(None, manifest), PREFIX)
     assert len(status.skipped_files) == MAX_SKIPPED_SHOWN
     assert status.skipped_files[0].file == "bad0.png"
+
+
+def write_run(folder, job_uid: str) -> None:
+    """What a finished trainer of job `job_uid` leaves under its prefix: progress, manifest, a checkpoint."""
+    entry = CheckpointEntry(name="epoch-0002", epoch=2, step=8, format="kohya", size_bytes=3, sha256="b" * 64,
+                            path="checkpoints/epoch-0002/kohya.safetensors")
+    (folder / "checkpoints/epoch-0002").mkdir(parents=True)
+    (folder / entry.path).write_bytes(b"old")
+    (folder / "progress.json").write_text(ProgressReport(job_uid=job_uid, step=8, total_steps=8).model_dump_json())
+    (folder / "manifest.json").write_text(Manifest(job_uid=job_uid, checkpoints=[entry]).model_dump_json())
+
+
+def test_reports_another_job_wrote_are_ignored_and_never_finalized(tmp_path):
+    """Defense in depth behind the UID in the prefix (issue 26 finding 2): files in a job's prefix that
+    another job wrote (a deleted job of the same name) never reach its status or final/."""
+    write_run(tmp_path, "deleted-uid")
+    store = open_store(tmp_path.as_uri())
+    assert read_reports(store, "new-uid") == Reports(None, None)
+    with pytest.raises(StorageError, match="checkpoint epoch-0002 is not in this job's manifest"):
+        finalize(store, "new-uid", "epoch-0002")
+    assert not (tmp_path / "final").exists() and (tmp_path / "checkpoints/epoch-0002/kohya.safetensors").is_file()
+    own = read_reports(store, "deleted-uid")
+    assert own.progress.step == 8 and own.manifest.checkpoints[0].name == "epoch-0002"
+    output = finalize(store, "deleted-uid", "epoch-0002")
+    assert output.checkpoint == "epoch-0002" and (tmp_path / "final/kohya.safetensors").read_bytes() == b"old"

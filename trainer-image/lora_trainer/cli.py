@@ -33,20 +33,21 @@ from pathlib import Path
 from typing import Any
 
 from lora_operator.api import Dataset, ExitCode, JobSpec, ModelFamily, SpecError, resolve_spec
+from lora_operator.render import output_prefix
 from lora_operator.storage import StorageError
 
 from . import logtail
 from .errors import ConfigError, DatasetError, TrainerError
 from .inputs import Resolver, default_cache_dir
 from .launch import PROCESSES_ENV, is_worker, launch, wanted_processes
-from .outputs import Outputs
+from .outputs import LOCAL_UID, Outputs
 
 log = logging.getLogger("lora_trainer")
 TEMPLATE_KINDS = ("LoraTrainingTemplate", "ClusterLoraTrainingTemplate")
 
 
-def load_job_file(path: Path) -> tuple[JobSpec, str, str]:
-    """Read a job YAML: (resolved spec, namespace, job name).
+def load_job_file(path: Path) -> tuple[JobSpec, str, str, str]:
+    """Read a job YAML: (resolved spec, namespace, job name, job UID: metadata.uid or "local").
 
     Raises:
         ConfigError: unreadable YAML, no job in it, or an invalid spec (names the field).
@@ -76,7 +77,8 @@ def load_job_file(path: Path) -> tuple[JobSpec, str, str]:
             raise ConfigError(f"spec.template: {raw['template']!r} is not in {path}; local mode reads "
                               "templates from the same file (add the LoraTrainingTemplate document)")
         template = templates[raw["template"]]
-    return _resolve(raw, template), meta.get("namespace") or "default", meta.get("name") or path.stem
+    return (_resolve(raw, template), meta.get("namespace") or "default", meta.get("name") or path.stem,
+            str(meta.get("uid") or LOCAL_UID))
 
 
 def _resolve(raw: dict[str, Any], template: dict[str, Any] | None = None) -> JobSpec:
@@ -86,14 +88,14 @@ def _resolve(raw: dict[str, Any], template: dict[str, Any] | None = None) -> Job
         raise ConfigError(str(err)) from err
 
 
-def train(spec: JobSpec, resolver: Resolver, prefix_uri: str, workdir: Path, *, attempt: int = 1,
-          resume: bool = False, progress_interval: float = 5.0) -> int:
+def train(spec: JobSpec, resolver: Resolver, prefix_uri: str, workdir: Path, *, job_uid: str = LOCAL_UID,
+          attempt: int = 1, resume: bool = False, progress_interval: float = 5.0) -> int:
     """Fetch the inputs, train, upload; returns the exit code."""
     from .loop import RunInputs, run_recipe  # torch: not needed by `upload`
     rank = int(os.environ.get("RANK", "0"))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         workdir = workdir / f"rank-{rank}"  # workers may have been given the same --workdir
-    outputs = Outputs(resolver.store(prefix_uri), workdir / "out")
+    outputs = Outputs(resolver.store(prefix_uri), workdir / "out", job_uid)
     dataset = spec.dataset
     inputs = RunInputs(
         model_dir=resolver.model_folder(spec.base_model.uri, workdir),
@@ -120,12 +122,16 @@ def train(spec: JobSpec, resolver: Resolver, prefix_uri: str, workdir: Path, *, 
 
 def run_local(job_file: Path, storage: Path | None, workdir: Path | None, env: Mapping[str, str], *,
               resume: bool = False) -> int:
-    """Local mode: a job YAML, outputs under <output.uri>/<namespace>/<job>/."""
-    spec, namespace, name = load_job_file(job_file)
+    """Local mode: a job YAML, outputs under <output.uri>/<namespace>/<job>/<uid>/ as in the cluster, with
+    the UID "local" unless the YAML gives metadata.uid (so --resume finds the interrupted run's state)."""
+    spec, namespace, name, uid = load_job_file(job_file)
     resolver = Resolver(env=env, storage_root=storage, cache_dir=default_cache_dir(env))
-    prefix = f"{spec.output.uri.rstrip('/')}/{namespace}/{name}/"
+    try:
+        prefix = output_prefix(spec, namespace, name, uid)
+    except ValueError as err:
+        raise ConfigError(f"{job_file}: {err}") from err
     with tempfile.TemporaryDirectory(prefix="lora-train-") as tmp:
-        return train(spec, resolver, prefix, workdir or Path(tmp), resume=resume)
+        return train(spec, resolver, prefix, workdir or Path(tmp), job_uid=uid, resume=resume)
 
 
 def run_pod(spec_env: str, env: Mapping[str, str], workdir: Path | None) -> int:
@@ -140,9 +146,13 @@ def run_pod(spec_env: str, env: Mapping[str, str], workdir: Path | None) -> int:
     prefix = env.get("LORA_OUTPUT_PREFIX") or ""
     if not prefix:
         raise ConfigError("LORA_OUTPUT_PREFIX: environment variable is missing")
+    uid = env.get("LORA_JOB_UID") or ""
+    if not uid or not prefix.rstrip("/").endswith("/" + uid):
+        raise ConfigError(f"LORA_JOB_UID: {uid!r} is missing or not the last folder of LORA_OUTPUT_PREFIX {prefix}")
     resolver = Resolver(env=env, cache_dir=default_cache_dir(env))
     with tempfile.TemporaryDirectory(prefix="lora-train-") as tmp:
-        return train(spec, resolver, prefix, workdir or Path(tmp), attempt=int(env.get("LORA_ATTEMPT", "1")),
+        return train(spec, resolver, prefix, workdir or Path(tmp), job_uid=uid,
+                     attempt=int(env.get("LORA_ATTEMPT", "1")),
                      resume=env.get("LORA_RESUME") == "1",
                      progress_interval=float(env.get("LORA_PROGRESS_INTERVAL", "5")))
 
@@ -167,7 +177,7 @@ def run_upload(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     folder: Path = args.folder
     if args.job is not None:
-        spec, _, _ = load_job_file(args.job)
+        spec, *_ = load_job_file(args.job)
         dataset, family = spec.dataset, spec.base_model.family
         if dataset.uri and dataset.uri.rstrip("/") != args.uri.rstrip("/"):
             print(f"note: {args.job} reads its dataset from {dataset.uri}, not {args.uri}")

@@ -149,12 +149,13 @@ class LoraRecipe:
 
         publish = self.outputs.publish_bytes if self.main else (lambda key, data: None)
         self.progress = ProgressReporter(publish, self.attempt, self.plan.total_steps, self.plan.epochs,
-                                         interval=self.progress_interval,
+                                         interval=self.progress_interval, job_uid=self.outputs.job_uid,
                                          stream=None if self.main else open(os.devnull, "w"))  # noqa: SIM115
         self.progress.phase("loading")
         publish(CAPTIONS_FILE, self.data.captions_json())
         self.manifest = ManifestWriter(publish, Manifest(
-            spec_hash=spec_hash(spec), images=len(self.data.train), validation_images=len(self.data.validation),
+            job_uid=self.outputs.job_uid, spec_hash=spec_hash(spec), images=len(self.data.train),
+            validation_images=len(self.data.validation),
             total_steps=self.plan.total_steps, skipped=list(self.data.skipped),
         ))
 

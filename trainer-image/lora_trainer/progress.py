@@ -36,13 +36,15 @@ class ProgressReporter:
         interval: Seconds between throttled writes. Default: 5.
         stream: Where the progress line goes. Default: stderr.
         clock: Monotonic clock (tests pass a fake one).
+        job_uid: The job's UID, recorded so the operator reads only its own job's progress.
     """
 
     def __init__(self, publish: Publish, attempt: int, total_steps: int, total_epochs: int, *,
-                 interval: float = 5.0, stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic):
+                 interval: float = 5.0, stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
+                 job_uid: str | None = None):
         self.publish = publish
-        self.report = ProgressReport(attempt=attempt, total_steps=total_steps, total_epochs=total_epochs,
-                                     phase="loading")
+        self.report = ProgressReport(job_uid=job_uid, attempt=attempt, total_steps=total_steps,
+                                     total_epochs=total_epochs, phase="loading")
         self.interval = interval
         self.stream = stream if stream is not None else sys.stderr
         self.clock = clock

@@ -48,7 +48,7 @@ def save(recipe: LoraRecipe, step: int) -> None:
         out.local(STATE_PREFIX + TRAINING_FILE),
     )
     meta = {"step": step, "epoch": recipe.plan.epoch_of(step), "total_steps": recipe.plan.total_steps,
-            "spec_hash": spec_hash(recipe.spec)}
+            "spec_hash": spec_hash(recipe.spec), "job_uid": recipe.outputs.job_uid}
     out.publish(STATE_PREFIX + ADAPTER_FILE)
     out.publish(STATE_PREFIX + TRAINING_FILE)
     out.publish_bytes(STATE_PREFIX + META_FILE, json.dumps(meta).encode())
@@ -64,6 +64,11 @@ def restore(recipe: LoraRecipe) -> int:
         log.info("no saved state: starting from step 0")
         return 0
     meta = json.loads(meta_path.read_text())
+    if meta.get("job_uid") != recipe.outputs.job_uid:
+        # Defense in depth: the prefix holds the job's UID, so only a misplaced prefix gets here.
+        log.warning("saved state belongs to job %s, not %s: starting from step 0", meta.get("job_uid"),
+                    recipe.outputs.job_uid)
+        return 0
     if meta.get("spec_hash") != spec_hash(recipe.spec):
         log.warning("saved state belongs to another spec: starting from step 0")
         return 0
@@ -77,7 +82,9 @@ def restore(recipe: LoraRecipe) -> int:
     if manifest:
         from lora_operator.api import Manifest
 
-        recipe.manifest.manifest = Manifest.model_validate_json(manifest)
-        recipe.manifest.manifest.finished = False
+        saved = Manifest.model_validate_json(manifest)
+        if saved.job_uid == recipe.outputs.job_uid:
+            recipe.manifest.manifest = saved
+            recipe.manifest.manifest.finished = False
     log.info("resuming after step %d (epoch %d)", meta["step"], meta["epoch"])
     return int(meta["step"])

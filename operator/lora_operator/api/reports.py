@@ -1,7 +1,9 @@
 """What the trainer writes to storage and the operator reads back: progress.json and manifest.json.
 
-Both live under the job's output prefix, ``<output.uri>/<namespace>/<job>/``. Paths in them are
-relative to that prefix, so a copied prefix stays valid.
+Both live under the job's output prefix, ``<output.uri>/<namespace>/<job>/<job UID>/``. Paths in
+them are relative to that prefix, so a copied prefix stays valid. Both record the UID of the job
+that wrote them: the operator ignores (and never finalizes from) files of another job, such as a
+deleted job of the same name.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def checkpoint_name(epoch: int) -> str:
 class ProgressReport(ApiModel):
     """progress.json, rewritten every few seconds while training."""
 
+    job_uid: str | None = None
+    """metadata.uid of the job that wrote it (LORA_JOB_UID)."""
     attempt: int = 0
     step: int = 0
     total_steps: int = 0
@@ -83,6 +87,8 @@ class SkippedFile(ApiModel):
 class Manifest(ApiModel):
     """manifest.json: everything the run produced, rewritten after each checkpoint."""
 
+    job_uid: str | None = None
+    """metadata.uid of the job that wrote it (LORA_JOB_UID)."""
     spec_hash: str | None = None
     images: int = 0
     validation_images: int = 0

@@ -123,18 +123,21 @@ class Output(ApiModel):
 
     uri: str = Field(pattern=OUTPUT_URI_PATTERN)
     """Prefix (s3://bucket/prefix or file:///path, no empty, . or .. path segments); results go to
-    <uri>/<namespace>/<job>/."""
+    <uri>/<namespace>/<job>/<job UID>/, a folder of this job object alone (a job created again under
+    the same name gets a new one)."""
 
 
 class Storage(ApiModel):
     """Credentials and endpoint of the object store."""
 
     secret_ref: ObjectName | None = Field(default=None, max_length=253)
-    """Name of a Secret in the job's namespace with keys accessKey and secretKey (and optionally
-    endpoint, hfToken). Default: lora-storage in the job's namespace (the chart's
-    storage.existingSecret)."""
+    """Name of a Secret in the job's namespace with keys accessKey and secretKey (and optionally hfToken).
+    The trainer and the operator use only these keys for this job's storage. Default: lora-storage in the
+    job's namespace (the chart's storage.existingSecret)."""
     endpoint: str | None = Field(default=None, max_length=500)
-    """host:port of the S3 endpoint, overriding the operator's default."""
+    """host:port (or http(s)://host:port) of the S3 endpoint: one the platform allows (the chart's
+    storage.endpoint, the default, or one of storage.allowedEndpoints). Any other endpoint fails the job
+    (EndpointNotAllowed) before anything connects to it."""
     secure: bool | None = None
     """Use TLS to the endpoint. Default: the operator's setting."""
 

@@ -120,7 +120,7 @@ class JobOutput(ApiModel):
     uri: str | None = None
     """Where final/ is."""
     prefix: str | None = None
-    """The job's output prefix (<output.uri>/<namespace>/<job>/)."""
+    """The job's output prefix (<output.uri>/<namespace>/<job>/<job UID>/)."""
 
 
 class JobStatus(ApiModel):

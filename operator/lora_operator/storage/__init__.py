@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
+from ..endpoints import DEFAULT_ENDPOINT
 from .base import ObjectInfo, ObjectStore
 from .errors import InvalidUri, ObjectNotFound, StorageError
 from .local import LocalStore
@@ -19,15 +20,15 @@ from .retry import RetryPolicy, call_with_retry, is_transient
 from .s3 import S3Store, make_client
 from .uri import as_prefix, join_key, parse_uri
 
-DEFAULT_ENDPOINT = "s3.amazonaws.com"
 
-
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=256)
 def _shared_client(endpoint: str, access_key: str | None, secret_key: str | None, secure: bool,
                    region: str | None):
     """One client (connection pool, TLS context, bucket regions) per endpoint and identity: the
     operator opens a store per job event, and a new client each time cost a CA-bundle load, a
-    new connection and a region lookup per read. Minio clients are thread-safe."""
+    new connection and a region lookup per read. Minio clients are thread-safe. The operator uses
+    each job's own Secret, so there is one identity per distinct Secret in use: 256 covers a
+    platform's teams; beyond it the least recently used client is rebuilt when next needed."""
     return make_client(endpoint, access_key, secret_key, secure=secure, region=region)
 
 

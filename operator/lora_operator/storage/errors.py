@@ -11,12 +11,24 @@ class StorageError(Exception):
         transient: True when the cause was an outage (connection refused, 5xx) that outlasted
             the retry budget, so trying again later may help; False for refusals such as
             access denied or a missing bucket.
+        code: The S3 error code when the store answered with one (e.g. AccessDenied).
     """
 
-    def __init__(self, message: str, *, uri: str, transient: bool = False):
+    def __init__(self, message: str, *, uri: str, transient: bool = False, code: str | None = None):
         super().__init__(message)
         self.uri = uri
         self.transient = transient
+        self.code = code
+
+    @property
+    def denied(self) -> bool:
+        """The store refused these credentials for this object: a wrong bucket or key, not an outage."""
+        return self.code in DENIED_CODES
+
+
+DENIED_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
+                          "AccountProblem", "InvalidToken", "ExpiredToken"})
+"""S3 error codes that mean "these credentials may not do this"."""
 
 
 class ObjectNotFound(StorageError):

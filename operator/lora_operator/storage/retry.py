@@ -96,7 +96,8 @@ def call_with_retry(
             raise
         except Exception as exc:  # noqa: BLE001 - classified below, re-raised as StorageError
             if not is_transient(exc):
-                raise StorageError(f"{what} {uri} failed: {describe(exc)}", uri=uri) from exc
+                raise StorageError(f"{what} {uri} failed: {describe(exc)}", uri=uri,
+                                   code=exc.code if isinstance(exc, S3Error) else None) from exc
             if clock() + delay > deadline:
                 raise StorageError(
                     f"{what} {uri} failed after {attempts} attempts over {policy.total_seconds:.0f}s: "
