@@ -61,6 +61,11 @@ class OperatorConfig(BaseModel):
     """LORA_STORAGE_SECRET: Secret (keys accessKey, secretKey) in the job's namespace for jobs without
     spec.storage.secretRef. The operator reads, checks and finalizes a job's storage with that job's Secret
     only: it has no storage key of its own."""
+    storage_allowed_secret_names: tuple[str, ...] | None = None
+    """LORA_STORAGE_ALLOWED_SECRET_NAMES: comma-separated Secret names besides LORA_STORAGE_SECRET that
+    spec.storage.secretRef may name (the chart's storage.allowedSecretNames, the names its RBAC lets the
+    operator read). A job naming another fails at once, without a read; a 403 on a listed name is taken
+    as RBAC still being set up and retried. Unset: no list, the API server's RBAC alone decides."""
     gpu_resource: str = Field(default="nvidia.com/gpu", pattern=r"^[A-Za-z0-9.-]+/[A-Za-z0-9._-]+$")
     """LORA_GPU_RESOURCE: extended resource name of the GPUs."""
     gpu_type_label: str = Field(default="lora-operator.io/gpu-type", min_length=1, max_length=317)
@@ -77,9 +82,9 @@ class OperatorConfig(BaseModel):
     """LORA_NAMESPACE_NODE_LIMITS: a JSON object, the most GPU nodes a namespace's jobs may hold at once,
     e.g. {"team-a": 4, "*": 2} ("*": every namespace not listed). Jobs over the limit wait in their place."""
 
-    @field_validator("storage_allowed_endpoints", mode="before")
+    @field_validator("storage_allowed_endpoints", "storage_allowed_secret_names", mode="before")
     @classmethod
-    def _endpoints_from_text(cls, value: object) -> object:
+    def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
@@ -141,6 +146,7 @@ ENV_VARS: dict[str, str] = {
     "storage_secure": "LORA_STORAGE_SECURE",
     "storage_secret": "LORA_STORAGE_SECRET",
     "storage_allowed_endpoints": "LORA_STORAGE_ALLOWED_ENDPOINTS",
+    "storage_allowed_secret_names": "LORA_STORAGE_ALLOWED_SECRET_NAMES",
     "gpu_resource": "LORA_GPU_RESOURCE",
     "gpu_type_label": "LORA_GPU_TYPE_LABEL",
     "watch_namespace": "LORA_WATCH_NAMESPACE",

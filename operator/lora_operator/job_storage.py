@@ -23,7 +23,6 @@ from typing import Protocol
 from .api import JobSpec
 from .config import OperatorConfig
 from .endpoints import Target, job_target
-from .k8s import Forbidden
 from .storage import ObjectStore, StorageError, open_store
 from .storage.retry import RetryPolicy
 
@@ -93,18 +92,19 @@ class JobStorage:
 
         Raises:
             EndpointError: spec.storage.endpoint is not allowed (checked before the Secret is read).
-            SecretUnusable: the Secret is missing, not readable by the operator's role, or lacks
+            SecretUnusable: the Secret is missing, not one the platform allows, or lacks
                 accessKey / secretKey.
+            Forbidden: the operator's role may not read it (yet).
         """
         where = job_target(spec, self.config)
         name = secret_name(spec, self.config)
         ref = f"Secret {namespace}/{name}"
-        try:
-            data = self.secret(namespace, name)
-        except Forbidden:
-            raise SecretUnusable(f"spec.storage.secretRef: the operator may not read {ref} (403): name a storage "
-                                 "Secret the platform allows (chart values storage.existingSecret, "
-                                 "storage.allowedSecretNames)", uri=ref) from None
+        allowed = self.config.storage_allowed_secret_names
+        if allowed is not None and name not in (self.config.storage_secret, *allowed):
+            raise SecretUnusable(f"spec.storage.secretRef: the operator may not read {ref}: name a storage Secret "
+                                 f"the platform allows ({', '.join((self.config.storage_secret, *allowed))}; chart "
+                                 "values storage.existingSecret, storage.allowedSecretNames)", uri=ref)
+        data = self.secret(namespace, name)  # Forbidden (a listed name, RBAC not there yet) is transient
         if data is None:
             raise SecretUnusable(f"spec.storage.secretRef: {ref} does not exist", uri=ref)
         missing = [key for key in SECRET_KEYS if key not in data]

@@ -89,12 +89,12 @@ def transient(error: BaseException) -> bool:
         return error.status not in REFUSED_STATUSES
     if isinstance(error, StorageError):
         return error.transient
-    return isinstance(error, (OSError, HTTPError))
+    return isinstance(error, (OSError, HTTPError, Forbidden))
 
 
 class Forbidden(Exception):
-    """The operator's role may not read this object (403): e.g. a Secret whose name the chart's
-    RBAC does not list."""
+    """The operator's role may not read this object (403): RBAC not set up yet, or a Secret whose
+    name the chart's RBAC does not list (the operator refuses those names before reading)."""
 
 
 @dataclass
@@ -248,5 +248,5 @@ class Kube:
             if err.status == 404:
                 return None
             if err.status == 403:
-                raise Forbidden(f"Secret {namespace}/{name}: {err.reason}") from err
+                raise Forbidden(f"Secret {namespace}/{name}: 403 {err.reason}") from err
             raise

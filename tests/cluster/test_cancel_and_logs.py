@@ -36,7 +36,7 @@ def test_cancel_keeps_finished_epochs_and_logs_fall_back_to_the_kept_tail(ground
     manifest = json.dumps({"checkpoints": [{
         "name": "epoch-0001", "epoch": 1, "step": 4, "format": "kohya",
         "path": "checkpoints/epoch-0001/kohya.safetensors", "sizeBytes": len(weights),
-        "sha256": hashlib.sha256(weights).hexdigest(), "validationLoss": 0.2}]}).encode()
+        "sha256": hashlib.sha256(weights).hexdigest(), "validationLoss": 0.2}], "jobUid": env["LORA_JOB_UID"]}).encode()
     client.put_object(bucket, base + "manifest.json", io.BytesIO(manifest), len(manifest))
     kept = b"INFO epoch 1 done\nINFO epoch 2 step 5/8\n"
     client.put_object(bucket, base + "logs/attempt-1.txt", io.BytesIO(kept), len(kept))

@@ -21,12 +21,13 @@ pytestmark = pytest.mark.cluster
 LOSSES = {1: 0.30, 2: 0.08, 3: 0.12}
 
 
-def output_prefix(pod: dict) -> str:
+def output_prefix(pod: dict) -> tuple[str, str]:
+    """The output prefix and job UID the pod was given (the operator reads only what that job wrote)."""
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
-    return env["LORA_OUTPUT_PREFIX"]
+    return env["LORA_OUTPUT_PREFIX"], env["LORA_JOB_UID"]
 
 
-def write_trainer_outputs(ground, prefix: str) -> tuple[str, str]:
+def write_trainer_outputs(ground, prefix: str, job_uid: str) -> tuple[str, str]:
     """Three kohya checkpoints and the manifest listing them; returns (bucket, key prefix)."""
     bucket, _, base = prefix.removeprefix("s3://").partition("/")
     client = ground.minio.client()
@@ -40,7 +41,7 @@ def write_trainer_outputs(ground, prefix: str) -> tuple[str, str]:
         entries.append({"name": f"epoch-{epoch:04d}", "epoch": epoch, "step": 4 * epoch, "format": "kohya",
                         "path": path, "sizeBytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                         "validationLoss": loss})
-    manifest = json.dumps({"checkpoints": entries, "finished": True}).encode()
+    manifest = json.dumps({"checkpoints": entries, "finished": True, "jobUid": job_uid}).encode()
     client.put_object(bucket, base + "manifest.json", io.BytesIO(manifest), len(manifest))
     return bucket, base
 
@@ -61,7 +62,7 @@ def test_auto_picks_the_lowest_loss_and_delete_unselected_after_the_run_deletes_
     ground.add_gpu_nodes(1, gpus=1, gpu_type="select", prefix="select")
     ground.apply({**job("pick", "select"), "metadata": {"name": "pick", "namespace": ns}})
     pod = running_pod(ground, ns, "pick")
-    bucket, base = write_trainer_outputs(ground, output_prefix(pod))
+    bucket, base = write_trainer_outputs(ground, *output_prefix(pod))
     end_pod(ground, ns, pod["metadata"]["name"], 0)
     wait_phase(ground, operator, ns, "pick", "Succeeded")
     status = get_job(ground, ns, "pick")["status"]

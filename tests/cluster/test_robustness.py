@@ -130,9 +130,11 @@ def test_a_deadline_of_2_63_seconds_runs_to_the_end(ground, operator, ns):
 
 
 def test_an_endpoint_that_breaks_the_storage_client_fails_with_the_error_named(ground, operator, ns):
-    # Before: the client's ValueError escaped every reconcile: a blank phase, no Event.
+    # Before: the client's ValueError escaped every reconcile: a blank phase, no Event. Since the
+    # platform's endpoint allow-list, the endpoint is parsed (and refused) before any client exists.
     applied(ground, ns, "badport", "none", storage={"endpoint": "minio.example:99999"})
     wait_phase(ground, operator, ns, "badport", "Failed", timeout=20)
     failed = condition(ground, ns, "badport", "Failed")
-    assert failed["reason"] == "UnexpectedError" and "invalid port" in failed["message"], failed
-    assert any(e["reason"] == "UnexpectedError" for e in events(ground, ns, "badport"))
+    assert failed["reason"] == "EndpointNotAllowed" and "Port out of range" in failed["message"], failed
+    assert "spec.storage.endpoint" in failed["message"], failed
+    assert any(e["reason"] == "EndpointNotAllowed" for e in events(ground, ns, "badport"))

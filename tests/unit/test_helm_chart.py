@@ -158,6 +158,7 @@ def test_values_reach_the_operator_env(helm: Path) -> None:
         helm, "storage.endpoint=s3.example.com:443", "storage.secure=true", "trainer.image.tag=9.9",
         "gpu.resourceName=amd.com/gpu", "operator.watchNamespace=team-a", "scheduling.namespaceNodeLimits.team-a=4",
         "storage.allowedEndpoints={minio-b:9000,https://s3.eu.example.com}",
+        "storage.allowedSecretNames={team-keys,other-keys}",
     ))
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert json.loads(env["LORA_NAMESPACE_NODE_LIMITS"]) == {"team-a": 4}
@@ -166,6 +167,9 @@ def test_values_reach_the_operator_env(helm: Path) -> None:
     assert env["LORA_STORAGE_ENDPOINT"] == "s3.example.com:443"
     assert env["LORA_STORAGE_ALLOWED_ENDPOINTS"] == "minio-b:9000,https://s3.eu.example.com"
     assert default["LORA_STORAGE_ALLOWED_ENDPOINTS"] == ""
+    # the names the chart's RBAC lets the operator read: the operator refuses others without a read
+    assert env["LORA_STORAGE_ALLOWED_SECRET_NAMES"] == "lora-storage,team-keys,other-keys"
+    assert default["LORA_STORAGE_ALLOWED_SECRET_NAMES"] == "lora-storage"
     assert env["LORA_STORAGE_SECURE"] == "true"
     assert env["LORA_TRAINER_IMAGE"] == "ghcr.io/lora-operator/lora-trainer:9.9"
     assert env["LORA_GPU_RESOURCE"] == "amd.com/gpu"
