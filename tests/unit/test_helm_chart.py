@@ -214,9 +214,43 @@ def test_rbac_is_least_privilege_without_wildcards(helm: Path) -> None:
     assert secrets["resourceNames"] == ["lora-storage", "team-s3"]
 
 
+def granted_by(rules: list[dict]) -> dict[tuple[str, str], set[str]]:
+    """(apiGroup, resource) -> verbs of a role's rules."""
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    return granted
+
+
+NAMESPACED = {("", "pods"), ("", "serviceaccounts"), ("", "secrets")}
+"""What a watchNamespace install grants in that namespace only (a Role), never cluster-wide."""
+
+
+def test_rbac_of_a_watch_namespace_install_grants_pods_and_secrets_in_that_namespace_only(helm: Path) -> None:
+    docs = render(helm, "operator.watchNamespace=team-a", "storage.allowedSecretNames={team-s3}")
+    cluster = granted_by(one(docs, "ClusterRole")["rules"])
+    assert not NAMESPACED & cluster.keys(), cluster
+    # what stays cluster-wide: the jobs, templates, GPU nodes, Events, the peering and kopf's CRD watch
+    assert cluster == {k: v for k, v in EXPECTED_RULES.items() if k not in NAMESPACED}
+    role = one(docs, "Role")
+    assert role["metadata"]["namespace"] == "team-a"
+    assert granted_by(role["rules"]) == {k: v for k, v in EXPECTED_RULES.items() if k in NAMESPACED}
+    secrets = next(rule for rule in role["rules"] if rule["resources"] == ["secrets"])
+    assert secrets["resourceNames"] == ["lora-storage", "team-s3"] and secrets["verbs"] == ["get"]
+    binding = one(docs, "RoleBinding")
+    assert binding["metadata"]["namespace"] == "team-a"
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == one(docs, "ClusterRoleBinding")["subjects"]
+    assert not of_kind(render(helm, "operator.watchNamespace=team-a", "rbac.create=false"), "Role")
+
+
 def test_rbac_can_be_turned_off(helm: Path) -> None:
     docs = render(helm, "rbac.create=false")
     assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
+    assert not of_kind(docs, "Role") and not of_kind(docs, "RoleBinding")
 
 
 @pytest.mark.parametrize(

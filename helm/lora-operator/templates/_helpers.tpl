@@ -69,3 +69,30 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- list $out | toJson }}
 {{- end }}
+
+{{/* What the operator does in a job's namespace: in the ClusterRole when it watches every namespace,
+in a Role of operator.watchNamespace otherwise. */}}
+{{- define "lora-operator.jobNamespaceRules" -}}
+# Trainer pods: one per admitted job, deleted on suspend, cancel or deadline.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, create, delete]
+# The trainer ServiceAccount (token automount off, bound to nothing) in a job's namespace, made
+# at admission because a job may come from any namespace. create only: an existing one answers
+# 409, which the operator takes as done; it never reads, changes or mints tokens for one.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [create]
+# get, and only Secrets of the storage Secret names the platform allows (storage.existingSecret
+# and storage.allowedSecretNames): the operator reads a job's storage keys from the job's own
+# Secret to check its dataset, read its progress and finalize its checkpoint. It never lists or
+# watches Secrets, so it cannot enumerate credentials, and it cannot be pointed at any other
+# Secret of a namespace (a job naming one fails SecretNotFound with a 403 in its message).
+- apiGroups: [""]
+  resources: [secrets]
+  resourceNames:
+    {{- range (prepend .Values.storage.allowedSecretNames .Values.storage.existingSecret | uniq) }}
+    - {{ . | quote }}
+    {{- end }}
+  verbs: [get]
+{{- end }}
