@@ -13,6 +13,7 @@ import subprocess
 import uuid
 
 import pytest
+import yaml
 
 from testground.operator import OperatorProcess, kwok_job, run_kubectl_json, seed_kwok_dataset, storage_secret
 from testground.podstatus import report, terminated
@@ -200,6 +201,38 @@ def test_a_job_naming_a_secret_the_chart_does_not_allow_fails_without_the_operat
     assert failed["message"].startswith(f"spec.storage.secretRef: the operator may not read Secret {ns}/db-password"
                                         " (403)"), failed
     assert "storage.allowedSecretNames" in failed["message"], failed
+
+
+def test_a_watch_namespace_install_may_make_pods_and_read_secrets_in_that_namespace_only(ground, namespaces):
+    """The chart's RBAC of `operator.watchNamespace`, applied to the real apiserver and asked with
+    `kubectl auth can-i` as its ServiceAccount: pods, the trainer ServiceAccount and the storage
+    Secrets in the watched namespace only; jobs, nodes and the CRD watch stay cluster-wide."""
+    watched, other = namespaces["listed"], namespaces["unlisted"]
+    rendered = helm(ground, "template", "scoped", CHART, "-n", RELEASE_NS, "--kube-version", "1.31.0",
+                    "--set", f"operator.watchNamespace={watched}", "--show-only", "templates/rbac.yaml").stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    assert sorted(d["kind"] for d in docs) == ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
+    ground.apply(docs)
+    try:
+        as_sa = f"--as=system:serviceaccount:{RELEASE_NS}:scoped-lora-operator"  # can-i needs no real SA
+
+        def can(verb: str, *what: str) -> bool:
+            answer = ground.kubectl("auth", "can-i", verb, *what, as_sa, check=False).stdout.strip()
+            return answer == "yes"
+        for verb, what in (("create", "pods"), ("delete", "pods"), ("get", "secret/lora-storage"),
+                           ("create", "serviceaccounts")):
+            assert can(verb, what, "-n", watched), f"{verb} {what} in the watched namespace"
+            assert not can(verb, what, "-n", other), f"{verb} {what} in a namespace it does not watch"
+            assert not can(verb, what, "-n", RELEASE_NS), f"{verb} {what} in the release namespace"
+        assert not can("get", "secret/db-password", "-n", watched)
+        assert not can("create", "pods", "-A") and not can("list", "secrets", "-A")
+        for verb, what in (("watch", "loratrainingjobs.lora-operator.io"), ("list", "nodes"),
+                           ("watch", "customresourcedefinitions.apiextensions.k8s.io")):
+            assert can(verb, what, "-A"), f"{verb} {what} cluster-wide"
+    finally:
+        for doc in docs:
+            ns = ["-n", doc["metadata"]["namespace"]] if doc["metadata"].get("namespace") else []
+            ground.kubectl("delete", doc["kind"].lower(), doc["metadata"]["name"], *ns, "--ignore-not-found")
 
 
 def test_helm_uninstall_removes_the_release(ground, release, namespaces, operator):
