@@ -203,18 +203,34 @@ def test_a_job_naming_a_secret_the_chart_does_not_allow_fails_without_the_operat
     assert "storage.allowedSecretNames" in failed["message"], failed
 
 
+SCOPED_SA = "scoped-lora-operator"
+"""The operator ServiceAccount of a release named `scoped` (the chart's fullname)."""
+
+
+def scoped(ground, watched: str, *templates: str) -> list[dict]:
+    """The objects of `templates` of a release `scoped` with operator.watchNamespace=`watched`."""
+    shown = [arg for template in templates for arg in ("--show-only", template)]
+    rendered = helm(ground, "template", "scoped", CHART, "-n", RELEASE_NS, "--kube-version", "1.31.0",
+                    "--set", f"operator.watchNamespace={watched}", *shown).stdout
+    return [d for d in yaml.safe_load_all(rendered) if d]
+
+
+def delete(ground, docs: list[dict]) -> None:
+    for doc in docs:
+        ns = ["-n", doc["metadata"]["namespace"]] if doc["metadata"].get("namespace") else []
+        ground.kubectl("delete", doc["kind"].lower(), doc["metadata"]["name"], *ns, "--ignore-not-found")
+
+
 def test_a_watch_namespace_install_may_make_pods_and_read_secrets_in_that_namespace_only(ground, namespaces):
     """The chart's RBAC of `operator.watchNamespace`, applied to the real apiserver and asked with
     `kubectl auth can-i` as its ServiceAccount: pods, the trainer ServiceAccount and the storage
     Secrets in the watched namespace only; jobs, nodes and the CRD watch stay cluster-wide."""
     watched, other = namespaces["listed"], namespaces["unlisted"]
-    rendered = helm(ground, "template", "scoped", CHART, "-n", RELEASE_NS, "--kube-version", "1.31.0",
-                    "--set", f"operator.watchNamespace={watched}", "--show-only", "templates/rbac.yaml").stdout
-    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    docs = scoped(ground, watched, "templates/rbac.yaml")
     assert sorted(d["kind"] for d in docs) == ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
     ground.apply(docs)
     try:
-        as_sa = f"--as=system:serviceaccount:{RELEASE_NS}:scoped-lora-operator"  # can-i needs no real SA
+        as_sa = f"--as=system:serviceaccount:{RELEASE_NS}:{SCOPED_SA}"  # can-i needs no real SA
 
         def can(verb: str, *what: str) -> bool:
             answer = ground.kubectl("auth", "can-i", verb, *what, as_sa, check=False).stdout.strip()
@@ -230,9 +246,7 @@ def test_a_watch_namespace_install_may_make_pods_and_read_secrets_in_that_namesp
                            ("watch", "customresourcedefinitions.apiextensions.k8s.io")):
             assert can(verb, what, "-A"), f"{verb} {what} cluster-wide"
     finally:
-        for doc in docs:
-            ns = ["-n", doc["metadata"]["namespace"]] if doc["metadata"].get("namespace") else []
-            ground.kubectl("delete", doc["kind"].lower(), doc["metadata"]["name"], *ns, "--ignore-not-found")
+        delete(ground, docs)
 
 
 def test_helm_uninstall_removes_the_release(ground, release, namespaces, operator):
@@ -245,3 +259,33 @@ def test_helm_uninstall_removes_the_release(ground, release, namespaces, operato
         assert ground.kubectl("get", *args, "--ignore-not-found", "-o", "name").stdout.strip() == "", args
     # CRDs outlive the release (helm never deletes crds/), so the jobs and their results stay.
     run_kubectl_json(ground, "get", "crd", "loratrainingjobs.lora-operator.io")
+
+
+def test_an_operator_under_the_watch_namespace_rbac_runs_a_job_without_a_403(ground, release, namespaces, operator,
+                                                                            tmp_path):
+    """The operator as the `scoped` ServiceAccount, watching one namespace, runs a job there to
+    success (the release's GPU nodes and dataset); whatever the Role or ClusterRole lacks is a 403."""
+    operator.stop()  # one operator at a time: the cluster-wide one would take the job too
+    watched, other = namespaces["listed"], namespaces["unlisted"]
+    docs = scoped(ground, watched, "templates/rbac.yaml", "templates/peering.yaml")
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": SCOPED_SA, "namespace": RELEASE_NS}}
+    ground.apply([account, *docs])
+    op = None
+    try:
+        kubeconfig = service_account_kubeconfig(ground, RELEASE_NS, SCOPED_SA, tmp_path / "kubeconfig")
+        op = OperatorProcess(ground, tmp_path / "operator.log", args=(), extra_env={
+            "KUBECONFIG": str(kubeconfig), "LORA_TRAINER_SERVICE_ACCOUNT": TRAINER_SA,
+            "LORA_WATCH_NAMESPACE": watched, "LORA_STORAGE_ALLOWED_SECRET_NAMES": "lora-storage"}).start()
+        for ns in (watched, other):
+            ground.apply(job("scoped", ns))
+        pod = running_trainer_pod(ground, op, watched)
+        end_pod_succeeded(ground, watched, pod["metadata"]["name"])
+        wait_phase(ground, op, watched, "scoped", "Succeeded")
+        assert phase(ground, other, "scoped") is None  # not watched: not touched
+        log = op.log.read_text(errors="replace")
+        forbidden = [line for line in log.splitlines() if re.search(r"forbidden", line, re.IGNORECASE)]
+        assert not forbidden, "the watchNamespace RBAC refused the operator:\n" + "\n".join(forbidden[:10])
+    finally:
+        if op is not None:
+            op.stop()
+        delete(ground, [account, *docs])

@@ -233,7 +233,9 @@ def test_rbac_of_a_watch_namespace_install_grants_pods_and_secrets_in_that_names
     cluster = granted_by(one(docs, "ClusterRole")["rules"])
     assert not NAMESPACED & cluster.keys(), cluster
     # what stays cluster-wide: the jobs, templates, GPU nodes, Events, the peering and kopf's CRD watch
-    assert cluster == {k: v for k, v in EXPECTED_RULES.items() if k not in NAMESPACED}
+    # ... and kopf's view of namespaces (names only), to start its watch when the namespace appears
+    assert cluster == {k: v for k, v in EXPECTED_RULES.items() if k not in NAMESPACED} | {
+        ("", "namespaces"): {"list", "watch"}}
     role = one(docs, "Role")
     assert role["metadata"]["namespace"] == "team-a"
     assert granted_by(role["rules"]) == {k: v for k, v in EXPECTED_RULES.items() if k in NAMESPACED}
