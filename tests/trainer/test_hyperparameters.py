@@ -312,6 +312,32 @@ def test_regularization_images_join_training_at_the_prior_loss_weight(train, tmp
     assert any(not torch.equal(v, lora_b(heavy)[k]) for k, v in lora_b(light).items())
 
 
+@pytest.mark.parametrize("kind", ["lora", "embedding"])
+def test_class_images_train_with_their_own_caption_or_the_class_prompt(train, tmp_path, kind):
+    from conftest import write_dataset
+
+    reg = write_dataset(tmp_path / "reg", n=2)
+    (reg / "img0.txt").write_text("a photo of a dog, sitting")
+    (reg / "img1.txt").unlink()  # no caption of its own: the class prompt
+    extra = {"embedding": {"token": "<tkxw>", "initialPhrase": "square"}} if kind == "embedding" else {}
+    calls = []
+
+    def record(recipe):
+        calls.append(spy(recipe, "encode_prompts"))
+        recipe.encoder.cache_text = False  # every draw reaches encode_prompts
+
+    train(type=kind, **extra, after_setup=record,
+          dataset={"captionPrefix": "tkxw, ", "tags": {"prepend": ["best"], "append": ["detailed"]},
+                   "regularization": {"uri": reg.as_uri(), "classPrompt": "a photo of a dog"}},
+          training={"steps": 5})  # 3 training + 2 class images: one pass at batch 1
+    prompts = [p for call in calls[0] for p in call[1]]
+    assert "a photo of a dog, sitting" in prompts and "a photo of a dog" in prompts
+    own = [p for p in prompts if "square" in p]
+    assert len(own) == 3 and all(p.startswith(("tkxw, best, a square", "<tkxw>")) for p in own)
+    assert all(p.endswith("detailed") for p in own)
+    assert len(prompts) == 5  # class prompts carry no trigger, tag or embedding token
+
+
 def test_embedding_trains_only_the_new_token_rows(train, tiny_models):
     from transformers import CLIPTextModel
 

@@ -303,7 +303,7 @@ class LoraRecipe:
         samples = [self.samples[i] for i in samples_idx]
         flips = [self.spec.dataset.flip and rng.random() < 0.5 for _ in samples]
         latents = self.encoder.latents(list(zip(samples_idx, flips, strict=True)), [s.image for s in samples])
-        captions = [self.adapter.prepare_caption(self.builder.build(s.caption, rng)) for s in samples]
+        captions = [self._caption(s, rng) for s in samples]
         cond = self.encoder.text(captions, grad=text_now)
         noise = make_noise(latents, self.training, gen)
         timesteps = self.family.sample_timesteps(self.parts, len(samples), gen)
@@ -312,6 +312,12 @@ class LoraRecipe:
         timesteps = upload(timesteps, latents.device)
         sizes = [s.size_conditioning(flipped) for s, flipped in zip(samples, flips, strict=True)]
         return self._weighted_mse(latents, noise, timesteps, cond, sizes, weights)
+
+    def _caption(self, sample: Sample, rng: random.Random) -> str:
+        """The text of one draw: class images keep theirs (no trigger, tags or token: prior preservation)."""
+        if sample.regularization:
+            return sample.caption
+        return self.adapter.prepare_caption(self.builder.build(sample.caption, rng))
 
     def _weighted_mse(self, latents, noise, timesteps, cond, sizes, weights) -> torch.Tensor:
         noisy, target = self.family.noisy_and_target(self.parts, latents, noise, timesteps)

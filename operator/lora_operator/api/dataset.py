@@ -83,6 +83,10 @@ class Regularization(ApiModel):
     """URI of the regularization images (with optional .txt captions)."""
     weight: float = Field(default=1.0, ge=0.0, le=10.0)
     """Weight of the prior loss. Default: 1.0."""
+    class_prompt: str = Field(default="", max_length=200)
+    """Caption of the class images that have none of their own, e.g. "a photo of a dog". Class
+    images train with their own caption (or this) as written: the trigger (captionPrefix), the
+    batch tags and the embedding token are not added, so they keep the class's prior. Default: ""."""
 
 
 class Dataset(ApiModel):

@@ -39,7 +39,9 @@ class Sample:
     Attributes:
         key: Path relative to the dataset (or regularization) root, with forward slashes.
         image: RGB, already cut to ``target_size`` (None when prepared with ``keep_images=False``).
-        caption: Base caption (sidecar .txt or auto caption); prefix and tags come later.
+        caption: Base caption (sidecar or auto caption); prefix and tags come later, except on
+            regularization samples, which train with it as written (regularization.classPrompt
+            when they have none).
         repeats: Draws per epoch.
         original_size: ``(height, width)`` before cropping (SDXL conditioning).
         crop_top_left: ``(top, left)`` of the cut in the scaled image (SDXL conditioning).
@@ -191,6 +193,8 @@ def _load_folder(root: Path, dataset: Dataset, family: ModelFamily, captioner, *
             continue
         if item.full is not None:
             item.sample.caption = captioner.caption(item.full)
+        if regularization and not item.sample.caption:
+            item.sample.caption = dataset.regularization.class_prompt
         samples.append(item.sample)
     if not samples:
         bad = [f"{s.file} ({s.reason})" for s in skipped]
