@@ -60,7 +60,7 @@ class AutoCaptionMode(StrEnum):
     """Which images the auto-captioner writes captions for."""
 
     MISSING = "missing"
-    """Only images without a .txt caption."""
+    """Only images without a .txt or .caption caption."""
     REPLACE = "replace"
     """Every image; existing captions are ignored."""
 
@@ -80,7 +80,7 @@ class Regularization(ApiModel):
     """Class images that keep the model from forgetting its prior (DreamBooth prior preservation)."""
 
     uri: str = Field(pattern=URI_PATTERN)
-    """URI of the regularization images (with optional .txt captions)."""
+    """URI of the regularization images (with optional .txt or .caption captions)."""
     weight: float = Field(default=1.0, ge=0.0, le=10.0)
     """Weight of the prior loss. Default: 1.0."""
     class_prompt: str = Field(default="", max_length=200)
@@ -93,7 +93,8 @@ class Dataset(ApiModel):
     """The training images and their captions."""
 
     uri: str | None = Field(default=None, pattern=URI_PATTERN)
-    """URI prefix holding png/jpg/jpeg/webp images and optional same-named .txt captions."""
+    """URI prefix holding png/jpg/jpeg/webp images and optional same-named .txt or .caption captions
+    (a .txt wins when both exist; the .caption is then ignored with a warning)."""
     caption_prefix: str = Field(default="", max_length=200)
     """Trigger phrase put before every caption, e.g. "TKXW, "."""
     tags: Tags = Field(default_factory=Tags)

@@ -101,9 +101,11 @@ class Training(ApiModel):
     shuffle_tags: bool = Field(default=False)
     """Shuffle the comma-separated tags of each caption every time it is seen. Default: false."""
     keep_tokens: int = Field(default=0, ge=0, le=100)
-    """Leading tags kept in place when shuffling or dropping (the trigger). Default: 0."""
+    """Leading tags of the composed caption (captionPrefix first) kept in place when shuffling, and
+    kept when captionDropout drops a caption (the trigger). Default: 0."""
     caption_dropout: float = Field(default=0.0, ge=0.0, le=1.0)
-    """Probability of training a sample with an empty caption. Default: 0."""
+    """Probability of training a sample with its caption dropped: only the first keepTokens tags
+    remain (none by default: an empty caption). Default: 0."""
     noise_offset: float = Field(default=0.0, ge=0.0, le=1.0)
     """Offset noise strength (helps very dark / bright images). Default: 0."""
     multires_noise: MultiresNoise = Field(default_factory=MultiresNoise)
