@@ -139,24 +139,28 @@ def test_a_malformed_repeats_json_is_a_dataset_error_naming_it(tmp_path):
 
 
 def test_validation_split_is_deterministic_by_seed(tmp_path):
-    for i in range(10):
+    for i in range(25):
         write_image(tmp_path / f"img{i}.png")
     dataset = spec(validationSplit=0.2)
     first = prepare(tmp_path, dataset, seed=5)
     again = prepare(tmp_path, dataset, seed=5)
-    assert len(first.validation) == 2 and len(first.train) == 8
+    assert len(first.validation) == 5 and len(first.train) == 20
+    assert not {s.key for s in first.validation} & {s.key for s in first.train}  # held out
     assert [s.key for s in first.validation] == [s.key for s in again.validation]
     held = {tuple(s.key for s in prepare(tmp_path, dataset, seed=seed).validation) for seed in range(6)}
     assert len(held) > 1
 
 
-@pytest.mark.parametrize("images, held", [(1, 0), (2, 0), (3, 1), (4, 1)])
-def test_small_datasets_hold_out_one_image_from_three_up(tmp_path, images, held):
+@pytest.mark.parametrize("images, validated", [(1, 1), (2, 1), (6, 1), (19, 2)])
+def test_small_datasets_train_on_every_image_and_validate_on_a_fixed_subset(tmp_path, images, validated):
     for i in range(images):
         write_image(tmp_path / f"img{i}.png")
     prepared = prepare(tmp_path, spec(validationSplit=0.1))
-    assert len(prepared.validation) == held
-    assert len(prepared.train) == images - held
+    assert len(prepared.train) == images
+    assert len(prepared.validation) == validated
+    assert {s.key for s in prepared.validation} <= {s.key for s in prepared.train}
+    again = prepare(tmp_path, spec(validationSplit=0.1))
+    assert [s.key for s in prepared.validation] == [s.key for s in again.validation]
 
 
 def test_regularization_images_are_flagged(tmp_path):

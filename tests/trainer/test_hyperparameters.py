@@ -293,7 +293,8 @@ def test_latent_caching_does_not_change_what_is_trained(train):
 def test_validation_loss_is_recorded_per_checkpoint_on_the_held_out_image(train):
     recipe = train(training={"steps": 2, "epochs": 2}, dataset={"validationSplit": 0.34},
                    checkpoints={"formats": ["kohya"]})
-    assert len(recipe.data.validation) == 1
+    assert len(recipe.data.validation) == 1 and len(recipe.data.train) == 3  # 3 images: none held out
+    assert recipe.manifest.manifest.images == 3 and recipe.manifest.manifest.validation_images == 0
     losses = [e.validation_loss for e in recipe.manifest.manifest.checkpoints]
     assert all(isinstance(v, float) and math.isfinite(v) for v in losses) and losses[0] != losses[1]
     assert recipe.validation_loss() == recipe.validation_loss()  # fixed timesteps and noise

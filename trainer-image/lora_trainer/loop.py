@@ -154,7 +154,7 @@ class LoraRecipe:
         self.progress.phase("loading")
         publish(CAPTIONS_FILE, self.data.captions_json())
         self.manifest = ManifestWriter(publish, Manifest(
-            spec_hash=spec_hash(spec), images=len(self.data.train), validation_images=len(self.data.validation),
+            spec_hash=spec_hash(spec), images=len(self.data.train), validation_images=len(self.data.held_out),
             total_steps=self.plan.total_steps, skipped=list(self.data.skipped),
         ))
 

@@ -51,7 +51,7 @@ def plan_upload(root: Path, dataset: Dataset, family: ModelFamily) -> UploadPlan
     """
     settings = dataset.model_copy(update={"auto_caption": None, "regularization": None})
     prepared = prepare_dataset(settings, root, family, seed=0, keep_images=False)
-    used = sorted(sample.key for sample in prepared.train + prepared.validation)  # discover()'s order
+    used = sorted({sample.key for sample in prepared.train + prepared.validation})  # discover()'s order
     files = []
     for key in used:
         files.append(key)

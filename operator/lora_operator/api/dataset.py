@@ -111,5 +111,8 @@ class Dataset(ApiModel):
     regularization: Regularization | None = None
     """Regularization (class) images. Default: none."""
     validation_split: float = Field(default=0.1, ge=0.0, le=0.5)
-    """Share of images held out to measure validation loss per epoch (at least one image when
-    the dataset has three or more). Default: 0.1."""
+    """Share of images whose loss is measured at each epoch end, at fixed timesteps and noise (at
+    least one image; 0 turns it off). From 20 images up they are held out of training (at most
+    half): the loss measures unseen images. Smaller datasets keep every image for training and
+    validate on a fixed subset of the training images: the loss then tracks fit, not
+    generalisation. Default: 0.1."""

@@ -78,7 +78,10 @@ class Manifest(ApiModel):
 
     spec_hash: str | None = None
     images: int = 0
+    """Images trained on (regularization images not counted)."""
     validation_images: int = 0
+    """Images held out of training for the validation loss (0 when the dataset is too small to
+    spare any and the validation loss uses training images: dataset.validationSplit)."""
     total_steps: int = 0
     checkpoints: list[CheckpointEntry] = Field(default_factory=list)
     previews: list[PreviewEntry] = Field(default_factory=list)

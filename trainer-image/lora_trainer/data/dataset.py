@@ -28,6 +28,8 @@ CAPTION_SIDE = 1024
 """Images waiting for the auto-captioner are kept at most this large (memory)."""
 MAX_LISTED = 10
 """Files named in an error message before "and N more"."""
+MIN_HOLD_OUT_IMAGES = 20
+"""Datasets from this size up give their validation images up; smaller ones validate on training images."""
 REGULARIZATION_PREFIX = "regularization/"
 """Prefix of skipped regularization files in `PreparedDataset.skipped`."""
 
@@ -79,7 +81,8 @@ class PreparedDataset:
 
     Attributes:
         train: Samples trained on.
-        validation: Samples held out for the validation loss.
+        validation: Samples of the validation loss: held out from `train`, or below
+            `MIN_HOLD_OUT_IMAGES` images a fixed subset of it (see `split_validation`).
         regularization: Regularization samples (``regularization=True``), repeats 1 unless
             their folder's repeats.json says otherwise.
         skipped: Files not used and why (regularization files prefixed ``regularization/``).
@@ -92,6 +95,12 @@ class PreparedDataset:
     regularization: list[Sample]
     skipped: list[SkippedFile]
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def held_out(self) -> list[Sample]:
+        """The validation samples that do not train (none below `MIN_HOLD_OUT_IMAGES` images)."""
+        trained = {s.key for s in self.train}
+        return [s for s in self.validation if s.key not in trained]
 
     def captions_json(self) -> bytes:
         """captions.json: the base caption (sidecar .txt or auto caption) of every image used, by file.
@@ -224,21 +233,27 @@ def _load_one(path: Path, key: str, dataset: Dataset, family: ModelFamily, mode:
 
 
 def split_validation(samples: list[Sample], share: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Hold out ``share`` of the images for validation, chosen by ``seed``.
+    """Pick ``share`` of the images (at least one when share > 0) for the validation loss, by ``seed``.
 
-    At least one image is held out when there are three or more (and share > 0), none
-    below three, and never more than half. The choice depends only on the seed and the
-    image keys, not on decoding order.
+    From `MIN_HOLD_OUT_IMAGES` images up they are held out (at most half): the loss then
+    measures images the adapter never saw. A smaller dataset cannot spare an image, so all
+    of them train and the validation images are a fixed subset of the training images (the
+    loss, at fixed timesteps and noise, then tracks fit, not generalisation). The choice
+    depends only on the seed and the image keys, not on decoding order.
 
     Returns:
-        ``(train, validation)``, both in key order.
+        ``(train, validation)``, both in key order; below `MIN_HOLD_OUT_IMAGES` every
+        validation sample is also in train.
     """
     count = len(samples)
-    if share <= 0.0 or count < 3:
+    if share <= 0.0 or count == 0:
         return list(samples), []
-    held = min(max(1, int(count * share + 0.5)), count // 2)
+    held = max(1, int(count * share + 0.5))
     keys = sorted(sample.key for sample in samples)
-    chosen = set(random.Random(seed).sample(keys, held))
+    if count < MIN_HOLD_OUT_IMAGES:
+        chosen = set(random.Random(seed).sample(keys, min(held, count)))
+        return list(samples), [s for s in samples if s.key in chosen]
+    chosen = set(random.Random(seed).sample(keys, min(held, count // 2)))
     train = [s for s in samples if s.key not in chosen]
     validation = [s for s in samples if s.key in chosen]
     return train, validation
