@@ -209,7 +209,7 @@ class LoraRecipe:
         for start in range(0, len(self.samples), self.training.batch_size):
             chunk = list(range(start, min(start + self.training.batch_size, len(self.samples))))
             same = [i for i in chunk if self.samples[i].target_size == self.samples[chunk[0]].target_size]
-            self.encoder.latents([(i, False) for i in same], [self.samples[i].image for i in same])
+            self.encoder.latents([(i, False) for i in same], [self.samples[i] for i in same])
 
     # ------------------------------------------------------------------ train
     def train(self) -> Manifest:
@@ -302,7 +302,7 @@ class LoraRecipe:
         samples_idx = self.stream.batch(index)
         samples = [self.samples[i] for i in samples_idx]
         flips = [self.spec.dataset.flip and rng.random() < 0.5 for _ in samples]
-        latents = self.encoder.latents(list(zip(samples_idx, flips, strict=True)), [s.image for s in samples])
+        latents = self.encoder.latents(list(zip(samples_idx, flips, strict=True)), samples)
         captions = [self._caption(s, rng) for s in samples]
         cond = self.encoder.text(captions, grad=text_now)
         noise = make_noise(latents, self.training, gen)
@@ -424,7 +424,7 @@ class LoraRecipe:
 def _pixels_batch(sample: Sample, device: torch.device) -> torch.Tensor:
     from .encode import pixels
 
-    return pixels(sample.image, False).unsqueeze(0).to(device)
+    return pixels(sample.decoded(), False).unsqueeze(0).to(device)
 
 
 def run_recipe(spec: JobSpec, inputs: RunInputs, outputs: Outputs, **kwargs) -> Manifest:

@@ -50,7 +50,7 @@ def plan_upload(root: Path, dataset: Dataset, family: ModelFamily) -> UploadPlan
         ConfigError: Dataset settings the trainer would refuse.
     """
     settings = dataset.model_copy(update={"auto_caption": None, "regularization": None})
-    prepared = prepare_dataset(settings, root, family, seed=0, keep_images=False)
+    prepared = prepare_dataset(settings, root, family, seed=0)
     used = sorted({sample.key for sample in prepared.train + prepared.validation})  # discover()'s order
     files = []
     for key in used:
