@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from lora_operator.api import ModelFamily, Training
-from lora_trainer.schedule import Plan, total_steps
+from lora_trainer.schedule import Plan, count_steps, total_steps
 
 pytestmark = pytest.mark.trainer
 
@@ -57,6 +58,18 @@ def test_tensorart_preset_makes_one_pass_per_epoch_and_scales_with_repeats_and_b
     once = train(training={"steps": "auto", "stepsPreset": "tensorart", "epochs": 2, "batchSize": 2},
                  dataset={"repeats": 1}, setup_only=True)
     assert once.plan.total_steps == 2 * math.ceil(3 / 2)
+
+
+def test_the_run_states_its_step_count_in_progress_json_and_divides_auto_steps_by_the_gpus(train):
+    recipe = train(training={"steps": "auto", "stepsPreset": "tensorart", "epochs": 2, "batchSize": 2},
+                   dataset={"repeats": 2}, setup_only=True)
+    progress = json.loads((recipe.outputs.workdir / "progress.json").read_text())
+    assert progress["plan"] == "3 images x 2 repeats x 2 epochs / batch 2 = 6 steps"
+    samples, tensorart = recipe.data.train, Training(steps_preset="tensorart", epochs=2, gradient_accumulation=2)
+    assert count_steps(tensorart, ModelFamily.SD15, samples, world=2) == (
+        3, "3 images x 2 repeats x 2 epochs / batch 1 x accumulation 2 x 2 GPUs = 3 steps")  # 12 micro-batches
+    assert total_steps(Training(), ModelFamily.SD15, samples, world=2) == 175 * 3 // 2 + 1
+    assert total_steps(Training(steps=100), ModelFamily.SD15, samples, world=2) == 100  # as written
 
 
 def test_epochs_split_steps_and_checkpoint_at_each_epoch_end(train):

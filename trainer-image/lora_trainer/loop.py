@@ -42,7 +42,7 @@ from .outputs import Outputs
 from .precision import checkpointing_wanted, resolve_precision
 from .previews import check_sampler, preview_prompts, preview_size, render_previews
 from .progress import ManifestWriter, ProgressReporter
-from .schedule import BatchStream, Plan, total_steps
+from .schedule import BatchStream, Plan, count_steps
 from .speed import (
     channels_last,
     compile_denoiser,
@@ -65,6 +65,15 @@ VALIDATION_TIMESTEPS = 4
 """Fixed timesteps per validation image: the validation loss compares across epochs."""
 LOSS_READ_EVERY = 10
 """Steps between reads of the loss to the host (progress line, NaN check): no sync in between."""
+
+
+def micro_batch_index(step: int, k: int, accumulation: int, world: int, rank: int) -> int:
+    """The micro-batch (0-based, over the run) of accumulation step `k` of optimizer step `step` on `rank`.
+
+    Data parallel: the `world` workers take consecutive micro-batches, so together they walk
+    through each data pass once, and step `step` has consumed ``step x accumulation x world``.
+    """
+    return ((step - 1) * accumulation + k) * world + rank
 
 
 def draw_seed(seed: int, index: int) -> int:
@@ -134,8 +143,6 @@ class LoraRecipe:
             regularization_root=self.inputs.regularization_root, captioner=captioner,
         )
         self.samples: list[Sample] = self.data.train + self.data.regularization
-        self.plan = Plan.make(total_steps(t, spec.base_model.family, self.data.train), t.epochs)
-        self.text_steps = math.ceil(t.text_encoder_ratio * self.plan.total_steps)
 
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
         self.mixed_precision, weight_dtype = resolve_precision(t.mixed_precision, device_type)
@@ -146,10 +153,17 @@ class LoraRecipe:
         self.device = self.accelerator.device
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.main = self.accelerator.is_main_process
+        # Data parallel: every optimizer step takes `world` micro-batches per accumulation step, so
+        # the same epochs need 1/world of the steps (schedule.count_steps).
+        steps, self.steps_text = count_steps(t, spec.base_model.family, self.data.train, self.world)
+        self.plan = Plan.make(steps, t.epochs)
+        self.text_steps = math.ceil(t.text_encoder_ratio * self.plan.total_steps)
+        if self.main:
+            log.info("plan: %s; %d epochs of %d steps", self.steps_text, self.plan.epochs, self.plan.steps_per_epoch)
 
         publish = self.outputs.publish_bytes if self.main else (lambda key, data: None)
         self.progress = ProgressReporter(publish, self.attempt, self.plan.total_steps, self.plan.epochs,
-                                         interval=self.progress_interval,
+                                         plan=self.steps_text, interval=self.progress_interval,
                                          stream=None if self.main else open(os.devnull, "w"))  # noqa: SIM115
         self.progress.phase("loading")
         publish(CAPTIONS_FILE, self.data.captions_json())
@@ -280,7 +294,10 @@ class LoraRecipe:
             self.encoder.forget_text()
         loss = None
         for k in range(t.gradient_accumulation):
-            index = ((step - 1) * t.gradient_accumulation + k) * self.world + self.rank
+            index = micro_batch_index(step, k, t.gradient_accumulation, self.world, self.rank)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("step %d rank %d micro-batch %d: %s", step, self.rank, index,
+                          ", ".join(self.samples[i].key for i in self.stream.batch(index)))
             micro = self._loss(index, text_now) / t.gradient_accumulation
             self.accelerator.backward(micro)
             loss = micro.detach() if loss is None else loss + micro.detach()

@@ -100,8 +100,11 @@ class Dataset(ApiModel):
     tags: Tags = Field(default_factory=Tags)
     """Tags added in batch at head or tail of every caption."""
     repeats: int = Field(default=1, ge=1, le=1000)
-    """How many times each image is seen per epoch. Per-image overrides come from an optional
-    repeats.json ({"file.png": 3}) next to the images. Default: 1."""
+    """How many times each image is drawn in one pass over the data. With training.stepsPreset
+    tensorart a pass is an epoch, so repeats multiply the steps; with scenario (the default) or
+    a step count the length is fixed and repeats only weight images against each other.
+    Per-image overrides come from an optional repeats.json ({"file.png": 3}) next to the
+    images. Default: 1."""
     crop: Crop = Field(default_factory=Crop)
     """Cropping and bucketing."""
     flip: bool = False

@@ -31,6 +31,8 @@ class ProgressReport(ApiModel):
     total_steps: int = 0
     epoch: int = 0
     total_epochs: int = 0
+    plan: str | None = None
+    """How total_steps was counted, e.g. "6 images x 10 repeats x 2 epochs / batch 4 = 30 steps"."""
     loss: float | None = None
     steps_per_second: float | None = None
     eta_seconds: float | None = None

@@ -74,16 +74,29 @@ class Training(ApiModel):
     """How long and how the adapter is trained."""
 
     steps: Annotated[int, Field(ge=1, le=10_000_000)] | Literal["auto"] = "auto"
-    """Optimizer steps, or auto: SD1.5 175 per image, SDXL 350 per image (75 per image above 30
-    images), Flux 500 + 50 per image; capped by epochs x images x repeats / batch when the
-    preset is tensorart. Default: auto."""
+    """Optimizer steps, or auto: counted by stepsPreset. A number is taken as written: each step
+    trains batchSize x gradientAccumulation x GPUs images, so more GPUs see more images in the
+    same steps; auto divides its count by the GPUs (the same training, sooner). The trainer's log,
+    status.progress.plan and `lora-train upload --dry-run` print how the steps were counted.
+    Default: auto."""
     steps_preset: Literal["scenario", "tensorart"] = Field(default="scenario")
-    """scenario: the per-image formula above; tensorart: images x repeats x epochs / batch.
-    Default: scenario."""
+    """How steps auto is counted. scenario: the hosted trainers' per-image counts, SD1.5 175 per
+    image, SDXL 350 per image (75 per image above 30), Flux 500 + 50 per image; repeats and
+    epochs do not change the length (epochs cut it into equal slices; repeats.json only weights
+    images against each other). tensorart: images x repeats x epochs / (batchSize x
+    gradientAccumulation): an epoch is one pass over the data in which each image is seen
+    repeats times. Both are divided by the number of GPUs. Default: scenario."""
     epochs: int = Field(default=10, ge=1, le=1000)
-    """Epochs; checkpoints and previews are taken at epoch ends. Default: 10."""
+    """Epochs: the steps are cut into this many equal slices, with checkpoints and previews at
+    each end. With stepsPreset tensorart an epoch is one pass over the data; with scenario or a
+    step count it lasts steps / epochs steps, whatever that is in passes. Default: 10."""
     batch_size: int = Field(default=1, ge=1, le=64)
-    """Images per step (per GPU). Default: 1."""
+    """Images per micro-batch on each GPU. With N GPUs training is data parallel: a step takes one
+    micro-batch per GPU (global batch = batchSize x gradientAccumulation x N) and the gradients
+    are averaged, so auto steps are divided by N. The learning rates are not scaled with N: an
+    averaged gradient has the size of a one-GPU step's, with less noise, and kohya's and
+    diffusers' scripts leave them as set too; raise them yourself (about sqrt(N)) if wanted.
+    Default: 1."""
     gradient_accumulation: int = Field(default=1, ge=1, le=64)
     """Micro-batches summed per optimizer step. Default: 1."""
     unet_learning_rate: float = Field(default=1e-4, gt=0.0, le=1.0)
