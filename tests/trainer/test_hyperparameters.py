@@ -69,6 +69,10 @@ def test_the_run_states_its_step_count_in_progress_json_and_divides_auto_steps_b
     assert count_steps(tensorart, ModelFamily.SD15, samples, world=2) == (
         3, "3 images x 2 repeats x 2 epochs / batch 1 x accumulation 2 x 2 GPUs = 3 steps")  # 12 micro-batches
     assert total_steps(Training(), ModelFamily.SD15, samples, world=2) == 175 * 3 // 2 + 1
+    # Class images share each pass, so an epoch of the tensorart preset draws them too.
+    assert count_steps(Training(steps_preset="tensorart", epochs=2), ModelFamily.SD15, samples,
+                       regularization=samples[:1]) == (16, "(3 images x 2 repeats + 1 class images (2 draws)) "
+                                                           "x 2 epochs / batch 1 = 16 steps")
     assert total_steps(Training(steps=100), ModelFamily.SD15, samples, world=2) == 100  # as written
 
 

@@ -155,7 +155,8 @@ class LoraRecipe:
         self.main = self.accelerator.is_main_process
         # Data parallel: every optimizer step takes `world` micro-batches per accumulation step, so
         # the same epochs need 1/world of the steps (schedule.count_steps).
-        steps, self.steps_text = count_steps(t, spec.base_model.family, self.data.train, self.world)
+        steps, self.steps_text = count_steps(t, spec.base_model.family, self.data.train, self.world,
+                                             self.data.regularization)
         self.plan = Plan.make(steps, t.epochs)
         self.text_steps = math.ceil(t.text_encoder_ratio * self.plan.total_steps)
         if self.main:

@@ -21,7 +21,8 @@ from lora_operator.api import ModelFamily, Training, epoch_steps, scenario_formu
 from .data import Sample, epoch_order, make_batches
 
 
-def total_steps(training: Training, family: ModelFamily, samples: list[Sample], world: int = 1) -> int:
+def total_steps(training: Training, family: ModelFamily, samples: list[Sample], world: int = 1,
+                regularization: list[Sample] | None = None) -> int:
     """Optimizer steps of the run: `training.steps`, or the preset formula when it is auto.
 
     Args:
@@ -29,11 +30,13 @@ def total_steps(training: Training, family: ModelFamily, samples: list[Sample], 
         family: The base model family (the scenario preset depends on it).
         samples: The training samples (not regularization, not validation).
         world: Workers training data-parallel (GPUs); auto steps are divided by it.
+        regularization: Class images; the tensorart preset counts their draws (they share each pass).
     """
-    return count_steps(training, family, samples, world)[0]
+    return count_steps(training, family, samples, world, regularization)[0]
 
 
-def count_steps(training: Training, family: ModelFamily, samples: list[Sample], world: int = 1) -> tuple[int, str]:
+def count_steps(training: Training, family: ModelFamily, samples: list[Sample], world: int = 1,
+                regularization: list[Sample] | None = None) -> tuple[int, str]:
     """`total_steps` and how they were counted, in words (the printed plan, progress.json).
 
     Returns:
@@ -43,6 +46,11 @@ def count_steps(training: Training, family: ModelFamily, samples: list[Sample], 
     repeats = {s.repeats for s in samples}
     pass_text = (f"{images} images x {repeats.pop()} repeats" if len(repeats) == 1
                  else f"{images} images ({draws} draws with repeats.json)")
+    if regularization:  # class images are drawn in every pass too
+        class_draws = sum(s.repeats for s in regularization)
+        extra = f" ({class_draws} draws)" if class_draws != len(regularization) else ""
+        draws += class_draws
+        pass_text = f"({pass_text} + {len(regularization)} class images{extra})"
     divisor = [f"batch {training.batch_size}"]
     if training.gradient_accumulation > 1:
         divisor.append(f"accumulation {training.gradient_accumulation}")

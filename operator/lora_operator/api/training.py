@@ -85,7 +85,8 @@ class Training(ApiModel):
     epochs do not change the length (epochs cut it into equal slices; repeats.json only weights
     images against each other). tensorart: images x repeats x epochs / (batchSize x
     gradientAccumulation): an epoch is one pass over the data in which each image is seen
-    repeats times. Both are divided by the number of GPUs. Default: scenario."""
+    repeats times (regularization images, drawn in every pass, are added to the images).
+    Both are divided by the number of GPUs. Default: scenario."""
     epochs: int = Field(default=10, ge=1, le=1000)
     """Epochs: the steps are cut into this many equal slices, with checkpoints and previews at
     each end. With stepsPreset tensorart an epoch is one pass over the data; with scenario or a
