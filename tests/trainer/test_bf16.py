@@ -20,6 +20,15 @@ CASES = [("sd15", "embedding"), ("sd15", "lora"), ("sd15", "locon"),
          ("flux", "embedding"), ("flux", "lora")]  # Flux has no conv layers: no LoCon
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state: a bf16 run's would refuse the next float32 run in this process."""
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.mark.parametrize(("family", "kind"), CASES)
 def test_each_adapter_of_each_family_trains_in_bf16_on_cpu(train, monkeypatch, family, kind):
     monkeypatch.setenv(CPU_BF16_ENV, "1")
