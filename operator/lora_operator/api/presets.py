@@ -22,6 +22,16 @@ def scenario_steps(family: ModelFamily, images: int) -> int:
     return 500 + 50 * images
 
 
+def scenario_formula(family: ModelFamily, images: int) -> str:
+    """`scenario_steps` written out, e.g. "175 x 6 images" (for the printed plan)."""
+    if family is ModelFamily.SD15:
+        return f"175 x {images} images"
+    if family is ModelFamily.SDXL:
+        extra = f" + 75 x {images - 30}" if images > 30 else ""
+        return f"350 x {min(images, 30)}{extra} images"
+    return f"500 + 50 x {images} images"
+
+
 def epoch_steps(images: int, repeats: int, epochs: int, batch_size: int) -> int:
     """Steps of `epochs` passes over images x repeats samples at `batch_size` (Tensor.Art)."""
     return epochs * math.ceil(images * repeats / batch_size)

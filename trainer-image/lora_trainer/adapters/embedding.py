@@ -5,6 +5,10 @@
 embeddings of `initialPhrase`. The whole embedding matrix is handed to the optimizer,
 but every row except the new ones is restored after each step, so only they change.
 The learning rate is ``training.unetLearningRate`` (the main learning rate, as kohya's).
+
+The matrix trains in float32 whatever the model's dtype (a bf16 row would round away small
+updates); its output is cast back to the text encoder's dtype, so a bf16 or fp16 encoder gets
+the dtype its layers expect (no autocast surrounds the text encoders).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class EmbeddingAdapter:
         self.tokens: list[str] = []
         self._rows: list[tuple[torch.nn.Parameter, list[int], torch.Tensor]] = []
         self._groups: list[dict[str, Any]] = []
+        self._hooks: list[Any] = []
         self._spec: JobSpec | None = None
 
     def attach(self, family: Family, parts: Components, spec: JobSpec) -> None:
@@ -50,7 +55,9 @@ class EmbeddingAdapter:
                 raise ConfigError(f"embedding.initialPhrase: {emb.initial_phrase!r} has no tokens")
             if len(tokenizer) > encoder.get_input_embeddings().num_embeddings:  # never shrink the matrix
                 encoder.resize_token_embeddings(len(tokenizer))
-            weight = encoder.get_input_embeddings().weight
+            embeddings = encoder.get_input_embeddings()
+            weight = embeddings.weight
+            self._hooks.append(embeddings.register_forward_hook(_cast_to(weight.dtype)))
             new_ids = tokenizer.convert_tokens_to_ids(self.tokens)
             with torch.no_grad():
                 for i, row in enumerate(new_ids):
@@ -104,3 +111,12 @@ class EmbeddingAdapter:
         tensors = {"emb_params": vectors[0]} if len(vectors) == 1 else dict(zip(SDXL_KEYS, vectors, strict=True))
         meta = {**metadata, "token": self.tokens[0], "vectors": len(self.tokens)}
         return [("embedding", write_embedding(folder / "embedding.safetensors", tensors, meta))]
+
+
+def _cast_to(dtype: torch.dtype):
+    """A forward hook returning the embedding output in `dtype` (the encoder's own)."""
+
+    def hook(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
+        return output.to(dtype)
+
+    return hook
