@@ -22,9 +22,11 @@ CASES = [("sd15", "embedding"), ("sd15", "lora"), ("sd15", "locon"),
 
 @pytest.fixture(autouse=True)
 def fresh_accelerator_state():
-    """accelerate keeps one process-wide state: a bf16 run's would refuse the next float32 run in this process."""
+    """accelerate keeps one process-wide state: an earlier float32 run's would refuse a bf16 run in
+    this process, and a bf16 run's the next float32 one; reset before and after."""
     from accelerate.state import AcceleratorState
 
+    AcceleratorState._reset_state(reset_partial_state=True)
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
 
