@@ -69,8 +69,13 @@ def test_a_registered_row_is_known_to_the_api_and_the_schema_until_it_is_taken_o
                     pipeline="StableDiffusionPipeline", prediction="epsilon", trainer="x:Y")
     register(row)
     try:
-        assert resolve_spec(spec_for("toy")).base_model.family == "toy"
+        assert resolve_spec(spec_for("toy", checkpoints={"formats": ["kohya"]})).base_model.family == "toy"
         assert scenario_steps("toy", 4) == 12
+        with pytest.raises(SpecError, match=r"spec\.checkpoints\.formats: diffusers is not written for family toy"):
+            resolve_spec(spec_for("toy"))  # the default formats include diffusers, which the row lacks
+        with pytest.raises(SpecError, match=r"spec\.type: embedding is not available for family toy"):
+            resolve_spec(spec_for("toy", type="embedding", embedding={"initialPhrase": "cat"},
+                                  checkpoints={"formats": ["kohya"]}))
         with pytest.raises(ValueError, match="already exists"):
             register(row)
     finally:
@@ -80,8 +85,12 @@ def test_a_registered_row_is_known_to_the_api_and_the_schema_until_it_is_taken_o
 
 
 def test_an_adapter_type_the_familys_row_lacks_is_refused_naming_the_field():
-    with pytest.raises(SpecError, match=r"spec\.type: locon is not available for family flux .*lora, embedding"):
+    with pytest.raises(SpecError, match=r"spec\.type: locon is not available for family flux .*lora, embedding") as err:
         resolve_spec(spec_for("flux", type="locon", network={"convDim": 2}))
+    rules = yaml.safe_load(JOB_CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
+        "spec"]["x-kubernetes-validations"]
+    crd_message = next(r["message"] for r in rules if r.get("fieldPath") == ".type")
+    assert str(err.value).startswith(crd_message)  # the apiserver and the operator say the same
     assert "locon" in family_row("sd15").adapters
     assert resolve_spec(spec_for("sd15", type="locon", network={"convDim": 2})).network.conv_dim == 2
 
@@ -99,3 +108,11 @@ def test_typed_field_messages_are_the_crd_rules_messages():
                                   network={"convDim": 2}) if field.path == "embedding"
                          else spec_for("sd15", type="lora", network={"convDim": 2}))
         assert err.value.field == field.path and field.forbidden in str(err.value)
+
+
+def test_every_adapter_type_has_a_trainer_adapter_and_every_row_names_known_types():
+    from lora_operator.api import AdapterType
+    from lora_trainer.adapters import ADAPTERS
+
+    assert set(ADAPTERS) == set(AdapterType)
+    assert all(set(row.adapters) <= set(AdapterType) for row in FAMILIES.values())

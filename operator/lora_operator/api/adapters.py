@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .families import family_row
+from .families import FAMILIES, family_row
+from .spec import Checkpoints
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,14 @@ TYPED_FIELDS = (
 """Fields tied to adapter types."""
 
 
+def families_without(adapter: str) -> list[str]:
+    """The families whose rows do not offer adapter type `adapter`, in table order."""
+    return [row.name for row in FAMILIES.values() if adapter not in row.adapters]
+
+
 def adapter_problems(spec: Any, adapter: str) -> list[tuple[str, str]]:
     """(field, message) for each rule a resolved spec of type `adapter` breaks: a typed field set for another
-    type or missing for its own, or a type the family does not support."""
+    type or missing for its own, a type the family does not support, or a checkpoint format it cannot write."""
     problems = []
     for field in TYPED_FIELDS:
         if field.is_set(spec) and adapter not in field.types:
@@ -68,4 +74,8 @@ def adapter_problems(spec: Any, adapter: str) -> list[tuple[str, str]]:
     if adapter not in row.adapters:
         problems.append(("type", f"{adapter} is not available for family {row.name} "
                                  f"(it supports type: {', '.join(row.adapters)})"))
+    for fmt in (spec.checkpoints or Checkpoints()).formats:
+        if fmt not in row.formats:
+            problems.append(("checkpoints.formats", f"{fmt} is not written for family {row.name} "
+                                                    f"(it writes: {', '.join(row.formats)})"))
     return problems

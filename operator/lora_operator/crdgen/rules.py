@@ -13,8 +13,8 @@ both ``spec`` and ``status``.
 
 from __future__ import annotations
 
-from ..api.adapters import TYPED_FIELDS
-from ..api.spec import IMMUTABLE_AFTER_ADMISSION, MAX_PREVIEW_IMAGES
+from ..api.adapters import TYPED_FIELDS, families_without
+from ..api.spec import IMMUTABLE_AFTER_ADMISSION, MAX_PREVIEW_IMAGES, AdapterType
 
 
 def rule(expression: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict:
@@ -52,9 +52,24 @@ def _is_not_type(types: tuple[str, ...]) -> str:
     return f"self.type != '{types[0]}'" if len(types) == 1 else _not(_is_type(types))
 
 
+def _family_type_rules() -> list[dict]:
+    """A type the family's row does not offer (`api.families`), when the object names both."""
+    rules = []
+    for adapter in AdapterType:
+        without = families_without(adapter)
+        if without:
+            names = ", ".join(f"'{name}'" for name in without)
+            rules.append(rule(
+                f"!has(self.type) || self.type != '{adapter}' || !has(self.baseModel) || "
+                f"!has(self.baseModel.family) || !(self.baseModel.family in [{names}])",
+                f"spec.type: {adapter} is not available for family {' or '.join(without)}", ".type",
+            ))
+    return rules
+
+
 def _job_spec_rules() -> list[dict]:
     """A job's unset type is its template's, or lora when it names none (rules: `api.adapters.TYPED_FIELDS`)."""
-    rules = []
+    rules = _family_type_rules()
     for field in TYPED_FIELDS:
         rules.append(rule(f"{_not(field.cel_set)} || (has(self.type) ? {_is_type(field.types)} : has(self.template))",
                           field.forbidden, f".{field.path}", field.forbidden_reason))
@@ -70,7 +85,7 @@ def _template_spec_rules() -> list[dict]:
         rule(f"{_not(field.cel_set)} || !has(self.type) || {_is_type(field.types)}", field.forbidden, f".{field.path}",
              field.forbidden_reason)
         for field in TYPED_FIELDS
-    ]
+    ] + _family_type_rules()
 
 
 def _both_set_order(low: str, high: str) -> dict:
