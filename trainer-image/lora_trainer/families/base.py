@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
-from lora_operator.api import ModelFamily, Previews, Sampler
+from lora_operator.api import Previews, Sampler
 
 from ..errors import ModelError
 
@@ -106,7 +106,8 @@ class Components:
 class Family(Protocol):
     """What the loop needs from a model family."""
 
-    family: ModelFamily
+    family: str
+    """The name of its row in the family table (`lora_operator.api.families`)."""
     denoiser_name: str
     """Prefix of the denoiser in diffusers LoRA files: unet or transformer."""
     default_sampler: Sampler
