@@ -184,7 +184,7 @@ def run_upload(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     else:
         dataset, family, training = Dataset(uri=args.uri), ModelFamily(args.family), None
     plan = plan_upload(folder, dataset, family, training)
-    print(f"{folder}: {plan.usable} usable image(s) for a {family.value} job, {len(plan.skipped)} file(s) skipped")
+    print(f"{folder}: {plan.usable} usable image(s) for a {family} job, {len(plan.skipped)} file(s) skipped")
     for skipped in plan.skipped:
         print(f"  skipped {skipped.file}: {skipped.reason}")
     for warning in plan.warnings:

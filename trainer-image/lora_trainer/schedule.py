@@ -68,7 +68,7 @@ def count_steps(training: Training, family: ModelFamily, samples: list[Sample], 
     base = scenario_steps(family, images)
     steps = max(1, math.ceil(base / world))
     gpus = f" / {world} GPUs = {steps}" if world > 1 else ""
-    return steps, (f"scenario preset ({family.value}): {scenario_formula(family, images)} = {base}{gpus} steps, "
+    return steps, (f"scenario preset ({family}): {scenario_formula(family, images)} = {base}{gpus} steps, "
                    f"{per_step} images each = {steps * per_step / max(draws, 1):.3g} passes over {pass_text} "
                    "(repeats and epochs do not change the length; stepsPreset tensorart counts "
                    "images x repeats x epochs / batch)")
