@@ -61,17 +61,38 @@ def shape_mask(shape: str, cx: float, cy: float, r: float, size: int = SIZE) -> 
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def render(scene: Scene, rng: random.Random) -> np.ndarray:
-    """The (32, 32, 3) uint8 image of `scene`, with jitter drawn from `rng`."""
-    colour = COLOURS.get(scene.colour) or dict([CONCEPT_COLOUR])[scene.colour]
-    cx, cy = POSITIONS[scene.position]
+def draw(shape: str, colour: tuple[float, ...], background: tuple[float, ...], position: str,
+         rng: random.Random) -> np.ndarray:
+    """A (32, 32, 3) uint8 image: `shape` in `colour` at `position` on `background`, jittered by `rng`."""
+    cx, cy = POSITIONS[position]
     cx, cy = cx + rng.uniform(-1.5, 1.5), cy + rng.uniform(-1.5, 1.5)
     r = rng.uniform(6.0, 7.5)
     image = np.empty((SIZE, SIZE, 3), np.float32)
-    image[:] = BACKGROUNDS[scene.background]
+    image[:] = background
     shade = np.array(colour, np.float32) + np.array([rng.uniform(-12, 12) for _ in range(3)], np.float32)
-    image[shape_mask(scene.shape, cx, cy, r)] = shade
+    image[shape_mask(shape, cx, cy, r)] = shade
     return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def render(scene: Scene, rng: random.Random) -> np.ndarray:
+    """The (32, 32, 3) uint8 image of `scene`, with jitter drawn from `rng`."""
+    colour = COLOURS.get(scene.colour) or dict([CONCEPT_COLOUR])[scene.colour]
+    return draw(scene.shape, colour, BACKGROUNDS[scene.background], scene.position, rng)
+
+
+def autoencoder_set(n: int, seed: int) -> np.ndarray:
+    """`n` images for the VAE: the world's shapes in random colours on random backgrounds.
+
+    A VAE is trained on generic images, not on the captioned world: it must encode any colour
+    (the concept's magenta included) even though the denoiser only ever sees four.
+    """
+    rng = random.Random(seed)
+
+    def any_colour() -> tuple[float, ...]:
+        return tuple(rng.uniform(0, 255) for _ in range(3))
+
+    return np.stack([draw(rng.choice(SHAPES), any_colour(), any_colour(), rng.choice(list(POSITIONS)), rng)
+                     for _ in range(n)])
 
 
 def random_scene(rng: random.Random) -> Scene:
