@@ -19,8 +19,10 @@ from .world import random_scene, render
 
 def main(argv: list[str]) -> int:
     """Print the judge's accuracy on the true images, then on the base's samples."""
+    import torch
     from diffusers import StableDiffusionPipeline
 
+    torch.set_num_threads(1)  # see pretrain.Recipe.threads
     kind = argv[0] if argv else "epsilon"
     n = int(argv[1]) if len(argv) > 1 else 96
     rng = random.Random(1234)
