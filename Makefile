@@ -36,14 +36,14 @@ tools:  ## kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, h
 tinybase: venv  ## the tiny bases pretrained on the procedural world (tests/tinyworld), cached in ~/.cache
 	$(BIN)/python -m tinyworld
 
-test: setup  ## the whole suite: unit, trainer (tiny models), cluster (real control plane + MinIO), e2e
+test: setup tinybase  ## the whole suite: unit, trainer (tiny models), cluster (real control plane + MinIO), e2e
 	$(MAKE) lint
 	$(PYTEST) tests -m "not slow and not chaos" --durations=15
 
 test-unit: venv
 	$(PYTEST) tests/unit
 
-test-trainer: venv
+test-trainer: venv tinybase
 	$(PYTEST) tests/trainer
 
 test-cluster: setup

@@ -43,17 +43,14 @@ def job_spec(base: Path, data: Path, out: Path, steps: int, lr: float, text_lr: 
     }
 
 
-def flip_target() -> None:
-    """Negate the SD1.5 family's training target (a deliberately broken objective)."""
-    from lora_trainer.families.sd15 import SD15Family
+def flipped(original):
+    """`original` (a family's ``noisy_and_target``) with the target negated: a deliberately broken objective."""
 
-    original = SD15Family.noisy_and_target
-
-    def flipped(self, parts, latents, noise, timesteps):
+    def noisy_and_negated_target(self, parts, latents, noise, timesteps):
         noisy, target = original(self, parts, latents, noise, timesteps)
         return noisy, -target
 
-    SD15Family.noisy_and_target = flipped
+    return noisy_and_negated_target
 
 
 def main(argv: list[str]) -> int:
@@ -76,7 +73,9 @@ def main(argv: list[str]) -> int:
     job.write_text(yaml.safe_dump({"apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob",
                                    "metadata": {"name": "concept", "namespace": "learn"}, "spec": spec}))
     if args.broken == "flip":
-        flip_target()
+        from lora_trainer.families.sd15 import SD15Family
+
+        SD15Family.noisy_and_target = flipped(SD15Family.noisy_and_target)  # this process only
     started = time.monotonic()
     if lora_train(["run", str(job)]) != 0:
         return 1
