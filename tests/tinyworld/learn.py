@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     if lora_train(["run", str(job)]) != 0:
         return 1
-    lora = args.out / "storage/learn/concept/checkpoints/epoch-0001/diffusers"
+    lora = args.out / "storage/learn/concept/local/checkpoints/epoch-0001/diffusers"
     trained = time.monotonic() - started
     verdict = judge_lora(base, lora, SEEDS)
     print(f"trained in {trained:.0f}s; {verdict}; passed: {verdict.passed()}")

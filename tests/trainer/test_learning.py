@@ -59,7 +59,7 @@ def train_concept(tmp_path: Path, base: Path, data: Path) -> Path:
     job.write_text(yaml.safe_dump({"apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob",
                                    "metadata": {"name": "concept", "namespace": "learn"}, "spec": spec}))
     assert main(["run", str(job)]) == ExitCode.SUCCESS
-    return tmp_path / "storage/learn/concept/checkpoints/epoch-0001/diffusers"
+    return tmp_path / "storage/learn/concept/local/checkpoints/epoch-0001/diffusers"
 
 
 def test_a_lora_draws_the_concepts_colour_on_its_trigger(tmp_path, base, before, concept_dir):
