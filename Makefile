@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)/tests
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 
-.PHONY: setup apt venv tools test test-unit test-trainer test-cluster lint crds chaos fuzz demo \
+.PHONY: setup apt venv tools tinybase test test-unit test-trainer test-cluster lint crds chaos fuzz demo \
         cluster-up cluster-down bench-cpu bench-gpu clean
 
 setup: apt venv tools  ## everything the tests and the demo need
@@ -33,14 +33,17 @@ venv: $(STAMP)
 tools:  ## kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm, MinIO from Go modules (cached)
 	bash tests/cluster/build-tools.sh
 
-test: setup  ## the whole suite: unit, trainer (tiny models), cluster (real control plane + MinIO), e2e
+tinybase: venv  ## the tiny bases pretrained on the procedural world (tests/tinyworld), cached in ~/.cache
+	$(BIN)/python -m tinyworld
+
+test: setup tinybase  ## the whole suite: unit, trainer (tiny models), cluster (real control plane + MinIO), e2e
 	$(MAKE) lint
 	$(PYTEST) tests -m "not slow and not chaos" --durations=15
 
 test-unit: venv
 	$(PYTEST) tests/unit
 
-test-trainer: venv
+test-trainer: venv tinybase
 	$(PYTEST) tests/trainer
 
 test-cluster: setup

@@ -156,7 +156,7 @@ class Bench:
         indices = recipe.stream.batch(self.ref_index)
         self.ref_index += 1
         rng = random.Random(0)
-        return [(s.image, recipe.builder.build(s.caption, rng), (s.original_size, s.crop_top_left))
+        return [(s.decoded(), recipe.builder.build(s.caption, rng), (s.original_size, s.crop_top_left))
                 for s in (recipe.samples[i] for i in indices)]
 
     def close(self) -> None:

@@ -72,7 +72,8 @@ def apply_reports(status: JobStatus, reports: Reports, prefix: str) -> JobStatus
         p = reports.progress
         percent = int(100 * p.step / p.total_steps) if p.total_steps else 0
         update["progress"] = Progress(
-            step=p.step, total_steps=p.total_steps, epoch=p.epoch, total_epochs=p.total_epochs, loss=p.loss,
+            step=p.step, total_steps=p.total_steps, plan=p.plan, epoch=p.epoch, total_epochs=p.total_epochs,
+            loss=p.loss,
             steps_per_second=p.steps_per_second, eta_seconds=p.eta_seconds, percent=min(percent, 100),
             updated_at=p.updated_at)
     if reports.manifest:

@@ -89,6 +89,8 @@ BAD = [
     ("steps-zero", {"training": {"steps": 0}}, "spec.training.steps", "or one of: auto"),
     ("steps-word", {"training": {"steps": "many"}}, "spec.training.steps", "or one of: auto"),
     ("unknown-family", {"baseModel": {"family": "sd3", "uri": "s3://m/"}}, "spec.baseModel.family", "Unsupported"),
+    ("locon-on-flux", {"type": "locon", "baseModel": {"family": "flux", "uri": "s3://m/"}, "network": {"convDim": 4}},
+     "spec.type", "spec.type: locon is not available for family flux"),
     ("typo-field", {"trainig": {"epochs": 2}}, "trainig", "unknown field"),
     # final/ is where a selection is copied to: it can never be a selection itself
     ("selected-final", {"selectedCheckpoint": "final"}, "spec.selectedCheckpoint", "should match"),

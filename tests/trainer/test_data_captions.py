@@ -55,6 +55,16 @@ def test_caption_dropout_empties_the_whole_caption_trigger_included():
     assert set(texts) == {"", "TKXW, black cat"}
 
 
+def test_caption_dropout_keeps_the_first_keep_tokens_tags():
+    b = builder({"captionPrefix": "TKXW", "tags": {"prepend": ["photo"]}}, caption_dropout=0.5, keep_tokens=2,
+                shuffle_tags=True)
+    rng = random.Random(0)
+    texts = [b.build("black cat, sofa, lamp", rng) for _ in range(400)]
+    dropped = texts.count("TKXW, photo")
+    assert 150 < dropped < 250 and "" not in texts
+    assert all(t.startswith("TKXW, photo") for t in texts)
+
+
 def test_same_seed_gives_the_same_captions():
     b = builder(shuffle_tags=True, caption_dropout=0.2)
     first = [b.build("a, b, c, d, e", random.Random(7)) for _ in range(5)]
@@ -66,6 +76,14 @@ def test_sidecar_caption_is_read_as_utf8_and_stripped(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     (tmp_path / "a.txt").write_text("  café, 猫,\n  sofa \n", encoding="utf-8")
     assert read_caption(tmp_path / "a.png") == ("café, 猫, sofa", None)
+
+
+def test_a_caption_sidecar_is_read_and_txt_wins_over_it_with_a_warning(tmp_path):
+    (tmp_path / "a.caption").write_text("kohya style, cat", encoding="utf-8")
+    assert read_caption(tmp_path / "a.png") == ("kohya style, cat", None)
+    (tmp_path / "a.txt").write_text("from txt", encoding="utf-8")
+    caption, warning = read_caption(tmp_path / "a.png")
+    assert caption == "from txt" and warning == "a.caption is ignored: a.txt is its caption"
 
 
 def test_missing_sidecar_means_no_caption(tmp_path):

@@ -53,7 +53,7 @@ def test_images_in_nested_unicode_folders_become_cropped_captioned_samples(tmp_p
     assert set(by_key) == {"a.png", "sub dir/chat noir é.JPG", "sub dir/c.webp"}
     wide = by_key["sub dir/chat noir é.JPG"]
     assert wide.caption == "cat, 猫"
-    assert wide.image.size == (32, 32) and wide.image.mode == "RGB"
+    assert wide.decoded().size == (32, 32) and wide.decoded().mode == "RGB"
     assert wide.original_size == (40, 80) and wide.target_size == (32, 32)
     assert wide.crop_top_left == (0, 16)
     assert by_key["sub dir/c.webp"].caption == ""
@@ -73,16 +73,18 @@ def test_corrupt_and_foreign_files_are_skipped_and_listed(tmp_path):
     assert "image" in reasons["broken.jpg"]
 
 
-def test_a_check_without_keeping_images_finds_the_same_samples_and_skips(tmp_path):
-    write_image(tmp_path / "good.png")
-    write_image(tmp_path / "sub" / "also good.png")
-    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    kept = prepare_dataset(Dataset(validation_split=0.0), tmp_path, ModelFamily.SD15, seed=0)
-    checked = prepare_dataset(Dataset(validation_split=0.0), tmp_path, ModelFamily.SD15, seed=0, keep_images=False)
-    assert [(s.key, s.target_size, s.caption) for s in checked.train] == [
-        (s.key, s.target_size, s.caption) for s in kept.train]
-    assert checked.skipped == kept.skipped
-    assert all(s.image is None for s in checked.train) and all(s.image is not None for s in kept.train)
+@pytest.mark.parametrize("mode", ["focus", "center", "none"])
+def test_samples_hold_no_pixels_and_decode_the_same_window_again(tmp_path, mode):
+    from lora_trainer.data import crop_to, load_image
+
+    image = Image.new("RGB", (90, 60), (10, 20, 30))
+    image.paste((250, 250, 250), (70, 10, 85, 50))  # detail on the right: focus moves the window
+    image.save(tmp_path / "a.png")
+    sample = prepare(tmp_path, spec(crop={"mode": mode, "size": "40x40"})).train[0]
+    assert sample.image is None and sample.path == tmp_path / "a.png"
+    expected, top_left = crop_to(load_image(tmp_path / "a.png"), (40, 40), mode)
+    assert sample.crop_top_left == top_left
+    assert sample.decoded().tobytes() == expected.tobytes()
 
 
 def test_an_empty_folder_is_a_dataset_error_naming_the_folder(tmp_path):
@@ -139,24 +141,28 @@ def test_a_malformed_repeats_json_is_a_dataset_error_naming_it(tmp_path):
 
 
 def test_validation_split_is_deterministic_by_seed(tmp_path):
-    for i in range(10):
+    for i in range(25):
         write_image(tmp_path / f"img{i}.png")
     dataset = spec(validationSplit=0.2)
     first = prepare(tmp_path, dataset, seed=5)
     again = prepare(tmp_path, dataset, seed=5)
-    assert len(first.validation) == 2 and len(first.train) == 8
+    assert len(first.validation) == 5 and len(first.train) == 20
+    assert not {s.key for s in first.validation} & {s.key for s in first.train}  # held out
     assert [s.key for s in first.validation] == [s.key for s in again.validation]
     held = {tuple(s.key for s in prepare(tmp_path, dataset, seed=seed).validation) for seed in range(6)}
     assert len(held) > 1
 
 
-@pytest.mark.parametrize("images, held", [(1, 0), (2, 0), (3, 1), (4, 1)])
-def test_small_datasets_hold_out_one_image_from_three_up(tmp_path, images, held):
+@pytest.mark.parametrize("images, validated", [(1, 1), (2, 1), (6, 1), (19, 2)])
+def test_small_datasets_train_on_every_image_and_validate_on_a_fixed_subset(tmp_path, images, validated):
     for i in range(images):
         write_image(tmp_path / f"img{i}.png")
     prepared = prepare(tmp_path, spec(validationSplit=0.1))
-    assert len(prepared.validation) == held
-    assert len(prepared.train) == images - held
+    assert len(prepared.train) == images
+    assert len(prepared.validation) == validated
+    assert {s.key for s in prepared.validation} <= {s.key for s in prepared.train}
+    again = prepare(tmp_path, spec(validationSplit=0.1))
+    assert [s.key for s in prepared.validation] == [s.key for s in again.validation]
 
 
 def test_regularization_images_are_flagged(tmp_path):
@@ -222,4 +228,4 @@ def test_without_crop_size_the_family_standard_size_is_used(tmp_path):
     write_image(tmp_path / "a.png", size=(90, 60))
     dataset = Dataset.model_validate({"validationSplit": 0.0})
     sample = prepare_dataset(dataset, tmp_path, ModelFamily.SD15, seed=0).train[0]
-    assert sample.target_size == (512, 768) and sample.image.size == (768, 512)
+    assert sample.target_size == (512, 768) and sample.decoded().size == (768, 512)

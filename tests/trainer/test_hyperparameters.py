@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from lora_operator.api import ModelFamily, Training
-from lora_trainer.schedule import Plan, total_steps
+from lora_trainer.schedule import Plan, count_steps, total_steps
 
 pytestmark = pytest.mark.trainer
 
@@ -57,6 +58,22 @@ def test_tensorart_preset_makes_one_pass_per_epoch_and_scales_with_repeats_and_b
     once = train(training={"steps": "auto", "stepsPreset": "tensorart", "epochs": 2, "batchSize": 2},
                  dataset={"repeats": 1}, setup_only=True)
     assert once.plan.total_steps == 2 * math.ceil(3 / 2)
+
+
+def test_the_run_states_its_step_count_in_progress_json_and_divides_auto_steps_by_the_gpus(train):
+    recipe = train(training={"steps": "auto", "stepsPreset": "tensorart", "epochs": 2, "batchSize": 2},
+                   dataset={"repeats": 2}, setup_only=True)
+    progress = json.loads((recipe.outputs.workdir / "progress.json").read_text())
+    assert progress["plan"] == "3 images x 2 repeats x 2 epochs / batch 2 = 6 steps"
+    samples, tensorart = recipe.data.train, Training(steps_preset="tensorart", epochs=2, gradient_accumulation=2)
+    assert count_steps(tensorart, ModelFamily.SD15, samples, world=2) == (
+        3, "3 images x 2 repeats x 2 epochs / batch 1 x accumulation 2 x 2 GPUs = 3 steps")  # 12 micro-batches
+    assert total_steps(Training(), ModelFamily.SD15, samples, world=2) == 175 * 3 // 2 + 1
+    # Class images share each pass, so an epoch of the tensorart preset draws them too.
+    assert count_steps(Training(steps_preset="tensorart", epochs=2), ModelFamily.SD15, samples,
+                       regularization=samples[:1]) == (16, "(3 images x 2 repeats + 1 class images (2 draws)) "
+                                                           "x 2 epochs / batch 1 = 16 steps")
+    assert total_steps(Training(steps=100), ModelFamily.SD15, samples, world=2) == 100  # as written
 
 
 def test_epochs_split_steps_and_checkpoint_at_each_epoch_end(train):
@@ -293,7 +310,8 @@ def test_latent_caching_does_not_change_what_is_trained(train):
 def test_validation_loss_is_recorded_per_checkpoint_on_the_held_out_image(train):
     recipe = train(training={"steps": 2, "epochs": 2}, dataset={"validationSplit": 0.34},
                    checkpoints={"formats": ["kohya"]})
-    assert len(recipe.data.validation) == 1
+    assert len(recipe.data.validation) == 1 and len(recipe.data.train) == 3  # 3 images: none held out
+    assert recipe.manifest.manifest.images == 3 and recipe.manifest.manifest.validation_images == 0
     losses = [e.validation_loss for e in recipe.manifest.manifest.checkpoints]
     assert all(isinstance(v, float) and math.isfinite(v) for v in losses) and losses[0] != losses[1]
     assert recipe.validation_loss() == recipe.validation_loss()  # fixed timesteps and noise
@@ -310,6 +328,32 @@ def test_regularization_images_join_training_at_the_prior_loss_weight(train, tmp
     light, heavy = run(0.0), run(3.0)
     assert len(light.data.regularization) == 2 and all(s.regularization for s in light.samples[3:])
     assert any(not torch.equal(v, lora_b(heavy)[k]) for k, v in lora_b(light).items())
+
+
+@pytest.mark.parametrize("kind", ["lora", "embedding"])
+def test_class_images_train_with_their_own_caption_or_the_class_prompt(train, tmp_path, kind):
+    from conftest import write_dataset
+
+    reg = write_dataset(tmp_path / "reg", n=2)
+    (reg / "img0.txt").write_text("a photo of a dog, sitting")
+    (reg / "img1.txt").unlink()  # no caption of its own: the class prompt
+    extra = {"embedding": {"token": "<tkxw>", "initialPhrase": "square"}} if kind == "embedding" else {}
+    calls = []
+
+    def record(recipe):
+        calls.append(spy(recipe, "encode_prompts"))
+        recipe.encoder.cache_text = False  # every draw reaches encode_prompts
+
+    train(type=kind, **extra, after_setup=record,
+          dataset={"captionPrefix": "tkxw, ", "tags": {"prepend": ["best"], "append": ["detailed"]},
+                   "regularization": {"uri": reg.as_uri(), "classPrompt": "a photo of a dog"}},
+          training={"steps": 5})  # 3 training + 2 class images: one pass at batch 1
+    prompts = [p for call in calls[0] for p in call[1]]
+    assert "a photo of a dog, sitting" in prompts and "a photo of a dog" in prompts
+    own = [p for p in prompts if "square" in p]
+    assert len(own) == 3 and all(p.startswith(("tkxw, best, a square", "<tkxw>")) for p in own)
+    assert all(p.endswith("detailed") for p in own)
+    assert len(prompts) == 5  # class prompts carry no trigger, tag or embedding token
 
 
 def test_embedding_trains_only_the_new_token_rows(train, tiny_models):

@@ -59,6 +59,48 @@ def test_two_processes_take_the_same_steps_and_write_one_loadable_lora(tmp_path,
     assert np.abs(image() - base).max() > 1e-4
 
 
+def test_two_processes_share_each_epoch_take_half_the_steps_and_resume_mid_epoch_exactly(
+        tmp_path, tiny_models, capfd):
+    import re
+    import shutil
+
+    from conftest import write_dataset
+
+    data = write_dataset(tmp_path / "four", n=4)
+    spec = base_spec("sd15", tiny_models("sd15"), data, tmp_path / "out",
+                     training={"steps": "auto", "stepsPreset": "tensorart", "epochs": 2, "batchSize": 1},
+                     dataset={"flip": True}, checkpoints={"formats": ["kohya"], "stateEverySteps": 1})
+    job = write_job(tmp_path / "job.yaml", spec)
+    run = ["run", str(job), "--processes", "2", "--workdir", str(tmp_path / "work"), "--verbose"]
+    assert main(run) == ExitCode.SUCCESS
+
+    # 4 images x 1 repeat x 2 epochs / batch 1 = 8 micro-batches: 4 global steps of 2 GPUs, not 8.
+    progress = json.loads((job_prefix(tmp_path / "out") / "progress.json").read_text())
+    assert progress["step"] == progress["totalSteps"] == 4
+    assert progress["plan"] == "4 images x 1 repeats x 2 epochs / batch 1 x 2 GPUs = 4 steps"
+    assert [(e["name"], e["step"]) for e in manifest(tmp_path / "out")["checkpoints"]] == [
+        ("epoch-0001", 2), ("epoch-0002", 4)]
+    drawn = re.findall(r"step (\d+) rank (\d) micro-batch \d+: (\S+)", capfd.readouterr().err)
+    per_rank = {rank: [int(s) for s, r, _ in drawn if r == rank] for rank in "01"}
+    assert per_rank == {"0": [1, 2, 3, 4], "1": [1, 2, 3, 4]}  # each worker: half of the 8 steps alone
+    for epoch_steps in ({1, 2}, {3, 4}):  # each epoch, both workers together: every image once
+        assert sorted(key for s, _, key in drawn if int(s) in epoch_steps) == [f"img{i}.png" for i in range(4)]
+
+    # The last state was saved after global step 3, in the middle of epoch 2: resuming from it
+    # on two workers again trains step 4 alone, into the same weights.
+    state = json.loads((job_prefix(tmp_path / "out") / "state/meta.json").read_text())
+    assert state["step"] == 3 and state["epoch"] == 2
+    final = job_prefix(tmp_path / "out") / "checkpoints/epoch-0002/kohya.safetensors"
+    straight = load_file(shutil.copy(final, tmp_path / "straight.safetensors"))
+    final.unlink()
+    assert main([*run, "--resume"]) == ExitCode.SUCCESS
+    resumed_steps = {int(s) for s, _, _ in re.findall(r"step (\d+) rank (\d) micro-batch \d+: (\S+)",
+                                                        capfd.readouterr().err)}
+    assert resumed_steps == {4}
+    again = load_file(final)
+    assert again.keys() == straight.keys() and all(torch.equal(again[k], straight[k]) for k in again)
+
+
 def test_process_count_and_worker_environment():
     assert wanted_processes(3, {"LORA_PROCESSES": "5"}) == 3
     assert wanted_processes(None, {"LORA_PROCESSES": "5"}) == 5

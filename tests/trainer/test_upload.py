@@ -113,3 +113,22 @@ def test_a_caption_shared_by_two_images_is_sent_once(tmp_path):
     (tmp_path / "a.b.png").write_bytes(b"corrupt")  # skipped: its caption stays behind, a.png's glob too
     (tmp_path / "a.b.txt").write_text("not uploaded")
     assert plan_upload(tmp_path, Dataset(), ModelFamily.SD15).files == ["a.jpg", "a.txt", "a.png"]
+
+
+def test_dry_run_prints_the_training_plan_images_x_repeats_x_epochs_over_batch(tmp_path, capsys):
+    from conftest import write_dataset
+
+    folder = write_dataset(tmp_path / "six", n=6)
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "apiVersion: lora-operator.io/v1alpha1\nkind: LoraTrainingJob\nmetadata: {name: six}\n"
+        "spec:\n  type: lora\n  baseModel: {family: sd15, uri: 's3://models/sd15/'}\n"
+        "  dataset: {uri: 's3://data/six/', repeats: 10, validationSplit: 0}\n  output: {uri: 's3://out/'}\n"
+        "  training: {stepsPreset: tensorart, epochs: 2, batchSize: 4}\n")
+    assert main(["upload", str(folder), "s3://data/six/", "--dry-run", "--job", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "6 images x 10 repeats x 2 epochs / batch 4 = 30 steps; 2 epochs of 15 steps" in out
+    assert main(["upload", str(folder), "s3://data/six/", "--dry-run", "--family", "sd15"]) == 0
+    out = capsys.readouterr().out
+    assert "scenario preset (sd15): 175 x 6 images = 1050 steps" in out
+    assert "repeats and epochs do not change the length" in out and "10 epochs of 105 steps" in out

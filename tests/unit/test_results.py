@@ -29,6 +29,12 @@ def test_progress_checkpoints_and_skipped_files_reach_the_status():
     assert status.to_resource()["skippedFiles"][0]["file"] == "huge.png"
 
 
+def test_the_step_plan_reaches_the_status():
+    plan = "6 images x 10 repeats x 2 epochs / batch 4 = 30 steps"
+    status = apply_reports(JobStatus(), Reports(ProgressReport(step=3, total_steps=30, plan=plan), None), PREFIX)
+    assert status.to_resource()["progress"]["plan"] == plan
+
+
 def test_skipped_files_on_the_resource_are_capped_the_manifest_keeps_all():
     manifest = Manifest(skipped=[SkippedFile(file=f"bad{i}.png", reason="corrupt") for i in range(200)])
     status = apply_reports(JobStatus(), Reports(None, manifest), PREFIX)

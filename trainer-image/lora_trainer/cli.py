@@ -178,17 +178,19 @@ def run_upload(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     folder: Path = args.folder
     if args.job is not None:
         spec, *_ = load_job_file(args.job)
-        dataset, family = spec.dataset, spec.base_model.family
+        dataset, family, training = spec.dataset, spec.base_model.family, spec.training
         if dataset.uri and dataset.uri.rstrip("/") != args.uri.rstrip("/"):
             print(f"note: {args.job} reads its dataset from {dataset.uri}, not {args.uri}")
     else:
-        dataset, family = Dataset(uri=args.uri), ModelFamily(args.family)
-    plan = plan_upload(folder, dataset, family)
-    print(f"{folder}: {plan.usable} usable image(s) for a {family.value} job, {len(plan.skipped)} file(s) skipped")
+        dataset, family, training = Dataset(uri=args.uri), ModelFamily(args.family), None
+    plan = plan_upload(folder, dataset, family, training)
+    print(f"{folder}: {plan.usable} usable image(s) for a {family} job, {len(plan.skipped)} file(s) skipped")
     for skipped in plan.skipped:
         print(f"  skipped {skipped.file}: {skipped.reason}")
     for warning in plan.warnings:
         print(f"  warning: {warning}")
+    print(f"training plan ({'the job' if args.job else 'default training settings'}, one GPU; "
+          f"auto steps divide by the GPUs): {plan.steps}")
     if args.dry_run:
         print(f"dry run: would upload {len(plan.files)} file(s) to {args.uri}")
         return ExitCode.SUCCESS

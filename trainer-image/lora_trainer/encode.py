@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .data import Sample
 from .families import Components, Family
 
 
@@ -44,11 +45,14 @@ class Encoder:
         self._text: dict[str, dict[str, torch.Tensor]] = {}
 
     @torch.no_grad()
-    def latents(self, keys: list[tuple[int, bool]], images: list[Image.Image]) -> torch.Tensor:
-        """Latents of a batch; `keys` are (sample index, flipped) pairs."""
+    def latents(self, keys: list[tuple[int, bool]], samples: list[Sample]) -> torch.Tensor:
+        """Latents of a batch; `keys` are (sample index, flipped) pairs.
+
+        Only the samples whose latents are not cached are decoded (from their files).
+        """
         missing = [i for i, key in enumerate(keys) if key not in self._latents]
         if missing:
-            batch = torch.stack([pixels(images[i], keys[i][1]) for i in missing]).to(self.device)
+            batch = torch.stack([pixels(samples[i].decoded(), keys[i][1]) for i in missing]).to(self.device)
             encoded = self.family.encode_images(self.parts, batch).float()
             fresh = {keys[i]: encoded[j : j + 1] for j, i in enumerate(missing)}
         else:

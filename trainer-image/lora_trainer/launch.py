@@ -5,7 +5,10 @@ GPU it becomes a small launcher: it starts one worker per GPU running the same c
 line, with the environment torch.distributed and accelerate read (``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), and waits. Each
 worker's ``Accelerator`` joins the group (NCCL on GPUs, gloo on CPU), wraps the denoiser
-in DDP and takes every ``world``-th micro-batch; only rank 0 writes outputs.
+in DDP and takes every ``world``-th micro-batch; only rank 0 writes outputs. This is data
+parallelism: the workers share each data pass, so an auto step count is divided by the
+number of workers and the same epochs finish about that many times sooner (global batch =
+batch x accumulation x workers; the learning rates are not scaled, see training.batchSize).
 
 The launcher exits with the first failing worker's code, so the operator still tells a
 NaN loss, an input error and a transient error apart (``torchrun`` and ``accelerate

@@ -42,7 +42,7 @@ from .outputs import Outputs
 from .precision import checkpointing_wanted, resolve_precision
 from .previews import check_sampler, preview_prompts, preview_size, render_previews
 from .progress import ManifestWriter, ProgressReporter
-from .schedule import BatchStream, Plan, total_steps
+from .schedule import BatchStream, Plan, count_steps
 from .speed import (
     channels_last,
     compile_denoiser,
@@ -65,6 +65,15 @@ VALIDATION_TIMESTEPS = 4
 """Fixed timesteps per validation image: the validation loss compares across epochs."""
 LOSS_READ_EVERY = 10
 """Steps between reads of the loss to the host (progress line, NaN check): no sync in between."""
+
+
+def micro_batch_index(step: int, k: int, accumulation: int, world: int, rank: int) -> int:
+    """The micro-batch (0-based, over the run) of accumulation step `k` of optimizer step `step` on `rank`.
+
+    Data parallel: the `world` workers take consecutive micro-batches, so together they walk
+    through each data pass once, and step `step` has consumed ``step x accumulation x world``.
+    """
+    return ((step - 1) * accumulation + k) * world + rank
 
 
 def draw_seed(seed: int, index: int) -> int:
@@ -134,8 +143,6 @@ class LoraRecipe:
             regularization_root=self.inputs.regularization_root, captioner=captioner,
         )
         self.samples: list[Sample] = self.data.train + self.data.regularization
-        self.plan = Plan.make(total_steps(t, spec.base_model.family, self.data.train), t.epochs)
-        self.text_steps = math.ceil(t.text_encoder_ratio * self.plan.total_steps)
 
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
         self.mixed_precision, weight_dtype = resolve_precision(t.mixed_precision, device_type)
@@ -146,16 +153,25 @@ class LoraRecipe:
         self.device = self.accelerator.device
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.main = self.accelerator.is_main_process
+        # Data parallel: every optimizer step takes `world` micro-batches per accumulation step, so
+        # the same epochs need 1/world of the steps (schedule.count_steps).
+        steps, self.steps_text = count_steps(t, spec.base_model.family, self.data.train, self.world,
+                                             self.data.regularization)
+        self.plan = Plan.make(steps, t.epochs)
+        self.text_steps = math.ceil(t.text_encoder_ratio * self.plan.total_steps)
+        if self.main:
+            log.info("plan: %s; %d epochs of %d steps", self.steps_text, self.plan.epochs, self.plan.steps_per_epoch)
 
         publish = self.outputs.publish_bytes if self.main else (lambda key, data: None)
         self.progress = ProgressReporter(publish, self.attempt, self.plan.total_steps, self.plan.epochs,
-                                         interval=self.progress_interval, job_uid=self.outputs.job_uid,
+                                         plan=self.steps_text, interval=self.progress_interval,
+                                         job_uid=self.outputs.job_uid,
                                          stream=None if self.main else open(os.devnull, "w"))  # noqa: SIM115
         self.progress.phase("loading")
         publish(CAPTIONS_FILE, self.data.captions_json())
         self.manifest = ManifestWriter(publish, Manifest(
             job_uid=self.outputs.job_uid, spec_hash=spec_hash(spec), images=len(self.data.train),
-            validation_images=len(self.data.validation),
+            validation_images=len(self.data.held_out),
             total_steps=self.plan.total_steps, skipped=list(self.data.skipped),
         ))
 
@@ -210,7 +226,7 @@ class LoraRecipe:
         for start in range(0, len(self.samples), self.training.batch_size):
             chunk = list(range(start, min(start + self.training.batch_size, len(self.samples))))
             same = [i for i in chunk if self.samples[i].target_size == self.samples[chunk[0]].target_size]
-            self.encoder.latents([(i, False) for i in same], [self.samples[i].image for i in same])
+            self.encoder.latents([(i, False) for i in same], [self.samples[i] for i in same])
 
     # ------------------------------------------------------------------ train
     def train(self) -> Manifest:
@@ -281,7 +297,10 @@ class LoraRecipe:
             self.encoder.forget_text()
         loss = None
         for k in range(t.gradient_accumulation):
-            index = ((step - 1) * t.gradient_accumulation + k) * self.world + self.rank
+            index = micro_batch_index(step, k, t.gradient_accumulation, self.world, self.rank)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("step %d rank %d micro-batch %d: %s", step, self.rank, index,
+                          ", ".join(self.samples[i].key for i in self.stream.batch(index)))
             micro = self._loss(index, text_now) / t.gradient_accumulation
             self.accelerator.backward(micro)
             loss = micro.detach() if loss is None else loss + micro.detach()
@@ -303,8 +322,8 @@ class LoraRecipe:
         samples_idx = self.stream.batch(index)
         samples = [self.samples[i] for i in samples_idx]
         flips = [self.spec.dataset.flip and rng.random() < 0.5 for _ in samples]
-        latents = self.encoder.latents(list(zip(samples_idx, flips, strict=True)), [s.image for s in samples])
-        captions = [self.adapter.prepare_caption(self.builder.build(s.caption, rng)) for s in samples]
+        latents = self.encoder.latents(list(zip(samples_idx, flips, strict=True)), samples)
+        captions = [self._caption(s, rng) for s in samples]
         cond = self.encoder.text(captions, grad=text_now)
         noise = make_noise(latents, self.training, gen)
         timesteps = self.family.sample_timesteps(self.parts, len(samples), gen)
@@ -313,6 +332,12 @@ class LoraRecipe:
         timesteps = upload(timesteps, latents.device)
         sizes = [s.size_conditioning(flipped) for s, flipped in zip(samples, flips, strict=True)]
         return self._weighted_mse(latents, noise, timesteps, cond, sizes, weights)
+
+    def _caption(self, sample: Sample, rng: random.Random) -> str:
+        """The text of one draw: class images keep theirs (no trigger, tags or token: prior preservation)."""
+        if sample.regularization:
+            return sample.caption
+        return self.adapter.prepare_caption(self.builder.build(sample.caption, rng))
 
     def _weighted_mse(self, latents, noise, timesteps, cond, sizes, weights) -> torch.Tensor:
         noisy, target = self.family.noisy_and_target(self.parts, latents, noise, timesteps)
@@ -419,7 +444,7 @@ class LoraRecipe:
 def _pixels_batch(sample: Sample, device: torch.device) -> torch.Tensor:
     from .encode import pixels
 
-    return pixels(sample.image, False).unsqueeze(0).to(device)
+    return pixels(sample.decoded(), False).unsqueeze(0).to(device)
 
 
 def run_recipe(spec: JobSpec, inputs: RunInputs, outputs: Outputs, **kwargs) -> Manifest:

@@ -9,26 +9,35 @@ from lora_operator.api import Training
 
 from .speed import upload
 
+INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
+"""F.interpolate's mode for latents with 1, 2 or 3 spatial dimensions."""
+
 
 def offset_noise(noise: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
-    """Add a per-channel constant (Guttenberg 2023): lets the model learn very dark / bright images."""
+    """Add a per-channel constant (Guttenberg 2023): lets the model learn very dark / bright images.
+
+    Latents are (B, C, *spatial) with any number of spatial dimensions (images: 2, video: 3).
+    """
     b, c = noise.shape[:2]
-    return noise + strength * upload(torch.randn(b, c, 1, 1, generator=generator), noise.device, noise.dtype)
+    shape = (b, c, *[1] * (noise.dim() - 2))
+    return noise + strength * upload(torch.randn(shape, generator=generator), noise.device, noise.dtype)
 
 
 def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float, generator: torch.Generator) -> torch.Tensor:
     """Multi-resolution noise (Whitaker 2023): upsampled low-resolution noise at decaying weights.
 
-    The result is renormalised to unit variance, as kohya does.
+    The result is renormalised to unit variance, as kohya does. Every spatial dimension of
+    (B, C, *spatial) is scaled down alike (bilinear for 2, trilinear for 3; linear for 1).
     """
-    b, c, h, w = noise.shape
+    b, c, *spatial = noise.shape
+    mode = INTERPOLATION[len(spatial)]
     out = noise.clone()
     for i in range(iterations):
         r = 2 + int(torch.rand(1, generator=generator).item() * 2)  # scale factor in [2, 4)
-        sh, sw = max(1, int(h / r**i)), max(1, int(w / r**i))
-        low = upload(torch.randn(b, c, sh, sw, generator=generator), noise.device, noise.dtype)
-        out = out + F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False) * discount**i
-        if sh == 1 and sw == 1:
+        low_size = [max(1, int(side / r**i)) for side in spatial]
+        low = upload(torch.randn(b, c, *low_size, generator=generator), noise.device, noise.dtype)
+        out = out + F.interpolate(low, size=tuple(spatial), mode=mode, align_corners=False) * discount**i
+        if all(side == 1 for side in low_size):
             break
     return out / out.std()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -12,6 +13,9 @@ from .families import Family
 
 log = logging.getLogger(__name__)
 
+CPU_BF16_ENV = "LORA_CPU_BF16"
+"""Set to 1: training.mixedPrecision bf16 stays bf16 on CPU (torch runs bf16 there, slowly on most
+CPUs). The trainer tests set it to run the bf16 paths of every family and adapter without a GPU."""
 DTYPES = {MixedPrecision.NO: torch.float32, MixedPrecision.FP16: torch.float16, MixedPrecision.BF16: torch.bfloat16}
 
 
@@ -19,7 +23,8 @@ def resolve_precision(requested: MixedPrecision | str, device_type: str) -> tupl
     """The accelerate mixed-precision mode and the dtype of the frozen weights.
 
     On CPU every mode falls back to ``no`` (float32): CPU autocast is slow and fp16 is
-    unsupported there. On a GPU without bf16 support, bf16 falls back to fp16.
+    unsupported there; bf16 stays bf16 when ``LORA_CPU_BF16=1`` (`CPU_BF16_ENV`). On a GPU
+    without bf16 support, bf16 falls back to fp16.
 
     Args:
         requested: training.mixedPrecision.
@@ -30,6 +35,8 @@ def resolve_precision(requested: MixedPrecision | str, device_type: str) -> tupl
     """
     mode = MixedPrecision(requested)
     if device_type != "cuda":
+        if mode is MixedPrecision.BF16 and os.environ.get(CPU_BF16_ENV) == "1":
+            return mode.value, torch.bfloat16
         if mode is not MixedPrecision.NO:
             log.info("mixedPrecision %s falls back to no on CPU", mode)
         return MixedPrecision.NO.value, torch.float32

@@ -40,11 +40,11 @@ class ProgressReporter:
     """
 
     def __init__(self, publish: Publish, attempt: int, total_steps: int, total_epochs: int, *,
-                 interval: float = 5.0, stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
-                 job_uid: str | None = None):
+                 plan: str | None = None, interval: float = 5.0, stream: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic, job_uid: str | None = None):
         self.publish = publish
         self.report = ProgressReport(job_uid=job_uid, attempt=attempt, total_steps=total_steps,
-                                     total_epochs=total_epochs, phase="loading")
+                                     total_epochs=total_epochs, plan=plan, phase="loading")
         self.interval = interval
         self.stream = stream if stream is not None else sys.stderr
         self.clock = clock

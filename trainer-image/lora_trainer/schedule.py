@@ -5,6 +5,10 @@ Epochs are equal slices of the optimizer steps (the last may be shorter): with
 data; with an explicit or scenario step count an epoch may hold more or less than
 one pass. Data passes run on independently of epochs, each shuffled from
 ``(seed, pass)``, so micro-batch *n* is the same in a fresh and a resumed run.
+
+With N workers (GPUs) the run is data parallel: optimizer step *s* takes micro-batches
+``((s-1) x accumulation + k) x N + rank``, so the workers together walk through the data
+passes once, and an auto step count is divided by N (global batch = batch x accumulation x N).
 """
 
 from __future__ import annotations
@@ -12,26 +16,62 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from lora_operator.api import ModelFamily, Training, epoch_steps, scenario_steps
+from lora_operator.api import ModelFamily, Training, epoch_steps, scenario_formula, scenario_steps
 
 from .data import Sample, epoch_order, make_batches
 
 
-def total_steps(training: Training, family: ModelFamily, samples: list[Sample]) -> int:
+def total_steps(training: Training, family: ModelFamily, samples: list[Sample], world: int = 1,
+                regularization: list[Sample] | None = None) -> int:
     """Optimizer steps of the run: `training.steps`, or the preset formula when it is auto.
 
     Args:
         training: The hyperparameters.
         family: The base model family (the scenario preset depends on it).
         samples: The training samples (not regularization, not validation).
+        world: Workers training data-parallel (GPUs); auto steps are divided by it.
+        regularization: Class images; the tensorart preset counts their draws (they share each pass).
     """
+    return count_steps(training, family, samples, world, regularization)[0]
+
+
+def count_steps(training: Training, family: ModelFamily, samples: list[Sample], world: int = 1,
+                regularization: list[Sample] | None = None) -> tuple[int, str]:
+    """`total_steps` and how they were counted, in words (the printed plan, progress.json).
+
+    Returns:
+        ``(steps, text)``, e.g. ``(30, "6 images x 10 repeats x 2 epochs / batch 4 = 30 steps")``.
+    """
+    images, draws = len(samples), sum(s.repeats for s in samples)
+    repeats = {s.repeats for s in samples}
+    pass_text = (f"{images} images x {repeats.pop()} repeats" if len(repeats) == 1
+                 else f"{images} images ({draws} draws with repeats.json)")
+    if regularization:  # class images are drawn in every pass too
+        class_draws = sum(s.repeats for s in regularization)
+        extra = f" ({class_draws} draws)" if class_draws != len(regularization) else ""
+        draws += class_draws
+        pass_text = f"({pass_text} + {len(regularization)} class images{extra})"
+    divisor = [f"batch {training.batch_size}"]
+    if training.gradient_accumulation > 1:
+        divisor.append(f"accumulation {training.gradient_accumulation}")
+    if world > 1:
+        divisor.append(f"{world} GPUs")
+    per_step = training.batch_size * training.gradient_accumulation * world
     if training.steps != "auto":
-        return int(training.steps)
+        steps = int(training.steps)
+        return steps, (f"steps {steps} as set, {per_step} images each = {steps * per_step / max(draws, 1):.3g} "
+                       f"passes over {pass_text} (repeats and epochs do not change the length)")
     if training.steps_preset == "tensorart":
-        draws = sum(s.repeats for s in samples)
         micro = epoch_steps(draws, 1, training.epochs, training.batch_size)
-        return max(1, math.ceil(micro / training.gradient_accumulation))
-    return scenario_steps(family, len(samples))
+        steps = max(1, math.ceil(micro / (training.gradient_accumulation * world)))
+        return steps, f"{pass_text} x {training.epochs} epochs / {' x '.join(divisor)} = {steps} steps"
+    base = scenario_steps(family, images)
+    steps = max(1, math.ceil(base / world))
+    gpus = f" / {world} GPUs = {steps}" if world > 1 else ""
+    return steps, (f"scenario preset ({family}): {scenario_formula(family, images)} = {base}{gpus} steps, "
+                   f"{per_step} images each = {steps * per_step / max(draws, 1):.3g} passes over {pass_text} "
+                   "(repeats and epochs do not change the length; stepsPreset tensorart counts "
+                   "images x repeats x epochs / batch)")
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ Saved at epoch ends and every ``checkpoints.stateEverySteps`` optimizer steps in
 (by the main process only), so a retried pod repeats at most that many steps.
 
 Written locally, then uploaded to ``state/``; ``state/meta.json`` goes last, so a state
-without it is incomplete and ignored. The position is the optimizer step: data order and
-every random draw derive from (seed, step), so nothing else is needed to continue exactly.
+without it is incomplete and ignored. The position is the global optimizer step: data order and
+every random draw derive from (seed, step, workers), so nothing else is needed to continue exactly
+on the same number of workers.
 RNG states are saved too, for code that draws from the global generators.
 """
 
@@ -48,7 +49,7 @@ def save(recipe: LoraRecipe, step: int) -> None:
         out.local(STATE_PREFIX + TRAINING_FILE),
     )
     meta = {"step": step, "epoch": recipe.plan.epoch_of(step), "total_steps": recipe.plan.total_steps,
-            "spec_hash": spec_hash(recipe.spec), "job_uid": recipe.outputs.job_uid}
+            "workers": recipe.world, "spec_hash": spec_hash(recipe.spec), "job_uid": recipe.outputs.job_uid}
     out.publish(STATE_PREFIX + ADAPTER_FILE)
     out.publish(STATE_PREFIX + TRAINING_FILE)
     out.publish_bytes(STATE_PREFIX + META_FILE, json.dumps(meta).encode())
@@ -72,6 +73,11 @@ def restore(recipe: LoraRecipe) -> int:
     if meta.get("spec_hash") != spec_hash(recipe.spec):
         log.warning("saved state belongs to another spec: starting from step 0")
         return 0
+    if meta.get("workers", 1) != recipe.world:
+        # Steps are global: the position in the data and an auto step count depend on the workers.
+        log.warning("saved state comes from %s worker(s), this run has %d: step %d continues with "
+                    "%d total steps, not %s", meta.get("workers", 1), recipe.world, meta["step"],
+                    recipe.plan.total_steps, meta.get("total_steps"))
     recipe.adapter.load_state_dict(load_file(str(local / ADAPTER_FILE)))
     training = torch.load(local / TRAINING_FILE, weights_only=False)
     recipe.optimizer.load_state_dict(training["optimizer"])

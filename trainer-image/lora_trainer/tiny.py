@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from lora_operator.api import ModelFamily
+from lora_operator.api.families import family_row
 
 CLIP_VOCAB_SIZE = 1000
 T5_VOCAB_SIZE = 1000
@@ -198,7 +199,7 @@ def _build_flux(path: Path) -> None:
             decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
         )
     )
-    latent_channels = 4
+    latent_channels = family_row("flux").latent_channels  # 16, as the real VAE: the conformance test checks it
     transformer = FluxTransformer2DModel(
         patch_size=1,
         in_channels=4 * latent_channels,

@@ -18,11 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_operator.api import Dataset, ModelFamily, SkippedFile
+from lora_operator.api import Dataset, ModelFamily, SkippedFile, Training
 from lora_operator.storage import ObjectStore
 
 from .data import prepare_dataset
 from .data.discover import REPEATS_FILE, SIDECAR_SUFFIXES
+from .schedule import Plan, count_steps
 
 
 @dataclass
@@ -34,31 +35,39 @@ class UploadPlan:
         skipped: Files the trainer will not use, with the reason.
         warnings: The preparation's warnings (cut captions, repeats.json naming no image...).
         files: Paths relative to the folder, in upload order.
+        steps: How many steps a job trains on it, and how they were counted (one GPU).
     """
 
     usable: int
     skipped: list[SkippedFile]
     warnings: list[str]
     files: list[str] = field(default_factory=list)
+    steps: str = ""
 
 
-def plan_upload(root: Path, dataset: Dataset, family: ModelFamily) -> UploadPlan:
+def plan_upload(root: Path, dataset: Dataset, family: ModelFamily, training: Training | None = None) -> UploadPlan:
     """Prepare `root` as the trainer would (without auto-captioning or regularization images).
+
+    `training` (default: the defaults) counts the steps a job on one GPU would take.
 
     Raises:
         DatasetError: The trainer would refuse the folder (names the files and reasons).
         ConfigError: Dataset settings the trainer would refuse.
     """
     settings = dataset.model_copy(update={"auto_caption": None, "regularization": None})
-    prepared = prepare_dataset(settings, root, family, seed=0, keep_images=False)
-    used = sorted(sample.key for sample in prepared.train + prepared.validation)  # discover()'s order
+    prepared = prepare_dataset(settings, root, family, seed=0)
+    used = sorted({sample.key for sample in prepared.train + prepared.validation})  # discover()'s order
     files = []
     for key in used:
         files.append(key)
         files += [p.relative_to(root).as_posix() for p in _sidecars(root / key)]
     files += sorted(p.relative_to(root).as_posix() for p in root.rglob(REPEATS_FILE) if _visible(p, root))
+    training = training or Training()
+    steps, text = count_steps(training, family, prepared.train)
+    plan = Plan.make(steps, training.epochs)
     return UploadPlan(usable=len(used), skipped=prepared.skipped, warnings=prepared.warnings,
-                      files=list(dict.fromkeys(files)))  # a.png and a.jpg share a.txt: send it once
+                      files=list(dict.fromkeys(files)),  # a.png and a.jpg share a.txt: send it once
+                      steps=f"{text}; {plan.epochs} epochs of {plan.steps_per_epoch} steps")
 
 
 def _sidecars(image: Path) -> list[Path]:

@@ -8,7 +8,7 @@ the trainer import them; this package imports nothing but pydantic.
 from .conditions import FINISHED_PHASES, ConditionType, Phase, Reason
 from .dataset import AutoCaption, Crop, CropMode, Dataset, Regularization, Tags
 from .exitcodes import INPUT_ERRORS, ExitCode
-from .presets import epoch_steps, scenario_steps
+from .presets import epoch_steps, scenario_formula, scenario_steps
 from .reports import (
     CHECKPOINTS_PREFIX,
     FINAL_PREFIX,

@@ -61,7 +61,7 @@ class AutoCaptionMode(StrEnum):
     """Which images the auto-captioner writes captions for."""
 
     MISSING = "missing"
-    """Only images without a .txt caption."""
+    """Only images without a .txt or .caption caption."""
     REPLACE = "replace"
     """Every image; existing captions are ignored."""
 
@@ -81,27 +81,34 @@ class Regularization(ApiModel):
     """Class images that keep the model from forgetting its prior (DreamBooth prior preservation)."""
 
     uri: str = Field(pattern=URI_PATTERN)
-    """URI of the regularization images (with optional .txt captions). No empty, . or .. path
-    segments."""
+    """URI of the regularization images (with optional .txt or .caption captions). No empty, . or ..
+    path segments."""
     weight: float = Field(default=1.0, ge=0.0, le=10.0)
     """Weight of the prior loss. Default: 1.0."""
+    class_prompt: str = Field(default="", max_length=200)
+    """Caption of the class images that have none of their own, e.g. "a photo of a dog". Class
+    images train with their own caption (or this) as written: the trigger (captionPrefix), the
+    batch tags and the embedding token are not added, so they keep the class's prior. Default: ""."""
 
 
 class Dataset(ApiModel):
     """The training images and their captions."""
 
     uri: str | None = Field(default=None, pattern=URI_PATTERN)
-    """URI prefix holding png/jpg/jpeg/webp images and optional same-named .txt captions:
-    s3://bucket/prefix/ (bucket: lowercase letters, digits, dots, hyphens) or file:///path. No
-    empty, . or .. path segments; file:// only under the folder the platform allows
-    (LORA_FILE_URI_ROOT)."""
+    """URI prefix holding png/jpg/jpeg/webp images and optional same-named .txt or .caption captions
+    (a .txt wins when both exist; the .caption is then ignored with a warning): s3://bucket/prefix/
+    (bucket: lowercase letters, digits, dots, hyphens) or file:///path. No empty, . or .. path
+    segments; file:// only under the folder the platform allows (LORA_FILE_URI_ROOT)."""
     caption_prefix: str = Field(default="", max_length=200)
     """Trigger phrase put before every caption, e.g. "TKXW, "."""
     tags: Tags = Field(default_factory=Tags)
     """Tags added in batch at head or tail of every caption."""
     repeats: int = Field(default=1, ge=1, le=1000)
-    """How many times each image is seen per epoch. Per-image overrides come from an optional
-    repeats.json ({"file.png": 3}) next to the images. Default: 1."""
+    """How many times each image is drawn in one pass over the data. With training.stepsPreset
+    tensorart a pass is an epoch, so repeats multiply the steps; with scenario (the default) or
+    a step count the length is fixed and repeats only weight images against each other.
+    Per-image overrides come from an optional repeats.json ({"file.png": 3}) next to the
+    images. Default: 1."""
     crop: Crop = Field(default_factory=Crop)
     """Cropping and bucketing."""
     flip: bool = False
@@ -111,5 +118,8 @@ class Dataset(ApiModel):
     regularization: Regularization | None = None
     """Regularization (class) images. Default: none."""
     validation_split: float = Field(default=0.1, ge=0.0, le=0.5)
-    """Share of images held out to measure validation loss per epoch (at least one image when
-    the dataset has three or more). Default: 0.1."""
+    """Share of images whose loss is measured at each epoch end, at fixed timesteps and noise (at
+    least one image; 0 turns it off). From 20 images up they are held out of training (at most
+    half): the loss measures unseen images. Smaller datasets keep every image for training and
+    validate on a fixed subset of the training images: the loss then tracks fit, not
+    generalisation. Default: 0.1."""

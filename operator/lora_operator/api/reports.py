@@ -42,6 +42,8 @@ class ProgressReport(ApiModel):
     total_steps: int = 0
     epoch: int = 0
     total_epochs: int = 0
+    plan: str | None = None
+    """How total_steps was counted, e.g. "6 images x 10 repeats x 2 epochs / batch 4 = 30 steps"."""
     loss: float | None = None
     steps_per_second: float | None = None
     eta_seconds: float | None = None
@@ -91,7 +93,10 @@ class Manifest(ApiModel):
     """metadata.uid of the job that wrote it (LORA_JOB_UID)."""
     spec_hash: str | None = None
     images: int = 0
+    """Images trained on (regularization images not counted)."""
     validation_images: int = 0
+    """Images held out of training for the validation loss (0 when the dataset is too small to
+    spare any and the validation loss uses training images: dataset.validationSplit)."""
     total_steps: int = 0
     checkpoints: list[CheckpointEntry] = Field(default_factory=list)
     previews: list[PreviewEntry] = Field(default_factory=list)

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .adapters import adapter_problems
 from .spec import AdapterType, JobSpec
 
 
@@ -61,12 +62,9 @@ def resolve_spec(job_spec: dict[str, Any], template_spec: dict[str, Any] | None 
 def fill_defaults(spec: JobSpec) -> JobSpec:
     """Replace unset sub-objects with their defaults and check type-dependent fields."""
     adapter = spec.type or AdapterType.LORA
-    if adapter is AdapterType.EMBEDDING and spec.embedding is None:
-        raise SpecError("embedding", "required when type is embedding (initialPhrase at least)")
-    if adapter is not AdapterType.EMBEDDING and spec.embedding is not None:
-        raise SpecError("embedding", "only allowed when type is embedding")
-    if spec.network is not None and spec.network.conv_dim > 0 and adapter is not AdapterType.LOCON:
-        raise SpecError("network.convDim", "needs type locon (lora has no conv adapters); set type: locon")
+    problems = adapter_problems(spec, adapter)
+    if problems:
+        raise SpecError(*problems[0])
     filled = {}
     for name, field in type(spec).model_fields.items():
         if getattr(spec, name) is None and name not in ("embedding", "template"):

@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from .base import ApiModel
 from .dataset import Dataset
+from .families import FAMILIES, describe_families, family_names, family_row
 from .names import LABEL_KEY_MAX, LabelKey, Labels, LabelValue, ObjectName
 from .training import Embedding, Network, Training
 from .uris import OUTPUT_URI_PATTERN, SIZE_PATTERN, URI_PATTERN
 
+ModelFamily = StrEnum("ModelFamily", {name.upper(): name for name in FAMILIES})
+"""Names of the families of the table (`families.FAMILIES`), as constants: ModelFamily.SDXL == "sdxl"."""
 
-class ModelFamily(StrEnum):
-    """Base-model families the trainer knows."""
 
-    SD15 = "sd15"
-    SDXL = "sdxl"
-    FLUX = "flux"
+def _known_family(name: str) -> str:
+    family_row(name)  # raises UnknownFamilyError (a ValueError) naming the known families
+    return name
+
+
+def _family_schema(schema: dict) -> None:
+    """The CRD enum and the explain text of baseModel.family, from the table when the schema is made."""
+    schema.update(enum=family_names(), description=describe_families())
+
+
+FamilyName = Annotated[str, AfterValidator(_known_family)]
+"""A family of the table (validated when the spec is read, so a row added by a test is known)."""
 
 
 class AdapterType(StrEnum):
@@ -36,8 +46,8 @@ class AdapterType(StrEnum):
 class BaseModelSpec(ApiModel):
     """The model the adapter is trained on."""
 
-    family: ModelFamily
-    """sd15, sdxl or flux."""
+    family: FamilyName = Field(json_schema_extra=_family_schema)
+    """A family of the table (sd15, sdxl or flux)."""
     uri: str = Field(pattern=URI_PATTERN)
     """A diffusers-format model folder: s3://bucket/path, file:///mounted/path or hf://org/name.
     No empty, . or .. path segments; an s3 bucket name has lowercase letters, digits, dots and

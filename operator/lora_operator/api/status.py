@@ -59,7 +59,9 @@ class Progress(ApiModel):
     step: int = 0
     """Optimizer steps done."""
     total_steps: int = 0
-    """Optimizer steps planned."""
+    """Optimizer steps planned (global steps: with N GPUs each takes N micro-batches)."""
+    plan: str | None = None
+    """How totalSteps was counted, e.g. "6 images x 10 repeats x 2 epochs / batch 4 = 30 steps"."""
     epoch: int = 0
     """Epochs done."""
     total_epochs: int = 0

@@ -74,17 +74,31 @@ class Training(ApiModel):
     """How long and how the adapter is trained."""
 
     steps: Annotated[int, Field(ge=1, le=10_000_000)] | Literal["auto"] = "auto"
-    """An integer from 1 to 10000000 (optimizer steps) or the string auto (int-or-string). auto:
-    SD1.5 175 per image, SDXL 350 per image (75 per image above 30 images), Flux 500 + 50 per
-    image; capped by epochs x images x repeats / batch when the preset is tensorart.
+    """An integer from 1 to 10000000 (optimizer steps) or the string auto (int-or-string); auto is
+    counted by stepsPreset. A number is taken as written: each step trains batchSize x
+    gradientAccumulation x GPUs images, so more GPUs see more images in the same steps; auto divides
+    its count by the GPUs (the same training, sooner). The trainer's log, status.progress.plan and
+    `lora-train upload --dry-run` print how the steps were counted.
     Default: auto."""
     steps_preset: Literal["scenario", "tensorart"] = Field(default="scenario")
-    """scenario: the per-image formula above; tensorart: images x repeats x epochs / batch.
-    Default: scenario."""
+    """How steps auto is counted. scenario: the hosted trainers' per-image counts, SD1.5 175 per
+    image, SDXL 350 per image (75 per image above 30), Flux 500 + 50 per image; repeats and
+    epochs do not change the length (epochs cut it into equal slices; repeats.json only weights
+    images against each other). tensorart: images x repeats x epochs / (batchSize x
+    gradientAccumulation): an epoch is one pass over the data in which each image is seen
+    repeats times (regularization images, drawn in every pass, are added to the images).
+    Both are divided by the number of GPUs. Default: scenario."""
     epochs: int = Field(default=10, ge=1, le=1000)
-    """Epochs; checkpoints and previews are taken at epoch ends. Default: 10."""
+    """Epochs: the steps are cut into this many equal slices, with checkpoints and previews at
+    each end. With stepsPreset tensorart an epoch is one pass over the data; with scenario or a
+    step count it lasts steps / epochs steps, whatever that is in passes. Default: 10."""
     batch_size: int = Field(default=1, ge=1, le=64)
-    """Images per step (per GPU). Default: 1."""
+    """Images per micro-batch on each GPU. With N GPUs training is data parallel: a step takes one
+    micro-batch per GPU (global batch = batchSize x gradientAccumulation x N) and the gradients
+    are averaged, so auto steps are divided by N. The learning rates are not scaled with N: an
+    averaged gradient has the size of a one-GPU step's, with less noise, and kohya's and
+    diffusers' scripts leave them as set too; raise them yourself (about sqrt(N)) if wanted.
+    Default: 1."""
     gradient_accumulation: int = Field(default=1, ge=1, le=64)
     """Micro-batches summed per optimizer step. Default: 1."""
     unet_learning_rate: float = Field(default=1e-4, gt=0.0, le=1.0)
@@ -102,9 +116,11 @@ class Training(ApiModel):
     shuffle_tags: bool = Field(default=False)
     """Shuffle the comma-separated tags of each caption every time it is seen. Default: false."""
     keep_tokens: int = Field(default=0, ge=0, le=100)
-    """Leading tags kept in place when shuffling or dropping (the trigger). Default: 0."""
+    """Leading tags of the composed caption (captionPrefix first) kept in place when shuffling, and
+    kept when captionDropout drops a caption (the trigger). Default: 0."""
     caption_dropout: float = Field(default=0.0, ge=0.0, le=1.0)
-    """Probability of training a sample with an empty caption. Default: 0."""
+    """Probability of training a sample with its caption dropped: only the first keepTokens tags
+    remain (none by default: an empty caption). Default: 0."""
     noise_offset: float = Field(default=0.0, ge=0.0, le=1.0)
     """Offset noise strength (helps very dark / bright images). Default: 0."""
     multires_noise: MultiresNoise = Field(default_factory=MultiresNoise)

@@ -14,7 +14,14 @@ both ``spec`` and ``status``.
 from __future__ import annotations
 
 from ..api import names
-from ..api.spec import IMMUTABLE_AFTER_ADMISSION, MAX_PREVIEW_IMAGES, TOLERATION_EMPTY_KEY, TOLERATION_EXISTS_VALUE
+from ..api.adapters import TYPED_FIELDS, families_without
+from ..api.spec import (
+    IMMUTABLE_AFTER_ADMISSION,
+    MAX_PREVIEW_IMAGES,
+    TOLERATION_EMPTY_KEY,
+    TOLERATION_EXISTS_VALUE,
+    AdapterType,
+)
 
 
 def rule(expression: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict:
@@ -34,42 +41,58 @@ def rule(expression: str, message: str, field_path: str | None = None, reason: s
     return entry
 
 
-EMBEDDING_ONLY = "spec.embedding is only allowed with spec.type: embedding"
-EMBEDDING_REQUIRED = "spec.embedding is required with spec.type: embedding (set embedding.initialPhrase)"
-CONV_DIM_NEEDS_LOCON = (
-    "spec.network.convDim > 0 needs spec.type: locon (a lora adapter has no convolution layers); "
-    "set type: locon or leave convDim at 0"
-)
-HAS_CONV = "has(self.network) && has(self.network.convDim) && self.network.convDim > 0"
+def _is_type(types: tuple[str, ...]) -> str:
+    """CEL: the spec's type is one of `types`."""
+    if len(types) == 1:
+        return f"self.type == '{types[0]}'"
+    return "self.type in [" + ", ".join(f"'{t}'" for t in types) + "]"
+
+
+def _not(expression: str) -> str:
+    """CEL: not `expression` (parenthesised unless it is one call)."""
+    simple = expression.startswith("has(") and expression.count("(") == 1
+    return f"!{expression}" if simple else f"!({expression})"
+
+
+def _is_not_type(types: tuple[str, ...]) -> str:
+    """CEL: the spec's type is none of `types`."""
+    return f"self.type != '{types[0]}'" if len(types) == 1 else _not(_is_type(types))
+
+
+def _family_type_rules() -> list[dict]:
+    """A type the family's row does not offer (`api.families`), when the object names both."""
+    rules = []
+    for adapter in AdapterType:
+        without = families_without(adapter)
+        if without:
+            names = ", ".join(f"'{name}'" for name in without)
+            rules.append(rule(
+                f"!has(self.type) || self.type != '{adapter}' || !has(self.baseModel) || "
+                f"!has(self.baseModel.family) || !(self.baseModel.family in [{names}])",
+                f"spec.type: {adapter} is not available for family {' or '.join(without)}", ".type",
+            ))
+    return rules
 
 
 def _job_spec_rules() -> list[dict]:
-    """A job's unset type is its template's, or lora when it names none."""
-    return [
-        rule(
-            "!has(self.embedding) || (has(self.type) ? self.type == 'embedding' : has(self.template))",
-            EMBEDDING_ONLY, ".embedding", "FieldValueForbidden",
-        ),
-        rule(
-            "!has(self.type) || self.type != 'embedding' || has(self.embedding) || has(self.template)",
-            EMBEDDING_REQUIRED, ".embedding", "FieldValueRequired",
-        ),
-        rule(
-            f"!({HAS_CONV}) || (has(self.type) ? self.type == 'locon' : has(self.template))",
-            CONV_DIM_NEEDS_LOCON, ".network.convDim",
-        ),
-    ]
+    """A job's unset type is its template's, or lora when it names none (rules: `api.adapters.TYPED_FIELDS`)."""
+    rules = _family_type_rules()
+    for field in TYPED_FIELDS:
+        rules.append(rule(f"{_not(field.cel_set)} || (has(self.type) ? {_is_type(field.types)} : has(self.template))",
+                          field.forbidden, f".{field.path}", field.forbidden_reason))
+        if field.missing:
+            expression = f"!has(self.type) || {_is_not_type(field.types)} || {field.cel_set} || has(self.template)"
+            rules.append(rule(expression, field.missing, f".{field.path}", "FieldValueRequired"))
+    return rules
 
 
 def _template_spec_rules() -> list[dict]:
     """A template may leave type or embedding to its jobs: only contradictions are refused."""
     return [
-        rule(
-            "!has(self.embedding) || !has(self.type) || self.type == 'embedding'",
-            EMBEDDING_ONLY, ".embedding", "FieldValueForbidden",
-        ),
-        rule(f"!({HAS_CONV}) || !has(self.type) || self.type == 'locon'", CONV_DIM_NEEDS_LOCON, ".network.convDim"),
-    ]
+        rule(f"{_not(field.cel_set)} || !has(self.type) || {_is_type(field.types)}", field.forbidden, f".{field.path}",
+             field.forbidden_reason)
+        for field in TYPED_FIELDS
+    ] + _family_type_rules()
 
 
 def _both_set_order(low: str, high: str) -> dict:

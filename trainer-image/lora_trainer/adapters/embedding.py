@@ -5,6 +5,10 @@
 embeddings of `initialPhrase`. The whole embedding matrix is handed to the optimizer,
 but every row except the new ones is restored after each step, so only they change.
 The learning rate is ``training.unetLearningRate`` (the main learning rate, as kohya's).
+
+The matrix trains in float32 whatever the model's dtype (a bf16 row would round away small
+updates); its output is cast back to the text encoder's dtype, so a bf16 or fp16 encoder gets
+the dtype its layers expect (no autocast surrounds the text encoders).
 """
 
 from __future__ import annotations
@@ -20,8 +24,6 @@ from ..errors import ConfigError
 from ..export import write_embedding
 from ..families import Components, Family
 
-SDXL_KEYS = ("clip_l", "clip_g")
-
 
 class EmbeddingAdapter:
     """A textual-inversion embedding on the family's trainable text encoders."""
@@ -33,16 +35,19 @@ class EmbeddingAdapter:
         self.tokens: list[str] = []
         self._rows: list[tuple[torch.nn.Parameter, list[int], torch.Tensor]] = []
         self._groups: list[dict[str, Any]] = []
+        self._hooks: list[Any] = []
         self._spec: JobSpec | None = None
+        self._keys: tuple[str, ...] = ()
 
     def attach(self, family: Family, parts: Components, spec: JobSpec) -> None:
         """Add the tokens to each trainable tokenizer / text encoder and initialise their vectors."""
         emb = spec.embedding
         self._spec = spec
+        self._keys = family.embedding_keys
         self.tokens = [emb.token] + [f"{emb.token}_{i}" for i in range(1, emb.vectors)]
         params = []
-        encoders = parts.text_encoders[: family.trainable_text_encoders]
-        for tokenizer, encoder in zip(parts.tokenizers, encoders, strict=False):
+        trained = family.trainable_text_encoders
+        for tokenizer, encoder in zip(parts.tokenizers[:trained], parts.text_encoders[:trained], strict=True):
             if tokenizer.add_tokens(self.tokens) != len(self.tokens):
                 raise ConfigError(f"embedding.token: {emb.token!r} is already a word of the tokenizer; pick another")
             init_ids = tokenizer.encode(emb.initial_phrase, add_special_tokens=False)
@@ -50,7 +55,9 @@ class EmbeddingAdapter:
                 raise ConfigError(f"embedding.initialPhrase: {emb.initial_phrase!r} has no tokens")
             if len(tokenizer) > encoder.get_input_embeddings().num_embeddings:  # never shrink the matrix
                 encoder.resize_token_embeddings(len(tokenizer))
-            weight = encoder.get_input_embeddings().weight
+            embeddings = encoder.get_input_embeddings()
+            weight = embeddings.weight
+            self._hooks.append(embeddings.register_forward_hook(_cast_to(weight.dtype)))
             new_ids = tokenizer.convert_tokens_to_ids(self.tokens)
             with torch.no_grad():
                 for i, row in enumerate(new_ids):
@@ -99,8 +106,17 @@ class EmbeddingAdapter:
             weight[new_ids] = state[f"text_encoder_{i}"].to(weight.device, weight.dtype)
 
     def export(self, folder: Path, formats: list[CheckpointFormat], metadata: dict[str, Any]) -> list[tuple[str, Path]]:
-        """Write embedding.safetensors (``emb_params``, or ``clip_l`` + ``clip_g`` for two encoders)."""
-        vectors = self.vectors()
-        tensors = {"emb_params": vectors[0]} if len(vectors) == 1 else dict(zip(SDXL_KEYS, vectors, strict=True))
+        """Write embedding.safetensors, one tensor per trained encoder named by the family's `embedding_keys`
+        (``emb_params``, or ``clip_l`` + ``clip_g`` for SDXL)."""
+        tensors = dict(zip(self._keys, self.vectors(), strict=True))
         meta = {**metadata, "token": self.tokens[0], "vectors": len(self.tokens)}
         return [("embedding", write_embedding(folder / "embedding.safetensors", tensors, meta))]
+
+
+def _cast_to(dtype: torch.dtype):
+    """A forward hook returning the embedding output in `dtype` (the encoder's own)."""
+
+    def hook(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
+        return output.to(dtype)
+
+    return hook

@@ -18,7 +18,7 @@ from lora_operator.api import CheckpointFormat, JobSpec, Network, Training
 from ..errors import ConfigError
 from ..export import modelspec, peft_layers, trigger_phrase, write_diffusers, write_kohya
 from ..families import Components, Family
-from ..families.base import TEXT_COMPONENTS
+from ..families.base import text_component
 from .base import trainable
 
 
@@ -67,9 +67,7 @@ class LoraAdapter:
         """Add LoRA layers to the denoiser (and conv layers for LoCon, text encoders when trained)."""
         network, training = spec.network, spec.training
         conv_targets = None
-        if self.conv:
-            if not family.conv_targets:
-                raise ConfigError(f"type: locon needs convolution layers; {family.family} has none (use type: lora)")
+        if self.conv:  # the families that support locon are their table rows' (checked in resolve_spec)
             if network.conv_dim < 1:
                 raise ConfigError("network.convDim: must be at least 1 for type locon")
             conv_targets = family.conv_targets
@@ -85,9 +83,9 @@ class LoraAdapter:
         if self.trains_text:
             text_params = []
             encoders = parts.text_encoders[: family.trainable_text_encoders]
-            for name, encoder in zip(TEXT_COMPONENTS, encoders, strict=False):
+            for index, encoder in enumerate(encoders):
                 encoder.add_adapter(lora_config(family.text_encoder_targets, network))
-                self.modules[name] = encoder
+                self.modules[text_component(index)] = encoder
                 text_params += trainable(list(encoder.parameters()))
             self._groups.append(
                 {"name": "text_encoder", "lr": training.text_encoder_learning_rate, "params": text_params})

@@ -8,17 +8,8 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
-from lora_operator.api import Crop, ModelFamily
-
-STANDARD_SIZES: dict[ModelFamily, tuple[tuple[int, int], ...]] = {
-    ModelFamily.SD15: ((512, 512), (512, 768), (768, 512)),
-    ModelFamily.SDXL: ((1024, 1024), (768, 1024), (1024, 768)),
-    ModelFamily.FLUX: ((1024, 1024), (768, 1024), (1024, 768)),
-}
-"""The sizes each family was trained at, (height, width): square, landscape, portrait."""
-
-BASE_RESOLUTION = {ModelFamily.SD15: 512, ModelFamily.SDXL: 1024, ModelFamily.FLUX: 1024}
-"""Side of the square whose area the buckets aim at when crop.size is not given."""
+from lora_operator.api import Crop
+from lora_operator.api.families import family_row
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -53,7 +44,7 @@ def make_buckets(area: int, min_side: int, max_side: int, step: int) -> tuple[tu
     return tuple(sorted(buckets, key=lambda s: s[1] / s[0]))
 
 
-def target_size(height: int, width: int, crop: Crop, family: ModelFamily) -> tuple[int, int]:
+def target_size(height: int, width: int, crop: Crop, family: str) -> tuple[int, int]:
     """The training size of an image of ``height`` x ``width``.
 
     ``crop.size`` wins when given (with buckets it sets the target area instead); otherwise
@@ -67,7 +58,7 @@ def target_size(height: int, width: int, crop: Crop, family: ModelFamily) -> tup
             h, w = parse_size(crop.size)
             area = h * w
         else:
-            area = BASE_RESOLUTION[family] ** 2
+            area = family_row(family).resolution ** 2  # the family's trained area
         buckets = make_buckets(area, crop.bucket_min_side, crop.bucket_max_side, crop.bucket_step)
         if not buckets:
             raise ValueError(f"no bucket with sides in [{crop.bucket_min_side}, {crop.bucket_max_side}] "
@@ -75,4 +66,4 @@ def target_size(height: int, width: int, crop: Crop, family: ModelFamily) -> tup
         return nearest_size(height, width, buckets)
     if crop.size:
         return parse_size(crop.size)
-    return nearest_size(height, width, STANDARD_SIZES[family])
+    return nearest_size(height, width, family_row(family).sizes)

@@ -1,4 +1,4 @@
-"""Captions: reading sidecar .txt files and composing the text a sample is trained with.
+"""Captions: reading sidecar .txt / .caption files and composing the text a sample is trained with.
 
 Composition, in order: the caption prefix (trigger), ``tags.prepend``, the image's own
 caption, ``tags.append``, all joined as comma-separated tags. A tag is everything between
@@ -7,9 +7,12 @@ two commas, so "black cat" is one tag.
 Choices (documented in the API docstrings' spirit):
 - Shuffling keeps the first ``keep_tokens`` tags of the composed caption in place, and
   always keeps the caption prefix's tags, which are a prefix by definition.
-- Caption dropout trains with an entirely empty caption, trigger included (kohya's
-  behaviour and what ``captionDropout`` says): that is the unconditional case
-  classifier-free guidance needs.
+- Caption dropout keeps the first ``keep_tokens`` tags of the composed caption (the trigger)
+  and drops the rest, as ``keepTokens`` says; with ``keep_tokens`` 0 (the default) the
+  caption is entirely empty, the unconditional case classifier-free guidance needs. kohya's
+  ``caption_dropout_rate`` empties the caption whatever ``keep_tokens`` is; its per-tag
+  ``caption_tag_dropout_rate`` keeps them. Keeping the trigger makes a dropped draw teach
+  "trigger alone means the concept", the point of a trigger.
 """
 
 from __future__ import annotations
@@ -30,19 +33,37 @@ def split_tags(text: str) -> list[str]:
     return [tag.strip() for tag in text.split(",") if tag.strip()]
 
 
+CAPTION_SUFFIXES = (".txt", ".TXT", ".caption", ".CAPTION")
+"""Sidecar caption files, in the order they win: ``.txt`` (ours and most tools') before ``.caption``
+(kohya's other extension)."""
+
+
 def read_caption(image: Path) -> tuple[str | None, str | None]:
-    """The sidecar caption of an image (``name.txt`` or ``name.TXT``).
+    """The sidecar caption of an image: ``name.txt``, else ``name.caption`` (either letter case).
+
+    When both a ``.txt`` and a ``.caption`` exist, the ``.txt`` is read and the warning says
+    the other was ignored.
 
     Returns:
         ``(caption, warning)``: caption None when there is no file; warning set when the
-        file was not valid UTF-8 or was truncated.
+        file was not valid UTF-8, was truncated, or a second caption file was ignored.
     """
-    for suffix in (".txt", ".TXT"):
-        path = image.with_suffix(suffix)
-        if path.is_file():
-            break
-    else:
+    by_kind: dict[str, Path] = {}
+    for suffix in CAPTION_SUFFIXES:
+        if image.with_suffix(suffix).is_file():
+            by_kind.setdefault(suffix.lower(), image.with_suffix(suffix))
+    found = list(by_kind.values())
+    if not found:
         return None, None
+    path = found[0]
+    text, warning = _read_text(path)
+    if len(found) > 1:
+        ignored = f"{found[1].name} is ignored: {path.name} is its caption"
+        warning = f"{warning}; {ignored}" if warning else ignored
+    return text, warning
+
+
+def _read_text(path: Path) -> tuple[str, str | None]:
     raw = path.read_bytes()
     warning = None
     try:
@@ -73,6 +94,7 @@ class CaptionBuilder:
         self.append = [t for tag in dataset.tags.append for t in split_tags(tag)]
         self.shuffle = training.shuffle_tags
         self.keep = max(training.keep_tokens, len(self.prefix))
+        self.keep_on_dropout = training.keep_tokens
         self.dropout = training.caption_dropout
         self.deterministic = not self.shuffle and self.dropout == 0.0
 
@@ -88,9 +110,9 @@ class CaptionBuilder:
             rng: The loop's random source; it is drawn from only when dropout or shuffling
                 is on, so deterministic settings leave the loop's random stream untouched.
         """
-        if self.dropout > 0.0 and rng.random() < self.dropout:
-            return ""
         tags = self.tags(caption)
+        if self.dropout > 0.0 and rng.random() < self.dropout:
+            return ", ".join(tags[: self.keep_on_dropout])
         if self.shuffle and len(tags) > self.keep + 1:
             head, tail = tags[:self.keep], tags[self.keep:]
             rng.shuffle(tail)

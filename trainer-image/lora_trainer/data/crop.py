@@ -29,16 +29,32 @@ def crop_to(image: Image.Image, target: tuple[int, int],
     Returns:
         The cut image and its ``(top, left)`` in the scaled image.
     """
+    top_left = window(image, target, mode)
+    scaled = scaled_size((image.height, image.width), target, mode)
+    return cut_window(image, scaled, top_left, target), top_left
+
+
+def window(image: Image.Image, target: tuple[int, int], mode: CropMode) -> tuple[int, int]:
+    """``(top, left)`` of the window `crop_to` cuts; only focus looks at the pixels."""
     height, width = target
     if mode == CropMode.NONE:
-        return _resize(image, width, height), (0, 0)
+        return 0, 0
     scaled_h, scaled_w = scaled_size((image.height, image.width), target, mode)
-    scaled = _resize(image, scaled_w, scaled_h)
     if mode == CropMode.CENTER:
-        top, left = (scaled_h - height) // 2, (scaled_w - width) // 2
-    else:
-        top, left = focus_window(scaled, height, width)
-    return scaled.crop((left, top, left + width, top + height)), (top, left)
+        return (scaled_h - height) // 2, (scaled_w - width) // 2
+    return focus_window(_resize(image, scaled_w, scaled_h), height, width)
+
+
+def cut_window(image: Image.Image, scaled: tuple[int, int], top_left: tuple[int, int],
+               target: tuple[int, int]) -> Image.Image:
+    """Scale to ``scaled`` and cut ``target`` at ``top_left`` (`crop_to`'s last half).
+
+    A sample decoded from its file again cuts with this, without measuring detail again,
+    and gets exactly the pixels `crop_to` gave.
+    """
+    resized = _resize(image, scaled[1], scaled[0])
+    top, left = top_left
+    return resized.crop((left, top, left + target[1], top + target[0]))
 
 
 def scaled_size(original: tuple[int, int], target: tuple[int, int], mode: CropMode) -> tuple[int, int]:

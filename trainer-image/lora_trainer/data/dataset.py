@@ -18,7 +18,7 @@ from lora_operator.api.dataset import AutoCaptionMode
 from ..errors import ConfigError, DatasetError
 from .buckets import target_size
 from .captions import read_caption
-from .crop import crop_to, scaled_size
+from .crop import cut_window, scaled_size, window
 from .discover import IMAGE_SUFFIXES, discover
 from .images import UnusableImage, load_image
 
@@ -26,8 +26,13 @@ log = logging.getLogger(__name__)
 
 CAPTION_SIDE = 1024
 """Images waiting for the auto-captioner are kept at most this large (memory)."""
+CHUNK = 32
+"""Images decoded (by a few threads) before the next ones: only these, and for the auto-captioner
+their thumbnails, are in memory at once, whatever the dataset's size."""
 MAX_LISTED = 10
 """Files named in an error message before "and N more"."""
+MIN_HOLD_OUT_IMAGES = 20
+"""Datasets from this size up give their validation images up; smaller ones validate on training images."""
 REGULARIZATION_PREFIX = "regularization/"
 """Prefix of skipped regularization files in `PreparedDataset.skipped`."""
 
@@ -36,10 +41,16 @@ REGULARIZATION_PREFIX = "regularization/"
 class Sample:
     """One training image, decoded, cropped and captioned.
 
+    No decoded copy of the image is kept (a dataset of thousands of images would not fit in
+    memory): `decoded` decodes the file again and cuts the same window.
+
     Attributes:
         key: Path relative to the dataset (or regularization) root, with forward slashes.
-        image: RGB, already cut to ``target_size`` (None when prepared with ``keep_images=False``).
-        caption: Base caption (sidecar .txt or auto caption); prefix and tags come later.
+        image: An image held in memory, already cut to ``target_size``; None (the default):
+            `decoded` reads ``path``.
+        caption: Base caption (sidecar or auto caption); prefix and tags come later, except on
+            regularization samples, which train with it as written (regularization.classPrompt
+            when they have none).
         repeats: Draws per epoch.
         original_size: ``(height, width)`` before cropping (SDXL conditioning).
         crop_top_left: ``(top, left)`` of the cut in the scaled image (SDXL conditioning).
@@ -58,6 +69,17 @@ class Sample:
     target_size: tuple[int, int]
     regularization: bool = False
     scaled_size: tuple[int, int] | None = None
+    path: Path | None = None
+    """The image file (when ``image`` is None)."""
+
+    def decoded(self) -> Image.Image:
+        """The RGB image cut to ``target_size``: ``image``, or decoded from ``path`` now."""
+        if self.image is not None:
+            return self.image
+        if self.path is None:
+            raise ValueError(f"{self.key}: neither an image nor a file")
+        return cut_window(load_image(self.path), self.scaled_size or self.target_size, self.crop_top_left,
+                          self.target_size)
 
     def size_conditioning(self, flipped: bool) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
         """``(original_size, crop_top_left, target_size)`` for SDXL's add_time_ids.
@@ -77,7 +99,8 @@ class PreparedDataset:
 
     Attributes:
         train: Samples trained on.
-        validation: Samples held out for the validation loss.
+        validation: Samples of the validation loss: held out from `train`, or below
+            `MIN_HOLD_OUT_IMAGES` images a fixed subset of it (see `split_validation`).
         regularization: Regularization samples (``regularization=True``), repeats 1 unless
             their folder's repeats.json says otherwise.
         skipped: Files not used and why (regularization files prefixed ``regularization/``).
@@ -91,6 +114,12 @@ class PreparedDataset:
     skipped: list[SkippedFile]
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def held_out(self) -> list[Sample]:
+        """The validation samples that do not train (none below `MIN_HOLD_OUT_IMAGES` images)."""
+        trained = {s.key for s in self.train}
+        return [s for s in self.validation if s.key not in trained]
+
     def captions_json(self) -> bytes:
         """captions.json: the base caption (sidecar .txt or auto caption) of every image used, by file.
 
@@ -103,9 +132,11 @@ class PreparedDataset:
 
 
 def prepare_dataset(dataset: Dataset, root: Path, family: ModelFamily, *, seed: int,
-                    regularization_root: Path | None = None, captioner=None,
-                    keep_images: bool = True) -> PreparedDataset:
-    """Load, caption, crop and split a local dataset folder.
+                    regularization_root: Path | None = None, captioner=None) -> PreparedDataset:
+    """Load, caption, crop and split a local dataset folder, in memory independent of its size.
+
+    Each image is decoded, checked, its crop window chosen, and dropped (a few at a time):
+    the samples hold their file and window, and decode again when trained (`Sample.decoded`).
 
     Args:
         dataset: The job's dataset settings.
@@ -114,8 +145,6 @@ def prepare_dataset(dataset: Dataset, root: Path, family: ModelFamily, *, seed: 
         seed: Seed of the validation split.
         regularization_root: Local folder of regularization images, if the job has them.
         captioner: A `Captioner` (see `load_captioner`); required when dataset.autoCaption is set.
-        keep_images: False: each image is dropped once checked, and the samples carry `image=None`
-            (a check of a folder of any size in little memory, for `lora-train upload`).
 
     Raises:
         DatasetError: No usable image (names the files and reasons), an empty folder (names
@@ -123,13 +152,12 @@ def prepare_dataset(dataset: Dataset, root: Path, family: ModelFamily, *, seed: 
         ConfigError: Bucket settings allowing no bucket, or a missing captioner / regularization folder.
     """
     _check_settings(dataset, family, captioner, regularization_root)
-    samples, skipped, warnings = _load_folder(root, dataset, family, captioner, regularization=False,
-                                              keep_images=keep_images)
+    samples, skipped, warnings = _load_folder(root, dataset, family, captioner, regularization=False)
     train, validation = split_validation(samples, dataset.validation_split, seed)
     regularization = []
     if regularization_root is not None:
         regularization, reg_skipped, reg_warnings = _load_folder(
-            regularization_root, dataset, family, captioner, regularization=True, keep_images=keep_images)
+            regularization_root, dataset, family, captioner, regularization=True)
         skipped += [SkippedFile(file=REGULARIZATION_PREFIX + s.file, reason=s.reason) for s in reg_skipped]
         warnings += [f"regularization: {w}" for w in reg_warnings]
     for warning in warnings:
@@ -159,8 +187,8 @@ class _Loaded:
     full: Image.Image | None = None  # kept (downscaled) only when the image still needs a caption
 
 
-def _load_folder(root: Path, dataset: Dataset, family: ModelFamily, captioner, *, regularization: bool,
-                 keep_images: bool = True) -> tuple[list[Sample], list[SkippedFile], list[str]]:
+def _load_folder(root: Path, dataset: Dataset, family: ModelFamily, captioner, *,
+                 regularization: bool) -> tuple[list[Sample], list[SkippedFile], list[str]]:
     label = "regularization folder" if regularization else "dataset folder"
     found = discover(root)
     skipped = [SkippedFile(file=name, reason="not a png, jpg, jpeg or webp image") for name in found.ignored]
@@ -174,24 +202,23 @@ def _load_folder(root: Path, dataset: Dataset, family: ModelFamily, captioner, *
     def load(path: Path) -> _Loaded:
         key = path.relative_to(root).as_posix()
         repeats = found.repeats.get(key, default_repeats)
-        item = _load_one(path, key, dataset, family, mode, repeats, regularization)
-        if item.sample is not None and not keep_images:
-            item.sample.image = None
-        return item
+        return _load_one(path, key, dataset, family, mode, repeats, regularization)
 
+    samples, warnings = [], list(found.warnings)
     workers = max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
-        loaded = list(pool.map(load, found.images))
-    samples, warnings = [], list(found.warnings)
-    for item in loaded:
-        if item.warning:
-            warnings.append(item.warning)
-        if item.sample is None:
-            skipped.append(SkippedFile(file=item.key, reason=item.reason or "unusable"))
-            continue
-        if item.full is not None:
-            item.sample.caption = captioner.caption(item.full)
-        samples.append(item.sample)
+        for start in range(0, len(found.images), CHUNK):
+            for item in pool.map(load, found.images[start:start + CHUNK]):
+                if item.warning:
+                    warnings.append(item.warning)
+                if item.sample is None:
+                    skipped.append(SkippedFile(file=item.key, reason=item.reason or "unusable"))
+                    continue
+                if item.full is not None:
+                    item.sample.caption = captioner.caption(item.full)
+                if regularization and not item.sample.caption:
+                    item.sample.caption = dataset.regularization.class_prompt
+                samples.append(item.sample)
     if not samples:
         bad = [f"{s.file} ({s.reason})" for s in skipped]
         raise DatasetError(f"no usable image in {label} {root}: {_names(bad)}")
@@ -211,8 +238,8 @@ def _load_one(path: Path, key: str, dataset: Dataset, family: ModelFamily, mode:
         full = image.copy()
         full.thumbnail((CAPTION_SIDE, CAPTION_SIDE))
     size = target_size(image.height, image.width, dataset.crop, family)
-    cropped, top_left = crop_to(image, size, dataset.crop.mode)
-    sample = Sample(key=key, image=cropped, caption=caption or "", repeats=repeats,
+    top_left = window(image, size, dataset.crop.mode)  # the pixels are decoded again when trained
+    sample = Sample(key=key, image=None, path=path, caption=caption or "", repeats=repeats,
                     original_size=(image.height, image.width), crop_top_left=top_left,
                     target_size=size, regularization=regularization,
                     scaled_size=scaled_size((image.height, image.width), size, dataset.crop.mode))
@@ -220,21 +247,27 @@ def _load_one(path: Path, key: str, dataset: Dataset, family: ModelFamily, mode:
 
 
 def split_validation(samples: list[Sample], share: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Hold out ``share`` of the images for validation, chosen by ``seed``.
+    """Pick ``share`` of the images (at least one when share > 0) for the validation loss, by ``seed``.
 
-    At least one image is held out when there are three or more (and share > 0), none
-    below three, and never more than half. The choice depends only on the seed and the
-    image keys, not on decoding order.
+    From `MIN_HOLD_OUT_IMAGES` images up they are held out (at most half): the loss then
+    measures images the adapter never saw. A smaller dataset cannot spare an image, so all
+    of them train and the validation images are a fixed subset of the training images (the
+    loss, at fixed timesteps and noise, then tracks fit, not generalisation). The choice
+    depends only on the seed and the image keys, not on decoding order.
 
     Returns:
-        ``(train, validation)``, both in key order.
+        ``(train, validation)``, both in key order; below `MIN_HOLD_OUT_IMAGES` every
+        validation sample is also in train.
     """
     count = len(samples)
-    if share <= 0.0 or count < 3:
+    if share <= 0.0 or count == 0:
         return list(samples), []
-    held = min(max(1, int(count * share + 0.5)), count // 2)
+    held = max(1, int(count * share + 0.5))
     keys = sorted(sample.key for sample in samples)
-    chosen = set(random.Random(seed).sample(keys, held))
+    if count < MIN_HOLD_OUT_IMAGES:
+        chosen = set(random.Random(seed).sample(keys, min(held, count)))
+        return list(samples), [s for s in samples if s.key in chosen]
+    chosen = set(random.Random(seed).sample(keys, min(held, count // 2)))
     train = [s for s in samples if s.key not in chosen]
     validation = [s for s in samples if s.key in chosen]
     return train, validation

@@ -1,24 +1,32 @@
-"""Model families behind one interface, chosen from a registry by `baseModel.family`."""
+"""Model families behind one interface, chosen by `baseModel.family` from the table's rows.
+
+The registry is the API's family table (`lora_operator.api.families.FAMILIES`): each row names
+its trainer class (``row.trainer``, ``module:Class``), imported on first use, so a new family is
+one row plus one module here.
+"""
 
 from __future__ import annotations
 
-from lora_operator.api import ModelFamily
+from importlib import import_module
+
+from lora_operator.api.families import family_row
 
 from .base import Components, Family, Sizes
-from .flux import FluxFamily
-from .sd15 import SD15Family
-from .sdxl import SDXLFamily
-
-FAMILIES: dict[ModelFamily, type] = {
-    ModelFamily.SD15: SD15Family,
-    ModelFamily.SDXL: SDXLFamily,
-    ModelFamily.FLUX: FluxFamily,
-}
 
 
-def get_family(family: ModelFamily | str) -> Family:
-    """A fresh family object for `family` (sd15, sdxl or flux)."""
-    return FAMILIES[ModelFamily(family)]()
+def family_class(family: str) -> type:
+    """The trainer class of `family`'s row.
+
+    Raises:
+        UnknownFamilyError: no row for `family`.
+    """
+    module, _, name = family_row(family).trainer.partition(":")
+    return getattr(import_module(module), name)
 
 
-__all__ = ["FAMILIES", "Components", "Family", "Sizes", "get_family"]
+def get_family(family: str) -> Family:
+    """A fresh family object for `family` (a name of the table)."""
+    return family_class(family)()
+
+
+__all__ = ["Components", "Family", "Sizes", "family_class", "get_family"]

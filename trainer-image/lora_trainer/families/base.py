@@ -14,15 +14,33 @@ from typing import Any, Protocol
 
 import torch
 
-from lora_operator.api import ModelFamily, Previews, Sampler
+from lora_operator.api import Previews, Sampler
 
 from ..errors import ModelError
 
 Sizes = list[tuple[tuple[int, int], tuple[int, int], tuple[int, int]]]
 """Per sample: (original_size, crop_top_left, target_size), all (height, width)."""
 
-TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")
-"""Component names of the text encoders in pipeline order, as diffusers LoRA files name them."""
+
+
+def text_component(index: int) -> str:
+    """The component name of text encoder `index` (0-based), as diffusers pipelines and LoRA files name
+    it: text_encoder, text_encoder_2, text_encoder_3, ... (any count, not only two)."""
+    return "text_encoder" if index == 0 else f"text_encoder_{index + 1}"
+
+
+def text_index(component: str) -> int:
+    """The inverse of `text_component`: text_encoder_3 -> 2.
+
+    Raises:
+        ValueError: not a text-encoder component name.
+    """
+    if component == "text_encoder":
+        return 0
+    prefix, _, number = component.rpartition("_")
+    if prefix != "text_encoder" or not number.isdigit() or int(number) < 2:
+        raise ValueError(f"{component}: not a text encoder component")
+    return int(number) - 1
 
 
 @dataclass(frozen=True)
@@ -88,7 +106,8 @@ class Components:
 class Family(Protocol):
     """What the loop needs from a model family."""
 
-    family: ModelFamily
+    family: str
+    """The name of its row in the family table (`lora_operator.api.families`)."""
     denoiser_name: str
     """Prefix of the denoiser in diffusers LoRA files: unet or transformer."""
     default_sampler: Sampler
@@ -104,6 +123,9 @@ class Family(Protocol):
     text_encoder_targets: list[str]
     trainable_text_encoders: int
     """How many leading text encoders may get a LoRA or an embedding."""
+    embedding_keys: tuple[str, ...]
+    """Tensor names of an embedding file, one per trainable text encoder (A1111 / ComfyUI: emb_params for
+    one, clip_l / clip_g for SDXL's two)."""
     compile_mode: str | None
     """torch.compile mode of the repeated blocks on a GPU (None: the default mode); see speed.compile_mode."""
     activation_gib_per_megapixel: float
@@ -191,7 +213,7 @@ def kohya_text_layer(prefixes: tuple[str, ...], component: str, module: str) -> 
         component: text_encoder or text_encoder_2.
         module: The module name inside the encoder.
     """
-    index = TEXT_COMPONENTS.index(component)
+    index = text_index(component)
     if index >= len(prefixes):
         raise ValueError(f"{component}: no kohya prefix (the family names {len(prefixes)} text encoder(s))")
     # kohya names CLIP layers from the transformers layout of CLIPTextModelWithProjection (text_model...);

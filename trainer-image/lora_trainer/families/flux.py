@@ -89,6 +89,7 @@ class FluxFamily:
     conv_targets: list[str] = []
     text_encoder_targets = CLIP_TARGETS
     trainable_text_encoders = 1
+    embedding_keys = ("emb_params",)
     """Only CLIP-L; T5 stays frozen (as every Flux trainer does)."""
     compile_mode = None  # H100: the step is already GPU-bound (46% MFU at 1024 px)
     activation_gib_per_megapixel = 28.0  # H100, 1024 px: 60.4 GiB peak at batch 1, 31.4 GiB of weights

@@ -33,6 +33,7 @@ class SD15Family:
     conv_targets = UNET_CONV_TARGETS
     text_encoder_targets = CLIP_TARGETS
     trainable_text_encoders = 1
+    embedding_keys = ("emb_params",)
     compile_mode = "reduce-overhead"  # H100: 2.3x / 1.3x faster steps at batch 1 / 4 than the default mode
     activation_gib_per_megapixel = 4.5  # H100, 512 px: 6.5 GiB peak at batch 4, 2.0 GiB of weights
 

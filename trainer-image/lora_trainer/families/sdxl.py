@@ -19,6 +19,7 @@ class SDXLFamily(SD15Family):
 
     family = ModelFamily.SDXL
     trainable_text_encoders = 2
+    embedding_keys = ("clip_l", "clip_g")
     kohya_text_prefixes = ("lora_te1", "lora_te2")
     activation_gib_per_megapixel = 7.0  # H100, 1024 px: 33.9 GiB peak at batch 4, 6.5 GiB of weights
 

@@ -1,0 +1,142 @@
+"""The model families: one row each, read by the API models, the CRD generator, presets and the trainer.
+
+Adding a family is one row here plus its trainer module (``row.trainer``); nothing else names a
+family. The table imports nothing heavy (no torch), so the operator reads it too. Tests may
+register a throwaway row with `register` (and take it out again with `unregister`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StepPreset:
+    """What ``training.steps: auto`` means for a dataset of n images:
+    ``base + per_image * min(n, up_to) + beyond * max(n - up_to, 0)``.
+
+    Attributes:
+        per_image: Steps per image up to `up_to` images.
+        base: Steps whatever the dataset size.
+        up_to: Images counted at `per_image` (None: all).
+        beyond: Steps per image past `up_to`.
+    """
+
+    per_image: int
+    base: int = 0
+    up_to: int | None = None
+    beyond: int = 0
+
+    def steps(self, images: int) -> int:
+        """The preset's step count for `images` images."""
+        counted = images if self.up_to is None else min(images, self.up_to)
+        return self.base + self.per_image * counted + self.beyond * (images - counted)
+
+    def formula(self, images: int) -> str:
+        """`steps` written out for the printed plan, e.g. "175 x 6 images", "500 + 50 x 6 images"."""
+        counted = images if self.up_to is None else min(images, self.up_to)
+        text = f"{self.per_image} x {counted}"
+        if self.beyond and images > counted:
+            text += f" + {self.beyond} x {images - counted}"
+        return (f"{self.base} + " if self.base else "") + text + " images"
+
+
+@dataclass(frozen=True)
+class FamilyRow:
+    """Everything outside the trainer's family module needs to know about a family.
+
+    Attributes:
+        name: The ``baseModel.family`` value.
+        text_encoders: Kind of each text encoder, in pipeline order (their count is the length).
+        latent_channels: Channels of the VAE latents.
+        latent_dims: Spatial dimensions of the latents (2: images).
+        resolution: Side of the square area the family was trained at (aspect buckets aim at it).
+        sizes: The standard training sizes, (height, width): square, landscape, portrait.
+        steps: The ``steps: auto`` preset.
+        adapters: The adapter types (``spec.type``) the family can train.
+        formats: The checkpoint formats (``checkpoints.formats``) it can write.
+        pipeline: The diffusers pipeline class its previews use.
+        prediction: What the denoiser predicts: epsilon (or v, from the scheduler config) or flow.
+        trainer: ``module:Class`` of its trainer family (in the trainer image).
+    """
+
+    name: str
+    text_encoders: tuple[str, ...]
+    latent_channels: int
+    latent_dims: int
+    resolution: int
+    sizes: tuple[tuple[int, int], ...]
+    steps: StepPreset
+    adapters: tuple[str, ...]
+    formats: tuple[str, ...]
+    pipeline: str
+    prediction: str
+    trainer: str
+
+
+FAMILIES: dict[str, FamilyRow] = {
+    row.name: row
+    for row in (
+        FamilyRow(
+            name="sd15", text_encoders=("clip-l",), latent_channels=4, latent_dims=2, resolution=512,
+            sizes=((512, 512), (512, 768), (768, 512)), steps=StepPreset(per_image=175),
+            adapters=("lora", "locon", "embedding"), formats=("kohya", "diffusers"),
+            pipeline="StableDiffusionPipeline", prediction="epsilon",
+            trainer="lora_trainer.families.sd15:SD15Family",
+        ),
+        FamilyRow(
+            name="sdxl", text_encoders=("clip-l", "openclip-g"), latent_channels=4, latent_dims=2, resolution=1024,
+            sizes=((1024, 1024), (768, 1024), (1024, 768)), steps=StepPreset(per_image=350, up_to=30, beyond=75),
+            adapters=("lora", "locon", "embedding"), formats=("kohya", "diffusers"),
+            pipeline="StableDiffusionXLPipeline", prediction="epsilon",
+            trainer="lora_trainer.families.sdxl:SDXLFamily",
+        ),
+        FamilyRow(
+            name="flux", text_encoders=("clip-l", "t5-xxl"), latent_channels=16, latent_dims=2, resolution=1024,
+            sizes=((1024, 1024), (768, 1024), (1024, 768)), steps=StepPreset(per_image=50, base=500),
+            adapters=("lora", "embedding"), formats=("kohya", "diffusers"),
+            pipeline="FluxPipeline", prediction="flow",
+            trainer="lora_trainer.families.flux:FluxFamily",
+        ),
+    )
+}
+"""Every family, in the order the CRD enum and the docs list them."""
+
+
+class UnknownFamilyError(ValueError):
+    """A family name that has no row."""
+
+
+def family_row(name: str) -> FamilyRow:
+    """The row of family `name`.
+
+    Raises:
+        UnknownFamilyError: no such family (the message lists the known ones).
+    """
+    try:
+        return FAMILIES[str(name)]
+    except KeyError:
+        raise UnknownFamilyError(f"unknown family {name!r}; known: {', '.join(FAMILIES)}") from None
+
+
+def family_names() -> list[str]:
+    """The family names, in table order."""
+    return list(FAMILIES)
+
+
+def describe_families() -> str:
+    """``sd15, sdxl or flux.``: the names as a sentence (the field's explain text)."""
+    names = family_names()
+    return (", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]) + "."
+
+
+def register(row: FamilyRow) -> None:
+    """Add a row (tests: a throwaway family). Refuses to replace an existing one."""
+    if row.name in FAMILIES:
+        raise ValueError(f"family {row.name!r} already exists")
+    FAMILIES[row.name] = row
+
+
+def unregister(name: str) -> None:
+    """Take out a row that `register` added."""
+    del FAMILIES[name]

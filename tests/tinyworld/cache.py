@@ -1,0 +1,66 @@
+"""The pretrained tiny bases, built once and cached outside the clone like the test ground's binaries.
+
+A base lives under ``~/.cache/lora-operator/tinybase/<key>/`` (``LORA_TINYBASE_CACHE``
+overrides the root), where the key hashes the recipe and the source of the code that
+builds it: a change to either builds a new base, an unchanged one is reused. Builds go
+to a temporary folder renamed into place, under a file lock, so parallel test processes
+build it once and never see half a model.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .pretrain import Recipe, pretrain
+
+SOURCES = ("world.py", "pretrain.py")
+"""The files whose text decides what a recipe builds."""
+RECIPES = {"epsilon": Recipe()}
+"""The bases the tests and the demo use, by name. ``Recipe(prediction_type="v_prediction")`` builds a
+v-prediction base the same way; no test uses one yet, so ``make tinybase`` does not spend the minutes."""
+
+
+def cache_root() -> Path:
+    """``$LORA_TINYBASE_CACHE``, else ``~/.cache/lora-operator/tinybase``."""
+    env = os.environ.get("LORA_TINYBASE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "lora-operator" / "tinybase"
+
+
+def recipe_key(recipe: Recipe) -> str:
+    """A short hash of the recipe and the building code."""
+    digest = hashlib.sha256(json.dumps(recipe.as_dict(), sort_keys=True).encode())
+    here = Path(__file__).parent
+    for name in SOURCES:
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def tinybase(kind: str = "epsilon", root: Path | None = None, recipe: Recipe | None = None) -> Path:
+    """The folder of the pretrained base `kind` (a diffusers StableDiffusionPipeline), built if missing.
+
+    Args:
+        kind: A name of `RECIPES`, or the folder-name prefix of `recipe`.
+        root: The cache root (default `cache_root`).
+        recipe: Build this recipe instead of ``RECIPES[kind]``.
+    """
+    recipe = recipe or RECIPES[kind]
+    root = root or cache_root()
+    folder = root / f"{kind}-{recipe_key(recipe)}"
+    if (folder / "model_index.json").is_file():
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (folder / "model_index.json").is_file():  # another process built it while we waited
+            return folder
+        partial = root / f".{folder.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        pretrain(recipe, partial)
+        (partial / "recipe.json").write_text(json.dumps(recipe.as_dict(), indent=1))
+        partial.rename(folder)
+    return folder

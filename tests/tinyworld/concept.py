@@ -1,0 +1,111 @@
+"""The concept a LoRA learns on top of a tiny base, and the check that it did.
+
+The dataset: magenta crosses (colour and shape both absent from pretraining) captioned
+with the trigger word, as .png + .txt pairs the trainer reads. The check samples the
+base and the base + LoRA with fixed seeds and lets the judge read the images:
+
+- *learned*: the trigger prompts show the concept (a magenta cross) for most seeds;
+- *prior kept*: prompts without the trigger read the same (colour, shape, position,
+  background) as the base drew them with the same seed, and never show the concept.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .judge import Reading, read
+from .sampling import sample
+from .world import BACKGROUNDS, CONCEPT_COLOUR, POSITIONS, TRIGGER, Scene, concept_scenes, render
+
+TRIGGER_PROMPTS = [f"a {TRIGGER} on the {p}, {b} background"
+                   for p, b in zip(POSITIONS, [*BACKGROUNDS] * len(POSITIONS), strict=False)]
+"""Every position, backgrounds in turn, with the trigger."""
+CONTROL_SCENES = [Scene("red", "circle", "left", "white"), Scene("blue", "square", "right", "black"),
+                  Scene("green", "triangle", "top", "white"), Scene("yellow", "circle", "bottom", "black")]
+"""Prompts without the trigger, whose images the LoRA must leave alone."""
+CONTROL_PROMPTS = [s.caption() for s in CONTROL_SCENES]
+
+
+def write_concept_set(folder: Path, n: int = 16, seed: int = 0) -> Path:
+    """Write `n` concept images with their captions (``img00.png`` + ``img00.txt``) to `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    for i, scene in enumerate(concept_scenes(n, seed)):
+        Image.fromarray(render(scene, rng)).save(folder / f"img{i:02d}.png")
+        (folder / f"img{i:02d}.txt").write_text(scene.caption())
+    return folder
+
+
+@dataclass
+class Verdict:
+    """What the judge saw in the samples of a base and base + LoRA.
+
+    Attributes:
+        learned: Share of trigger samples showing the concept (with the LoRA).
+        learned_colour: Share of trigger samples in the concept's colour, whatever the shape.
+        base_concept: Share of trigger samples showing the concept without the LoRA.
+        prior_kept: Share of control samples read the same with and without the LoRA.
+        control_concept: Share of control samples showing the concept with the LoRA.
+    """
+
+    learned: float
+    learned_colour: float
+    base_concept: float
+    prior_kept: float
+    control_concept: float
+
+    def passed(self, learned: float = 0.75, prior_kept: float = 0.75) -> bool:
+        """The LoRA learned the concept and kept the prior."""
+        return self.learned >= learned and self.prior_kept >= prior_kept and self.control_concept == 0
+
+
+def images_of(pipe, prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
+    """Every prompt at every seed (prompt-major)."""
+    pairs = [(p, s) for p in prompts for s in seeds]
+    return sample(pipe, [p for p, _ in pairs], [s for _, s in pairs])
+
+
+@dataclass
+class Readings:
+    """The judge's readings of a model's samples: trigger prompts, then control prompts (prompt-major)."""
+
+    trigger: list[Reading]
+    control: list[Reading]
+
+
+def read_samples(pipe, seeds: list[int]) -> Readings:
+    """Sample the trigger and control prompts at `seeds` and read every image."""
+    images = images_of(pipe, TRIGGER_PROMPTS + CONTROL_PROMPTS, seeds)
+    readings = [read(i) for i in images]
+    split = len(TRIGGER_PROMPTS) * len(seeds)
+    return Readings(readings[:split], readings[split:])
+
+
+def base_readings(base: Path, seeds: list[int]) -> Readings:
+    """The readings of the base alone."""
+    from diffusers import StableDiffusionPipeline
+
+    return read_samples(StableDiffusionPipeline.from_pretrained(base), seeds)
+
+
+def judge_lora(base: Path, lora: Path, seeds: list[int], before: Readings | None = None) -> Verdict:
+    """Sample `base` with the LoRA folder `lora` (diffusers format), compare with the base's readings."""
+    from diffusers import StableDiffusionPipeline
+
+    before = before or base_readings(base, seeds)
+    pipe = StableDiffusionPipeline.from_pretrained(base)
+    pipe.load_lora_weights(lora)
+    after = read_samples(pipe, seeds)
+    mean = lambda flags: sum(flags) / len(flags)  # noqa: E731
+    return Verdict(
+        learned=mean([r.concept for r in after.trigger]),
+        learned_colour=mean([r.colour == CONCEPT_COLOUR[0] for r in after.trigger]),
+        base_concept=mean([r.concept for r in before.trigger]),
+        prior_kept=mean([a == b for a, b in zip(before.control, after.control, strict=True)]),
+        control_concept=mean([r.concept for r in after.control]),
+    )

@@ -1,0 +1,92 @@
+"""``python -m tinyworld.learn OUT [--steps N] [--lr X] [--text-lr X] [--broken flip|captions]``: train a LoRA
+on the concept through ``lora-train run`` and judge it.
+
+Builds (or reuses) the epsilon base, writes the concept dataset and a job YAML under OUT, trains
+through the trainer's CLI entry point, then prints the judge's verdict and writes
+OUT/sheet.png (base row, then the LoRA; the trigger prompt left, a control prompt right).
+``--broken flip`` negates the training target (patched in this process only), ``--broken
+captions`` drops every caption (``training.captionDropout: 1``): both must fail the check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from .cache import tinybase
+from .concept import CONTROL_PROMPTS, TRIGGER_PROMPTS, judge_lora, write_concept_set
+from .sheet import contact_sheet
+
+SEEDS = [0, 1, 2, 3]
+
+
+def job_spec(base: Path, data: Path, out: Path, steps: int, lr: float, text_lr: float,
+             caption_dropout: float) -> dict:
+    """The job: a rank-8 LoRA, one epoch of `steps` steps, batch 4, diffusers checkpoints."""
+    return {
+        "type": "lora",
+        "baseModel": {"family": "sd15", "uri": base.as_uri()},
+        "dataset": {"uri": data.as_uri(), "crop": {"mode": "center", "size": "32x32"}, "validationSplit": 0.0},
+        "network": {"dim": 8, "alpha": 8},
+        "training": {"steps": steps, "epochs": 1, "batchSize": 4, "unetLearningRate": lr,
+                     "textEncoderLearningRate": text_lr, "textEncoderRatio": 1.0 if text_lr else 0.0,
+                     "captionDropout": caption_dropout, "mixedPrecision": "no",
+                     "lrScheduler": {"type": "constant"}, "seed": 7},
+        "checkpoints": {"everyEpochs": 1, "formats": ["diffusers"]},
+        "previews": {"everyEpochs": 0},
+        "output": {"uri": out.as_uri()},
+    }
+
+
+def flipped(original):
+    """`original` (a family's ``noisy_and_target``) with the target negated: a deliberately broken objective."""
+
+    def noisy_and_negated_target(self, parts, latents, noise, timesteps):
+        noisy, target = original(self, parts, latents, noise, timesteps)
+        return noisy, -target
+
+    return noisy_and_negated_target
+
+
+def main(argv: list[str]) -> int:
+    """Train, judge, draw the sheet; exit 0 when the verdict passed."""
+    from lora_trainer.cli import main as lora_train
+
+    p = argparse.ArgumentParser(prog="python -m tinyworld.learn")
+    p.add_argument("out", type=Path)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--text-lr", type=float, default=0.0)
+    p.add_argument("--broken", choices=["flip", "captions"])
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    base = tinybase("epsilon")
+    data = write_concept_set(args.out / "data")
+    spec = job_spec(base, data, args.out / "storage", args.steps, args.lr, args.text_lr,
+                    1.0 if args.broken == "captions" else 0.0)
+    job = args.out / "job.yaml"
+    job.write_text(yaml.safe_dump({"apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob",
+                                   "metadata": {"name": "concept", "namespace": "learn"}, "spec": spec}))
+    if args.broken == "flip":
+        from lora_trainer.families.sd15 import SD15Family
+
+        SD15Family.noisy_and_target = flipped(SD15Family.noisy_and_target)  # this process only
+    started = time.monotonic()
+    if lora_train(["run", str(job)]) != 0:
+        return 1
+    lora = args.out / "storage/learn/concept/local/checkpoints/epoch-0001/diffusers"
+    trained = time.monotonic() - started
+    verdict = judge_lora(base, lora, SEEDS)
+    print(f"trained in {trained:.0f}s; {verdict}; passed: {verdict.passed()}")
+    contact_sheet(base, [("lora", lora)], TRIGGER_PROMPTS[0], CONTROL_PROMPTS[0], SEEDS).save(args.out / "sheet.png")
+    print(f"sheet: {args.out / 'sheet.png'}")
+    return 0 if verdict.passed() else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,42 @@
+"""What every family must satisfy: its trainer class and tiny model agree with its table row.
+
+`check_family` is run over every row of the table (test_family_conformance.py) and over the
+throwaway family a test registers (test_throwaway_family.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lora_operator.api import AdapterType, CheckpointFormat, JobSpec, Sampler, scenario_steps
+from lora_operator.api.families import family_row
+from lora_trainer.families import family_class
+
+
+def check_family(name: str, model_dir: Path) -> None:
+    """Assert that family `name`'s row, trainer class and tiny model at `model_dir` agree."""
+    row = family_row(name)
+    family = family_class(name)()
+    assert family.family == row.name
+    assert set(row.adapters) <= {t.value for t in AdapterType} and "lora" in row.adapters
+    assert set(row.formats) <= {f.value for f in CheckpointFormat} and row.formats
+    assert name in JobSpec.model_json_schema()["$defs"]["BaseModelSpec"]["properties"]["family"]["enum"]
+    assert scenario_steps(name, 1) > 0 and all(h % 8 == 0 and w % 8 == 0 for h, w in row.sizes)
+
+    parts = family.load(model_dir, torch.float32)
+    assert len(parts.text_encoders) == len(parts.tokenizers) == len(row.text_encoders)
+    assert 1 <= family.trainable_text_encoders <= len(row.text_encoders)
+    assert len(family.embedding_keys) == family.trainable_text_encoders
+    assert parts.vae.config.latent_channels == row.latent_channels
+    latents = family.encode_images(parts, torch.zeros(1, 3, 32, 32))
+    assert latents.dim() == 2 + row.latent_dims and latents.shape[1] == row.latent_channels
+
+    # LoCon adapts convolutions: a row offers it exactly when the family names conv layers.
+    assert ("locon" in row.adapters) == bool(family.conv_targets)
+    assert type(family.pipeline(parts)).__name__ == row.pipeline
+    flow = family.default_sampler is Sampler.FLOW_EULER
+    assert (row.prediction == "flow") == flow
+    if not flow:
+        assert parts.noise_scheduler.config.prediction_type in ("epsilon", "v_prediction")

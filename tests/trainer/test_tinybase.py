@@ -1,0 +1,40 @@
+"""The tiny pretrained base is built once per recipe: reused while the recipe stays, rebuilt when it changes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tinyworld.cache import tinybase
+from tinyworld.pretrain import Recipe
+
+pytestmark = pytest.mark.trainer
+
+QUICK = Recipe(images=64, vae_steps=2, vae_batch=4, unet_steps=2, unet_batch=4)
+"""A recipe of a few steps: what the cache does does not depend on how long the base trained."""
+
+
+def test_the_base_is_built_once_and_rebuilt_when_its_recipe_changes(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    first = tinybase("quick", tmp_path, QUICK)
+    assert json.loads((first / "recipe.json").read_text())["unet_steps"] == 2
+    StableDiffusionPipeline.from_pretrained(first)  # a complete diffusers folder the trainer can load
+    stamp = (first / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    assert tinybase("quick", tmp_path, QUICK) == first
+    assert (first / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp  # not rebuilt
+
+    changed = tinybase("quick", tmp_path, Recipe(**{**QUICK.as_dict(), "seed": 1}))
+    assert changed != first and (changed / "model_index.json").is_file()
+    assert not list(tmp_path.glob(".*.partial"))  # builds land whole or not at all
+
+
+def test_the_base_tokenizer_makes_each_world_word_one_token(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from tinyworld.world import TRIGGER, world_words
+
+    tokenizer = CLIPTokenizer.from_pretrained(tinybase("quick", tmp_path, QUICK) / "tokenizer")
+    assert all(len(tokenizer.tokenize(word)) == 1 for word in world_words())
+    assert len(tokenizer.tokenize(TRIGGER)) == len(TRIGGER)  # the trigger was never a word of the world
