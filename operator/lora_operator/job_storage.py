@@ -100,9 +100,10 @@ class JobStorage:
         name = secret_name(spec, self.config)
         ref = f"Secret {namespace}/{name}"
         allowed = self.config.storage_allowed_secret_names
-        if allowed is not None and name not in (self.config.storage_secret, *allowed):
+        names = dict.fromkeys((self.config.storage_secret, *(allowed or ())))  # the chart lists the default too
+        if allowed is not None and name not in names:
             raise SecretUnusable(f"spec.storage.secretRef: the operator may not read {ref}: name a storage Secret "
-                                 f"the platform allows ({', '.join((self.config.storage_secret, *allowed))}; chart "
+                                 f"the platform allows ({', '.join(names)}; chart "
                                  "values storage.existingSecret, storage.allowedSecretNames)", uri=ref)
         data = self.secret(namespace, name)  # Forbidden (a listed name, RBAC not there yet) is transient
         if data is None:

@@ -50,6 +50,13 @@ def test_a_secret_off_the_platforms_list_fails_without_a_read():
     assert kube.reads == [("team-b", "team-keys"), ("team-b", "lora-storage")]
 
 
+def test_the_refusal_names_each_allowed_secret_once_as_the_chart_sets_them():
+    """The chart's list holds storage.existingSecret too; the message names it once."""
+    config = OperatorConfig.from_env({"LORA_STORAGE_ALLOWED_SECRET_NAMES": "lora-storage,team-keys"})
+    with pytest.raises(SecretUnusable, match=r"allows \(lora-storage, team-keys; chart values"):
+        JobStorage(Secrets(), config).access("team-b", spec("stolen"))
+
+
 def test_without_a_list_any_name_is_read_and_rbac_decides():
     kube = Secrets()
     JobStorage(kube, OperatorConfig.from_env({})).access("team-b", spec("anything"))
