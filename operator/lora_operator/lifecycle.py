@@ -248,7 +248,8 @@ class Lifecycle:
         """A finished job: no pod left, the selected checkpoint finalized, deleted after its TTL."""
         self.delete_pods(job, pods)
         self.metrics.forget_job(job.namespace, job.name)
-        if job.spec.get("selectedCheckpoint") and job.status.phase in (Phase.SUCCEEDED, Phase.CANCELLED):
+        if (job.spec.get("selectedCheckpoint") and job.status.phase in (Phase.SUCCEEDED, Phase.CANCELLED)
+                and job.status.resolved_spec is not None):  # cancelled before it was resolved: nothing to select
             self.carry_out_selection(job)
         ttl = job.spec.get("ttlSecondsAfterFinished")
         if ttl is not None and seconds_past(job.status.completion_time, now, ttl):

@@ -73,7 +73,7 @@ def test_a_pod_the_apiserver_refuses_fails_its_job_at_once_and_frees_the_node(gr
     applied(ground, ns, "refused", "refuse", placement={"gpuType": "refuse", "tolerations": [
         {"key": FORBIDDEN_KEY, "operator": "Exists"}]})
     applied(ground, ns, "next", "refuse")
-    wait_phase(ground, operator, ns, "refused", "Failed", timeout=20)
+    wait_phase(ground, operator, ns, "refused", "Failed", timeout=60)  # the new node joins first
     failed = condition(ground, ns, "refused", "Failed")
     assert failed["reason"] == "PodRefused", failed
     assert f"spec.tolerations: {FORBIDDEN_KEY} is not allowed" in failed["message"], failed

@@ -30,7 +30,7 @@ def test_demo_job_trains_for_real_and_reports_checkpoints_previews_and_final(gro
     ground.apply(storage_secret(ground, "e2e"))
     ground.add_gpu_nodes(1, gpus=1, gpu_type="h100", prefix="e2e")
     operator = OperatorProcess(ground, tmp_path / "operator.log").start()
-    shim = KubeletShim(ground, tmp_path / "pods").start()
+    shim = KubeletShim(ground, tmp_path / "pods", namespaces=frozenset({"e2e"})).start()
     try:
         ground.kubectl("apply", "-n", "e2e", "-f", str(REPO / "examples/demo-job.yaml"))
 

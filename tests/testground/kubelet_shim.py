@@ -30,6 +30,9 @@ class KubeletShim:
 
     ground: Ground
     workdir: Path
+    namespaces: frozenset[str] | None = None
+    """Run only the pods of these namespaces (None: every namespace). Kwok keeps other tests' trainer
+    pods Running on the shared ground; a test that counts exits must not run those."""
     started: set[str] = field(default_factory=set)
     exits: dict[str, int] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -53,6 +56,8 @@ class KubeletShim:
                 continue
             for pod in json.loads(listing.stdout)["items"]:
                 key = pod["metadata"]["uid"]  # as a kubelet: a pod re-created under the same name is another pod
+                if self.namespaces is not None and pod["metadata"]["namespace"] not in self.namespaces:
+                    continue
                 if pod["status"].get("phase") == "Running" and key not in self.started:
                     self.started.add(key)
                     threading.Thread(target=self.run_pod, args=(pod,), daemon=True).start()
