@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import base_spec, write_job
@@ -123,7 +124,7 @@ def test_pod_mode_reads_the_spec_and_prefix_from_the_environment(tmp_path, tiny_
     spec = base_spec("sd15", tiny_models("sd15"), dataset_dir, tmp_path / "out")
     prefix = (tmp_path / "out/ns/job1/uid-1").as_uri() + "/"
     env = {"LORA_JOB_SPEC": json.dumps(resolve_spec(spec).to_resource()), "LORA_OUTPUT_PREFIX": prefix,
-           "LORA_JOB_UID": "uid-1", "LORA_ATTEMPT": "2", "LORA_RESUME": "1",
+           "LORA_JOB_UID": "uid-1", "LORA_JOB_NAME": "job1", "LORA_ATTEMPT": "2", "LORA_RESUME": "1",
            "LORA_CACHE_DIR": str(tmp_path / "cache")}
     assert main(["run", "--spec-env", "LORA_JOB_SPEC"], env=env) == ExitCode.SUCCESS
     progress = json.loads((tmp_path / "out/ns/job1/uid-1/progress.json").read_text())
@@ -131,6 +132,9 @@ def test_pod_mode_reads_the_spec_and_prefix_from_the_environment(tmp_path, tiny_
     assert progress["jobUid"] == "uid-1"
     manifest = json.loads((tmp_path / "out/ns/job1/uid-1/manifest.json").read_text())
     assert manifest["finished"] is True and manifest["jobUid"] == "uid-1"
+    with safe_open(str(tmp_path / "out/ns/job1/uid-1/checkpoints/epoch-0001/kohya.safetensors"), "pt") as fh:
+        meta = fh.metadata()  # UIs list a LoRA by its title: the job's name, not the trigger phrase
+    assert (meta["modelspec.title"], meta["ss_output_name"]) == ("job1", "job1")
     kept = (tmp_path / "out/ns/job1/uid-1/logs/attempt-2.txt").read_text()  # for kubectl lora logs once the pod is gone
     assert "done in" in kept and "checkpoint file(s)" in kept
 

@@ -89,13 +89,14 @@ def _resolve(raw: dict[str, Any], template: dict[str, Any] | None = None) -> Job
 
 
 def train(spec: JobSpec, resolver: Resolver, prefix_uri: str, workdir: Path, *, job_uid: str = LOCAL_UID,
-          attempt: int = 1, resume: bool = False, progress_interval: float = 5.0) -> int:
+          job_name: str | None = None, attempt: int = 1, resume: bool = False,
+          progress_interval: float = 5.0) -> int:
     """Fetch the inputs, train, upload; returns the exit code."""
     from .loop import RunInputs, run_recipe  # torch: not needed by `upload`
     rank = int(os.environ.get("RANK", "0"))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         workdir = workdir / f"rank-{rank}"  # workers may have been given the same --workdir
-    outputs = Outputs(resolver.store(prefix_uri), workdir / "out", job_uid)
+    outputs = Outputs(resolver.store(prefix_uri), workdir / "out", job_uid, job_name)
     dataset = spec.dataset
     inputs = RunInputs(
         model_dir=resolver.model_folder(spec.base_model.uri, workdir),
@@ -131,7 +132,7 @@ def run_local(job_file: Path, storage: Path | None, workdir: Path | None, env: M
     except ValueError as err:
         raise ConfigError(f"{job_file}: {err}") from err
     with tempfile.TemporaryDirectory(prefix="lora-train-") as tmp:
-        return train(spec, resolver, prefix, workdir or Path(tmp), job_uid=uid, resume=resume)
+        return train(spec, resolver, prefix, workdir or Path(tmp), job_uid=uid, job_name=name, resume=resume)
 
 
 def run_pod(spec_env: str, env: Mapping[str, str], workdir: Path | None) -> int:
@@ -152,7 +153,7 @@ def run_pod(spec_env: str, env: Mapping[str, str], workdir: Path | None) -> int:
     resolver = Resolver(env=env, cache_dir=default_cache_dir(env))
     with tempfile.TemporaryDirectory(prefix="lora-train-") as tmp:
         return train(spec, resolver, prefix, workdir or Path(tmp), job_uid=uid,
-                     attempt=int(env.get("LORA_ATTEMPT", "1")),
+                     job_name=env.get("LORA_JOB_NAME") or None, attempt=int(env.get("LORA_ATTEMPT", "1")),
                      resume=env.get("LORA_RESUME") == "1",
                      progress_interval=float(env.get("LORA_PROGRESS_INTERVAL", "5")))
 

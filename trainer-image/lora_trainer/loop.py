@@ -433,7 +433,7 @@ class LoraRecipe:
             "mixed_precision": self.mixed_precision, "batch_size_per_device": t.batch_size,
             "gradient_accumulation_steps": t.gradient_accumulation, "caption_dropout_rate": t.caption_dropout,
             "training_comment": f"lora-operator spec {spec_hash(s)[:12]}",
-        }
+        } | ({"output_name": self.outputs.job_name} if self.outputs.job_name else {})
 
     def cleanup(self) -> None:
         """Release the models and end the distributed group."""

@@ -25,11 +25,14 @@ class Outputs:
         store: The object store opened at the job prefix.
         workdir: Local folder files are written to before upload.
         job_uid: The job's UID, recorded in progress.json, manifest.json and the resume state.
+        job_name: The job's name: the title the adapter files carry (kohya ss_output_name,
+            modelspec.title), which UIs show in their LoRA lists.
     """
 
-    def __init__(self, store: ObjectStore, workdir: Path, job_uid: str = LOCAL_UID):
+    def __init__(self, store: ObjectStore, workdir: Path, job_uid: str = LOCAL_UID, job_name: str | None = None):
         self.store = store
         self.job_uid = job_uid
+        self.job_name = job_name
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
 
