@@ -26,6 +26,7 @@ from .k8s import Conflict, Kube, describe_error, transient
 from .lifecycle import Emit, Lifecycle
 from .metrics import OperatorMetrics
 from .positions import PositionWriter
+from .retry_backoff import RetryBackoff
 from .scheduling import GpuNode
 from .selection import selection_pending
 from .views import JobView, QueueEntry, parse_time, pod_active, pod_target_node, trainer_pod, utcnow
@@ -63,47 +64,6 @@ during a submission burst the reconciles lag behind by thousands of jobs, and re
 them again at once (MinIO checks, status writes) stalled the operator (5000 jobs: 200 s to queue
 instead of 93 s, 682 MB). Each retry moves its job behind the others (`RetryBackoff`), so no job
 waits behind a fixed set of the oldest."""
-RETRY_FIRST_SECONDS = 1.0
-RETRY_MAX_SECONDS = 60.0
-"""Backoff of an unresolved job whose checks met an API or storage error: doubles per failure."""
-
-
-class RetryBackoff:
-    """When each unresolved job is due for another try: its own backoff, doubling per failure,
-    so a job that keeps failing does not crowd out one that failed once."""
-
-    def __init__(self, first: float = RETRY_FIRST_SECONDS, most: float = RETRY_MAX_SECONDS):
-        self.first, self.most = first, most
-        self._due: dict[str, tuple[float, float]] = {}
-        """uid -> (due on the monotonic clock, the delay that set it)."""
-
-    def failed(self, uid: str, now: float) -> float:
-        """Records a failed try; returns the delay until the next one."""
-        _, last = self._due.get(uid, (0.0, 0.0))
-        delay = min(self.most, last * 2) if last else self.first
-        self._due[uid] = (now + delay, delay)
-        return delay
-
-    def tried(self, uid: str, now: float) -> None:
-        """A retry starts: the job waits out its current delay again before the next (a try that
-        fails doubles it through `failed`)."""
-        _, last = self._due.get(uid, (0.0, self.first))
-        self._due[uid] = (now + last, last)
-
-    def passed(self, uid: str) -> None:
-        self._due.pop(uid, None)
-
-    def due(self, uid: str) -> float | None:
-        """When the job's next try is due; None when no try of it failed."""
-        entry = self._due.get(uid)
-        return entry[0] if entry else None
-
-    def forget(self, keep: Iterable[str]) -> None:
-        keep = set(keep)
-        for uid in [u for u in self._due if u not in keep]:
-            del self._due[uid]
-
-
 class Controller:
     """Holds the index views, the per-job locks and the scheduling loop of one operator process."""
 
