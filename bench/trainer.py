@@ -38,6 +38,8 @@ from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the tiny models are test fixtures (tests/tinymodels), not part of the trainer image
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -281,7 +283,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--case", choices=[*CASES, "all"], default="all")
     parser.add_argument("--batch", type=int, action="append", help="batch size(s); default: the case's")
-    parser.add_argument("--tiny", action="store_true", help="the tiny test models (lora_trainer.tiny) at 32 px")
+    parser.add_argument("--tiny", action="store_true", help="the tiny test models (tests/tinymodels) at 32 px")
     parser.add_argument("--resolution", type=int, help="override the case's resolution (px, a multiple of 64)")
     parser.add_argument("--warmup", type=int, help="warm-up steps per row (default 3; 1 with --tiny)")
     parser.add_argument("--steps", type=int, help="timed steps per row (default 10; 8 with --tiny)")

@@ -4,7 +4,7 @@ Full-size models come from the public diffusers / transformers configs in `bench
 (configs only, no weights, nothing downloaded). They are built directly on the target
 device, then cast the way each family's `load` casts them, so the recipe sees the same
 parts it would load from a model folder. Tokenizers are the byte-level ones of
-`lora_trainer.tiny` (every id fits the real vocabularies); only the padded length matters
+`tinymodels` (tests/) (every id fits the real vocabularies); only the padded length matters
 for speed, and it is the real one (77 for CLIP, 512 for T5).
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from lora_trainer.families import Components
-from lora_trainer.tiny import build_tiny_model, write_clip_tokenizer, write_t5_tokenizer
+from tinymodels import build_tiny_model, write_clip_tokenizer, write_t5_tokenizer
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 

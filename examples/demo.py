@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 from lora_trainer.cli import main as lora_train
-from lora_trainer.tiny import build_tiny_model
 from testground import Ground
 from testground.kubelet_shim import KubeletShim
 from testground.operator import OperatorProcess, install_crds, storage_secret
 from testground.seed import make_dataset, upload
+from tinymodels import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "demo-out"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from chaoslib import FateShim, make_namespace
 
-from lora_trainer.tiny import build_tiny_model
 from testground.operator import OperatorProcess
 from testground.seed import make_dataset, upload
+from tinymodels import build_tiny_model
 
 BUCKET = "loras"
 

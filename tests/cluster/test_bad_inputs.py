@@ -37,10 +37,10 @@ from bad_inputs import (
 from test_operator import end_pod, get_job, running_pod, trainer_pods, wait_phase
 
 from lora_operator.k8s import Kube
-from lora_trainer.tiny import build_tiny_model
 from testground.kubelet_shim import KubeletShim
 from testground.operator import OperatorProcess, install_crds, storage_secret
 from testground.seed import upload
+from tinymodels import build_tiny_model
 
 REPEATED_PHRASE = re.compile(r"\b(\w+(?: \w+){1,3}) \1\b")
 """A phrase of two to four words said twice in a row: two layers each adding the same ending."""

@@ -20,10 +20,10 @@ import pytest
 from minio.credentials import StaticProvider
 from minio.minioadmin import MinioAdmin
 
-from lora_trainer.tiny import build_tiny_model
 from testground.kubelet_shim import KubeletShim
 from testground.operator import OperatorProcess, install_crds, storage_secret
 from testground.seed import make_dataset, upload
+from tinymodels import build_tiny_model
 
 pytestmark = pytest.mark.cluster
 

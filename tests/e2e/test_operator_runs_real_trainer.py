@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from lora_operator.kubectl_lora import main as kubectl_lora
-from lora_trainer.tiny import build_tiny_model
 from testground.kubelet_shim import KubeletShim
 from testground.operator import OperatorProcess, install_crds, storage_secret
 from testground.seed import make_dataset, upload
+from tinymodels import build_tiny_model
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]

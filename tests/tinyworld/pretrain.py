@@ -68,7 +68,7 @@ def write_word_tokenizer(folder: Path, words: list[str]):
     """
     from transformers import CLIPTokenizer
 
-    from lora_trainer.tiny import write_clip_tokenizer
+    from tinymodels import write_clip_tokenizer
 
     write_clip_tokenizer(folder)
     (folder / "tokenizer.json").unlink(missing_ok=True)  # the slow tokenizer reads vocab.json + merges.txt

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-from lora_trainer.tiny import build_tiny_model
+from tinymodels import build_tiny_model
 
 COLORS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 200, 40), (150, 40, 200), (30, 200, 200)]
 

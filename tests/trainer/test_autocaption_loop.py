@@ -10,7 +10,7 @@ from PIL import Image
 from conftest import base_spec, job_prefix, write_job
 from lora_operator.api import ExitCode
 from lora_trainer.cli import main
-from lora_trainer.tiny import build_tiny_tagger
+from tinymodels import build_tiny_tagger
 
 pytestmark = pytest.mark.trainer
 

@@ -16,7 +16,7 @@ from lora_operator.api import ExitCode
 from lora_operator.api.families import FamilyRow, StepPreset, register, unregister
 from lora_trainer.cli import main
 from lora_trainer.families.sd15 import SD15Family
-from lora_trainer.tiny import build_tiny_model
+from tinymodels import build_tiny_model
 
 pytestmark = pytest.mark.trainer
 

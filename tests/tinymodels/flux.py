@@ -1,0 +1,51 @@
+"""Tiny Flux.1: one double- and one single-stream block, CLIP-L + T5 encoders, a 16-channel VAE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lora_operator.api.families import family_row
+
+from .parts import T5_VOCAB_SIZE, TEXT_HIDDEN, clip_encoder, tiny_vae, write_clip_tokenizer, write_t5_tokenizer
+
+
+def build(path: Path) -> None:
+    """Write the tiny model's diffusers folder to `path`."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+
+    write_clip_tokenizer(path / "tokenizer")
+    write_t5_tokenizer(path / "tokenizer_2")
+    text_encoder, tokenizer = clip_encoder(path / "tokenizer")
+    tokenizer_2 = T5TokenizerFast.from_pretrained(path / "tokenizer_2")
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            vocab_size=T5_VOCAB_SIZE, d_model=TEXT_HIDDEN, d_ff=37, d_kv=8, num_heads=4, num_layers=2,
+            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+        )
+    )
+    latent_channels = family_row("flux").latent_channels  # 16, as the real VAE: the conformance test checks it
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4 * latent_channels,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=TEXT_HIDDEN,
+        pooled_projection_dim=TEXT_HIDDEN,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 4, 8),
+    )
+    vae = tiny_vae(latent_channels, shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False,
+               use_post_quant_conv=False)
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+    pipe.save_pretrained(path, safe_serialization=True)
