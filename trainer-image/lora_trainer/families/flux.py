@@ -20,6 +20,7 @@ from lora_operator.api import ModelFamily, Previews, Sampler
 
 from ..speed import upload
 from .base import Components, KohyaLayer, ModelVersion, Sizes, kohya_text_layer, load_part, tokenize, vae_encode
+from .flow import FlowMatching
 from .sd15 import CLIP_TARGETS
 
 DOUBLE_BLOCK_LAYERS = {
@@ -76,7 +77,7 @@ def image_ids(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch
     return upload(ids.reshape(-1, 3), device, dtype)
 
 
-class FluxFamily:
+class FluxFamily(FlowMatching):
     """Flux.1 (dev / schnell): flow matching, loss on the velocity noise - latents."""
 
     family = ModelFamily.FLUX
@@ -145,21 +146,6 @@ class FluxFamily:
         """Shifted and scaled VAE latents."""
         return vae_encode(parts.vae, pixels)
 
-    def sample_timesteps(self, parts: Components, n: int, generator: torch.Generator) -> torch.Tensor:
-        """Sigmas in (0, 1): the sigmoid of a standard normal (logit-normal sampling, SD3 / Flux)."""
-        return torch.sigmoid(torch.randn(n, generator=generator))
-
-    def fixed_timesteps(self, parts: Components, n: int) -> torch.Tensor:
-        """`n` sigmas spread evenly over (0.1, 0.9)."""
-        return torch.linspace(0.1, 0.9, n)
-
-    def noisy_and_target(
-        self, parts: Components, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Linear interpolation x_t = (1 - s) x + s noise; the target is the velocity noise - x."""
-        sigma = timesteps.to(latents.device, latents.dtype).view(-1, 1, 1, 1)
-        return (1 - sigma) * latents + sigma * noise, noise - latents
-
     def predict(
         self, parts: Components, noisy: torch.Tensor, timesteps: torch.Tensor, cond: dict[str, torch.Tensor],
         sizes: Sizes,
@@ -182,10 +168,6 @@ class FluxFamily:
             return_dict=False,
         )[0]
         return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
-
-    def loss_weights(self, parts: Components, timesteps: torch.Tensor, min_snr_gamma: float) -> torch.Tensor:
-        """Ones: min-SNR does not apply to flow matching."""
-        return torch.ones(len(timesteps))
 
     def pipeline(self, parts: Components) -> Any:
         """A FluxPipeline over the components."""
