@@ -38,7 +38,7 @@ tinybase: venv  ## the tiny bases pretrained on the procedural world (tests/tiny
 
 test: setup tinybase  ## the whole suite: unit, trainer (tiny models), cluster (real control plane + MinIO), e2e
 	$(MAKE) lint
-	$(PYTEST) tests -m "not slow and not chaos" --durations=15
+	$(PYTEST) tests -m "not chaos" --durations=15
 
 test-unit: venv
 	$(PYTEST) tests/unit

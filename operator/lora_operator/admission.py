@@ -32,7 +32,6 @@ from .scheduling import (
     QueuedJob,
     TrainerPod,
     node_limit,
-    resource_toleration,
     schedule,
     unmatched,
 )
@@ -151,7 +150,7 @@ class Admitter:
         """
         plan = schedule(queued, nodes, pods, now,
                         gpu_type_label=self.config.gpu_type_label,
-                        always_tolerated=(resource_toleration(self.config.gpu_resource),),
+                        always_tolerated=self.config.trainer_tolerations,
                         node_limits=self.config.namespace_node_limits)
         self._tell_limited(plan.limited, {job.uid for job in queued}, job_of)
         self._tell_unmatched(queued, nodes, job_of, now)
@@ -184,7 +183,7 @@ class Admitter:
         Admitted False with reason NoMatchingNode and an Event, once; back to Queued when a node
         that matches joins. It keeps its place and holds up no other job (the planner passes it over)."""
         none = unmatched(queued, nodes, gpu_type_label=self.config.gpu_type_label,
-                         always_tolerated=(resource_toleration(self.config.gpu_resource),))
+                         always_tolerated=self.config.trainer_tolerations)
         waiting = {job.uid: job for job in queued}
         changed = [(uid, False) for uid in none - self.told_unmatched] + [
             (uid, True) for uid in self.told_unmatched - none if uid in waiting]

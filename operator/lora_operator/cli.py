@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import random
 import sys
 
 from . import heap
-
-PEERING_NAME = "lora-operator"
+from .config import ConfigError, OperatorConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,12 +22,16 @@ def main(argv: list[str] | None = None) -> int:
                      help="peering priority; default: random, so replicas never tie (kopf pauses all on a tie)")
     run.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
-    heap.cap_arenas(int(os.environ.get("LORA_MALLOC_ARENAS", "2")))  # before any thread starts
+    try:
+        config = OperatorConfig.from_env()
+    except ConfigError as err:
+        print(f"lora-operator: {err}", file=sys.stderr)
+        return 2
+    heap.cap_arenas(config.malloc_arenas)  # before any thread starts
 
     import kopf
 
     from . import handlers  # noqa: F401 - registers the handlers
-    from .config import ConfigError, OperatorConfig
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -37,18 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         # kopf logs each handler's success at INFO: a line per watch event, 7% of the event
         # loop at 1000 jobs. Failures and retries are warnings and errors, and still show.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    try:
-        config = OperatorConfig.from_env()
-    except ConfigError as err:
-        print(f"lora-operator: {err}", file=sys.stderr)
-        return 2
     heap.tune_collector()
     namespace = args.namespace or config.watch_namespace or None
     kopf.run(
         clusterwide=namespace is None,
         namespaces=[namespace] if namespace else (),
         standalone=args.standalone,
-        peering_name=None if args.standalone else PEERING_NAME,
+        peering_name=None if args.standalone else config.peering_name,
         priority=args.priority if args.priority is not None else random.randint(1, 1_000_000),
         liveness_endpoint=args.liveness,
     )

@@ -10,17 +10,21 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo, field_validator
 
+from .api.spec import Toleration
 from .endpoints import parse_endpoint, unsafe_address
+from .scheduling import Toleration as SchedulingToleration
+from .scheduling import resource_toleration
 
 NamespaceKey = Annotated[str, StringConstraints(pattern=r"^(\*|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$")]
 
 JSON_EXPECTED = {
     "namespace_node_limits": 'a JSON object like {"team-a": 4, "*": 2}',
     "trainer_allowed_images": 'a JSON list like ["registry.example.com/lora/*"]',
+    "gpu_tolerations": 'a JSON list like [{"key": "dedicated", "operator": "Equal", "value": "gpu"}]',
 }
 """What a JSON-valued variable must hold, for its error message."""
 
@@ -47,6 +51,8 @@ class OperatorConfig(BaseModel):
     file_uri_root: str = Field(default="", pattern=r"^(/[^/]+)*$")
     """LORA_FILE_URI_ROOT: the folder, in the trainer container, that file:// URIs of a job must lie
     under (a volume the platform mounts, e.g. a model cache). Default: empty, file:// is refused."""
+    trainer_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    """LORA_TRAINER_IMAGE_PULL_POLICY: imagePullPolicy of trainer pods."""
     trainer_service_account: str = Field(default="lora-trainer", min_length=1, max_length=253)
     """LORA_TRAINER_SERVICE_ACCOUNT: service account of trainer pods (its token is never mounted)."""
     storage_endpoint: str = ""
@@ -68,6 +74,10 @@ class OperatorConfig(BaseModel):
     as RBAC still being set up and retried. Unset: no list, the API server's RBAC alone decides."""
     gpu_resource: str = Field(default="nvidia.com/gpu", pattern=r"^[A-Za-z0-9.-]+/[A-Za-z0-9._-]+$")
     """LORA_GPU_RESOURCE: extended resource name of the GPUs."""
+    gpu_tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    """LORA_GPU_TOLERATIONS: a JSON list of tolerations every trainer pod carries besides the one of
+    the LORA_GPU_RESOURCE taint (the chart's gpu.toleration), e.g. for GPU nodes tainted
+    dedicated=gpu:NoSchedule. The scheduler counts on them as the pod does."""
     gpu_type_label: str = Field(default="lora-operator.io/gpu-type", min_length=1, max_length=317)
     """LORA_GPU_TYPE_LABEL: node label whose value spec.placement.gpuType must equal."""
     watch_namespace: str = ""
@@ -81,6 +91,27 @@ class OperatorConfig(BaseModel):
     namespace_node_limits: dict[NamespaceKey, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
     """LORA_NAMESPACE_NODE_LIMITS: a JSON object, the most GPU nodes a namespace's jobs may hold at once,
     e.g. {"team-a": 4, "*": 2} ("*": every namespace not listed). Jobs over the limit wait in their place."""
+    peering_name: str = Field(default="lora-operator", pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    """LORA_PEERING_NAME: the kopf peering object the replicas share (the chart's operator.peeringName,
+    which creates it)."""
+    peering_lifetime: int = Field(default=60, ge=1)
+    """LORA_PEERING_LIFETIME: seconds a replica's peering record counts as alive; a standby takes over
+    this long after the active replica died (kill -9 leaves its record behind)."""
+    api_connections: int = Field(default=64, ge=1)
+    """LORA_API_CONNECTIONS: connections kopf's client keeps to the API server at most (its watches,
+    patches and Events)."""
+    list_chunk: int = Field(default=500, ge=1)
+    """LORA_LIST_CHUNK: objects per page when kopf lists a resource (a relist of every job at once
+    parses into one huge response before the first job is indexed)."""
+    malloc_arenas: int = Field(default=2, ge=0)
+    """LORA_MALLOC_ARENAS: the most glibc malloc arenas (0: glibc's default), see `heap`."""
+    tracemalloc: str = ""
+    """LORA_TRACEMALLOC: a folder for allocation dumps on SIGUSR1 (diagnostics for bench/, see
+    `diagnostics.start_tracemalloc`); empty: off."""
+    tracemalloc_frames: int = Field(default=10, ge=1)
+    """LORA_TRACEMALLOC_FRAMES: stack frames kept per traced allocation."""
+    tracemalloc_seconds: float = Field(default=15.0, gt=0)
+    """LORA_TRACEMALLOC_SECONDS: seconds between the dumps after tracing started."""
 
     @field_validator("storage_allowed_endpoints", "storage_allowed_secret_names", mode="before")
     @classmethod
@@ -100,7 +131,7 @@ class OperatorConfig(BaseModel):
                 raise ValueError(f"{text!r}: {why}")
         return value
 
-    @field_validator("namespace_node_limits", "trainer_allowed_images", mode="before")
+    @field_validator("namespace_node_limits", "trainer_allowed_images", "gpu_tolerations", mode="before")
     @classmethod
     def _from_json(cls, value: object, info: ValidationInfo) -> object:
         if not isinstance(value, str):
@@ -136,6 +167,13 @@ class OperatorConfig(BaseModel):
         """The environment variable that sets `field` (for messages and the Helm chart)."""
         return ENV_VARS[field]
 
+    @property
+    def trainer_tolerations(self) -> tuple[SchedulingToleration, ...]:
+        """The tolerations every trainer pod carries: the GPU resource taint's and LORA_GPU_TOLERATIONS.
+        The renderer puts them on the pod and the scheduler assumes them, so the two agree on nodes."""
+        return (resource_toleration(self.gpu_resource),
+                *(SchedulingToleration.from_mapping(t.to_resource()) for t in self.gpu_tolerations))
+
 
 ENV_VARS: dict[str, str] = {
     "trainer_image": "LORA_TRAINER_IMAGE",
@@ -154,5 +192,15 @@ ENV_VARS: dict[str, str] = {
     "unschedulable_timeout": "LORA_UNSCHEDULABLE_TIMEOUT",
     "progress_interval": "LORA_PROGRESS_INTERVAL",
     "namespace_node_limits": "LORA_NAMESPACE_NODE_LIMITS",
+    "trainer_image_pull_policy": "LORA_TRAINER_IMAGE_PULL_POLICY",
+    "gpu_tolerations": "LORA_GPU_TOLERATIONS",
+    "peering_name": "LORA_PEERING_NAME",
+    "peering_lifetime": "LORA_PEERING_LIFETIME",
+    "api_connections": "LORA_API_CONNECTIONS",
+    "list_chunk": "LORA_LIST_CHUNK",
+    "malloc_arenas": "LORA_MALLOC_ARENAS",
+    "tracemalloc": "LORA_TRACEMALLOC",
+    "tracemalloc_frames": "LORA_TRACEMALLOC_FRAMES",
+    "tracemalloc_seconds": "LORA_TRACEMALLOC_SECONDS",
 }
 """Field name -> environment variable, the whole contract of the operator's configuration."""

@@ -38,12 +38,12 @@ def _malloc_totals() -> str:
             f"free in heap {info.fordblks / mb:.1f} MB, mmapped {info.hblkhd / mb:.1f} MB")
 
 
-def start_tracemalloc(out_dir: str) -> None:
+def start_tracemalloc(out_dir: str, frames: int = 10, every: float = 15.0) -> None:
     """LORA_TRACEMALLOC=DIR (diagnostics, bench only): the first SIGUSR1 starts tracing Python
-    allocations (LORA_TRACEMALLOC_FRAMES deep; tracing the start-up imports is very slow), each
-    later SIGUSR1 writes DIR/tracemalloc-N.txt: RSS, glibc malloc totals (in use / free in the
-    heap), traced bytes, the top allocation sites and the growth since the first dump. After
-    the start a dump is also written every LORA_TRACEMALLOC_SECONDS (default 15)."""
+    allocations (`frames` deep, LORA_TRACEMALLOC_FRAMES; tracing the start-up imports is very
+    slow), each later SIGUSR1 writes DIR/tracemalloc-N.txt: RSS, glibc malloc totals (in use /
+    free in the heap), traced bytes, the top allocation sites and the growth since the first
+    dump. After the start a dump is also written every `every` seconds (LORA_TRACEMALLOC_SECONDS)."""
     import signal
     import threading
     import tracemalloc
@@ -51,8 +51,6 @@ def start_tracemalloc(out_dir: str) -> None:
 
     malloc_totals, rss_mb = _malloc_totals, _rss_mb
 
-    frames = int(os.environ.get("LORA_TRACEMALLOC_FRAMES", "10"))
-    every = float(os.environ.get("LORA_TRACEMALLOC_SECONDS", "15"))
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"n": 0, "first": None}

@@ -16,12 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-if TYPE_CHECKING:
-    from .api import JobSpec
-    from .config import OperatorConfig
 
 SCHEMES = ("http", "https")
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -155,15 +150,3 @@ def job_endpoint(requested: str | None, secure: bool, default: str, allowed: tup
                                 f"allowed: {listed}")
     secure = chosen.effective_scheme(secure) == "https"
     return Target(address=chosen.address(secure), secure=secure)
-
-
-def job_target(spec: JobSpec, config: OperatorConfig) -> Target:
-    """The checked endpoint of a job: spec.storage.endpoint / secure over the operator's settings.
-
-    Raises:
-        EndpointError: spec.storage.endpoint is malformed or not one the platform allows.
-    """
-    storage = spec.storage
-    secure = storage.secure if storage and storage.secure is not None else config.storage_secure
-    return job_endpoint(storage.endpoint if storage else None, secure, config.storage_endpoint,
-                        config.storage_allowed_endpoints)

@@ -24,9 +24,6 @@ from .views import JOB_UID_LABEL, TRAINER_COMPONENT, JobView, gpu_node, slim_job
 log = logging.getLogger(__name__)
 JOBS = (GROUP, VERSION, LoraTrainingJob.PLURAL)
 TRAINER_PODS = {TRAINER_COMPONENT[0]: TRAINER_COMPONENT[1]}
-API_CONNECTIONS = int(os.environ.get("LORA_API_CONNECTIONS", "64"))
-"""Connections kopf's client keeps to the API server at most (its watches, patches and Events)."""
-GPU_RESOURCE = os.environ.get("LORA_GPU_RESOURCE", "nvidia.com/gpu")
 
 
 def _emit(body: Any, type_: str, reason: str, message: str) -> None:
@@ -77,21 +74,22 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     (on.create/update/delete): kopf then puts no finalizer and no last-handled-configuration on
     a job, two metadata patches and two watch events per job fewer. A deleted job's trainer pod
     goes with it through its ownerReference, and promptly through `Controller.job_gone`."""
-    if os.environ.get("LORA_TRACEMALLOC"):
-        start_tracemalloc(os.environ["LORA_TRACEMALLOC"])
+    config = OperatorConfig.from_env()
+    if config.tracemalloc:
+        start_tracemalloc(config.tracemalloc, config.tracemalloc_frames, config.tracemalloc_seconds)
     configure_persistence(settings)
     configure_posting(settings)
     settings.watching.server_timeout = 300
     # A relist (start-up, a standby taking over, a watch too old) comes in pages: the whole list
     # of 5000 jobs at once parses to ~170 MB of dicts before the first one is indexed.
-    settings.watching.chunk_size = int(os.environ.get("LORA_LIST_CHUNK", "500"))
+    settings.watching.chunk_size = config.list_chunk
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 32
     # How long a replica's peering record counts as alive: a standby takes over this long after
     # the active replica died (kill -9 leaves its record behind). kopf's default is 60 s.
-    settings.peering.lifetime = int(os.environ.get("LORA_PEERING_LIFETIME", "60"))
+    settings.peering.lifetime = config.peering_lifetime
     memo.kopf_settings = settings
-    config = OperatorConfig.from_env()
+    memo.config = config
     metrics = OperatorMetrics()
     memo.controller = Controller(Kube.connect(), config, metrics, _emit)
     memo.metrics_server = start_metrics_server(config.metrics_port, metrics.registry)
@@ -101,9 +99,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
 
 @kopf.on.login()
-async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.AiohttpSession | None:
     """kopf's own login (in-cluster service account, else the kubeconfig) over a session with at
-    most API_CONNECTIONS connections. kopf's built-in session has no limit: when the API server
+    most LORA_API_CONNECTIONS connections. kopf's built-in session has no limit: when the API server
     is slow, each pending metadata patch and Event post opens a TLS connection of its own, with
     a 256 KB read buffer and OpenSSL state; 860 of them were open 4 s after the nodes of a
     500-job queue were released, memory the heap kept after they closed. Past the limit a
@@ -112,14 +110,14 @@ async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
 
     import aiohttp
 
-    info = kopf.login_via_client(**kwargs)
+    info = kopf.login_via_client(memo=memo, **kwargs)
     if info is None:
         return None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         auth = info.as_aiohttp_basic_auth()
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=API_CONNECTIONS, ssl=info.as_ssl_context()),
+        connector=aiohttp.TCPConnector(limit=memo.config.api_connections, ssl=info.as_ssl_context()),
         headers=info.as_http_headers(), auth=auth, proxy=info.proxy_url, trust_env=info.trust_env)
     return kopf.AiohttpSession(server=info.server, priority=info.priority, default_namespace=info.default_namespace,
                                expiration=info.expiration, aiohttp_session=session)
@@ -146,8 +144,8 @@ async def pods_index(labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[str
 
 
 @kopf.index("", "v1", "nodes")
-async def nodes_index(name: str, body: kopf.Body, **_: Any) -> dict[str, Any] | None:
-    node = gpu_node(body, GPU_RESOURCE)
+async def nodes_index(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[str, Any] | None:
+    node = gpu_node(body, memo.config.gpu_resource)
     return {name: node} if node else None
 
 

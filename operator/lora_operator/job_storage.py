@@ -22,7 +22,8 @@ from typing import Protocol
 
 from .api import JobSpec
 from .config import OperatorConfig
-from .endpoints import Target, job_target
+from .endpoints import Target
+from .policy import job_target
 from .storage import ObjectStore, StorageError, open_store
 from .storage.retry import RetryPolicy
 

@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from .api import GROUP, VERSION
+from .api.contract import APP_NAME, LABEL_NAME
 from .api.names import is_subdomain
 from .api.resources import ClusterLoraTrainingTemplate, LoraTrainingJob, LoraTrainingTemplate
 from .own_writes import OwnWrites
@@ -145,7 +146,7 @@ class Kube:
         """Creates the trainer ServiceAccount (no token automount) in a job's namespace once."""
         if (namespace, name) in self._service_accounts:
             return
-        body = {"metadata": {"name": name, "labels": {"app.kubernetes.io/name": "lora-operator"}},
+        body = {"metadata": {"name": name, "labels": {LABEL_NAME: APP_NAME}},
                 "automountServiceAccountToken": False}
         try:
             self.core.create_namespaced_service_account(namespace, body)
@@ -202,9 +203,6 @@ class Kube:
         except ApiException as err:
             if err.status != 404:
                 raise
-
-    def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, LoraTrainingJob.PLURAL, body)
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -1,5 +1,5 @@
-"""What the platform lets a job choose: the trainer image it runs and the container paths its
-file:// URIs read.
+"""What the platform lets a job choose: the trainer image it runs, the container paths its
+file:// URIs read and the storage endpoint it talks to.
 
 A tenant owns its jobs and namespaced templates, the platform owns the operator's
 configuration (chart values) and ClusterLoraTrainingTemplates. A job's resolved spec (its
@@ -17,6 +17,7 @@ from urllib.parse import unquote
 
 from .api import JobSpec, Reason, SpecError
 from .config import OperatorConfig
+from .endpoints import Target, job_endpoint
 
 
 def image_allowed(image: str, config: OperatorConfig) -> bool:
@@ -81,3 +82,15 @@ def first_refused_field(spec: JobSpec, config: OperatorConfig) -> SpecError | No
         return SpecError(field, f"{uri}: a file:// URI must lie under {config.file_uri_root}, "
                          "the folder the platform allows")
     return None
+
+
+def job_target(spec: JobSpec, config: OperatorConfig) -> Target:
+    """The checked endpoint of a job: spec.storage.endpoint / secure over the operator's settings.
+
+    Raises:
+        EndpointError: spec.storage.endpoint is malformed or not one the platform allows.
+    """
+    storage = spec.storage
+    secure = storage.secure if storage and storage.secure is not None else config.storage_secure
+    return job_endpoint(storage.endpoint if storage else None, secure, config.storage_endpoint,
+                        config.storage_allowed_endpoints)

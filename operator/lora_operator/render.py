@@ -10,39 +10,32 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from typing import Any
 
 from .api import API_VERSION, JobSpec, LoraTrainingJob
+from .api.contract import (
+    COMPONENT,
+    ENV_ACCESS_KEY,
+    ENV_HF_TOKEN,
+    ENV_JOB_SPEC,
+    ENV_S3_ENDPOINT,
+    ENV_S3_SECURE,
+    ENV_SECRET_KEY,
+    LABEL_COMPONENT,
+    TrainerEnv,
+    output_prefix,
+    trainer_labels,
+)
 from .config import OperatorConfig
-from .endpoints import job_target
-from .scheduling.fit import resource_toleration
+from .policy import job_target
+from .scheduling import Toleration
 
-APP_NAME = "lora-operator"
-COMPONENT = "trainer"
 CONTAINER = "trainer"
-LABEL_NAME = "app.kubernetes.io/name"
-LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_JOB = "lora-operator.io/job"
-LABEL_JOB_UID = "lora-operator.io/job-uid"
-LABEL_ATTEMPT = "lora-operator.io/attempt"
 HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
 CACHE_DIR = "/cache"
-SPEC_ENV = "LORA_JOB_SPEC"
 TRAINER_UID = 1000
 MAX_NAME = 63
-UID = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,127}")
-"""A metadata.uid (the API server makes UUIDs; the pattern only keeps separators out of the path)."""
-
-
-def _digest(text: str, length: int) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-def job_label_value(name: str) -> str:
-    """The value of the ``lora-operator.io/job`` label: the name, or a hash when it is too long."""
-    return name if len(name) <= MAX_NAME else _digest(name, 32)
+"""Pod names stay within a hostname's 63 characters: the kubelet makes the pod's hostname from its name."""
 
 
 def pod_name(job_name: str, attempt: int) -> str:
@@ -51,43 +44,8 @@ def pod_name(job_name: str, attempt: int) -> str:
     name = job_name + suffix
     if len(name) <= MAX_NAME:
         return name
-    tail = f"-{_digest(job_name, 8)}{suffix}"
+    tail = f"-{hashlib.sha256(job_name.encode()).hexdigest()[:8]}{suffix}"
     return job_name[: MAX_NAME - len(tail)].rstrip("-.") + tail
-
-
-def trainer_labels(job_name: str, job_uid: str, attempt: int) -> dict[str, str]:
-    """The labels of a trainer pod (selectable with `trainer_selector`)."""
-    return {
-        LABEL_NAME: APP_NAME,
-        LABEL_COMPONENT: COMPONENT,
-        LABEL_MANAGED_BY: APP_NAME,
-        LABEL_JOB: job_label_value(job_name),
-        LABEL_JOB_UID: job_uid,
-        LABEL_ATTEMPT: str(attempt),
-    }
-
-
-def trainer_selector(job_uid: str | None = None) -> str:
-    """Label selector of all trainer pods, or of one job's pods when `job_uid` is given."""
-    selector = f"{LABEL_NAME}={APP_NAME},{LABEL_COMPONENT}={COMPONENT}"
-    return f"{selector},{LABEL_JOB_UID}={job_uid}" if job_uid else selector
-
-
-def output_prefix(spec: JobSpec, namespace: str, name: str, uid: str) -> str:
-    """``<output.uri>/<namespace>/<job>/<job UID>/``, always ending with ``/``.
-
-    The UID makes the prefix the job's alone: a job deleted and created again with the same name
-    is another object with another UID, and never sees (resumes from, reports or finalizes) the
-    files of the old run. The name stays in the path so people find a job's runs by name.
-
-    Raises:
-        ValueError: The spec has no output (it was not resolved), or the UID is not one.
-    """
-    if spec.output is None:
-        raise ValueError("spec.output: required (resolve the spec first)")
-    if not UID.fullmatch(uid):
-        raise ValueError(f"metadata.uid: {uid!r} is not a Kubernetes UID")
-    return f"{spec.output.uri.rstrip('/')}/{namespace}/{name}/{uid}/"
 
 
 def build_trainer_pod(
@@ -117,8 +75,7 @@ def build_trainer_pod(
     """
     placement = spec.placement
     tolerations = [t.to_resource() for t in placement.tolerations] if placement else []
-    gpu_tol = resource_toleration(config.gpu_resource)
-    tolerations.append({"key": gpu_tol.key, "operator": gpu_tol.operator, "effect": gpu_tol.effect})
+    tolerations += [_toleration(t) for t in config.trainer_tolerations]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -150,6 +107,12 @@ def build_trainer_pod(
             ],
         },
     }
+
+
+def _toleration(toleration: Toleration) -> dict[str, str]:
+    fields = {"key": toleration.key, "operator": toleration.operator, "value": toleration.value,
+              "effect": toleration.effect}
+    return {name: value for name, value in fields.items() if value}
 
 
 def _owner_reference(job_name: str, job_uid: str) -> dict[str, Any]:
@@ -198,9 +161,9 @@ def _container(
     return {
         "name": CONTAINER,
         "image": image,
-        "imagePullPolicy": "IfNotPresent",
+        "imagePullPolicy": config.trainer_image_pull_policy,
         "command": ["lora-train"],
-        "args": ["run", "--spec-env", SPEC_ENV],
+        "args": ["run", "--spec-env", ENV_JOB_SPEC],
         "env": _env(job_name, namespace, job_uid, spec, attempt, resume, config),
         "resources": {
             "limits": {config.gpu_resource: str(gpus)},
@@ -230,17 +193,13 @@ def _env(
     storage = spec.storage
     secret = (storage.secret_ref if storage else None) or config.storage_secret
     where = job_target(spec, config)  # resolve refused a job whose endpoint is not allowed; this checks again
+    job = TrainerEnv(job_name=job_name, job_namespace=namespace, job_uid=job_uid, attempt=attempt, resume=resume,
+                     output_prefix=output_prefix(spec, namespace, job_name, job_uid), cache_dir=CACHE_DIR)
     values = {
-        SPEC_ENV: json.dumps(spec.to_resource(), sort_keys=True, separators=(",", ":")),
-        "LORA_JOB_NAME": job_name,
-        "LORA_JOB_NAMESPACE": namespace,
-        "LORA_JOB_UID": job_uid,
-        "LORA_ATTEMPT": str(attempt),
-        "LORA_RESUME": "1" if resume else "0",
-        "LORA_OUTPUT_PREFIX": output_prefix(spec, namespace, job_name, job_uid),
-        "LORA_CACHE_DIR": CACHE_DIR,
-        "S3_ENDPOINT": where.address,
-        "S3_SECURE": "true" if where.secure else "false",
+        ENV_JOB_SPEC: json.dumps(spec.to_resource(), sort_keys=True, separators=(",", ":")),
+        **job.to_env(),
+        ENV_S3_ENDPOINT: where.address,
+        ENV_S3_SECURE: "true" if where.secure else "false",
         # The root filesystem is read-only: libraries that write under $HOME get /tmp, and
         # Hugging Face downloads land in the node-local cache.
         "HOME": "/tmp",
@@ -249,9 +208,9 @@ def _env(
     }
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in values.items()]
     env += [
-        _secret_env("AWS_ACCESS_KEY_ID", secret, "accessKey"),
-        _secret_env("AWS_SECRET_ACCESS_KEY", secret, "secretKey"),
-        _secret_env("HF_TOKEN", secret, "hfToken", optional=True),
+        _secret_env(ENV_ACCESS_KEY, secret, "accessKey"),
+        _secret_env(ENV_SECRET_KEY, secret, "secretKey"),
+        _secret_env(ENV_HF_TOKEN, secret, "hfToken", optional=True),
     ]
     return env
 

@@ -3,7 +3,7 @@ progress and manifest, and finalizing the selected checkpoint. The trainer pod h
 Kubernetes credentials, so storage is the only channel from it to the resource.
 
 Every store here is opened by the caller with the job's own Secret (`job_storage`), at the
-job's own prefix (`render.output_prefix`, which holds the job's UID); files another job wrote
+job's own prefix (`contract.output_prefix`, which holds the job's UID); files another job wrote
 are ignored all the same."""
 
 from __future__ import annotations
@@ -15,14 +15,8 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from .api import JobStatus
-from .api.reports import (
-    CHECKPOINTS_PREFIX,
-    FINAL_PREFIX,
-    MANIFEST_KEY,
-    PROGRESS_KEY,
-    Manifest,
-    ProgressReport,
-)
+from .api.contract import FINAL_PREFIX, MANIFEST_KEY, PROGRESS_KEY, checkpoint_key
+from .api.reports import Manifest, ProgressReport
 from .api.status import MAX_SKIPPED_SHOWN, CheckpointRecord, JobOutput, PreviewRecord, Progress
 from .storage import ObjectStore, StorageError
 
@@ -105,7 +99,7 @@ def finalize(store: ObjectStore, job_uid: str, checkpoint: str) -> JobOutput:
     manifest = _load(store, MANIFEST_KEY, Manifest, job_uid)
     if manifest is None or checkpoint not in {c.name for c in manifest.checkpoints}:
         raise StorageError(f"checkpoint {checkpoint} is not in this job's manifest", uri=prefix + MANIFEST_KEY)
-    source = f"{CHECKPOINTS_PREFIX}{checkpoint}/"
+    source = checkpoint_key(checkpoint) + "/"
     objects = store.list(source)
     if not objects:
         raise StorageError(f"checkpoint {checkpoint} not found", uri=prefix + source)
@@ -125,7 +119,7 @@ def delete_checkpoints(store: ObjectStore, checkpoints: list[str]) -> int:
     """
     deleted = 0
     for checkpoint in checkpoints:
-        for obj in store.list(f"{CHECKPOINTS_PREFIX}{checkpoint}/"):
+        for obj in store.list(checkpoint_key(checkpoint) + "/"):
             store.delete(obj.key)
             deleted += 1
     return deleted

@@ -9,12 +9,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .api import JobStatus, Phase
+from .api.contract import COMPONENT, LABEL_ATTEMPT, LABEL_COMPONENT, LABEL_JOB_UID
 from .outcome import PodSnapshot
 from .scheduling import GpuNode, QueuedJob, Taint, Toleration, TrainerPod
 
-TRAINER_COMPONENT = ("app.kubernetes.io/component", "trainer")
-JOB_UID_LABEL = "lora-operator.io/job-uid"
-ATTEMPT_LABEL = "lora-operator.io/attempt"
+TRAINER_COMPONENT = (LABEL_COMPONENT, COMPONENT)
+JOB_UID_LABEL = LABEL_JOB_UID
+ATTEMPT_LABEL = LABEL_ATTEMPT
 
 
 def parse_time(value: str | None) -> datetime | None:

@@ -5,14 +5,9 @@ from __future__ import annotations
 import pytest
 
 from lora_operator.api import JobSpec, resolve_spec
+from lora_operator.api.contract import job_label_value, output_prefix, trainer_selector
 from lora_operator.config import ConfigError, OperatorConfig
-from lora_operator.render import (
-    build_trainer_pod,
-    job_label_value,
-    output_prefix,
-    pod_name,
-    trainer_selector,
-)
+from lora_operator.render import build_trainer_pod, pod_name
 
 CONFIG = OperatorConfig(trainer_image="trainer:1", storage_endpoint="minio:9000", storage_secret="default-creds")
 

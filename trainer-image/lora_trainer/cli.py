@@ -5,7 +5,7 @@ Local mode: ``lora-train run job.yaml [--storage DIR]`` reads the same YAML as
 same file, or a bare spec). ``--storage DIR`` stands in for the object store.
 
 Pod mode: ``lora-train run --spec-env LORA_JOB_SPEC`` reads the resolved spec and
-the environment of docs/CONTRACTS.md.
+the environment of `lora_operator.api.contract` (docs/CONTRACTS.md).
 
 Datasets: ``lora-train upload FOLDER s3://bucket/prefix/ [--job job.yaml]`` checks a folder
 the way the trainer will read it, then uploads what the job will use (`upload`).
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_operator.api import Dataset, ExitCode, JobSpec, ModelFamily, SpecError, resolve_spec
-from lora_operator.render import output_prefix
+from lora_operator.api.contract import ENV_JOB_UID, ENV_OUTPUT_PREFIX, TrainerEnv, output_prefix
 from lora_operator.storage import StorageError
 
 from . import logtail
@@ -144,18 +144,19 @@ def run_pod(spec_env: str, env: Mapping[str, str], workdir: Path | None) -> int:
         spec = _resolve(json.loads(raw))
     except json.JSONDecodeError as err:
         raise ConfigError(f"{spec_env}: not JSON: {err}") from err
-    prefix = env.get("LORA_OUTPUT_PREFIX") or ""
+    try:
+        pod = TrainerEnv.from_env(env)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    prefix, uid = pod.output_prefix, pod.job_uid
     if not prefix:
-        raise ConfigError("LORA_OUTPUT_PREFIX: environment variable is missing")
-    uid = env.get("LORA_JOB_UID") or ""
+        raise ConfigError(f"{ENV_OUTPUT_PREFIX}: environment variable is missing")
     if not uid or not prefix.rstrip("/").endswith("/" + uid):
-        raise ConfigError(f"LORA_JOB_UID: {uid!r} is missing or not the last folder of LORA_OUTPUT_PREFIX {prefix}")
+        raise ConfigError(f"{ENV_JOB_UID}: {uid!r} is missing or not the last folder of {ENV_OUTPUT_PREFIX} {prefix}")
     resolver = Resolver(env=env, cache_dir=default_cache_dir(env))
     with tempfile.TemporaryDirectory(prefix="lora-train-") as tmp:
-        return train(spec, resolver, prefix, workdir or Path(tmp), job_uid=uid,
-                     job_name=env.get("LORA_JOB_NAME") or None, attempt=int(env.get("LORA_ATTEMPT", "1")),
-                     resume=env.get("LORA_RESUME") == "1",
-                     progress_interval=float(env.get("LORA_PROGRESS_INTERVAL", "5")))
+        return train(spec, resolver, prefix, workdir or Path(tmp), job_uid=uid, job_name=pod.job_name,
+                     attempt=pod.attempt, resume=pod.resume, progress_interval=pod.progress_interval)
 
 
 def _upload_progress(started: float, every: float = 5.0):

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from lora_operator.api.contract import ENV_HF_TOKEN
 from lora_operator.storage import (
     InvalidUri,
     ObjectInfo,
@@ -153,7 +154,7 @@ def _fetch_hf(uri: str, repo: str, revision: str, cache_dir: Path, env: Mapping[
 
     try:
         path = snapshot_download(repo_id=repo, revision=revision or None, cache_dir=cache_dir / "hf",
-                                 token=env.get("HF_TOKEN") or None, endpoint=env.get("HF_ENDPOINT") or None)
+                                 token=env.get(ENV_HF_TOKEN) or None, endpoint=env.get("HF_ENDPOINT") or None)
     except (GatedRepoError, RepositoryNotFoundError) as exc:
         raise ModelError(f"model {uri} not found or not accessible (a gated or private repository needs "
                          f"hfToken in the storage Secret): {type(exc).__name__}") from exc

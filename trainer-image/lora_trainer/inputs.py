@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from lora_operator.api.contract import ENV_CACHE_DIR
 from lora_operator.storage import InvalidUri, ObjectStore, StorageError, parse_uri, store_from_env
 
 from .errors import ModelError, TransientError
@@ -92,5 +93,5 @@ class Resolver:
 
 def default_cache_dir(env: Mapping[str, str]) -> Path | None:
     """LORA_CACHE_DIR when set."""
-    value = env.get("LORA_CACHE_DIR") or os.environ.get("LORA_CACHE_DIR")
+    value = env.get(ENV_CACHE_DIR) or os.environ.get(ENV_CACHE_DIR)
     return Path(value) if value else None

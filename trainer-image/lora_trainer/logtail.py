@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import IO, Any
 
-from lora_operator.api.reports import attempt_log_key
+from lora_operator.api.contract import ENV_ATTEMPT, ENV_OUTPUT_PREFIX, TrainerEnv, attempt_log_key
 from lora_operator.storage import ObjectStore
 
 from .inputs import Resolver, default_cache_dir
@@ -107,12 +107,12 @@ class LogTail:
 def start_for_pod(env: Mapping[str, str]) -> LogTail | None:
     """The tail of a pod's main process; None in a launched worker (one tail per attempt: the
     launcher's, which holds what it prints of its workers) or without an output prefix."""
-    prefix = env.get("LORA_OUTPUT_PREFIX")
-    if not prefix or is_worker(env):
+    if not env.get(ENV_OUTPUT_PREFIX) or is_worker(env):
         return None
     try:
-        store = Resolver(env=env, cache_dir=default_cache_dir(env)).store(prefix)
-        attempt = int(env.get("LORA_ATTEMPT", "1"))
+        # Only the two variables it needs: a bad value of another is the run's to report, with its tail kept.
+        pod = TrainerEnv.from_env({name: env[name] for name in (ENV_OUTPUT_PREFIX, ENV_ATTEMPT) if name in env})
+        store = Resolver(env=env, cache_dir=default_cache_dir(env)).store(pod.output_prefix)
     except Exception:  # noqa: BLE001 - the run reports a bad prefix or attempt itself
         return None
-    return LogTail(store, attempt_log_key(attempt)).start()
+    return LogTail(store, attempt_log_key(pod.attempt)).start()

@@ -21,13 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lora_operator.api import (
-    CheckpointEntry,
-    JobSpec,
-    Manifest,
-    checkpoint_name,
-    spec_hash,
-)
+from lora_operator.api import CheckpointEntry, JobSpec, Manifest, spec_hash
+from lora_operator.api.contract import checkpoint_key, checkpoint_name
 
 from . import state as resume_state
 from .adapters import make_adapter
@@ -405,7 +400,7 @@ class LoraRecipe:
         """Export the adapter in every requested format and upload it under checkpoints/epoch-NNNN/."""
         self.progress.phase("saving")
         name = checkpoint_name(epoch)
-        rel = f"checkpoints/{name}"
+        rel = checkpoint_key(name)
         metadata = self._metadata(epoch, step)
         entries = []
         for fmt, path in self.adapter.export(self.outputs.local(rel + "/x").parent, self.spec.checkpoints.formats,

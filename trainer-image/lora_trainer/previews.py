@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from lora_operator.api import PreviewEntry, Previews, Sampler, checkpoint_name
+from lora_operator.api import PreviewEntry, Previews, Sampler
+from lora_operator.api.contract import previews_key
 
 from .data import CaptionBuilder, PreparedDataset
 from .errors import ConfigError
@@ -91,7 +92,7 @@ def generate(family: Family, parts: Components, previews: Previews, prompts: lis
 def render_previews(family: Family, parts: Components, previews: Previews, prompts: list[str], epoch: int,
                     size: tuple[int, int], outputs: Outputs) -> list[PreviewEntry]:
     """Generate, write and upload the previews of `epoch`; one entry per prompt."""
-    folder = f"previews/{checkpoint_name(epoch)}"
+    folder = previews_key(epoch)
     images = generate(family, parts, previews, prompts, size)
     entries = []
     grid_key = f"{folder}/grid.png"

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TextIO
 
-from lora_operator.api import MANIFEST_KEY, PROGRESS_KEY, CheckpointEntry, Manifest, PreviewEntry, ProgressReport
+from lora_operator.api import CheckpointEntry, Manifest, PreviewEntry, ProgressReport
+from lora_operator.api.contract import MANIFEST_KEY, PROGRESS_KEY
 
 Publish = Callable[[str, bytes], None]
 

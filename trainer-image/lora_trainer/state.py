@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file, save_file
 
-from lora_operator.api import STATE_PREFIX, spec_hash
+from lora_operator.api import spec_hash
+from lora_operator.api.contract import MANIFEST_KEY, STATE_PREFIX
 
 if TYPE_CHECKING:
     from .loop import LoraRecipe
@@ -84,7 +85,7 @@ def restore(recipe: LoraRecipe) -> int:
     recipe.lr_scheduler.load_state_dict(training["lr_scheduler"])
     torch.set_rng_state(training["torch_rng"])
     random.setstate(training["python_rng"])
-    manifest = recipe.outputs.store.get_bytes("manifest.json")
+    manifest = recipe.outputs.store.get_bytes(MANIFEST_KEY)
     if manifest:
         from lora_operator.api import Manifest
 

@@ -2,27 +2,16 @@
 
 The pydantic models here are the single source of the CRD schema, the
 `kubectl explain` text, the defaults and the validation. Both the operator and
-the trainer import them; this package imports nothing but pydantic.
+the trainer import them; this package imports nothing but pydantic. What else the two images
+share (the trainer pod's environment and labels, the layout of a job's output prefix) is in
+`contract`.
 """
 
 from .conditions import FINISHED_PHASES, ConditionType, Phase, Reason
 from .dataset import AutoCaption, Crop, CropMode, Dataset, Regularization, Tags
 from .exitcodes import INPUT_ERRORS, ExitCode
 from .presets import epoch_steps, scenario_formula, scenario_steps
-from .reports import (
-    CHECKPOINTS_PREFIX,
-    FINAL_PREFIX,
-    MANIFEST_KEY,
-    PREVIEWS_PREFIX,
-    PROGRESS_KEY,
-    STATE_PREFIX,
-    CheckpointEntry,
-    Manifest,
-    PreviewEntry,
-    ProgressReport,
-    SkippedFile,
-    checkpoint_name,
-)
+from .reports import CheckpointEntry, Manifest, PreviewEntry, ProgressReport, SkippedFile
 from .resolve import SpecError, deep_merge, resolve_spec, spec_hash
 from .resources import (
     API_VERSION,

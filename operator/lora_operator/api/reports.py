@@ -1,9 +1,9 @@
 """What the trainer writes to storage and the operator reads back: progress.json and manifest.json.
 
-Both live under the job's output prefix, ``<output.uri>/<namespace>/<job>/<job UID>/``. Paths in
-them are relative to that prefix, so a copied prefix stays valid. Both record the UID of the job
-that wrote them: the operator ignores (and never finalizes from) files of another job, such as a
-deleted job of the same name.
+Both live under the job's output prefix (`contract.output_prefix`, where their keys are defined
+too). Paths in them are relative to that prefix, so a copied prefix stays valid. Both record the
+UID of the job that wrote them: the operator ignores (and never finalizes from) files of another
+job, such as a deleted job of the same name.
 """
 
 from __future__ import annotations
@@ -11,25 +11,6 @@ from __future__ import annotations
 from pydantic import Field
 
 from .base import ApiModel
-
-PROGRESS_KEY = "progress.json"
-MANIFEST_KEY = "manifest.json"
-STATE_PREFIX = "state/"
-CHECKPOINTS_PREFIX = "checkpoints/"
-PREVIEWS_PREFIX = "previews/"
-FINAL_PREFIX = "final/"
-LOGS_PREFIX = "logs/"
-
-
-def attempt_log_key(attempt: int) -> str:
-    """Where the trainer keeps the last lines of an attempt's output, e.g. logs/attempt-2.txt:
-    a pod's log goes with the pod, this stays for `kubectl lora logs --attempt N`."""
-    return f"{LOGS_PREFIX}attempt-{attempt}.txt"
-
-
-def checkpoint_name(epoch: int) -> str:
-    """The name of the checkpoint of an epoch, e.g. epoch-0007."""
-    return f"epoch-{epoch:04d}"
 
 
 class ProgressReport(ApiModel):

@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from ..api.conditions import FINISHED_PHASES, Phase
-from ..api.reports import attempt_log_key
+from ..api.contract import attempt_log_key
 from ..api.status import Attempt, JobStatus
 from ..selection import AUTO
 from . import checkpoints, overrides, sheet, tables, tags

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import urllib3
 
+from ..api.contract import ENV_ACCESS_KEY, ENV_S3_ENDPOINT, ENV_S3_SECURE, ENV_SECRET_KEY
 from ..storage import ObjectStore, RetryPolicy, StorageError, open_store
 from ..storage.errors import InvalidUri
 from .errors import CliError
@@ -35,10 +36,10 @@ class StorageOptions:
                 secure: bool | None, env: Mapping[str, str] | None = None) -> StorageOptions:
         """Merge flags (None when not given) over the environment."""
         env = os.environ if env is None else env
-        return cls(endpoint=endpoint or env.get("S3_ENDPOINT") or None,
-                   access_key=access_key or env.get("AWS_ACCESS_KEY_ID") or None,
-                   secret_key=secret_key or env.get("AWS_SECRET_ACCESS_KEY") or None,
-                   secure=secure if secure is not None else _truthy(env.get("S3_SECURE", "true")))
+        return cls(endpoint=endpoint or env.get(ENV_S3_ENDPOINT) or None,
+                   access_key=access_key or env.get(ENV_ACCESS_KEY) or None,
+                   secret_key=secret_key or env.get(ENV_SECRET_KEY) or None,
+                   secure=secure if secure is not None else _truthy(env.get(ENV_S3_SECURE, "true")))
 
 
 class Objects:

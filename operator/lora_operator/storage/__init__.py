@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
+from ..api.contract import ENV_ACCESS_KEY, ENV_S3_ENDPOINT, ENV_S3_REGION, ENV_S3_SECURE, ENV_SECRET_KEY
 from ..endpoints import DEFAULT_ENDPOINT
 from .base import ObjectInfo, ObjectStore
 from .errors import InvalidUri, ObjectNotFound, StorageError
@@ -69,11 +70,11 @@ def store_from_env(uri: str, env: Mapping[str, str] | None = None, *,
     env = os.environ if env is None else env
     return open_store(
         uri,
-        endpoint=env.get("S3_ENDPOINT") or None,
-        access_key=env.get("AWS_ACCESS_KEY_ID"),
-        secret_key=env.get("AWS_SECRET_ACCESS_KEY"),
-        secure=env.get("S3_SECURE", "true").strip().lower() in ("1", "true", "yes", "on"),
-        region=env.get("S3_REGION") or None,
+        endpoint=env.get(ENV_S3_ENDPOINT) or None,
+        access_key=env.get(ENV_ACCESS_KEY),
+        secret_key=env.get(ENV_SECRET_KEY),
+        secure=env.get(ENV_S3_SECURE, "true").strip().lower() in ("1", "true", "yes", "on"),
+        region=env.get(ENV_S3_REGION) or None,
         policy=policy,
     )
 
