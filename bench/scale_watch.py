@@ -17,8 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-TRAINER_SELECTOR = "app.kubernetes.io/component=trainer"
-JOB_UID_LABEL = "lora-operator.io/job-uid"
+from lora_operator.api.contract import LABEL_JOB_UID as JOB_UID_LABEL
+from lora_operator.api.contract import trainer_selector
+
+TRAINER_SELECTOR = trainer_selector()
 JOBS_PATH = "/apis/lora-operator.io/v1alpha1/loratrainingjobs"
 PODS_PATH = "/api/v1/pods"
 
