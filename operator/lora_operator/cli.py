@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
-        # kopf logs each handler's success at INFO: a line per watch event, 7% of the event
-        # loop at 1000 jobs. Failures and retries are warnings and errors, and still show.
+        # kopf logs each handler's success at INFO: a line per watch event, a share of the event
+        # loop that grows with the jobs (bench/RESULTS.md). Failures and retries are warnings
+        # and errors, and still show.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     heap.tune_collector()
     namespace = args.namespace or config.watch_namespace or None

@@ -31,9 +31,9 @@ log = logging.getLogger(__name__)
 DELETE_MEMORY_SECONDS = 60.0
 SYNC_CONNECTIONS = 48
 """Kept-alive API connections of the client the worker threads share: the claim, pod-start and
-reconcile threads (16 + 16 + 8, and the position writer) make that many requests at once. The
-client's default (5 per CPU: 10 on 2 cores) made urllib3 open a new TLS connection for each
-request beyond it and drop it afterwards (~950 times in a 5000-job run, bench/RESULTS.md)."""
+reconcile threads (16 + 16 + 8, and the position writer) make that many requests at once. Below
+that (the client's default is 5 per CPU) urllib3 opens a new TLS connection for each request
+beyond the pool and drops it afterwards (bench/RESULTS.md)."""
 USER_AGENT = "lora-operator"
 """The client's User-Agent: the API server names the writer in managedFields after it, so
 `kubectl get --show-managed-fields` shows `lora-operator` (not the client library) as the writer of status."""

@@ -4,7 +4,7 @@ The operator writes a trainer pod and later reads what the trainer left in stora
 reads that pod's environment and writes those files. Each name both sides use is defined here
 once: the pod's environment (`TrainerEnv` and the storage variables), the labels of the pod, and
 the layout of a job's output prefix. The models of the files themselves are in `reports`.
-Imports nothing but pydantic: the trainer image has neither kopf nor the Kubernetes client.
+Imports only pydantic and the standard library: the trainer runs without kopf or the Kubernetes client.
 """
 
 from __future__ import annotations
