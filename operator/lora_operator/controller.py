@@ -106,25 +106,26 @@ class Controller:
         self.index.prune()
 
     async def reconcile(self, uid: str, *, progress: bool = False) -> None:
-        """Reconciles one job (and optionally reads its progress); retried on conflicts."""
+        """Reconciles one job (and optionally reads its progress).
+
+        A conflict ends it: the job changed after it was read, and the watch event of that change
+        queues the job again (its uid left the work queue when this reconcile began), so the next
+        reconcile reads the newer object. No sleep-and-retry.
+        """
         async with self._locks[uid]:
-            for attempt in range(5):
-                view = self.job(uid)
-                if view is None:
-                    self._locks.pop(uid, None)
-                    return
-                try:
-                    await self._on_thread(self.lifecycle.reconcile, view, self.index.pods_of(uid), utcnow())
-                    if progress:
-                        await self._on_thread(self.lifecycle.sync_progress, self.job(uid) or view, utcnow())
-                    self.retries.passed(uid)
-                    return
-                except Conflict:
-                    await asyncio.sleep(0.1 * (attempt + 1))  # the watch brings the newer object
-                except Exception as err:  # noqa: BLE001 - every job ends with a status, whatever went wrong
-                    await self._on_thread(self.recover, uid, err)
-                    return
-            log.info("job %s kept changing; the next event reconciles it", uid)
+            view = self.job(uid)
+            if view is None:
+                self._locks.pop(uid, None)
+                return
+            try:
+                await self._on_thread(self.lifecycle.reconcile, view, self.index.pods_of(uid), utcnow())
+                if progress:
+                    await self._on_thread(self.lifecycle.sync_progress, self.job(uid) or view, utcnow())
+                self.retries.passed(uid)
+            except Conflict:
+                log.debug("job %s changed while it was reconciled; its watch event queues it again", uid)
+            except Exception as err:  # noqa: BLE001 - every job ends with a status, whatever went wrong
+                await self._on_thread(self.recover, uid, err)
 
     def recover(self, uid: str, error: Exception) -> None:
         """After a reconcile raised: an error that may clear up (an API or storage error) leaves
