@@ -340,7 +340,7 @@ class Admitter:
         """Writes Admitted, conditional on the resourceVersion read; returns the view it was written on.
 
         A conflict usually means only a queue-position write got in between (kopf writes
-        nothing on jobs: the operator has no change-detecting handler, see `handlers.configure`):
+        nothing on jobs: the operator has no change-detecting handler, see `handlers`):
         the job is read again and, if it still waits for the same attempt, claimed again.
         Giving up would let the lower-ranked jobs of this pass take the nodes and pass it over.
 

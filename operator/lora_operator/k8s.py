@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 DELETE_MEMORY_SECONDS = 60.0
 SYNC_CONNECTIONS = 48
 """Kept-alive API connections of the client the worker threads share: the claim, pod-start and
-reconcile threads (16 + 16 + 8, and the position writer) make that many requests at once. The
+reconcile threads (16 + 16 + 8, the position writer and the Event posters) make that many requests at once. The
 client's default (5 per CPU: 10 on 2 cores) made urllib3 open a new TLS connection for each
 request beyond it and drop it afterwards (~950 times in a 5000-job run, bench/RESULTS.md)."""
 USER_AGENT = "lora-operator"
@@ -103,6 +103,10 @@ class Forbidden(Exception):
 
 MAX_EVENT_MESSAGE = 1000
 """Characters of an Event's message kept (the API server takes 1 KB)."""
+EVENT_POSTERS = 4
+"""Threads posting Events side by side (kopf posted the Events of different jobs concurrently):
+a burst of thousands of new jobs makes an Event each, and one thread would fall behind. Each
+Event carries the time it was made, so `kubectl describe` orders a job's Events right."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,7 @@ class Kube:
     _service_accounts: set[tuple[str, str]] = field(default_factory=set)
     _deleted: dict[tuple[str, str], float] = field(default_factory=dict)
     _events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-    _event_poster: threading.Thread | None = None
+    _event_posters: list[threading.Thread] = field(default_factory=list)
     _event_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -159,13 +163,14 @@ class Kube:
 
     def post_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """Posts an Event about `obj` (a job body) without waiting for it: the callers are the
-        reconcile, claim and pass threads, and an Event is for the user, not a decision. One
-        thread posts them in order; a failed post is logged and dropped."""
+        reconcile, claim and pass threads, and an Event is for the user, not a decision. A
+        few threads post them (`EVENT_POSTERS`); a failed post is logged and dropped."""
         self._events.put(event_body(obj, type_, reason, message, self.event_source, datetime.now(UTC)))
         with self._event_lock:
-            if self._event_poster is None:
-                self._event_poster = threading.Thread(target=self._post_events, name="events", daemon=True)
-                self._event_poster.start()
+            while len(self._event_posters) < EVENT_POSTERS:
+                poster = threading.Thread(target=self._post_events, name="events", daemon=True)
+                poster.start()
+                self._event_posters.append(poster)
 
     def _post_events(self) -> None:
         while True:
