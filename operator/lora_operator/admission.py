@@ -8,7 +8,6 @@ the pod creations go to the API server. A claim that fails gives its node back (
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import threading
 import time
@@ -35,6 +34,7 @@ from .scheduling import (
     schedule,
     unmatched,
 )
+from .status_writer import StatusWriter
 from .views import JobView, parse_time
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,8 @@ class Admitter:
     metrics: OperatorMetrics
     emit: Emit
     lifecycle: Lifecycle
+    statuses: StatusWriter | None = None
+    """Writes the claims and the node-match notes. Default: one over `kube`."""
     recent: dict[str, tuple[tuple[str, str], str, float]] = field(default_factory=dict)
     """node -> ((namespace, pod name), job uid, expiry on the monotonic clock) of the pods this
     process is claiming a job for or has created, until the watch shows them."""
@@ -110,6 +112,10 @@ class Admitter:
         default_factory=lambda: ThreadPoolExecutor(SETTLERS, thread_name_prefix="settle"))
     _starter: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(ADMISSION_WORKERS, thread_name_prefix="start"))
+
+    def __post_init__(self) -> None:
+        if self.statuses is None:
+            self.statuses = StatusWriter(self.kube)
 
     def held(self) -> list[TrainerPod]:
         """The pods this process created that the watch has not shown yet; each holds its node.
@@ -161,7 +167,7 @@ class Admitter:
             self._reserve(candidates)
             before, settled = self._settled, threading.Event()
             self._settled = settled
-            self._settlers.submit(contextvars.copy_context().run, self.settle, candidates, now, before, settled)
+            self._settlers.submit(self.settle, candidates, now, before, settled)
         self.metrics.set_queue_length(len(queued) - len(candidates))
         self.metrics.set_gpu_nodes(busy=len(plan.busy_nodes) + len(candidates), free=len(plan.free_nodes))
         return plan
@@ -190,7 +196,7 @@ class Admitter:
         with self._recent_lock:
             self.told_unmatched = none
         for uid, matched in changed:
-            self._starter.submit(contextvars.copy_context().run, self._write_match, waiting[uid], matched, job_of, now)
+            self._starter.submit(self._write_match, waiting[uid], matched, job_of, now)
 
     def _write_match(self, queued: QueuedJob, matched: bool, job_of: Callable[[str], JobView | None],
                      now: datetime) -> None:
@@ -208,7 +214,7 @@ class Admitter:
         if new == job.status:
             return
         try:
-            self.lifecycle.write(job, new)
+            self.statuses.write(job, new)
         except Exception as err:  # noqa: BLE001 - in a pool thread; the next pass tries again
             log.info("%s: recording whether a node matches failed: %s", job.key, err)
             with self._recent_lock:
@@ -247,7 +253,7 @@ class Admitter:
             for (job, admission), claim in zip(candidates, pending, strict=True):
                 outcome = claim.result()
                 if isinstance(outcome, Claimed):
-                    self._starter.submit(contextvars.copy_context().run, self.start, outcome, now)
+                    self._starter.submit(self.start, outcome, now)
                 else:
                     self._release(job, admission.node)
                     lost = lost or outcome is None
@@ -260,8 +266,7 @@ class Admitter:
         """fn(item, now) for each item, side by side on the admission pool; their futures in the items' order."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(ADMISSION_WORKERS, thread_name_prefix="admit")
-        # Each call carries the pass's context (kopf's event poster lives in it).
-        return [self._pool.submit(contextvars.copy_context().run, fn, item, now) for item in items]
+        return [self._pool.submit(fn, item, now) for item in items]
 
     def _claim_or_log(self, candidate: tuple[JobView, Admission], now: datetime) -> Claimed | None | bool:
         """`try_claim`, with an error logged and counted (False) instead of raised on a pool thread."""
@@ -334,7 +339,7 @@ class Admitter:
         """Writes Admitted, conditional on the resourceVersion read; returns the view it was written on.
 
         A conflict usually means only a queue-position write got in between (kopf writes
-        nothing on jobs: the operator has no change-detecting handler, see `handlers.configure`):
+        nothing on jobs: the operator has no change-detecting handler, see `handlers`):
         the job is read again and, if it still waits for the same attempt, claimed again.
         Giving up would let the lower-ranked jobs of this pass take the nodes and pass it over.
 
@@ -342,7 +347,7 @@ class Admitter:
             Conflict: the job really changed (admitted elsewhere, suspended, deleted...).
         """
         def write(view: JobView) -> JobView:
-            self.lifecycle.write(view, st.admitted(view.status, node=admission.node, gpus=admission.gpus,
+            self.statuses.write(view, st.admitted(view.status, node=admission.node, gpus=admission.gpus,
                                                    pod=pod, attempt=attempt, now=now))
             return view
 

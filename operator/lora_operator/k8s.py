@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
@@ -31,8 +35,8 @@ log = logging.getLogger(__name__)
 DELETE_MEMORY_SECONDS = 60.0
 SYNC_CONNECTIONS = 48
 """Kept-alive API connections of the client the worker threads share: the claim, pod-start and
-reconcile threads (16 + 16 + 8, and the position writer) make that many requests at once. Below
-that (the client's default is 5 per CPU) urllib3 opens a new TLS connection for each request
+reconcile threads (16 + 16 + 8, the position writer and the Event posters) make that many requests at once.
+Below that (the client's default is 5 per CPU) urllib3 opens a new TLS connection for each request
 beyond the pool and drops it afterwards (bench/RESULTS.md)."""
 USER_AGENT = "lora-operator"
 """The client's User-Agent: the API server names the writer in managedFields after it, so
@@ -98,6 +102,39 @@ class Forbidden(Exception):
     name the chart's RBAC does not list (the operator refuses those names before reading)."""
 
 
+MAX_EVENT_MESSAGE = 1000
+"""Characters of an Event's message kept (the API server takes 1 KB)."""
+EVENT_POSTERS = 4
+"""Threads posting Events side by side (kopf posted the Events of different jobs concurrently):
+a burst of thousands of new jobs makes an Event each, and one thread would fall behind. Each
+Event carries the time it was made, so `kubectl describe` orders a job's Events right."""
+
+
+@dataclass(frozen=True)
+class EventSource:
+    """Who the operator's Events say posted them: `From` in `kubectl describe` (component) and the
+    replica (instance: its pod's name)."""
+
+    component: str = USER_AGENT
+    instance: str = USER_AGENT
+
+
+def event_body(obj: Mapping[str, Any], type_: str, reason: str, message: str, source: EventSource,
+               now: datetime) -> dict[str, Any]:
+    """A core/v1 Event about `obj` (a body with apiVersion, kind and metadata)."""
+    meta = obj["metadata"]
+    stamp = now.isoformat()
+    return {
+        "metadata": {"namespace": meta["namespace"], "generateName": f"{source.component}-"},
+        "type": type_, "reason": reason, "message": message[:MAX_EVENT_MESSAGE], "action": reason,
+        "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta.get("uid")},
+        "source": {"component": source.component},
+        "reportingComponent": source.component, "reportingInstance": source.instance,
+        "firstTimestamp": stamp, "lastTimestamp": stamp, "eventTime": stamp,
+    }
+
+
 @dataclass
 class Kube:
     """Typed access to the few API calls the operator makes."""
@@ -105,11 +142,15 @@ class Kube:
     api: client.ApiClient
     own_writes: OwnWrites = field(default_factory=OwnWrites)
     """The bodies its conditional job status writes returned, until the watch shows them."""
+    event_source: EventSource = field(default_factory=EventSource)
     _service_accounts: set[tuple[str, str]] = field(default_factory=set)
     _deleted: dict[tuple[str, str], float] = field(default_factory=dict)
+    _events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    _event_posters: list[threading.Thread] = field(default_factory=list)
+    _event_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def connect(cls) -> Kube:
+    def connect(cls, event_source: EventSource | None = None) -> Kube:
         """In-cluster config when running in a pod, else the KUBECONFIG / ~/.kube/config."""
         try:
             config.load_incluster_config()
@@ -119,7 +160,28 @@ class Kube:
         configuration.connection_pool_maxsize = SYNC_CONNECTIONS
         api = client.ApiClient(configuration)
         api.user_agent = f"{USER_AGENT}/{_version()}"
-        return cls(api)
+        return cls(api, event_source=event_source or EventSource())
+
+    def post_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """Posts an Event about `obj` (a job body) without waiting for it: the callers are the
+        reconcile, claim and pass threads, and an Event is for the user, not a decision. A
+        few threads post them (`EVENT_POSTERS`); a failed post is logged and dropped."""
+        self._events.put(event_body(obj, type_, reason, message, self.event_source, datetime.now(UTC)))
+        with self._event_lock:
+            while len(self._event_posters) < EVENT_POSTERS:
+                poster = threading.Thread(target=self._post_events, name="events", daemon=True)
+                poster.start()
+                self._event_posters.append(poster)
+
+    def _post_events(self) -> None:
+        while True:
+            body = self._events.get()
+            try:
+                _discard(self.core.create_namespaced_event(body["metadata"]["namespace"], body,
+                                                           _preload_content=False))
+            except Exception as err:  # noqa: BLE001 - an Event is informational; the job's status holds the truth
+                log.warning("posting Event %s on %s failed: %s", body["reason"], body["involvedObject"]["name"],
+                            describe_error(err))
 
     @property
     def core(self) -> client.CoreV1Api:

@@ -2,7 +2,8 @@
 TTL and the selected checkpoint. Decisions come from the pure modules (outcome,
 status_transitions); this module carries them out through the k8s adapter and storage.
 
-Runs in a worker thread, one job at a time (handlers hold a per-job lock).
+Runs in a worker thread, one job at a time (the controller holds a per-job lock); every status
+write goes through `status_writer`.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from .metrics import OperatorMetrics
 from .outcome import ActionKind, classify, next_action
 from .render import output_prefix
 from .results import apply_reports, dataset_is_empty, delete_checkpoints, finalize, read_reports
+from .status_writer import StatusWriter
 from .storage import ObjectNotFound, StorageError
-from .views import ATTEMPT_LABEL, JobView, pod_active, pod_snapshot
+from .views import JobView, pod_active, pod_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +43,6 @@ CANCEL_MESSAGE = "spec.cancel is true: cancelled; the checkpoints of finished ep
 
 POD_CREATE_GRACE = timedelta(seconds=30)
 """An admitted job whose pod the watch has not shown yet is given this long before it counts as lost."""
-
-
-def status_patch(old: JobStatus, new: JobStatus) -> dict[str, Any]:
-    """A JSON merge patch turning `old` into `new` (fields that became unset are nulled)."""
-    before, after = old.to_resource(), new.to_resource()
-    patch: dict[str, Any] = {k: v for k, v in after.items() if before.get(k) != v}
-    patch.update({k: None for k in before if k not in after})
-    return patch
 
 
 @dataclass
@@ -64,21 +58,14 @@ class Lifecycle:
     """Datasets that passed resolve's checks a moment ago."""
     storage: JobStorage | None = None
     """Each job's storage, with the job's own Secret. Default: one over `kube` and `config`."""
+    statuses: StatusWriter | None = None
+    """Writes the job's status. Default: one over `kube`."""
 
     def __post_init__(self) -> None:
         if self.storage is None:
             self.storage = JobStorage(self.kube, self.config)
-
-    def write(self, job: JobView, new: JobStatus, conditional: bool = True) -> JobStatus:
-        """Patches the job's status if it changed; conditional on the resourceVersion read."""
-        new = new.model_copy(update={"observed_generation": job.generation})
-        patch = status_patch(job.status, new)
-        if patch and (job.body.get("status") or {}).get("phase") is None:
-            patch["phase"] = new.to_resource()["phase"]  # a blank phase parses as Pending: write it out
-        if patch:
-            self.kube.patch_job_status(job.namespace, job.name, patch,
-                                       job.resource_version if conditional else None)
-        return new
+        if self.statuses is None:
+            self.statuses = StatusWriter(self.kube)
 
     def reconcile(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
         """Brings one job one step closer to its desired state.
@@ -100,12 +87,12 @@ class Lifecycle:
         if job.suspend_requested:
             return self.suspend(job, pods, now)
         if job.status.phase is Phase.SUSPENDED:
-            self.write(job, st.resumed(job.status, now=now))
+            self.statuses.write(job, st.resumed(job.status, now=now))
             return self.emit(job.body, "Normal", Reason.RESUMED, "spec.suspend cleared; queued again")
         if self.past_deadline(job, now):
             self.delete_pods(job, pods)
             message = f"ran longer than activeDeadlineSeconds={job.spec.get('activeDeadlineSeconds')}"
-            self.write(job, st.failed(job.status, reason=Reason.DEADLINE_EXCEEDED, message=message, now=now))
+            self.statuses.write(job, st.failed(job.status, reason=Reason.DEADLINE_EXCEEDED, message=message, now=now))
             return self.emit(job.body, "Warning", Reason.DEADLINE_EXCEEDED, message)
         if job.status.phase in (Phase.RUNNING, Phase.PENDING) and job.status.attempt:
             return self.follow_attempt(job, JobSpec.model_validate(job.status.resolved_spec), pods, now)
@@ -156,12 +143,12 @@ class Lifecycle:
         output = JobOutput(prefix=output_prefix(spec, job.namespace, job.name, job.uid))
         status = job.status.model_copy(update={"resolved_spec": resolved, "spec_hash": spec_hash(spec),
                                                "output": output})
-        self.write(job, st.queued(status, position=None, now=now))
+        self.statuses.write(job, st.queued(status, position=None, now=now))
         self.emit(job.body, "Normal", Reason.QUEUED, "spec resolved; waiting for a free GPU node")
         return None
 
     def fail(self, job: JobView, reason: str, message: str, now: datetime) -> None:
-        self.write(job, st.failed(job.status, reason=reason, message=message, now=now))
+        self.statuses.write(job, st.failed(job.status, reason=reason, message=message, now=now))
         self.emit(job.body, "Warning", reason, message)
 
     def correct_phase(self, job: JobView, derived: Phase) -> None:
@@ -169,7 +156,7 @@ class Lifecycle:
         disagrees with them (a hand-patched Succeeded) is put back, and nothing acts on it."""
         message = (f"status.phase {job.status.phase} does not follow the job's conditions; "
                    f"set back to {derived}")
-        self.write(job, job.status.model_copy(update={"phase": derived}))
+        self.statuses.write(job, job.status.model_copy(update={"phase": derived}))
         self.emit(job.body, "Warning", Reason.PHASE_CORRECTED, message)
 
     def defer(self, job: JobView, error: BaseException, now: datetime) -> None:
@@ -179,7 +166,7 @@ class Lifecycle:
         new = st.deferred(job.status, message=message, now=now)
         if st.find_condition(new.conditions, ConditionType.RESOLVED) != st.find_condition(
                 job.status.conditions, ConditionType.RESOLVED):
-            self.write(job, new)
+            self.statuses.write(job, new)
             self.emit(job.body, "Warning", Reason.CHECK_DEFERRED, message)
 
     def unexpected(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], error: BaseException,
@@ -196,7 +183,7 @@ class Lifecycle:
     def suspend(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
         self.delete_pods(job, pods)
         if job.status.phase is not Phase.SUSPENDED:
-            self.write(job, st.suspended(job.status, now=now))
+            self.statuses.write(job, st.suspended(job.status, now=now))
             self.emit(job.body, "Normal", Reason.SUSPENDED, "spec.suspend is true; the trainer pod was removed")
 
     def past_deadline(self, job: JobView, now: datetime) -> bool:
@@ -217,7 +204,7 @@ class Lifecycle:
         if action.kind is ActionKind.NONE:
             running = pod and pod.get("status", {}).get("phase") == "Running"
             if running and not st.is_true(job.status, ConditionType.RUNNING):
-                self.write(job, st.pod_running(job.status, now=now))
+                self.statuses.write(job, st.pod_running(job.status, now=now))
                 self.emit(job.body, "Normal", Reason.POD_RUNNING, f"training on {node}")
             return None
         status = job.status
@@ -226,7 +213,7 @@ class Lifecycle:
         status = st.attempt_ended(status, outcome=outcome, action=action, now=now)
         if action.kind is ActionKind.REQUEUE:
             self.metrics.count_retry(str(action.reason))
-        self.write(job, status)
+        self.statuses.write(job, status)
         if pod is not None:
             self.kube.delete_pod(job.namespace, pod["metadata"]["name"])
         kind = "Normal" if action.kind is ActionKind.SUCCEED else "Warning"
@@ -292,14 +279,14 @@ class Lifecycle:
             status = status.model_copy(update={"checkpoints": kept, "message": message})
             events.append((Reason.CHECKPOINTS_DELETED, message))
         if status is not job.status:
-            self.write(job, status)
+            self.statuses.write(job, status)
         for reason, message in events:
             self.emit(job.body, "Normal", reason, message)
         return None
 
     def note_selection_error(self, job: JobView, message: str) -> None:
         if job.status.message != message:  # once, not on every reconcile
-            self.write(job, job.status.model_copy(update={"message": message}))
+            self.statuses.write(job, job.status.model_copy(update={"message": message}))
             self.emit(job.body, "Warning", Reason.CHECKPOINT_SELECTED, message)
 
     def cancel_requested(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
@@ -309,7 +296,7 @@ class Lifecycle:
         if status.resolved_spec is not None:
             status = self.with_results(job, JobSpec.model_validate(status.resolved_spec), status)
         self.delete_pods(job, pods)  # a running pod; an ended one goes at the next reconcile, as any finished job's
-        self.write(job, st.cancelled(status, now=now, message=CANCEL_MESSAGE))
+        self.statuses.write(job, st.cancelled(status, now=now, message=CANCEL_MESSAGE))
         self.metrics.forget_job(job.namespace, job.name)
         self.emit(job.body, "Normal", Reason.CANCELLED, CANCEL_MESSAGE)
 
@@ -319,7 +306,7 @@ class Lifecycle:
         self.delete_pods(job, pods)
         self.metrics.forget_job(job.namespace, job.name)
         if job.status.phase not in FINISHED_PHASES:
-            self.write(job, st.cancelled(job.status, now=now))
+            self.statuses.write(job, st.cancelled(job.status, now=now))
             self.emit(job.body, "Normal", Reason.CANCELLED, "the job is being deleted; its trainer pod was removed")
 
     def gone(self, job: JobView, pods: Mapping[str, Mapping[str, Any]]) -> None:
@@ -347,7 +334,7 @@ class Lifecycle:
             p = new.progress
             self.metrics.set_job_progress(job.namespace, job.name, p.percent / 100, p.steps_per_second, p.loss)
         with contextlib.suppress(Conflict):  # the next tick reads again
-            self.write(job, new)
+            self.statuses.write(job, new)
 
 
 def seconds_past(since: str | None, now: datetime, limit: int, *, strictly: bool = False) -> bool:
@@ -363,6 +350,3 @@ def seconds_past(since: str | None, now: datetime, limit: int, *, strictly: bool
 def _parse(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
-
-def attempt_of(pod: Mapping[str, Any]) -> int:
-    return int(pod["metadata"].get("labels", {}).get(ATTEMPT_LABEL, 0))

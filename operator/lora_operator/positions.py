@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .k8s import Conflict, Kube
+from .status_writer import StatusWriter
 from .views import QueueEntry
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,15 @@ class PositionWriter:
     claim conflicts with at most the one position write that was already on its way."""
     rate: float = WRITES_PER_SECOND
     burst: int = BURST
+    statuses: StatusWriter | None = None
+    """Writes the positions. Default: one over `kube`."""
     wanted: dict[str, int] = field(default_factory=dict)
     _tokens: float = float(BURST)
     _refilled: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        if self.statuses is None:
+            self.statuses = StatusWriter(self.kube)
 
     def due(self, entries: Iterable[QueueEntry]) -> list[tuple[int, str]]:
         """(position, uid) of the waiting jobs whose stored position is worth updating, head first."""
@@ -75,8 +82,7 @@ class PositionWriter:
                 continue
             self._tokens -= 1
             try:
-                self.kube.patch_job_status(job.namespace, job.name, {"queuePosition": position},
-                                           entries[uid].resource_version)
+                self.statuses.position(job.namespace, job.name, position, entries[uid].resource_version)
                 written += 1
             except Conflict:
                 continue  # the job changed; the next round sees its new state

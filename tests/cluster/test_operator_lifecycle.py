@@ -87,3 +87,21 @@ def test_pod_stuck_unschedulable_is_queued_again_once_then_fails_with_the_reason
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "Unschedulable"
     ground.kubectl("delete", "node", "nopods-0")
+
+
+def test_conditions_carry_the_generation_they_were_set_at_and_follow_a_spec_change(ground, operator, ns):  # noqa: F811
+    # No node of this type: the job waits Queued, and a spec change (suspend) makes the next write.
+    ground.apply({**job("observed", "observed-none"), "metadata": {"name": "observed", "namespace": ns}})
+    wait_phase(ground, operator, ns, "observed", "Queued")
+    first = get_job(ground, ns, "observed")
+    assert first["metadata"]["generation"] == 1
+    conditions = {c["type"]: c.get("observedGeneration") for c in first["status"]["conditions"]}
+    assert "Admitted" in conditions and set(conditions.values()) == {1}, conditions
+    assert first["status"]["observedGeneration"] == 1
+    ground.kubectl("patch", "ltj", "observed", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    wait_phase(ground, operator, ns, "observed", "Suspended")
+    suspended = get_job(ground, ns, "observed")
+    assert suspended["metadata"]["generation"] == 2
+    conditions = {c["type"]: c.get("observedGeneration") for c in suspended["status"]["conditions"]}
+    assert (conditions["Admitted"], conditions["Suspended"]) == (2, 2), conditions  # set at the new generation
+    assert suspended["status"]["observedGeneration"] == 2

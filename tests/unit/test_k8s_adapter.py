@@ -38,6 +38,10 @@ class Api:
         self.kwargs["delete"] = kwargs
         return self.response
 
+    def create_namespaced_event(self, namespace, body, **kwargs):
+        self.kwargs["event"] = {"namespace": namespace, "body": body, **kwargs}
+        return self.response
+
     def patch_namespaced_custom_object_status(self, group, version, namespace, plural, name, body):
         rv = body.get("metadata", {}).get("resourceVersion")
         return {"metadata": {"uid": "u1", "name": name, "namespace": namespace,
@@ -61,6 +65,35 @@ def test_pod_create_and_delete_responses_are_read_raw_and_released(kube, call):
         adapter.delete_pod("ns", "p")
     assert api.kwargs[call]["_preload_content"] is False
     assert api.response.read_and_released == ["read", "released"]
+
+
+def test_an_event_posted_from_any_thread_reaches_the_api_naming_the_job_and_the_operator(kube):
+    """Events go through the adapter, not kopf's poster (which lives in context variables that
+    only kopf's own handler tasks have): a pool thread that never ran a handler posts them. The
+    real API server's view of them (source, reporting component) is in tests/cluster/test_operator.py."""
+    import threading
+
+    from lora_operator.k8s import EventSource
+
+    adapter, api = kube
+    adapter = Kube(api=None, event_source=EventSource("lora-operator", "replica-1"))
+    job = {"apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob",
+           "metadata": {"name": "j", "namespace": "ns", "uid": "u1"}}
+    thread = threading.Thread(target=adapter.post_event, args=(job, "Warning", "InvalidSpec", "x" * 5000))
+    thread.start()
+    thread.join()
+    for _ in range(200):
+        if "event" in api.kwargs:
+            break
+        threading.Event().wait(0.01)
+    sent = api.kwargs["event"]
+    body = sent["body"]
+    assert sent["namespace"] == "ns" and sent["_preload_content"] is False
+    assert body["involvedObject"] == {"apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob",
+                                      "name": "j", "namespace": "ns", "uid": "u1"}
+    assert (body["type"], body["reason"], len(body["message"])) == ("Warning", "InvalidSpec", 1000)
+    assert (body["source"]["component"], body["reportingComponent"], body["reportingInstance"]) == (
+        "lora-operator", "lora-operator", "replica-1")
 
 
 def test_only_conditional_status_writes_are_remembered(kube):

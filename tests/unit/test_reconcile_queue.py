@@ -1,18 +1,14 @@
-"""The watch handlers hand jobs to a deduplicating queue instead of awaiting their reconcile, and
-the controller's own tasks run reconciles in a handler's context (kopf's event poster)."""
+"""The watch handlers hand jobs to a deduplicating queue instead of awaiting their reconcile.
+(Events need no handler's context: they go through the Kubernetes adapter, test_k8s_adapter.py.)"""
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 
 from lora_operator.config import OperatorConfig
 from lora_operator.controller import Controller
 from lora_operator.metrics import OperatorMetrics
 from lora_operator.own_writes import OwnWrites
-
-POSTER: contextvars.ContextVar[str] = contextvars.ContextVar("poster")
-"""Stands in for kopf's event-queue context variables (set only inside kopf's per-object tasks)."""
 
 
 class Kube:
@@ -69,16 +65,3 @@ def test_a_failing_reconcile_does_not_stop_the_workers():
 
     assert asyncio.run(scenario()) == ["a", "b"]
 
-
-def test_work_on_threads_sees_the_handler_context_even_from_the_controllers_own_tasks():
-    async def scenario() -> str:
-        c = controller()
-
-        async def handler() -> None:  # kopf's per-object task: the poster is set there
-            POSTER.set("kopf's event queue")
-            c.bind({}, {}, {})
-
-        await asyncio.create_task(handler())
-        return await asyncio.create_task(c._on_thread(POSTER.get))  # a task that never had it
-
-    assert asyncio.run(scenario()) == "kopf's event queue"
