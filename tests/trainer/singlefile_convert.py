@@ -101,21 +101,30 @@ def open_clip_to_ldm(state: dict[str, torch.Tensor], prefix: str) -> dict[str, t
     return out
 
 
+def sd_checkpoint(unet: torch.nn.Module, vae: torch.nn.Module, encoders: list[torch.nn.Module],
+                  ) -> dict[str, torch.Tensor]:
+    """The state dict of an original-layout SD1.x (one text encoder) or SDXL (two) checkpoint."""
+    names = ldm_unet_names(unet)
+    state = {f"model.diffusion_model.{names[k]}": v for k, v in unet.state_dict().items()}
+    state |= {f"first_stage_model.{k}": v for k, v in vae_to_ldm(vae.state_dict(), vae.config).items()}
+    if len(encoders) == 2:
+        state |= clip_to_ldm(encoders[0].state_dict(), "conditioner.embedders.0.transformer.")
+        state |= open_clip_to_ldm(encoders[1].state_dict(), "conditioner.embedders.1.model.")
+    else:
+        state |= clip_to_ldm(encoders[0].state_dict(), "cond_stage_model.transformer.")
+    return state
+
+
 def write_sd_checkpoint(folder: Path, target: Path) -> Path:
     """An SD1.5 or SDXL diffusers folder as one original-layout .safetensors file (SDXL when it has text_encoder_2)."""
-    sdxl = (folder / "text_encoder_2").is_dir()
-    from diffusers import UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    unet = _weights(folder / "unet")
-    names = ldm_unet_names(UNet2DConditionModel.from_pretrained(folder, subfolder="unet"))
-    state = {f"model.diffusion_model.{names[k]}": v for k, v in unet.items()}
-    state |= {f"first_stage_model.{k}": v
-              for k, v in vae_to_ldm(_weights(folder / "vae"), _config(folder / "vae")).items()}
-    if sdxl:
-        state |= clip_to_ldm(_weights(folder / "text_encoder"), "conditioner.embedders.0.transformer.")
-        state |= open_clip_to_ldm(_weights(folder / "text_encoder_2"), "conditioner.embedders.1.model.")
-    else:
-        state |= clip_to_ldm(_weights(folder / "text_encoder"), "cond_stage_model.transformer.")
+    encoders = [CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")]
+    if (folder / "text_encoder_2").is_dir():
+        encoders.append(CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2"))
+    state = sd_checkpoint(UNet2DConditionModel.from_pretrained(folder, subfolder="unet"),
+                          AutoencoderKL.from_pretrained(folder, subfolder="vae"), encoders)
     target.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, target)
     return target

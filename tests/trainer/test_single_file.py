@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from singlefile_convert import write_flux_transformer, write_sd_checkpoint
+from singlefile_convert import sd_checkpoint, write_flux_transformer, write_sd_checkpoint
 
 from conftest import base_spec, run_recipe_for
 from lora_trainer.errors import ModelError
@@ -139,3 +139,49 @@ def test_the_shipped_standard_configs_build_the_published_architectures(family):
     assert sum(p.numel() for p in vae.parameters()) in range(83_600_000, 83_700_000)
     widths = [CLIPTextConfig.from_pretrained(folder / part).hidden_size for part in SD_PARTS[family][2:]]
     assert widths == {"sd15": [768], "sdxl": [768, 1280]}[family]
+
+
+@pytest.mark.parametrize(("family", "diffusers_type"), [("sd15", "v1"), ("sdxl", "xl_base")])
+def test_a_full_size_file_in_the_standard_layout_matches_the_shipped_configs(family, diffusers_type):
+    """The shipped configs against a full-size original-layout checkpoint, on the meta device (no memory):
+    diffusers recognizes the file as the real model type and maps every tensor onto the configured model."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_unet_checkpoint,
+        convert_ldm_vae_checkpoint,
+        infer_diffusers_model_type,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from lora_trainer.singlefile import layout_of
+
+    folder = BUNDLED_CONFIGS / family
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+        encoders = [cls(CLIPTextConfig.from_pretrained(folder / part)) for cls, part in
+                    zip([CLIPTextModel, CLIPTextModelWithProjection], SD_PARTS[family][2:], strict=False)]
+    checkpoint = sd_checkpoint(unet, vae, encoders)
+    assert infer_diffusers_model_type(checkpoint) == diffusers_type
+    assert layout_of(set(checkpoint)) == family
+
+    def shapes(state):
+        return {k: tuple(v.shape) for k, v in state.items()}
+
+    assert shapes(convert_ldm_unet_checkpoint(checkpoint, unet.config)) == shapes(unet.state_dict())
+    assert shapes(convert_ldm_vae_checkpoint(checkpoint, vae.config)) == shapes(vae.state_dict())
+
+
+def test_parts_that_do_not_fit_the_config_or_a_missing_tokenizer_name_the_file_and_the_config(checkpoints):
+    """The tiny file against the standard SD1.5 configs: nothing fits, and each error says where to look."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTokenizer
+
+    model = open_single_file(checkpoints["sd15"], "sd15", None, None)
+    assert model.config == BUNDLED_CONFIGS / "sd15"
+    with pytest.raises(ModelError, match=r"baseModel.uri: cannot load unet from sd15.safetensors with the config in "
+                                         r".*model_configs/sd15/unet"):
+        model.load_part(UNet2DConditionModel, "unet")
+    with pytest.raises(ModelError, match="baseModel.config: cannot load tokenizer from .*model_configs/sd15 .the "
+                                         "trainer's standard configs lack the tokenizer vocabulary"):
+        model.load_part(CLIPTokenizer, "tokenizer")

@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # the laptop CLI imports this module (through inputs) without
     import torch
 
 BUNDLED_CONFIGS = Path(__file__).parent / "model_configs"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "spiece.model")
+"""A tokenizer folder holds its vocabulary in one of these (fast, BPE, SentencePiece)."""
 SUFFIX = ".safetensors"
 PARTS_IN_FILE = {
     "sd15": {"unet": ("model.diffusion_model.",), "vae": ("first_stage_model.", "vae."),
@@ -134,20 +136,27 @@ class SingleFileModel:
             ModelError: the part cannot be built (names the file or folder and the component).
         """
         if component not in PARTS_IN_FILE[self.family]:
-            folder = self.components or self.config
-            field_name = "baseModel.components" if self.components else "baseModel.config"
-            try:
-                return loader.from_pretrained(folder, subfolder=component, **kwargs)
-            except (OSError, ValueError, KeyError) as err:
-                hint = (" (the trainer's standard configs lack the tokenizer vocabulary: name a diffusers folder "
-                        "with it in baseModel.config)" if folder.is_relative_to(BUNDLED_CONFIGS) else "")
-                raise ModelError(f"{field_name}: cannot load {component} from {folder}{hint}: "
-                                 f"{str(err).splitlines()[0]}") from err
+            return self._from_folder(loader, component, **kwargs)
         try:
             return self._from_file(loader, component, **kwargs)
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             raise ModelError(f"baseModel.uri: cannot load {component} from {self.file.name} with the config in "
                              f"{self.config / component}: {str(err).splitlines()[0]}") from err
+
+    def _from_folder(self, loader: Any, component: str, **kwargs: Any) -> Any:
+        folder = self.components or self.config
+        field_name = "baseModel.components" if self.components else "baseModel.config"
+        try:
+            # transformers builds a CLIP tokenizer without a vocabulary rather than failing: check first
+            if component.startswith("tokenizer") and not any((folder / component / name).is_file()
+                                                             for name in TOKENIZER_FILES):
+                raise OSError(f"no {' or '.join(TOKENIZER_FILES)} in {component}/")
+            return loader.from_pretrained(folder, subfolder=component, **kwargs)
+        except (OSError, ValueError, KeyError) as err:
+            hint = (" (the trainer's standard configs lack the tokenizer vocabulary: name a diffusers folder "
+                    "with it in baseModel.config)" if folder.is_relative_to(BUNDLED_CONFIGS) else "")
+            raise ModelError(f"{field_name}: cannot load {component} from {folder}{hint}: "
+                             f"{str(err).splitlines()[0]}") from err
 
     def _from_file(self, loader: Any, component: str, **kwargs: Any) -> Any:
         from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
