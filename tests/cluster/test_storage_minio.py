@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import threading
 import time
@@ -81,7 +82,7 @@ def counted_downloads(monkeypatch):
 
 
 def test_fetch_downloads_large_objects_in_ranges_and_reuses_the_cache(
-        minio_server, bucket, tmp_path, counted_downloads):
+        minio_server, bucket, tmp_path, counted_downloads, caplog):
     model = tmp_path / "model"
     (model / "unet").mkdir(parents=True)
     weights = os.urandom(5 * (1 << 20) + 123)
@@ -101,8 +102,10 @@ def test_fetch_downloads_large_objects_in_ranges_and_reuses_the_cache(
     assert len(counted_downloads["files"]) == 2  # same ETags: nothing downloaded
 
     store.put_bytes("models/tiny/model_index.json", b'{"changed": true}')
-    fetch.fetch_model(uri, tmp_path / "cache", env=minio_server.env())
+    with caplog.at_level(logging.INFO, logger="lora_trainer.fetch"):
+        fetch.fetch_model(uri, tmp_path / "cache", env=minio_server.env())
     assert counted_downloads["files"][2:] == ["models/tiny/model_index.json"]
+    assert f"model {uri}: 17 bytes transferred in" in caplog.text  # the changed object alone
     assert (local / "model_index.json").read_text() == '{"changed": true}'
 
 

@@ -185,3 +185,22 @@ def test_parts_that_do_not_fit_the_config_or_a_missing_tokenizer_name_the_file_a
     with pytest.raises(ModelError, match="baseModel.config: cannot load tokenizer from .*model_configs/sd15 .the "
                                          "trainer's standard configs lack the tokenizer vocabulary"):
         model.load_part(CLIPTokenizer, "tokenizer")
+
+
+def test_the_any_width_flux_conversion_agrees_with_diffusers_at_flux1_width():
+    """bfl.py converts the narrow architectures diffusers' converter cannot split; at Flux.1's own width
+    (meta device, no memory) both give the same tensors under the same names."""
+    from diffusers import FluxTransformer2DModel
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+    from kohya_rules import bfl_flux_checkpoint
+    from test_kohya_flux import FLUX1_DEV
+
+    from lora_trainer.bfl import bfl_to_diffusers
+
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(**FLUX1_DEV)
+    bfl = bfl_flux_checkpoint(model.state_dict(), 19, 38)
+    ours = bfl_to_diffusers({f"model.diffusion_model.{k}": v for k, v in bfl.items()}, dict(model.config))
+    theirs = convert_flux_transformer_checkpoint_to_diffusers(dict(bfl))
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+    assert ours.keys() == model.state_dict().keys()

@@ -148,8 +148,11 @@ def _sync(store: ObjectStore, target: Path, wanted: dict[str, ObjectInfo], uri: 
             (target / rel).unlink()
     _safe_paths(target, stale, uri)
     log.info("model %s: downloading %d of %d files", uri, len(stale), len(current))
+    started = time.monotonic()
     with ThreadPoolExecutor(FILE_WORKERS) as pool:
         list(pool.map(lambda rel: store.get_file(wanted[rel].key, target / rel), stale))
+    log.info("model %s: %d bytes transferred in %.1f s", uri, sum(wanted[rel].size for rel in stale),
+             time.monotonic() - started)
     tmp = manifest_path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"uri": uri, "objects": current}, indent=1, sort_keys=True))
     os.replace(tmp, manifest_path)
