@@ -9,6 +9,7 @@ loads them. The tiny architectures are not the standard ones, so the jobs name t
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -172,18 +173,39 @@ def test_a_full_size_file_in_the_standard_layout_matches_the_shipped_configs(fam
     assert shapes(convert_ldm_vae_checkpoint(checkpoint, vae.config)) == shapes(vae.state_dict())
 
 
-def test_parts_that_do_not_fit_the_config_or_a_missing_tokenizer_name_the_file_and_the_config(checkpoints):
-    """The tiny file against the standard SD1.5 configs: nothing fits, and each error says where to look."""
+def test_parts_that_do_not_fit_the_config_name_the_file_and_the_config(checkpoints):
+    """The tiny file against the standard SD1.5 configs: its UNet does not fit, and the error says where."""
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTokenizer
 
     model = open_single_file(checkpoints["sd15"], "sd15", None, None)
     assert model.config == BUNDLED_CONFIGS / "sd15"
     with pytest.raises(ModelError, match=r"baseModel.uri: cannot load unet from sd15.safetensors with the config in "
                                          r".*model_configs/sd15/unet"):
         model.load_part(UNet2DConditionModel, "unet")
-    with pytest.raises(ModelError, match="baseModel.config: cannot load tokenizer from .*model_configs/sd15 .the "
-                                         "trainer's standard configs lack the tokenizer vocabulary"):
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_the_shipped_clip_tokenizers_encode_as_the_published_ones(family, checkpoints):
+    """CLIP's published ids: "a photo of a cat" is <start> a photo of a cat <end>."""
+    from transformers import CLIPTokenizer
+
+    model = open_single_file(checkpoints[family], family, None, None)
+    for part in ["tokenizer", "tokenizer_2"][:len(SD_PARTS[family]) - 2]:
+        tokenizer = model.load_part(CLIPTokenizer, part)
+        assert len(tokenizer) == 49408 and tokenizer.model_max_length == 77
+        assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+def test_a_config_folder_whose_tokenizer_has_no_vocabulary_is_refused(checkpoints, tiny_models, tmp_path):
+    """transformers would build an empty CLIP tokenizer from tokenizer_config.json alone: refused instead."""
+    from transformers import CLIPTokenizer
+
+    config = tmp_path / "config"
+    no_vocabulary = shutil.ignore_patterns("vocab.json", "tokenizer.json", "*.safetensors")
+    shutil.copytree(tiny_models("sd15"), config, ignore=no_vocabulary)
+    model = open_single_file(checkpoints["sd15"], "sd15", config, None)
+    with pytest.raises(ModelError, match=f"baseModel.config: cannot load tokenizer from {config}: no tokenizer.json or "
+                                         "vocab.json or spiece.model in tokenizer/"):
         model.load_part(CLIPTokenizer, "tokenizer")
 
 

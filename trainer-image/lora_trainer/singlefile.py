@@ -153,9 +153,7 @@ class SingleFileModel:
                 raise OSError(f"no {' or '.join(TOKENIZER_FILES)} in {component}/")
             return loader.from_pretrained(folder, subfolder=component, **kwargs)
         except (OSError, ValueError, KeyError) as err:
-            hint = (" (the trainer's standard configs lack the tokenizer vocabulary: name a diffusers folder "
-                    "with it in baseModel.config)" if folder.is_relative_to(BUNDLED_CONFIGS) else "")
-            raise ModelError(f"{field_name}: cannot load {component} from {folder}{hint}: "
+            raise ModelError(f"{field_name}: cannot load {component} from {folder}: "
                              f"{str(err).splitlines()[0]}") from err
 
     def _from_file(self, loader: Any, component: str, **kwargs: Any) -> Any:
