@@ -226,3 +226,20 @@ def test_the_any_width_flux_conversion_agrees_with_diffusers_at_flux1_width():
     theirs = convert_flux_transformer_checkpoint_to_diffusers(dict(bfl))
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
     assert ours.keys() == model.state_dict().keys()
+
+
+def test_config_or_components_beside_a_model_folder_are_refused(tmp_path, tiny_models, dataset_dir):
+    from lora_operator.api import resolve_spec
+    from lora_trainer.inputs import Resolver
+
+    folder = tiny_models("sd15")
+    spec = resolve_spec(base_spec("sd15", folder, dataset_dir, tmp_path / "out", baseModel={"config": folder.as_uri()}))
+    with pytest.raises(ModelError, match="baseModel.config is for a single-file baseModel.uri; .* is a folder"):
+        Resolver(env={}).base_model(spec.base_model, tmp_path)
+
+
+def test_a_flux_file_without_a_guidance_embedder_takes_the_schnell_config(checkpoints, tmp_path):
+    assert open_single_file(checkpoints["flux"], "flux", None, tmp_path).config == BUNDLED_CONFIGS / "flux-dev"
+    schnell = tmp_path / "schnell.safetensors"
+    save_file({k: v for k, v in load_file(checkpoints["flux"]).items() if not k.startswith("guidance_in.")}, schnell)
+    assert open_single_file(schnell, "flux", None, tmp_path).config == BUNDLED_CONFIGS / "flux-schnell"

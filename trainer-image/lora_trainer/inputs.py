@@ -110,6 +110,9 @@ class Resolver:
             raise ModelError(f"baseModel.revision: {base.revision} differs from @{in_uri} in baseModel.uri")
         path = self.model_path(base.uri, workdir, "baseModel.uri", revision=base.revision)
         if path.is_dir():
+            for name, value in (("config", base.config), ("components", base.components)):
+                if value:  # a folder has its own parts: the field would be silently unused
+                    raise ModelError(f"baseModel.{name} is for a single-file baseModel.uri; {base.uri} is a folder")
             return path
         config = components = None
         if base.config:
