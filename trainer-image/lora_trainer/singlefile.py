@@ -11,7 +11,7 @@ is fetched from a hub. The family is checked against the file's keys before anyt
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,23 +111,18 @@ class SingleFileModel:
     family: str
     config: Path
     components: Path | None = None
-    _state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     def __str__(self) -> str:
         return str(self.file)
 
-    def state(self) -> dict[str, torch.Tensor]:
-        """The file's tensors (read once, memory-mapped)."""
-        if self._state is None:
-            from safetensors.torch import load_file
-
-            self._state = load_file(self.file)
-        return self._state
-
     def part_state(self, component: str) -> dict[str, torch.Tensor]:
-        """The tensors of one component, keys unchanged."""
+        """The tensors of one component, keys unchanged, read from the file on demand: one component's
+        tensors are in memory at a time, and none stay referenced once its model is built."""
+        from safetensors import safe_open
+
         prefixes = PARTS_IN_FILE[self.family][component]
-        return {k: v for k, v in self.state().items() if k.startswith(prefixes)}
+        with safe_open(self.file, framework="pt") as handle:
+            return {k: handle.get_tensor(k) for k in handle.keys() if k.startswith(prefixes)}  # noqa: SIM118
 
     def load_part(self, loader: Any, component: str, **kwargs: Any) -> Any:
         """One component: from the file when it holds it, else from the config or components folder.
