@@ -243,3 +243,15 @@ def test_a_flux_file_without_a_guidance_embedder_takes_the_schnell_config(checkp
     schnell = tmp_path / "schnell.safetensors"
     save_file({k: v for k, v in load_file(checkpoints["flux"]).items() if not k.startswith("guidance_in.")}, schnell)
     assert open_single_file(schnell, "flux", None, tmp_path).config == BUNDLED_CONFIGS / "flux-schnell"
+
+
+def test_a_file_missing_a_part_names_the_part_and_the_file(checkpoints, tiny_models, tmp_path):
+    """An SD1.5 file saved without its VAE (some merges ship one apart) fails at that part, not with a traceback."""
+    from diffusers import AutoencoderKL
+
+    no_vae = tmp_path / "no-vae.safetensors"
+    save_file({k: v for k, v in load_file(checkpoints["sd15"]).items() if not k.startswith("first_stage_model.")},
+              no_vae)
+    model = open_single_file(no_vae, "sd15", tiny_models("sd15"), None)
+    with pytest.raises(ModelError, match="baseModel.uri: cannot load vae from no-vae.safetensors"):
+        model.load_part(AutoencoderKL, "vae")

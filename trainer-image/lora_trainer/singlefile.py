@@ -130,11 +130,13 @@ class SingleFileModel:
         Raises:
             ModelError: the part cannot be built (names the file or folder and the component).
         """
+        from diffusers.loaders.single_file_utils import SingleFileComponentError
+
         if component not in PARTS_IN_FILE[self.family]:
             return self._from_folder(loader, component, **kwargs)
         try:
             return self._from_file(loader, component, **kwargs)
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
+        except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as err:
             raise ModelError(f"baseModel.uri: cannot load {component} from {self.file.name} with the config in "
                              f"{self.config / component}: {str(err).splitlines()[0]}") from err
 
