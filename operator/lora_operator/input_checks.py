@@ -45,7 +45,7 @@ def missing_input(spec: JobSpec, open_store: Callable[[str], ObjectStore], acces
             continue
         reason = CHECKED[field]
         try:
-            if dataset_is_empty(open_store(uri)):
+            if dataset_is_empty(open_store(uri)) and not _names_an_object(open_store, uri):
                 return reason, f"spec.{field}: nothing under {uri}"
         except ObjectNotFound as err:
             return reason, f"spec.{field}: {uri}: {err}"
@@ -56,3 +56,10 @@ def missing_input(spec: JobSpec, open_store: Callable[[str], ObjectStore], acces
             continue
         confirmed.add(key)
     return None
+
+
+def _names_an_object(open_store: Callable[[str], ObjectStore], uri: str) -> bool:
+    """Whether `uri` names one object: a single-file checkpoint (s3://models/x.safetensors; the trainer reads
+    no other single-file format), which a listing of the prefix ``x.safetensors/`` does not see."""
+    parent, _, name = uri.rpartition("/")
+    return name.endswith(".safetensors") and open_store(parent + "/").stat(name) is not None

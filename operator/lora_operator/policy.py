@@ -36,6 +36,8 @@ def uris_of(spec: JobSpec) -> list[tuple[str, str]]:
     """Every (field, URI) the trainer reads or writes, the field in the resource's spelling."""
     found = [("baseModel.uri", spec.base_model.uri if spec.base_model else None),
              ("output.uri", spec.output.uri if spec.output else None)]
+    if spec.base_model is not None:
+        found += [("baseModel.config", spec.base_model.config), ("baseModel.components", spec.base_model.components)]
     dataset = spec.dataset
     if dataset is not None:
         found.append(("dataset.uri", dataset.uri))

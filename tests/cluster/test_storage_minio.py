@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import logging
 import os
 import threading
 import time
@@ -80,7 +82,7 @@ def counted_downloads(monkeypatch):
 
 
 def test_fetch_downloads_large_objects_in_ranges_and_reuses_the_cache(
-        minio_server, bucket, tmp_path, counted_downloads):
+        minio_server, bucket, tmp_path, counted_downloads, caplog):
     model = tmp_path / "model"
     (model / "unet").mkdir(parents=True)
     weights = os.urandom(5 * (1 << 20) + 123)
@@ -100,8 +102,10 @@ def test_fetch_downloads_large_objects_in_ranges_and_reuses_the_cache(
     assert len(counted_downloads["files"]) == 2  # same ETags: nothing downloaded
 
     store.put_bytes("models/tiny/model_index.json", b'{"changed": true}')
-    fetch.fetch_model(uri, tmp_path / "cache", env=minio_server.env())
+    with caplog.at_level(logging.INFO, logger="lora_trainer.fetch"):
+        fetch.fetch_model(uri, tmp_path / "cache", env=minio_server.env())
     assert counted_downloads["files"][2:] == ["models/tiny/model_index.json"]
+    assert f"model {uri}: 17 bytes transferred in" in caplog.text  # the changed object alone
     assert (local / "model_index.json").read_text() == '{"changed": true}'
 
 
@@ -187,3 +191,26 @@ def test_dataset_upload_to_a_missing_bucket_names_it(minio_server, tmp_path, cap
     err = capsys.readouterr().err
     assert code == 64, err
     assert "s3://no-such-bucket-here/ (bucket) does not exist" in err, err
+
+
+def test_a_single_file_base_model_passes_the_operator_s_input_check_and_a_missing_one_fails_it(minio_server, bucket):
+    from lora_operator.api import Reason, resolve_spec
+    from lora_operator.confirmed import Confirmed
+    from lora_operator.input_checks import missing_input
+    from lora_operator.storage import open_store
+
+    minio_server.client().put_object(bucket, "models/anime-xl.safetensors", io.BytesIO(b"weights"), 7)
+    access = minio_server.env()
+
+    def opener(uri):
+        return open_store(uri, endpoint=access["S3_ENDPOINT"], access_key=access["AWS_ACCESS_KEY_ID"],
+                          secret_key=access["AWS_SECRET_ACCESS_KEY"], secure=False)
+
+    def check(uri):
+        spec = resolve_spec({"baseModel": {"family": "sdxl", "uri": uri}, "dataset": {"uri": "s3://d/x/"},
+                             "output": {"uri": "s3://o/"}})
+        return missing_input(spec, opener, "minio", Confirmed())
+
+    assert check(f"s3://{bucket}/models/anime-xl.safetensors") is None
+    reason, message = check(f"s3://{bucket}/models/absent.safetensors")
+    assert reason == Reason.MODEL_NOT_FOUND and "spec.baseModel.uri" in message and "absent.safetensors" in message

@@ -99,13 +99,14 @@ def run_recipe_for(tmp: Path, spec: dict[str, Any], *, resume: bool = False, set
     recipe."""
     from lora_operator.api import resolve_spec
     from lora_operator.storage import open_store
+    from lora_trainer.inputs import Resolver
     from lora_trainer.loop import LoraRecipe, RunInputs
     from lora_trainer.outputs import Outputs
 
     resolved = resolve_spec(spec)
     out = tmp / "out"
     out.mkdir(parents=True, exist_ok=True)
-    inputs = RunInputs(model_dir=Path(resolved.base_model.uri[len("file://"):]),
+    inputs = RunInputs(model_dir=Resolver(env={}).base_model(resolved.base_model, tmp),
                        dataset_root=Path(resolved.dataset.uri[len("file://"):]))
     if resolved.dataset.regularization is not None:
         inputs.regularization_root = Path(resolved.dataset.regularization.uri[len("file://"):])

@@ -1,7 +1,7 @@
 """Model fetching that needs no object store: file:// in place, hf:// routing and refusals.
 
 The s3:// path (ranged parallel GETs, the ETag cache) is tested against a real MinIO in
-tests/cluster/test_storage_minio.py.
+tests/cluster/test_storage_minio.py; hf:// downloads against a local hub in test_hf_fetch.py.
 """
 
 from __future__ import annotations
@@ -28,24 +28,6 @@ def test_a_missing_file_model_is_a_model_error_naming_the_uri(tmp_path):
 def test_a_malformed_uri_is_a_model_error():
     with pytest.raises(ModelError, match="gs://x"):
         fetch.fetch_model("gs://x/y", None)
-
-
-def test_hf_uris_go_to_snapshot_download_with_the_token(tmp_path, monkeypatch):
-    import huggingface_hub
-
-    # A stand-in for the hub, which this machine cannot reach; the test checks the routing and token.
-
-    calls = []
-
-    def fake_snapshot_download(**kwargs):
-        calls.append(kwargs)
-        return str(tmp_path / "snapshot")
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    path = fetch.fetch_model("hf://org/tiny-sd@main", tmp_path / "cache", env={"HF_TOKEN": "hf_secret"})
-    assert path == tmp_path / "snapshot"
-    assert calls[0]["repo_id"] == "org/tiny-sd" and calls[0]["revision"] == "main"
-    assert calls[0]["token"] == "hf_secret" and calls[0]["cache_dir"] == tmp_path / "cache" / "hf"
 
 
 def test_an_unreachable_hub_is_a_model_error_naming_the_uri(tmp_path):

@@ -30,6 +30,11 @@ def with_(**spec) -> dict:
     (with_(dataset={"uri": "file:///data/../etc"}), "dataset.uri"),
     (with_(baseModel={"family": "sd15", "uri": "s3://models/../secret-model"}), "baseModel.uri"),
     (with_(baseModel={"family": "sd15", "uri": "hf://../x"}), "baseModel.uri"),
+    (with_(baseModel={"family": "sd15", "uri": "hf://org/name/../other/x.safetensors"}), "baseModel.uri"),
+    (with_(baseModel={"family": "flux", "uri": "s3://m/x.safetensors", "components": "s3://m/../y/"}),
+     "baseModel.components"),
+    (with_(baseModel={"family": "sd15", "uri": "s3://m/x.safetensors", "config": "hf://org/name//x"}),
+     "baseModel.config"),
     (with_(output={"uri": "s3://loras/../other-team/"}), "output.uri"),
     (with_(output={"uri": "hf://org/name"}), "output.uri"),
     (with_(dataset={"uri": "s3://datasets/x/", "regularization": {"uri": "s3://datasets/x/../y/"}}),
@@ -50,7 +55,8 @@ def test_odd_but_fine_uris_pass(uri):
     assert resolve_spec(with_(dataset={"uri": uri})).dataset.uri == uri
 
 
-@pytest.mark.parametrize("model", ["hf://org/name", "hf://gpt2", "hf://org/name@refs/pr/1"])
+@pytest.mark.parametrize("model", ["hf://org/name", "hf://gpt2", "hf://org/name@refs/pr/1",
+                                   "hf://org/name/x.safetensors", "hf://org/name/sub/x.safetensors@v1.0"])
 def test_hf_model_ids_pass(model):
     assert resolve_spec(with_(baseModel={"family": "sd15", "uri": model})).base_model.uri == model
 

@@ -67,7 +67,11 @@ def test_without_a_root_every_file_uri_is_refused_naming_its_field():
                           ({"dataset": {"uri": "s3://d/x/", "regularization": {"uri": "file:///reg"}}},
                            "dataset.regularization.uri"),
                           ({"dataset": {"uri": "s3://d/x/", "autoCaption": {"model": "file:///tagger"}}},
-                           "dataset.autoCaption.model")]:
+                           "dataset.autoCaption.model"),
+                          ({"baseModel": {"family": "sd15", "uri": "s3://m/x.safetensors", "config": "file:///etc"}},
+                           "baseModel.config"),
+                          ({"baseModel": {"family": "flux", "uri": "s3://m/f.safetensors",
+                                          "components": "file:///etc"}}, "baseModel.components")]:
         refused = first_refused_field(spec(**fields), config())
         assert refused is not None and refused.field == field
         assert "file:// URIs are for local runs" in str(refused) and "LORA_FILE_URI_ROOT" in str(refused)

@@ -99,7 +99,7 @@ def train(spec: JobSpec, resolver: Resolver, prefix_uri: str, workdir: Path, *, 
     outputs = Outputs(resolver.store(prefix_uri), workdir / "out", job_uid, job_name)
     dataset = spec.dataset
     inputs = RunInputs(
-        model_dir=resolver.model_folder(spec.base_model.uri, workdir),
+        model_dir=resolver.base_model(spec.base_model, workdir),
         dataset_root=resolver.folder(dataset.uri, workdir / "dataset", "dataset.uri", DatasetError),
     )
     if dataset.regularization is not None:

@@ -13,11 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from lora_operator.api import BaseModelSpec
 from lora_operator.api.contract import ENV_CACHE_DIR
 from lora_operator.storage import InvalidUri, ObjectStore, StorageError, parse_uri, store_from_env
 
 from .errors import ModelError, TransientError
-from .fetch import fetch_model
+from .fetch import UNUSED_COMPONENTS, HfSelection, fetch_model, split_hf
+from .singlefile import PARTS_IN_FILE, SingleFileModel, open_single_file
 
 READY_MARKER = ".lora-operator-complete"
 
@@ -80,15 +82,47 @@ class Resolver:
         (dest / READY_MARKER).touch()
         return dest
 
-    def model_folder(self, uri: str, workdir: Path, field: str = "baseModel.uri") -> Path:
-        """A model (base model, tagger) as a local folder, through the node cache (`fetch.fetch_model`)."""
+    def model_path(self, uri: str, workdir: Path, field: str, *, revision: str | None = None,
+                   selection: HfSelection | None = None) -> Path:
+        """A model (folder or single file) on local disk, through the node cache (`fetch.fetch_model`)."""
         try:
-            path = fetch_model(self.local_uri(uri), self.cache_dir or workdir / "cache", env=self.env)
+            return fetch_model(self.local_uri(uri), self.cache_dir or workdir / "cache", env=self.env,
+                               revision=revision, selection=selection)
         except ModelError as err:
             raise ModelError(f"{field}: {err}") from err
+
+    def model_folder(self, uri: str, workdir: Path, field: str = "baseModel.uri", *,
+                     selection: HfSelection | None = None) -> Path:
+        """A model (base model, tagger) as a local folder, through the node cache (`fetch.fetch_model`)."""
+        path = self.model_path(uri, workdir, field, selection=selection)
         if not path.is_dir():
             raise ModelError(f"{field}: {uri} is not a model folder")
         return path
+
+    def base_model(self, base: BaseModelSpec, workdir: Path) -> Path | SingleFileModel:
+        """The job's base model: a diffusers folder, or a checkpoint file checked against its family with
+        the folders its parts' configs (baseModel.config) and missing parts (baseModel.components) come from.
+
+        Raises:
+            ModelError: naming the field or file at fault.
+        """
+        _, _, in_uri = split_hf(base.uri) if base.uri.startswith("hf://") else ("", "", "")
+        if in_uri and base.revision and in_uri != base.revision:
+            raise ModelError(f"baseModel.revision: {base.revision} differs from @{in_uri} in baseModel.uri")
+        path = self.model_path(base.uri, workdir, "baseModel.uri", revision=base.revision)
+        if path.is_dir():
+            for name, value in (("config", base.config), ("components", base.components)):
+                if value:  # a folder has its own parts: the field would be silently unused
+                    raise ModelError(f"baseModel.{name} is for a single-file baseModel.uri; {base.uri} is a folder")
+            return path
+        config = components = None
+        if base.config:
+            config = self.model_folder(base.config, workdir, "baseModel.config", selection=HfSelection(weights=False))
+        if base.components:
+            skip = UNUSED_COMPONENTS | set(PARTS_IN_FILE.get(str(base.family), ()))  # the file holds those
+            components = self.model_folder(base.components, workdir, "baseModel.components",
+                                           selection=HfSelection(skip=frozenset(skip)))
+        return open_single_file(path, str(base.family), config, components)
 
 
 def default_cache_dir(env: Mapping[str, str]) -> Path | None:

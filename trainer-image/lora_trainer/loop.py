@@ -38,6 +38,7 @@ from .precision import checkpointing_wanted, resolve_precision
 from .previews import check_sampler, preview_prompts, preview_size, render_previews
 from .progress import ManifestWriter, ProgressReporter
 from .schedule import BatchStream, Plan, count_steps
+from .singlefile import SingleFileModel
 from .speed import (
     channels_last,
     compile_denoiser,
@@ -81,12 +82,12 @@ class RunInputs:
     """Local folders a run reads.
 
     Attributes:
-        model_dir: The base model (a diffusers folder).
+        model_dir: The base model (a diffusers folder or a single-file checkpoint).
         dataset_root: The training images.
         regularization_root: The regularization images, when the spec has them.
     """
 
-    model_dir: Path
+    model_dir: Path | SingleFileModel
     dataset_root: Path
     regularization_root: Path | None = None
     captioner_dir: Path | None = None

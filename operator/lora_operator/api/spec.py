@@ -49,12 +49,21 @@ class BaseModelSpec(ApiModel):
     family: FamilyName = Field(json_schema_extra=_family_schema)
     """A family of the table (sd15, sdxl or flux)."""
     uri: str = Field(pattern=URI_PATTERN)
-    """A diffusers-format model folder: s3://bucket/path, file:///mounted/path or hf://org/name.
+    """A diffusers-format model folder or one single-file checkpoint (.safetensors in the original
+    layout: SD1.5 / SDXL as on Civitai, a Flux.1 transformer in the Black Forest Labs layout):
+    s3://bucket/path, file:///mounted/path, hf://org/name or hf://org/name/file.safetensors.
     No empty, . or .. path segments; an s3 bucket name has lowercase letters, digits, dots and
     hyphens only. An s3:// prefix must hold the model when the job is created (else
     ModelNotFound); file:// only under the folder the platform allows (LORA_FILE_URI_ROOT)."""
     revision: str | None = Field(default=None, max_length=100)
-    """hf:// revision (branch, tag or commit). Default: main."""
+    """hf:// revision (branch, tag or commit); the same as @revision in the URI. Default: main."""
+    config: str | None = Field(default=None, pattern=URI_PATTERN)
+    """For a single-file uri of a non-standard architecture: a diffusers-layout folder with the
+    parts' configs, the scheduler and the tokenizers (no weights needed). Default: the standard
+    SD1.5, SDXL or Flux.1 configs that ship with the trainer."""
+    components: str | None = Field(default=None, pattern=URI_PATTERN)
+    """For a Flux.1 transformer file: a diffusers Flux folder that supplies the text encoders,
+    tokenizers, VAE and scheduler (its transformer is not downloaded). Required then."""
 
 
 class Sampler(StrEnum):

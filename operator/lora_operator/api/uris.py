@@ -14,10 +14,11 @@ _BUCKET = r"[a-z0-9][a-z0-9.-]{0,62}"
 _S3 = rf"s3://{_BUCKET}(/{_SEGMENT})*/?"
 _FILE = rf"file://(/{_SEGMENT})+/?"
 _HF_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
-_HF = rf"hf://({_HF_NAME}/)?{_HF_NAME}(@[A-Za-z0-9._/-]+)?"
+_HF = rf"hf://({_HF_NAME}/)?{_HF_NAME}(/{_SEGMENT})*(@[A-Za-z0-9._/-]+)?"
+"""hf://org/name[/path/in/repo][@revision]: a path names one file of the repository."""
 
 URI_PATTERN = rf"^({_S3}|{_FILE}|{_HF})$"
-"""An input URI: s3://bucket/prefix, file:///path or hf://org/name[@revision]."""
+"""An input URI: s3://bucket/prefix, file:///path or hf://org/name[/file][@revision]."""
 OUTPUT_URI_PATTERN = rf"^({_S3}|{_FILE})$"
 """An output URI: s3://bucket/prefix or file:///path (hf:// is read-only)."""
 MAX_IMAGE_SIDE = 4096

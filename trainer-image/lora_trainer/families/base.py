@@ -17,6 +17,7 @@ import torch
 from lora_operator.api import Previews, Sampler
 
 from ..errors import ModelError
+from ..singlefile import SingleFileModel
 
 Sizes = list[tuple[tuple[int, int], tuple[int, int], tuple[int, int]]]
 """Per sample: (original_size, crop_top_left, target_size), all (height, width)."""
@@ -95,7 +96,7 @@ class Components:
     text_encoders: list[torch.nn.Module]
     tokenizers: list[Any]
     noise_scheduler: Any
-    folder: Path
+    folder: Path | SingleFileModel
     extra: dict[str, Any] = field(default_factory=dict)
 
     def frozen_modules(self) -> list[torch.nn.Module]:
@@ -132,8 +133,9 @@ class Family(Protocol):
     """Saved activations of a bf16 training step per image megapixel, without gradient checkpointing
     (gradientCheckpointing auto compares the estimate with the GPU's memory)."""
 
-    def load(self, folder: Path, dtype: torch.dtype) -> Components:
-        """Load the components from a diffusers folder (raises ModelError)."""
+    def load(self, folder: Path | SingleFileModel, dtype: torch.dtype) -> Components:
+        """Load the components from a diffusers folder or a single-file checkpoint, each part through
+        `load_part` (raises ModelError)."""
 
     def kohya_layer(self, component: str, module: str) -> KohyaLayer:
         """The kohya layer of an adapted module (component: unet, transformer, text_encoder, ...).
@@ -178,8 +180,11 @@ class Family(Protocol):
         """Extra call arguments of the pipeline for previews."""
 
 
-def load_part(loader: Any, folder: Path, subfolder: str, **kwargs: Any) -> Any:
-    """`loader.from_pretrained(folder, subfolder=...)`, turning failures into ModelError."""
+def load_part(loader: Any, folder: Path | SingleFileModel, subfolder: str, **kwargs: Any) -> Any:
+    """`loader.from_pretrained(folder, subfolder=...)`, turning failures into ModelError; from a single-file
+    checkpoint through diffusers' single-file loaders (`SingleFileModel.load_part`)."""
+    if isinstance(folder, SingleFileModel):
+        return folder.load_part(loader, subfolder, **kwargs)
     try:
         return loader.from_pretrained(folder, subfolder=subfolder, **kwargs)
     except (OSError, ValueError, KeyError) as err:
