@@ -141,18 +141,25 @@ class Training(ApiModel):
 
 
 class Network(ApiModel):
-    """Size of the LoRA / LoCon adapter."""
+    """Size of the LoRA / LoCon / LoHa / LoKr adapter."""
 
     dim: int = Field(default=16, ge=1, le=1024)
-    """Rank of the linear (attention and MLP) adapters. Default: 16."""
+    """Rank of the linear (attention and MLP) adapters (LoHa: of each of its two products; LoKr: of its
+    larger Kronecker factor). Default: 16."""
     alpha: float = Field(default=8.0, gt=0.0, le=1024.0)
     """Scale numerator: the adapter output is scaled by alpha / dim. Default: 8."""
     conv_dim: int = Field(default=0, ge=0, le=512)
-    """Rank of the convolution adapters (LoCon); 0 means none. Default: 0."""
+    """Rank of the convolution adapters (locon, loha, lokr on families with convolution layers); 0 means none.
+    Default: 0."""
     conv_alpha: float = Field(default=0.0, ge=0.0, le=512.0)
     """Scale numerator of the convolution adapters; 0 means convDim. Default: 0."""
     dropout: float = Field(default=0.0, ge=0.0, le=1.0)
-    """Dropout inside the adapter. Default: 0."""
+    """Dropout inside the adapter (LoHa / LoKr: rank dropout, of rows of the update). Default: 0."""
+    dora: bool = Field(default=False)
+    """DoRA (type lora or locon): each adapted layer also trains a magnitude per output row, and its weight
+    becomes that magnitude times the row's direction (W + update) / ||W + update||. The kohya file holds it
+    as dora_scale on the output axis, which ComfyUI loads; A1111 and Forge read dora_scale on the input axis
+    only and cannot. The diffusers folder loads with load_lora_weights. Default: false."""
 
 
 class Embedding(ApiModel):
