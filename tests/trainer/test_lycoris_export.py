@@ -126,3 +126,20 @@ def test_loha_and_lokr_write_only_the_kohya_file(kind, tmp_path, tiny_models, da
     folder = recipe.outputs.workdir / "checkpoints/epoch-0001"
     assert (folder / "kohya.safetensors").is_file() and not (folder / "diffusers").exists()
     assert [c["format"] for c in recipe.manifest.manifest.model_dump()["checkpoints"]] == ["kohya"]
+
+
+@pytest.mark.parametrize("config", ["LoHaConfig", "LoKrConfig"])
+def test_diffusers_cannot_load_a_peft_loha_or_lokr_folder_for_these_pipelines(config, tmp_path, tiny_models):
+    """Why loha / lokr are written as kohya only: the PEFT folder they would make does not load."""
+    import peft
+    from diffusers import DiffusionPipeline
+
+    from lora_trainer.export import peft_layers, write_diffusers
+
+    pipe = DiffusionPipeline.from_pretrained(tiny_models("sd15"))
+    unet = pipe.unet
+    unet.add_adapter(getattr(peft, config)(r=2, target_modules=["to_q"], init_weights=False))
+    folder = write_diffusers(tmp_path / "d", {"unet": peft_layers(unet)},
+                             {"unet": unet.peft_config["default"].to_dict()}).parent
+    with pytest.raises(ValueError, match="Invalid LoRA checkpoint"):
+        DiffusionPipeline.from_pretrained(tiny_models("sd15")).load_lora_weights(str(folder))

@@ -70,6 +70,20 @@ class MixedPrecision(StrEnum):
     BF16 = "bf16"
 
 
+class Ema(ApiModel):
+    """An exponential moving average of the adapter weights, written beside the raw weights."""
+
+    enabled: bool = Field(default=False)
+    """Keep the average; each checkpoint then also has its average under ema/ (formats kohya-ema,
+    diffusers-ema, embedding-ema in the manifest) and previews show the average. Default: false."""
+    decay: float = Field(default=0.999, gt=0.0, lt=1.0)
+    """The most each step keeps of the average: after step n past startStep the average becomes
+    d x average + (1 - d) x weights with d = min(decay, (1 + n) / (10 + n)) (diffusers' EMAModel), so
+    the early average is not stuck at the untrained start. Default: 0.999."""
+    start_step: int = Field(default=0, ge=0, le=10_000_000)
+    """Optimizer steps before averaging starts; until then the average is the weights. Default: 0."""
+
+
 class Training(ApiModel):
     """How long and how the adapter is trained."""
 
@@ -135,6 +149,8 @@ class Training(ApiModel):
     """Trade compute for memory; auto turns it on when memory would not suffice. Default: auto."""
     cache_latents: bool = Field(default=True)
     """Encode images once and reuse the latents when augmentation allows. Default: true."""
+    ema: Ema = Field(default_factory=Ema)
+    """Exponential moving average of the adapter weights (previews and a second copy of each checkpoint)."""
     compile: Literal["auto", "on", "off"] = Field(default="auto")
     """torch.compile the denoiser's repeated blocks (regional compilation: seconds to a minute of
     compiling once, then faster steps); auto turns it on on a GPU. Default: auto."""
