@@ -94,3 +94,13 @@ def test_a_resumed_run_continues_the_average(train, tmp_path):
         got = load_file(tmp_path / "b/work/checkpoints/epoch-0002" / name)
         assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got), name
     assert straight.ema.model.optimization_step == 4
+
+
+def test_an_embeddings_average_is_written_as_its_own_file(train):
+    recipe = train(type="embedding", embedding={"token": "<tkxw>", "initialPhrase": "square", "vectors": 2},
+                   training={"steps": 4, "ema": EMA})
+    folder = recipe.outputs.workdir / "checkpoints/epoch-0001"
+    assert {c.format for c in recipe.manifest.manifest.checkpoints} == {"embedding", "embedding-ema"}
+    raw, average = load_file(folder / "embedding.safetensors"), load_file(folder / "ema/embedding.safetensors")
+    assert raw.keys() == average.keys() and all(not torch.equal(raw[k], average[k]) for k in raw)
+    torch.testing.assert_close(raw["emb_params"], recipe.adapter.vectors()[0], rtol=0, atol=0)

@@ -143,3 +143,41 @@ def test_diffusers_cannot_load_a_peft_loha_or_lokr_folder_for_these_pipelines(co
                              {"unet": unet.peft_config["default"].to_dict()}).parent
     with pytest.raises(ValueError, match="Invalid LoRA checkpoint"):
         DiffusionPipeline.from_pretrained(tiny_models("sd15")).load_lora_weights(str(folder))
+
+
+def every_family_and_type():
+    from lora_operator.api.families import FAMILIES
+
+    for row in FAMILIES.values():
+        for kind in row.adapters:
+            if kind != "embedding":
+                yield row.name, kind, False
+        yield row.name, "lora", True
+
+
+@pytest.mark.parametrize(("family", "kind", "dora"), list(every_family_and_type()))
+def test_every_type_a_family_offers_attaches_and_exports_in_its_formats(family, kind, dora, tmp_path, tiny_models):
+    from conftest import base_spec
+    from lora_operator.api import resolve_spec
+    from lora_trainer.adapters import make_adapter
+    from lora_trainer.families import get_family
+
+    conv = {"convDim": 2} if kind in ("locon", "loha", "lokr") and family != "flux" else {}
+    spec = base_spec(family, tiny_models(family), tmp_path, tmp_path / "o", type=kind,
+                     network={"dim": 2, "alpha": 2, "dora": dora, **conv},
+                     training={"textEncoderLearningRate": 1e-3, "textEncoderRatio": 1.0})
+    del spec["checkpoints"]["formats"]
+    resolved = resolve_spec(spec)
+    fam = get_family(family)
+    adapter = make_adapter(kind)
+    adapter.attach(fam, fam.load(tiny_models(family), torch.float32), resolved)
+    written = dict(adapter.export(tmp_path / "ckpt", resolved.checkpoints.formats, {"resolution": "32x32"}))
+    assert set(written) == set(resolved.checkpoints.formats)
+    assert set(written) == ({"kohya"} if kind in ("loha", "lokr") else {"kohya", "diffusers"})
+    from safetensors import safe_open
+
+    with safe_open(str(written["kohya"]), "pt") as fh:
+        keys = list(fh.keys())  # noqa: SIM118 (safe_open is no dict)
+    prefix = {"loha": ".hada_w1_a", "lokr": ".lokr_w1", "locon": ".lora_down.weight"}.get(kind, ".lora_down.weight")
+    assert any(k.endswith(prefix) for k in keys) and any(k.startswith("lora_te") for k in keys)
+    assert dora == any(k.endswith(".dora_scale") for k in keys)
