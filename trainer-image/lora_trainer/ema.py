@@ -57,8 +57,9 @@ class AdapterEma:
         return self.model.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `state_dict()` output."""
+        """Restore `state_dict()` output, on the parameters' device."""
         self.model.load_state_dict(state)
+        self.model.to(device=self.params[0].device)
 
 
 def make_ema(param_groups: list[dict[str, Any]], config: Ema) -> AdapterEma | None:
