@@ -98,13 +98,12 @@ def check_layer_fits(layer: str, parts: dict[str, torch.Tensor], weight_shape: t
 
 def merge(weights: dict[str, torch.Tensor], layers: dict[str, dict[str, torch.Tensor]],
           key_map: dict[str, str]) -> dict[str, torch.Tensor]:
-    """The weights with each LoRA layer added as loaders do: W + alpha / rank * up @ down."""
+    """The weights with each layer applied as ComfyUI applies it (`comfy_merged`; a LoRA: W + alpha / rank * up @
+    down)."""
     out = dict(weights)
     for layer, parts in layers.items():
-        down, up = parts["lora_down.weight"], parts["lora_up.weight"]
-        scale = parts["alpha"].item() / down.shape[0]
         name = key_map[layer]
-        out[name] = out[name] + scale * (up.flatten(1) @ down.flatten(1)).reshape(out[name].shape)
+        out[name] = comfy_merged(out[name], parts)
     return out
 
 
@@ -210,14 +209,68 @@ def train_kohya(tmp, family: str, model, data, **overrides):
         return recipe, {k: fh.get_tensor(k) for k in fh.keys()}, fh.metadata()  # noqa: SIM118 (no dict)
 
 
-def plain_and_merged(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """A peft-adapted model's base weights and the same weights with its LoRA deltas added (peft's own math)."""
-    from peft.tuners.lora import LoraLayer
+ADAPTER_TENSORS = (".lora_", ".hada_", ".lokr_")
+"""Substrings of a peft adapter's own parameters in a model's state dict."""
 
-    plain = {k.replace(".base_layer.", "."): v.detach().float() for k, v in model.state_dict().items()
-             if ".lora_" not in k}
-    merged = dict(plain)
-    for name, module in model.named_modules():
-        if isinstance(module, LoraLayer) and "default" in module.lora_A:
-            merged[f"{name}.weight"] = plain[f"{name}.weight"] + module.get_delta_weight("default").detach().float()
-    return plain, merged
+
+def plain_and_merged(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A peft-adapted model's base weights and the same weights with its adapters merged by peft itself
+    (LoRA, DoRA, LoHa, LoKr: each layer's own ``merge``, on a copy)."""
+    import copy
+
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    def base_weights(m: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k.replace(".base_layer.", "."): v.detach().float() for k, v in m.state_dict().items()
+                if not any(a in k for a in ADAPTER_TENSORS)}
+
+    plain = base_weights(model)
+    merged_model = copy.deepcopy(model)
+    for module in merged_model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+    return plain, base_weights(merged_model)
+
+
+def comfy_merged(weight: torch.Tensor, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A weight with one kohya / LyCORIS layer applied as ComfyUI does (``comfy/weight_adapter``: lora.py,
+    loha.py, lokr.py and base.py's weight_decompose), at strength 1, written here from its formulas.
+
+    - LoRA: ``alpha / rank * up @ down`` (rank: rows of lora_down).
+    - LoHa: ``alpha / rank * (w1_a @ w1_b) * (w2_a @ w2_b)`` (rank: rows of hada_w1_b).
+    - LoKr: ``kron(w1, w2)`` with each factor whole or ``a @ b``, times ``alpha / rank`` when a factor is a
+      product (rank: rows of its b), else 1; a 4-d w2 gets w1 as (a, c, 1, 1).
+    - dora_scale: the result ``W + delta`` is scaled by ``dora_scale / norm``; a dora_scale of W's output
+      size is on the output axis and norm is the row norm of the *original* W, otherwise the column norm of
+      ``W + delta`` (the input axis); plus float eps.
+    """
+    alpha = parts.get("alpha")
+    if "lora_up.weight" in parts:
+        down, up = parts["lora_down.weight"], parts["lora_up.weight"]
+        scale = alpha.item() / down.shape[0] if alpha is not None else 1.0
+        delta = up.flatten(1) @ down.flatten(1)
+    elif "hada_w1_a" in parts:
+        scale = alpha.item() / parts["hada_w1_b"].shape[0] if alpha is not None else 1.0
+        delta = (parts["hada_w1_a"] @ parts["hada_w1_b"]) * (parts["hada_w2_a"] @ parts["hada_w2_b"])
+    else:
+        rank = None
+        w1 = parts.get("lokr_w1")
+        if w1 is None:
+            rank, w1 = parts["lokr_w1_b"].shape[0], parts["lokr_w1_a"] @ parts["lokr_w1_b"]
+        w2 = parts.get("lokr_w2")
+        if w2 is None:
+            rank, w2 = parts["lokr_w2_b"].shape[0], parts["lokr_w2_a"] @ parts["lokr_w2_b"]
+        if w2.ndim == 4:
+            w1 = w1[:, :, None, None]
+        scale = alpha.item() / rank if alpha is not None and rank is not None else 1.0
+        delta = torch.kron(w1, w2)
+    delta = delta.reshape(weight.shape) * scale
+    if "dora_scale" not in parts:
+        return weight + delta
+    dora, calc = parts["dora_scale"], weight + delta
+    if dora.shape[0] == weight.shape[0]:
+        norm = weight.reshape(weight.shape[0], -1).norm(dim=1).reshape(-1, *[1] * (weight.ndim - 1))
+    else:
+        norm = calc.transpose(0, 1).reshape(weight.shape[1], -1).norm(dim=1).reshape(
+            weight.shape[1], *[1] * (weight.ndim - 1)).transpose(0, 1)
+    return calc * (dora / (norm + torch.finfo(weight.dtype).eps))

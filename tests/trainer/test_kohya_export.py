@@ -84,24 +84,41 @@ class Two(torch.nn.Module):
         super().__init__()
         self.proj = torch.nn.Linear(8, 8)
         self.out = torch.nn.Linear(8, 4)
+        self.conv = torch.nn.Conv2d(32, 32, 3)  # large enough for LoKr's Tucker core at rank 2
 
 
 @pytest.mark.parametrize(("config", "kind"), [
-    ({"use_dora": True}, "lora_magnitude_vector"),
-    ({"lora_bias": True}, "lora_B.bias"),
-    (None, "lokr_w1"),
+    ("LoraConfig", "lora_B.bias"),
+    ("LoHaConfig", "hada_t1"),  # a Tucker core (use_effective_conv2d): no layer of the kohya format holds one
+    ("LoKrConfig", "lokr_t2"),
 ])
-def test_kohya_export_refuses_tensors_that_are_not_lora_down_or_up(config, kind):
-    from peft import LoKrConfig, LoraConfig, get_peft_model
+def test_kohya_export_refuses_tensors_it_has_no_place_for(config, kind):
+    import peft
 
     torch.manual_seed(0)
-    peft_config = LoraConfig(r=2, target_modules=["proj"], **config) if config else LoKrConfig(
-        r=2, target_modules=["proj"])
-    model = get_peft_model(Two(), peft_config)
+    extra = {"lora_bias": True} if config == "LoraConfig" else {"use_effective_conv2d": True}
+    model = peft.get_peft_model(Two(), getattr(peft, config)(r=2, target_modules=["proj", "conv"], **extra))
     layers = {"unet": peft_layers(model)}
     assert any(kind in k for k in layers["unet"][0])
-    with pytest.raises(UnknownTensorKind, match=rf"unet\..*{kind.split('.')[0]}"):
+    with pytest.raises(UnknownTensorKind, match=rf"unet\..*{kind}: the kohya format holds"):
         kohya_state_dict(layers, get_family("sd15").kohya_layer)
+
+
+def test_kohya_export_refuses_a_layer_missing_a_factor():
+    from peft import LoHaConfig, get_peft_model
+
+    layers = peft_layers(get_peft_model(Two(), LoHaConfig(r=2, target_modules=["proj"])))
+    weights = {k: v for k, v in layers.weights.items() if not k.endswith("hada_w2_b")}
+    with pytest.raises(UnknownTensorKind, match=r"unet\.base_model\.model\.proj: has \[.*\], not the complete"):
+        kohya_state_dict({"unet": layers._replace(weights=weights)}, get_family("sd15").kohya_layer)
+
+
+def test_flux_refuses_lokr_on_a_fused_layer_naming_it():
+    from lora_trainer.kohya_tensors import LayerPart, fuse_parts
+
+    parts = [LayerPart("lokr", {"lokr_w1": torch.ones(2, 2), "lokr_w2": torch.ones(2, 2)}, 2.0)] * 3
+    with pytest.raises(ValueError, match="lora_unet_double_blocks_0_img_attn_qkv: fuses 3 modules, and a lokr"):
+        fuse_parts("lora_unet_double_blocks_0_img_attn_qkv", parts)
 
 
 def test_flux_refuses_to_name_a_layer_outside_the_blocks():

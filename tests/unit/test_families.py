@@ -85,7 +85,8 @@ def test_a_registered_row_is_known_to_the_api_and_the_schema_until_it_is_taken_o
 
 
 def test_an_adapter_type_the_familys_row_lacks_is_refused_naming_the_field():
-    with pytest.raises(SpecError, match=r"spec\.type: locon is not available for family flux .*lora, embedding") as err:
+    with pytest.raises(SpecError,
+                       match=r"spec\.type: locon is not available for family flux .*lora, loha, embedding") as err:
         resolve_spec(spec_for("flux", type="locon", network={"convDim": 2}))
     rules = yaml.safe_load(JOB_CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
         "spec"]["x-kubernetes-validations"]
@@ -101,12 +102,16 @@ def test_typed_field_messages_are_the_crd_rules_messages():
     doc = yaml.safe_load(JOB_CRD.read_text())
     rules = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"]
     messages = {r["message"] for r in rules}
+    breaking = {  # a spec that sets each field for a type it is not allowed with
+        "embedding": spec_for("sd15", type="lora", embedding={"initialPhrase": "cat"}, network={"convDim": 2}),
+        "network.convDim": spec_for("sd15", type="lora", network={"convDim": 2}),
+        "network.dora": spec_for("sd15", type="loha", network={"dora": True}),
+    }
+    assert set(breaking) == {field.path for field in TYPED_FIELDS}
     for field in TYPED_FIELDS:
         assert field.forbidden in messages and (field.missing is None or field.missing in messages)
         with pytest.raises(SpecError) as err:
-            resolve_spec(spec_for("sd15", type="lora", embedding={"initialPhrase": "cat"},
-                                  network={"convDim": 2}) if field.path == "embedding"
-                         else spec_for("sd15", type="lora", network={"convDim": 2}))
+            resolve_spec(breaking[field.path])
         assert err.value.field == field.path and field.forbidden in str(err.value)
 
 

@@ -1,7 +1,8 @@
 """Writing adapters in the formats users load: kohya, diffusers (PEFT) and textual-inversion files.
 
 - kohya: one .safetensors with sd-scripts' layer names (``lora_unet_*``, ``lora_te*_*``; the family
-  names each layer, `Family.kohya_layer`), ``.lora_down`` / ``.lora_up`` / ``.alpha`` per layer, and
+  names each layer, `Family.kohya_layer`), per layer LoRA ``.lora_down`` / ``.lora_up`` (DoRA: ``.dora_scale``),
+  LoHa ``.hada_*`` or LoKr ``.lokr_*`` factors and ``.alpha`` (`kohya_tensors`), and
   the metadata ComfyUI, A1111, Forge and SwarmUI read: sd-scripts' ``ss_*`` keys and the
   ModelSpec (``modelspec.*``) keys.
 - diffusers: a folder with ``pytorch_lora_weights.safetensors`` (PEFT keys, adapter config in the
@@ -26,113 +27,47 @@ import torch
 from safetensors import safe_open
 
 from .families.base import KohyaLayer, ModelVersion
+from .kohya_tensors import PeftLayers, UnknownTensorKind, fuse, kohya_state_dict
+
+__all__ = ["UnknownTensorKind", "fuse", "kohya_state_dict", "peft_layers", "write_diffusers", "write_kohya"]
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-KOHYA_KINDS = {"lora_A": "lora_down", "lora_B": "lora_up"}
-"""The PEFT tensors a kohya LoRA layer holds (``<module>.lora_A.weight`` -> ``<layer>.lora_down.weight``)."""
 MODELSPEC_VERSION = "1.0.1"
 """The ModelSpec version sd-scripts writes (1.0.1 added modelspec.trigger_phrase)."""
 
-Layers = dict[str, tuple[dict[str, torch.Tensor], dict[str, float]]]
+Layers = dict[str, PeftLayers]
 """{component name (unet, transformer, text_encoder, text_encoder_2): peft_layers(...)}."""
 
 
-class UnknownTensorKind(ValueError):
-    """An adapter tensor the kohya format has no place for (a DoRA magnitude, a LoKr factor, a bias)."""
-
-
-def peft_layers(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """The LoRA weights of a peft-adapted model (PEFT keys) and each layer's alpha.
+def peft_layers(model: torch.nn.Module) -> PeftLayers:
+    """The adapter weights of a peft-adapted model (PEFT keys), each module's alpha and rank, and the row norms a
+    DoRA module's kohya scale needs (`kohya_tensors`).
 
     Returns:
-        (state dict with keys like ``down_blocks.0.attentions.0.proj_in.lora_A.weight``,
-        {module name: alpha}).
+        PeftLayers with weights keyed like ``down_blocks.0.attentions.0.proj_in.lora_A.weight``.
     """
     from peft import get_peft_model_state_dict
     from peft.tuners.lora import LoraLayer
+    from peft.tuners.lycoris_utils import LycorisLayer
 
     weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in get_peft_model_state_dict(model).items()}
-    alphas = {
-        name: float(module.lora_alpha["default"])
-        for name, module in model.named_modules()
-        if isinstance(module, LoraLayer) and "default" in module.lora_alpha
-    }
-    return weights, alphas
+    alphas, ranks, dora_norms = {}, {}, {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and "default" in module.lora_alpha:
+            alphas[name], ranks[name] = float(module.lora_alpha["default"]), int(module.r["default"])
+            if module.use_dora.get("default"):
+                dora_norms[name] = _row_norms(module)
+        elif isinstance(module, LycorisLayer) and "default" in module.alpha:
+            alphas[name], ranks[name] = float(module.alpha["default"]), int(module.r["default"])
+    return PeftLayers(weights, alphas, ranks, dora_norms)
 
 
-def lora_pairs(component: str, weights: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """PEFT weights -> {module: {"lora_A": down, "lora_B": up}}.
-
-    Raises:
-        UnknownTensorKind: a tensor other than ``lora_A.weight`` / ``lora_B.weight``, or a module
-            with only one of them (written as lora_up it would corrupt the file).
-    """
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in weights.items():
-        split = key.rsplit(".", 2)
-        module, kind, leaf = split if len(split) == 3 else ("", "", key)
-        if kind not in KOHYA_KINDS or leaf != "weight":
-            raise UnknownTensorKind(f"{component}.{key}: the kohya format holds only LoRA lora_A / lora_B "
-                                    "weights; this adapter cannot be written as kohya (use format diffusers)")
-        pairs.setdefault(module, {})[kind] = value
-    for module, pair in pairs.items():
-        if len(pair) != len(KOHYA_KINDS):
-            raise UnknownTensorKind(f"{component}.{module}: has only {sorted(pair)}; a LoRA layer needs lora_A "
-                                    "and lora_B")
-    return pairs
-
-
-def fuse(pieces: list[tuple[torch.Tensor, torch.Tensor, float]]) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """One LoRA on a fused layer (BFL's qkv, linear1) from the LoRAs of its parts, in output order.
-
-    ``lora_down`` stacks the parts' down matrices (rank = the sum of their ranks) and ``lora_up`` is
-    block-diagonal, so part i's rows see only part i's down rows: up @ down is the parts' updates
-    stacked, exactly. Loaders scale a layer by alpha / rank with the fused rank (ComfyUI, InvokeAI,
-    diffusers' sd-scripts converter), so alpha grows with the rank as in sd-scripts'
-    ``convert_flux_lora.py``; a part whose alpha / rank differs from the first's has it folded into
-    its up matrix.
-
-    Args:
-        pieces: (lora_down, lora_up, alpha) per part, in the order of the fused output rows.
-
-    Returns:
-        (lora_down, lora_up, alpha) of the fused layer.
-    """
-    if any(down.ndim != 2 for down, _, _ in pieces):
-        raise ValueError("only linear LoRA layers can be fused")
-    scale = pieces[0][2] / pieces[0][0].shape[0]
-    ups = [up * (alpha / down.shape[0] / scale) for down, up, alpha in pieces]  # x 1.0 (exact) when equal
-    down = torch.cat([down for down, _, _ in pieces], dim=0)
-    return down, torch.block_diag(*ups), scale * down.shape[0]
-
-
-def kohya_state_dict(layers: Layers, naming: Callable[[str, str], KohyaLayer]) -> dict[str, torch.Tensor]:
-    """PEFT layers per component -> kohya keys with alphas, fused where `naming` says so.
-
-    Args:
-        layers: {component name: peft_layers(...)}.
-        naming: The family's `kohya_layer(component, module)`.
-
-    Raises:
-        UnknownTensorKind: see `lora_pairs`.
-        ValueError: a module without a kohya name, or a fused layer with parts missing.
-    """
-    fused: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor, float]]] = {}
-    expected: dict[str, int] = {}
-    for component, (weights, alphas) in layers.items():
-        for module, pair in lora_pairs(component, weights).items():
-            layer = naming(component, module)
-            fused.setdefault(layer.name, {})[layer.part] = (pair["lora_A"], pair["lora_B"], alphas[module])
-            expected[layer.name] = layer.parts
-    out: dict[str, torch.Tensor] = {}
-    for name, parts in fused.items():
-        if sorted(parts) != list(range(expected[name])):
-            raise ValueError(f"{name}: fuses {expected[name]} modules but only parts {sorted(parts)} have a LoRA")
-        down, up, alpha = fuse([parts[i] for i in sorted(parts)]) if len(parts) > 1 else parts[0]
-        out[f"{name}.lora_down.weight"] = down.contiguous()
-        out[f"{name}.lora_up.weight"] = up.contiguous()
-        out[f"{name}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
-    return out
+@torch.no_grad()
+def _row_norms(module: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(||W||, ||W + delta||) per output row of a DoRA module, float32 on the CPU."""
+    base = module.get_base_layer().weight.detach().float()
+    merged = base + module.get_delta_weight("default").detach().float().reshape(base.shape)
+    return base.flatten(1).norm(dim=1).cpu(), merged.flatten(1).norm(dim=1).cpu()
 
 
 def modelspec(version: ModelVersion, adapter: str, *, title: str, resolution: str, trigger_phrase: str = "",
@@ -214,7 +149,7 @@ def write_diffusers(
 
     LoraBaseMixin._save_lora_weights(
         save_directory=folder,
-        lora_layers={name: weights for name, (weights, _) in layers.items()},
+        lora_layers={name: PeftLayers(*peft).weights for name, peft in layers.items()},
         lora_metadata={name: _jsonable(configs.get(name)) for name in layers},
         weight_name=LORA_WEIGHT_NAME,
     )

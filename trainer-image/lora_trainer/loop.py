@@ -9,6 +9,7 @@ would have gone, and on CPU the same seed and data give byte-identical adapters.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -27,6 +28,7 @@ from lora_operator.api.contract import checkpoint_key, checkpoint_name
 from . import state as resume_state
 from .adapters import make_adapter
 from .data import CaptionBuilder, PreparedDataset, Sample, load_captioner, prepare_dataset
+from .ema import EMA_FOLDER, EMA_FORMAT_SUFFIX, make_ema
 from .encode import Encoder
 from .errors import ConfigError, NanLossError
 from .export import file_digest
@@ -182,6 +184,7 @@ class LoraRecipe:
         self.builder = CaptionBuilder(spec.dataset, t)
 
         self.optimizer = build_optimizer(self.adapter.param_groups(), t, self.device)
+        self.ema = make_ema(self.adapter.param_groups(), t.ema)
         self.lr_scheduler = build_scheduler(self.optimizer, t, self.plan.total_steps)
         denoiser = self.parts.denoiser
         if any(p.requires_grad for p in denoiser.parameters()):
@@ -308,6 +311,8 @@ class LoraRecipe:
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.adapter.after_step()
+        if self.ema is not None:
+            self.ema.step()
         return loss
 
     def _loss(self, index: int, text_now: bool) -> torch.Tensor:
@@ -383,7 +388,7 @@ class LoraRecipe:
             self.save_checkpoint(epoch, step, val)
         every = self.spec.previews.every_epochs
         if self.main and every and (epoch % every == 0 or last):
-            with eager():
+            with eager(), self._ema_applied():
                 entries = render_previews(self.family, self.parts, self.spec.previews,
                                           preview_prompts(self.spec.previews, self.data, self.builder), epoch,
                                           preview_size(self.spec.previews, self.data), self.outputs)
@@ -403,9 +408,14 @@ class LoraRecipe:
         name = checkpoint_name(epoch)
         rel = checkpoint_key(name)
         metadata = self._metadata(epoch, step)
+        folder = self.outputs.local(rel + "/x").parent
+        written = self.adapter.export(folder, self.spec.checkpoints.formats, metadata)
+        if self.ema is not None:  # the average beside the raw weights, in the same formats
+            with self._ema_applied():
+                written += [(fmt + EMA_FORMAT_SUFFIX, path) for fmt, path in self.adapter.export(
+                    folder / EMA_FOLDER, self.spec.checkpoints.formats, {**metadata, "ema": True})]
         entries = []
-        for fmt, path in self.adapter.export(self.outputs.local(rel + "/x").parent, self.spec.checkpoints.formats,
-                                             metadata):
+        for fmt, path in written:
             key = path.relative_to(self.outputs.workdir).as_posix()
             self.outputs.publish(key)
             size, sha = file_digest(path)
@@ -415,6 +425,10 @@ class LoraRecipe:
             entries.append(entry)
         self.progress.phase("training")
         return entries
+
+    def _ema_applied(self):
+        """The EMA weights in the adapter for a block (training.ema), else nothing changes."""
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
 
     def _metadata(self, epoch: int, step: int) -> dict:
         s, t = self.spec, self.training

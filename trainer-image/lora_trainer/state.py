@@ -1,4 +1,4 @@
-"""Resume state: adapter weights, optimizer, lr schedule and position.
+"""Resume state: adapter weights, optimizer, lr schedule, EMA (training.ema) and position.
 
 Saved at epoch ends and every ``checkpoints.stateEverySteps`` optimizer steps in between
 (by the main process only), so a retried pod repeats at most that many steps.
@@ -46,6 +46,7 @@ def save(recipe: LoraRecipe, step: int) -> None:
             "lr_scheduler": recipe.lr_scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "python_rng": random.getstate(),
+            "ema": recipe.ema.state_dict() if recipe.ema is not None else None,
         },
         out.local(STATE_PREFIX + TRAINING_FILE),
     )
@@ -83,6 +84,8 @@ def restore(recipe: LoraRecipe) -> int:
     training = torch.load(local / TRAINING_FILE, weights_only=False)
     recipe.optimizer.load_state_dict(training["optimizer"])
     recipe.lr_scheduler.load_state_dict(training["lr_scheduler"])
+    if recipe.ema is not None and training.get("ema") is not None:
+        recipe.ema.load_state_dict(training["ema"])
     torch.set_rng_state(training["torch_rng"])
     random.setstate(training["python_rng"])
     manifest = recipe.outputs.store.get_bytes(MANIFEST_KEY)

@@ -46,14 +46,28 @@ TYPED_FIELDS = (
         missing="spec.embedding is required with spec.type: embedding (set embedding.initialPhrase)",
     ),
     TypedField(
-        path="network.convDim", types=("locon",),
+        path="network.convDim", types=("locon", "loha", "lokr"),
         cel_set="has(self.network) && has(self.network.convDim) && self.network.convDim > 0",
         is_set=lambda spec: spec.network is not None and spec.network.conv_dim > 0,
-        forbidden="spec.network.convDim > 0 needs spec.type: locon (a lora adapter has no convolution layers); "
-                  "set type: locon or leave convDim at 0",
+        forbidden="spec.network.convDim > 0 needs spec.type: locon, loha or lokr (a lora adapter has no "
+                  "convolution layers); set type: locon or leave convDim at 0",
+    ),
+    TypedField(
+        path="network.dora", types=("lora", "locon"),
+        cel_set="has(self.network) && has(self.network.dora) && self.network.dora",
+        is_set=lambda spec: spec.network is not None and spec.network.dora,
+        forbidden="spec.network.dora needs spec.type: lora or locon (DoRA decomposes a LoRA's layers; "
+                  "loha, lokr and embedding have none to decompose)",
     ),
 )
 """Fields tied to adapter types."""
+
+TYPE_FORMATS = {"loha": ("kohya",), "lokr": ("kohya",)}
+"""The checkpoint formats of the adapter types that cannot be written in all of them (others: every format of
+their family). diffusers' load_lora_weights loads LoRA and DoRA, not LoHa (no loader) nor LoKr (only for
+Flux.2 and Z-Image pipelines)."""
+CONV_TYPE = "locon"
+"""A family that offers this type has convolution layers (network.convDim of loha / lokr needs them)."""
 
 
 def families_without(adapter: str) -> list[str]:
@@ -74,8 +88,25 @@ def adapter_problems(spec: Any, adapter: str) -> list[tuple[str, str]]:
     if adapter not in row.adapters:
         problems.append(("type", f"{adapter} is not available for family {row.name} "
                                  f"(it supports type: {', '.join(row.adapters)})"))
+    if spec.network is not None and spec.network.conv_dim > 0 and CONV_TYPE not in row.adapters:
+        problems.append(("network.convDim", f"family {row.name} has no convolution layers; leave convDim at 0"))
     for fmt in (spec.checkpoints or Checkpoints()).formats:
         if fmt not in row.formats:
             problems.append(("checkpoints.formats", f"{fmt} is not written for family {row.name} "
                                                     f"(it writes: {', '.join(row.formats)})"))
+    chosen = spec.checkpoints is not None and "formats" in spec.checkpoints.model_fields_set
+    for fmt in (spec.checkpoints.formats if chosen else []):
+        if fmt not in TYPE_FORMATS.get(adapter, (fmt,)):
+            problems.append(("checkpoints.formats", f"{fmt} cannot hold a {adapter} adapter (diffusers' "
+                                                    f"load_lora_weights loads none); it is written as: "
+                                                    f"{', '.join(TYPE_FORMATS[adapter])}"))
     return problems
+
+
+def adapter_checkpoints(spec: Any, adapter: str) -> Checkpoints:
+    """The spec's checkpoints, with the default formats cut to those type `adapter` can be written in."""
+    checkpoints = spec.checkpoints or Checkpoints()
+    if adapter in TYPE_FORMATS and "formats" not in checkpoints.model_fields_set:
+        formats = [fmt for fmt in checkpoints.formats if fmt in TYPE_FORMATS[adapter]]
+        checkpoints = checkpoints.model_copy(update={"formats": formats})
+    return checkpoints

@@ -40,7 +40,7 @@ class CheckpointEntry(ApiModel):
     epoch: int
     step: int
     format: str
-    """kohya, diffusers or embedding."""
+    """kohya, diffusers or embedding; with -ema (kohya-ema, ...) the training.ema average, under ema/."""
     path: str
     """Relative to the job prefix."""
     size_bytes: int

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .adapters import adapter_problems
+from .adapters import adapter_checkpoints, adapter_problems
 from .spec import AdapterType, JobSpec
 
 
@@ -72,6 +72,7 @@ def fill_defaults(spec: JobSpec) -> JobSpec:
             inner = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
             if len(inner) == 1 and hasattr(inner[0], "model_fields"):
                 filled[name] = inner[0]()
+    filled["checkpoints"] = adapter_checkpoints(spec, adapter)
     return spec.model_copy(update={"type": adapter, **filled})
 
 

@@ -41,6 +41,15 @@ class AdapterType(StrEnum):
     """A LoRA that also adapts convolution layers (network.convDim)."""
     EMBEDDING = "embedding"
     """A textual-inversion embedding (see embedding)."""
+    LOHA = "loha"
+    """LyCORIS LoHa: the update is the element-wise product of two rank-network.dim products, on the layers a
+    lora adapts (and the convolution layers with network.convDim). Written as kohya only (hada_w1_a, ...):
+    ComfyUI, A1111 and Forge load it; diffusers' load_lora_weights does not."""
+    LOKR = "lokr"
+    """LyCORIS LoKr: the update is the Kronecker product of a small and a rank-network.dim factor, on the layers
+    a lora adapts (and the convolution layers with network.convDim). Written as kohya only (lokr_w1, ...):
+    ComfyUI, A1111 and Forge load it; diffusers' load_lora_weights does not. Not for flux (its fused qkv
+    layers cannot hold a Kronecker product of the q, k and v updates)."""
 
 
 class BaseModelSpec(ApiModel):

@@ -90,7 +90,7 @@ class CheckpointRecord(ApiModel):
     uri: str
     """Where the checkpoint file or folder is."""
     format: str
-    """kohya, diffusers or embedding."""
+    """kohya, diffusers or embedding; with -ema (kohya-ema, ...) the training.ema average, under ema/."""
     size_bytes: int | None = None
     """Size in bytes."""
     sha256: str | None = None

@@ -70,6 +70,20 @@ class MixedPrecision(StrEnum):
     BF16 = "bf16"
 
 
+class Ema(ApiModel):
+    """An exponential moving average of the adapter weights, written beside the raw weights."""
+
+    enabled: bool = Field(default=False)
+    """Keep the average; each checkpoint then also has its average under ema/ (formats kohya-ema,
+    diffusers-ema, embedding-ema in the manifest) and previews show the average. Default: false."""
+    decay: float = Field(default=0.999, gt=0.0, lt=1.0)
+    """The most each step keeps of the average: after step n past startStep the average becomes
+    d x average + (1 - d) x weights with d = min(decay, (1 + n) / (10 + n)) (diffusers' EMAModel), so
+    the early average is not stuck at the untrained start. Default: 0.999."""
+    start_step: int = Field(default=0, ge=0, le=10_000_000)
+    """Optimizer steps before averaging starts; until then the average is the weights. Default: 0."""
+
+
 class Training(ApiModel):
     """How long and how the adapter is trained."""
 
@@ -135,24 +149,33 @@ class Training(ApiModel):
     """Trade compute for memory; auto turns it on when memory would not suffice. Default: auto."""
     cache_latents: bool = Field(default=True)
     """Encode images once and reuse the latents when augmentation allows. Default: true."""
+    ema: Ema = Field(default_factory=Ema)
+    """Exponential moving average of the adapter weights (previews and a second copy of each checkpoint)."""
     compile: Literal["auto", "on", "off"] = Field(default="auto")
     """torch.compile the denoiser's repeated blocks (regional compilation: seconds to a minute of
     compiling once, then faster steps); auto turns it on on a GPU. Default: auto."""
 
 
 class Network(ApiModel):
-    """Size of the LoRA / LoCon adapter."""
+    """Size of the LoRA / LoCon / LoHa / LoKr adapter."""
 
     dim: int = Field(default=16, ge=1, le=1024)
-    """Rank of the linear (attention and MLP) adapters. Default: 16."""
+    """Rank of the linear (attention and MLP) adapters (LoHa: of each of its two products; LoKr: of its
+    larger Kronecker factor). Default: 16."""
     alpha: float = Field(default=8.0, gt=0.0, le=1024.0)
     """Scale numerator: the adapter output is scaled by alpha / dim. Default: 8."""
     conv_dim: int = Field(default=0, ge=0, le=512)
-    """Rank of the convolution adapters (LoCon); 0 means none. Default: 0."""
+    """Rank of the convolution adapters (locon, loha, lokr on families with convolution layers); 0 means none.
+    Default: 0."""
     conv_alpha: float = Field(default=0.0, ge=0.0, le=512.0)
     """Scale numerator of the convolution adapters; 0 means convDim. Default: 0."""
     dropout: float = Field(default=0.0, ge=0.0, le=1.0)
-    """Dropout inside the adapter. Default: 0."""
+    """Dropout inside the adapter (LoHa / LoKr: rank dropout, of rows of the update). Default: 0."""
+    dora: bool = Field(default=False)
+    """DoRA (type lora or locon): each adapted layer also trains a magnitude per output row, and its weight
+    becomes that magnitude times the row's direction (W + update) / ||W + update||. The kohya file holds it
+    as dora_scale on the output axis, which ComfyUI loads; A1111 and Forge read dora_scale on the input axis
+    only and cannot. The diffusers folder loads with load_lora_weights. Default: false."""
 
 
 class Embedding(ApiModel):

@@ -1,7 +1,9 @@
-"""LoRA and LoCon: low-rank adapters on the denoiser (and optionally the text encoders), via peft.
+"""LoRA, LoCon, LoHa and LoKr: adapters on the denoiser (and optionally the text encoders), via peft.
 
 LoCon is LoRA plus adapters on the convolution layers, with their own rank and alpha
-(network.convDim / convAlpha) through peft's ``rank_pattern`` / ``alpha_pattern``.
+(network.convDim / convAlpha) through peft's ``rank_pattern`` / ``alpha_pattern``; LoHa and LoKr
+(peft's LoHaConfig / LoKrConfig, `lycoris.py`) adapt the same layers, and the convolution layers when
+convDim is set. network.dora makes a LoRA / LoCon a DoRA (peft's ``use_dora``).
 The text encoders get a LoRA when ``textEncoderLearningRate`` and ``textEncoderRatio``
 are both above 0; it trains for that share of the steps, from the start.
 """
@@ -22,17 +24,20 @@ from ..families.base import text_component
 from .base import trainable
 
 
+def conv_patterns(network: Network, conv_targets: list[str] | None) -> tuple[dict[str, int], dict[str, float]]:
+    """peft's rank_pattern / alpha_pattern: the conv layers at convDim / convAlpha (0: convDim)."""
+    rank_pattern = {name: network.conv_dim for name in conv_targets or []}
+    alpha_pattern = {name: network.conv_alpha or network.conv_dim for name in conv_targets or []}
+    return rank_pattern, alpha_pattern
+
+
 def lora_config(targets: list[str], network: Network, conv_targets: list[str] | None = None,
                 exclude: str | None = None) -> Any:
-    """A peft LoraConfig: rank dim, alpha, dropout; conv layers at convDim / convAlpha when given;
+    """A peft LoraConfig: rank dim, alpha, dropout, DoRA; conv layers at convDim / convAlpha when given;
     modules matching the regex `exclude` are left alone."""
     from peft import LoraConfig
 
-    rank_pattern: dict[str, int] = {}
-    alpha_pattern: dict[str, float] = {}
-    for name in conv_targets or []:
-        rank_pattern[name] = network.conv_dim
-        alpha_pattern[name] = network.conv_alpha or network.conv_dim
+    rank_pattern, alpha_pattern = conv_patterns(network, conv_targets)
     return LoraConfig(
         r=network.dim,
         lora_alpha=network.alpha,
@@ -42,7 +47,12 @@ def lora_config(targets: list[str], network: Network, conv_targets: list[str] | 
         rank_pattern=rank_pattern,
         alpha_pattern=alpha_pattern,
         exclude_modules=exclude,
+        use_dora=network.dora,
     )
+
+
+LYCORIS_NETWORK_MODULE = "lycoris.kohya"
+"""``ss_network_module`` of a LyCORIS (LoHa, LoKr) file, as LyCORIS' kohya plug-in writes it."""
 
 
 def text_encoder_trains(training: Training) -> bool:
@@ -52,6 +62,11 @@ def text_encoder_trains(training: Training) -> bool:
 
 class LoraAdapter:
     """A LoRA (conv=False) or LoCon (conv=True) adapter."""
+
+    make_config = staticmethod(lora_config)
+    """(targets, network, conv_targets, exclude) -> the peft config of the adapter."""
+    algo: str | None = None
+    """The LyCORIS ``algo`` of the kohya metadata (None: a kohya LoRA)."""
 
     def __init__(self, conv: bool = False):
         self.conv = conv
@@ -67,13 +82,15 @@ class LoraAdapter:
         """Add LoRA layers to the denoiser (and conv layers for LoCon, text encoders when trained)."""
         network, training = spec.network, spec.training
         conv_targets = None
+        if self.algo:  # LoHa / LoKr: conv layers when convDim is set (resolve_spec: only families that have them)
+            self.conv = network.conv_dim > 0
         if self.conv:  # the families that support locon are their table rows' (checked in resolve_spec)
             if network.conv_dim < 1:
                 raise ConfigError("network.convDim: must be at least 1 for type locon")
             conv_targets = family.conv_targets
         self._family, self._spec, self._parts = family, spec, parts
-        parts.denoiser.add_adapter(lora_config(family.denoiser_targets, network, conv_targets,
-                                               family.denoiser_exclude))
+        parts.denoiser.add_adapter(self.make_config(family.denoiser_targets, network, conv_targets,
+                                                    family.denoiser_exclude))
         self.modules = {family.denoiser_name: parts.denoiser}
         self._groups = [
             {"name": family.denoiser_name, "lr": training.unet_learning_rate,
@@ -84,11 +101,20 @@ class LoraAdapter:
             text_params = []
             encoders = parts.text_encoders[: family.trainable_text_encoders]
             for index, encoder in enumerate(encoders):
-                encoder.add_adapter(lora_config(family.text_encoder_targets, network))
+                encoder.add_adapter(self.make_config(family.text_encoder_targets, network))
                 self.modules[text_component(index)] = encoder
                 text_params += trainable(list(encoder.parameters()))
             self._groups.append(
                 {"name": "text_encoder", "lr": training.text_encoder_learning_rate, "params": text_params})
+
+    def network_args(self, network: Network) -> dict[str, Any]:
+        """``ss_network_args``: conv rank and alpha, LyCORIS' algo, DoRA (``dora_wd``, LyCORIS' name)."""
+        args: dict[str, Any] = {"algo": self.algo} if self.algo else {}
+        if self.conv:
+            args |= {"conv_dim": network.conv_dim, "conv_alpha": network.conv_alpha or network.conv_dim}
+        if network.dora:
+            args["dora_wd"] = True
+        return args
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The denoiser group (unetLearningRate) and the text group (textEncoderLearningRate)."""
@@ -134,11 +160,10 @@ class LoraAdapter:
             network, family = self._spec.network, self._family
             meta = {
                 **metadata,
-                "network_module": family.kohya_network_module,
+                "network_module": LYCORIS_NETWORK_MODULE if self.algo else family.kohya_network_module,
                 "network_dim": network.dim,
                 "network_alpha": network.alpha,
-                "network_args": {"conv_dim": network.conv_dim, "conv_alpha": network.conv_alpha or network.conv_dim}
-                if self.conv else {},
+                "network_args": self.network_args(network),
             }
             trigger = trigger_phrase(self._spec.dataset.caption_prefix)
             version = family.model_version(self._parts)
