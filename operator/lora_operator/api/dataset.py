@@ -117,6 +117,15 @@ class Dataset(ApiModel):
     """Caption images automatically. Default: off."""
     regularization: Regularization | None = None
     """Regularization (class) images. Default: none."""
+    pairs: bool = False
+    """Train an edit LoRA (families that train edits: flux-kontext): every target image has a
+    control (source) image, and its caption is the instruction that turns the control into the
+    target, e.g. "make it a watercolor". A pair is named in one of two ways, both allowed in one
+    dataset: beside the target, x.png and x.control.png (any image suffix each), or in a control/
+    folder next to the target with the same file name, x.png and control/x.png. Crops, buckets and
+    flips cut both images of a pair alike (the control is scaled to the target's size first). A
+    target without a readable control, or a control without a target, is skipped and listed in the
+    manifest's skipped files. Previews edit the held-out pairs' control images. Default: false."""
     validation_split: float = Field(default=0.1, ge=0.0, le=0.5)
     """Share of images whose loss is measured at each epoch end, at fixed timesteps and noise (at
     least one image; 0 turns it off). From 20 images up they are held out of training (at most

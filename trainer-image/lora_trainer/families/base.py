@@ -164,9 +164,14 @@ class Family(Protocol):
 
     def predict(
         self, parts: Components, noisy: torch.Tensor, timesteps: torch.Tensor, cond: dict[str, torch.Tensor],
-        sizes: Sizes,
+        sizes: Sizes, control: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The denoiser output, shaped like the target."""
+        """The denoiser output, shaped like the target.
+
+        `control`: the latents of the pair's control images (`encode_images`, shaped like `noisy`), given
+        only to edit families (their row's ``edit``) when the dataset has pairs; an edit family joins
+        them to its input as its pipeline does at inference, and predicts for the target tokens only.
+        """
 
     def loss_weights(self, parts: Components, timesteps: torch.Tensor, min_snr_gamma: float) -> torch.Tensor:
         """Per-sample loss weights (min-SNR or ones)."""
@@ -175,7 +180,8 @@ class Family(Protocol):
         """A diffusers pipeline sharing the (adapted) components, for previews."""
 
     def pipeline_kwargs(self, previews: Previews) -> dict[str, Any]:
-        """Extra call arguments of the pipeline for previews."""
+        """Extra call arguments of the pipeline for previews (an edit family's pipeline also gets
+        ``image=``: the control image of a held-out pair)."""
 
 
 def load_part(loader: Any, folder: Path, subfolder: str, **kwargs: Any) -> Any:
