@@ -132,3 +132,10 @@ class Dataset(ApiModel):
     half): the loss measures unseen images. Smaller datasets keep every image for training and
     validate on a fixed subset of the training images: the loss then tracks fit, not
     generalisation. Default: 0.1."""
+
+    @model_validator(mode="after")
+    def _pairs_without_class_images(self) -> Dataset:
+        # Class images have no control image: an edit batch cannot mix them with pairs.
+        if self.pairs and self.regularization is not None:
+            raise ValueError("pairs and regularization cannot be combined (class images have no control image)")
+        return self
