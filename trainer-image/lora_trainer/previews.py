@@ -83,7 +83,7 @@ def generate(family: Family, parts: Components, previews: Previews, prompts: lis
         for p, prompt in enumerate(prompts):
             n = previews.images_per_prompt
             generators = [torch.Generator(device="cpu").manual_seed(previews.seed + i) for i in range(n)]
-            edit = {"image": controls[p % len(controls)].resize((size[1], size[0]))} if controls else {}
+            edit = family.edit_inputs(controls[p % len(controls)], size) if controls else {}
             result = pipe(prompt=prompt, num_images_per_prompt=n, num_inference_steps=previews.steps,
                           height=size[0], width=size[1], generator=generators,
                           **family.pipeline_kwargs(previews), **edit)

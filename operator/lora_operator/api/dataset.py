@@ -7,6 +7,7 @@ from enum import StrEnum
 from pydantic import Field, model_validator
 
 from .base import ApiModel
+from .families import edit_families
 from .uris import SIZE_PATTERN, URI_PATTERN
 
 
@@ -91,6 +92,11 @@ class Regularization(ApiModel):
     batch tags and the embedding token are not added, so they keep the class's prior. Default: ""."""
 
 
+def _pairs_schema(schema: dict) -> None:
+    """The explain text of dataset.pairs names the edit families of the table when the schema is made."""
+    schema["description"] += f" Edit families: {', '.join(edit_families())}."
+
+
 class Dataset(ApiModel):
     """The training images and their captions."""
 
@@ -117,8 +123,8 @@ class Dataset(ApiModel):
     """Caption images automatically. Default: off."""
     regularization: Regularization | None = None
     """Regularization (class) images. Default: none."""
-    pairs: bool = False
-    """Train an edit LoRA (families that train edits: flux-kontext): every target image has a
+    pairs: bool = Field(default=False, json_schema_extra=_pairs_schema)
+    """Train an edit LoRA (only an edit family, named below): every target image has a
     control (source) image, and its caption is the instruction that turns the control into the
     target, e.g. "make it a watercolor". A pair is named in one of two ways, both allowed in one
     dataset: beside the target, x.png and x.control.png (any image suffix each), or in a control/

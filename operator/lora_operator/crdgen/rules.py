@@ -63,13 +63,12 @@ def _family_type_rules() -> list[dict]:
     """A type the family's row does not offer (`api.families`), when the object names both."""
     rules = []
     for adapter in AdapterType:
-        without = families_without(adapter)
-        if without:
-            names = ", ".join(f"'{name}'" for name in without)
+        # One rule per family, so the apiserver's message names the job's family as the operator's does.
+        for name in families_without(adapter):
             rules.append(rule(
                 f"!has(self.type) || self.type != '{adapter}' || !has(self.baseModel) || "
-                f"!has(self.baseModel.family) || !(self.baseModel.family in [{names}])",
-                f"spec.type: {adapter} is not available for family {' or '.join(without)}", ".type",
+                f"!has(self.baseModel.family) || self.baseModel.family != '{name}'",
+                f"spec.type: {adapter} is not available for family {name}", ".type",
             ))
     return rules
 

@@ -180,8 +180,11 @@ class Family(Protocol):
         """A diffusers pipeline sharing the (adapted) components, for previews."""
 
     def pipeline_kwargs(self, previews: Previews) -> dict[str, Any]:
-        """Extra call arguments of the pipeline for previews (an edit family's pipeline also gets
-        ``image=``: the control image of a held-out pair)."""
+        """Extra call arguments of the pipeline for previews."""
+
+    def edit_inputs(self, control: Any, size: tuple[int, int]) -> dict[str, Any]:
+        """Edit families only: the pipeline call arguments that hand it `control` (a PIL image, the control
+        image of a held-out pair) to edit into an image of `size` (height, width)."""
 
 
 def load_part(loader: Any, folder: Path, subfolder: str, **kwargs: Any) -> Any:

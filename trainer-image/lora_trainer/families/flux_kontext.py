@@ -16,8 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from PIL import Image
 
-from lora_operator.api import ModelFamily, Previews
+from lora_operator.api import ModelFamily
 
 from .base import Components
 from .flux import FluxFamily, image_ids, pack
@@ -45,7 +46,9 @@ class FluxKontextFamily(FluxFamily):
             transformer=parts.denoiser,
         )
 
-    def pipeline_kwargs(self, previews: Previews) -> dict[str, Any]:
-        """Flux.1's, and the control image kept at its training size: the pipeline would otherwise scale
-        it to one of Kontext's preferred ~1 MP sizes, which the LoRA did not see."""
-        return {**super().pipeline_kwargs(previews), "_auto_resize": False}
+    def edit_inputs(self, control: Image.Image, size: tuple[int, int]) -> dict[str, Any]:
+        """The control image at the preview size, kept there: FluxKontextPipeline would otherwise scale it to
+        one of Kontext's preferred ~1 MP sizes (_auto_resize) and the output to max_area (1 MP), sizes the
+        LoRA did not train at."""
+        height, width = size
+        return {"image": control.resize((width, height)), "max_area": height * width, "_auto_resize": False}
