@@ -6,6 +6,7 @@ throwaway family a test registers (test_throwaway_family.py).
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -36,6 +37,9 @@ def check_family(name: str, model_dir: Path) -> None:
     # LoCon adapts convolutions: a row offers it exactly when the family names conv layers.
     assert ("locon" in row.adapters) == bool(family.conv_targets)
     assert type(family.pipeline(parts)).__name__ == row.pipeline
+    # An edit row's family takes the pairs' control latents and hands previews their control images.
+    if row.edit:
+        assert "control" in inspect.signature(family.predict).parameters and callable(family.edit_inputs)
     flow = family.default_sampler is Sampler.FLOW_EULER
     assert (row.prediction == "flow") == flow
     if not flow:
