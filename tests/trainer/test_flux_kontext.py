@@ -118,11 +118,19 @@ def test_kontext_diffusers_file_loads_in_flux_kontext_pipeline_and_changes_the_e
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl", "flux", "chroma"])
-def test_a_family_that_trains_no_edits_refuses_pairs(family, tmp_path):
+def test_a_family_that_trains_no_edits_refuses_pairs_in_the_operator_and_the_apiserver(family, tmp_path):
+    import yaml
+    from test_family_conformance import JOB_CRD
+
     spec = base_spec(family, tmp_path, tmp_path, tmp_path / "out", dataset={"pairs": True})
     with pytest.raises(SpecError, match=rf"spec\.dataset\.pairs: family {family} cannot train on edit pairs; "
-                                        r"use an edit family \(flux-kontext\)"):
+                                        r"use an edit family \(flux-kontext\)") as err:
         resolve_spec(spec)
+    rules = yaml.safe_load(JOB_CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
+        "spec"]["x-kubernetes-validations"]
+    crd = [r for r in rules if r.get("fieldPath") == ".dataset.pairs"]
+    assert [r["message"] for r in crd if f"'{family}'" in r["rule"]] == [str(err.value).split(";")[0]]
+    assert not any("'flux-kontext'" in r["rule"] for r in crd)  # the edit family's pairs pass
 
 
 def test_pairs_and_class_images_are_refused_together(tmp_path):
