@@ -38,6 +38,7 @@ def pair_folder(root: Path) -> Path:
 
 
 def prepared(root: Path, **dataset):
+    dataset.setdefault("crop", {"mode": "center", "size": "32x32"})  # not the family's 1024 px
     settings = Dataset(uri="s3://d/x/", pairs=True, validation_split=0.0, **dataset)
     return prepare_dataset(settings, root, "flux-kontext", seed=0)
 
