@@ -91,6 +91,8 @@ BAD = [
     ("unknown-family", {"baseModel": {"family": "sd3", "uri": "s3://m/"}}, "spec.baseModel.family", "Unsupported"),
     ("locon-on-flux", {"type": "locon", "baseModel": {"family": "flux", "uri": "s3://m/"}, "network": {"convDim": 4}},
      "spec.type", "spec.type: locon is not available for family flux"),
+    ("pairs-on-flux", {"baseModel": {"family": "flux", "uri": "s3://m/"}, "dataset": {"uri": "s3://d/", "pairs": True}},
+     "spec.dataset.pairs", "spec.dataset.pairs: family flux cannot train on edit pairs"),
     ("typo-field", {"trainig": {"epochs": 2}}, "trainig", "unknown field"),
     # final/ is where a selection is copied to: it can never be a selection itself
     ("selected-final", {"selectedCheckpoint": "final"}, "spec.selectedCheckpoint", "should match"),
@@ -111,7 +113,8 @@ def test_bad_object_is_refused_with_a_message_naming_the_field(cluster, tmp_path
     {"training": {"steps": "auto"}},
     {"training": {"steps": 500}},
     {"selectedCheckpoint": "auto", "deleteUnselected": True},
-], ids=["embedding", "locon", "template-decides", "steps-auto", "steps-500", "selected-auto"])
+    {"baseModel": {"family": "flux-kontext", "uri": "s3://m/"}, "dataset": {"uri": "s3://d/", "pairs": True}},
+], ids=["embedding", "locon", "template-decides", "steps-auto", "steps-500", "selected-auto", "kontext-pairs"])
 def test_good_variants_are_accepted(cluster, tmp_path, spec):
     result = apply(cluster, tmp_path, job(f"good-{abs(hash(json.dumps(spec))) % 10**8}", **spec))
     assert result.returncode == 0, result.stderr

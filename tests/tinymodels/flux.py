@@ -6,25 +6,21 @@ from pathlib import Path
 
 from lora_operator.api.families import family_row
 
-from .parts import T5_VOCAB_SIZE, TEXT_HIDDEN, clip_encoder, tiny_vae, write_clip_tokenizer, write_t5_tokenizer
+from .parts import TEXT_HIDDEN, clip_encoder, t5_encoder, tiny_vae, write_clip_tokenizer, write_t5_tokenizer
 
 
-def build(path: Path) -> None:
-    """Write the tiny model's diffusers folder to `path`."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+def build(path: Path, pipeline: str = "FluxPipeline", family: str = "flux") -> None:
+    """Write the tiny model's diffusers folder to `path`, saved as `pipeline` (its model_index.json)."""
+    import diffusers
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import T5TokenizerFast
 
     write_clip_tokenizer(path / "tokenizer")
     write_t5_tokenizer(path / "tokenizer_2")
     text_encoder, tokenizer = clip_encoder(path / "tokenizer")
     tokenizer_2 = T5TokenizerFast.from_pretrained(path / "tokenizer_2")
-    text_encoder_2 = T5EncoderModel(
-        T5Config(
-            vocab_size=T5_VOCAB_SIZE, d_model=TEXT_HIDDEN, d_ff=37, d_kv=8, num_heads=4, num_layers=2,
-            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-        )
-    )
-    latent_channels = family_row("flux").latent_channels  # 16, as the real VAE: the conformance test checks it
+    text_encoder_2 = t5_encoder()
+    latent_channels = family_row(family).latent_channels  # 16, as the real VAE: the conformance test checks it
     transformer = FluxTransformer2DModel(
         patch_size=1,
         in_channels=4 * latent_channels,
@@ -39,7 +35,7 @@ def build(path: Path) -> None:
     )
     vae = tiny_vae(latent_channels, shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False,
                use_post_quant_conv=False)
-    pipe = FluxPipeline(
+    pipe = getattr(diffusers, pipeline)(
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=vae,
         text_encoder=text_encoder,

@@ -81,6 +81,18 @@ def clip_config(vocab_size: int, eos_token_id: int, projection: bool):
     )
 
 
+def t5_encoder():
+    """A two-layer T5 encoder (the real class) over the tiny T5 tokenizer's vocabulary."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=T5_VOCAB_SIZE, d_model=TEXT_HIDDEN, d_ff=37, d_kv=8, num_heads=4, num_layers=2,
+            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+        )
+    )
+
+
 def tiny_vae(latent_channels: int = 4, **kwargs):
     from diffusers import AutoencoderKL
 

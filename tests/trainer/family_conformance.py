@@ -6,6 +6,7 @@ throwaway family a test registers (test_throwaway_family.py).
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ def check_family(name: str, model_dir: Path) -> None:
 
     parts = family.load(model_dir, torch.float32)
     assert len(parts.text_encoders) == len(parts.tokenizers) == len(row.text_encoders)
-    assert 1 <= family.trainable_text_encoders <= len(row.text_encoders)
+    assert 0 <= family.trainable_text_encoders <= len(row.text_encoders)  # 0: every text encoder stays frozen
     assert len(family.embedding_keys) == family.trainable_text_encoders
     assert parts.vae.config.latent_channels == row.latent_channels
     latents = family.encode_images(parts, torch.zeros(1, 3, 32, 32))
@@ -36,6 +37,9 @@ def check_family(name: str, model_dir: Path) -> None:
     # LoCon adapts convolutions: a row offers it exactly when the family names conv layers.
     assert ("locon" in row.adapters) == bool(family.conv_targets)
     assert type(family.pipeline(parts)).__name__ == row.pipeline
+    # An edit row's family takes the pairs' control latents and hands previews their control images.
+    if row.edit:
+        assert "control" in inspect.signature(family.predict).parameters and callable(family.edit_inputs)
     flow = family.default_sampler is Sampler.FLOW_EULER
     assert (row.prediction == "flow") == flow
     if not flow:

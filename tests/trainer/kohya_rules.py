@@ -169,7 +169,9 @@ def bfl_flux_checkpoint(state: dict[str, torch.Tensor], num_layers: int, num_sin
                       ("time_text_embed.guidance_embedder.linear_2", "guidance_in.out_layer")):
         put(bfl, name)
     for leaf in ("weight", "bias"):
-        out[f"final_layer.adaLN_modulation.1.{leaf}"] = _swap_halves(state[f"norm_out.linear.{leaf}"])
+        if f"norm_out.linear.{leaf}" in state:  # Chroma's final norm has no projection of its own
+            out[f"final_layer.adaLN_modulation.1.{leaf}"] = _swap_halves(state[f"norm_out.linear.{leaf}"])
+    _bfl_approximator(state, out)
     for i in range(num_layers):
         d, b = f"transformer_blocks.{i}", f"double_blocks.{i}"
         put(f"{b}.img_attn.qkv", f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v")
@@ -194,6 +196,23 @@ def bfl_flux_checkpoint(state: dict[str, torch.Tensor], num_layers: int, num_sin
 
 
 # ------------------------------------------------------------------------------------------- runs
+def check_diffusers_reads(bfl: dict[str, torch.Tensor], convert, model: torch.nn.Module) -> None:
+    """diffusers' single-file converter `convert` reads every key of `bfl`, back to `model`'s weight shapes."""
+    left = dict(bfl)
+    converted = convert(left)
+    assert not left, f"keys diffusers does not read: {sorted(left)[:5]}"
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in converted.items()} == shapes
+
+
+def _bfl_approximator(state: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> None:
+    """Chroma's modulation MLP (diffusers' distilled_guidance_layer) in the original checkpoint's names."""
+    for key, value in state.items():
+        if key.startswith("distilled_guidance_layer."):
+            bfl = key.replace(".linear_1.", ".in_layer.").replace(".linear_2.", ".out_layer.")
+            out[bfl[: -len(".weight")] + ".scale" if ".norms." in key else bfl] = value
+
+
 def train_kohya(tmp, family: str, model, data, **overrides):
     """A tiny run writing only the kohya file, text encoders trained; (recipe, state dict, metadata)."""
     from safetensors import safe_open

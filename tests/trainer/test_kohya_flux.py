@@ -9,6 +9,7 @@ import pytest
 import torch
 from kohya_rules import (
     bfl_flux_checkpoint,
+    check_diffusers_reads,
     check_layer_fits,
     comfy_clip_key_map,
     comfy_model_key_map,
@@ -49,11 +50,7 @@ def test_the_tests_bfl_layout_is_the_one_diffusers_reads_from_original_flux_chec
     assert bfl["single_blocks.37.linear1.weight"].shape == (21504, 3072)
     assert bfl["single_blocks.0.linear2.weight"].shape == (3072, 15360)
     assert bfl["single_blocks.0.modulation.lin.weight"].shape == (9216, 3072)
-    left = dict(bfl)
-    converted = convert_flux_transformer_checkpoint_to_diffusers(left)
-    assert not left, f"keys diffusers does not read: {sorted(left)[:5]}"
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert {k: tuple(v.shape) for k, v in converted.items()} == shapes
+    check_diffusers_reads(bfl, convert_flux_transformer_checkpoint_to_diffusers, model)
 
 
 def test_flux_kohya_keys_are_bfl_block_layers_that_comfyui_and_invokeai_place_on_the_original_model(flux_run):

@@ -47,7 +47,7 @@ def test_example_job_resolves_with_its_template(name):
 
 def test_the_expected_examples_exist():
     assert {"demo-job.yaml", "sdxl-character-job.yaml", "flux-style-job.yaml", "embedding-job.yaml",
-            "locon-job.yaml"} <= set(JOBS)
+            "locon-job.yaml", "chroma-character-job.yaml", "flux-kontext-edit-job.yaml"} <= set(JOBS)
 
 
 def test_demo_job_is_tiny():
@@ -81,13 +81,15 @@ def test_embedding_and_locon_examples_train_what_their_names_say():
 
 SCENARIOS = ("character", "style", "realistic-person", "anime-realistic")
 FAMILIES = ("sd15", "sdxl", "flux")
+NEWER = {"chroma-character": "chroma", "flux-kontext-edit": "flux-kontext"}
+"""Templates of the 2025 families: one scenario each so far, name -> family."""
 
 
 def test_a_cluster_template_for_every_scenario_and_family():
-    assert set(TEMPLATES) == {f"{f}-{s}" for f in FAMILIES for s in SCENARIOS}
+    assert set(TEMPLATES) == {f"{f}-{s}" for f in FAMILIES for s in SCENARIOS} | set(NEWER)
     for name, doc in TEMPLATES.items():
         assert doc["kind"] == "ClusterLoraTrainingTemplate"
-        assert doc["spec"]["baseModel"]["family"] == name.split("-")[0]
+        assert doc["spec"]["baseModel"]["family"] == NEWER.get(name, name.split("-")[0])
         assert len(doc["spec"]["description"]) > 20
 
 
@@ -101,7 +103,7 @@ def test_templates_differ_in_their_hyperparameters():
 
 def test_flux_templates_freeze_the_text_encoders_and_use_a_flux_learning_rate():
     for name, doc in TEMPLATES.items():
-        if name.startswith("flux-"):
+        if name.startswith(("flux-", "chroma-")):
             training = doc["spec"]["training"]
             assert training["textEncoderLearningRate"] == 0 and training["textEncoderRatio"] == 0
             assert 1e-4 <= training["unetLearningRate"] <= 4e-4
@@ -129,4 +131,5 @@ def test_resolved_templates_are_valid_jobs_once_a_dataset_and_output_are_given()
     for name, doc in TEMPLATES.items():
         spec = resolve_spec({"template": name, "dataset": {"uri": "s3://d/"}, "output": {"uri": "s3://o/"}},
                             doc["spec"])
-        assert re.fullmatch(r"(sd15|sdxl|flux)", spec.base_model.family)
+        assert re.fullmatch(r"(sd15|sdxl|flux|chroma|flux-kontext)", spec.base_model.family)
+        assert spec.dataset.pairs == (name == "flux-kontext-edit")

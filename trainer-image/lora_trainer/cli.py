@@ -184,7 +184,7 @@ def run_upload(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if dataset.uri and dataset.uri.rstrip("/") != args.uri.rstrip("/"):
             print(f"note: {args.job} reads its dataset from {dataset.uri}, not {args.uri}")
     else:
-        dataset, family, training = Dataset(uri=args.uri), ModelFamily(args.family), None
+        dataset, family, training = Dataset(uri=args.uri, pairs=args.pairs), ModelFamily(args.family), None
     plan = plan_upload(folder, dataset, family, training)
     print(f"{folder}: {plan.usable} usable image(s) for a {family} job, {len(plan.skipped)} file(s) skipped")
     for skipped in plan.skipped:
@@ -223,6 +223,8 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--job", type=Path, help="check with this job YAML's dataset settings and base-model family")
     up.add_argument("--family", choices=[f.value for f in ModelFamily], default=ModelFamily.SDXL.value,
                     help="base-model family to check sizes for, without --job (default: sdxl)")
+    up.add_argument("--pairs", action="store_true",
+                    help="check edit pairs (dataset.pairs: x.png + x.control.png or control/x.png) without --job")
     up.add_argument("--storage", type=Path, help="local folder standing in for s3:// buckets (local mode)")
     up.add_argument("--dry-run", action="store_true", help="check and list the files, upload nothing")
     up.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -42,24 +42,29 @@ class Encoder:
         self.cache_latents = cache_latents
         self.cache_text = cache_text
         self._latents: dict[tuple[int, bool], torch.Tensor] = {}
+        self._controls: dict[tuple[int, bool], torch.Tensor] = {}
         self._text: dict[str, dict[str, torch.Tensor]] = {}
 
     @torch.no_grad()
-    def latents(self, keys: list[tuple[int, bool]], samples: list[Sample]) -> torch.Tensor:
+    def latents(self, keys: list[tuple[int, bool]], samples: list[Sample], control: bool = False) -> torch.Tensor:
         """Latents of a batch; `keys` are (sample index, flipped) pairs.
 
-        Only the samples whose latents are not cached are decoded (from their files).
+        Only the samples whose latents are not cached are decoded (from their files). `control`: the
+        latents of the pairs' control images (cut and flipped as their targets), cached apart.
         """
-        missing = [i for i, key in enumerate(keys) if key not in self._latents]
+        cache = self._controls if control else self._latents
+        missing = [i for i, key in enumerate(keys) if key not in cache]
         if missing:
-            batch = torch.stack([pixels(samples[i].decoded(), keys[i][1]) for i in missing]).to(self.device)
+            images = [samples[i].decoded_control() if control else samples[i].decoded() for i in missing]
+            batch = torch.stack([pixels(image, keys[i][1]) for image, i in zip(images, missing, strict=True)])
+            batch = batch.to(self.device)
             encoded = self.family.encode_images(self.parts, batch).float()
             fresh = {keys[i]: encoded[j : j + 1] for j, i in enumerate(missing)}
         else:
             fresh = {}
-        out = torch.cat([fresh[k] if k in fresh else self._latents[k] for k in keys])
+        out = torch.cat([fresh[k] if k in fresh else cache[k] for k in keys])
         if self.cache_latents:
-            self._latents.update({k: v.cpu() if self.device.type == "cpu" else v for k, v in fresh.items()})
+            cache.update({k: v.cpu() if self.device.type == "cpu" else v for k, v in fresh.items()})
         return out.to(self.device)
 
     def text(self, captions: list[str], grad: bool) -> dict[str, torch.Tensor]:

@@ -29,7 +29,7 @@ from . import state as resume_state
 from .adapters import make_adapter
 from .data import CaptionBuilder, PreparedDataset, Sample, load_captioner, prepare_dataset
 from .ema import EMA_FOLDER, EMA_FORMAT_SUFFIX, make_ema
-from .encode import Encoder
+from .encode import Encoder, pixels
 from .errors import ConfigError, NanLossError
 from .export import file_digest
 from .families import get_family
@@ -37,7 +37,7 @@ from .noise import make_noise
 from .optim import build_optimizer, build_scheduler
 from .outputs import Outputs
 from .precision import checkpointing_wanted, resolve_precision
-from .previews import check_sampler, preview_prompts, preview_size, render_previews
+from .previews import check_sampler, preview_controls, preview_prompts, preview_size, render_previews
 from .progress import ManifestWriter, ProgressReporter
 from .schedule import BatchStream, Plan, count_steps
 from .singlefile import SingleFileModel
@@ -226,6 +226,8 @@ class LoraRecipe:
             chunk = list(range(start, min(start + self.training.batch_size, len(self.samples))))
             same = [i for i in chunk if self.samples[i].target_size == self.samples[chunk[0]].target_size]
             self.encoder.latents([(i, False) for i in same], [self.samples[i] for i in same])
+            if self.data.pairs:
+                self.encoder.latents([(i, False) for i in same], [self.samples[i] for i in same], control=True)
 
     # ------------------------------------------------------------------ train
     def train(self) -> Manifest:
@@ -323,7 +325,9 @@ class LoraRecipe:
         samples_idx = self.stream.batch(index)
         samples = [self.samples[i] for i in samples_idx]
         flips = [self.spec.dataset.flip and rng.random() < 0.5 for _ in samples]
-        latents = self.encoder.latents(list(zip(samples_idx, flips, strict=True)), samples)
+        keys = list(zip(samples_idx, flips, strict=True))
+        latents = self.encoder.latents(keys, samples)
+        control = self.encoder.latents(keys, samples, control=True) if self.data.pairs else None
         captions = [self._caption(s, rng) for s in samples]
         cond = self.encoder.text(captions, grad=text_now)
         noise = make_noise(latents, self.training, gen)
@@ -332,7 +336,7 @@ class LoraRecipe:
         weights = weights * torch.tensor([self.reg_weight if s.regularization else 1.0 for s in samples])
         timesteps = upload(timesteps, latents.device)
         sizes = [s.size_conditioning(flipped) for s, flipped in zip(samples, flips, strict=True)]
-        return self._weighted_mse(latents, noise, timesteps, cond, sizes, weights)
+        return self._weighted_mse(latents, noise, timesteps, cond, sizes, weights, control)
 
     def _caption(self, sample: Sample, rng: random.Random) -> str:
         """The text of one draw: class images keep theirs (no trigger, tags or token: prior preservation)."""
@@ -340,10 +344,12 @@ class LoraRecipe:
             return sample.caption
         return self.adapter.prepare_caption(self.builder.build(sample.caption, rng))
 
-    def _weighted_mse(self, latents, noise, timesteps, cond, sizes, weights) -> torch.Tensor:
+    def _weighted_mse(self, latents, noise, timesteps, cond, sizes, weights, control=None) -> torch.Tensor:
         noisy, target = self.family.noisy_and_target(self.parts, latents, noise, timesteps)
+        # Only edit families take a control (pairs are refused for the others when the spec is resolved).
+        extra = {"control": control} if control is not None else {}
         with self.accelerator.autocast(), training_attention(self.device, self.gradient_checkpointing):
-            pred = self.family.predict(self.train_parts, noisy, timesteps, cond, sizes)
+            pred = self.family.predict(self.train_parts, noisy, timesteps, cond, sizes, **extra)
         per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.ndim)))
         return (per_sample * upload(weights, per_sample.device, per_sample.dtype)).mean()
 
@@ -367,18 +373,23 @@ class LoraRecipe:
         losses = []
         for j, sample in enumerate(self.data.validation):
             caption = self.adapter.prepare_caption(", ".join(self.builder.tags(sample.caption)))
-            latents = self.family.encode_images(self.parts, _pixels_batch(sample, self.device)).float()
+            latents = self._encode_one(sample.decoded(), VALIDATION_TIMESTEPS)
+            control = self._encode_one(sample.decoded_control(), VALIDATION_TIMESTEPS) if self.data.pairs else None
             cond = self.family.encode_prompts(self.parts, [caption])
             timesteps = self.family.fixed_timesteps(self.parts, VALIDATION_TIMESTEPS)
             gen = torch.Generator().manual_seed(draw_seed(self.training.seed, -1 - j))
-            latents = latents.expand(len(timesteps), *latents.shape[1:])
             noise = torch.randn(latents.shape, generator=gen).to(latents)
             cond = {k: v.expand(len(timesteps), *v.shape[1:]) for k, v in cond.items()}
             ones = torch.ones(len(timesteps))
             sizes = [sample.size_conditioning(False)] * len(timesteps)
-            losses.append(self._weighted_mse(latents, noise, timesteps, cond, sizes, ones).item())
+            losses.append(self._weighted_mse(latents, noise, timesteps, cond, sizes, ones, control).item())
         self.parts.denoiser.train()
         return sum(losses) / len(losses)
+
+    def _encode_one(self, image, copies: int) -> torch.Tensor:
+        """The latents of one image (unflipped), repeated `copies` times along the batch."""
+        latents = self.family.encode_images(self.parts, pixels(image, False).unsqueeze(0).to(self.device)).float()
+        return latents.expand(copies, *latents.shape[1:])
 
     def _end_epoch(self, epoch: int, step: int) -> None:
         with eager():
@@ -391,7 +402,8 @@ class LoraRecipe:
             with eager(), self._ema_applied():
                 entries = render_previews(self.family, self.parts, self.spec.previews,
                                           preview_prompts(self.spec.previews, self.data, self.builder), epoch,
-                                          preview_size(self.spec.previews, self.data), self.outputs)
+                                          preview_size(self.spec.previews, self.data), self.outputs,
+                                          preview_controls(self.data))
             for entry in entries:
                 self.manifest.add_preview(entry)
         if self.main:
@@ -449,12 +461,6 @@ class LoraRecipe:
         """Release the models and end the distributed group."""
         self.accelerator.end_training()
         self.parts = self.train_parts = None
-
-
-def _pixels_batch(sample: Sample, device: torch.device) -> torch.Tensor:
-    from .encode import pixels
-
-    return pixels(sample.decoded(), False).unsqueeze(0).to(device)
 
 
 def run_recipe(spec: JobSpec, inputs: RunInputs, outputs: Outputs, **kwargs) -> Manifest:

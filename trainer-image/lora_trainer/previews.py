@@ -21,6 +21,8 @@ from .families import Components, Family
 from .outputs import Outputs
 
 FLOW_SAMPLERS = {Sampler.FLOW_EULER}
+MAX_CONTROLS = 32
+"""Control images decoded for previews at most (one per prompt: previews.prompts has at most 32)."""
 
 
 def _scheduler_class(sampler: Sampler) -> Any:
@@ -65,8 +67,11 @@ def grid(images: list[list[Image.Image]]) -> Image.Image:
 
 @torch.no_grad()
 def generate(family: Family, parts: Components, previews: Previews, prompts: list[str],
-             size: tuple[int, int]) -> list[list[Image.Image]]:
-    """Images per prompt with the current (adapted) components, in eval mode."""
+             size: tuple[int, int], controls: list[Image.Image] | None = None) -> list[list[Image.Image]]:
+    """Images per prompt with the current (adapted) components, in eval mode.
+
+    `controls`: an edit family's images to edit, prompt i editing ``controls[i % len(controls)]``.
+    """
     modules = [parts.denoiser, *parts.text_encoders]
     modes = [m.training for m in modules]
     for m in modules:
@@ -76,12 +81,13 @@ def generate(family: Family, parts: Components, previews: Previews, prompts: lis
     pipe.set_progress_bar_config(disable=True)
     out = []
     try:
-        for prompt in prompts:
+        for p, prompt in enumerate(prompts):
             n = previews.images_per_prompt
             generators = [torch.Generator(device="cpu").manual_seed(previews.seed + i) for i in range(n)]
+            edit = family.edit_inputs(controls[p % len(controls)], size) if controls else {}
             result = pipe(prompt=prompt, num_images_per_prompt=n, num_inference_steps=previews.steps,
                           height=size[0], width=size[1], generator=generators,
-                          **family.pipeline_kwargs(previews))
+                          **family.pipeline_kwargs(previews), **edit)
             out.append(list(result.images))
     finally:
         for m, mode in zip(modules, modes, strict=True):
@@ -90,10 +96,11 @@ def generate(family: Family, parts: Components, previews: Previews, prompts: lis
 
 
 def render_previews(family: Family, parts: Components, previews: Previews, prompts: list[str], epoch: int,
-                    size: tuple[int, int], outputs: Outputs) -> list[PreviewEntry]:
-    """Generate, write and upload the previews of `epoch`; one entry per prompt."""
+                    size: tuple[int, int], outputs: Outputs,
+                    controls: list[Image.Image] | None = None) -> list[PreviewEntry]:
+    """Generate, write and upload the previews of `epoch`; one entry per prompt (see `generate`)."""
     folder = previews_key(epoch)
-    images = generate(family, parts, previews, prompts, size)
+    images = generate(family, parts, previews, prompts, size, controls)
     entries = []
     grid_key = f"{folder}/grid.png"
     for p, (prompt, row) in enumerate(zip(prompts, images, strict=True)):
@@ -109,11 +116,21 @@ def render_previews(family: Family, parts: Components, previews: Previews, promp
 
 
 def preview_prompts(previews: Previews, data: PreparedDataset, builder: CaptionBuilder) -> list[str]:
-    """previews.prompts, else the tags of the first validation (or training) image's caption."""
+    """previews.prompts, else the tags of the first validation (or training) image's caption (with pairs:
+    the instruction of the pair whose control image the first preview edits)."""
     if previews.prompts:
         return list(previews.prompts)
     source = data.validation or data.train
     return [", ".join(builder.tags(source[0].caption))]
+
+
+def preview_controls(data: PreparedDataset) -> list[Image.Image] | None:
+    """With edit pairs, the control images the previews edit: the held-out pairs' (the validation pairs',
+    the training pairs' when there are none), cut as they train; None without pairs."""
+    if not data.pairs:
+        return None
+    source = data.held_out or data.validation or data.train
+    return [sample.decoded_control() for sample in source[:MAX_CONTROLS]]
 
 
 def preview_size(previews: Previews, data: PreparedDataset) -> tuple[int, int]:

@@ -5,10 +5,12 @@ captions, repeats.json), so what it reports is what the job will see: the images
 train on, and each file it will skip and why. A folder the trainer would refuse (no usable
 image, a malformed repeats.json) is not uploaded.
 
-What is uploaded: the usable images, their caption files and the repeats.json files, under
-their paths relative to the folder. Files the trainer would skip stay behind. An object that
-is already there with the same content (its S3 ETag is the file's MD5) is not sent again, so
-an interrupted upload is finished by running the same command.
+What is uploaded: the usable images, their caption files, with dataset.pairs their control images
+(a target without a readable control, or a control without a target, stays behind and is listed
+as skipped), and the repeats.json files, under their paths relative to the folder. Files the
+trainer would skip stay behind. An object that is already there with the same content (its S3
+ETag is the file's MD5) is not sent again, so an interrupted upload is finished by running the
+same command.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ class UploadPlan:
     """What the trainer makes of a folder, and the files that go up.
 
     Attributes:
-        usable: Images the trainer will train on (the validation share included).
+        usable: Images the trainer will train on (the validation share included); with pairs, the
+            target images (each goes up with its control image).
         skipped: Files the trainer will not use, with the reason.
         warnings: The preparation's warnings (cut captions, repeats.json naming no image...).
         files: Paths relative to the folder, in upload order.
@@ -56,11 +59,14 @@ def plan_upload(root: Path, dataset: Dataset, family: ModelFamily, training: Tra
     """
     settings = dataset.model_copy(update={"auto_caption": None, "regularization": None})
     prepared = prepare_dataset(settings, root, family, seed=0)
-    used = sorted({sample.key for sample in prepared.train + prepared.validation})  # discover()'s order
+    samples = prepared.train + prepared.validation
+    used = sorted({sample.key for sample in samples})  # discover()'s order
+    controls = {s.key: s.control_path.relative_to(root).as_posix() for s in samples if s.control_path}
     files = []
     for key in used:
         files.append(key)
         files += [p.relative_to(root).as_posix() for p in _sidecars(root / key)]
+        files += [controls[key]] if key in controls else []
     files += sorted(p.relative_to(root).as_posix() for p in root.rglob(REPEATS_FILE) if _visible(p, root))
     training = training or Training()
     steps, text = count_steps(training, family, prepared.train)

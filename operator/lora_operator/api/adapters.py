@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .families import FAMILIES, family_row
+from .families import FAMILIES, edit_families, family_row
 from .spec import Checkpoints
 
 
@@ -77,7 +77,8 @@ def families_without(adapter: str) -> list[str]:
 
 def adapter_problems(spec: Any, adapter: str) -> list[tuple[str, str]]:
     """(field, message) for each rule a resolved spec of type `adapter` breaks: a typed field set for another
-    type or missing for its own, a type the family does not support, or a checkpoint format it cannot write."""
+    type or missing for its own, a type the family does not support, edit pairs for a family that trains no
+    edits, or a checkpoint format it cannot write."""
     problems = []
     for field in TYPED_FIELDS:
         if field.is_set(spec) and adapter not in field.types:
@@ -90,6 +91,9 @@ def adapter_problems(spec: Any, adapter: str) -> list[tuple[str, str]]:
                                  f"(it supports type: {', '.join(row.adapters)})"))
     if spec.network is not None and spec.network.conv_dim > 0 and CONV_TYPE not in row.adapters:
         problems.append(("network.convDim", f"family {row.name} has no convolution layers; leave convDim at 0"))
+    if spec.dataset is not None and spec.dataset.pairs and not row.edit:
+        problems.append(("dataset.pairs", f"family {row.name} cannot train on edit pairs; "
+                                          f"use an edit family ({', '.join(edit_families())}) or leave pairs off"))
     for fmt in (spec.checkpoints or Checkpoints()).formats:
         if fmt not in row.formats:
             problems.append(("checkpoints.formats", f"{fmt} is not written for family {row.name} "

@@ -7,6 +7,7 @@ from enum import StrEnum
 from pydantic import Field, model_validator
 
 from .base import ApiModel
+from .families import edit_families
 from .uris import SIZE_PATTERN, URI_PATTERN
 
 
@@ -91,6 +92,11 @@ class Regularization(ApiModel):
     batch tags and the embedding token are not added, so they keep the class's prior. Default: ""."""
 
 
+def _pairs_schema(schema: dict) -> None:
+    """The explain text of dataset.pairs names the edit families of the table when the schema is made."""
+    schema["description"] += f" Edit families: {', '.join(edit_families())}."
+
+
 class Dataset(ApiModel):
     """The training images and their captions."""
 
@@ -117,9 +123,25 @@ class Dataset(ApiModel):
     """Caption images automatically. Default: off."""
     regularization: Regularization | None = None
     """Regularization (class) images. Default: none."""
+    pairs: bool = Field(default=False, json_schema_extra=_pairs_schema)
+    """Train an edit LoRA (only an edit family, named below): every target image has a
+    control (source) image, and its caption is the instruction that turns the control into the
+    target, e.g. "make it a watercolor". A pair is named in one of two ways, both allowed in one
+    dataset: beside the target, x.png and x.control.png (any image suffix each), or in a control/
+    folder next to the target with the same file name, x.png and control/x.png. Crops, buckets and
+    flips cut both images of a pair alike (the control is scaled to the target's size first). A
+    target without a readable control, or a control without a target, is skipped and listed in the
+    manifest's skipped files. Previews edit the held-out pairs' control images. Default: false."""
     validation_split: float = Field(default=0.1, ge=0.0, le=0.5)
     """Share of images whose loss is measured at each epoch end, at fixed timesteps and noise (at
     least one image; 0 turns it off). From 20 images up they are held out of training (at most
     half): the loss measures unseen images. Smaller datasets keep every image for training and
     validate on a fixed subset of the training images: the loss then tracks fit, not
     generalisation. Default: 0.1."""
+
+    @model_validator(mode="after")
+    def _pairs_without_class_images(self) -> Dataset:
+        # Class images have no control image: an edit batch cannot mix them with pairs.
+        if self.pairs and self.regularization is not None:
+            raise ValueError("pairs and regularization cannot be combined (class images have no control image)")
+        return self

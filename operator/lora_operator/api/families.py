@@ -58,6 +58,8 @@ class FamilyRow:
         pipeline: The diffusers pipeline class its previews use.
         prediction: What the denoiser predicts: epsilon (or v, from the scheduler config) or flow.
         trainer: ``module:Class`` of its trainer family (in the trainer image).
+        edit: It trains on ``dataset.pairs`` (control image -> target image, the caption the
+            instruction); a job with pairs for a family without it is refused.
     """
 
     name: str
@@ -72,6 +74,7 @@ class FamilyRow:
     pipeline: str
     prediction: str
     trainer: str
+    edit: bool = False
 
 
 FAMILIES: dict[str, FamilyRow] = {
@@ -97,6 +100,22 @@ FAMILIES: dict[str, FamilyRow] = {
             adapters=("lora", "loha", "embedding"), formats=("kohya", "diffusers"),
             pipeline="FluxPipeline", prediction="flow",
             trainer="lora_trainer.families.flux:FluxFamily",
+        ),
+        # Chroma: Flux.1-schnell pruned (8.9B), T5 only, no CLIP to train an embedding for. Steps as Flux.1.
+        FamilyRow(
+            name="chroma", text_encoders=("t5-xxl",), latent_channels=16, latent_dims=2, resolution=1024,
+            sizes=((1024, 1024), (768, 1024), (1024, 768)), steps=StepPreset(per_image=50, base=500),
+            adapters=("lora",), formats=("kohya", "diffusers"),
+            pipeline="ChromaPipeline", prediction="flow",
+            trainer="lora_trainer.families.chroma:ChromaFamily",
+        ),
+        # Flux.1 Kontext dev: the Flux.1 transformer that reads the control image's tokens beside its own.
+        FamilyRow(
+            name="flux-kontext", text_encoders=("clip-l", "t5-xxl"), latent_channels=16, latent_dims=2,
+            resolution=1024, sizes=((1024, 1024), (768, 1024), (1024, 768)), steps=StepPreset(per_image=50, base=500),
+            adapters=("lora",), formats=("kohya", "diffusers"),
+            pipeline="FluxKontextPipeline", prediction="flow",
+            trainer="lora_trainer.families.flux_kontext:FluxKontextFamily", edit=True,
         ),
     )
 }
@@ -128,6 +147,11 @@ def describe_families() -> str:
     """``sd15, sdxl or flux.``: the names as a sentence (the field's explain text)."""
     names = family_names()
     return (", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]) + "."
+
+
+def edit_families() -> list[str]:
+    """The families that train on edit pairs (``dataset.pairs``), in table order."""
+    return [row.name for row in FAMILIES.values() if row.edit]
 
 
 def register(row: FamilyRow) -> None:

@@ -14,8 +14,9 @@ from .names import LABEL_KEY_MAX, LabelKey, Labels, LabelValue, ObjectName
 from .training import Embedding, Network, Training
 from .uris import OUTPUT_URI_PATTERN, SIZE_PATTERN, URI_PATTERN
 
-ModelFamily = StrEnum("ModelFamily", {name.upper(): name for name in FAMILIES})
-"""Names of the families of the table (`families.FAMILIES`), as constants: ModelFamily.SDXL == "sdxl"."""
+ModelFamily = StrEnum("ModelFamily", {name.upper().replace("-", "_"): name for name in FAMILIES})
+"""Names of the families of the table (`families.FAMILIES`), as constants: ModelFamily.SDXL == "sdxl",
+ModelFamily.FLUX_KONTEXT == "flux-kontext"."""
 
 
 def _known_family(name: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from ..api import names
 from ..api.adapters import TYPED_FIELDS, families_without
+from ..api.families import edit_families, family_names
 from ..api.spec import (
     IMMUTABLE_AFTER_ADMISSION,
     MAX_PREVIEW_IMAGES,
@@ -60,17 +61,23 @@ def _is_not_type(types: tuple[str, ...]) -> str:
 
 
 def _family_type_rules() -> list[dict]:
-    """A type the family's row does not offer (`api.families`), when the object names both."""
+    """A type the family's row does not offer (`api.families`), or edit pairs for a family that trains no
+    edits, when the object names both."""
     rules = []
     for adapter in AdapterType:
-        without = families_without(adapter)
-        if without:
-            names = ", ".join(f"'{name}'" for name in without)
+        # One rule per family, so the apiserver's message names the job's family as the operator's does.
+        for name in families_without(adapter):
             rules.append(rule(
                 f"!has(self.type) || self.type != '{adapter}' || !has(self.baseModel) || "
-                f"!has(self.baseModel.family) || !(self.baseModel.family in [{names}])",
-                f"spec.type: {adapter} is not available for family {' or '.join(without)}", ".type",
+                f"!has(self.baseModel.family) || self.baseModel.family != '{name}'",
+                f"spec.type: {adapter} is not available for family {name}", ".type",
             ))
+    for name in (n for n in family_names() if n not in edit_families()):
+        rules.append(rule(
+            "!has(self.dataset) || !has(self.dataset.pairs) || !self.dataset.pairs || !has(self.baseModel) || "
+            f"!has(self.baseModel.family) || self.baseModel.family != '{name}'",
+            f"spec.dataset.pairs: family {name} cannot train on edit pairs", ".dataset.pairs",
+        ))
     return rules
 
 

@@ -96,7 +96,8 @@ class LoraAdapter:
             {"name": family.denoiser_name, "lr": training.unet_learning_rate,
              "params": trainable(list(parts.denoiser.parameters()))}
         ]
-        self.trains_text = text_encoder_trains(training)
+        # A family whose text encoders all stay frozen (Chroma's T5) ignores textEncoderLearningRate.
+        self.trains_text = text_encoder_trains(training) and family.trainable_text_encoders > 0
         if self.trains_text:
             text_params = []
             encoders = parts.text_encoders[: family.trainable_text_encoders]

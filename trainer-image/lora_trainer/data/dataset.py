@@ -21,6 +21,7 @@ from .captions import read_caption
 from .crop import cut_window, scaled_size, window
 from .discover import IMAGE_SUFFIXES, discover
 from .images import UnusableImage, load_image
+from .pairs import missing_control_reason, pair_images
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class Sample:
     scaled_size: tuple[int, int] | None = None
     path: Path | None = None
     """The image file (when ``image`` is None)."""
+    control_path: Path | None = None
+    """The control (source) image of an edit pair (dataset.pairs); None: not a pair."""
 
     def decoded(self) -> Image.Image:
         """The RGB image cut to ``target_size``: ``image``, or decoded from ``path`` now."""
@@ -79,6 +82,14 @@ class Sample:
         if self.path is None:
             raise ValueError(f"{self.key}: neither an image nor a file")
         return cut_window(load_image(self.path), self.scaled_size or self.target_size, self.crop_top_left,
+                          self.target_size)
+
+    def decoded_control(self) -> Image.Image:
+        """The pair's control image cut exactly as the target: scaled to the target's scaled size (whatever
+        its own size), the same window cut, so both images of a pair line up pixel for pixel."""
+        if self.control_path is None:
+            raise ValueError(f"{self.key}: not an edit pair (no control image)")
+        return cut_window(load_image(self.control_path), self.scaled_size or self.target_size, self.crop_top_left,
                           self.target_size)
 
     def size_conditioning(self, flipped: bool) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
@@ -113,6 +124,8 @@ class PreparedDataset:
     regularization: list[Sample]
     skipped: list[SkippedFile]
     warnings: list[str] = field(default_factory=list)
+    pairs: bool = False
+    """Every training and validation sample is an edit pair with a control image (dataset.pairs)."""
 
     @property
     def held_out(self) -> list[Sample]:
@@ -163,7 +176,7 @@ def prepare_dataset(dataset: Dataset, root: Path, family: ModelFamily, *, seed: 
     for warning in warnings:
         log.warning("dataset: %s", warning)
     return PreparedDataset(train=train, validation=validation, regularization=regularization,
-                           skipped=skipped, warnings=warnings)
+                           skipped=skipped, warnings=warnings, pairs=dataset.pairs)
 
 
 def _check_settings(dataset: Dataset, family: ModelFamily, captioner, regularization_root) -> None:
@@ -198,17 +211,23 @@ def _load_folder(root: Path, dataset: Dataset, family: ModelFamily, captioner, *
                            f"images{others}")
     default_repeats = 1 if regularization else dataset.repeats
     mode = dataset.auto_caption.mode if dataset.auto_caption else None
+    warnings = list(found.warnings)
+    images, controls = _pairing(found.images, root, dataset.pairs and not regularization, skipped, warnings)
 
     def load(path: Path) -> _Loaded:
         key = path.relative_to(root).as_posix()
         repeats = found.repeats.get(key, default_repeats)
-        return _load_one(path, key, dataset, family, mode, repeats, regularization)
+        if controls is None:
+            return _load_one(path, key, dataset, family, mode, repeats, regularization)
+        if path not in controls:
+            return _Loaded(key=key, reason=missing_control_reason(path, root))
+        return _load_pair(path, controls[path], key, root, dataset, family, mode, repeats)
 
-    samples, warnings = [], list(found.warnings)
+    samples = []
     workers = max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
         for start in range(0, len(found.images), CHUNK):
-            for item in pool.map(load, found.images[start:start + CHUNK]):
+            for item in pool.map(load, images[start:start + CHUNK]):
                 if item.warning:
                     warnings.append(item.warning)
                 if item.sample is None:
@@ -244,6 +263,34 @@ def _load_one(path: Path, key: str, dataset: Dataset, family: ModelFamily, mode:
                     target_size=size, regularization=regularization,
                     scaled_size=scaled_size((image.height, image.width), size, dataset.crop.mode))
     return _Loaded(key=key, sample=sample, warning=f"{key}: {warning}" if warning else None, full=full)
+
+
+def _pairing(images: list[Path], root: Path, pairs: bool, skipped: list[SkippedFile],
+             warnings: list[str]) -> tuple[list[Path], dict[Path, Path] | None]:
+    """(target images, control of each target); without `pairs` every image, and None. Control images
+    without a target go to `skipped`, ambiguous pairs to `warnings`."""
+    if not pairs:
+        return images, None
+    found = pair_images(images, root)
+    warnings += found.warnings
+    skipped += [SkippedFile(file=path.relative_to(root).as_posix(), reason=f"control image without a target image "
+                                                                          f"({wanted})")
+                for path, wanted in found.orphans]
+    return found.targets, found.controls
+
+
+def _load_pair(path: Path, control: Path, key: str, root: Path, dataset: Dataset, family: ModelFamily,
+               mode: AutoCaptionMode | None, repeats: int) -> _Loaded:
+    """An edit pair: the target as `_load_one` loads it, kept only when its control image decodes too."""
+    control_key = control.relative_to(root).as_posix()
+    try:
+        load_image(control)
+    except UnusableImage as exc:
+        return _Loaded(key=key, reason=f"control image {control_key}: {exc}")
+    loaded = _load_one(path, key, dataset, family, mode, repeats, regularization=False)
+    if loaded.sample is not None:
+        loaded.sample.control_path = control
+    return loaded
 
 
 def split_validation(samples: list[Sample], share: float, seed: int) -> tuple[list[Sample], list[Sample]]:

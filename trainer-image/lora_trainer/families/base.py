@@ -166,9 +166,14 @@ class Family(Protocol):
 
     def predict(
         self, parts: Components, noisy: torch.Tensor, timesteps: torch.Tensor, cond: dict[str, torch.Tensor],
-        sizes: Sizes,
+        sizes: Sizes, control: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The denoiser output, shaped like the target."""
+        """The denoiser output, shaped like the target.
+
+        `control`: the latents of the pair's control images (`encode_images`, shaped like `noisy`), given
+        only to edit families (their row's ``edit``) when the dataset has pairs; an edit family joins
+        them to its input as its pipeline does at inference, and predicts for the target tokens only.
+        """
 
     def loss_weights(self, parts: Components, timesteps: torch.Tensor, min_snr_gamma: float) -> torch.Tensor:
         """Per-sample loss weights (min-SNR or ones)."""
@@ -178,6 +183,10 @@ class Family(Protocol):
 
     def pipeline_kwargs(self, previews: Previews) -> dict[str, Any]:
         """Extra call arguments of the pipeline for previews."""
+
+    def edit_inputs(self, control: Any, size: tuple[int, int]) -> dict[str, Any]:
+        """Edit families only: the pipeline call arguments that hand it `control` (a PIL image, the control
+        image of a held-out pair) to edit into an image of `size` (height, width)."""
 
 
 def load_part(loader: Any, folder: Path | SingleFileModel, subfolder: str, **kwargs: Any) -> Any:

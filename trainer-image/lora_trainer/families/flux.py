@@ -18,6 +18,7 @@ import torch
 
 from lora_operator.api import ModelFamily, Previews, Sampler
 
+from ..errors import ConfigError
 from ..speed import upload
 from .base import Components, KohyaLayer, ModelVersion, Sizes, kohya_text_layer, load_part, tokenize, vae_encode
 from .flow import FlowMatching
@@ -69,9 +70,16 @@ def pack(latents: torch.Tensor) -> torch.Tensor:
     return patches.reshape(b, (h // 2) * (w // 2), c * 4)
 
 
-def image_ids(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Positional ids (0, row, col) of the packed latent patches."""
+def unpack(tokens: torch.Tensor, c: int, h: int, w: int) -> torch.Tensor:
+    """The inverse of `pack`: (B, H/2 * W/2, 4C) patch tokens -> (B, C, H, W) latents."""
+    b = tokens.shape[0]
+    return tokens.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+def image_ids(h: int, w: int, device: torch.device, dtype: torch.dtype, frame: int = 0) -> torch.Tensor:
+    """Positional ids (frame, row, col) of the packed latent patches (frame 1: Kontext's control image)."""
     ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 0] = frame
     ids[..., 1] += torch.arange(h // 2)[:, None]
     ids[..., 2] += torch.arange(w // 2)[None, :]
     return upload(ids.reshape(-1, 3), device, dtype)
@@ -148,26 +156,38 @@ class FluxFamily(FlowMatching):
 
     def predict(
         self, parts: Components, noisy: torch.Tensor, timesteps: torch.Tensor, cond: dict[str, torch.Tensor],
-        sizes: Sizes,
+        sizes: Sizes, control: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The transformer's velocity, unpacked back to (B, C, H, W)."""
+        """The transformer's velocity for the noisy tokens, unpacked back to (B, C, H, W)."""
         transformer = parts.denoiser
         b, c, h, w = noisy.shape
         text = cond["prompt_embeds"]
         guidance = None
         if transformer.config.guidance_embeds:
             guidance = torch.full((b,), TRAIN_GUIDANCE, device=noisy.device, dtype=noisy.dtype)
+        tokens, ids = pack(noisy), image_ids(h, w, noisy.device, noisy.dtype)
+        if control is not None:
+            tokens, ids = self.join_control(tokens, ids, control.to(noisy.dtype))
         out = transformer(
-            hidden_states=pack(noisy),
+            hidden_states=tokens,
             timestep=timesteps.to(noisy.device, noisy.dtype),
             guidance=guidance,
             pooled_projections=cond["pooled_prompt_embeds"],
             encoder_hidden_states=text,
             txt_ids=torch.zeros(text.shape[1], 3, device=noisy.device, dtype=noisy.dtype),
-            img_ids=image_ids(h, w, noisy.device, noisy.dtype),
+            img_ids=ids,
             return_dict=False,
         )[0]
-        return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+        return unpack(out[:, : (h // 2) * (w // 2)], c, h, w)
+
+    def join_control(self, tokens: torch.Tensor, ids: torch.Tensor,
+                     control: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input tokens and position ids with a control image's joined (edit families only).
+
+        Raises:
+            ConfigError: Flux.1 itself reads no control image (its row trains no edits).
+        """
+        raise ConfigError(f"dataset.pairs: family {self.family} trains no edit pairs")
 
     def pipeline(self, parts: Components) -> Any:
         """A FluxPipeline over the components."""
