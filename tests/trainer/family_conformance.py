@@ -27,7 +27,8 @@ def check_family(name: str, model_dir: Path) -> None:
 
     parts = family.load(model_dir, torch.float32)
     assert len(parts.text_encoders) == len(parts.tokenizers) == len(row.text_encoders)
-    assert 1 <= family.trainable_text_encoders <= len(row.text_encoders)
+    # 0: the text encoders stay frozen (the LLM encoders of Flux.2 and the 2025 families).
+    assert 0 <= family.trainable_text_encoders <= len(row.text_encoders)
     assert len(family.embedding_keys) == family.trainable_text_encoders
     assert parts.vae.config.latent_channels == row.latent_channels
     latents = family.encode_images(parts, torch.zeros(1, 3, 32, 32))

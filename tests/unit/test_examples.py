@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -47,7 +46,7 @@ def test_example_job_resolves_with_its_template(name):
 
 def test_the_expected_examples_exist():
     assert {"demo-job.yaml", "sdxl-character-job.yaml", "flux-style-job.yaml", "embedding-job.yaml",
-            "locon-job.yaml"} <= set(JOBS)
+            "locon-job.yaml", "flux2-character-job.yaml", "flux2-klein-character-job.yaml"} <= set(JOBS)
 
 
 def test_demo_job_is_tiny():
@@ -81,13 +80,17 @@ def test_embedding_and_locon_examples_train_what_their_names_say():
 
 SCENARIOS = ("character", "style", "realistic-person", "anime-realistic")
 FAMILIES = ("sd15", "sdxl", "flux")
+CHARACTER_ONLY = ("flux2", "flux2-klein")
+"""Families with one preset so far (character)."""
 
 
 def test_a_cluster_template_for_every_scenario_and_family():
-    assert set(TEMPLATES) == {f"{f}-{s}" for f in FAMILIES for s in SCENARIOS}
+    assert set(TEMPLATES) == ({f"{f}-{s}" for f in FAMILIES for s in SCENARIOS}
+                              | {f"{f}-character" for f in CHARACTER_ONLY})
     for name, doc in TEMPLATES.items():
         assert doc["kind"] == "ClusterLoraTrainingTemplate"
-        assert doc["spec"]["baseModel"]["family"] == name.split("-")[0]
+        family = doc["metadata"]["labels"]["lora-operator.io/family"]
+        assert doc["spec"]["baseModel"]["family"] == family and name.startswith(family + "-")
         assert len(doc["spec"]["description"]) > 20
 
 
@@ -129,4 +132,4 @@ def test_resolved_templates_are_valid_jobs_once_a_dataset_and_output_are_given()
     for name, doc in TEMPLATES.items():
         spec = resolve_spec({"template": name, "dataset": {"uri": "s3://d/"}, "output": {"uri": "s3://o/"}},
                             doc["spec"])
-        assert re.fullmatch(r"(sd15|sdxl|flux)", spec.base_model.family)
+        assert spec.base_model.family in FAMILIES + CHARACTER_ONLY

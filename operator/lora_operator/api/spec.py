@@ -14,7 +14,7 @@ from .names import LABEL_KEY_MAX, LabelKey, Labels, LabelValue, ObjectName
 from .training import Embedding, Network, Training
 from .uris import OUTPUT_URI_PATTERN, SIZE_PATTERN, URI_PATTERN
 
-ModelFamily = StrEnum("ModelFamily", {name.upper(): name for name in FAMILIES})
+ModelFamily = StrEnum("ModelFamily", {name.upper().replace("-", "_"): name for name in FAMILIES})
 """Names of the families of the table (`families.FAMILIES`), as constants: ModelFamily.SDXL == "sdxl"."""
 
 

@@ -79,7 +79,8 @@ class LoraAdapter:
             {"name": family.denoiser_name, "lr": training.unet_learning_rate,
              "params": trainable(list(parts.denoiser.parameters()))}
         ]
-        self.trains_text = text_encoder_trains(training)
+        # A family whose text encoders stay frozen (trainable_text_encoders 0) ignores the text learning rate.
+        self.trains_text = text_encoder_trains(training) and family.trainable_text_encoders > 0
         if self.trains_text:
             text_params = []
             encoders = parts.text_encoders[: family.trainable_text_encoders]
