@@ -5,6 +5,8 @@ refusal of a step-distilled Klein."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -72,7 +74,9 @@ def test_diffusers_file_loads_in_the_pipeline_and_changes_the_image(runs, family
 
     base = image()
     folder = recipe.outputs.workdir / "checkpoints/epoch-0001/diffusers"
-    pipe.load_lora_weights(str(folder), adapter_name="diffusers")
+    with warnings.catch_warnings():  # peft warns when the file's config names a module its keys do not
+        warnings.simplefilter("error", RuntimeWarning)
+        pipe.load_lora_weights(str(folder), adapter_name="diffusers")
     with_diffusers = image()
     assert np.abs(with_diffusers - base).max() > 1e-4
     pipe.delete_adapters("diffusers")
@@ -177,3 +181,44 @@ def test_locon_and_embedding_are_refused_naming_the_type(family, kind, tiny_mode
     with pytest.raises(ValueError, match=rf"type.*{kind} is not available for family {family} \(it supports type: "
                                          r"lora\)"):
         resolve_spec(base_spec(family, tiny_models(family), tmp_path, tmp_path / "out", type=kind, **extra))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_previews_from_cached_conditioning_equal_the_pipelines_own_encoding(family, tiny_models):
+    """Klein's classifier-free guidance needs the cached empty prompt as its negative: a wrong one changes
+    the image."""
+    from lora_operator.api import Previews
+    from lora_trainer.encode import Encoder
+    from lora_trainer.families import get_family
+    from lora_trainer.previews import generate
+
+    f = get_family(family)
+    parts = f.load(tiny_models(family), torch.float32)
+    previews = Previews(steps=2, images_per_prompt=1)
+    assert f.pipeline_kwargs(previews)["guidance_scale"] == 4.0  # unset: the pipelines' default, not 7
+    assert f.pipeline_kwargs(Previews(guidance=7.0))["guidance_scale"] == 7.0
+    own = generate(f, parts, previews, ["tkxw, a square"], (32, 32))
+    encoder = Encoder(f, parts, torch.device("cpu"), cache_latents=False, cache_text=True)
+    encoder.release_text(["tkxw, a square", ""])
+
+    def cached(prompt):
+        return f.prompt_kwargs(encoder.text([prompt], grad=False), encoder.text([""], grad=False))
+
+    from_cache = generate(f, parts, previews, ["tkxw, a square"], (32, 32), cached)
+    np.testing.assert_array_equal(np.asarray(from_cache[0][0]), np.asarray(own[0][0]))
+    if family == "flux2-klein":
+        def wrong_negative(prompt):
+            return f.prompt_kwargs(encoder.text([prompt], grad=False), encoder.text([prompt], grad=False))
+
+        other = generate(f, parts, previews, ["tkxw, a square"], (32, 32), wrong_negative)
+        assert not np.array_equal(np.asarray(other[0][0]), np.asarray(own[0][0]))
+
+
+def test_shuffled_captions_keep_the_text_encoder(tiny_models, dataset_dir, tmp_path):
+    """Shuffled tags make new texts every step: nothing can be cached ahead, the encoder stays."""
+    from conftest import base_spec, run_recipe_for
+
+    spec = base_spec("flux2-klein", tiny_models("flux2-klein"), dataset_dir, tmp_path / "out",
+                     training={"shuffleTags": True})
+    recipe = run_recipe_for(tmp_path, spec, setup_only=True)
+    assert not recipe.encoder.released and not recipe.encoder._text

@@ -68,12 +68,17 @@ BLOCKS = {"transformer_blocks": ("double_blocks", DOUBLE_BLOCK_LAYERS),
           "single_transformer_blocks": ("single_blocks", SINGLE_BLOCK_LAYERS)}
 _BLOCK_MODULE = re.compile(r"(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)")
 TRANSFORMER_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
-                       "linear_in", "linear_out", "to_qkv_mlp_proj", "to_out"]
-"""peft target suffixes: "to_out" is the single block's linear2; in a double block it names a ModuleList
-(whose linear is "to_out.0"), which `EXCLUDE` leaves out."""
-EXCLUDE = r"(?!(single_)?transformer_blocks\.).*|transformer_blocks\.\d+\.attn\.to_out"
-"""Every module outside the blocks (embedders, shared modulations, output layer), and the double blocks'
-to_out ModuleList."""
+                       "linear_in", "linear_out", "to_qkv_mlp_proj"]
+"""peft target suffixes; a single block's ``attn.to_out`` (BFL's linear2) is named per block (`targets_for`):
+the suffix alone would also name the double blocks' ``attn.to_out`` ModuleList, and a diffusers file whose
+config lists it makes peft warn on load (DiffSynth-Studio's Flux.2 LoRA script lists them the same way)."""
+EXCLUDE = r"(?!(single_)?transformer_blocks\.).*"
+"""Every module outside the blocks (embedders, shared modulations, output layer)."""
+
+
+def targets_for(num_single_layers: int) -> list[str]:
+    """The peft targets of a transformer with `num_single_layers` single blocks."""
+    return TRANSFORMER_TARGETS + [f"single_transformer_blocks.{i}.attn.to_out" for i in range(num_single_layers)]
 IMPL_FLUX2 = "https://github.com/black-forest-labs/flux2"
 MAX_SEQUENCE_LENGTH = 512
 """Text tokens per prompt: the pipelines' default."""
@@ -113,7 +118,8 @@ class Flux2Family(FlowMatching):
     kohya_network_module = "networks.lora_flux_2"
     """musubi-tuner's Flux.2 LoRA network (sd-scripts has none for Flux.2)."""
     default_sampler = Sampler.FLOW_EULER
-    denoiser_targets = TRANSFORMER_TARGETS
+    denoiser_targets = targets_for(48)
+    """Set for the loaded transformer's single blocks by `load`."""
     denoiser_exclude = EXCLUDE
     conv_targets: list[str] = []
     text_encoder_targets: list[str] = []
@@ -152,6 +158,7 @@ class Flux2Family(FlowMatching):
         transformer = load_part(Flux2Transformer2DModel, folder, "transformer", torch_dtype=dtype)
         self.check_variant(folder, transformer)
         self.activation_gib_per_megapixel = activations_per_megapixel(transformer.config)
+        self.denoiser_targets = targets_for(transformer.config.num_single_layers)
         text_encoder, tokenizer = self.load_text(folder, dtype)
         return Components(
             denoiser=transformer,
