@@ -164,10 +164,16 @@ def test_a_step_distilled_klein_is_refused_with_the_base_to_use(tmp_path):
         get_family("flux2-klein").load(tmp_path / "distilled", torch.float32)
 
     class Klein9B:  # the 9B transformer's width names the 9B base
-        config = type("C", (), {"num_attention_heads": 32, "attention_head_dim": 128, "guidance_embeds": False})
+        config = type("C", (), {"num_attention_heads": 32, "attention_head_dim": 128})
     with pytest.raises(ModelError, match="FLUX.2-klein-base-9B"):
         Flux2KleinFamily().check_variant(tmp_path / "distilled", Klein9B())
     assert KLEIN_BASES[4096].endswith("base-9B")
+    # A folder without the flag is known by BFL's repo name; the base's name passes.
+    (tmp_path / "FLUX.2-klein-9B").mkdir()
+    with pytest.raises(ModelError, match="FLUX.2-klein-base-9B"):
+        Flux2KleinFamily().check_variant(tmp_path / "FLUX.2-klein-9B", Klein9B())
+    (tmp_path / "FLUX.2-klein-base-9B").mkdir()
+    Flux2KleinFamily().check_variant(tmp_path / "FLUX.2-klein-base-9B", Klein9B())
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -269,6 +269,8 @@ class Flux2Family(FlowMatching):
         return {"prompt_embeds": cond["prompt_embeds"]}
 
 
+DISTILLED_NAME = re.compile(r"klein-(4|9)b")
+"""BFL's repo names of the distilled Klein (the bases are FLUX.2-klein-base-4B / -9B)."""
 KLEIN_BASES = {3072: "black-forest-labs/FLUX.2-klein-base-4B", 4096: "black-forest-labs/FLUX.2-klein-base-9B"}
 """Transformer width -> the undistilled Klein of that size (the one to train LoRAs on)."""
 
@@ -297,22 +299,26 @@ class Flux2KleinFamily(Flux2Family):
                 load_part(Qwen2TokenizerFast, folder, "tokenizer"))
 
     def check_variant(self, folder: Path, transformer: Any) -> None:
-        """Refuse a step-distilled Klein (``is_distilled`` in model_index.json, or a transformer that embeds
-        guidance), naming the base of the same size.
+        """Refuse a step-distilled Klein, naming the base of the same size.
+
+        Detected from the pipeline config (``is_distilled: true`` in model_index.json, which the distilled
+        repos carry and Flux2KleinPipeline reads) or, for a folder without it, from BFL's repo name
+        (FLUX.2-klein-4B / -9B without "base").
 
         Raises:
             ModelError: a distilled variant.
         """
         index = Path(folder) / "model_index.json"
         config = json.loads(index.read_text()) if index.is_file() else {}
-        if not (config.get("is_distilled") or transformer.config.guidance_embeds):
+        name = Path(folder).name.lower()
+        if not (config.get("is_distilled") or (DISTILLED_NAME.search(name) and "base" not in name)):
             return
         width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
         base = KLEIN_BASES.get(width, " or ".join(KLEIN_BASES.values()))
         raise ModelError(
-            f"baseModel.uri: {folder} is a step-distilled FLUX.2 Klein (is_distilled in model_index.json); a LoRA "
-            f"trained on it breaks its few-step sampling. Train on the undistilled base, {base}, and apply the LoRA "
-            "to either")
+            f"baseModel.uri: {folder} is a step-distilled FLUX.2 Klein (is_distilled in model_index.json, or its "
+            f"name); a LoRA trained on it breaks its few-step sampling. Train on the undistilled base, {base}, and "
+            "apply the LoRA to either")
 
     def architecture_of(self, parts: Components) -> str:
         """flux-2-klein-4b / flux-2-klein-9b from the transformer's width."""
