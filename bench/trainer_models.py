@@ -29,20 +29,31 @@ def _classes() -> dict[str, Any]:
 
     names = {
         diffusers: ["UNet2DConditionModel", "FluxTransformer2DModel", "AutoencoderKL", "DDPMScheduler",
-                    "FlowMatchEulerDiscreteScheduler"],
-        transformers: ["CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel"],
+                    "FlowMatchEulerDiscreteScheduler", "Flux2Transformer2DModel", "AutoencoderKLFlux2"],
+        transformers: ["CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel", "Qwen3ForCausalLM",
+                       "Mistral3ForConditionalGeneration"],
     }
     return {name: getattr(module, name) for module, names_ in names.items() for name in names_}
 
 
-def load_config(family: str) -> dict[str, Any]:
-    """The full-size component configs of `family` (sd15, sdxl or flux)."""
-    return json.loads((CONFIGS / f"{family}.json").read_text())
+def load_config(name: str) -> dict[str, Any]:
+    """The full-size component configs `name` (a family, or a variant such as flux2-klein-9b)."""
+    return json.loads((CONFIGS / f"{name}.json").read_text())
 
 
 def _tokenizer(kind: str, max_length: int, folder: Path) -> Any:
-    from transformers import CLIPTokenizer, T5TokenizerFast
+    from transformers import AutoProcessor, CLIPTokenizer, PreTrainedTokenizerFast, Qwen2TokenizerFast, T5TokenizerFast
 
+    from tinymodels.flux2 import write_byte_tokenizer
+
+    if kind == "qwen3":
+        write_byte_tokenizer(folder, Qwen2TokenizerFast, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                             pad_token="<|endoftext|>", eos_token="<|im_end|>", unk_token=None)
+        return Qwen2TokenizerFast.from_pretrained(folder)
+    if kind == "mistral":
+        write_byte_tokenizer(folder, PreTrainedTokenizerFast, ["<s>", "</s>", "<pad>", "[IMG]"],
+                             bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+        return AutoProcessor.from_pretrained(folder)
     if kind == "clip":
         write_clip_tokenizer(folder)
         tokenizer = CLIPTokenizer.from_pretrained(folder)
@@ -75,7 +86,7 @@ def build_full_size(family: str, folder: Path, dtype: torch.dtype, device: torch
     """Random-weight full-size components of `family` on `device`.
 
     Args:
-        family: sd15, sdxl or flux.
+        family: A config name: sd15, sdxl, flux, flux2, flux2-klein (4B), flux2-klein-9b.
         folder: Where the tokenizers are written (and the `folder` of the components).
         dtype: Dtype of the frozen weights (the recipe's resolved precision).
         device: Where the weights are created.

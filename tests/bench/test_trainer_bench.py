@@ -57,3 +57,46 @@ def test_compiled_rows_count_the_same_flops_and_the_reference_stays_eager(bench_
     assert rows["ours"]["compiled"] and rows["ours-uncached"]["compiled"] and not rows["reference"]["compiled"]
     # FLOPs are counted eagerly (compiled kernels would bypass the counter): equal work, equal count.
     assert rows["ours-uncached"]["flops"] == pytest.approx(rows["reference"]["flops"], rel=1e-6)
+
+
+@pytest.mark.parametrize(("case", "denoiser", "text"), [
+    ("flux2-1024", 32e9, 24e9),  # FLUX.2-dev: 32B transformer, Mistral-Small-3.1 24B
+    ("flux2-klein-1024", 4e9, 4e9),  # FLUX.2-klein-base-4B: Qwen3-4B
+    ("flux2-klein-9b-1024", 9e9, 8e9),  # FLUX.2-klein-base-9B: Qwen3-8B
+])
+def test_full_size_configs_have_the_model_cards_parameter_counts(bench_trainer, case, denoiser, text):
+    from bench.memory import count
+
+    parts = count(bench_trainer.CASES[case])
+    assert parts.denoiser == pytest.approx(denoiser, rel=0.05) and parts.text_encoders == pytest.approx(text, rel=0.05)
+
+
+@pytest.mark.parametrize("case", ["flux2-1024", "flux2-klein-1024", "flux2-klein-9b-1024"])
+def test_flux2_cases_construct_on_the_tiny_models_and_run_our_step(bench_trainer, case, tmp_path):
+    import math
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU smoke needs a process without a GPU (the recipe would pick it)")
+    bench = bench_trainer.Bench(bench_trainer.CASES[case], 1, True, torch.device("cpu"), tmp_path)
+    try:
+        assert bench.reference is None  # no diffusers-example reference for Flux.2: ours alone
+        assert bench.recipe.encoder.released  # the text encoder left after caching, as in a real run
+        bench.prepare("ours")
+        assert math.isfinite(float(bench.run("ours")))
+    finally:
+        bench.close()
+
+
+def test_the_memory_estimate_plans_flux2_on_an_80gb_gpu(bench_trainer):
+    from bench.memory import main
+
+    lines = {line.split()[0]: line for line in main(["--gpu-gib", "80", "--case", "flux2-1024", "--case",
+                                                      "flux2-klein-1024", "--case", "flux-1024"]).splitlines()[2:]
+             if not line.startswith(" ")}
+    assert lines["flux2-1024"].endswith("fp8 base, gradient checkpointing")  # 64 GB of bf16 weights alone
+    assert lines["flux2-klein-1024"].endswith("bf16 base, no checkpointing")
+    assert lines["flux-1024"].endswith("bf16 base, no checkpointing")  # as measured on an H100 (RESULTS.md)
+    on_40 = main(["--gpu-gib", "40", "--case", "flux2-1024"]).splitlines()[2]
+    assert on_40.endswith("nf4 base, gradient checkpointing")

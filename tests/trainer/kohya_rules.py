@@ -150,15 +150,33 @@ def _swap_halves(weight: torch.Tensor) -> torch.Tensor:
     return torch.cat([second, first], dim=0)
 
 
+def _putter(state: dict[str, torch.Tensor], out: dict[str, torch.Tensor]):
+    """put(bfl, *diffusers): out[bfl.leaf] = the diffusers modules' weights (and biases) stacked on dim 0 (fused)."""
+
+    def put(bfl: str, *diffusers: str) -> None:
+        for leaf in ("weight", "bias"):
+            if f"{diffusers[0]}.{leaf}" in state:
+                out[f"{bfl}.{leaf}"] = torch.cat([state[f"{d}.{leaf}"] for d in diffusers], dim=0)
+
+    return put
+
+
+def _bfl_attention(put, state, out, i: int) -> None:
+    """A double block's fused qkv of both streams and its q / k norms (Flux.1 and Flux.2 name them alike)."""
+    d, b = f"transformer_blocks.{i}", f"double_blocks.{i}"
+    put(f"{b}.img_attn.qkv", f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v")
+    put(f"{b}.txt_attn.qkv", f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj")
+    for diffusers, bfl in (("attn.norm_q", "img_attn.norm.query_norm"), ("attn.norm_k", "img_attn.norm.key_norm"),
+                           ("attn.norm_added_q", "txt_attn.norm.query_norm"),
+                           ("attn.norm_added_k", "txt_attn.norm.key_norm")):
+        out[f"{b}.{bfl}.scale"] = state[f"{d}.{diffusers}.weight"]
+
+
 def bfl_flux_checkpoint(state: dict[str, torch.Tensor], num_layers: int, num_single_layers: int,
                         ) -> dict[str, torch.Tensor]:
     """A diffusers FluxTransformer2DModel state dict in BFL's layout (the original Flux checkpoint keys)."""
     out: dict[str, torch.Tensor] = {}
-
-    def put(bfl: str, *diffusers: str, leaves: tuple[str, ...] = ("weight", "bias")) -> None:
-        for leaf in leaves:
-            if f"{diffusers[0]}.{leaf}" in state:
-                out[f"{bfl}.{leaf}"] = torch.cat([state[f"{d}.{leaf}"] for d in diffusers], dim=0)
+    put = _putter(state, out)
 
     for name, bfl in (("x_embedder", "img_in"), ("context_embedder", "txt_in"), ("proj_out", "final_layer.linear"),
                       ("time_text_embed.timestep_embedder.linear_1", "time_in.in_layer"),
@@ -174,17 +192,12 @@ def bfl_flux_checkpoint(state: dict[str, torch.Tensor], num_layers: int, num_sin
     _bfl_approximator(state, out)
     for i in range(num_layers):
         d, b = f"transformer_blocks.{i}", f"double_blocks.{i}"
-        put(f"{b}.img_attn.qkv", f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v")
-        put(f"{b}.txt_attn.qkv", f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj")
+        _bfl_attention(put, state, out, i)
         for diffusers, bfl in (("attn.to_out.0", "img_attn.proj"), ("attn.to_add_out", "txt_attn.proj"),
                                ("ff.net.0.proj", "img_mlp.0"), ("ff.net.2", "img_mlp.2"),
                                ("ff_context.net.0.proj", "txt_mlp.0"), ("ff_context.net.2", "txt_mlp.2"),
                                ("norm1.linear", "img_mod.lin"), ("norm1_context.linear", "txt_mod.lin")):
             put(f"{b}.{bfl}", f"{d}.{diffusers}")
-        for diffusers, bfl in (("attn.norm_q", "img_attn.norm.query_norm"), ("attn.norm_k", "img_attn.norm.key_norm"),
-                               ("attn.norm_added_q", "txt_attn.norm.query_norm"),
-                               ("attn.norm_added_k", "txt_attn.norm.key_norm")):
-            out[f"{b}.{bfl}.scale"] = state[f"{d}.{diffusers}.weight"]
     for i in range(num_single_layers):
         d, b = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
         put(f"{b}.linear1", f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v", f"{d}.proj_mlp")
@@ -293,3 +306,36 @@ def comfy_merged(weight: torch.Tensor, parts: dict[str, torch.Tensor]) -> torch.
         norm = calc.transpose(0, 1).reshape(weight.shape[1], -1).norm(dim=1).reshape(
             weight.shape[1], *[1] * (weight.ndim - 1)).transpose(0, 1)
     return calc * (dora / (norm + torch.finfo(weight.dtype).eps))
+
+
+# ------------------------------------------------------------------------------------------- Flux.2
+def bfl_flux2_checkpoint(state: dict[str, torch.Tensor], num_layers: int, num_single_layers: int,
+                         ) -> dict[str, torch.Tensor]:
+    """A diffusers Flux2Transformer2DModel state dict in BFL's Flux.2 layout (the original checkpoint keys,
+    as diffusers' convert_flux2_transformer_checkpoint_to_diffusers reads them and ComfyUI loads them)."""
+    out: dict[str, torch.Tensor] = {}
+    put = _putter(state, out)
+    for name, bfl in (("x_embedder", "img_in"), ("context_embedder", "txt_in"), ("proj_out", "final_layer.linear"),
+                      ("time_guidance_embed.timestep_embedder.linear_1", "time_in.in_layer"),
+                      ("time_guidance_embed.timestep_embedder.linear_2", "time_in.out_layer"),
+                      ("time_guidance_embed.guidance_embedder.linear_1", "guidance_in.in_layer"),
+                      ("time_guidance_embed.guidance_embedder.linear_2", "guidance_in.out_layer"),
+                      ("double_stream_modulation_img.linear", "double_stream_modulation_img.lin"),
+                      ("double_stream_modulation_txt.linear", "double_stream_modulation_txt.lin"),
+                      ("single_stream_modulation.linear", "single_stream_modulation.lin")):
+        put(bfl, name)
+    out["final_layer.adaLN_modulation.1.weight"] = _swap_halves(state["norm_out.linear.weight"])
+    for i in range(num_layers):
+        d, b = f"transformer_blocks.{i}", f"double_blocks.{i}"
+        _bfl_attention(put, state, out, i)
+        for diffusers, bfl in (("attn.to_out.0", "img_attn.proj"), ("attn.to_add_out", "txt_attn.proj"),
+                               ("ff.linear_in", "img_mlp.0"), ("ff.linear_out", "img_mlp.2"),
+                               ("ff_context.linear_in", "txt_mlp.0"), ("ff_context.linear_out", "txt_mlp.2")):
+            put(f"{b}.{bfl}", f"{d}.{diffusers}")
+    for i in range(num_single_layers):
+        d, b = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
+        put(f"{b}.linear1", f"{d}.attn.to_qkv_mlp_proj")
+        put(f"{b}.linear2", f"{d}.attn.to_out")
+        out[f"{b}.norm.query_norm.scale"] = state[f"{d}.attn.norm_q.weight"]
+        out[f"{b}.norm.key_norm.scale"] = state[f"{d}.attn.norm_k.weight"]
+    return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -47,7 +46,8 @@ def test_example_job_resolves_with_its_template(name):
 
 def test_the_expected_examples_exist():
     assert {"demo-job.yaml", "sdxl-character-job.yaml", "flux-style-job.yaml", "embedding-job.yaml",
-            "locon-job.yaml", "chroma-character-job.yaml", "flux-kontext-edit-job.yaml"} <= set(JOBS)
+            "locon-job.yaml", "chroma-character-job.yaml", "flux-kontext-edit-job.yaml",
+            "flux2-character-job.yaml", "flux2-klein-character-job.yaml"} <= set(JOBS)
 
 
 def test_demo_job_is_tiny():
@@ -81,7 +81,8 @@ def test_embedding_and_locon_examples_train_what_their_names_say():
 
 SCENARIOS = ("character", "style", "realistic-person", "anime-realistic")
 FAMILIES = ("sd15", "sdxl", "flux")
-NEWER = {"chroma-character": "chroma", "flux-kontext-edit": "flux-kontext"}
+NEWER = {"chroma-character": "chroma", "flux-kontext-edit": "flux-kontext", "flux2-character": "flux2",
+         "flux2-klein-character": "flux2-klein"}
 """Templates of the 2025 families: one scenario each so far, name -> family."""
 
 
@@ -89,7 +90,9 @@ def test_a_cluster_template_for_every_scenario_and_family():
     assert set(TEMPLATES) == {f"{f}-{s}" for f in FAMILIES for s in SCENARIOS} | set(NEWER)
     for name, doc in TEMPLATES.items():
         assert doc["kind"] == "ClusterLoraTrainingTemplate"
-        assert doc["spec"]["baseModel"]["family"] == NEWER.get(name, name.split("-")[0])
+        family = doc["spec"]["baseModel"]["family"]
+        assert family == NEWER.get(name, name.split("-")[0])
+        assert doc["metadata"]["labels"]["lora-operator.io/family"] == family
         assert len(doc["spec"]["description"]) > 20
 
 
@@ -131,5 +134,5 @@ def test_resolved_templates_are_valid_jobs_once_a_dataset_and_output_are_given()
     for name, doc in TEMPLATES.items():
         spec = resolve_spec({"template": name, "dataset": {"uri": "s3://d/"}, "output": {"uri": "s3://o/"}},
                             doc["spec"])
-        assert re.fullmatch(r"(sd15|sdxl|flux|chroma|flux-kontext)", spec.base_model.family)
+        assert spec.base_model.family in set(FAMILIES) | set(NEWER.values())
         assert spec.dataset.pairs == (name == "flux-kontext-edit")

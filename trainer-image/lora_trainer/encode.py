@@ -44,6 +44,7 @@ class Encoder:
         self._latents: dict[tuple[int, bool], torch.Tensor] = {}
         self._controls: dict[tuple[int, bool], torch.Tensor] = {}
         self._text: dict[str, dict[str, torch.Tensor]] = {}
+        self._released = False
 
     @torch.no_grad()
     def latents(self, keys: list[tuple[int, bool]], samples: list[Sample], control: bool = False) -> torch.Tensor:
@@ -78,8 +79,32 @@ class Encoder:
                 encoded = self.family.encode_prompts(self.parts, missing)
             for j, caption in enumerate(missing):
                 self._text[caption] = {k: v[j : j + 1] for k, v in encoded.items()}
-        return {k: torch.cat([self._text[c][k] for c in captions]) for k in self._text[captions[0]]}
+        return {k: torch.cat([self._text[c][k] for c in captions]).to(self.device) for k in self._text[captions[0]]}
 
     def forget_text(self) -> None:
         """Drop cached text embeddings (the text weights changed)."""
         self._text.clear()
+
+    @property
+    def released(self) -> bool:
+        """The text encoders left the device (`release_text`): text comes from the cache."""
+        return self._released
+
+    def release_text(self, captions: list[str]) -> None:
+        """Encode every caption of the run once, then move the text encoders to the CPU.
+
+        For families whose text encoders are large frozen LLMs (Flux.2, the 2025 families): the cached
+        embeddings stay in host memory and go to the device per batch, and the encoders' GPU memory
+        is free for the denoiser. A caption missed here is still encoded, on the CPU (slow, correct).
+        """
+        self.cache_text = True
+        for start in range(0, len(captions), 8):
+            chunk = captions[start:start + 8]
+            self.text(chunk, grad=False)
+            for caption in chunk:  # to host memory as they come: a big dataset's embeddings need not fit the GPU
+                self._text[caption] = {k: v.cpu() for k, v in self._text[caption].items()}
+        for encoder in self.parts.text_encoders:
+            encoder.to("cpu")
+        self._released = True
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

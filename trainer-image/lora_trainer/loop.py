@@ -200,6 +200,8 @@ class LoraRecipe:
         if t.cache_latents:
             self.progress.phase("caching")
             self._precache()
+        if getattr(self.family, "release_text_encoders", False) and not self.adapter.trains_text:
+            self._release_text()
 
     def _gradient_checkpointing(self) -> None:
         megapixels = max(h * w for h, w in (s.target_size for s in self.samples)) / 1e6
@@ -228,6 +230,25 @@ class LoraRecipe:
             self.encoder.latents([(i, False) for i in same], [self.samples[i] for i in same])
             if self.data.pairs:
                 self.encoder.latents([(i, False) for i in same], [self.samples[i] for i in same], control=True)
+
+    def _release_text(self) -> None:
+        """Cache the conditioning of every text the run will encode, then free the text encoders' GPU memory.
+
+        Only when each caption has one text (no shuffle, no dropout): otherwise the set of texts is open and
+        the encoders stay on the device (logged)."""
+        if not self.builder.deterministic:
+            log.warning("text encoders stay on the device: shuffleTags / captionDropout make new captions every step")
+            return
+        rng = random.Random(0)  # not drawn from: deterministic captions
+        texts = [self._caption(s, rng) for s in self.samples]
+        texts += [self._validation_caption(s) for s in self.data.validation]
+        texts += preview_prompts(self.spec.previews, self.data, self.builder) + [""]  # "": the negative prompt
+        self.progress.phase("caching")
+        self.encoder.release_text(list(dict.fromkeys(texts)))
+        log.info("text encoders released from %s after encoding %d texts", self.device, len(set(texts)))
+
+    def _validation_caption(self, sample: Sample) -> str:
+        return self.adapter.prepare_caption(", ".join(self.builder.tags(sample.caption)))
 
     # ------------------------------------------------------------------ train
     def train(self) -> Manifest:
@@ -294,7 +315,7 @@ class LoraRecipe:
         t = self.training
         text_now = self.adapter.trains_text and (step <= self.text_steps or not self.adapter.text_ratio_applies)
         self.adapter.set_text_training(text_now)
-        if step == self.text_steps + 1:
+        if self.adapter.trains_text and step == self.text_steps + 1:  # the text weights stop changing here
             self.encoder.forget_text()
         loss = None
         for k in range(t.gradient_accumulation):
@@ -372,10 +393,13 @@ class LoraRecipe:
         self.parts.denoiser.eval()
         losses = []
         for j, sample in enumerate(self.data.validation):
-            caption = self.adapter.prepare_caption(", ".join(self.builder.tags(sample.caption)))
+            caption = self._validation_caption(sample)
             latents = self._encode_one(sample.decoded(), VALIDATION_TIMESTEPS)
             control = self._encode_one(sample.decoded_control(), VALIDATION_TIMESTEPS) if self.data.pairs else None
-            cond = self.family.encode_prompts(self.parts, [caption])
+            if self.encoder.released:
+                cond = self.encoder.text([caption], grad=False)
+            else:
+                cond = self.family.encode_prompts(self.parts, [caption])
             timesteps = self.family.fixed_timesteps(self.parts, VALIDATION_TIMESTEPS)
             gen = torch.Generator().manual_seed(draw_seed(self.training.seed, -1 - j))
             noise = torch.randn(latents.shape, generator=gen).to(latents)
@@ -403,7 +427,8 @@ class LoraRecipe:
                 entries = render_previews(self.family, self.parts, self.spec.previews,
                                           preview_prompts(self.spec.previews, self.data, self.builder), epoch,
                                           preview_size(self.spec.previews, self.data), self.outputs,
-                                          preview_controls(self.data))
+                                          preview_controls(self.data),
+                                          conditioning=self._cached_prompt if self.encoder.released else None)
             for entry in entries:
                 self.manifest.add_preview(entry)
         if self.main:
@@ -412,6 +437,13 @@ class LoraRecipe:
                 resume_state.save(self, step)
         self.progress.write()
         self.accelerator.wait_for_everyone()
+
+    def _cached_prompt(self, prompt: str) -> dict:
+        """Pipeline arguments of a preview prompt from the cached conditioning (text encoders released)."""
+        dtype = self.parts.denoiser.dtype
+        as_input = lambda cond: {k: v.to(dtype) for k, v in cond.items()}  # noqa: E731
+        return self.family.prompt_kwargs(as_input(self.encoder.text([prompt], grad=False)),
+                                         as_input(self.encoder.text([""], grad=False)))
 
     # ------------------------------------------------------------------ save
     def save_checkpoint(self, epoch: int, step: int, validation_loss: float | None) -> list[CheckpointEntry]:

@@ -7,6 +7,7 @@ epochs compare image by image.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -67,10 +68,14 @@ def grid(images: list[list[Image.Image]]) -> Image.Image:
 
 @torch.no_grad()
 def generate(family: Family, parts: Components, previews: Previews, prompts: list[str],
-             size: tuple[int, int], controls: list[Image.Image] | None = None) -> list[list[Image.Image]]:
+             size: tuple[int, int], controls: list[Image.Image] | None = None,
+             conditioning: Callable[[str], dict[str, Any]] | None = None) -> list[list[Image.Image]]:
     """Images per prompt with the current (adapted) components, in eval mode.
 
-    `controls`: an edit family's images to edit, prompt i editing ``controls[i % len(controls)]``.
+    Args:
+        controls: An edit family's images to edit, prompt i editing ``controls[i % len(controls)]``.
+        conditioning: Pipeline arguments (prompt_embeds, ...) of a prompt, for runs whose text encoders were
+            released after caching; None: the pipeline encodes the prompt itself.
     """
     modules = [parts.denoiser, *parts.text_encoders]
     modes = [m.training for m in modules]
@@ -85,7 +90,8 @@ def generate(family: Family, parts: Components, previews: Previews, prompts: lis
             n = previews.images_per_prompt
             generators = [torch.Generator(device="cpu").manual_seed(previews.seed + i) for i in range(n)]
             edit = family.edit_inputs(controls[p % len(controls)], size) if controls else {}
-            result = pipe(prompt=prompt, num_images_per_prompt=n, num_inference_steps=previews.steps,
+            text = {"prompt": prompt} if conditioning is None else conditioning(prompt)
+            result = pipe(**text, num_images_per_prompt=n, num_inference_steps=previews.steps,
                           height=size[0], width=size[1], generator=generators,
                           **family.pipeline_kwargs(previews), **edit)
             out.append(list(result.images))
@@ -97,10 +103,11 @@ def generate(family: Family, parts: Components, previews: Previews, prompts: lis
 
 def render_previews(family: Family, parts: Components, previews: Previews, prompts: list[str], epoch: int,
                     size: tuple[int, int], outputs: Outputs,
-                    controls: list[Image.Image] | None = None) -> list[PreviewEntry]:
+                    controls: list[Image.Image] | None = None,
+                    conditioning: Callable[[str], dict[str, Any]] | None = None) -> list[PreviewEntry]:
     """Generate, write and upload the previews of `epoch`; one entry per prompt (see `generate`)."""
     folder = previews_key(epoch)
-    images = generate(family, parts, previews, prompts, size, controls)
+    images = generate(family, parts, previews, prompts, size, controls, conditioning)
     entries = []
     grid_key = f"{folder}/grid.png"
     for p, (prompt, row) in enumerate(zip(prompts, images, strict=True)):

@@ -77,6 +77,18 @@ class FamilyRow:
     edit: bool = False
 
 
+FLUX2_DATA = dict(
+    latent_channels=32, latent_dims=2, resolution=1024, sizes=((1024, 1024), (768, 1024), (1024, 768)),
+    steps=StepPreset(per_image=100, base=500, up_to=30), adapters=("lora",), formats=("kohya", "diffusers"),
+    prediction="flow",
+)
+"""What Flux.2 dev and Klein share: 32-channel latents trained at 1024 in 16-pixel multiples (8x VAE, 2x2
+patches); LoRA only (no convolutions to adapt, no CLIP-style token embedding); the text encoders (Mistral-Small-3
+24B, Qwen3 4B / 8B) stay frozen, their outputs cached and the encoders released.
+Steps: no Flux.2 trainer publishes a per-image rule; published Klein-base runs train 250-1000 steps at rank 32 /
+lr 1e-4 for a style, subject runs 1200-3000: 500 + 100 per image (up to 30) gives 1500 for 10 images, 3500 for
+30 (examples/templates/flux2.yaml cites the sources)."""
+
 FAMILIES: dict[str, FamilyRow] = {
     row.name: row
     for row in (
@@ -117,6 +129,11 @@ FAMILIES: dict[str, FamilyRow] = {
             pipeline="FluxKontextPipeline", prediction="flow",
             trainer="lora_trainer.families.flux_kontext:FluxKontextFamily", edit=True,
         ),
+        # Flux.2 dev and Klein (4B / 9B): see FLUX2_DATA.
+        FamilyRow(name="flux2", **FLUX2_DATA, pipeline="Flux2Pipeline", text_encoders=("mistral-small-3",),
+                  trainer="lora_trainer.families.flux2:Flux2Family"),
+        FamilyRow(name="flux2-klein", **FLUX2_DATA, pipeline="Flux2KleinPipeline", text_encoders=("qwen3",),
+                  trainer="lora_trainer.families.flux2:Flux2KleinFamily"),
     )
 }
 """Every family, in the order the CRD enum and the docs list them."""

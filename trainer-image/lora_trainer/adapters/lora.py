@@ -96,7 +96,7 @@ class LoraAdapter:
             {"name": family.denoiser_name, "lr": training.unet_learning_rate,
              "params": trainable(list(parts.denoiser.parameters()))}
         ]
-        # A family whose text encoders all stay frozen (Chroma's T5) ignores textEncoderLearningRate.
+        # A family whose text encoders stay frozen (trainable_text_encoders 0) ignores the text learning rate.
         self.trains_text = text_encoder_trains(training) and family.trainable_text_encoders > 0
         if self.trains_text:
             text_params = []

@@ -105,7 +105,13 @@ class Components:
 
 
 class Family(Protocol):
-    """What the loop needs from a model family."""
+    """What the loop needs from a model family.
+
+    Optional, for families whose text encoders are large frozen LLMs (Flux.2): ``release_text_encoders = True``
+    makes the loop encode every text of the run once and move the encoders off the GPU
+    (`encode.Encoder.release_text`); such a family then gives ``prompt_kwargs(cond, negative)``, the pipeline
+    arguments (prompt_embeds, ...) of a cached prompt and of the empty prompt, for previews.
+    """
 
     family: str
     """The name of its row in the family table (`lora_operator.api.families`)."""
