@@ -210,13 +210,13 @@ def test_previews_from_cached_conditioning_equal_the_pipelines_own_encoding(fami
     def cached(prompt):
         return f.prompt_kwargs(encoder.text([prompt], grad=False), encoder.text([""], grad=False))
 
-    from_cache = generate(f, parts, previews, ["tkxw, a square"], (32, 32), cached)
+    from_cache = generate(f, parts, previews, ["tkxw, a square"], (32, 32), conditioning=cached)
     np.testing.assert_array_equal(np.asarray(from_cache[0][0]), np.asarray(own[0][0]))
     if family == "flux2-klein":
         def wrong_negative(prompt):
             return f.prompt_kwargs(encoder.text([prompt], grad=False), encoder.text([prompt], grad=False))
 
-        other = generate(f, parts, previews, ["tkxw, a square"], (32, 32), wrong_negative)
+        other = generate(f, parts, previews, ["tkxw, a square"], (32, 32), conditioning=wrong_negative)
         assert not np.array_equal(np.asarray(other[0][0]), np.asarray(own[0][0]))
 
 
