@@ -24,6 +24,9 @@ from .concept import CONTROL_PROMPTS, TRIGGER_PROMPTS, judge_lora, write_concept
 from .sheet import contact_sheet
 
 SEEDS = [0, 1, 2, 3]
+RATES = {"epsilon": (5e-3, 5e-3), "flow": (5e-4, 5e-3)}
+"""(denoiser, text encoder) learning rate of each base's concept job, 200 steps of 4: a Flux-topology LoRA at
+5e-3 repaints every prompt in the concept's colour (bench/RESULTS.md)."""
 
 
 def family_of(base: Path) -> str:
@@ -94,8 +97,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--base", default="epsilon", choices=["epsilon", "flow"])
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--text-lr", type=float, default=5e-3)
+    p.add_argument("--lr", type=float, help="denoiser learning rate (default: the base's RATES entry)")
+    p.add_argument("--text-lr", type=float, help="text encoder learning rate (default: the base's RATES entry)")
     p.add_argument("--broken", choices=["flip", "captions"])
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -105,7 +108,9 @@ def main(argv: list[str]) -> int:
         family = family_class(family_of(base))
         family.noisy_and_target = flipped(family.noisy_and_target)  # this process only
     started = time.monotonic()
-    lora = train(args.out, base, data, args.steps, args.lr, args.text_lr, 1.0 if args.broken == "captions" else 0.0)
+    lr, text_lr = RATES[args.base]
+    lora = train(args.out, base, data, args.steps, args.lr or lr, args.text_lr or text_lr,
+                 1.0 if args.broken == "captions" else 0.0)
     trained = time.monotonic() - started
     verdict = judge_lora(base, lora, SEEDS)
     print(f"trained in {trained:.0f}s; {verdict}; passed: {verdict.passed()}")

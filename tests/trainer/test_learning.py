@@ -19,7 +19,7 @@ import torch
 
 from tinyworld.cache import tinybase
 from tinyworld.concept import Readings, Verdict, base_readings, judge_lora, write_concept_set
-from tinyworld.learn import family_class, family_of, flipped, train
+from tinyworld.learn import RATES, family_class, family_of, flipped, train
 
 pytestmark = pytest.mark.trainer
 
@@ -30,9 +30,6 @@ cross shape is not learned yet, bench/RESULTS.md)."""
 PRIOR_KEPT = 0.5
 """Share of control samples whose colour, position and background stay the base's (measured 0.62-0.69:
 the LoRA leaks the concept's colour into prompts without the trigger, red turns magenta first)."""
-RATES = {"epsilon": (5e-3, 5e-3), "flow": (5e-4, 5e-3)}
-"""(denoiser, text encoder) learning rate of each base's job, 200 steps of 4: a Flux-topology LoRA at 5e-3
-repaints every prompt in the concept's colour (bench/RESULTS.md)."""
 
 
 @pytest.fixture(scope="module", autouse=True)
