@@ -33,7 +33,7 @@ venv: $(STAMP)
 tools:  ## kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm, MinIO from Go modules (cached)
 	bash tests/cluster/build-tools.sh
 
-tinybase: venv  ## the tiny bases pretrained on the procedural world (tests/tinyworld), cached in ~/.cache
+tinybase: venv  ## the tiny bases (noise prediction: SD1.5 topology; flow matching: Flux) pretrained on the procedural world (tests/tinyworld), cached in ~/.cache
 	$(BIN)/python -m tinyworld
 
 test: setup tinybase  ## the whole suite: unit, trainer (tiny models), cluster (real control plane + MinIO), e2e
@@ -70,7 +70,7 @@ cluster-up: setup  ## a local control plane + 3 kwok GPU nodes + MinIO for peopl
 cluster-down:
 	$(BIN)/python -m testground down
 
-demo: setup  ## the whole product on one machine: operator, a tiny real training run, previews
+demo: setup tinybase  ## the whole product on one machine: operator, a LoRA trained on the tiny base, its contact sheet
 	$(BIN)/python examples/demo.py
 
 bench-cpu: venv  ## trainer speed smoke on CPU (tiny models): ours vs a diffusers-example loop

@@ -1,10 +1,13 @@
 """`make demo`: the whole product on one machine, with nothing faked but the GPU.
 
 Brings up the test ground (real etcd, kube-apiserver, scheduler, controller-manager, kwok GPU
-node, MinIO), installs the CRDs, starts the operator, uploads a tiny random-weight SD1.5 model
-to MinIO and a generated dataset with `lora-train upload`, applies examples/demo-job.yaml, lets the trainer pod the
-operator creates run for real as a local process, and prints the job as it goes
-Queued -> Running -> Succeeded, then where the checkpoints and the preview grid are.
+node, MinIO), installs the CRDs, starts the operator, uploads the tiny base pretrained on the
+procedural world (tests/tinyworld, `make tinybase`; Flux topology) to MinIO and a concept it never
+saw (16 magenta crosses captioned with the trigger word "zxq") with `lora-train upload`, applies
+examples/demo-concept-job.yaml, lets the trainer pod the operator creates run for real as a local
+process, and prints the job as it goes Queued -> Running -> Succeeded. It ends with a before/after
+contact sheet, demo-out/sheet.png: the base, then each epoch's LoRA (downloaded from MinIO), on the
+trigger prompt and a control prompt, the same seeds in every row.
 """
 
 from __future__ import annotations
@@ -15,16 +18,23 @@ import tempfile
 import time
 from pathlib import Path
 
+from lora_operator.storage import open_store
 from lora_trainer.cli import main as lora_train
 from testground import Ground
 from testground.kubelet_shim import KubeletShim
 from testground.operator import OperatorProcess, install_crds, storage_secret
-from testground.seed import make_dataset, upload
-from tinymodels import build_tiny_model
+from testground.seed import upload
+from tinyworld.cache import tinybase
+from tinyworld.concept import CONTROL_PROMPTS, TRIGGER_PROMPTS, write_concept_set
+from tinyworld.sheet import contact_sheet
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "demo-out"
 NAMESPACE = "demo"
+JOB = REPO / "examples/demo-concept-job.yaml"
+BASE = "flow"
+"""The tiny base the demo's job trains on (tests/tinyworld/cache.py RECIPES): the Flux-topology one."""
+SHEET_SEEDS = [0, 1, 2, 3]
 
 
 def show(job: dict) -> str:
@@ -37,6 +47,25 @@ def show(job: dict) -> str:
             f"  epoch {p.get('epoch', 0)}/{p.get('totalEpochs', '?')}{loss}  ({where})")
 
 
+def download(ground: Ground, uri: str, target: Path) -> Path:
+    """Everything under the s3:// prefix `uri` into `target`."""
+    m = ground.minio
+    store = open_store(uri.rstrip("/") + "/", endpoint=m.endpoint, access_key=m.access_key,
+                       secret_key=m.secret_key, secure=False)
+    store.download_prefix("", target)
+    return target
+
+
+def before_after_sheet(ground: Ground, base: Path, checkpoints: list[dict], work: Path) -> Path:
+    """Sample the base and each epoch's diffusers LoRA from MinIO; write demo-out/sheet.png, return its path."""
+    loras = [(f"epoch {c['epoch']}", download(ground, c["uri"], work / c["name"]))
+             for c in sorted(checkpoints, key=lambda c: c["epoch"]) if c["format"] == "diffusers"]
+    sheet = contact_sheet(base, loras, TRIGGER_PROMPTS[0], CONTROL_PROMPTS[0], SHEET_SEEDS)
+    OUT.mkdir(exist_ok=True)
+    sheet.save(OUT / "sheet.png")
+    return OUT / "sheet.png"
+
+
 def main() -> int:
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="lora-demo-"))
@@ -46,14 +75,15 @@ def main() -> int:
     try:
         print(f"   up in {ground.startup_seconds:.1f}s; KUBECONFIG={ground.kubeconfig}")
         install_crds(ground)
-        print("== uploading a tiny random-weight SD1.5 model to MinIO")
-        upload(ground, "s3://models/tiny-sd15/", build_tiny_model("sd15", work / "tiny-sd15"))
-        make_dataset(work / "dataset")
+        print(f"== uploading the tiny {BASE} base pretrained on the procedural world (`make tinybase`) to MinIO")
+        base = tinybase(BASE)
+        upload(ground, f"s3://models/tinyworld-{BASE}/", base)
+        write_concept_set(work / "dataset")
         if not ground.minio.client().bucket_exists("datasets"):
             ground.minio.client().make_bucket("datasets")
-        print("== lora-train upload: the 6-image dataset, checked as the trainer will read it")
-        if lora_train(["upload", str(work / "dataset"), "s3://datasets/demo/", "--job",
-                       str(REPO / "examples/demo-job.yaml")], ground.env()) != 0:
+        print("== lora-train upload: 16 images of a concept the base never saw (a magenta cross, trigger 'zxq')")
+        if lora_train(["upload", str(work / "dataset"), "s3://datasets/concept/", "--job", str(JOB)],
+                      ground.env()) != 0:
             raise SystemExit("demo: the dataset upload failed")
         ground.minio.client().make_bucket("loras")
         ground.kubectl("create", "namespace", NAMESPACE)
@@ -61,8 +91,8 @@ def main() -> int:
         print("== starting the operator and the kubelet shim (runs trainer pods as local processes)")
         operator = OperatorProcess(ground, work / "operator.log").start()
         shim = KubeletShim(ground, work / "pods").start()
-        ground.kubectl("apply", "-n", NAMESPACE, "-f", str(REPO / "examples/demo-job.yaml"))
-        last, deadline = "", time.monotonic() + 900
+        ground.kubectl("apply", "-n", NAMESPACE, "-f", str(JOB))
+        last, deadline = "", time.monotonic() + 1800
         while time.monotonic() < deadline:
             job = json.loads(ground.kubectl("get", "ltj", "demo", "-n", NAMESPACE, "-o", "json").stdout)
             line = show(job)
@@ -88,6 +118,9 @@ def main() -> int:
             target = OUT / key.replace("/", "_")
             ground.minio.client().fget_object(bucket, key, str(target))
             print(f"   preview grid {grid} -> {target}")
+        sheet = before_after_sheet(ground, base, status.get("checkpoints", []), work / "checkpoints")
+        print(f"== before/after contact sheet (base, then each epoch; '{TRIGGER_PROMPTS[0]}' left,"
+              f" '{CONTROL_PROMPTS[0]}' right): {sheet}")
         print(f"== done in {time.monotonic() - started:.0f}s: pick an epoch with "
               f"`kubectl patch ltj demo --type=merge -p '{{\"spec\":{{\"selectedCheckpoint\":\"epoch-0002\"}}}}'`")
         return 0

@@ -16,13 +16,18 @@ import os
 import shutil
 from pathlib import Path
 
-from .pretrain import Recipe, pretrain
+from . import pretrain, pretrain_flux
+from .pretrain import Recipe
+from .pretrain_flux import FluxRecipe
 
-SOURCES = ("world.py", "pretrain.py")
-"""The files whose text decides what a recipe builds."""
-RECIPES = {"epsilon": Recipe()}
-"""The bases the tests and the demo use, by name. ``Recipe(prediction_type="v_prediction")`` builds a
-v-prediction base the same way; no test uses one yet, so ``make tinybase`` does not spend the minutes."""
+SOURCES = {Recipe: ("world.py", "pretrain.py"), FluxRecipe: ("world.py", "pretrain.py", "pretrain_flux.py")}
+"""The files whose text decides what a recipe of each kind builds."""
+BUILDERS = {Recipe: pretrain.pretrain, FluxRecipe: pretrain_flux.pretrain}
+"""Recipe kind -> the function that pretrains it: an SD1.5-topology UNet or a Flux-topology transformer."""
+RECIPES = {"epsilon": Recipe(), "flow": FluxRecipe()}
+"""The bases the tests and the demo use, by name: noise prediction (SD1.5 topology) and flow matching (Flux
+topology). ``Recipe(prediction_type="v_prediction")`` builds a v-prediction base the same way; no test uses
+one yet, so ``make tinybase`` does not spend the minutes."""
 
 
 def cache_root() -> Path:
@@ -31,17 +36,18 @@ def cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "lora-operator" / "tinybase"
 
 
-def recipe_key(recipe: Recipe) -> str:
+def recipe_key(recipe: Recipe | FluxRecipe) -> str:
     """A short hash of the recipe and the building code."""
     digest = hashlib.sha256(json.dumps(recipe.as_dict(), sort_keys=True).encode())
     here = Path(__file__).parent
-    for name in SOURCES:
+    for name in SOURCES[type(recipe)]:
         digest.update((here / name).read_bytes())
     return digest.hexdigest()[:16]
 
 
-def tinybase(kind: str = "epsilon", root: Path | None = None, recipe: Recipe | None = None) -> Path:
-    """The folder of the pretrained base `kind` (a diffusers StableDiffusionPipeline), built if missing.
+def tinybase(kind: str = "epsilon", root: Path | None = None, recipe: Recipe | FluxRecipe | None = None) -> Path:
+    """The folder of the pretrained base `kind` (a diffusers StableDiffusionPipeline or FluxPipeline), built if
+    missing.
 
     Args:
         kind: A name of `RECIPES`, or the folder-name prefix of `recipe`.
@@ -60,7 +66,7 @@ def tinybase(kind: str = "epsilon", root: Path | None = None, recipe: Recipe | N
             return folder
         partial = root / f".{folder.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        pretrain(recipe, partial)
+        BUILDERS[type(recipe)](recipe, partial)
         (partial / "recipe.json").write_text(json.dumps(recipe.as_dict(), indent=1))
         partial.rename(folder)
     return folder

@@ -5,8 +5,9 @@ with the trigger word, as .png + .txt pairs the trainer reads. The check samples
 base and the base + LoRA with fixed seeds and lets the judge read the images:
 
 - *learned*: the trigger prompts show the concept (a magenta cross) for most seeds;
-- *prior kept*: prompts without the trigger read the same (colour, shape, position,
-  background) as the base drew them with the same seed, and never show the concept.
+- *prior kept*: prompts without the trigger read the same colour, position and background as
+  the base drew them with the same seed (not the shape: the tiny bases draw blurred shapes whose
+  reading flips between neighbours under any change), and not in the concept's colour.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from .judge import Reading, read
-from .sampling import sample
+from .sampling import load_pipeline, sample
 from .world import BACKGROUNDS, CONCEPT_COLOUR, POSITIONS, TRIGGER, Scene, concept_scenes, render
 
 TRIGGER_PROMPTS = [f"a {TRIGGER} on the {p}, {b} background"
@@ -49,8 +50,11 @@ class Verdict:
         learned: Share of trigger samples showing the concept (with the LoRA).
         learned_colour: Share of trigger samples in the concept's colour, whatever the shape.
         base_concept: Share of trigger samples showing the concept without the LoRA.
-        prior_kept: Share of control samples read the same with and without the LoRA.
+        prior_kept: Share of control samples read the same colour, position and background with and
+            without the LoRA.
         control_concept: Share of control samples showing the concept with the LoRA.
+        control_colour: Share of control samples in the concept's colour with the LoRA (a LoRA that
+            learned the concept without its trigger paints it everywhere).
     """
 
     learned: float
@@ -58,10 +62,13 @@ class Verdict:
     base_concept: float
     prior_kept: float
     control_concept: float
+    control_colour: float
 
-    def passed(self, learned: float = 0.75, prior_kept: float = 0.75) -> bool:
-        """The LoRA learned the concept and kept the prior."""
-        return self.learned >= learned and self.prior_kept >= prior_kept and self.control_concept == 0
+    def passed(self, learned: float = 0.75, prior_kept: float = 0.75, shape: bool = True) -> bool:
+        """The LoRA learned the concept (its colour and, with `shape`, its cross) on the trigger, kept the prior,
+        and painted the concept's colour on no control sample."""
+        taught = self.learned if shape else self.learned_colour
+        return taught >= learned and self.prior_kept >= prior_kept and self.control_colour == 0
 
 
 def images_of(pipe, prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
@@ -88,17 +95,18 @@ def read_samples(pipe, seeds: list[int]) -> Readings:
 
 def base_readings(base: Path, seeds: list[int]) -> Readings:
     """The readings of the base alone."""
-    from diffusers import StableDiffusionPipeline
+    return read_samples(load_pipeline(base), seeds)
 
-    return read_samples(StableDiffusionPipeline.from_pretrained(base), seeds)
+
+def same_scene(a: Reading, b: Reading) -> bool:
+    """Two readings agree on colour, position and background."""
+    return (a.colour, a.position, a.background) == (b.colour, b.position, b.background)
 
 
 def judge_lora(base: Path, lora: Path, seeds: list[int], before: Readings | None = None) -> Verdict:
     """Sample `base` with the LoRA folder `lora` (diffusers format), compare with the base's readings."""
-    from diffusers import StableDiffusionPipeline
-
     before = before or base_readings(base, seeds)
-    pipe = StableDiffusionPipeline.from_pretrained(base)
+    pipe = load_pipeline(base)
     pipe.load_lora_weights(lora)
     after = read_samples(pipe, seeds)
     mean = lambda flags: sum(flags) / len(flags)  # noqa: E731
@@ -106,6 +114,7 @@ def judge_lora(base: Path, lora: Path, seeds: list[int], before: Readings | None
         learned=mean([r.concept for r in after.trigger]),
         learned_colour=mean([r.colour == CONCEPT_COLOUR[0] for r in after.trigger]),
         base_concept=mean([r.concept for r in before.trigger]),
-        prior_kept=mean([a == b for a, b in zip(before.control, after.control, strict=True)]),
+        prior_kept=mean([same_scene(a, b) for a, b in zip(before.control, after.control, strict=True)]),
         control_concept=mean([r.concept for r in after.control]),
+        control_colour=mean([r.colour == CONCEPT_COLOUR[0] for r in after.control]),
     )

@@ -13,14 +13,13 @@ import time
 
 from .cache import tinybase
 from .judge import accuracy
-from .sampling import sample
+from .sampling import load_pipeline, sample
 from .world import random_scene, render
 
 
 def main(argv: list[str]) -> int:
     """Print the judge's accuracy on the true images, then on the base's samples."""
     import torch
-    from diffusers import StableDiffusionPipeline
 
     torch.set_num_threads(1)  # see pretrain.Recipe.threads
     kind = argv[0] if argv else "epsilon"
@@ -30,7 +29,7 @@ def main(argv: list[str]) -> int:
     truth = accuracy([render(s, rng) for s in scenes], scenes)
     print(f"judge on rendered images: {truth}")
     folder = tinybase(kind)
-    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    pipe = load_pipeline(folder)
     started = time.monotonic()
     images = []
     for i in range(0, n, 32):

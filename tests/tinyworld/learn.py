@@ -1,9 +1,9 @@
-"""``python -m tinyworld.learn OUT [--steps N] [--lr X] [--text-lr X] [--broken flip|captions]``: train a LoRA
-on the concept through ``lora-train run`` and judge it.
+"""``python -m tinyworld.learn OUT [--base epsilon|flow] [--steps N] [--lr X] [--text-lr X] [--broken flip|captions]``:
+train a LoRA on the concept through ``lora-train run`` and judge it.
 
-Builds (or reuses) the epsilon base, writes the concept dataset and a job YAML under OUT, trains
-through the trainer's CLI entry point, then prints the judge's verdict and writes
-OUT/sheet.png (base row, then the LoRA; the trigger prompt left, a control prompt right).
+Builds (or reuses) the base (epsilon: SD1.5 topology, flow: Flux topology), writes the concept
+dataset and a job YAML under OUT, trains through the trainer's CLI entry point, then prints the
+judge's verdict and writes OUT/sheet.png (base row, then the LoRA; the trigger prompt left, a control prompt right).
 ``--broken flip`` negates the training target (patched in this process only), ``--broken
 captions`` drops every caption (``training.captionDropout: 1``): both must fail the check.
 """
@@ -11,6 +11,7 @@ captions`` drops every caption (``training.captionDropout: 1``): both must fail 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -23,17 +24,34 @@ from .concept import CONTROL_PROMPTS, TRIGGER_PROMPTS, judge_lora, write_concept
 from .sheet import contact_sheet
 
 SEEDS = [0, 1, 2, 3]
+RATES = {"epsilon": (5e-3, 5e-3), "flow": (5e-4, 5e-3)}
+"""(denoiser, text encoder) learning rate of each base's concept job, 200 steps of 4: a Flux-topology LoRA at
+5e-3 repaints every prompt in the concept's colour (bench/RESULTS.md)."""
+
+
+def family_of(base: Path) -> str:
+    """The trainer family of a tiny base: flux for a FluxPipeline folder, else sd15."""
+    index = json.loads((base / "model_index.json").read_text())
+    return "flux" if index["_class_name"] == "FluxPipeline" else "sd15"
+
+
+def family_class(family: str):
+    """The trainer's family class of `family` (whose objective `flipped` breaks)."""
+    from lora_trainer.families.flux import FluxFamily
+    from lora_trainer.families.sd15 import SD15Family
+
+    return {"flux": FluxFamily, "sd15": SD15Family}[family]
 
 
 def job_spec(base: Path, data: Path, out: Path, steps: int, lr: float, text_lr: float,
-             caption_dropout: float) -> dict:
-    """The job: a rank-8 LoRA, one epoch of `steps` steps, batch 4, diffusers checkpoints."""
+             caption_dropout: float, epochs: int = 1) -> dict:
+    """The job: a rank-8 LoRA, `epochs` epochs of `steps` steps in all, batch 4, diffusers checkpoints each epoch."""
     return {
         "type": "lora",
-        "baseModel": {"family": "sd15", "uri": base.as_uri()},
+        "baseModel": {"family": family_of(base), "uri": base.as_uri()},
         "dataset": {"uri": data.as_uri(), "crop": {"mode": "center", "size": "32x32"}, "validationSplit": 0.0},
         "network": {"dim": 8, "alpha": 8},
-        "training": {"steps": steps, "epochs": 1, "batchSize": 4, "unetLearningRate": lr,
+        "training": {"steps": steps, "epochs": epochs, "batchSize": 4, "unetLearningRate": lr,
                      "textEncoderLearningRate": text_lr, "textEncoderRatio": 1.0 if text_lr else 0.0,
                      "captionDropout": caption_dropout, "mixedPrecision": "no",
                      "lrScheduler": {"type": "constant"}, "seed": 7},
@@ -53,33 +71,46 @@ def flipped(original):
     return noisy_and_negated_target
 
 
-def main(argv: list[str]) -> int:
-    """Train, judge, draw the sheet; exit 0 when the verdict passed."""
+def train(out: Path, base: Path, data: Path, steps: int = 200, lr: float = 5e-3, text_lr: float = 5e-3,
+          caption_dropout: float = 0.0) -> Path:
+    """Train a LoRA on `data` over `base` through ``lora-train run`` in `out`; returns its diffusers folder.
+
+    Raises:
+        RuntimeError: the trainer exited with an error.
+    """
     from lora_trainer.cli import main as lora_train
 
+    spec = job_spec(base, data, out / "storage", steps, lr, text_lr, caption_dropout)
+    job = out / "job.yaml"
+    out.mkdir(parents=True, exist_ok=True)
+    job.write_text(yaml.safe_dump({"apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob",
+                                   "metadata": {"name": "concept", "namespace": "learn"}, "spec": spec}))
+    code = lora_train(["run", str(job)])
+    if code != 0:
+        raise RuntimeError(f"lora-train run {job} exited {code}")
+    return out / "storage/learn/concept/local/checkpoints/epoch-0001/diffusers"
+
+
+def main(argv: list[str]) -> int:
+    """Train, judge, draw the sheet; exit 0 when the verdict passed."""
     p = argparse.ArgumentParser(prog="python -m tinyworld.learn")
     p.add_argument("out", type=Path)
+    p.add_argument("--base", default="epsilon", choices=["epsilon", "flow"])
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--text-lr", type=float, default=0.0)
+    p.add_argument("--lr", type=float, help="denoiser learning rate (default: the base's RATES entry)")
+    p.add_argument("--text-lr", type=float, help="text encoder learning rate (default: the base's RATES entry)")
     p.add_argument("--broken", choices=["flip", "captions"])
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    base = tinybase("epsilon")
+    base = tinybase(args.base)
     data = write_concept_set(args.out / "data")
-    spec = job_spec(base, data, args.out / "storage", args.steps, args.lr, args.text_lr,
-                    1.0 if args.broken == "captions" else 0.0)
-    job = args.out / "job.yaml"
-    job.write_text(yaml.safe_dump({"apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob",
-                                   "metadata": {"name": "concept", "namespace": "learn"}, "spec": spec}))
     if args.broken == "flip":
-        from lora_trainer.families.sd15 import SD15Family
-
-        SD15Family.noisy_and_target = flipped(SD15Family.noisy_and_target)  # this process only
+        family = family_class(family_of(base))
+        family.noisy_and_target = flipped(family.noisy_and_target)  # this process only
     started = time.monotonic()
-    if lora_train(["run", str(job)]) != 0:
-        return 1
-    lora = args.out / "storage/learn/concept/local/checkpoints/epoch-0001/diffusers"
+    lr, text_lr = RATES[args.base]
+    lora = train(args.out, base, data, args.steps, args.lr or lr, args.text_lr or text_lr,
+                 1.0 if args.broken == "captions" else 0.0)
     trained = time.monotonic() - started
     verdict = judge_lora(base, lora, SEEDS)
     print(f"trained in {trained:.0f}s; {verdict}; passed: {verdict.passed()}")

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .concept import images_of
+from .sampling import load_pipeline
 
 SCALE = 4
 LABEL_WIDTH = 90
@@ -22,9 +23,7 @@ GAP = 8
 def contact_sheet(base: Path, loras: list[tuple[str, Path]], trigger: str, control: str,
                   seeds: list[int]) -> Image.Image:
     """Sample the base and each (label, diffusers LoRA folder) in `loras`; returns the sheet."""
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(base)
+    pipe = load_pipeline(base)
     rows = [("base", images_of(pipe, [trigger, control], seeds))]
     for label, folder in loras:
         pipe.load_lora_weights(folder, adapter_name=label.replace(" ", "_"))

@@ -1,10 +1,13 @@
-"""Training learns: a LoRA trained through `lora-train run` moves the pretrained tiny base toward a concept it
-never saw, on its trigger word; the same job with the target's sign flipped does not.
+"""Training learns, for each training objective: a LoRA trained through `lora-train run` moves a pretrained tiny
+base toward a concept it never saw, on its trigger word, more than on other prompts, and keeps most of what
+the base drew for those; the same job with a broken objective does not pass.
 
-The base (tests/tinyworld, `make tinybase`) was pretrained on red, green, blue and yellow shapes; the
-concept is a magenta cross named "zxq". The judge reads the colour of each sample directly. What this
-checks today is the concept's *colour* on the trigger prompts: the base is still too weak for the full
-check (cross shape, prior kept; `python -m tinyworld.learn`, bench/RESULTS.md) to pass.
+The bases (tests/tinyworld, `make tinybase`) were pretrained on red, green, blue and yellow circles, squares
+and triangles: ``epsilon`` (noise prediction, SD1.5 topology) and ``flow`` (rectified flow, Flux topology).
+The concept is a magenta cross named "zxq". A judge reads colour, shape, position and background of each
+sample directly. The controls: the target's sign flipped (the objective a sign slip in the trainer would
+train), and every caption dropped (what a caption that never reaches the text encoder trains: the concept
+everywhere, or nowhere, but not on its trigger alone).
 """
 
 from __future__ import annotations
@@ -13,18 +16,20 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from lora_operator.api import ExitCode
-from lora_trainer.cli import main
-from lora_trainer.families.sd15 import SD15Family
 from tinyworld.cache import tinybase
-from tinyworld.concept import Readings, base_readings, judge_lora, write_concept_set
-from tinyworld.learn import flipped, job_spec
+from tinyworld.concept import Readings, Verdict, base_readings, judge_lora, write_concept_set
+from tinyworld.learn import RATES, family_class, family_of, flipped, train
 
 pytestmark = pytest.mark.trainer
 
 SEEDS = [0, 1, 2, 3]
+LEARNED = 0.625
+"""Share of trigger samples in the concept's colour a LoRA must reach (measured: 0.75 on both bases; the
+cross shape is not learned yet, bench/RESULTS.md)."""
+PRIOR_KEPT = 0.5
+"""Share of control samples whose colour, position and background stay the base's (measured 0.62-0.69:
+the LoRA leaks the concept's colour into prompts without the trigger, red turns magenta first)."""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,14 +41,20 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def base() -> Path:
-    return tinybase("epsilon")
+@pytest.fixture(scope="module", params=list(RATES))
+def base(request) -> Path:
+    return tinybase(request.param)
+
+
+def train_concept(tmp_path: Path, base: Path, data: Path, **options) -> Path:
+    """The base's concept job through `lora-train run` (`options`: caption_dropout); its diffusers LoRA."""
+    lr, text_lr = RATES[base.name.split("-")[0]]
+    return train(tmp_path, base, data, lr=lr, text_lr=text_lr, **options)
 
 
 @pytest.fixture(scope="module")
 def before(base) -> Readings:
-    """The judge's readings of the base's own samples (shared by the tests)."""
+    """The judge's readings of the base's own samples (shared by the tests of one base)."""
     return base_readings(base, SEEDS)
 
 
@@ -52,25 +63,34 @@ def concept_dir(tmp_path_factory) -> Path:
     return write_concept_set(tmp_path_factory.mktemp("concept") / "zxq")
 
 
-def train_concept(tmp_path: Path, base: Path, data: Path) -> Path:
-    """Train a LoRA (UNet and text encoder) on the concept through the CLI; returns its diffusers folder."""
-    spec = job_spec(base, data, tmp_path / "storage", steps=200, lr=5e-3, text_lr=5e-3, caption_dropout=0.0)
-    job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump({"apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob",
-                                   "metadata": {"name": "concept", "namespace": "learn"}, "spec": spec}))
-    assert main(["run", str(job)]) == ExitCode.SUCCESS
-    return tmp_path / "storage/learn/concept/local/checkpoints/epoch-0001/diffusers"
+def magenta(readings) -> float:
+    """Share of `readings` in the concept's colour."""
+    return sum(r.colour == "magenta" for r in readings) / len(readings)
 
 
-def test_a_lora_draws_the_concepts_colour_on_its_trigger(tmp_path, base, before, concept_dir):
+def learned_on_its_trigger(verdict: Verdict) -> bool:
+    """The concept check: its colour on the trigger, most of the prior kept, more on the trigger than elsewhere."""
+    return (verdict.learned_colour >= LEARNED and verdict.prior_kept >= PRIOR_KEPT
+            and verdict.learned_colour - verdict.control_colour >= 0.25)
+
+
+def test_a_lora_learns_the_concepts_colour_on_its_trigger_and_keeps_most_of_the_prior(tmp_path, base, before,
+                                                                                      concept_dir):
     verdict = judge_lora(base, train_concept(tmp_path, base, concept_dir), SEEDS, before)
     print(verdict)
-    assert verdict.learned_colour >= 0.5, verdict
-    assert sum(r.colour == "magenta" for r in before.trigger) / len(before.trigger) <= 0.25  # not the base's doing
+    assert magenta(before.trigger) <= 0.25  # not the base's doing
+    assert learned_on_its_trigger(verdict), verdict
 
 
 def test_a_flipped_target_sign_learns_nothing(tmp_path, base, before, concept_dir, monkeypatch):
-    monkeypatch.setattr(SD15Family, "noisy_and_target", flipped(SD15Family.noisy_and_target))
+    family = family_class(family_of(base))
+    monkeypatch.setattr(family, "noisy_and_target", flipped(family.noisy_and_target))
     verdict = judge_lora(base, train_concept(tmp_path, base, concept_dir), SEEDS, before)
     print(verdict)
     assert verdict.learned_colour < 0.25, verdict
+
+
+def test_captions_that_never_reach_the_text_encoder_fail_the_check(tmp_path, base, before, concept_dir):
+    verdict = judge_lora(base, train_concept(tmp_path, base, concept_dir, caption_dropout=1.0), SEEDS, before)
+    print(verdict)
+    assert not learned_on_its_trigger(verdict), verdict

@@ -8,6 +8,7 @@ import pytest
 
 from tinyworld.cache import tinybase
 from tinyworld.pretrain import Recipe
+from tinyworld.pretrain_flux import FluxRecipe
 
 pytestmark = pytest.mark.trainer
 
@@ -38,3 +39,18 @@ def test_the_base_tokenizer_makes_each_world_word_one_token(tmp_path):
     tokenizer = CLIPTokenizer.from_pretrained(tinybase("quick", tmp_path, QUICK) / "tokenizer")
     assert all(len(tokenizer.tokenize(word)) == 1 for word in world_words())
     assert len(tokenizer.tokenize(TRIGGER)) == len(TRIGGER)  # the trigger was never a word of the world
+
+
+QUICK_FLOW = FluxRecipe(images=64, vae_steps=2, vae_batch=4, steps=2, batch=4)
+
+
+def test_the_flow_base_is_a_flux_pipeline_with_world_words_as_tokens(tmp_path):
+    from diffusers import FluxPipeline
+
+    from tinyworld.world import TRIGGER, world_words
+
+    folder = tinybase("quickflow", tmp_path, QUICK_FLOW)
+    pipe = FluxPipeline.from_pretrained(folder)  # the layout the trainer's flux family loads
+    assert pipe.vae.config.latent_channels == 16 and pipe.transformer.config.in_channels == 64
+    assert all(len(pipe.tokenizer_2.tokenize(word)) == 1 for word in world_words())
+    assert len(pipe.tokenizer_2.tokenize(TRIGGER)) > 1  # the trigger was never a word of the world
