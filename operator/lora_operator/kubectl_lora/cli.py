@@ -7,6 +7,7 @@ import io
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -16,7 +17,7 @@ from ..api.conditions import FINISHED_PHASES, Phase
 from ..api.contract import attempt_log_key
 from ..api.status import Attempt, JobStatus
 from ..selection import AUTO
-from . import checkpoints, overrides, sheet, tables, tags
+from . import checkpoints, estimates, overrides, sheet, tables, tags
 from .errors import CliError
 from .kube import Jobs
 from .objects import Objects, StorageOptions
@@ -30,7 +31,9 @@ def cmd_list(args: argparse.Namespace, jobs: Jobs) -> int:
     selector = tags.selector(args.selector, args.tag)
     items = jobs.list(all_namespaces=args.all_namespaces, selector=selector)
     if items:
-        print(tables.jobs_table(items, all_namespaces=args.all_namespaces))
+        now = datetime.now(UTC)
+        starts = estimates.queue_estimates(jobs.queue_jobs(items), jobs.nodes(), now)
+        print(tables.jobs_table(items, now, all_namespaces=args.all_namespaces, starts=starts))
         return 0
     where = "in any namespace" if args.all_namespaces else f"in namespace {jobs.namespace}"
     print(f"No LoraTrainingJobs {where}" + (f" match {selector!r}." if selector else "."))
@@ -240,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         return p
 
-    p = add("list", cmd_list, "NAME PHASE PROGRESS EPOCH QUEUE AGE", job=False)
+    p = add("list", cmd_list, "NAME PHASE PROGRESS EPOCH QUEUE STARTS AGE", job=False)
     p.add_argument("-A", "--all-namespaces", action="store_true", help="jobs of every namespace")
     p.add_argument("-l", "--selector", help="label selector, as kubectl's (e.g. team=a,stage!=test)")
     p.add_argument("--tag", action="append", default=[],

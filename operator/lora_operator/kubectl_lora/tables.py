@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from ..api.status import Attempt, CheckpointRecord, JobStatus, Progress
@@ -40,14 +40,22 @@ def format_age(created: str | None, now: datetime | None = None) -> str:
     return format_duration(((now or datetime.now(UTC)) - then).total_seconds())
 
 
+def format_start(start: datetime | None, now: datetime | None = None) -> str | None:
+    """An estimated start as a time from now: ``~now``, ``~12m``; None when unknown."""
+    if start is None:
+        return None
+    seconds = (start - (now or datetime.now(UTC))).total_seconds()
+    return "~now" if seconds < 1 else f"~{format_duration(seconds)}"
+
+
 def _percent(progress: Progress) -> int:
     if progress.total_steps:
         return min(100, int(100 * progress.step / progress.total_steps))
     return progress.percent
 
 
-def job_row(job: dict, now: datetime | None = None) -> list[object]:
-    """One row of ``list``: NAME PHASE PROGRESS EPOCH QUEUE AGE."""
+def job_row(job: dict, now: datetime | None = None, starts: Mapping[str, datetime] | None = None) -> list[object]:
+    """One row of ``list``: NAME PHASE PROGRESS EPOCH QUEUE STARTS AGE (``starts``: estimates by uid)."""
     status = JobStatus.model_validate(job.get("status") or {})
     meta = job.get("metadata", {})
     progress = status.progress
@@ -57,18 +65,21 @@ def job_row(job: dict, now: datetime | None = None) -> list[object]:
         f"{_percent(progress)}%" if progress else None,
         f"{progress.epoch}/{progress.total_epochs}" if progress and progress.total_epochs else None,
         status.queue_position,
+        format_start((starts or {}).get(meta.get("uid")), now),
         format_age(meta.get("creationTimestamp"), now),
     ]
 
 
-def jobs_table(jobs: Sequence[dict], now: datetime | None = None, all_namespaces: bool = False) -> str:
-    """The ``list`` table, sorted by name; with ``all_namespaces`` a NAMESPACE column first, as kubectl's -A."""
-    headers = ["NAME", "PHASE", "PROGRESS", "EPOCH", "QUEUE", "AGE"]
+def jobs_table(jobs: Sequence[dict], now: datetime | None = None, all_namespaces: bool = False,
+               starts: Mapping[str, datetime] | None = None) -> str:
+    """The ``list`` table, sorted by name; with ``all_namespaces`` a NAMESPACE column first, as kubectl's -A.
+    STARTS is the estimated start of a queued job (``starts``, by uid)."""
+    headers = ["NAME", "PHASE", "PROGRESS", "EPOCH", "QUEUE", "STARTS", "AGE"]
     if all_namespaces:
         ordered = sorted(jobs, key=lambda j: (j["metadata"].get("namespace", ""), j["metadata"]["name"]))
         return format_table(["NAMESPACE", *headers],
-                            [[j["metadata"].get("namespace"), *job_row(j, now)] for j in ordered])
-    rows = [job_row(j, now) for j in sorted(jobs, key=lambda j: j["metadata"]["name"])]
+                            [[j["metadata"].get("namespace"), *job_row(j, now, starts)] for j in ordered])
+    rows = [job_row(j, now, starts) for j in sorted(jobs, key=lambda j: j["metadata"]["name"])]
     return format_table(headers, rows)
 
 
