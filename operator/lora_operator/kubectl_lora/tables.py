@@ -48,7 +48,7 @@ def format_start(start: datetime | None, now: datetime | None = None) -> str | N
     return "~now" if seconds < 1 else f"~{format_duration(seconds)}"
 
 
-def _percent(progress: Progress) -> int:
+def percent(progress: Progress) -> int:
     if progress.total_steps:
         return min(100, int(100 * progress.step / progress.total_steps))
     return progress.percent
@@ -62,7 +62,7 @@ def job_row(job: dict, now: datetime | None = None, starts: Mapping[str, datetim
     return [
         meta.get("name"),
         status.phase.value,
-        f"{_percent(progress)}%" if progress else None,
+        f"{percent(progress)}%" if progress else None,
         f"{progress.epoch}/{progress.total_epochs}" if progress and progress.total_epochs else None,
         status.queue_position,
         format_start((starts or {}).get(meta.get("uid")), now),
@@ -70,11 +70,14 @@ def job_row(job: dict, now: datetime | None = None, starts: Mapping[str, datetim
     ]
 
 
+JOB_HEADERS = ("NAME", "PHASE", "PROGRESS", "EPOCH", "QUEUE", "STARTS", "AGE")
+
+
 def jobs_table(jobs: Sequence[dict], now: datetime | None = None, all_namespaces: bool = False,
                starts: Mapping[str, datetime] | None = None) -> str:
     """The ``list`` table, sorted by name; with ``all_namespaces`` a NAMESPACE column first, as kubectl's -A.
     STARTS is the estimated start of a queued job (``starts``, by uid)."""
-    headers = ["NAME", "PHASE", "PROGRESS", "EPOCH", "QUEUE", "STARTS", "AGE"]
+    headers = list(JOB_HEADERS)
     if all_namespaces:
         ordered = sorted(jobs, key=lambda j: (j["metadata"].get("namespace", ""), j["metadata"]["name"]))
         return format_table(["NAMESPACE", *headers],
@@ -83,26 +86,41 @@ def jobs_table(jobs: Sequence[dict], now: datetime | None = None, all_namespaces
     return format_table(headers, rows)
 
 
-def attempts_table(attempts: Sequence[Attempt]) -> str:
-    """Every trainer pod of a job: number, pod, node, reason, exit code, whether it counted."""
-    rows = [[a.number, a.pod, a.node, a.reason, a.exit_code, "yes" if a.counted else "no", a.message]
+ATTEMPT_HEADERS = ("#", "POD", "NODE", "REASON", "EXIT", "COUNTED", "MESSAGE")
+CHECKPOINT_HEADERS = ("NAME", "EPOCH", "STEP", "FORMATS", "VAL LOSS", "BEST")
+
+
+def attempt_rows(attempts: Sequence[Attempt]) -> list[list[object]]:
+    """Every trainer pod of a job (columns `ATTEMPT_HEADERS`): number, pod, node, reason, exit code, counted."""
+    return [[a.number, a.pod, a.node, a.reason, a.exit_code, "yes" if a.counted else "no", a.message]
             for a in attempts]
-    return format_table(["#", "POD", "NODE", "REASON", "EXIT", "COUNTED", "MESSAGE"], rows)
 
 
-def checkpoints_table(checkpoints: Sequence[CheckpointRecord], best: str | None, selected: str | None) -> str:
-    """One row per checkpoint name (formats joined); ``*`` marks the lowest validation loss."""
+def attempts_table(attempts: Sequence[Attempt]) -> str:
+    """`attempt_rows` as text."""
+    return format_table(ATTEMPT_HEADERS, attempt_rows(attempts))
+
+
+def checkpoint_rows(checkpoints: Sequence[CheckpointRecord], best: str | None,
+                    selected: str | None) -> list[list[object]]:
+    """One row per checkpoint name (columns `CHECKPOINT_HEADERS`, formats joined); ``*`` marks the
+    lowest validation loss."""
     by_name: dict[str, list[CheckpointRecord]] = {}
     for record in checkpoints:
         by_name.setdefault(record.name, []).append(record)
-    rows = []
+    rows: list[list[object]] = []
     for name, records in sorted(by_name.items(), key=lambda item: item[1][0].epoch):
         first = records[0]
         loss = next((r.validation_loss for r in records if r.validation_loss is not None), None)
         marks = ("*" if name == best else "") + (" (selected)" if name == selected else "")
         rows.append([name, first.epoch, first.step, ",".join(r.format for r in records),
                      None if loss is None else f"{loss:.4f}", marks.strip() or None])
-    return format_table(["NAME", "EPOCH", "STEP", "FORMATS", "VAL LOSS", "BEST"], rows)
+    return rows
+
+
+def checkpoints_table(checkpoints: Sequence[CheckpointRecord], best: str | None, selected: str | None) -> str:
+    """`checkpoint_rows` as text."""
+    return format_table(CHECKPOINT_HEADERS, checkpoint_rows(checkpoints, best, selected))
 
 
 def progress_line(status: JobStatus) -> str:
@@ -110,7 +128,7 @@ def progress_line(status: JobStatus) -> str:
     p = status.progress
     if p is None:
         return f"{status.phase.value}" + (f"  queue position {status.queue_position}" if status.queue_position else "")
-    parts = [status.phase.value, f"step {p.step}/{p.total_steps} ({_percent(p)}%)",
+    parts = [status.phase.value, f"step {p.step}/{p.total_steps} ({percent(p)}%)",
              f"epoch {p.epoch}/{p.total_epochs}"]
     parts.append("loss -" if p.loss is None else f"loss {p.loss:.4f}")
     parts.append("- it/s" if p.steps_per_second is None else f"{p.steps_per_second:.2f} it/s")
