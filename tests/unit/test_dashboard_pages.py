@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from lora_operator.kubectl_lora.cli import build_parser
-from lora_operator.kubectl_lora.ui import pages
+from lora_operator.kubectl_lora.errors import CliError
+from lora_operator.kubectl_lora.ui import newjob, pages
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -46,3 +49,42 @@ def test_detail_groups_previews_by_epoch_and_marks_best_and_selected_checkpoints
 def test_ui_takes_a_port():
     assert build_parser().parse_args(["ui", "--port", "9000", "-n", "x"]).port == 9000
     assert build_parser().parse_args(["ui"]).port == 8765
+
+
+TEMPLATE = {"kind": "ClusterLoraTrainingTemplate", "metadata": {"name": "sd15-character"},
+            "spec": {"description": "character", "type": "lora", "baseModel": {"family": "sd15", "uri": "s3://m/sd15"},
+                     "output": {"uri": "s3://loras/"}, "training": {"epochs": 10}}}
+
+
+def find(name: str) -> dict | None:
+    return TEMPLATE if name == "sd15-character" else None
+
+
+def test_new_job_form_sets_only_the_filled_fields_over_the_template():
+    form = {"name": "corgi", "template": "sd15-character", "datasetUri": "s3://datasets/corgi/",
+            "captionPrefix": "corgi dog, ", "tagsPrepend": "photo, dog", "epochs": "4", "unetLearningRate": "5e-5",
+            "alpha": "8", "prompts": "corgi dog on grass\n\n corgi dog, portrait \n", "dim": ""}
+    body = newjob.job_body(form, "team-a", find)
+    assert body["metadata"] == {"name": "corgi", "namespace": "team-a"}
+    assert body["spec"] == {"template": "sd15-character",
+                            "dataset": {"uri": "s3://datasets/corgi/", "captionPrefix": "corgi dog, ",
+                                        "tags": {"prepend": ["photo", "dog"]}},
+                            "training": {"epochs": 4, "unetLearningRate": 5e-5}, "network": {"alpha": 8.0},
+                            "previews": {"prompts": ["corgi dog on grass", "corgi dog, portrait"]}}
+    assert newjob.template_choices([TEMPLATE]) == [
+        {"name": "sd15-character", "kind": "ClusterLoraTrainingTemplate", "description": "character"}]
+
+
+@pytest.mark.parametrize(("form", "message"), [
+    ({"template": "sd15-character"}, "metadata.name: required"),
+    ({"name": "x"}, "spec.template: choose a template"),
+    ({"name": "x", "template": "nope"}, "spec.template: no LoraTrainingTemplate or ClusterLoraTrainingTemplate "
+                                        "named 'nope'"),
+    ({"name": "x", "template": "sd15-character", "epochs": "ten"}, "spec.training.epochs: 'ten' is not a number"),
+    ({"name": "x", "template": "sd15-character"}, "spec.dataset.uri: required (set it in the job or in its template)"),
+    ({"name": "x", "template": "sd15-character", "datasetUri": "s3://d/", "epochs": "0"}, "spec.training.epochs: "),
+])
+def test_new_job_form_names_the_field_of_a_bad_input(form, message):
+    with pytest.raises(CliError) as err:
+        newjob.job_body(form, "team-a", find)
+    assert str(err.value).startswith(message)

@@ -10,7 +10,8 @@ import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from ..api.resources import GROUP, VERSION, LoraTrainingJob
+from ..api.names import is_subdomain
+from ..api.resources import GROUP, VERSION, ClusterLoraTrainingTemplate, LoraTrainingJob, LoraTrainingTemplate
 from .errors import CliError
 
 PLURAL = LoraTrainingJob.PLURAL
@@ -146,6 +147,32 @@ class Jobs:
             raise CliError(f"cannot reach the API server at {self.api.api_client.configuration.host}: {err}") from err
         finally:
             w.stop()
+
+    def templates(self) -> list[dict]:
+        """The namespace's LoraTrainingTemplates, then the ClusterLoraTrainingTemplates (those RBAC lets one list)."""
+        found = [self.readable_or_none(self.api.list_namespaced_custom_object, GROUP, VERSION, self.namespace,
+                                       LoraTrainingTemplate.PLURAL),
+                 self.readable_or_none(self.api.list_cluster_custom_object, GROUP, VERSION,
+                                       ClusterLoraTrainingTemplate.PLURAL)]
+        return [item for listing in found if listing for item in listing["items"]]
+
+    def template(self, name: str) -> dict | None:
+        """The template a job's spec.template names, as the operator looks it up: the namespace's
+        LoraTrainingTemplate, else the ClusterLoraTrainingTemplate; None when neither exists."""
+        if not is_subdomain(name):
+            return None
+        for call, scope, plural in (
+                (self.api.get_namespaced_custom_object, (self.namespace,), LoraTrainingTemplate.PLURAL),
+                (self.api.get_cluster_custom_object, (), ClusterLoraTrainingTemplate.PLURAL)):
+            try:
+                return call(GROUP, VERSION, *scope, plural, name)
+            except ApiException as err:
+                if err.status not in (403, 404):
+                    raise CliError(f"API server refused: {err.status} {err.reason}: {_message(err)}") from err
+            except urllib3.exceptions.HTTPError as err:
+                raise CliError(f"cannot reach the API server at {self.api.api_client.configuration.host}: "
+                               f"{err}") from err
+        return None
 
     def list_with_version(self) -> tuple[list[dict], str | None]:
         """The namespace's jobs and the list's resourceVersion (where a watch starts)."""

@@ -29,7 +29,7 @@ from .. import actions, checkpoints, estimates
 from ..errors import CliError
 from ..kube import Jobs
 from ..objects import Objects
-from . import pages
+from . import newjob, pages
 from .live import JobFeed
 
 HERE = Path(__file__).parent
@@ -62,6 +62,8 @@ class Dashboard:
             Route("/", self.jobs_page),
             Route("/fragments/jobs", self.jobs_rows),
             Route("/events", self.events),
+            Route("/new", self.new_page),
+            Route("/new", self.create, methods=["POST"]),
             Route("/jobs/{name}", self.job_page),
             Route("/jobs/{name}/fragment", self.job_fragment),
             Route("/jobs/{name}/loss", self.loss),
@@ -141,6 +143,26 @@ class Dashboard:
             raise
         filename = f"{name}-{chosen}-{path.name}" if path.suffix != ".zip" else path.name
         return FileResponse(path, filename=filename, background=cleanup)
+
+    def new_page(self, request: Request) -> Response:
+        templates = newjob.template_choices(self.jobs.templates())
+        return self.templates.TemplateResponse(request, "new.html",
+                                               self._context(templates=templates, fields=newjob.FIELDS))
+
+    async def create(self, request: Request) -> Response:
+        """POST /new {name, template, fields}: check as the operator will resolve it, then create."""
+        try:
+            form = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "the request body is not JSON"}, status_code=400)
+        if not isinstance(form, dict):
+            return JSONResponse({"error": "the request body is not a JSON object"}, status_code=400)
+
+        def create() -> dict:
+            return self.jobs.create(newjob.job_body(form, self.jobs.namespace, self.jobs.template))
+
+        name = (await asyncio.to_thread(create))["metadata"]["name"]
+        return JSONResponse({"message": f"ltj/{name} created", "url": f"/jobs/{name}"})
 
     # -- live updates --------------------------------------------------------------------------
 

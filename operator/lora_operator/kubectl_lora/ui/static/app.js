@@ -120,3 +120,13 @@ function compareEpochs() {
   body.append(row);
   document.getElementById("viewer").showModal();
 }
+
+async function createJob(form) {
+  const fields = Object.fromEntries(new FormData(form).entries());
+  const response = await fetch("/new", {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(fields),
+  });
+  const answer = await response.json();
+  showMessage(answer.message || answer.error, !response.ok);
+  if (response.ok) window.location.href = answer.url;
+}
