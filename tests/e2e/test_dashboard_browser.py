@@ -11,6 +11,7 @@ inputs show the CLI's own message. Screenshots of each page go to the test's out
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import urllib.error
@@ -34,6 +35,8 @@ pytestmark = [
 ]
 REPO = Path(__file__).resolve().parents[2]
 NS = "ui"
+SHOTS_ENV = "LORA_UI_SCREENSHOTS"
+"""A folder for the screenshots (default: the test's temporary folder); docs/ui/ holds copies."""
 
 
 def demo_job(name: str) -> dict:
@@ -79,14 +82,14 @@ def dashboard(ground, tmp_path_factory):
     try:
         ground.wait_for(answers, timeout=60, what=f"the dashboard at {url} ({ui.tail()})")
         assert f"Dashboard of namespace {NS}: {url}/" in (work / "ui.log").read_text()
-        shots = work / "screenshots"
-        shots.mkdir()
+        shots = Path(os.environ.get(SHOTS_ENV) or work / "screenshots")
+        shots.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             yield url, shots, browser
             browser.close()
     finally:
-        print(f"\ndashboard screenshots and logs: {work}")
+        print(f"\ndashboard logs: {work}; screenshots: {os.environ.get(SHOTS_ENV) or work / 'screenshots'}")
         shim.stop()
         operator.stop()
         ui.stop()
@@ -221,4 +224,58 @@ def test_bad_inputs_show_the_cli_message_and_change_nothing(ground, dashboard, c
     assert refused.json() == {"error": "ltj/demo is Succeeded already; only an unfinished job can be cancelled"}
     assert job(ground, "demo")["spec"].get("selectedCheckpoint") == before
     assert "cancel" not in job(ground, "demo")["spec"]
+    page.close()
+
+
+def test_a_job_created_from_the_new_job_form_runs_to_succeeded(ground, dashboard):
+    url, shots, browser = dashboard
+    template = demo_job("tiny-demo")
+    template.update(kind="LoraTrainingTemplate")
+    template["spec"]["description"] = "the demo's tiny SD1.5 run"
+    ground.apply(template)
+
+    def jobs() -> list[str]:
+        return sorted(j["metadata"]["name"] for j in json.loads(
+            ground.kubectl("get", "ltj", "-n", NS, "-o", "json").stdout)["items"])
+
+    before = jobs()
+    page = browser.new_page(viewport={"width": 1280, "height": 1100})
+    page.goto(url + "/")
+    page.click("#new-link")
+    page.wait_for_selector("#new-job")
+    page.select_option("#template", "tiny-demo")
+    assert "the demo's tiny SD1.5 run" in page.inner_text("#template")
+
+    # Bad inputs: the field named, nothing created.
+    page.fill("#name", "from-form")
+    page.fill("#epochs", "one")
+    page.click("#create")
+    page.wait_for_selector("#message.error")
+    assert page.inner_text("#message") == "spec.training.epochs: 'one' is not a number"
+    page.fill("#epochs", "1")
+    page.fill("#name", "Not_A_Name")
+    page.click("#create")
+    page.wait_for_function("document.querySelector('#message').textContent.includes('Not_A_Name')")
+    refusal = page.inner_text("#message")
+    assert refusal.startswith("API server refused: 422") and "metadata.name" in refusal, refusal
+    missing = page.request.post(url + "/new", data={"name": "x", "template": "no-such-template"})
+    assert missing.status == 400
+    assert missing.json() == {
+        "error": "spec.template: no LoraTrainingTemplate or ClusterLoraTrainingTemplate named 'no-such-template'"}
+    assert jobs() == before
+
+    # A good one: one epoch, its own preview prompt; the page goes to the new job, which trains.
+    page.fill("#name", "from-form")
+    page.fill("#prompts", "TKXW, a corgi")
+    page.screenshot(path=shots / "new.png", full_page=True)
+    page.click("#create")
+    page.wait_for_url(url + "/jobs/from-form")
+    spec = job(ground, "from-form")["spec"]
+    defaults = {"priority": 0, "suspend": False}  # the CRD's, filled in by the API server
+    assert spec == {"template": "tiny-demo", "training": {"epochs": 1}, "previews": {"prompts": ["TKXW, a corgi"]},
+                    **{k: v for k, v in defaults.items() if k in spec}}
+    page.wait_for_function("document.querySelector('#phase').textContent.trim() == 'Succeeded'", timeout=300_000)
+    status = job(ground, "from-form")["status"]
+    assert sorted({c["name"] for c in status["checkpoints"]}) == ["epoch-0001"]
+    assert [p["prompt"] for p in status["previews"]] == ["TKXW, a corgi"]
     page.close()
