@@ -31,7 +31,8 @@ def cmd_list(args: argparse.Namespace, jobs: Jobs) -> int:
     items = jobs.list(all_namespaces=args.all_namespaces, selector=selector)
     if items:
         now = datetime.now(UTC)
-        starts = estimates.queue_estimates(jobs.queue_jobs(items), jobs.nodes(), now)
+        everyone = items if args.all_namespaces and not selector else jobs.queue_jobs(items)
+        starts = estimates.queue_estimates(everyone, jobs.nodes(), now)
         print(tables.jobs_table(items, now, all_namespaces=args.all_namespaces, starts=starts))
         return 0
     where = "in any namespace" if args.all_namespaces else f"in namespace {jobs.namespace}"

@@ -12,6 +12,7 @@ import json
 import mimetypes
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from functools import partial
@@ -33,6 +34,8 @@ from . import newjob, pages
 from .live import JobFeed
 
 HERE = Path(__file__).parent
+CLUSTER_VIEW_SECONDS = 10.0
+"""How long the other namespaces' jobs and the nodes, listed for the estimated starts, are reused."""
 KEEPALIVE_SECONDS = 15.0
 """A comment line this often keeps proxies and the browser from closing an idle event stream."""
 
@@ -50,6 +53,7 @@ class Dashboard:
         self.objects = objects
         self.feed = JobFeed(jobs)
         self.templates = Jinja2Templates(directory=HERE / "templates")
+        self._view: tuple[float, list[dict], list[dict] | None] | None = None
 
     def app(self) -> Starlette:
         @contextlib.asynccontextmanager
@@ -80,9 +84,17 @@ class Dashboard:
         """The job from the watch's cache, else from the API server (CliError when it is not there)."""
         return next((j for j in self.feed.snapshot() if j["metadata"]["name"] == name), None) or self.jobs.get(name)
 
+    def _cluster_view(self) -> tuple[list[dict], list[dict] | None]:
+        """Other namespaces' jobs and the nodes (as far as RBAC lets one list them), at most
+        CLUSTER_VIEW_SECONDS old: every page render needs them, the watch covers only this namespace."""
+        if self._view is None or time.monotonic() - self._view[0] > CLUSTER_VIEW_SECONDS:
+            others = [j for j in self.jobs.queue_jobs([]) if j["metadata"].get("namespace") != self.jobs.namespace]
+            self._view = (time.monotonic(), others, self.jobs.nodes())
+        return self._view[1], self._view[2]
+
     def _starts(self, now: datetime) -> dict[str, datetime]:
-        visible = self.feed.snapshot()
-        return estimates.queue_estimates(self.jobs.queue_jobs(visible), self.jobs.nodes(), now)
+        others, nodes = self._cluster_view()
+        return estimates.queue_estimates(others + self.feed.snapshot(), nodes, now)
 
     def _summaries(self) -> list[dict]:
         now = datetime.now(UTC)
