@@ -224,6 +224,23 @@ def test_bad_inputs_show_the_cli_message_and_change_nothing(ground, dashboard, c
     assert refused.json() == {"error": "ltj/demo is Succeeded already; only an unfinished job can be cancelled"}
     assert job(ground, "demo")["spec"].get("selectedCheckpoint") == before
     assert "cancel" not in job(ground, "demo")["spec"]
+
+    # Retrain with changes: a bad change gets the CLI's message and creates nothing; a good one
+    # creates the new job from the resolved spec and goes to its page.
+    page.fill("#retrain-set", "training.epochs=zero")
+    page.click("#retrain-button")
+    page.wait_for_function("document.querySelector('#message').textContent.startsWith('spec.training.epochs')")
+    assert kubectl_lora(["retrain", "demo", "--set", "training.epochs=zero", *flags]) == 1
+    assert page.inner_text("#message") == capsys.readouterr().err.strip().removeprefix("error: ")
+    page.fill("#retrain-set", "network.dim=8\ntraining.epochs=1")
+    page.fill("#retrain-name", "demo-dim8")
+    page.click("#retrain-button")
+    page.wait_for_url(url + "/jobs/demo-dim8")
+    ground.kubectl("patch", "ltj", "demo-dim8", "-n", NS, "--type=merge", "-p", '{"spec":{"cancel":true}}')
+    retrained = job(ground, "demo-dim8")
+    assert retrained["metadata"]["annotations"]["lora-operator.io/retrained-from"] == "demo"
+    assert retrained["spec"]["network"]["dim"] == 8 and retrained["spec"]["training"]["epochs"] == 1
+    finished(ground, "demo-dim8")
     page.close()
 
 

@@ -1,13 +1,15 @@
-"""The changes a person makes to a job (select, cancel, suspend, resume): checked, applied, and
+"""The changes a person makes to a job (select, cancel, suspend, resume, retrain): checked, applied, and
 described in one sentence. The CLI prints the sentence; the dashboard shows it; both show a
 refusal's CliError the same way."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..api.conditions import FINISHED_PHASES
 from ..api.status import JobStatus
 from ..selection import AUTO
-from . import checkpoints
+from . import checkpoints, overrides
 from .errors import CliError
 from .kube import Jobs
 
@@ -61,3 +63,22 @@ def cancel(jobs: Jobs, name: str) -> str:
         jobs.patch_spec(name, {"cancel": True})
     return (f"ltj/{name} cancelled: its trainer pod stops; the checkpoints of finished epochs stay in storage "
             f"and in its status (kubectl lora describe {name})")
+
+
+def retrain(jobs: Jobs, name: str, assignments: Sequence[str], new_name: str | None) -> tuple[str, str]:
+    """A new job from a finished one's resolvedSpec with ``path=value`` changes; returns the
+    sentence and the new job's name.
+
+    Raises:
+        CliError: The job is not finished or has no resolved spec, a change is malformed or gives
+            a spec that is not valid (naming the field), or the name is taken or refused.
+    """
+    source = jobs.get(name)
+    status = _status(source)
+    if status.phase not in FINISHED_PHASES:
+        raise CliError(f"ltj/{name} is {status.phase.value}; retrain a finished job")
+    if not status.resolved_spec:
+        raise CliError(f"ltj/{name} has no status.resolvedSpec to retrain from")
+    spec = overrides.apply_overrides(status.resolved_spec, assignments)
+    created = jobs.create(overrides.retrain_body(source, spec, new_name))["metadata"]["name"]
+    return f"ltj/{created} created from ltj/{name}", created

@@ -16,7 +16,7 @@ from PIL import Image
 from ..api.conditions import FINISHED_PHASES, Phase
 from ..api.contract import attempt_log_key
 from ..api.status import Attempt, JobStatus
-from . import actions, checkpoints, estimates, overrides, sheet, tables, tags
+from . import actions, checkpoints, estimates, sheet, tables, tags
 from .errors import CliError
 from .kube import Jobs
 from .objects import Objects, StorageOptions
@@ -173,15 +173,7 @@ def cmd_cancel(args: argparse.Namespace, jobs: Jobs) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace, jobs: Jobs) -> int:
-    source = jobs.get(args.job)
-    status = _status(source)
-    if status.phase not in FINISHED_PHASES:
-        raise CliError(f"ltj/{args.job} is {status.phase.value}; retrain a finished job")
-    if not status.resolved_spec:
-        raise CliError(f"ltj/{args.job} has no status.resolvedSpec to retrain from")
-    spec = overrides.apply_overrides(status.resolved_spec, args.set)
-    created = jobs.create(overrides.retrain_body(source, spec, args.name))
-    print(f"ltj/{created['metadata']['name']} created from ltj/{args.job}")
+    print(actions.retrain(jobs, args.job, args.set, args.name)[0])
     return 0
 
 

@@ -200,13 +200,20 @@ class Dashboard:
     # -- actions --------------------------------------------------------------------------------
 
     async def act(self, request: Request) -> Response:
-        """POST select {checkpoint}, cancel, suspend or resume: the CLI's checks and sentence."""
+        """POST select {checkpoint}, cancel, suspend, resume or retrain {set, name}: the CLI's checks and sentence."""
         name, action = request.path_params["name"], request.path_params["action"]
         try:
             body = await request.json() if await request.body() else {}
         except ValueError:
             return JSONResponse({"error": "the request body is not JSON"}, status_code=400)
-        checkpoint = str(body.get("checkpoint") or "").strip() if isinstance(body, dict) else ""
+        if not isinstance(body, dict):
+            return JSONResponse({"error": "the request body is not a JSON object"}, status_code=400)
+        if action == "retrain":
+            changes = [line.strip() for line in str(body.get("set") or "").splitlines() if line.strip()]
+            message, created = await asyncio.to_thread(
+                actions.retrain, self.jobs, name, changes, str(body.get("name") or "").strip() or None)
+            return JSONResponse({"message": message, "url": f"/jobs/{created}"})
+        checkpoint = str(body.get("checkpoint") or "").strip()
         handlers = {"select": partial(actions.select, self.jobs, name, checkpoint),
                     "cancel": partial(actions.cancel, self.jobs, name),
                     "suspend": partial(actions.suspend, self.jobs, name, True),

@@ -121,12 +121,21 @@ function compareEpochs() {
   document.getElementById("viewer").showModal();
 }
 
-async function createJob(form) {
+// A form's fields as JSON to `url`; on success the page goes where the answer says.
+async function submitForm(url, form) {
   const fields = Object.fromEntries(new FormData(form).entries());
-  const response = await fetch("/new", {
+  const response = await fetch(url, {
     method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(fields),
   });
   const answer = await response.json();
   showMessage(answer.message || answer.error, !response.ok);
   if (response.ok) window.location.href = answer.url;
+}
+
+function createJob(form) {
+  return submitForm("/new", form);
+}
+
+function retrain(form) {
+  return submitForm("/jobs/" + encodeURIComponent(JOB) + "/retrain", form);
 }
