@@ -14,8 +14,8 @@ PYTEST := $(BIN)/pytest -p no:cacheprovider
 
 setup: apt venv tools  ## everything the tests and the demo need
 
-apt:  ## Debian packages: openssl for the test ground's PKI, lua for the Argo CD health check test
-	@missing=""; for p in openssl lua5.4; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+apt:  ## Debian packages: openssl for the test ground's PKI, lua for the Argo CD health check test, chromium for the dashboard's browser tests
+	@missing=""; for p in openssl lua5.4 chromium; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt-get install$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

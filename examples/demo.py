@@ -66,6 +66,17 @@ def before_after_sheet(ground: Ground, base: Path, checkpoints: list[dict], work
     return OUT / "sheet.png"
 
 
+def offer_dashboard(ground: Ground) -> None:
+    """Print the `kubectl lora ui` command for this run; where a person ran the demo, keep the
+    cluster up for it until Enter (CI, with no terminal, tears down at once)."""
+    m = ground.minio
+    print("== the dashboard of this run (while the cluster is up):\n"
+          f"   kubectl lora ui --kubeconfig {ground.kubeconfig} -n {NAMESPACE} --s3-endpoint {m.endpoint} "
+          f"--access-key {m.access_key} --secret-key {m.secret_key} --no-s3-secure")
+    if sys.stdin.isatty():
+        input("   then open http://127.0.0.1:8765/ ; press Enter here to tear the cluster down ")
+
+
 def main() -> int:
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="lora-demo-"))
@@ -123,6 +134,7 @@ def main() -> int:
               f" '{CONTROL_PROMPTS[0]}' right): {sheet}")
         print(f"== done in {time.monotonic() - started:.0f}s: pick an epoch with "
               f"`kubectl patch ltj demo --type=merge -p '{{\"spec\":{{\"selectedCheckpoint\":\"epoch-0002\"}}}}'`")
+        offer_dashboard(ground)
         return 0
     finally:
         if shim:

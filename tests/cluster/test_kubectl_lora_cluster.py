@@ -101,7 +101,7 @@ def lora(ground, setup, *args: str, storage: bool = True) -> list[str]:
 def test_list_shows_the_finished_job(ground, setup, done, capsys):
     assert main(lora(ground, setup, "list")) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["NAME", "PHASE", "PROGRESS", "EPOCH", "QUEUE", "AGE"]
+    assert lines[0].split() == ["NAME", "PHASE", "PROGRESS", "EPOCH", "QUEUE", "STARTS", "AGE"]
     row = next(line.split() for line in lines if line.startswith("done "))
     assert row[:5] == ["done", "Succeeded", "100%", "2/2", "-"]
 

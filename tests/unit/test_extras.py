@@ -11,7 +11,8 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-LAPTOP_MODULES = ["lora_operator.kubectl_lora.cli", "lora_trainer.cli", "lora_trainer.upload"]
+LAPTOP_MODULES = ["lora_operator.kubectl_lora.cli", "lora_operator.kubectl_lora.ui",
+                  "lora_trainer.cli", "lora_trainer.upload"]
 
 
 def requirement_name(requirement: str) -> str:

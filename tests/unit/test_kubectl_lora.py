@@ -51,9 +51,9 @@ def test_list_table_shows_phase_progress_epoch_queue_and_age():
     queued = {"metadata": {"name": "a", "creationTimestamp": "2025-01-01T11:59:30Z"},
               "status": {"phase": "Queued", "queuePosition": 2}}
     lines = jobs_table([running, queued], now).splitlines()
-    assert lines[0].split() == ["NAME", "PHASE", "PROGRESS", "EPOCH", "QUEUE", "AGE"]
-    assert lines[1].split() == ["a", "Queued", "-", "-", "2", "30s"]
-    assert lines[2].split() == ["b", "Running", "25%", "1/4", "-", "5m0s"]
+    assert lines[0].split() == ["NAME", "PHASE", "PROGRESS", "EPOCH", "QUEUE", "STARTS", "AGE"]
+    assert lines[1].split() == ["a", "Queued", "-", "-", "2", "-", "30s"]
+    assert lines[2].split() == ["b", "Running", "25%", "1/4", "-", "-", "5m0s"]
     assert format_age(None) == "-"
 
 
@@ -198,7 +198,7 @@ def test_list_table_with_all_namespaces_has_a_namespace_column_sorted_by_it():
     jobs = [{"metadata": {"name": n, "namespace": ns, "creationTimestamp": "2025-01-01T11:59:00Z"},
              "status": {"phase": "Queued"}} for ns, n in (("b", "a"), ("a", "z"))]
     lines = jobs_table(jobs, now, all_namespaces=True).splitlines()
-    assert lines[0].split() == ["NAMESPACE", "NAME", "PHASE", "PROGRESS", "EPOCH", "QUEUE", "AGE"]
+    assert lines[0].split() == ["NAMESPACE", "NAME", "PHASE", "PROGRESS", "EPOCH", "QUEUE", "STARTS", "AGE"]
     assert [line.split()[:2] for line in lines[1:]] == [["a", "z"], ["b", "a"]]
 
 

@@ -191,6 +191,8 @@ def run_upload(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         print(f"  skipped {skipped.file}: {skipped.reason}")
     for warning in plan.warnings:
         print(f"  warning: {warning}")
+    for line in plan.report.lines() if plan.report else ():
+        print(line)
     print(f"training plan ({'the job' if args.job else 'default training settings'}, one GPU; "
           f"auto steps divide by the GPUs): {plan.steps}")
     if args.dry_run:

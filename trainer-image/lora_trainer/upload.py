@@ -25,6 +25,7 @@ from lora_operator.storage import ObjectStore
 
 from .data import prepare_dataset
 from .data.discover import REPEATS_FILE, SIDECAR_SUFFIXES
+from .dataset_report import DatasetReport, build_report
 from .schedule import Plan, count_steps
 
 
@@ -39,6 +40,7 @@ class UploadPlan:
         warnings: The preparation's warnings (cut captions, repeats.json naming no image...).
         files: Paths relative to the folder, in upload order.
         steps: How many steps a job trains on it, and how they were counted (one GPU).
+        report: Near-duplicates, upscaled images, buckets, captions and the trigger.
     """
 
     usable: int
@@ -46,6 +48,7 @@ class UploadPlan:
     warnings: list[str]
     files: list[str] = field(default_factory=list)
     steps: str = ""
+    report: DatasetReport | None = None
 
 
 def plan_upload(root: Path, dataset: Dataset, family: ModelFamily, training: Training | None = None) -> UploadPlan:
@@ -73,7 +76,8 @@ def plan_upload(root: Path, dataset: Dataset, family: ModelFamily, training: Tra
     plan = Plan.make(steps, training.epochs)
     return UploadPlan(usable=len(used), skipped=prepared.skipped, warnings=prepared.warnings,
                       files=list(dict.fromkeys(files)),  # a.png and a.jpg share a.txt: send it once
-                      steps=f"{text}; {plan.epochs} epochs of {plan.steps_per_epoch} steps")
+                      steps=f"{text}; {plan.epochs} epochs of {plan.steps_per_epoch} steps",
+                      report=build_report(prepared.train + prepared.validation, settings))
 
 
 def _sidecars(image: Path) -> list[Path]:

@@ -112,6 +112,14 @@ class PreviewRecord(ApiModel):
     """All previews of the epoch in one image."""
 
 
+class QueueStatus(ApiModel):
+    """Where a queued job stands."""
+
+    estimated_start_time: str | None = None
+    """When the job is expected to start (RFC 3339): the queue played forward on the running jobs'
+    ETAs; unset when unknown (it fits no node, or waits behind a run of unknown length)."""
+
+
 class JobOutput(ApiModel):
     """The finalized result."""
 
@@ -134,6 +142,8 @@ class JobStatus(ApiModel):
     """Admitted, Running, Suspended, Succeeded, Failed, Resolved."""
     queue_position: int | None = None
     """1-based place in the queue while Queued."""
+    queue: QueueStatus | None = None
+    """While Queued: the estimated start time."""
     node: str | None = None
     """The GPU node of the current attempt."""
     gpus: int | None = None

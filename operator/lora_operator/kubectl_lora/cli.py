@@ -7,6 +7,7 @@ import io
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -15,8 +16,7 @@ from PIL import Image
 from ..api.conditions import FINISHED_PHASES, Phase
 from ..api.contract import attempt_log_key
 from ..api.status import Attempt, JobStatus
-from ..selection import AUTO
-from . import checkpoints, overrides, sheet, tables, tags
+from . import actions, checkpoints, estimates, sheet, tables, tags
 from .errors import CliError
 from .kube import Jobs
 from .objects import Objects, StorageOptions
@@ -30,7 +30,10 @@ def cmd_list(args: argparse.Namespace, jobs: Jobs) -> int:
     selector = tags.selector(args.selector, args.tag)
     items = jobs.list(all_namespaces=args.all_namespaces, selector=selector)
     if items:
-        print(tables.jobs_table(items, all_namespaces=args.all_namespaces))
+        now = datetime.now(UTC)
+        everyone = items if args.all_namespaces and not selector else jobs.queue_jobs(items)
+        starts = estimates.queue_estimates(everyone, jobs.nodes(), now)
+        print(tables.jobs_table(items, now, all_namespaces=args.all_namespaces, starts=starts))
         return 0
     where = "in any namespace" if args.all_namespaces else f"in namespace {jobs.namespace}"
     print(f"No LoraTrainingJobs {where}" + (f" match {selector!r}." if selector else "."))
@@ -114,30 +117,13 @@ def cmd_pull(args: argparse.Namespace, jobs: Jobs) -> int:
 
 
 def cmd_select(args: argparse.Namespace, jobs: Jobs) -> int:
-    status = _status(jobs.get(args.job))
-    names = checkpoints.checkpoint_names(status.checkpoints)
-    if args.checkpoint not in (*names, AUTO):
-        known = ", ".join(names) or "none"
-        raise CliError(f"ltj/{args.job} has no checkpoint {args.checkpoint!r} (checkpoints: {known})")
-    jobs.patch_spec(args.job, {"selectedCheckpoint": args.checkpoint})
-    print(f"ltj/{args.job} selectedCheckpoint set to {args.checkpoint}")
+    print(actions.select(jobs, args.job, args.checkpoint))
     return 0
 
 
 def cmd_suspend(args: argparse.Namespace, jobs: Jobs) -> int:
     """`suspend` / `resume`: set spec.suspend; the operator stops the pod, or queues the job again."""
-    suspend = args.command == "suspend"
-    job = jobs.get(args.job)
-    phase = _status(job).phase
-    if phase in FINISHED_PHASES:
-        raise CliError(f"ltj/{args.job} is {phase.value}; only an unfinished job can be "
-                       f"{'suspended' if suspend else 'resumed'}")
-    if bool(job.get("spec", {}).get("suspend")) == suspend:
-        print(f"ltj/{args.job} is already {'suspended' if suspend else 'not suspended'}")
-        return 0
-    jobs.patch_spec(args.job, {"suspend": suspend})
-    print(f"ltj/{args.job} suspended: its trainer pod stops and it keeps its place until resumed" if suspend
-          else f"ltj/{args.job} resumed: it queues again and continues from its last saved state")
+    print(actions.suspend(jobs, args.job, args.command == "suspend"))
     return 0
 
 
@@ -182,27 +168,20 @@ def cmd_logs(args: argparse.Namespace, jobs: Jobs) -> int:
 
 def cmd_cancel(args: argparse.Namespace, jobs: Jobs) -> int:
     """`cancel`: set spec.cancel; the operator ends the job as Cancelled and keeps its finished epochs."""
-    job = jobs.get(args.job)
-    phase = _status(job).phase
-    if phase in FINISHED_PHASES:
-        raise CliError(f"ltj/{args.job} is {phase.value} already; only an unfinished job can be cancelled")
-    if not job.get("spec", {}).get("cancel"):
-        jobs.patch_spec(args.job, {"cancel": True})
-    print(f"ltj/{args.job} cancelled: its trainer pod stops; the checkpoints of finished epochs stay in storage "
-          f"and in its status (kubectl lora describe {args.job})")
+    print(actions.cancel(jobs, args.job))
     return 0
 
 
 def cmd_retrain(args: argparse.Namespace, jobs: Jobs) -> int:
-    source = jobs.get(args.job)
-    status = _status(source)
-    if status.phase not in FINISHED_PHASES:
-        raise CliError(f"ltj/{args.job} is {status.phase.value}; retrain a finished job")
-    if not status.resolved_spec:
-        raise CliError(f"ltj/{args.job} has no status.resolvedSpec to retrain from")
-    spec = overrides.apply_overrides(status.resolved_spec, args.set)
-    created = jobs.create(overrides.retrain_body(source, spec, args.name))
-    print(f"ltj/{created['metadata']['name']} created from ltj/{args.job}")
+    print(actions.retrain(jobs, args.job, args.set, args.name)[0])
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace, jobs: Jobs) -> int:
+    """`ui`: the dashboard on 127.0.0.1, acting with this kubeconfig and these storage keys."""
+    from .ui import serve  # the web stack loads only for this command
+
+    serve(jobs, _objects(args), args.port)
     return 0
 
 
@@ -240,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         return p
 
-    p = add("list", cmd_list, "NAME PHASE PROGRESS EPOCH QUEUE AGE", job=False)
+    p = add("list", cmd_list, "NAME PHASE PROGRESS EPOCH QUEUE STARTS AGE", job=False)
     p.add_argument("-A", "--all-namespaces", action="store_true", help="jobs of every namespace")
     p.add_argument("-l", "--selector", help="label selector, as kubectl's (e.g. team=a,stage!=test)")
     p.add_argument("--tag", action="append", default=[],
@@ -263,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attempt", type=int, help="attempt number (default: the last; see describe)")
     p.add_argument("-f", "--follow", action="store_true", help="stream the live pod's log until it ends")
     add("cancel", cmd_cancel, "end a job as Cancelled, keeping its finished epochs (spec.cancel)")
+    p = add("ui", cmd_ui, "the dashboard: a web page on 127.0.0.1 with live progress, previews, picking", job=False)
+    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default: 8765)")
     p = add("retrain", cmd_retrain, "new job from a finished one's resolvedSpec with --set overrides")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                    help="camelCase dotted path and YAML value, e.g. training.unetLearningRate=5e-5 (repeatable)")

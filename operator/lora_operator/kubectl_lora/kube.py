@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from ..api.resources import GROUP, VERSION, LoraTrainingJob
+from ..api.names import is_subdomain
+from ..api.resources import GROUP, VERSION, ClusterLoraTrainingTemplate, LoraTrainingJob, LoraTrainingTemplate
 from .errors import CliError
 
 PLURAL = LoraTrainingJob.PLURAL
@@ -95,6 +96,88 @@ class Jobs:
                 raise CliError(f"ltj/{body['metadata'].get('name')} already exists in namespace "
                                f"{self.namespace}") from err
             raise
+
+
+    def readable_or_none(self, fn, *args, **kwargs) -> Any:
+        """``fn(*args)``, or None when RBAC forbids it (the caller then does without)."""
+        try:
+            return fn(*args, **kwargs)
+        except ApiException as err:
+            if err.status in (401, 403):
+                return None
+            raise CliError(f"API server refused: {err.status} {err.reason}: {_message(err)}") from err
+        except urllib3.exceptions.HTTPError as err:
+            raise CliError(f"cannot reach the API server at {self.api.api_client.configuration.host}: {err}") from err
+
+    def queue_jobs(self, fallback: list[dict]) -> list[dict]:
+        """Every namespace's jobs (they share the nodes), or ``fallback`` when not allowed to list them."""
+        found = self.readable_or_none(self.api.list_cluster_custom_object, GROUP, VERSION, PLURAL)
+        return fallback if found is None else found["items"]
+
+    def nodes(self) -> list[dict] | None:
+        """The cluster's nodes as dicts, or None when not allowed to list them."""
+        core = client.CoreV1Api(self.api.api_client)
+        found = self.readable_or_none(core.list_node, _preload_content=False)
+        return None if found is None else json.loads(found.data)["items"]
+
+    def events(self, name: str) -> list[dict]:
+        """The Events of job ``name``, oldest first ([] when not allowed to read them)."""
+        core = client.CoreV1Api(self.api.api_client)
+        found = self.readable_or_none(core.list_namespaced_event, self.namespace, _preload_content=False,
+                                      field_selector=f"involvedObject.name={name},involvedObject.kind=LoraTrainingJob")
+        items = [] if found is None else json.loads(found.data)["items"]
+        return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+
+    def watch(self, resource_version: str | None, timeout_seconds: int) -> Iterator[tuple[str, dict]]:
+        """``(type, job)`` for each change of the namespace's jobs after ``resource_version``, for up
+        to ``timeout_seconds``. A 410 (the version expired) is a CliError: list again."""
+        w = watch.Watch()
+        kwargs = {"timeout_seconds": timeout_seconds, "allow_watch_bookmarks": False}
+        if resource_version:
+            kwargs["resource_version"] = resource_version
+        try:
+            for event in w.stream(self.api.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
+                                  **kwargs):
+                if event["type"] == "ERROR":
+                    raise CliError(f"watch ended: {event['object'].get('message')}")
+                yield event["type"], event["object"]
+        except ApiException as err:
+            raise CliError(f"API server refused the watch: {err.status} {err.reason}: {_message(err)}") from err
+        except urllib3.exceptions.HTTPError as err:
+            raise CliError(f"cannot reach the API server at {self.api.api_client.configuration.host}: {err}") from err
+        finally:
+            w.stop()
+
+    def templates(self) -> list[dict]:
+        """The namespace's LoraTrainingTemplates, then the ClusterLoraTrainingTemplates (those RBAC lets one list)."""
+        found = [self.readable_or_none(self.api.list_namespaced_custom_object, GROUP, VERSION, self.namespace,
+                                       LoraTrainingTemplate.PLURAL),
+                 self.readable_or_none(self.api.list_cluster_custom_object, GROUP, VERSION,
+                                       ClusterLoraTrainingTemplate.PLURAL)]
+        return [item for listing in found if listing for item in listing["items"]]
+
+    def template(self, name: str) -> dict | None:
+        """The template a job's spec.template names, as the operator looks it up: the namespace's
+        LoraTrainingTemplate, else the ClusterLoraTrainingTemplate; None when neither exists."""
+        if not is_subdomain(name):
+            return None
+        for call, scope, plural in (
+                (self.api.get_namespaced_custom_object, (self.namespace,), LoraTrainingTemplate.PLURAL),
+                (self.api.get_cluster_custom_object, (), ClusterLoraTrainingTemplate.PLURAL)):
+            try:
+                return call(GROUP, VERSION, *scope, plural, name)
+            except ApiException as err:
+                if err.status not in (403, 404):
+                    raise CliError(f"API server refused: {err.status} {err.reason}: {_message(err)}") from err
+            except urllib3.exceptions.HTTPError as err:
+                raise CliError(f"cannot reach the API server at {self.api.api_client.configuration.host}: "
+                               f"{err}") from err
+        return None
+
+    def list_with_version(self) -> tuple[list[dict], str | None]:
+        """The namespace's jobs and the list's resourceVersion (where a watch starts)."""
+        found = self._call("", self.api.list_namespaced_custom_object)
+        return found["items"], found.get("metadata", {}).get("resourceVersion")
 
 
 def _message(err: ApiException) -> str:

@@ -3,6 +3,7 @@
 Entry point: `schedule(queued, nodes, pods, now, gpu_type_label=...) -> Plan`.
 """
 
+from .estimate import RunningJob, estimated_starts
 from .fit import fits, resource_toleration, tolerated, unmatched
 from .model import Admission, GpuNode, Plan, QueuedJob, Taint, Toleration, TrainerPod
 from .order import queue_order
@@ -13,9 +14,11 @@ __all__ = [
     "GpuNode",
     "Plan",
     "QueuedJob",
+    "RunningJob",
     "Taint",
     "Toleration",
     "TrainerPod",
+    "estimated_starts",
     "fits",
     "unmatched",
     "node_limit",
