@@ -107,7 +107,7 @@ def test_steps_is_int_or_auto():
 
 def test_enums_bounds_and_maps_survive():
     nodes = dict(walk(schema_of(JOB_FILE)))
-    assert nodes["spec.baseModel.family"]["enum"] == ["sd15", "sdxl", "flux"]
+    assert nodes["spec.baseModel.family"]["enum"] == ["sd15", "sdxl", "flux", "z-image", "qwen-image"]
     assert nodes["spec.network.alpha"]["minimum"] == 0 and nodes["spec.network.alpha"]["exclusiveMinimum"] is True
     assert nodes["spec.dataset.autoCaption.threshold"]["exclusiveMaximum"] is True
     assert nodes["spec.placement.nodeSelector"]["additionalProperties"] == {"type": "string", "maxLength": 63}
@@ -223,5 +223,5 @@ def test_explain_text_states_defaults_ranges_values_and_labels(path, needles):
 
 def test_choices_the_docstring_names_already_are_not_listed_twice():
     nodes = dict(walk(schema_of(JOB_FILE)))
-    assert nodes["spec.baseModel.family"]["description"] == "sd15, sdxl or flux."
+    assert nodes["spec.baseModel.family"]["description"] == "sd15, sdxl, flux, z-image or qwen-image."
     assert "Range" not in nodes["status.phase"].get("description", "")  # status: users do not write it

@@ -201,6 +201,7 @@ class LoraRecipe:
         if t.cache_latents:
             self.progress.phase("caching")
             self._precache()
+        self._cache_text_and_release()
 
     def _gradient_checkpointing(self) -> None:
         megapixels = max(h * w for h, w in (s.target_size for s in self.samples)) / 1e6
@@ -227,6 +228,20 @@ class LoraRecipe:
             chunk = list(range(start, min(start + self.training.batch_size, len(self.samples))))
             same = [i for i in chunk if self.samples[i].target_size == self.samples[chunk[0]].target_size]
             self.encoder.latents([(i, False) for i in same], [self.samples[i] for i in same])
+
+    def _cache_text_and_release(self) -> None:
+        """With the text side frozen and captions deterministic, encode every caption the run will use
+        (training, class and validation images) once, then move the text encoders off the GPU."""
+        if self.adapter.trains_text or not self.encoder.cache_text:
+            return
+        rng = random.Random(self.training.seed)  # unused: deterministic captions draw nothing
+        captions = [self._caption(s, rng) for s in self.samples] + [self._validation_caption(s)
+                                                                    for s in self.data.validation]
+        self.encoder.precache_text(captions)
+        self.encoder.release_text_encoders()
+
+    def _validation_caption(self, sample: Sample) -> str:
+        return self.adapter.prepare_caption(", ".join(self.builder.tags(sample.caption)))
 
     # ------------------------------------------------------------------ train
     def train(self) -> Manifest:
@@ -326,7 +341,7 @@ class LoraRecipe:
         captions = [self._caption(s, rng) for s in samples]
         cond = self.encoder.text(captions, grad=text_now)
         noise = make_noise(latents, self.training, gen)
-        timesteps = self.family.sample_timesteps(self.parts, len(samples), gen)
+        timesteps = self.family.sample_timesteps(self.parts, len(samples), gen, latent_shape=tuple(latents.shape))
         weights = self.family.loss_weights(self.parts, timesteps, self.training.min_snr_gamma)
         weights = weights * torch.tensor([self.reg_weight if s.regularization else 1.0 for s in samples])
         timesteps = upload(timesteps, latents.device)
@@ -365,10 +380,12 @@ class LoraRecipe:
         self.parts.denoiser.eval()
         losses = []
         for j, sample in enumerate(self.data.validation):
-            caption = self.adapter.prepare_caption(", ".join(self.builder.tags(sample.caption)))
             latents = self.family.encode_images(self.parts, _pixels_batch(sample, self.device)).float()
-            cond = self.family.encode_prompts(self.parts, [caption])
-            timesteps = self.family.fixed_timesteps(self.parts, VALIDATION_TIMESTEPS)
+            caption = self._validation_caption(sample)
+            # Released text encoders: the caption was cached before (with the text side frozen it cannot change).
+            cond = (self.encoder.text([caption], grad=False) if self.encoder.released
+                    else self.family.encode_prompts(self.parts, [caption]))
+            timesteps = self.family.fixed_timesteps(self.parts, VALIDATION_TIMESTEPS, latent_shape=tuple(latents.shape))
             gen = torch.Generator().manual_seed(draw_seed(self.training.seed, -1 - j))
             latents = latents.expand(len(timesteps), *latents.shape[1:])
             noise = torch.randn(latents.shape, generator=gen).to(latents)
@@ -387,7 +404,7 @@ class LoraRecipe:
             self.save_checkpoint(epoch, step, val)
         every = self.spec.previews.every_epochs
         if self.main and every and (epoch % every == 0 or last):
-            with eager():
+            with eager(), self.encoder.text_encoders_on_device():
                 entries = render_previews(self.family, self.parts, self.spec.previews,
                                           preview_prompts(self.spec.previews, self.data, self.builder), epoch,
                                           preview_size(self.spec.previews, self.data), self.outputs)

@@ -98,6 +98,26 @@ FAMILIES: dict[str, FamilyRow] = {
             pipeline="FluxPipeline", prediction="flow",
             trainer="lora_trainer.families.flux:FluxFamily",
         ),
+        # Z-Image (Tongyi-MAI/Z-Image, 6B single-stream DiT, Qwen3-4B text, Flux.1's 16-channel VAE). Steps:
+        # ai-toolkit's train_lora_zimage_base_32gb.yaml trains 3000 steps ("2500-3000 typical"), reached here
+        # at 25 images. LoRA only: no convolutions in the transformer, no CLIP token embedding.
+        FamilyRow(
+            name="z-image", text_encoders=("qwen3-4b",), latent_channels=16, latent_dims=2, resolution=1024,
+            sizes=((1024, 1024), (768, 1024), (1024, 768)), steps=StepPreset(per_image=100, base=500, up_to=25),
+            adapters=("lora",), formats=("kohya", "diffusers"),
+            pipeline="ZImagePipeline", prediction="flow",
+            trainer="lora_trainer.families.z_image:ZImageFamily",
+        ),
+        # Qwen-Image (Qwen/Qwen-Image, 20B MMDiT, Qwen2.5-VL-7B text). Its VAE is a video VAE: latents are
+        # (B, 16, T, H, W), one frame for an image, hence latent_dims 3. Steps: ai-toolkit's
+        # train_lora_qwen_image_24gb.yaml trains 2000 ("500 - 4000 is a good range"), reached at 25 images.
+        FamilyRow(
+            name="qwen-image", text_encoders=("qwen2.5-vl-7b",), latent_channels=16, latent_dims=3, resolution=1024,
+            sizes=((1024, 1024), (768, 1024), (1024, 768)), steps=StepPreset(per_image=60, base=500, up_to=25),
+            adapters=("lora",), formats=("kohya", "diffusers"),
+            pipeline="QwenImagePipeline", prediction="flow",
+            trainer="lora_trainer.families.qwen_image:QwenImageFamily",
+        ),
     )
 }
 """Every family, in the order the CRD enum and the docs list them."""

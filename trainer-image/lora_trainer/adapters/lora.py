@@ -80,6 +80,10 @@ class LoraAdapter:
              "params": trainable(list(parts.denoiser.parameters()))}
         ]
         self.trains_text = text_encoder_trains(training)
+        if self.trains_text and not family.trainable_text_encoders:
+            raise ConfigError(f"training.textEncoderLearningRate: {family.family} trains no text-encoder LoRA (its "
+                              "LLM text encoder stays frozen, as in every trainer, and no UI loads one); set it or "
+                              "training.textEncoderRatio to 0")
         if self.trains_text:
             text_params = []
             encoders = parts.text_encoders[: family.trainable_text_encoders]

@@ -151,11 +151,13 @@ class Family(Protocol):
     def encode_images(self, parts: Components, pixels: torch.Tensor) -> torch.Tensor:
         """Latents (scaled) of images in [-1, 1], shape (B, 3, H, W)."""
 
-    def sample_timesteps(self, parts: Components, n: int, generator: torch.Generator) -> torch.Tensor:
-        """Random training timesteps."""
+    def sample_timesteps(self, parts: Components, n: int, generator: torch.Generator,
+                         latent_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Random training timesteps for a batch of latents of `latent_shape` (a resolution-dependent
+        shift reads the size from it)."""
 
-    def fixed_timesteps(self, parts: Components, n: int) -> torch.Tensor:
-        """Evenly spread timesteps (validation loss)."""
+    def fixed_timesteps(self, parts: Components, n: int, latent_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Evenly spread timesteps (validation loss) for latents of `latent_shape`."""
 
     def noisy_and_target(
         self, parts: Components, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
