@@ -47,7 +47,7 @@ from PIL import Image  # noqa: E402
 
 from bench.trainer_measure import Samples, count_flops, dense_bf16_peak, gpu_name, timed  # noqa: E402
 from bench.trainer_models import full_size_loader, tiny_model  # noqa: E402
-from bench.trainer_reference import ReferenceLoop  # noqa: E402
+from bench.trainer_reference import REFERENCE_FAMILIES, ReferenceLoop  # noqa: E402
 from lora_trainer.speed import eager, training_attention  # noqa: E402
 
 TINY_RESOLUTION = 32
@@ -67,7 +67,10 @@ CASES = {
     "sd15-512": Case("sd15", 512, (1, 4)),
     "sdxl-1024": Case("sdxl", 1024, (1, 4)),
     "flux-1024": Case("flux", 1024, (1, 2)),
+    "z-image-1024": Case("z-image", 1024, (1, 2)),
+    "qwen-image-1024": Case("qwen-image", 1024, (1,)),
 }
+"""z-image and qwen-image have no diffusers example loop to compare with: their cases time ours only."""
 
 
 def write_dataset(folder: Path, n: int, size: int) -> Path:
@@ -130,7 +133,7 @@ class Bench:
         self.cached = self.recipe.encoder
         self.uncached = type(self.cached)(self.recipe.family, self.recipe.train_parts, self.recipe.device,
                                           cache_latents=False, cache_text=False)
-        self.reference = ReferenceLoop(self.recipe)
+        self.reference = ReferenceLoop(self.recipe) if case.family in REFERENCE_FAMILIES else None
         self.step = 0
         self.ref_index = 0
 
@@ -244,6 +247,8 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         by_key.setdefault((r["case"], r["batch"]), {})[r["row"]] = r
     for (case, batch), found in by_key.items():
+        if "reference" not in found:  # a family without a reference loop
+            continue
         entry: dict[str, Any] = {"case": case, "batch": batch}
         for key, suffix in (("median_s", ""), ("cpu_median_s", "_cpu_time")):
             ref = found["reference"][key]
@@ -381,9 +386,10 @@ def run_cases(args: argparse.Namespace, device: torch.device, peak: float | None
             with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
                 bench = Bench(case, batch, args.tiny, device, Path(tmp), args.resolution,
                               {"gradientCheckpointing": args.gradient_checkpointing, "compile": args.compile})
+                rows = rows_wanted if bench.reference else [r for r in rows_wanted if r != "reference"]
                 try:
                     with sdpa_backend(args.sdpa):
-                        results += measure(bench, rows_wanted, args.warmup, args.steps, peak)
+                        results += measure(bench, rows, args.warmup, args.steps, peak)
                         if args.profile:
                             try:
                                 profiles[f"{key} bs{batch}"] = profile_ours(bench)

@@ -18,6 +18,7 @@ import torch
 
 from lora_trainer.families import Components
 from tinymodels import build_tiny_model, write_clip_tokenizer, write_t5_tokenizer
+from tinymodels.parts import write_qwen_tokenizer
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -29,23 +30,28 @@ def _classes() -> dict[str, Any]:
 
     names = {
         diffusers: ["UNet2DConditionModel", "FluxTransformer2DModel", "AutoencoderKL", "DDPMScheduler",
-                    "FlowMatchEulerDiscreteScheduler"],
-        transformers: ["CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel"],
+                    "FlowMatchEulerDiscreteScheduler", "ZImageTransformer2DModel", "QwenImageTransformer2DModel",
+                    "AutoencoderKLQwenImage"],
+        transformers: ["CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel", "Qwen3Model",
+                       "Qwen2_5_VLForConditionalGeneration"],
     }
     return {name: getattr(module, name) for module, names_ in names.items() for name in names_}
 
 
 def load_config(family: str) -> dict[str, Any]:
-    """The full-size component configs of `family` (sd15, sdxl or flux)."""
+    """The full-size component configs of `family` (a file of bench/configs/, e.g. sd15, z-image)."""
     return json.loads((CONFIGS / f"{family}.json").read_text())
 
 
 def _tokenizer(kind: str, max_length: int, folder: Path) -> Any:
-    from transformers import CLIPTokenizer, T5TokenizerFast
+    from transformers import AutoTokenizer, CLIPTokenizer, T5TokenizerFast
 
     if kind == "clip":
         write_clip_tokenizer(folder)
         tokenizer = CLIPTokenizer.from_pretrained(folder)
+    elif kind == "qwen":  # Qwen2.5-VL and Qwen3: byte-level BPE with Qwen's chat tokens and template
+        write_qwen_tokenizer(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     else:
         write_t5_tokenizer(folder)
         tokenizer = T5TokenizerFast.from_pretrained(folder)
@@ -75,7 +81,7 @@ def build_full_size(family: str, folder: Path, dtype: torch.dtype, device: torch
     """Random-weight full-size components of `family` on `device`.
 
     Args:
-        family: sd15, sdxl or flux.
+        family: A family with a config in bench/configs/.
         folder: Where the tokenizers are written (and the `folder` of the components).
         dtype: Dtype of the frozen weights (the recipe's resolved precision).
         device: Where the weights are created.

@@ -308,8 +308,8 @@ class LoraRecipe:
         t = self.training
         text_now = self.adapter.trains_text and (step <= self.text_steps or not self.adapter.text_ratio_applies)
         self.adapter.set_text_training(text_now)
-        if step == self.text_steps + 1:
-            self.encoder.forget_text()
+        if self.adapter.trains_text and step == self.text_steps + 1:
+            self.encoder.forget_text()  # embeddings cached while the text LoRA trained are stale
         loss = None
         for k in range(t.gradient_accumulation):
             index = micro_batch_index(step, k, t.gradient_accumulation, self.world, self.rank)
