@@ -151,21 +151,38 @@ def test_diffusers_reads_the_qwen_image_comfyui_file_to_the_trained_outputs(runs
                                rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("named", ["folder", "name_or_path"])
-def test_a_z_image_turbo_checkpoint_is_refused_naming_the_base_model(named, tmp_path, tiny_models):
+@pytest.mark.parametrize("named", ["hf_cache_folder", "name_or_path"])
+def test_a_distilled_z_image_folder_is_refused_naming_the_base_model(named, tmp_path, tiny_models, dataset_dir):
+    """The trainer's check of the model folder (the URI itself names nothing: a link, a renamed copy)."""
     import json
 
     from lora_trainer.errors import ModelError
-    from lora_trainer.families import get_family
 
-    folder = tmp_path / ("Z-Image-Turbo" if named == "folder" else "model")
+    folder = tmp_path / ("models--Tongyi-MAI--Z-Image-Turbo/snapshots/0123" if named == "hf_cache_folder" else "m")
     shutil.copytree(tiny_models("z-image"), folder)
     if named == "name_or_path":
         index = json.loads((folder / "model_index.json").read_text())
         (folder / "model_index.json").write_text(json.dumps({**index, "_name_or_path": "Tongyi-MAI/Z-Image-Turbo"}))
-    with pytest.raises(ModelError, match=r"baseModel.uri: .*Turbo.*Tongyi-MAI/Z-Image instead"):
-        get_family("z-image").load(folder, torch.float32)
-    get_family("z-image").load(tiny_models("z-image"), torch.float32)  # the base loads
+    link = tmp_path / "model"
+    link.symlink_to(folder)
+    spec = base_spec("z-image", link, dataset_dir, tmp_path / "out")
+    with pytest.raises(ModelError, match=r"baseModel.uri: .*Turbo.* train on the base model Tongyi-MAI/Z-Image"):
+        run_recipe_for(tmp_path, spec, setup_only=True)
+
+
+def test_a_distilled_z_image_uri_is_refused_before_the_job_starts(tmp_path):
+    from lora_operator.api import SpecError, resolve_spec
+
+    spec = base_spec("z-image", tmp_path, tmp_path, tmp_path / "out")
+    spec["baseModel"]["uri"] = "s3://models/z_image_turbo_bf16.safetensors"
+    with pytest.raises(SpecError, match=r"baseModel.uri.*Z-Image-Turbo.*Tongyi-MAI/Z-Image instead"):
+        resolve_spec(spec)
+    spec["baseModel"]["uri"] = "hf://Tongyi-MAI/Z-Image"
+    assert resolve_spec(spec).base_model.family == "z-image"
+    spec["baseModel"]["uri"] = "s3://turbo-lab/z-image/"  # "turbo" alone names no Z-Image-Turbo
+    assert resolve_spec(spec).base_model.uri == "s3://turbo-lab/z-image/"
+    spec["baseModel"] = {"family": "flux", "uri": "hf://someone/z-image-turbo-like"}  # only z-image has the rule
+    assert resolve_spec(spec).base_model.family == "flux"
 
 
 @pytest.mark.parametrize("family", FAMILIES)

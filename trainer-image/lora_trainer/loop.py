@@ -36,6 +36,7 @@ from .encode import Encoder
 from .errors import ConfigError, NanLossError
 from .export import file_digest
 from .families import get_family
+from .families.base import refuse_distilled
 from .noise import make_noise
 from .optim import build_optimizer, build_scheduler
 from .outputs import Outputs
@@ -175,6 +176,7 @@ class LoraRecipe:
             total_steps=self.plan.total_steps, skipped=list(self.data.skipped),
         ))
 
+        refuse_distilled(spec.base_model.family, self.inputs.model_dir)
         self.parts = self.family.load(self.inputs.model_dir, weight_dtype)
         for module in self.parts.frozen_modules():
             module.requires_grad_(False)

@@ -7,6 +7,7 @@ register a throwaway row with `register` (and take it out again with `unregister
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -42,6 +43,30 @@ class StepPreset:
 
 
 @dataclass(frozen=True)
+class DistilledVariant:
+    """A step-distilled checkpoint of a family that a LoRA must not be trained on directly (it breaks the
+    distillation): a base model URI naming it is refused, naming the base to train on instead.
+
+    Attributes:
+        name: The distilled variant, e.g. Z-Image-Turbo.
+        pattern: Case-insensitive regex searched in ``baseModel.uri``.
+        base: The undistilled checkpoint to train on, e.g. Tongyi-MAI/Z-Image.
+    """
+
+    name: str
+    pattern: str
+    base: str
+
+    def problem(self, uri: str) -> tuple[str, str] | None:
+        """("baseModel.uri", why) when `uri` names the distilled variant, else None."""
+        if not re.search(self.pattern, uri, re.IGNORECASE):
+            return None
+        return ("baseModel.uri", f"{uri} is {self.name}, a step-distilled model: a LoRA trained directly on it "
+                                 f"breaks the distillation; train on the base model {self.base} instead (its "
+                                 f"LoRAs load on {self.name} too)")
+
+
+@dataclass(frozen=True)
 class FamilyRow:
     """Everything outside the trainer's family module needs to know about a family.
 
@@ -58,6 +83,7 @@ class FamilyRow:
         pipeline: The diffusers pipeline class its previews use.
         prediction: What the denoiser predicts: epsilon (or v, from the scheduler config) or flow.
         trainer: ``module:Class`` of its trainer family (in the trainer image).
+        distilled: Its distilled variant, refused as a base model (None: none).
     """
 
     name: str
@@ -72,6 +98,7 @@ class FamilyRow:
     pipeline: str
     prediction: str
     trainer: str
+    distilled: DistilledVariant | None = None
 
 
 FAMILIES: dict[str, FamilyRow] = {
@@ -107,6 +134,8 @@ FAMILIES: dict[str, FamilyRow] = {
             adapters=("lora",), formats=("kohya", "diffusers"),
             pipeline="ZImagePipeline", prediction="flow",
             trainer="lora_trainer.families.z_image:ZImageFamily",
+            distilled=DistilledVariant(name="Z-Image-Turbo", pattern=r"z[-_ ]?image[-_ ]?turbo",
+                                       base="Tongyi-MAI/Z-Image"),
         ),
         # Qwen-Image (Qwen/Qwen-Image, 20B MMDiT, Qwen2.5-VL-7B text). Its VAE is a video VAE: latents are
         # (B, 16, T, H, W), one frame for an image, hence latent_dims 3. Steps: ai-toolkit's

@@ -60,16 +60,15 @@ def _is_not_type(types: tuple[str, ...]) -> str:
 
 
 def _family_type_rules() -> list[dict]:
-    """A type the family's row does not offer (`api.families`), when the object names both."""
+    """A type the family's row does not offer (`api.families`), when the object names both: one rule per
+    (type, family), so the apiserver's message names the one family as the operator's does."""
     rules = []
     for adapter in AdapterType:
-        without = families_without(adapter)
-        if without:
-            names = ", ".join(f"'{name}'" for name in without)
+        for family in families_without(adapter):
             rules.append(rule(
                 f"!has(self.type) || self.type != '{adapter}' || !has(self.baseModel) || "
-                f"!has(self.baseModel.family) || !(self.baseModel.family in [{names}])",
-                f"spec.type: {adapter} is not available for family {' or '.join(without)}", ".type",
+                f"!has(self.baseModel.family) || self.baseModel.family != '{family}'",
+                f"spec.type: {adapter} is not available for family {family}", ".type",
             ))
     return rules
 

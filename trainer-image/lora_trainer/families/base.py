@@ -8,6 +8,7 @@ never branches on which one it holds.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -178,6 +179,30 @@ class Family(Protocol):
 
     def pipeline_kwargs(self, previews: Previews) -> dict[str, Any]:
         """Extra call arguments of the pipeline for previews."""
+
+
+def refuse_distilled(family: str, folder: Path) -> None:
+    """Refuse a model folder of `family`'s distilled variant (its row's ``distilled``): the folder's path
+    (a file:// path, the Hugging Face cache's ``models--org--name``) or the name any of its configs was saved
+    from (``_name_or_path``) names it. An s3:// model is cached under a hash: the operator checks its URI.
+
+    Raises:
+        ModelError: naming the base variant to train on instead.
+    """
+    from lora_operator.api.families import family_row
+
+    variant = family_row(family).distilled
+    if variant is None:
+        return
+    names = [str(folder.resolve())]
+    for config in [folder / "model_index.json", *folder.glob("*/config.json")]:
+        try:
+            names.append(str(json.loads(config.read_text()).get("_name_or_path", "")))
+        except (OSError, ValueError):
+            continue
+    for name in names:
+        if problem := variant.problem(name):
+            raise ModelError(": ".join(problem))
 
 
 def load_part(loader: Any, folder: Path, subfolder: str, **kwargs: Any) -> Any:
