@@ -18,6 +18,7 @@ import torch
 
 from lora_trainer.families import Components
 from tinymodels import build_tiny_model, write_clip_tokenizer, write_t5_tokenizer
+from tinymodels.parts import write_qwen_tokenizer
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -29,20 +30,29 @@ def _classes() -> dict[str, Any]:
 
     names = {
         diffusers: ["UNet2DConditionModel", "FluxTransformer2DModel", "AutoencoderKL", "DDPMScheduler",
-                    "FlowMatchEulerDiscreteScheduler", "Flux2Transformer2DModel", "AutoencoderKLFlux2"],
+                    "FlowMatchEulerDiscreteScheduler", "Flux2Transformer2DModel", "AutoencoderKLFlux2",
+                    "ZImageTransformer2DModel", "QwenImageTransformer2DModel", "AutoencoderKLQwenImage"],
         transformers: ["CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel", "Qwen3ForCausalLM",
-                       "Mistral3ForConditionalGeneration"],
+                       "Mistral3ForConditionalGeneration", "Qwen3Model", "Qwen2_5_VLForConditionalGeneration"],
     }
     return {name: getattr(module, name) for module, names_ in names.items() for name in names_}
 
 
 def load_config(name: str) -> dict[str, Any]:
-    """The full-size component configs `name` (a family, or a variant such as flux2-klein-9b)."""
+    """The full-size component configs `name` (a file of bench/configs/: a family, or a variant such as
+    flux2-klein-9b)."""
     return json.loads((CONFIGS / f"{name}.json").read_text())
 
 
 def _tokenizer(kind: str, max_length: int, folder: Path) -> Any:
-    from transformers import AutoProcessor, CLIPTokenizer, PreTrainedTokenizerFast, Qwen2TokenizerFast, T5TokenizerFast
+    from transformers import (
+        AutoProcessor,
+        AutoTokenizer,
+        CLIPTokenizer,
+        PreTrainedTokenizerFast,
+        Qwen2TokenizerFast,
+        T5TokenizerFast,
+    )
 
     from tinymodels.flux2 import write_byte_tokenizer
 
@@ -57,6 +67,9 @@ def _tokenizer(kind: str, max_length: int, folder: Path) -> Any:
     if kind == "clip":
         write_clip_tokenizer(folder)
         tokenizer = CLIPTokenizer.from_pretrained(folder)
+    elif kind == "qwen":  # Qwen2.5-VL and Qwen3: byte-level BPE with Qwen's chat tokens and template
+        write_qwen_tokenizer(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     else:
         write_t5_tokenizer(folder)
         tokenizer = T5TokenizerFast.from_pretrained(folder)
@@ -86,7 +99,7 @@ def build_full_size(family: str, folder: Path, dtype: torch.dtype, device: torch
     """Random-weight full-size components of `family` on `device`.
 
     Args:
-        family: A config name: sd15, sdxl, flux, flux2, flux2-klein (4B), flux2-klein-9b.
+        family: A family with a config in bench/configs/.
         folder: Where the tokenizers are written (and the `folder` of the components).
         dtype: Dtype of the frozen weights (the recipe's resolved precision).
         device: Where the weights are created.

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 
 ADAPTER = "reference"
+REFERENCE_FAMILIES = ("sd15", "sdxl", "flux")
+"""The families a diffusers example loop exists for here (the others' bench cases time ours only)."""
 
 
 def to_tensor(image: Any) -> torch.Tensor:

@@ -100,3 +100,37 @@ def test_the_memory_estimate_plans_flux2_on_an_80gb_gpu(bench_trainer):
     assert lines["flux-1024"].endswith("bf16 base, no checkpointing")  # as measured on an H100 (RESULTS.md)
     on_40 = main(["--gpu-gib", "40", "--case", "flux2-1024"]).splitlines()[2]
     assert on_40.endswith("nf4 base, gradient checkpointing")
+
+
+# Parameters of the public checkpoints (model cards / safetensors totals): Z-Image 6.15B transformer with
+# Qwen3-4B (4.02B); Qwen-Image 20.43B transformer with Qwen2.5-VL-7B-Instruct (8.29B, vision tower included).
+PUBLISHED_PARAMETERS = {"z-image": {"denoiser": 6.15e9, "text_encoder_0": 4.02e9},
+                        "qwen-image": {"denoiser": 20.43e9, "text_encoder_0": 8.29e9}}
+
+
+@pytest.mark.parametrize("family", list(PUBLISHED_PARAMETERS))
+def test_full_size_configs_have_the_published_parameter_counts(bench_trainer, family):
+    import torch
+    from bench.trainer_models import _classes, _module, load_config
+
+    spec, classes = load_config(family), _classes()
+    entries = {"denoiser": spec["denoiser"], **{f"text_encoder_{i}": e for i, e in enumerate(spec["text_encoders"])}}
+    for name, published in PUBLISHED_PARAMETERS[family].items():
+        entry = entries[name]
+        module = _module(classes[entry["class"]], entry["config"], torch.device("meta"), torch.bfloat16)
+        assert sum(p.numel() for p in module.parameters()) == pytest.approx(published, rel=0.005), name
+
+
+@pytest.mark.parametrize("case", ["z-image-1024", "qwen-image-1024"])
+def test_the_new_family_cases_construct_and_step_on_the_tiny_model(bench_trainer, case, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU smoke needs a process without a GPU (the recipe would pick it); see make bench-gpu")
+    bench = bench_trainer.Bench(bench_trainer.CASES[case], 1, True, torch.device("cpu"), tmp_path)
+    try:
+        assert bench.reference is None and bench.recipe.family.family == bench_trainer.CASES[case].family
+        bench.prepare("ours")
+        assert torch.isfinite(torch.as_tensor(float(bench.run("ours"))))
+    finally:
+        bench.close()

@@ -1,7 +1,8 @@
 """Parts every tiny model shares: character-level tokenizers, a two-layer CLIP, a small VAE, DDPM.
 
 The tokenizers are written from scratch (nothing is downloaded): CLIP gets a byte-level BPE vocabulary
-with no merges (every character is a token), T5 a Unigram model over single characters.
+with no merges (every character is a token), T5 a Unigram model over single characters, and the Qwen
+LLM encoders (Qwen2.5-VL, Qwen3) the same byte-level vocabulary with Qwen's chat special tokens.
 """
 
 from __future__ import annotations
@@ -44,6 +45,33 @@ def write_clip_tokenizer(folder: Path) -> None:
         vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), pad_token="<|endoftext|>",
         model_max_length=77,
     )
+    tokenizer.save_pretrained(folder)
+
+
+QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+"""Qwen's chat layout (what Qwen3's template renders for a user turn; Z-Image's pipeline applies it)."""
+QWEN_VOCAB_SIZE = 520
+"""256 byte tokens + 3 specials, rounded up: the Qwen tiny configs' vocab_size."""
+
+
+def write_qwen_tokenizer(folder: Path) -> None:
+    """Write a Qwen2 tokenizer (byte-level BPE, no merges) with <|endoftext|>, <|im_start|>, <|im_end|> and a
+    chat template, as the Qwen2.5-VL and Qwen3 tokenizers have."""
+    from transformers import Qwen2Tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {c: i for i, c in enumerate(_bytes_to_unicode())}
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=None, eos_token="<|im_end|>",
+                               pad_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS[1:])})
+    tokenizer.add_tokens([QWEN_SPECIAL_TOKENS[0]], special_tokens=True)
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    tokenizer.model_max_length = 4096
     tokenizer.save_pretrained(folder)
 
 

@@ -28,9 +28,14 @@ def check_family(name: str, model_dir: Path) -> None:
 
     parts = family.load(model_dir, torch.float32)
     assert len(parts.text_encoders) == len(parts.tokenizers) == len(row.text_encoders)
-    assert 0 <= family.trainable_text_encoders <= len(row.text_encoders)  # 0: every text encoder stays frozen
+    # 0: the text encoders are LLMs (Qwen) that no trainer adapts and no UI loads a LoRA on; then the
+    # family offers no embedding either, and the LoRA adapter refuses text-encoder training.
+    assert 0 <= family.trainable_text_encoders <= len(row.text_encoders)
     assert len(family.embedding_keys) == family.trainable_text_encoders
-    assert parts.vae.config.latent_channels == row.latent_channels
+    assert family.trainable_text_encoders or "embedding" not in row.adapters
+    # AutoencoderKL names its latent channels latent_channels, the video VAEs (Qwen-Image's, Wan's) z_dim.
+    config = parts.vae.config
+    assert (config.latent_channels if "latent_channels" in config else config.z_dim) == row.latent_channels
     latents = family.encode_images(parts, torch.zeros(1, 3, 32, 32))
     assert latents.dim() == 2 + row.latent_dims and latents.shape[1] == row.latent_channels
 

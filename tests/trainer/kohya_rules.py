@@ -12,6 +12,10 @@ that lands nowhere or on a module of another shape.
 - InvokeAI (``flux_kohya_lora_conversion_utils.py``): a file is Flux kohya only when *every* key
   matches one of two patterns (block layers and CLIP-L layers); ``lora_unet_double_blocks_0_img_attn_qkv``
   becomes ``double_blocks.0.img_attn.qkv``.
+- ComfyUI's generic rule (same function): any key ``diffusion_model.<module>`` names the module of that
+  path in ComfyUI's own model (``comfy/ldm/...``); for Qwen-Image those are the diffusers names, for
+  Z-Image the original NextDiT names (`z_image_comfy_checkpoint`, from ``comfy/utils.py:
+  z_image_to_diffusers``: q, k, v fused into ``attention.qkv``, ``to_out.0`` is ``attention.out``).
 - Loaders scale a layer by ``alpha / rank`` with rank = the rows of ``lora_down`` and add
   ``scale * lora_up @ lora_down`` to the module's weight.
 
@@ -35,16 +39,19 @@ LORA_CLIP_MAP = {
 INVOKE_FLUX_TRANSFORMER = re.compile(
     r"lora_unet_(\w+_blocks)_(\d+)_(img_attn|img_mlp|img_mod|txt_attn|txt_mlp|txt_mod|linear1|linear2|modulation)_?(.*)")
 INVOKE_FLUX_CLIP = re.compile(r"lora_te1_text_model_encoder_layers_(\d+)_(mlp|self_attn)_(\w+)\.?.*")
+LAYER_PARTS = ("lora_down.weight", "lora_up.weight", "alpha")
+"""The tensors of one LoRA layer in a kohya-style file."""
 RESNET_PARTS = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
                 "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
 
 
 def layers_of(kohya: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """{layer: {"lora_down.weight": ..., "lora_up.weight": ..., "alpha": ...}} of a kohya state dict."""
+    """{layer: {"lora_down.weight": ..., "lora_up.weight": ..., "alpha": ...}} of a kohya state dict (layer
+    names may hold dots: ``diffusion_model.layers.0.attention.qkv``)."""
     out: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in kohya.items():
-        layer, part = key.split(".", 1)
-        out.setdefault(layer, {})[part] = value
+        part = next((p for p in LAYER_PARTS if key.endswith("." + p)), key.split(".", 1)[-1])
+        out.setdefault(key[: -len(part) - 1], {})[part] = value
     return out
 
 
@@ -205,6 +212,38 @@ def bfl_flux_checkpoint(state: dict[str, torch.Tensor], num_layers: int, num_sin
         put(f"{b}.modulation.lin", f"{d}.norm.linear")
         out[f"{b}.norm.query_norm.scale"] = state[f"{d}.attn.norm_q.weight"]
         out[f"{b}.norm.key_norm.scale"] = state[f"{d}.attn.norm_k.weight"]
+    return out
+
+
+# ------------------------------------------------------------------------------------- 2025 families
+def comfy_generic_key_map(weights: dict[str, tuple[int, ...]]) -> dict[str, str]:
+    """ComfyUI's generic rule: ``diffusion_model.<module>`` -> that module's weight (the keys of `weights` are
+    the ComfyUI model's own parameter names, without the ``diffusion_model.`` prefix)."""
+    return {"diffusion_model." + name[: -len(".weight")]: name for name in weights if name.endswith(".weight")}
+
+
+def z_image_comfy_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers ZImageTransformer2DModel state dict in ComfyUI's (original NextDiT) layout, the inverse
+    of ``comfy/utils.py: z_image_to_diffusers``: per block q, k, v stacked into ``attention.qkv``,
+    ``attention.to_out.0`` -> ``attention.out``, ``attention.norm_q/k`` -> ``attention.q_norm/k_norm``, the
+    rest of a block unchanged; the 2-1 patch embedder / final layer lose their ``all_...2-1`` level."""
+    out: dict[str, torch.Tensor] = {}
+    blocks = sorted({k.rsplit(".attention.", 1)[0] for k in state if ".attention.to_q." in k})
+    for block in blocks:
+        for leaf in ("weight", "bias"):
+            if f"{block}.attention.to_q.{leaf}" in state:
+                out[f"{block}.attention.qkv.{leaf}"] = torch.cat(
+                    [state[f"{block}.attention.to_{x}.{leaf}"] for x in "qkv"], dim=0)
+    renames = {".attention.to_out.0.": ".attention.out.", ".attention.norm_q.": ".attention.q_norm.",
+               ".attention.norm_k.": ".attention.k_norm.", "all_x_embedder.2-1.": "x_embedder.",
+               "all_final_layer.2-1.": "final_layer."}
+    for key, value in state.items():
+        if any(f".attention.to_{x}." in key for x in "qkv"):
+            continue
+        for old, new in renames.items():
+            key = key.replace(old, new) if old.startswith(".") else (new + key[len(old):] if key.startswith(old)
+                                                                       else key)
+        out[key] = value
     return out
 
 

@@ -82,7 +82,8 @@ def test_embedding_and_locon_examples_train_what_their_names_say():
 SCENARIOS = ("character", "style", "realistic-person", "anime-realistic")
 FAMILIES = ("sd15", "sdxl", "flux")
 NEWER = {"chroma-character": "chroma", "flux-kontext-edit": "flux-kontext", "flux2-character": "flux2",
-         "flux2-klein-character": "flux2-klein"}
+         "flux2-klein-character": "flux2-klein", "z-image-character": "z-image", "z-image-style": "z-image",
+         "qwen-image-character": "qwen-image", "qwen-image-style": "qwen-image"}
 """Templates of the 2025 families: one scenario each so far, name -> family."""
 
 

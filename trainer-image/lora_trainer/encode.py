@@ -3,13 +3,24 @@
 The VAE is frozen and encodes deterministically (posterior mode), so a latent depends
 only on (sample, flipped): cached latents equal fresh ones. Text embeddings are cached
 by caption when captions are deterministic (no shuffle, no dropout) and no text weight
-is training at that step.
+is training at that step. When every caption is known up front (`precache_text`), the
+text encoders then leave the GPU (`release_text_encoders`): Qwen-Image's and Flux.2's
+encoders are 7-24B parameters, idle for the whole run; previews bring them back for a
+moment (`text_encoders_on_device`).
+
+Conditioning tensors may differ in sequence length from caption to caption (Qwen-Image and
+Z-Image keep only a prompt's own tokens, with an attention mask): a batch joins them padded
+with zeros on dim 1, and a zero mask entry marks padding.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from .data import Sample
@@ -21,6 +32,15 @@ def pixels(image: Image.Image, flip: bool) -> torch.Tensor:
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
     tensor = torch.from_numpy(array).permute(2, 0, 1)
     return torch.flip(tensor, dims=[-1]) if flip else tensor
+
+
+def join(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate on dim 0, zero-padding dim 1 to the longest when the lengths differ (token sequences
+    and their masks; a (B, D) pooled vector has equal lengths and is only concatenated)."""
+    if tensors[0].dim() >= 2 and len({t.shape[1] for t in tensors}) > 1:
+        longest = max(t.shape[1] for t in tensors)
+        tensors = [F.pad(t, [0, 0] * (t.dim() - 2) + [0, longest - t.shape[1]]) for t in tensors]
+    return torch.cat(tensors)
 
 
 class Encoder:
@@ -44,7 +64,8 @@ class Encoder:
         self._latents: dict[tuple[int, bool], torch.Tensor] = {}
         self._controls: dict[tuple[int, bool], torch.Tensor] = {}
         self._text: dict[str, dict[str, torch.Tensor]] = {}
-        self._released = False
+        self.released = False
+        """The text encoders left the device (`release_text`): text comes from the cache."""
 
     @torch.no_grad()
     def latents(self, keys: list[tuple[int, bool]], samples: list[Sample], control: bool = False) -> torch.Tensor:
@@ -73,38 +94,57 @@ class Encoder:
         if grad or not self.cache_text:
             with torch.set_grad_enabled(grad):
                 return self.family.encode_prompts(self.parts, captions)
+        self.precache_text(captions)
+        return {k: join([self._text[c][k] for c in captions]).to(self.device) for k in self._text[captions[0]]}
+
+    @torch.no_grad()
+    def precache_text(self, captions: list[str], batch_size: int = 8) -> None:
+        """Encode and keep the captions not cached yet, `batch_size` at a time."""
         missing = sorted({c for c in captions if c not in self._text})
-        if missing:
-            with torch.no_grad():
-                encoded = self.family.encode_prompts(self.parts, missing)
-            for j, caption in enumerate(missing):
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start : start + batch_size]
+            encoded = self.family.encode_prompts(self.parts, chunk)
+            for j, caption in enumerate(chunk):
                 self._text[caption] = {k: v[j : j + 1] for k, v in encoded.items()}
-        return {k: torch.cat([self._text[c][k] for c in captions]).to(self.device) for k in self._text[captions[0]]}
+
+    def release_text(self, captions: list[str]) -> None:
+        """Encode every caption of the run once, then move the text encoders to the CPU.
+
+        For families whose text encoders are large frozen LLMs (``release_text_encoders`` on the family:
+        Flux.2, Z-Image, Qwen-Image): the cached embeddings stay in host memory and go to the device per
+        batch, and the encoders' GPU memory is free for the denoiser. A caption missed here is still
+        encoded, on the CPU (slow, correct).
+        """
+        self.cache_text = True
+        for start in range(0, len(captions), 8):
+            chunk = captions[start:start + 8]
+            self.precache_text(chunk)
+            for caption in chunk:  # to host memory as they come: a big dataset's embeddings need not fit the GPU
+                self._text[caption] = {k: v.cpu() for k, v in self._text[caption].items()}
+        self._encoders_to_cpu()
+        self.released = True
+
+    def _encoders_to_cpu(self) -> None:
+        for encoder in self.parts.text_encoders:
+            encoder.to("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    @contextmanager
+    def text_encoders_on_device(self) -> Iterator[None]:
+        """The text encoders on the training device for the block (previews of a family that encodes its
+        prompts in the pipeline), back on the CPU afterwards when they were released."""
+        if not self.released:
+            yield
+            return
+        for encoder in self.parts.text_encoders:
+            encoder.to(self.device)
+        try:
+            yield
+        finally:
+            self._encoders_to_cpu()
 
     def forget_text(self) -> None:
         """Drop cached text embeddings (the text weights changed)."""
         self._text.clear()
 
-    @property
-    def released(self) -> bool:
-        """The text encoders left the device (`release_text`): text comes from the cache."""
-        return self._released
-
-    def release_text(self, captions: list[str]) -> None:
-        """Encode every caption of the run once, then move the text encoders to the CPU.
-
-        For families whose text encoders are large frozen LLMs (Flux.2, the 2025 families): the cached
-        embeddings stay in host memory and go to the device per batch, and the encoders' GPU memory
-        is free for the denoiser. A caption missed here is still encoded, on the CPU (slow, correct).
-        """
-        self.cache_text = True
-        for start in range(0, len(captions), 8):
-            chunk = captions[start:start + 8]
-            self.text(chunk, grad=False)
-            for caption in chunk:  # to host memory as they come: a big dataset's embeddings need not fit the GPU
-                self._text[caption] = {k: v.cpu() for k, v in self._text[caption].items()}
-        for encoder in self.parts.text_encoders:
-            encoder.to("cpu")
-        self._released = True
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()

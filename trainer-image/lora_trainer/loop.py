@@ -33,6 +33,7 @@ from .encode import Encoder, pixels
 from .errors import ConfigError, NanLossError
 from .export import file_digest
 from .families import get_family
+from .families.base import refuse_distilled
 from .noise import make_noise
 from .optim import build_optimizer, build_scheduler
 from .outputs import Outputs
@@ -173,6 +174,7 @@ class LoraRecipe:
             total_steps=self.plan.total_steps, skipped=list(self.data.skipped),
         ))
 
+        refuse_distilled(spec.base_model.family, self.inputs.model_dir)
         self.parts = self.family.load(self.inputs.model_dir, weight_dtype)
         for module in self.parts.frozen_modules():
             module.requires_grad_(False)
@@ -352,7 +354,7 @@ class LoraRecipe:
         captions = [self._caption(s, rng) for s in samples]
         cond = self.encoder.text(captions, grad=text_now)
         noise = make_noise(latents, self.training, gen)
-        timesteps = self.family.sample_timesteps(self.parts, len(samples), gen)
+        timesteps = self.family.sample_timesteps(self.parts, len(samples), gen, latent_shape=tuple(latents.shape))
         weights = self.family.loss_weights(self.parts, timesteps, self.training.min_snr_gamma)
         weights = weights * torch.tensor([self.reg_weight if s.regularization else 1.0 for s in samples])
         timesteps = upload(timesteps, latents.device)
@@ -400,7 +402,8 @@ class LoraRecipe:
                 cond = self.encoder.text([caption], grad=False)
             else:
                 cond = self.family.encode_prompts(self.parts, [caption])
-            timesteps = self.family.fixed_timesteps(self.parts, VALIDATION_TIMESTEPS)
+            timesteps = self.family.fixed_timesteps(self.parts, VALIDATION_TIMESTEPS,
+                                                    latent_shape=tuple(latents.shape))
             gen = torch.Generator().manual_seed(draw_seed(self.training.seed, -1 - j))
             noise = torch.randn(latents.shape, generator=gen).to(latents)
             cond = {k: v.expand(len(timesteps), *v.shape[1:]) for k, v in cond.items()}
@@ -423,12 +426,12 @@ class LoraRecipe:
             self.save_checkpoint(epoch, step, val)
         every = self.spec.previews.every_epochs
         if self.main and every and (epoch % every == 0 or last):
-            with eager(), self._ema_applied():
+            with eager(), self._ema_applied(), self._preview_text():
                 entries = render_previews(self.family, self.parts, self.spec.previews,
                                           preview_prompts(self.spec.previews, self.data, self.builder), epoch,
                                           preview_size(self.spec.previews, self.data), self.outputs,
                                           preview_controls(self.data),
-                                          conditioning=self._cached_prompt if self.encoder.released else None)
+                                          conditioning=self._cached_prompt if self._previews_from_cache() else None)
             for entry in entries:
                 self.manifest.add_preview(entry)
         if self.main:
@@ -437,6 +440,16 @@ class LoraRecipe:
                 resume_state.save(self, step)
         self.progress.write()
         self.accelerator.wait_for_everyone()
+
+    def _previews_from_cache(self) -> bool:
+        """Previews take their prompts' conditioning from the text cache: the encoders were released and the
+        family's pipeline takes embeddings (``prompt_kwargs``)."""
+        return self.encoder.released and hasattr(self.family, "prompt_kwargs")
+
+    def _preview_text(self) -> contextlib.AbstractContextManager:
+        """Where previews encode their prompts in the pipeline after the encoders were released, the
+        encoders come back to the device for the previews alone."""
+        return contextlib.nullcontext() if self._previews_from_cache() else self.encoder.text_encoders_on_device()
 
     def _cached_prompt(self, prompt: str) -> dict:
         """Pipeline arguments of a preview prompt from the cached conditioning (text encoders released)."""

@@ -7,6 +7,7 @@ register a throwaway row with `register` (and take it out again with `unregister
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -42,6 +43,30 @@ class StepPreset:
 
 
 @dataclass(frozen=True)
+class DistilledVariant:
+    """A step-distilled checkpoint of a family that a LoRA must not be trained on directly (it breaks the
+    distillation): a base model URI naming it is refused, naming the base to train on instead.
+
+    Attributes:
+        name: The distilled variant, e.g. Z-Image-Turbo.
+        pattern: Case-insensitive regex searched in ``baseModel.uri``.
+        base: The undistilled checkpoint to train on, e.g. Tongyi-MAI/Z-Image.
+    """
+
+    name: str
+    pattern: str
+    base: str
+
+    def problem(self, uri: str) -> tuple[str, str] | None:
+        """("baseModel.uri", why) when `uri` names the distilled variant, else None."""
+        if not re.search(self.pattern, uri, re.IGNORECASE):
+            return None
+        return ("baseModel.uri", f"{uri} is {self.name}, a step-distilled model: a LoRA trained directly on it "
+                                 f"breaks the distillation; train on the base model {self.base} instead (its "
+                                 f"LoRAs load on {self.name} too)")
+
+
+@dataclass(frozen=True)
 class FamilyRow:
     """Everything outside the trainer's family module needs to know about a family.
 
@@ -60,6 +85,7 @@ class FamilyRow:
         trainer: ``module:Class`` of its trainer family (in the trainer image).
         edit: It trains on ``dataset.pairs`` (control image -> target image, the caption the
             instruction); a job with pairs for a family without it is refused.
+        distilled: Its distilled variant, refused as a base model (None: none).
     """
 
     name: str
@@ -75,6 +101,7 @@ class FamilyRow:
     prediction: str
     trainer: str
     edit: bool = False
+    distilled: DistilledVariant | None = None
 
 
 FLUX2_DATA = dict(
@@ -134,6 +161,28 @@ FAMILIES: dict[str, FamilyRow] = {
                   trainer="lora_trainer.families.flux2:Flux2Family"),
         FamilyRow(name="flux2-klein", **FLUX2_DATA, pipeline="Flux2KleinPipeline", text_encoders=("qwen3",),
                   trainer="lora_trainer.families.flux2:Flux2KleinFamily"),
+        # Z-Image (Tongyi-MAI/Z-Image, 6B single-stream DiT, Qwen3-4B text, Flux.1's 16-channel VAE). Steps:
+        # ai-toolkit's train_lora_zimage_base_32gb.yaml trains 3000 steps ("2500-3000 typical"), reached here
+        # at 25 images. LoRA only: no convolutions in the transformer, no CLIP token embedding.
+        FamilyRow(
+            name="z-image", text_encoders=("qwen3-4b",), latent_channels=16, latent_dims=2, resolution=1024,
+            sizes=((1024, 1024), (768, 1024), (1024, 768)), steps=StepPreset(per_image=100, base=500, up_to=25),
+            adapters=("lora",), formats=("kohya", "diffusers"),
+            pipeline="ZImagePipeline", prediction="flow",
+            trainer="lora_trainer.families.z_image:ZImageFamily",
+            distilled=DistilledVariant(name="Z-Image-Turbo", pattern=r"z[-_ ]?image[-_ ]?turbo",
+                                       base="Tongyi-MAI/Z-Image"),
+        ),
+        # Qwen-Image (Qwen/Qwen-Image, 20B MMDiT, Qwen2.5-VL-7B text). Its VAE is a video VAE: latents are
+        # (B, 16, T, H, W), one frame for an image, hence latent_dims 3. Steps: ai-toolkit's
+        # train_lora_qwen_image_24gb.yaml trains 2000 ("500 - 4000 is a good range"), reached at 25 images.
+        FamilyRow(
+            name="qwen-image", text_encoders=("qwen2.5-vl-7b",), latent_channels=16, latent_dims=3, resolution=1024,
+            sizes=((1024, 1024), (768, 1024), (1024, 768)), steps=StepPreset(per_image=60, base=500, up_to=25),
+            adapters=("lora",), formats=("kohya", "diffusers"),
+            pipeline="QwenImagePipeline", prediction="flow",
+            trainer="lora_trainer.families.qwen_image:QwenImageFamily",
+        ),
     )
 }
 """Every family, in the order the CRD enum and the docs list them."""

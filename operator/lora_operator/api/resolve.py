@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .adapters import adapter_checkpoints, adapter_problems
+from .families import family_row
 from .spec import AdapterType, JobSpec
 
 
@@ -63,6 +64,9 @@ def fill_defaults(spec: JobSpec) -> JobSpec:
     """Replace unset sub-objects with their defaults and check type-dependent fields."""
     adapter = spec.type or AdapterType.LORA
     problems = adapter_problems(spec, adapter)
+    distilled = family_row(spec.base_model.family).distilled if spec.base_model else None
+    if distilled and spec.base_model.uri and (problem := distilled.problem(spec.base_model.uri)):
+        problems.append(problem)
     if problems:
         raise SpecError(*problems[0])
     filled = {}

@@ -125,7 +125,9 @@ class CheckpointFormat(StrEnum):
     """Output formats of an adapter checkpoint."""
 
     KOHYA = "kohya"
-    """One .safetensors with lora_unet_* / lora_te* keys (ComfyUI, A1111, Forge)."""
+    """One .safetensors for ComfyUI, A1111 and Forge: sd-scripts' lora_unet_* / lora_te* keys (sd15, sdxl,
+    flux), or the model's own module names under diffusion_model. as ComfyUI loads them (z-image,
+    qwen-image)."""
     DIFFUSERS = "diffusers"
     """A PEFT folder for diffusers' load_lora_weights."""
 

@@ -96,8 +96,11 @@ class LoraAdapter:
             {"name": family.denoiser_name, "lr": training.unet_learning_rate,
              "params": trainable(list(parts.denoiser.parameters()))}
         ]
-        # A family whose text encoders stay frozen (trainable_text_encoders 0) ignores the text learning rate.
-        self.trains_text = text_encoder_trains(training) and family.trainable_text_encoders > 0
+        self.trains_text = text_encoder_trains(training)
+        if self.trains_text and not family.trainable_text_encoders:
+            raise ConfigError(f"training.textEncoderLearningRate: {family.family} trains no text-encoder LoRA (its "
+                              "text encoders stay frozen, as in every trainer of it, and no UI loads one); set it or "
+                              "training.textEncoderRatio to 0")
         if self.trains_text:
             text_params = []
             encoders = parts.text_encoders[: family.trainable_text_encoders]

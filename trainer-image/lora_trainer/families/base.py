@@ -8,6 +8,7 @@ never branches on which one it holds.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -159,11 +160,13 @@ class Family(Protocol):
     def encode_images(self, parts: Components, pixels: torch.Tensor) -> torch.Tensor:
         """Latents (scaled) of images in [-1, 1], shape (B, 3, H, W)."""
 
-    def sample_timesteps(self, parts: Components, n: int, generator: torch.Generator) -> torch.Tensor:
-        """Random training timesteps."""
+    def sample_timesteps(self, parts: Components, n: int, generator: torch.Generator,
+                         latent_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Random training timesteps for a batch of latents of `latent_shape` (a resolution-dependent
+        shift reads the size from it)."""
 
-    def fixed_timesteps(self, parts: Components, n: int) -> torch.Tensor:
-        """Evenly spread timesteps (validation loss)."""
+    def fixed_timesteps(self, parts: Components, n: int, latent_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Evenly spread timesteps (validation loss) for latents of `latent_shape`."""
 
     def noisy_and_target(
         self, parts: Components, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
@@ -193,6 +196,29 @@ class Family(Protocol):
     def edit_inputs(self, control: Any, size: tuple[int, int]) -> dict[str, Any]:
         """Edit families only: the pipeline call arguments that hand it `control` (a PIL image, the control
         image of a held-out pair) to edit into an image of `size` (height, width)."""
+
+def refuse_distilled(family: str, folder: Path) -> None:
+    """Refuse a model folder of `family`'s distilled variant (its row's ``distilled``): the folder's path
+    (a file:// path, the Hugging Face cache's ``models--org--name``) or the name any of its configs was saved
+    from (``_name_or_path``) names it. An s3:// model is cached under a hash: the operator checks its URI.
+
+    Raises:
+        ModelError: naming the base variant to train on instead.
+    """
+    from lora_operator.api.families import family_row
+
+    variant = family_row(family).distilled
+    if variant is None:
+        return
+    names = [str(folder.resolve())]
+    for config in [folder / "model_index.json", *folder.glob("*/config.json")]:
+        try:
+            names.append(str(json.loads(config.read_text()).get("_name_or_path", "")))
+        except (OSError, ValueError):
+            continue
+    for name in names:
+        if problem := variant.problem(name):
+            raise ModelError(": ".join(problem))
 
 
 def load_part(loader: Any, folder: Path | SingleFileModel, subfolder: str, **kwargs: Any) -> Any:

@@ -77,11 +77,12 @@ class SD15Family:
         """Scaled VAE latents."""
         return vae_encode(parts.vae, pixels)
 
-    def sample_timesteps(self, parts: Components, n: int, generator: torch.Generator) -> torch.Tensor:
-        """Uniform integer timesteps in [0, num_train_timesteps)."""
+    def sample_timesteps(self, parts: Components, n: int, generator: torch.Generator,
+                         latent_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Uniform integer timesteps in [0, num_train_timesteps) (at any latent size)."""
         return torch.randint(0, parts.noise_scheduler.config.num_train_timesteps, (n,), generator=generator)
 
-    def fixed_timesteps(self, parts: Components, n: int) -> torch.Tensor:
+    def fixed_timesteps(self, parts: Components, n: int, latent_shape: tuple[int, ...] | None = None) -> torch.Tensor:
         """`n` timesteps spread evenly over the schedule, away from both ends."""
         total = parts.noise_scheduler.config.num_train_timesteps
         return torch.linspace(total * 0.1, total * 0.9, n).long()
