@@ -6,6 +6,7 @@ from pydantic import Field
 
 from .base import ApiModel
 from .conditions import Phase
+from .pod import PodSettings
 from .reports import SkippedFile
 
 MAX_SKIPPED_SHOWN = 50
@@ -160,6 +161,9 @@ class JobStatus(ApiModel):
     selectedCheckpoint was copied to final/."""
     resolved_spec: dict | None = None
     """The spec after template and defaults, as the trainer sees it."""
+    trainer_pod: PodSettings | None = None
+    """The trainer-pod settings of the job's ClusterLoraTrainingTemplate (spec.pod), read when the
+    spec was resolved; the operator's defaults fill in the rest when a pod is made."""
     spec_hash: str | None = None
     """sha256 of resolvedSpec."""
     admitted_at: str | None = None
