@@ -55,6 +55,14 @@ class OperatorConfig(BaseModel):
     requests (requests default to the limits: Guaranteed QoS), /dev/shm size, image pull secrets,
     priority class and annotations (the chart's trainer.pod); a ClusterLoraTrainingTemplate's
     spec.pod overrides them for its jobs. Default: /dev/shm of 8Gi, nothing else."""
+    model_cache_host_path: str = Field(default="", pattern=r"^(/[^/]+)*$")
+    """LORA_MODEL_CACHE_HOST_PATH: a folder on every GPU node, writable by uid 1000, that trainer
+    pods mount as their model cache (base models, the torch compile cache), so a retry or a later
+    job on the node downloads and compiles nothing again. It must exist (hostPath type Directory).
+    Default: empty, each pod gets an emptyDir (many clusters forbid hostPath)."""
+    model_cache_budget_gib: int = Field(default=200, ge=1)
+    """LORA_MODEL_CACHE_BUDGET_GIB: GiB the node's model cache may hold; past it the trainer evicts
+    the least recently used models. Default: 200."""
     file_uri_root: str = Field(default="", pattern=r"^(/[^/]+)*$")
     """LORA_FILE_URI_ROOT: the folder, in the trainer container, that file:// URIs of a job must lie
     under (a volume the platform mounts, e.g. a model cache). Default: empty, file:// is refused."""
@@ -188,6 +196,8 @@ ENV_VARS: dict[str, str] = {
     "trainer_allowed_images": "LORA_TRAINER_ALLOWED_IMAGES",
     "trainer_pod": "LORA_TRAINER_POD",
     "file_uri_root": "LORA_FILE_URI_ROOT",
+    "model_cache_host_path": "LORA_MODEL_CACHE_HOST_PATH",
+    "model_cache_budget_gib": "LORA_MODEL_CACHE_BUDGET_GIB",
     "trainer_service_account": "LORA_TRAINER_SERVICE_ACCOUNT",
     "storage_endpoint": "LORA_STORAGE_ENDPOINT",
     "storage_secure": "LORA_STORAGE_SECURE",

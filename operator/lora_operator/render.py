@@ -18,6 +18,7 @@ from .api.contract import (
     ENV_ACCESS_KEY,
     ENV_HF_TOKEN,
     ENV_JOB_SPEC,
+    ENV_NODE_NAME,
     ENV_S3_ENDPOINT,
     ENV_S3_SECURE,
     ENV_SECRET_KEY,
@@ -110,7 +111,7 @@ def build_trainer_pod(
             "containers": [_container(job_name, namespace, job_uid, spec, gpus, attempt, resume, config, pod)],
             "volumes": [
                 {"name": "tmp", "emptyDir": {}},
-                {"name": "cache", "emptyDir": {}},
+                _cache_volume(config),
                 # tmpfs, so data-loader workers share tensors in memory; bounded, since it counts
                 # against the memory limit and an unbounded one could take the node's memory
                 {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": pod.shm_size or DEFAULT_SHM_SIZE}},
@@ -122,6 +123,14 @@ def build_trainer_pod(
     if pod.priority_class_name:
         manifest["spec"]["priorityClassName"] = pod.priority_class_name
     return manifest
+
+
+def _cache_volume(config: OperatorConfig) -> dict[str, Any]:
+    # The node's cache outlives the pod only as a hostPath; type Directory, so a node without the
+    # prepared (uid-1000-writable) folder fails the pod visibly rather than creating a root-owned one.
+    if config.model_cache_host_path:
+        return {"name": "cache", "hostPath": {"path": config.model_cache_host_path, "type": "Directory"}}
+    return {"name": "cache", "emptyDir": {}}
 
 
 def _toleration(toleration: Toleration) -> dict[str, str]:
@@ -207,7 +216,8 @@ def _env(
     secret = (storage.secret_ref if storage else None) or config.storage_secret
     where = job_target(spec, config)  # resolve refused a job whose endpoint is not allowed; this checks again
     job = TrainerEnv(job_name=job_name, job_namespace=namespace, job_uid=job_uid, attempt=attempt, resume=resume,
-                     output_prefix=output_prefix(spec, namespace, job_name, job_uid), cache_dir=CACHE_DIR)
+                     output_prefix=output_prefix(spec, namespace, job_name, job_uid), cache_dir=CACHE_DIR,
+                     cache_budget_bytes=config.model_cache_budget_gib << 30)
     values = {
         ENV_JOB_SPEC: json.dumps(spec.to_resource(), sort_keys=True, separators=(",", ":")),
         **job.to_env(),
@@ -217,10 +227,14 @@ def _env(
         # Hugging Face downloads land in the node-local cache.
         "HOME": "/tmp",
         "HF_HOME": f"{CACHE_DIR}/huggingface",
+        # torch.compile's caches beside the models: a retry on the node skips recompiling
+        "TORCHINDUCTOR_CACHE_DIR": f"{CACHE_DIR}/torch-compile/inductor",
+        "TRITON_CACHE_DIR": f"{CACHE_DIR}/torch-compile/triton",
         "PYTHONUNBUFFERED": "1",
     }
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in values.items()]
     env += [
+        {"name": ENV_NODE_NAME, "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         _secret_env(ENV_ACCESS_KEY, secret, "accessKey"),
         _secret_env(ENV_SECRET_KEY, secret, "secretKey"),
         _secret_env(ENV_HF_TOKEN, secret, "hfToken", optional=True),

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from lora_operator.api import CheckpointEntry, JobSpec, Manifest, spec_hash
-from lora_operator.api.contract import checkpoint_key, checkpoint_name
+from lora_operator.api.contract import ENV_NODE_NAME, checkpoint_key, checkpoint_name
 
+from . import model_cache
 from . import state as resume_state
 from .adapters import make_adapter
 from .data import CaptionBuilder, PreparedDataset, Sample, load_captioner, prepare_dataset
@@ -168,7 +169,9 @@ class LoraRecipe:
             job_uid=self.outputs.job_uid, spec_hash=spec_hash(spec), images=len(self.data.train),
             validation_images=len(self.data.held_out),
             total_steps=self.plan.total_steps, skipped=list(self.data.skipped),
+            node_name=os.environ.get(ENV_NODE_NAME), models=model_cache.reported(),
         ))
+        self.manifest.write()  # at once: the operator learns which node caches the model before the first epoch
 
         self.parts = self.family.load(self.inputs.model_dir, weight_dtype)
         for module in self.parts.frozen_modules():

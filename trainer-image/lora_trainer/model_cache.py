@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from lora_operator.api.reports import ModelFetch
 
 from .errors import TransientError
 
@@ -62,6 +62,12 @@ FETCHED: list[FetchRecord] = []
 """Every fetch of this process, in order: a trainer runs one job, and its manifest reports them."""
 
 
+def reported() -> list[ModelFetch]:
+    """This process's fetches, as the manifest reports them."""
+    return [ModelFetch(uri=r.uri, key=r.key, hit=r.hit, bytes=r.bytes, seconds=round(r.seconds, 3))
+            for r in FETCHED]
+
+
 def content_key(uri: str, pins: Mapping[str, object]) -> str:
     """The entry key of `uri` whose content `pins` fix (ETags and sizes per file, a revision's commit)."""
     canonical = json.dumps({"uri": uri, "pins": pins}, sort_keys=True, separators=(",", ":"))
@@ -84,6 +90,8 @@ class ModelCache:
 
     @contextlib.contextmanager
     def _lock(self, key: str) -> Iterator[None]:
+        from filelock import FileLock  # here: `lora-train upload` on a laptop imports this module, never locks
+
         self.models.mkdir(parents=True, exist_ok=True)
         with FileLock(self.models / f"{key}.lock", timeout=LOCK_TIMEOUT):
             yield
@@ -151,6 +159,8 @@ class ModelCache:
         """
         if self.budget_bytes is None:
             return []
+        from filelock import FileLock, Timeout
+
         entries = self.entries()
         total = sum(size for _, _, size in entries)
         evicted = []
