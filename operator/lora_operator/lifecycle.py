@@ -109,7 +109,7 @@ class Lifecycle:
                     return self.fail(job, Reason.TEMPLATE_NOT_FOUND,
                                      f"spec.template: no LoraTrainingTemplate or ClusterLoraTrainingTemplate "
                                      f"named {job.spec['template']!r}", now)
-                template, pod = found.get("spec") or {}, template_pod(found)
+                template, pod = found.get("spec") or {}, template_pod(found, self.config.trainer_pod)
             spec = resolve_spec(dict(job.spec), template)
         except SpecError as err:
             return self.fail(job, Reason.INVALID_SPEC, str(err), now)

@@ -109,6 +109,14 @@ def test_no_volume_source_can_be_named_even_by_the_platform():
 def test_bad_settings_are_refused_naming_the_field():
     with pytest.raises(SpecError, match=r"spec.template: ClusterLoraTrainingTemplate 'sized' spec.pod.limits.cpu"):
         template_pod(cluster_template({"limits": {"cpu": "eight"}}))
+    with pytest.raises(SpecError, match=r"requests.memory \(100Gi\) must not exceed limits.memory \(64Gi\)"):
+        template_pod(cluster_template({"limits": {"memory": "64Gi"}, "requests": {"memory": "100Gi"}}))
+    # a request over the operator's limit is refused with the template, not when the pod is made
+    base = OperatorConfig(trainer_pod={"limits": {"cpu": "8"}}).trainer_pod
+    with pytest.raises(SpecError, match=r"requests.cpu \(10\) must not exceed limits.cpu \(8\)"):
+        template_pod(cluster_template({"requests": {"cpu": "10"}}), base)
+    assert template_pod(cluster_template({"limits": {"cpu": "2", "memory": "1Gi"},
+                                          "requests": {"cpu": "1500m", "memory": "1000Mi"}})) is not None
     with pytest.raises(ConfigError, match="LORA_TRAINER_POD"):
         OperatorConfig.from_env({"LORA_TRAINER_POD": '{"shmSize": "lots"}'})
     with pytest.raises(ConfigError, match="LORA_TRAINER_POD: .*not a JSON object"):

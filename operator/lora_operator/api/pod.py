@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, model_validator
 
 from .base import ApiModel
 from .names import LabelKey, ObjectName
@@ -25,6 +25,16 @@ QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|
 def _number_as_text(value: object) -> object:
     # Helm's --set cpu=16 and YAML's `cpu: 16` give numbers; the Pod API takes either as a quantity.
     return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+SUFFIXES = {"m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+            "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def quantity_value(text: str) -> float:
+    """The amount a quantity of `QUANTITY_PATTERN` names (cores, bytes), to compare two."""
+    number = text.rstrip("kmMGTPEi")
+    return float(number) * SUFFIXES[text[len(number):]]
 
 
 Quantity = Annotated[str, BeforeValidator(_number_as_text), Field(pattern=QUANTITY_PATTERN, max_length=40)]
@@ -66,6 +76,16 @@ class PodSettings(ApiModel):
     annotations: dict[LabelKey, Annotated[str, Field(max_length=4096)]] | None = Field(default=None, max_length=64)
     """Extra annotations of the trainer pod (e.g. for a node's logging or GPU-monitoring agent).
     Default: none."""
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> PodSettings:
+        # The Pod API refuses a request above its limit only when the pod is created, after the
+        # job took its node; refused here, it names the field instead.
+        limits, requests = (self.limits or ComputeResources()).to_pod(), (self.requests or ComputeResources()).to_pod()
+        for name, request in requests.items():
+            if name in limits and quantity_value(request) > quantity_value(limits[name]):
+                raise ValueError(f"requests.{name} ({request}) must not exceed limits.{name} ({limits[name]})")
+        return self
 
     def over(self, base: PodSettings) -> PodSettings:
         """These settings on top of `base`: resources field by field, annotations key by key, the

@@ -64,13 +64,17 @@ def resolve_spec(job_spec: dict[str, Any], template_spec: dict[str, Any] | None 
     return fill_defaults(spec)
 
 
-def template_pod(template: dict[str, Any] | None) -> PodSettings | None:
+def template_pod(template: dict[str, Any] | None, base: PodSettings | None = None) -> PodSettings | None:
     """The trainer-pod settings of a template object as `get_template` returned it: those of a
     ClusterLoraTrainingTemplate, never those of a namespaced one (a tenant's), whose schema has no
     such field.
 
+    Args:
+        template: The template object.
+        base: The operator's settings (LORA_TRAINER_POD) the template's go over, to check the two together.
+
     Raises:
-        SpecError: the cluster template's pod settings are invalid (stored before a schema change).
+        SpecError: the cluster template's pod settings are invalid, alone or over `base`.
     """
     if not template or template.get("kind") != ClusterLoraTrainingTemplate.KIND:
         return None
@@ -78,13 +82,17 @@ def template_pod(template: dict[str, Any] | None) -> PodSettings | None:
     if raw is None:
         return None
     try:
-        return PodSettings.model_validate(raw)
+        pod = PodSettings.model_validate(raw)
+        if base is not None:
+            pod.over(base)  # the settings the pod gets must hold together too (a request within its limit)
+        return pod
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         name = (template.get("metadata") or {}).get("name")
         kind = ClusterLoraTrainingTemplate.KIND
-        raise SpecError("template", f"{kind} {name!r} spec.pod.{field}: {first['msg']}") from err
+        where = f"spec.pod.{field}" if field else "spec.pod"
+        raise SpecError("template", f"{kind} {name!r} {where}: {first['msg']}") from err
 
 
 def fill_defaults(spec: JobSpec) -> JobSpec:
