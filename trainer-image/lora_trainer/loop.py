@@ -169,9 +169,7 @@ class LoraRecipe:
             job_uid=self.outputs.job_uid, spec_hash=spec_hash(spec), images=len(self.data.train),
             validation_images=len(self.data.held_out),
             total_steps=self.plan.total_steps, skipped=list(self.data.skipped),
-            node_name=os.environ.get(ENV_NODE_NAME), models=model_cache.reported(),
         ))
-        self.manifest.write()  # at once: the operator learns which node caches the model before the first epoch
 
         self.parts = self.family.load(self.inputs.model_dir, weight_dtype)
         for module in self.parts.frozen_modules():
@@ -196,6 +194,11 @@ class LoraRecipe:
         self.reg_weight = spec.dataset.regularization.weight if spec.dataset.regularization else 1.0
         if self.resume:
             self.start_step = resume_state.restore(self)
+        # This attempt's node and fetches (over a restored manifest's), written at once, after the
+        # restore read the saved one: the operator learns which node caches the model before the first epoch.
+        self.manifest.manifest.node_name = os.environ.get(ENV_NODE_NAME)
+        self.manifest.manifest.models = model_cache.reported()
+        self.manifest.write()
         if t.cache_latents:
             self.progress.phase("caching")
             self._precache()
