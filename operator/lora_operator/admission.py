@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -147,7 +147,7 @@ class Admitter:
                     del self.recent[node]
 
     def run(self, queued: list[QueuedJob], nodes: list[GpuNode], pods: list[TrainerPod], now: datetime,
-            job_of: Callable[[str], JobView | None]) -> Plan:
+            job_of: Callable[[str], JobView | None], caches: Mapping[str, frozenset[str]] | None = None) -> Plan:
         """One pass: admit what fits and update the queue/node metrics.
 
         `queued` are the waiting jobs' scheduling views; `pods` the trainer pods, `held()` among
@@ -157,7 +157,7 @@ class Admitter:
         plan = schedule(queued, nodes, pods, now,
                         gpu_type_label=self.config.gpu_type_label,
                         always_tolerated=self.config.trainer_tolerations,
-                        node_limits=self.config.namespace_node_limits)
+                        node_limits=self.config.namespace_node_limits, caches=caches)
         self._tell_limited(plan.limited, {job.uid for job in queued}, job_of)
         self._tell_unmatched(queued, nodes, job_of, now)
         candidates = [(job, admission) for admission in plan.admissions
@@ -284,7 +284,7 @@ class Admitter:
         attempt = job.status.attempt + 1
         pod = build_trainer_pod(job_name=job.name, namespace=job.namespace, job_uid=job.uid, spec=spec,
                                 node=admission.node, gpus=admission.gpus, attempt=attempt, resume=attempt > 1,
-                                config=self.config)
+                                config=self.config, template_pod=job.status.trainer_pod)
         name = pod["metadata"]["name"]
         try:
             job = self.claim(job, admission, pod=name, attempt=attempt, now=now)

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo, field_validator
 
+from .api.pod import PodSettings
 from .api.spec import Toleration
 from .endpoints import parse_endpoint, unsafe_address
 from .scheduling import Toleration as SchedulingToleration
@@ -25,6 +26,7 @@ JSON_EXPECTED = {
     "namespace_node_limits": 'a JSON object like {"team-a": 4, "*": 2}',
     "trainer_allowed_images": 'a JSON list like ["registry.example.com/lora/*"]',
     "gpu_tolerations": 'a JSON list like [{"key": "dedicated", "operator": "Equal", "value": "gpu"}]',
+    "trainer_pod": 'a JSON object like {"limits": {"cpu": "8", "memory": "64Gi"}, "shmSize": "16Gi"}',
 }
 """What a JSON-valued variable must hold, for its error message."""
 
@@ -48,6 +50,19 @@ class OperatorConfig(BaseModel):
     """LORA_TRAINER_ALLOWED_IMAGES: a JSON list of the images spec.placement.image (of a job or its
     template) may name besides LORA_TRAINER_IMAGE: exact names, or prefixes ending in "*", e.g.
     ["registry.example.com/lora/*"]. Default: none, only the trainer image runs."""
+    trainer_pod: PodSettings = Field(default_factory=PodSettings)
+    """LORA_TRAINER_POD: a JSON object, the trainer pods' CPU, memory and ephemeral-storage limits and
+    requests (requests default to the limits: Guaranteed QoS), /dev/shm size, image pull secrets,
+    priority class and annotations (the chart's trainer.pod); a ClusterLoraTrainingTemplate's
+    spec.pod overrides them for its jobs. Default: /dev/shm of 8Gi, nothing else."""
+    model_cache_host_path: str = Field(default="", pattern=r"^(/[^/]+)*$")
+    """LORA_MODEL_CACHE_HOST_PATH: a folder on every GPU node, writable by uid 1000, that trainer
+    pods mount as their model cache (base models, the torch compile cache), so a retry or a later
+    job on the node downloads and compiles nothing again. It must exist (hostPath type Directory).
+    Default: empty, each pod gets an emptyDir (many clusters forbid hostPath)."""
+    model_cache_budget_gib: int = Field(default=200, ge=1)
+    """LORA_MODEL_CACHE_BUDGET_GIB: GiB the node's model cache may hold; past it the trainer evicts
+    the least recently used models. Default: 200."""
     file_uri_root: str = Field(default="", pattern=r"^(/[^/]+)*$")
     """LORA_FILE_URI_ROOT: the folder, in the trainer container, that file:// URIs of a job must lie
     under (a volume the platform mounts, e.g. a model cache). Default: empty, file:// is refused."""
@@ -131,7 +146,8 @@ class OperatorConfig(BaseModel):
                 raise ValueError(f"{text!r}: {why}")
         return value
 
-    @field_validator("namespace_node_limits", "trainer_allowed_images", "gpu_tolerations", mode="before")
+    @field_validator("namespace_node_limits", "trainer_allowed_images", "gpu_tolerations", "trainer_pod",
+                     mode="before")
     @classmethod
     def _from_json(cls, value: object, info: ValidationInfo) -> object:
         if not isinstance(value, str):
@@ -178,7 +194,10 @@ class OperatorConfig(BaseModel):
 ENV_VARS: dict[str, str] = {
     "trainer_image": "LORA_TRAINER_IMAGE",
     "trainer_allowed_images": "LORA_TRAINER_ALLOWED_IMAGES",
+    "trainer_pod": "LORA_TRAINER_POD",
     "file_uri_root": "LORA_FILE_URI_ROOT",
+    "model_cache_host_path": "LORA_MODEL_CACHE_HOST_PATH",
+    "model_cache_budget_gib": "LORA_MODEL_CACHE_BUDGET_GIB",
     "trainer_service_account": "LORA_TRAINER_SERVICE_ACCOUNT",
     "storage_endpoint": "LORA_STORAGE_ENDPOINT",
     "storage_secure": "LORA_STORAGE_SECURE",

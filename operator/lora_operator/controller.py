@@ -26,6 +26,7 @@ from .lifecycle import Emit, Lifecycle
 from .metrics import OperatorMetrics
 from .positions import PositionWriter
 from .retry_backoff import RetryBackoff
+from .scheduling import node_caches
 from .status_writer import StatusWriter
 from .views import JobView, QueueEntry, pod_active, pod_target_node, trainer_pod, utcnow
 from .work_queue import WorkQueue
@@ -272,7 +273,9 @@ class Controller:
         held = self.admitter.held()  # before the pods index (see there)
         pods = held + [trainer_pod(p) for p in self.index.all_pods()]
         queued = [e.queued for e in entries.values() if e.queued is not None]
-        plan = self.admitter.run(queued, self.index.gpu_nodes(), pods, utcnow(), self.index.job)
+        # a node's cache outlives a pod only on a host path: else no node holds anything for long
+        caches = node_caches(e.cached for e in entries.values()) if self.config.model_cache_host_path else None
+        plan = self.admitter.run(queued, self.index.gpu_nodes(), pods, utcnow(), self.index.job, caches)
         self.positions.wanted = plan.positions
         self.passes += 1
         return plan

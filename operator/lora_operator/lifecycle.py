@@ -18,6 +18,7 @@ from typing import Any
 from . import policy, selection
 from . import status_transitions as st
 from .api import FINISHED_PHASES, ConditionType, JobSpec, JobStatus, Phase, Reason, SpecError, resolve_spec, spec_hash
+from .api.resolve import template_pod
 from .api.status import JobOutput
 from .config import OperatorConfig
 from .confirmed import Confirmed
@@ -101,14 +102,14 @@ class Lifecycle:
     def resolve(self, job: JobView, now: datetime) -> None:
         """Resolves the template and checks what only the operator can check; Queued or Failed."""
         try:
-            template = None
+            template, pod = None, None
             if job.spec.get("template"):
                 found = self.kube.get_template(job.namespace, job.spec["template"])
                 if found is None:
                     return self.fail(job, Reason.TEMPLATE_NOT_FOUND,
                                      f"spec.template: no LoraTrainingTemplate or ClusterLoraTrainingTemplate "
                                      f"named {job.spec['template']!r}", now)
-                template = found.get("spec") or {}
+                template, pod = found.get("spec") or {}, template_pod(found, self.config.trainer_pod)
             spec = resolve_spec(dict(job.spec), template)
         except SpecError as err:
             return self.fail(job, Reason.INVALID_SPEC, str(err), now)
@@ -142,6 +143,7 @@ class Lifecycle:
         # output.prefix from the start: kubectl lora logs reads an ended attempt's log under it
         output = JobOutput(prefix=output_prefix(spec, job.namespace, job.name, job.uid))
         status = job.status.model_copy(update={"resolved_spec": resolved, "spec_hash": spec_hash(spec),
+                                               "trainer_pod": pod,
                                                "output": output})
         self.statuses.write(job, st.queued(status, position=None, now=now))
         self.emit(job.body, "Normal", Reason.QUEUED, "spec resolved; waiting for a free GPU node")

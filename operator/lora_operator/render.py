@@ -12,12 +12,13 @@ import hashlib
 import json
 from typing import Any
 
-from .api import API_VERSION, JobSpec, LoraTrainingJob
+from .api import API_VERSION, JobSpec, LoraTrainingJob, PodSettings
 from .api.contract import (
     COMPONENT,
     ENV_ACCESS_KEY,
     ENV_HF_TOKEN,
     ENV_JOB_SPEC,
+    ENV_NODE_NAME,
     ENV_S3_ENDPOINT,
     ENV_S3_SECURE,
     ENV_SECRET_KEY,
@@ -26,6 +27,7 @@ from .api.contract import (
     output_prefix,
     trainer_labels,
 )
+from .api.pod import DEFAULT_SHM_SIZE
 from .config import OperatorConfig
 from .policy import job_target
 from .scheduling import Toleration
@@ -59,6 +61,7 @@ def build_trainer_pod(
     attempt: int,
     resume: bool,
     config: OperatorConfig,
+    template_pod: PodSettings | None = None,
 ) -> dict[str, Any]:
     """The Pod manifest of one attempt of a job.
 
@@ -72,19 +75,25 @@ def build_trainer_pod(
         attempt: Attempt number, from 1.
         resume: Whether the trainer resumes from the saved state (a retry).
         config: The operator configuration.
+        template_pod: The pod settings of the job's ClusterLoraTrainingTemplate, over the
+            configuration's (status.trainerPod).
     """
+    pod = template_pod.over(config.trainer_pod) if template_pod else config.trainer_pod
     placement = spec.placement
     tolerations = [t.to_resource() for t in placement.tolerations] if placement else []
     tolerations += [_toleration(t) for t in config.trainer_tolerations]
-    return {
+    metadata: dict[str, Any] = {
+        "name": pod_name(job_name, attempt),
+        "namespace": namespace,
+        "labels": trainer_labels(job_name, job_uid, attempt),
+        "ownerReferences": [_owner_reference(job_name, job_uid)],
+    }
+    if pod.annotations:
+        metadata["annotations"] = dict(pod.annotations)
+    manifest = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {
-            "name": pod_name(job_name, attempt),
-            "namespace": namespace,
-            "labels": trainer_labels(job_name, job_uid, attempt),
-            "ownerReferences": [_owner_reference(job_name, job_uid)],
-        },
+        "metadata": metadata,
         "spec": {
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
@@ -99,14 +108,29 @@ def build_trainer_pod(
                 "fsGroup": TRAINER_UID,
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
-            "containers": [_container(job_name, namespace, job_uid, spec, gpus, attempt, resume, config)],
+            "containers": [_container(job_name, namespace, job_uid, spec, gpus, attempt, resume, config, pod)],
             "volumes": [
                 {"name": "tmp", "emptyDir": {}},
-                {"name": "cache", "emptyDir": {}},
-                {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+                _cache_volume(config),
+                # tmpfs, so data-loader workers share tensors in memory; bounded, since it counts
+                # against the memory limit and an unbounded one could take the node's memory
+                {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": pod.shm_size or DEFAULT_SHM_SIZE}},
             ],
         },
     }
+    if pod.image_pull_secrets:
+        manifest["spec"]["imagePullSecrets"] = [{"name": name} for name in pod.image_pull_secrets]
+    if pod.priority_class_name:
+        manifest["spec"]["priorityClassName"] = pod.priority_class_name
+    return manifest
+
+
+def _cache_volume(config: OperatorConfig) -> dict[str, Any]:
+    # The node's cache outlives the pod only as a hostPath; type Directory, so a node without the
+    # prepared (uid-1000-writable) folder fails the pod visibly rather than creating a root-owned one.
+    if config.model_cache_host_path:
+        return {"name": "cache", "hostPath": {"path": config.model_cache_host_path, "type": "Directory"}}
+    return {"name": "cache", "emptyDir": {}}
 
 
 def _toleration(toleration: Toleration) -> dict[str, str]:
@@ -156,6 +180,7 @@ def _container(
     attempt: int,
     resume: bool,
     config: OperatorConfig,
+    pod: PodSettings,
 ) -> dict[str, Any]:
     image = (spec.placement.image if spec.placement else None) or config.trainer_image
     return {
@@ -165,10 +190,7 @@ def _container(
         "command": ["lora-train"],
         "args": ["run", "--spec-env", ENV_JOB_SPEC],
         "env": _env(job_name, namespace, job_uid, spec, attempt, resume, config),
-        "resources": {
-            "limits": {config.gpu_resource: str(gpus)},
-            "requests": {config.gpu_resource: str(gpus)},
-        },
+        "resources": pod.resources(config.gpu_resource, gpus),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": TRAINER_UID,
@@ -194,7 +216,8 @@ def _env(
     secret = (storage.secret_ref if storage else None) or config.storage_secret
     where = job_target(spec, config)  # resolve refused a job whose endpoint is not allowed; this checks again
     job = TrainerEnv(job_name=job_name, job_namespace=namespace, job_uid=job_uid, attempt=attempt, resume=resume,
-                     output_prefix=output_prefix(spec, namespace, job_name, job_uid), cache_dir=CACHE_DIR)
+                     output_prefix=output_prefix(spec, namespace, job_name, job_uid), cache_dir=CACHE_DIR,
+                     cache_budget_bytes=config.model_cache_budget_gib << 30)
     values = {
         ENV_JOB_SPEC: json.dumps(spec.to_resource(), sort_keys=True, separators=(",", ":")),
         **job.to_env(),
@@ -204,10 +227,14 @@ def _env(
         # Hugging Face downloads land in the node-local cache.
         "HOME": "/tmp",
         "HF_HOME": f"{CACHE_DIR}/huggingface",
+        # torch.compile's caches beside the models: a retry on the node skips recompiling
+        "TORCHINDUCTOR_CACHE_DIR": f"{CACHE_DIR}/torch-compile/inductor",
+        "TRITON_CACHE_DIR": f"{CACHE_DIR}/torch-compile/triton",
         "PYTHONUNBUFFERED": "1",
     }
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in values.items()]
     env += [
+        {"name": ENV_NODE_NAME, "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         _secret_env(ENV_ACCESS_KEY, secret, "accessKey"),
         _secret_env(ENV_SECRET_KEY, secret, "secretKey"),
         _secret_env(ENV_HF_TOKEN, secret, "hfToken", optional=True),

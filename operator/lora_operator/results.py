@@ -79,6 +79,8 @@ def apply_reports(status: JobStatus, reports: Reports, prefix: str) -> JobStatus
             epoch=p.epoch, prompt=p.prompt, uris=[prefix + u for u in p.paths],
             grid=prefix + p.grid if p.grid else None) for p in m.previews]
         update["skipped_files"] = m.skipped[:MAX_SKIPPED_SHOWN]
+        if m.models:
+            update["models"], update["cached_on"] = m.models[:16], m.node_name
     return status.model_copy(update=update) if update else status
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from .api import JobStatus, Phase
 from .api.contract import COMPONENT, LABEL_ATTEMPT, LABEL_COMPONENT, LABEL_JOB_UID
 from .outcome import PodSnapshot
-from .scheduling import GpuNode, QueuedJob, Taint, Toleration, TrainerPod
+from .scheduling import GpuNode, QueuedJob, Taint, Toleration, TrainerPod, model_key
 
 TRAINER_COMPONENT = (LABEL_COMPONENT, COMPONENT)
 JOB_UID_LABEL = LABEL_JOB_UID
@@ -86,10 +86,13 @@ class PackedSpec:
 
     text: str
     placement: Mapping[str, Any]
+    model: str | None = None
+    """The base model's `cache_affinity.model_key`, for cache-aware placement."""
 
     @classmethod
     def of(cls, resolved: Mapping[str, Any]) -> PackedSpec:
-        return cls(json.dumps(resolved, separators=(",", ":")), resolved.get("placement") or {})
+        return cls(json.dumps(resolved, separators=(",", ":")), resolved.get("placement") or {},
+                   base_model_key(resolved))
 
     def unpack(self) -> dict[str, Any]:
         return json.loads(self.text)
@@ -137,13 +140,15 @@ class QueueEntry:
     queue_position: int | None
     queued: QueuedJob | None
     """The scheduler's view while the job waits for a node (`JobView.waiting()`), else None."""
+    cached: tuple[str | None, tuple[str, ...]] = (None, ())
+    """What its trainer reported its node's cache holds (`cache_report`)."""
 
     @classmethod
     def of(cls, body: Mapping[str, Any]) -> QueueEntry:
         meta, status = body["metadata"], body.get("status") or {}
         queued = queued_job(body)
         return cls(uid=meta["uid"], resource_version=meta.get("resourceVersion"), phase=status.get("phase"),
-                   queue_position=status.get("queuePosition"), queued=queued)
+                   queue_position=status.get("queuePosition"), queued=queued, cached=cache_report(status))
 
 
 def queued_job(body: Mapping[str, Any]) -> QueuedJob | None:
@@ -155,14 +160,25 @@ def queued_job(body: Mapping[str, Any]) -> QueuedJob | None:
             or meta.get("deletionTimestamp")):
         return None
     placement = resolved.placement if isinstance(resolved, PackedSpec) else resolved.get("placement") or {}
+    model = resolved.model if isinstance(resolved, PackedSpec) else base_model_key(resolved)
     return QueuedJob(
         uid=meta["uid"], namespace=meta["namespace"], name=meta["name"], priority=int(spec.get("priority", 0)),
         created=parse_time(meta.get("creationTimestamp")) or utcnow(),
         not_before=parse_time(status.get("notBefore")),
         node_selector=dict(placement.get("nodeSelector") or {}),
         tolerations=tuple(Toleration.from_mapping(t) for t in placement.get("tolerations") or ()),
-        gpu_type=placement.get("gpuType"),
+        gpu_type=placement.get("gpuType"), model=model,
     )
+
+
+def base_model_key(resolved: Mapping[str, Any]) -> str | None:
+    base = resolved.get("baseModel") or {}
+    return model_key(base.get("uri"), base.get("revision"))
+
+
+def cache_report(status: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...]]:
+    """(node, model keys) its trainer last reported in its node's cache (status.cachedOn, status.models)."""
+    return status.get("cachedOn"), tuple(m["uri"] for m in status.get("models") or () if m.get("uri"))
 
 
 def gpu_node(body: Mapping[str, Any], gpu_resource: str) -> GpuNode | None:

@@ -2,8 +2,9 @@
 process (no container runtime runs here), then reports the exit back as the pod's status.
 
 kwok binds and "starts" the pod; this shim does what a kubelet would do with its container.
-Secret references in the environment are resolved from the real Secret; paths that exist only
-inside the image (/cache) are mapped to a local folder.
+Secret references in the environment are resolved from the real Secret, spec.nodeName from the
+pod; paths that exist only inside the image (/cache) are mapped to a local folder, one per node
+for a hostPath cache.
 """
 
 from __future__ import annotations
@@ -70,16 +71,34 @@ class KubeletShim:
             if "value" in item:
                 env[item["name"]] = item["value"]
                 continue
+            field_ref = (item.get("valueFrom") or {}).get("fieldRef")
+            if field_ref and field_ref.get("fieldPath") == "spec.nodeName":
+                env[item["name"]] = pod["spec"].get("nodeName", "")
+                continue
             ref = (item.get("valueFrom") or {}).get("secretKeyRef")
             if ref:
                 secret = self.ground.kubectl("get", "secret", "-n", ns, ref["name"], "-o", "json", check=False)
                 data = json.loads(secret.stdout).get("data", {}) if secret.returncode == 0 else {}
                 if ref["key"] in data:
                     env[item["name"]] = base64.b64decode(data[ref["key"]]).decode()
-        cache = self.workdir / "node-cache"
+        cache = self.cache_of(pod)
         cache.mkdir(parents=True, exist_ok=True)
+        image_cache = env.get("LORA_CACHE_DIR", "/cache")
+        for name, value in env.items():  # HF_HOME, TORCHINDUCTOR_CACHE_DIR, ...: under the image's /cache
+            if value == image_cache or value.startswith(image_cache.rstrip("/") + "/"):
+                env[name] = str(cache) + value[len(image_cache.rstrip("/")):]
         env["LORA_CACHE_DIR"] = str(cache)
         return env
+
+    def cache_of(self, pod: dict) -> Path:
+        """The local folder behind the pod's /cache: a hostPath volume is its node's own folder, kept
+        across pods as on a real node; otherwise the one folder every pod here shares, as before."""
+        container = pod["spec"]["containers"][0]
+        mount = next((m for m in container.get("volumeMounts", []) if m["mountPath"] == "/cache"), None)
+        volume = next((v for v in pod["spec"].get("volumes", []) if mount and v["name"] == mount["name"]), {})
+        if "hostPath" in volume:
+            return self.workdir / "nodes" / pod["spec"]["nodeName"] / volume["hostPath"]["path"].lstrip("/")
+        return self.workdir / "node-cache"
 
     def launch(self, pod: dict) -> tuple[subprocess.Popen, Path]:
         """Starts the trainer container's command with its environment, in its own process group."""

@@ -34,7 +34,8 @@ def test_the_trainer_reads_back_what_the_operator_wrote(attempt, resume):
     env = plain_env(manifest)
     read = TrainerEnv.from_env(env)
     assert read == TrainerEnv(output_prefix="s3://loras/team-a/team-a/corgi/uid-1/", job_uid="uid-1", job_name="corgi",
-                              job_namespace="team-a", attempt=attempt, resume=resume, cache_dir="/cache")
+                              job_namespace="team-a", attempt=attempt, resume=resume, cache_dir="/cache",
+                              cache_budget_bytes=200 << 30)
     assert read.output_prefix == contract.output_prefix(SPEC, "team-a", "corgi", "uid-1")
     args = manifest["spec"]["containers"][0]["args"]
     assert json.loads(env[args[args.index("--spec-env") + 1]]) == SPEC.to_resource()

@@ -66,7 +66,7 @@ def test_writable_paths_are_empty_dirs_and_shm_is_in_memory():
     volumes = {v["name"]: v for v in p["volumes"]}
     assert set(mounts) == {"/tmp", "/cache", "/dev/shm"}
     assert all("emptyDir" in volumes[name] for name in mounts.values())
-    assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory"}
+    assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
 
 
 def test_pod_takes_the_whole_node_and_no_other_trainer_shares_it():

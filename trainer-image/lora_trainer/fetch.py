@@ -1,9 +1,9 @@
 """Fetching models (the base model, the tagger) into the node-local cache.
 
 - ``file://``: used in place, nothing is copied.
-- ``s3://``: downloaded into ``<cache>/s3/<hash of the URI>/``, large objects as parallel
-  ranged GETs (`lora_operator.storage`). A manifest of the objects' ETags makes a second
-  fetch of an unchanged model a listing only; changed objects alone are downloaded again.
+- ``s3://``: downloaded into an entry of the node's model cache (`model_cache`) keyed by the URI
+  and every object's ETag and size, large objects as parallel ranged GETs (`lora_operator.storage`).
+  A second fetch of an unchanged model is a listing only; a changed model is a new entry.
 - ``hf://org/name[@revision]``: the parts of a diffusers repository the job loads
   (``huggingface_hub.snapshot_download`` with allow patterns: the components of its model_index.json
   less the unused ones, safetensors weights only, no fp16 / bf16 / EMA variants), into ``<cache>/hf``,
@@ -15,23 +15,18 @@ A URI naming one object (``s3://models/x.safetensors``) yields that file; a pref
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_operator.api.contract import ENV_HF_TOKEN
+from lora_operator.api.contract import ENV_CACHE_BUDGET, ENV_HF_TOKEN
 from lora_operator.storage import (
     InvalidUri,
-    ObjectInfo,
-    ObjectStore,
     RetryPolicy,
     StorageError,
     as_prefix,
@@ -40,11 +35,10 @@ from lora_operator.storage import (
 )
 
 from .errors import ModelError, TransientError
+from .model_cache import cached_objects
 
 log = logging.getLogger(__name__)
 
-MANIFEST = ".lora-fetch.json"
-"""Written last into a cached model folder: the URI and every object's ETag and size."""
 FILE_WORKERS = 4
 """Objects downloaded at once (each large one is itself split into parallel ranges)."""
 VARIANTS = ["*.fp16.*", "*.fp16-*", "*.bf16.*", "*.bf16-*", "*.ema.*", "*.non_ema.*", "*.fp8.*"]
@@ -120,62 +114,28 @@ def _fetch_s3(uri: str, bucket: str, key: str, cache_dir: Path, env: Mapping[str
         objects = [o for o in store.list(base) if not o.key.endswith("/")]
     if not objects:
         raise ModelError(f"model {uri} not found: no objects under it")
-    target = cache_dir / "s3" / hashlib.sha256(uri.encode()).hexdigest()[:24]
     wanted = {o.key[len(base):]: o for o in objects}
-    with _locked(target):
-        _sync(store, target, wanted, uri)
+
+    def download(folder: Path) -> None:
+        _safe_paths(folder, list(wanted), uri)
+        log.info("model %s: downloading %d files", uri, len(wanted))
+        started = time.monotonic()
+        with ThreadPoolExecutor(FILE_WORKERS) as pool:
+            list(pool.map(lambda rel: store.get_file(wanted[rel].key, folder / rel), sorted(wanted)))
+        log.info("model %s: %d bytes transferred in %.1f s", uri, sum(o.size for o in wanted.values()),
+                 time.monotonic() - started)
+
+    budget = env.get(ENV_CACHE_BUDGET)
+    target = cached_objects(cache_dir, uri, {rel: (o.etag, o.size) for rel, o in wanted.items()}, download,
+                            int(budget) if budget else None)
     return target / single.key[len(base):] if single is not None else target
-
-
-def _sync(store: ObjectStore, target: Path, wanted: dict[str, ObjectInfo], uri: str) -> None:
-    """Bring ``target`` to the listed objects, downloading only what changed."""
-    manifest_path = target / MANIFEST
-    try:
-        cached = json.loads(manifest_path.read_text())["objects"]
-    except (OSError, ValueError, KeyError):
-        cached = {}
-    current = {rel: {"etag": o.etag, "size": o.size} for rel, o in wanted.items()}
-
-    def fresh(rel: str) -> bool:
-        path = target / rel
-        return cached.get(rel) == current[rel] and path.is_file() and path.stat().st_size == current[rel]["size"]
-
-    stale = [rel for rel in sorted(wanted) if not fresh(rel)]
-    if not stale and cached.keys() == current.keys():
-        log.info("model %s: cache hit (%d files)", uri, len(current))
-        return
-    for rel in set(cached) - set(current):
-        with contextlib.suppress(FileNotFoundError):
-            (target / rel).unlink()
-    _safe_paths(target, stale, uri)
-    log.info("model %s: downloading %d of %d files", uri, len(stale), len(current))
-    started = time.monotonic()
-    with ThreadPoolExecutor(FILE_WORKERS) as pool:
-        list(pool.map(lambda rel: store.get_file(wanted[rel].key, target / rel), stale))
-    log.info("model %s: %d bytes transferred in %.1f s", uri, sum(wanted[rel].size for rel in stale),
-             time.monotonic() - started)
-    tmp = manifest_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"uri": uri, "objects": current}, indent=1, sort_keys=True))
-    os.replace(tmp, manifest_path)
 
 
 def _safe_paths(target: Path, relative: list[str], uri: str) -> None:
     root = target.resolve()
     for rel in relative:
-        if not (root / rel).resolve().is_relative_to(root) or rel == MANIFEST:
+        if not (root / rel).resolve().is_relative_to(root):
             raise ModelError(f"model {uri}: object name {rel!r} is not allowed")
-
-
-@contextlib.contextmanager
-def _locked(target: Path) -> Iterator[None]:
-    """One fetch per cache folder at a time (a retried pod may overlap a dying one)."""
-    target.mkdir(parents=True, exist_ok=True)
-    with open(target.with_name(target.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def split_hf(uri: str) -> tuple[str, str, str]:

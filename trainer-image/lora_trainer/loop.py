@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from lora_operator.api import CheckpointEntry, JobSpec, Manifest, spec_hash
-from lora_operator.api.contract import checkpoint_key, checkpoint_name
+from lora_operator.api.contract import ENV_NODE_NAME, checkpoint_key, checkpoint_name
 
+from . import model_cache
 from . import state as resume_state
 from .adapters import make_adapter
 from .data import CaptionBuilder, PreparedDataset, Sample, load_captioner, prepare_dataset
@@ -199,6 +200,11 @@ class LoraRecipe:
         self.reg_weight = spec.dataset.regularization.weight if spec.dataset.regularization else 1.0
         if self.resume:
             self.start_step = resume_state.restore(self)
+        # This attempt's node and fetches (over a restored manifest's), written at once, after the
+        # restore read the saved one: the operator learns which node caches the model before the first epoch.
+        self.manifest.manifest.node_name = os.environ.get(ENV_NODE_NAME)
+        self.manifest.manifest.models = model_cache.reported()
+        self.manifest.write()
         if t.cache_latents:
             self.progress.phase("caching")
             self._precache()

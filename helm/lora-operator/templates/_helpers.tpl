@@ -96,3 +96,16 @@ in a Role of operator.watchNamespace otherwise. */}}
     {{- end }}
   verbs: [get]
 {{- end }}
+
+{{/*
+LORA_TRAINER_POD: trainer.pod as JSON, without the empty values (an empty priorityClassName is no name).
+*/}}
+{{- define "lora-operator.trainerPod" -}}
+{{- $pod := dict -}}
+{{- range $key, $value := .Values.trainer.pod -}}
+{{- if not (empty $value) -}}
+{{- $_ := set $pod $key $value -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $pod -}}
+{{- end -}}

@@ -10,6 +10,7 @@ share (the trainer pod's environment and labels, the layout of a job's output pr
 from .conditions import FINISHED_PHASES, ConditionType, Phase, Reason
 from .dataset import AutoCaption, Crop, CropMode, Dataset, Regularization, Tags
 from .exitcodes import INPUT_ERRORS, ExitCode
+from .pod import ComputeResources, PodSettings
 from .presets import epoch_steps, scenario_formula, scenario_steps
 from .reports import CheckpointEntry, Manifest, PreviewEntry, ProgressReport, SkippedFile
 from .resolve import SpecError, deep_merge, resolve_spec, spec_hash
@@ -19,6 +20,7 @@ from .resources import (
     KINDS,
     VERSION,
     ClusterLoraTrainingTemplate,
+    ClusterTemplateSpec,
     LoraTrainingJob,
     LoraTrainingTemplate,
     TemplateSpec,

@@ -29,6 +29,11 @@ ENV_ATTEMPT = "LORA_ATTEMPT"
 ENV_RESUME = "LORA_RESUME"
 ENV_OUTPUT_PREFIX = "LORA_OUTPUT_PREFIX"
 ENV_CACHE_DIR = "LORA_CACHE_DIR"
+ENV_CACHE_BUDGET = "LORA_CACHE_BUDGET_BYTES"
+"""Bytes the node's model cache may hold; past it, least-recently-used entries are evicted."""
+ENV_NODE_NAME = "LORA_NODE_NAME"
+"""The node the pod runs on (the downward API's spec.nodeName): the manifest names it, so the
+operator learns which node caches which model."""
 ENV_PROGRESS_INTERVAL = "LORA_PROGRESS_INTERVAL"
 """Seconds between progress.json writes. The operator leaves it unset (the trainer's default
 holds); test harnesses shorten it. Not the operator's own LORA_PROGRESS_INTERVAL, which is how
@@ -149,6 +154,8 @@ class TrainerEnv(BaseModel):
     """LORA_RESUME: "1" when the trainer resumes from the saved state (a retry), else "0"."""
     cache_dir: str | None = None
     """LORA_CACHE_DIR: the node-local model cache."""
+    cache_budget_bytes: int | None = Field(default=None, ge=0)
+    """LORA_CACHE_BUDGET_BYTES: the most bytes the model cache holds; unset: no limit."""
     progress_interval: float = Field(default=5.0, ge=0)
     """LORA_PROGRESS_INTERVAL: seconds between progress.json writes (unset by the operator)."""
 
@@ -168,6 +175,7 @@ class TrainerEnv(BaseModel):
             ENV_RESUME: "1" if self.resume else "0",
             ENV_OUTPUT_PREFIX: self.output_prefix,
             ENV_CACHE_DIR: self.cache_dir,
+            ENV_CACHE_BUDGET: None if self.cache_budget_bytes is None else str(self.cache_budget_bytes),
         }
         return {name: value for name, value in values.items() if value is not None}
 
@@ -195,6 +203,7 @@ TRAINER_ENV_VARS: dict[str, str] = {
     "attempt": ENV_ATTEMPT,
     "resume": ENV_RESUME,
     "cache_dir": ENV_CACHE_DIR,
+    "cache_budget_bytes": ENV_CACHE_BUDGET,
     "progress_interval": ENV_PROGRESS_INTERVAL,
 }
 """`TrainerEnv` field -> environment variable."""

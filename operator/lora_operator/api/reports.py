@@ -67,6 +67,21 @@ class SkippedFile(ApiModel):
     """Why it was skipped, e.g. "cannot decode" or "image has 400 MP, above the 100 MP limit"."""
 
 
+class ModelFetch(ApiModel):
+    """A model the trainer took from its node's model cache, or fetched into it."""
+
+    uri: str
+    """The model's URI (baseModel.uri, dataset.autoCaption.model)."""
+    key: str
+    """The cache entry: a hash of the URI and its content (ETags and sizes)."""
+    hit: bool
+    """Found in the node's cache: nothing was downloaded."""
+    bytes: int = 0
+    """Bytes downloaded (0 on a hit)."""
+    seconds: float = 0.0
+    """Seconds the fetch took, waiting for another process's fill of the same entry included."""
+
+
 class Manifest(ApiModel):
     """manifest.json: everything the run produced, rewritten after each checkpoint."""
 
@@ -83,3 +98,7 @@ class Manifest(ApiModel):
     previews: list[PreviewEntry] = Field(default_factory=list)
     skipped: list[SkippedFile] = Field(default_factory=list)
     finished: bool = False
+    node_name: str | None = None
+    """The node the trainer ran on (LORA_NODE_NAME): its model cache now holds `models`."""
+    models: list[ModelFetch] = Field(default_factory=list)
+    """The models this attempt took from the node's cache or fetched into it."""

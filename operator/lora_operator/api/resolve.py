@@ -10,6 +10,8 @@ from pydantic import ValidationError
 
 from .adapters import adapter_checkpoints, adapter_problems
 from .families import family_row
+from .pod import PodSettings
+from .resources import ClusterLoraTrainingTemplate
 from .spec import AdapterType, JobSpec
 
 
@@ -32,6 +34,9 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+TEMPLATE_ONLY = ("description", "pod")
+"""Template fields that are no job defaults: the pod's settings go to the renderer (`template_pod`)."""
+
 REQUIRED = (("baseModel", "base_model"), ("output", "output"))
 
 
@@ -45,7 +50,7 @@ def resolve_spec(job_spec: dict[str, Any], template_spec: dict[str, Any] | None 
     Raises:
         SpecError: a required field is missing or a value is invalid; names the field.
     """
-    raw = deep_merge({k: v for k, v in (template_spec or {}).items() if k != "description"}, job_spec)
+    raw = deep_merge({k: v for k, v in (template_spec or {}).items() if k not in TEMPLATE_ONLY}, job_spec)
     try:
         spec = JobSpec.model_validate(raw)
     except ValidationError as err:
@@ -58,6 +63,37 @@ def resolve_spec(job_spec: dict[str, Any], template_spec: dict[str, Any] | None 
     if spec.dataset is None or spec.dataset.uri is None:
         raise SpecError("dataset.uri", "required (set it in the job or in its template)")
     return fill_defaults(spec)
+
+
+def template_pod(template: dict[str, Any] | None, base: PodSettings | None = None) -> PodSettings | None:
+    """The trainer-pod settings of a template object as `get_template` returned it: those of a
+    ClusterLoraTrainingTemplate, never those of a namespaced one (a tenant's), whose schema has no
+    such field.
+
+    Args:
+        template: The template object.
+        base: The operator's settings (LORA_TRAINER_POD) the template's go over, to check the two together.
+
+    Raises:
+        SpecError: the cluster template's pod settings are invalid, alone or over `base`.
+    """
+    if not template or template.get("kind") != ClusterLoraTrainingTemplate.KIND:
+        return None
+    raw = (template.get("spec") or {}).get("pod")
+    if raw is None:
+        return None
+    try:
+        pod = PodSettings.model_validate(raw)
+        if base is not None:
+            pod.over(base)  # the settings the pod gets must hold together too (a request within its limit)
+        return pod
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        name = (template.get("metadata") or {}).get("name")
+        kind = ClusterLoraTrainingTemplate.KIND
+        where = f"spec.pod.{field}" if field else "spec.pod"
+        raise SpecError("template", f"{kind} {name!r} {where}: {first['msg']}") from err
 
 
 def fill_defaults(spec: JobSpec) -> JobSpec:

@@ -7,6 +7,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from .base import ApiModel
+from .pod import PodSettings
 from .spec import JobSettings, JobSpec
 from .status import JobStatus
 
@@ -30,6 +31,15 @@ class TemplateSpec(JobSettings):
 
     description: str | None = Field(default=None, max_length=2000)
     """What the template is for (shown by kubectl lora)."""
+
+
+class ClusterTemplateSpec(TemplateSpec):
+    """Defaults for the jobs that name this template, and the size of their trainer pods."""
+
+    pod: PodSettings | None = None
+    """CPU, memory and disk, /dev/shm, pull secrets, priority class and annotations of the trainer
+    pods of this template's jobs, over the chart's trainer.pod values. Only a cluster template (the
+    platform's) has this field: a job or a namespaced template cannot size or annotate its pod."""
 
 
 class Resource(ApiModel):
@@ -77,7 +87,7 @@ class ClusterLoraTrainingTemplate(Resource):
     SCOPE = "Cluster"
     SHORT_NAMES = ("cltt",)
     kind: str = KIND
-    spec: TemplateSpec
+    spec: ClusterTemplateSpec
     """Values for the jobs that name this template; a job's own fields win."""
 
 

@@ -6,7 +6,8 @@ from pydantic import Field
 
 from .base import ApiModel
 from .conditions import Phase
-from .reports import SkippedFile
+from .pod import PodSettings
+from .reports import ModelFetch, SkippedFile
 
 MAX_SKIPPED_SHOWN = 50
 """Skipped dataset files listed on the resource; manifest.json lists them all."""
@@ -170,6 +171,14 @@ class JobStatus(ApiModel):
     selectedCheckpoint was copied to final/."""
     resolved_spec: dict | None = None
     """The spec after template and defaults, as the trainer sees it."""
+    models: list[ModelFetch] | None = Field(default=None, max_length=16)
+    """What the latest attempt's trainer found in its node's model cache (hit) or downloaded
+    (bytes, seconds), from its manifest."""
+    cached_on: str | None = None
+    """The node whose model cache held this job's models after its latest attempt."""
+    trainer_pod: PodSettings | None = None
+    """The trainer-pod settings of the job's ClusterLoraTrainingTemplate (spec.pod), read when the
+    spec was resolved; the operator's defaults fill in the rest when a pod is made."""
     spec_hash: str | None = None
     """sha256 of resolvedSpec."""
     admitted_at: str | None = None

@@ -159,6 +159,7 @@ def _merged(*groups: dict[str, list[dict]]) -> dict[str, list[dict]]:
 MODEL_RULES: dict[str, list[dict]] = _merged(name_rules(), {
     "JobSpec": _job_spec_rules(),
     "TemplateSpec": _template_spec_rules(),
+    "ClusterTemplateSpec": _template_spec_rules(),
     "Crop": [_both_set_order("bucketMinSide", "bucketMaxSide")],
     "RetryPolicy": [_both_set_order("backoffSeconds", "maxBackoffSeconds")],
     "Previews": [rule(

@@ -3,6 +3,7 @@
 Entry point: `schedule(queued, nodes, pods, now, gpu_type_label=...) -> Plan`.
 """
 
+from .cache_affinity import holding, model_key, node_caches, prefer_cached
 from .estimate import RunningJob, estimated_starts
 from .fit import fits, resource_toleration, tolerated, unmatched
 from .model import Admission, GpuNode, Plan, QueuedJob, Taint, Toleration, TrainerPod
@@ -20,6 +21,10 @@ __all__ = [
     "TrainerPod",
     "estimated_starts",
     "fits",
+    "holding",
+    "model_key",
+    "node_caches",
+    "prefer_cached",
     "unmatched",
     "node_limit",
     "queue_order",

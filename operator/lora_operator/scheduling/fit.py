@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .cache_affinity import prefer_cached
 from .model import SCHEDULING_EFFECTS, GpuNode, QueuedJob, Taint, Toleration
 
 Placement = tuple[frozenset[tuple[str, str]], frozenset[Toleration], str | None]
@@ -104,6 +105,9 @@ class _NodeClass:
     """Free node names, sorted; taken from the front."""
     demand: int = 0
     """Eligible waiting jobs that fit this class (set by `FreePool.count_demand`)."""
+    placements: set = field(default_factory=set)
+    """The placements of those jobs: classes with the same ones (and GPUs) are alike to every job
+    of the pass, so handing out one instead of the other changes no other job's admission."""
     taken: int = 0
 
     @property
@@ -157,6 +161,7 @@ class FreePool:
             matched = self._fitting[placement] = self._match(placement)
             for node_class in matched:
                 node_class.demand += count
+                node_class.placements.add(placement)
         for placement, matched in self._fitting.items():
             self._fitting[placement] = self._sorted(matched)
 
@@ -170,8 +175,13 @@ class FreePool:
         # Least demanded first, then the smallest node, then by name: deterministic.
         return sorted(classes, key=lambda c: (c.demand, c.gpus, c.names[0]))
 
-    def take(self, job: QueuedJob) -> tuple[str, int] | None:
-        """Hand the job a free node it fits, or None; a node is never handed out twice."""
+    def take(self, job: QueuedJob, holders: frozenset[str] = frozenset()) -> tuple[str, int] | None:
+        """Hand the job a free node it fits, or None; a node is never handed out twice.
+
+        `holders`: nodes whose model cache holds the job's base model. One of them goes first when it
+        is in the class the job takes from or in a class alike to every job of the pass (same
+        fitting placements and GPUs, `_NodeClass.placements`; `cache_affinity`), so the choice
+        changes no other job's admission."""
         if self.remaining == 0:
             return None
         classes = self.fitting(placement_of(job))
@@ -180,6 +190,9 @@ class FreePool:
                 # Classes before this one are used up for good: drop them so later jobs
                 # with the same placement do not scan them again.
                 del classes[:index]
+                if holders:
+                    node_class = _holding_twin(classes, node_class, holders)
+                    _cached_first(node_class, holders)
                 name = node_class.names[node_class.taken]
                 node_class.taken += 1
                 self.remaining -= 1
@@ -190,3 +203,21 @@ class FreePool:
     def untaken(self) -> tuple[str, ...]:
         """Names of the free nodes no job took, sorted."""
         return tuple(sorted(n for c in self.classes for n in c.names[c.taken :]))
+
+
+def _cached_first(node_class: _NodeClass, holders: frozenset[str]) -> None:
+    """Moves the first untaken node of the class that holds the model to the front of the untaken ones."""
+    names, start = node_class.names, node_class.taken
+    at = start + prefer_cached(names[start:], holders)
+    names[start], names[at] = names[at], names[start]
+
+
+def _holding_twin(classes: list[_NodeClass], chosen: _NodeClass, holders: frozenset[str]) -> _NodeClass:
+    """`chosen`, or a class alike to it for every job of the pass that has a free node holding the model."""
+    def holds(node_class: _NodeClass) -> bool:
+        return any(name in holders for name in node_class.names[node_class.taken:])
+
+    if holds(chosen):
+        return chosen
+    return next((c for c in classes if c.available > 0 and c.gpus == chosen.gpus
+                 and c.placements == chosen.placements and holds(c)), chosen)

@@ -81,6 +81,8 @@ class QueuedJob:
     tolerations: tuple[Toleration, ...] = ()
     gpu_type: str | None = None
     """Required value of the GPU-type node label, if any."""
+    model: str | None = None
+    """Its base model (`cache_affinity.model_key`): a free node whose cache holds it is preferred."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,8 @@ it fits, if one is left. Consequences, chosen on purpose:
 * Among fitting free nodes a job takes the one the fewest eligible waiting jobs could use
   (then the one with the fewest GPUs, then by name), so a job that runs anywhere does not
   take the only H100 node a job further down is waiting for.
+* Among those, a node whose model cache holds the job's base model comes first
+  (`cache_affinity`); the order of the queue never changes for it.
 * A namespace with a node limit (`node_limits`) that holds that many nodes (active trainer
   pods) gets no more: its jobs keep their places and are passed over like jobs that fit no
   free node.
@@ -30,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TypeVar
 
+from .cache_affinity import holding
 from .fit import FreePool
 from .model import Admission, GpuNode, Plan, QueuedJob, Toleration, TrainerPod
 from .order import queue_order, turns_by_namespace
@@ -46,6 +49,7 @@ def schedule(
     gpu_type_label: str,
     always_tolerated: Sequence[Toleration] = (),
     node_limits: Mapping[str, int] | None = None,
+    caches: Mapping[str, frozenset[str]] | None = None,
 ) -> Plan:
     """Decide which waiting jobs start now and on which node.
 
@@ -59,6 +63,8 @@ def schedule(
             i.e. ``(resource_toleration(config.gpu_resource),)``.
         node_limits: Most nodes a namespace may hold at once, by namespace; ``"*"`` is the
             limit of namespaces not listed. Absent: no limit.
+        caches: The model keys each node's cache holds (`cache_affinity.node_caches`): among the
+            free nodes a job fits it takes one holding its base model. Absent: no preference.
 
     Returns:
         The admissions (queue order) and the positions of the jobs left waiting.
@@ -100,7 +106,7 @@ def schedule(
             limited.add(job.uid)
             left.append(job)
             continue
-        taken = pool.take(job)
+        taken = pool.take(job, holding(job.model, caches) if caches else frozenset())
         if taken is None:
             left.append(job)
         else:
