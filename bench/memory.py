@@ -90,8 +90,9 @@ def estimate(case: Case, parts: Parts, weights: str, batch: int = 1) -> dict[str
         from lora_trainer.families.flux2 import activations_per_megapixel
 
         per_megapixel = activations_per_megapixel(load_config(case.config or case.family)["denoiser"]["config"])
-    activations = batch * megapixels * per_megapixel
-    tokens = batch * (case.resolution // 16) ** 2 + batch * 512  # image patches + text tokens (Flux-style)
+    images = 2 if case.pairs else 1  # an edit step's sequence holds the control image's tokens too
+    activations = batch * images * megapixels * per_megapixel
+    tokens = batch * images * (case.resolution // 16) ** 2 + batch * 512  # image patches + text (Flux-style)
     checkpointed = activations / parts.blocks + parts.blocks * tokens * parts.width * 2 / GIB
     released = getattr(family, "release_text_encoders", False)
     return {

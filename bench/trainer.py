@@ -63,6 +63,9 @@ class Case:
     batches: tuple[int, ...]
     config: str | None = None
     """The full-size config (bench/configs/NAME.json) when not the family's own (a variant's size)."""
+    pairs: bool = False
+    """An edit case: bench.memory counts the control image's tokens beside the target's (twice the image
+    sequence); the timed rows run on the bench's images without pairs."""
 
 
 CASES = {
@@ -76,6 +79,10 @@ CASES = {
     "flux2-klein-9b-1024": Case("flux2-klein", 1024, (1,), config="flux2-klein-9b"),
     "z-image-1024": Case("z-image", 1024, (1, 2)),
     "qwen-image-1024": Case("qwen-image", 1024, (1,)),
+    "chroma-1024": Case("chroma", 1024, (1, 2)),
+    # Kontext's transformer is FLUX.1-dev's config. Edit cases: see Case.pairs.
+    "flux-kontext-1024": Case("flux-kontext", 1024, (1,), config="flux", pairs=True),
+    "flux2-klein-edit-1024": Case("flux2-klein", 1024, (1,), pairs=True),
 }
 """z-image and qwen-image have no diffusers example loop to compare with: their cases time ours only."""
 

@@ -31,7 +31,8 @@ def _classes() -> dict[str, Any]:
     names = {
         diffusers: ["UNet2DConditionModel", "FluxTransformer2DModel", "AutoencoderKL", "DDPMScheduler",
                     "FlowMatchEulerDiscreteScheduler", "Flux2Transformer2DModel", "AutoencoderKLFlux2",
-                    "ZImageTransformer2DModel", "QwenImageTransformer2DModel", "AutoencoderKLQwenImage"],
+                    "ZImageTransformer2DModel", "QwenImageTransformer2DModel", "AutoencoderKLQwenImage",
+                    "ChromaTransformer2DModel"],
         transformers: ["CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel", "Qwen3ForCausalLM",
                        "Mistral3ForConditionalGeneration", "Qwen3Model", "Qwen2_5_VLForConditionalGeneration"],
     }

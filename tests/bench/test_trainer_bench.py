@@ -63,6 +63,8 @@ def test_compiled_rows_count_the_same_flops_and_the_reference_stays_eager(bench_
     ("flux2-1024", 32e9, 24e9),  # FLUX.2-dev: 32B transformer, Mistral-Small-3.1 24B
     ("flux2-klein-1024", 4e9, 4e9),  # FLUX.2-klein-base-4B: Qwen3-4B
     ("flux2-klein-9b-1024", 9e9, 8e9),  # FLUX.2-klein-base-9B: Qwen3-8B
+    ("chroma-1024", 8.9e9, 4.76e9),  # Chroma1-HD: "8.9B parameters", T5 v1.1 XXL encoder
+    ("flux-kontext-1024", 12e9, 4.88e9),  # FLUX.1-Kontext-dev: "12 billion parameter", CLIP-L + T5 XXL encoder
 ])
 def test_full_size_configs_have_the_model_cards_parameter_counts(bench_trainer, case, denoiser, text):
     from bench.memory import count
@@ -102,6 +104,18 @@ def test_the_memory_estimate_plans_flux2_on_an_80gb_gpu(bench_trainer):
     assert on_40.endswith("nf4 base, gradient checkpointing")
 
 
+def test_the_memory_estimate_counts_the_control_tokens_of_an_edit_case(bench_trainer):
+    from bench.memory import count, estimate
+
+    edit = bench_trainer.CASES["flux2-klein-edit-1024"]
+    plain = bench_trainer.CASES["flux2-klein-1024"]
+    parts = count(edit)
+    with_pairs, without = estimate(edit, parts, "bf16"), estimate(plain, parts, "bf16")
+    assert with_pairs["caching"] == without["caching"]
+    assert with_pairs["training"] > without["training"] + 1
+    assert with_pairs["training_checkpointed"] > without["training_checkpointed"]
+
+
 # Parameters of the public checkpoints (model cards / safetensors totals): Z-Image 6.15B transformer with
 # Qwen3-4B (4.02B); Qwen-Image 20.43B transformer with Qwen2.5-VL-7B-Instruct (8.29B, vision tower included).
 PUBLISHED_PARAMETERS = {"z-image": {"denoiser": 6.15e9, "text_encoder_0": 4.02e9},
@@ -121,7 +135,7 @@ def test_full_size_configs_have_the_published_parameter_counts(bench_trainer, fa
         assert sum(p.numel() for p in module.parameters()) == pytest.approx(published, rel=0.005), name
 
 
-@pytest.mark.parametrize("case", ["z-image-1024", "qwen-image-1024"])
+@pytest.mark.parametrize("case", ["z-image-1024", "qwen-image-1024", "chroma-1024", "flux-kontext-1024"])
 def test_the_new_family_cases_construct_and_step_on_the_tiny_model(bench_trainer, case, tmp_path):
     import torch
 

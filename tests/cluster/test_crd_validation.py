@@ -114,7 +114,9 @@ def test_bad_object_is_refused_with_a_message_naming_the_field(cluster, tmp_path
     {"training": {"steps": 500}},
     {"selectedCheckpoint": "auto", "deleteUnselected": True},
     {"baseModel": {"family": "flux-kontext", "uri": "s3://m/"}, "dataset": {"uri": "s3://d/", "pairs": True}},
-], ids=["embedding", "locon", "template-decides", "steps-auto", "steps-500", "selected-auto", "kontext-pairs"])
+    {"baseModel": {"family": "flux2-klein", "uri": "s3://m/"}, "dataset": {"uri": "s3://d/", "pairs": True}},
+], ids=["embedding", "locon", "template-decides", "steps-auto", "steps-500", "selected-auto", "kontext-pairs",
+        "klein-pairs"])
 def test_good_variants_are_accepted(cluster, tmp_path, spec):
     result = apply(cluster, tmp_path, job(f"good-{abs(hash(json.dumps(spec))) % 10**8}", **spec))
     assert result.returncode == 0, result.stderr

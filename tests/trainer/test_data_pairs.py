@@ -10,6 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from lora_operator.api import Dataset, ExitCode
+from lora_operator.api.families import edit_families, family_row
 from lora_trainer.cli import main
 from lora_trainer.data import prepare_dataset
 from lora_trainer.encode import pixels
@@ -118,3 +119,22 @@ def test_upload_refuses_a_pair_folder_without_one_complete_pair(tmp_path, capsys
     assert code == ExitCode.BAD_DATASET
     assert "x.png (no control image" in capsys.readouterr().err
     assert not (tmp_path / "buckets").exists()
+
+
+@pytest.mark.parametrize("family", edit_families())
+def test_an_edit_familys_prediction_reads_the_control_and_keeps_the_targets_shape(family, tiny_models):
+    import torch
+
+    from lora_trainer.families import get_family
+
+    edit = get_family(family)
+    parts = edit.load(tiny_models(family), torch.float32)
+    cond = edit.encode_prompts(parts, ["make it red"])
+    noisy = torch.randn(1, family_row(family).latent_channels, 4, 4, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.5])
+    with torch.no_grad():
+        plain = edit.predict(parts, noisy, t, cond, [])
+        one = edit.predict(parts, noisy, t, cond, [], control=torch.zeros_like(noisy))
+        other = edit.predict(parts, noisy, t, cond, [], control=torch.ones_like(noisy))
+    assert plain.shape == one.shape == noisy.shape
+    assert (one - other).abs().max() > 1e-4 and (one - plain).abs().max() > 1e-4

@@ -47,7 +47,7 @@ def test_example_job_resolves_with_its_template(name):
 def test_the_expected_examples_exist():
     assert {"demo-job.yaml", "sdxl-character-job.yaml", "flux-style-job.yaml", "embedding-job.yaml",
             "locon-job.yaml", "chroma-character-job.yaml", "flux-kontext-edit-job.yaml",
-            "flux2-character-job.yaml", "flux2-klein-character-job.yaml"} <= set(JOBS)
+            "flux2-character-job.yaml", "flux2-klein-character-job.yaml", "flux2-klein-edit-job.yaml"} <= set(JOBS)
 
 
 def test_demo_job_is_tiny():
@@ -137,3 +137,8 @@ def test_resolved_templates_are_valid_jobs_once_a_dataset_and_output_are_given()
                             doc["spec"])
         assert spec.base_model.family in set(FAMILIES) | set(NEWER.values())
         assert spec.dataset.pairs == (name == "flux-kontext-edit")
+
+
+def test_the_klein_edit_example_trains_flux2_klein_on_pairs():
+    spec = resolved(JOBS["flux2-klein-edit-job.yaml"])
+    assert spec.base_model.family == "flux2-klein" and spec.dataset.pairs and not spec.dataset.flip

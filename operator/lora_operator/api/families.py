@@ -159,8 +159,10 @@ FAMILIES: dict[str, FamilyRow] = {
         # Flux.2 dev and Klein (4B / 9B): see FLUX2_DATA.
         FamilyRow(name="flux2", **FLUX2_DATA, pipeline="Flux2Pipeline", text_encoders=("mistral-small-3",),
                   trainer="lora_trainer.families.flux2:Flux2Family"),
+        # Klein edits with the same checkpoint and pipeline (Flux2KleinPipeline's `image`), so edit pairs are
+        # this row with dataset.pairs, not a family of their own (unlike Kontext's separate checkpoint).
         FamilyRow(name="flux2-klein", **FLUX2_DATA, pipeline="Flux2KleinPipeline", text_encoders=("qwen3",),
-                  trainer="lora_trainer.families.flux2:Flux2KleinFamily"),
+                  trainer="lora_trainer.families.flux2:Flux2KleinFamily", edit=True),
         # Z-Image (Tongyi-MAI/Z-Image, 6B single-stream DiT, Qwen3-4B text, Flux.1's 16-channel VAE). Steps:
         # ai-toolkit's train_lora_zimage_base_32gb.yaml trains 3000 steps ("2500-3000 typical"), reached here
         # at 25 images. LoRA only: no convolutions in the transformer, no CLIP token embedding.

@@ -24,6 +24,12 @@ q, k and v are one ``qkv`` linear layer (fused on export, `export.fuse`); a sing
 - ComfyUI ``comfy/lora.py`` ``model_lora_keys_unet``: every ``diffusion_model.<path>.weight`` of the
   loaded Flux.2 model is reachable as ``lora_unet_<path with _>`` (and as ``diffusion_model.<path>``), and
   ``comfy/ldm/flux`` names Flux.2's layers as BFL does (double_blocks.N.img_attn.qkv, single_blocks.N.linear1).
+Edit pairs (Klein only, ``flux2-klein`` with ``dataset.pairs``): Klein is one checkpoint for text-to-image
+and multi-reference editing, and diffusers runs both with Flux2KleinPipeline (its ``image`` argument),
+ComfyUI with the same model plus ``ReferenceLatent`` nodes, and ai-toolkit trains both under one model
+type with control images; so there is no ``flux2-klein-edit`` value (Kontext differs: its own checkpoint
+and pipeline). The control latents join the sequence as the pipeline joins a reference (`join_reference`).
+
 The ``lora_unet_`` spelling is chosen over ``diffusion_model.<path>.lora_down``: diffusers reads lora_down /
 alpha only with the ``lora_unet_`` prefix, while ComfyUI takes both.
 """
@@ -38,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from lora_operator.api import ModelFamily, Previews, Sampler
 
@@ -227,27 +234,47 @@ class Flux2Family(FlowMatching):
 
     def predict(
         self, parts: Components, noisy: torch.Tensor, timesteps: torch.Tensor, cond: dict[str, torch.Tensor],
-        sizes: Sizes,
+        sizes: Sizes, control: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The transformer's velocity on the patched, packed latents, unpacked back to (B, C, H, W)."""
+        """The transformer's velocity on the patched, packed latents, unpacked back to (B, C, H, W);
+        with `control` (edit pairs) the reference tokens are joined first (`join_reference`)."""
         pipe = self.pipeline_class()
         transformer = parts.denoiser
         b = noisy.shape[0]
         patches = pipe._patchify_latents(noisy)
+        tokens, ids = pipe._pack_latents(patches), pipe._prepare_latent_ids(patches).to(noisy.device)
+        if control is not None:
+            tokens, ids = self.join_reference(tokens, ids, control.to(noisy.dtype))
         text = cond["prompt_embeds"].to(noisy.dtype)
         guidance = None
         if transformer.config.guidance_embeds:
             guidance = torch.full((b,), TRAIN_GUIDANCE, device=noisy.device, dtype=noisy.dtype)
         out = transformer(
-            hidden_states=pipe._pack_latents(patches),
+            hidden_states=tokens,
             encoder_hidden_states=text,
             timestep=self.sigmas(timesteps, noisy.shape).to(noisy.device, noisy.dtype),
-            img_ids=pipe._prepare_latent_ids(patches).to(noisy.device),
+            img_ids=ids,
             txt_ids=pipe._prepare_text_ids(text).to(noisy.device),
             guidance=guidance,
             return_dict=False,
         )[0]
+        out = out[:, : patches.shape[-2] * patches.shape[-1]]  # the reference tokens' outputs are dropped
         return pipe._unpatchify_latents(out.permute(0, 2, 1).reshape(patches.shape))
+
+    def join_reference(self, tokens: torch.Tensor, ids: torch.Tensor,
+                       control: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append a reference image's packed patches and their position ids (time coordinate 10, the first
+        reference's), as Flux2KleinPipeline.prepare_image_latents (and Flux2Pipeline's) join them.
+
+        Args:
+            tokens: The noisy image's packed patches (B, N, C).
+            ids: Their position ids (B, N, 4).
+            control: The control images' latents (B, 32, H, W), as `encode_images` returns them.
+        """
+        pipe = self.pipeline_class()
+        patches = pipe._patchify_latents(control)
+        reference_ids = pipe._prepare_image_ids([patches[:1]]).to(ids.device).expand(patches.shape[0], -1, -1)
+        return torch.cat([tokens, pipe._pack_latents(patches)], dim=1), torch.cat([ids, reference_ids], dim=1)
 
     # ------------------------------------------------------------------ previews
     def pipeline(self, parts: Components) -> Any:
@@ -269,6 +296,8 @@ class Flux2Family(FlowMatching):
         return {"prompt_embeds": cond["prompt_embeds"]}
 
 
+REFERENCE_MIN_SIDE = 64
+"""Flux2ImageProcessor.check_image_input's smallest reference side in pixels."""
 DISTILLED_NAME = re.compile(r"klein-(4|9)b")
 """BFL's repo names of the distilled Klein (the bases are FLUX.2-klein-base-4B / -9B)."""
 KLEIN_BASES = {3072: "black-forest-labs/FLUX.2-klein-base-4B", 4096: "black-forest-labs/FLUX.2-klein-base-9B"}
@@ -332,6 +361,14 @@ class Flux2KleinFamily(Flux2Family):
             scheduler=parts.noise_scheduler, vae=parts.vae, text_encoder=parts.text_encoders[0],
             tokenizer=parts.tokenizers[0], transformer=parts.denoiser, is_distilled=False,
         )
+
+    def edit_inputs(self, control: Image.Image, size: tuple[int, int]) -> dict[str, Any]:
+        """The control image as the pipeline's reference ``image``, at the preview size (the pipeline keeps a
+        reference under 1 MP at its own size, cropped to a multiple of 16, as training saw it), scaled up
+        where a side is under the pipeline's minimum reference side (REFERENCE_MIN_SIDE, which it refuses)."""
+        height, width = size
+        scale = max(1.0, REFERENCE_MIN_SIDE / min(height, width))
+        return {"image": [control.resize((round(width * scale), round(height * scale)))]}
 
     def prompt_kwargs(self, cond: dict[str, torch.Tensor], negative: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Cached conditioning and that of the empty prompt, the pipeline's negative for guidance."""
