@@ -33,12 +33,14 @@ from .encode import Encoder, pixels
 from .errors import ConfigError, NanLossError
 from .export import file_digest
 from .families import get_family
+from .memory import base_quantization
 from .noise import make_noise
 from .optim import build_optimizer, build_scheduler
 from .outputs import Outputs
 from .precision import checkpointing_wanted, resolve_precision
 from .previews import check_sampler, preview_controls, preview_prompts, preview_size, render_previews
 from .progress import ManifestWriter, ProgressReporter
+from .quantize import quantization_config, quantized_denoiser
 from .schedule import BatchStream, Plan, count_steps
 from .singlefile import SingleFileModel
 from .speed import (
@@ -173,7 +175,11 @@ class LoraRecipe:
             total_steps=self.plan.total_steps, skipped=list(self.data.skipped),
         ))
 
-        self.parts = self.family.load(self.inputs.model_dir, weight_dtype)
+        megapixels = max(h * w for h, w in (s.target_size for s in self.samples)) / 1e6
+        self.base_quantization = base_quantization(t.base_quantization, self.family, self.inputs.model_dir,
+                                                   self.device, images=t.batch_size, megapixels=megapixels)
+        with quantized_denoiser(quantization_config(self.base_quantization, self.device.type, weight_dtype)):
+            self.parts = self.family.load(self.inputs.model_dir, weight_dtype)
         for module in self.parts.frozen_modules():
             module.requires_grad_(False)
             module.to(self.device)

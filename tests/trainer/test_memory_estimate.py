@@ -1,0 +1,56 @@
+"""The memory estimate and what training.baseQuantization auto chooses from it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lora_trainer.families import get_family
+from lora_trainer.memory import (
+    CHECKPOINTED_SHARE,
+    GIB,
+    QUANTIZED_BYTES,
+    Weights,
+    base_quantization,
+    choose_quantization,
+    folder_weights,
+    peak_gib,
+)
+
+FLUX = Weights(denoiser=11.9, others=4.97)  # FLUX.1-dev: transformer; CLIP-L + T5-XXL + VAE
+FLUX_ACT = get_family("flux").activation_gib_per_megapixel
+
+
+def test_the_peak_is_weights_plus_activations_each_option_shrinking_its_part():
+    plain = peak_gib(FLUX, FLUX_ACT, quantization="none", checkpointing=False)
+    assert plain == pytest.approx((11.9 * 2 + 4.97 * 2) * 1e9 / GIB + FLUX_ACT)
+    checkpointed = peak_gib(FLUX, FLUX_ACT, quantization="none", checkpointing=True)
+    assert plain - checkpointed == pytest.approx(FLUX_ACT * (1 - CHECKPOINTED_SHARE))
+    nf4 = peak_gib(FLUX, FLUX_ACT, quantization="nf4", checkpointing=True)
+    assert checkpointed - nf4 == pytest.approx(11.9e9 * (2 - QUANTIZED_BYTES["nf4"]) / GIB)
+    two = peak_gib(FLUX, FLUX_ACT, quantization="none", checkpointing=False, images=2)
+    assert two - plain == pytest.approx(FLUX_ACT)
+
+
+@pytest.mark.parametrize(("memory", "expected"), [(80, "none"), (40, "none"), (32, "fp8"), (24, "nf4"), (12, "nf4")])
+def test_auto_picks_the_first_quantization_that_fits(memory, expected):
+    assert choose_quantization("auto", FLUX, FLUX_ACT, memory_gib=memory, images=1, megapixels=1.05) == expected
+
+
+def test_auto_is_none_without_a_gpu_or_known_weights_and_a_setting_is_kept():
+    assert choose_quantization("auto", FLUX, FLUX_ACT, memory_gib=None, images=1, megapixels=1) == "none"
+    assert choose_quantization("auto", None, FLUX_ACT, memory_gib=24, images=1, megapixels=1) == "none"
+    assert choose_quantization("fp8", FLUX, FLUX_ACT, memory_gib=80, images=1, megapixels=1) == "fp8"
+    assert base_quantization("auto", get_family("flux"), None, torch.device("cpu"), images=1, megapixels=1) == "none"
+
+
+def test_folder_weights_reads_the_safetensors_sizes(tmp_path):
+    for part, n in (("transformer", 3000), ("text_encoder", 1000), ("vae", 500)):
+        (tmp_path / part).mkdir()
+        save_file({"w": torch.zeros(n, dtype=torch.bfloat16)}, tmp_path / part / "model.safetensors")
+    (tmp_path / "tokenizer").mkdir()
+    weights = folder_weights(tmp_path, "transformer")
+    assert weights.denoiser == pytest.approx(3000 / 1e9, rel=0.1)  # + the small safetensors header
+    assert weights.others == pytest.approx(1500 / 1e9, rel=0.2)
+    assert folder_weights(tmp_path, "unet") is None

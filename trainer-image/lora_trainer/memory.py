@@ -1,0 +1,103 @@
+"""The peak GPU memory of a training step, estimated before loading, and what the auto settings choose.
+
+The estimate: the frozen weights on the GPU (the denoiser at its quantized size, the text encoders and
+the VAE in the weight dtype), plus the denoiser's saved activations, `activation_gib_per_megapixel`
+per training megapixel, a `CHECKPOINTED_SHARE` of that with gradient checkpointing. bench/memory.py
+prints it per family and option; training.baseQuantization auto picks from it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .precision import MEMORY_HEADROOM
+
+log = logging.getLogger(__name__)
+
+GIB = 2**30
+CHECKPOINTED_SHARE = 0.12
+"""Activations kept with gradient checkpointing, as a share of those without: Flux at 1024 px, batch 2,
+peaked at 37.6 GiB with checkpointing on 31.4 GiB of weights (bench/RESULTS.md, session 6), 3.1 GiB per
+megapixel against 28 without (11%)."""
+QUANTIZED_BYTES = {"none": 2.0, "fp8": 1.03, "nf4": 0.56}
+"""Bytes per denoiser parameter: bf16; torchao float8 with a bf16 scale per row of a 3072-wide layer (~1.03);
+bitsandbytes nf4, 4 bits plus double-quantized absmax per 64 weights and the unquantized norms and
+embeddings (~0.56)."""
+QUANTIZATIONS = ("none", "fp8", "nf4")
+"""In the order auto tries them: the first that fits (least precision lost)."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Parameter counts of a base model, in billions.
+
+    Attributes:
+        denoiser: The UNet or transformer.
+        others: Text encoders and VAE (loaded on the GPU in the weight dtype, never quantized).
+    """
+
+    denoiser: float
+    others: float
+
+
+def peak_gib(weights: Weights, activation_gib_per_megapixel: float, *, quantization: str, checkpointing: bool,
+             images: int = 1, megapixels: float = 1.0) -> float:
+    """The estimated peak GPU memory of one training step, in GiB.
+
+    Args:
+        weights: The model's parameter counts.
+        activation_gib_per_megapixel: The family's saved activations per megapixel without checkpointing.
+        quantization: none, fp8 or nf4 (the denoiser's storage).
+        checkpointing: Gradient checkpointing on.
+        images: Images per micro-batch.
+        megapixels: Size of each image.
+    """
+    denoiser = weights.denoiser * 1e9 * QUANTIZED_BYTES[quantization] / GIB
+    others = weights.others * 1e9 * 2 / GIB
+    activations = images * megapixels * activation_gib_per_megapixel * (CHECKPOINTED_SHARE if checkpointing else 1.0)
+    return denoiser + others + activations
+
+
+def choose_quantization(setting: str, weights: Weights | None, activation_gib_per_megapixel: float, *,
+                        memory_gib: float | None, images: int, megapixels: float) -> str:
+    """training.baseQuantization: `setting` itself unless auto; auto is the first of none, fp8, nf4 whose peak
+    with gradient checkpointing fits `MEMORY_HEADROOM` of `memory_gib` (nf4 when none fits), and none when the
+    memory or the weights are unknown (CPU)."""
+    if setting != "auto":
+        return setting
+    if memory_gib is None or weights is None:
+        return "none"
+    for kind in QUANTIZATIONS:
+        peak = peak_gib(weights, activation_gib_per_megapixel, quantization=kind, checkpointing=True,
+                        images=images, megapixels=megapixels)
+        if peak <= MEMORY_HEADROOM * memory_gib:
+            log.info("baseQuantization auto: %s, estimated peak %.1f GiB of %.1f GiB", kind, peak, memory_gib)
+            return kind
+    log.warning("baseQuantization auto: nf4, but even its estimated peak does not fit %.1f GiB", memory_gib)
+    return "nf4"
+
+
+def folder_weights(folder: Path, denoiser: str) -> Weights | None:
+    """Parameter counts read from a diffusers folder's safetensors sizes (bf16 / fp16 files: 2 bytes each);
+    None when the folder has no such files (a single-file checkpoint: auto then keeps none)."""
+    if not (folder / denoiser).is_dir():
+        return None
+    size = {part: sum(f.stat().st_size for f in (folder / part).glob("*.safetensors"))
+            for part in (p.name for p in folder.iterdir() if p.is_dir())}
+    if not size.get(denoiser):
+        return None
+    others = sum(v for k, v in size.items() if k != denoiser)
+    return Weights(denoiser=size[denoiser] / 2e9, others=others / 2e9)
+
+
+def base_quantization(setting: str, family, folder, device: torch.device, *, images: int, megapixels: float) -> str:
+    """training.baseQuantization for this job: auto chooses (`choose_quantization`) from the memory of the GPU
+    the pod holds (torch reports it exactly; on CPU auto is none) and the model folder's weights."""
+    memory = torch.cuda.get_device_properties(device).total_memory / GIB if device.type == "cuda" else None
+    weights = folder_weights(folder, family.denoiser_name) if isinstance(folder, Path) else None
+    return choose_quantization(setting, weights, family.activation_gib_per_megapixel, memory_gib=memory,
+                               images=images, megapixels=megapixels)
