@@ -54,3 +54,4 @@ def test_folder_weights_reads_the_safetensors_sizes(tmp_path):
     assert weights.denoiser == pytest.approx(3000 / 1e9, rel=0.1)  # + the small safetensors header
     assert weights.others == pytest.approx(1500 / 1e9, rel=0.2)
     assert folder_weights(tmp_path, "unet") is None
+

@@ -133,3 +133,9 @@ def test_resolved_templates_are_valid_jobs_once_a_dataset_and_output_are_given()
                             doc["spec"])
         assert re.fullmatch(r"(sd15|sdxl|flux|chroma|flux-kontext)", spec.base_model.family)
         assert spec.dataset.pairs == (name == "flux-kontext-edit")
+
+
+def test_the_24gb_flux_job_quantizes_its_base_and_checkpoints():
+    spec = resolved(JOBS["flux-24gb-job.yaml"])
+    assert spec.base_model.family == "flux" and spec.training.batch_size == 1
+    assert (spec.training.base_quantization, spec.training.gradient_checkpointing) == ("nf4", "on")
