@@ -10,6 +10,7 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
 from torchao.quantization import Float8Tensor
 
+from lora_operator.api.families import FAMILIES
 from lora_trainer.errors import ConfigError
 
 pytestmark = pytest.mark.trainer
@@ -75,3 +76,9 @@ def test_the_quantized_runs_file_loads_into_the_unquantized_pipeline(runs, tiny_
 def test_nf4_on_cpu_is_a_clear_config_error(train):
     with pytest.raises(ConfigError, match="baseQuantization nf4 needs a CUDA GPU"):
         train("flux", training={**STEPS, "baseQuantization": "nf4"})
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_loads_its_denoiser_quantized_through_the_shared_path(train, family):
+    recipe = train(family, training={**STEPS, "baseQuantization": "fp8"}, setup_only=True)
+    assert linears(recipe.parts.denoiser) and all(isinstance(w, Float8Tensor) for w in linears(recipe.parts.denoiser))
