@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
+from .families import Family
 from .precision import MEMORY_HEADROOM
+from .singlefile import SingleFileModel
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,8 @@ def folder_weights(folder: Path, denoiser: str) -> Weights | None:
     return Weights(denoiser=size[denoiser] / 2e9, others=others / 2e9)
 
 
-def base_quantization(setting: str, family, folder, device: torch.device, *, images: int, megapixels: float) -> str:
+def base_quantization(setting: str, family: Family, folder: Path | SingleFileModel | None, device: torch.device, *,
+                      images: int, megapixels: float) -> str:
     """training.baseQuantization for this job: auto chooses (`choose_quantization`) from the memory of the GPU
     the pod holds (torch reports it exactly; on CPU auto is none) and the model folder's weights."""
     memory = torch.cuda.get_device_properties(device).total_memory / GIB if device.type == "cuda" else None
