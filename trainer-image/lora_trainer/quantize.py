@@ -73,7 +73,3 @@ def denoiser_load_kwargs(subfolder: str) -> dict[str, Any]:
         return {}
     return {"quantization_config": config}
 
-
-def is_quantized(module: torch.nn.Module) -> bool:
-    """Whether diffusers loaded `module` with a quantization config."""
-    return getattr(module, "quantization_config", None) is not None or bool(getattr(module, "is_quantized", False))
