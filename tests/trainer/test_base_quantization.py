@@ -12,6 +12,7 @@ from torchao.quantization import Float8Tensor
 
 from lora_operator.api.families import FAMILIES
 from lora_trainer.errors import ConfigError
+from lora_trainer.memory import Weights, choose_quantization
 
 pytestmark = pytest.mark.trainer
 
@@ -82,3 +83,19 @@ def test_nf4_on_cpu_is_a_clear_config_error(train):
 def test_every_family_loads_its_denoiser_quantized_through_the_shared_path(train, family):
     recipe = train(family, training={**STEPS, "baseQuantization": "fp8"}, setup_only=True)
     assert linears(recipe.parts.denoiser) and all(isinstance(w, Float8Tensor) for w in linears(recipe.parts.denoiser))
+
+
+
+def test_loha_trains_on_an_fp8_base(train):
+    recipe = train("flux", type="loha", checkpoints={"formats": ["kohya"]},
+                   training={"steps": 1, "baseQuantization": "fp8"})
+    assert all(isinstance(w, Float8Tensor) for w in linears(recipe.parts.denoiser))
+    assert any("hada_w1_a" in k for k in load_file(recipe.outputs.workdir / "checkpoints/epoch-0001/kohya.safetensors"))
+
+
+def test_dora_on_fp8_is_a_clear_config_error_and_auto_skips_fp8_for_it(train):
+    with pytest.raises(ConfigError, match="baseQuantization fp8 cannot train network.dora"):
+        train("flux", network={"dora": True}, training={"steps": 1, "baseQuantization": "fp8"})
+    flux = Weights(denoiser=11.9, others=4.97)
+    assert choose_quantization("auto", flux, 28.0, memory_gib=32, images=1, megapixels=1.05) == "fp8"
+    assert choose_quantization("auto", flux, 28.0, memory_gib=32, images=1, megapixels=1.05, dora=True) == "nf4"

@@ -177,8 +177,11 @@ class LoraRecipe:
 
         megapixels = max(h * w for h, w in (s.target_size for s in self.samples)) / 1e6
         self.base_quantization = base_quantization(t.base_quantization, self.family, self.inputs.model_dir,
-                                                   self.device, images=t.batch_size, megapixels=megapixels)
-        with quantized_denoiser(quantization_config(self.base_quantization, self.device.type, weight_dtype)):
+                                                   self.device, images=t.batch_size, megapixels=megapixels,
+                                                   dora=spec.network.dora)
+        quantization = quantization_config(self.base_quantization, self.device.type, weight_dtype,
+                                           dora=spec.network.dora)
+        with quantized_denoiser(quantization):
             self.parts = self.family.load(self.inputs.model_dir, weight_dtype)
         for module in self.parts.frozen_modules():
             module.requires_grad_(False)

@@ -65,15 +65,15 @@ def peak_gib(weights: Weights, activation_gib_per_megapixel: float, *, quantizat
 
 
 def choose_quantization(setting: str, weights: Weights | None, activation_gib_per_megapixel: float, *,
-                        memory_gib: float | None, images: int, megapixels: float) -> str:
+                        memory_gib: float | None, images: int, megapixels: float, dora: bool = False) -> str:
     """training.baseQuantization: `setting` itself unless auto; auto is the first of none, fp8, nf4 whose peak
     with gradient checkpointing fits `MEMORY_HEADROOM` of `memory_gib` (nf4 when none fits), and none when the
-    memory or the weights are unknown (CPU)."""
+    memory or the weights are unknown (CPU). With DoRA fp8 is skipped (`quantize.quantization_config`)."""
     if setting != "auto":
         return setting
     if memory_gib is None or weights is None:
         return "none"
-    for kind in QUANTIZATIONS:
+    for kind in (q for q in QUANTIZATIONS if not (dora and q == "fp8")):
         peak = peak_gib(weights, activation_gib_per_megapixel, quantization=kind, checkpointing=True,
                         images=images, megapixels=megapixels)
         if peak <= MEMORY_HEADROOM * memory_gib:
@@ -97,10 +97,10 @@ def folder_weights(folder: Path, denoiser: str) -> Weights | None:
 
 
 def base_quantization(setting: str, family: Family, folder: Path | SingleFileModel | None, device: torch.device, *,
-                      images: int, megapixels: float) -> str:
+                      images: int, megapixels: float, dora: bool = False) -> str:
     """training.baseQuantization for this job: auto chooses (`choose_quantization`) from the memory of the GPU
     the pod holds (torch reports it exactly; on CPU auto is none) and the model folder's weights."""
     memory = torch.cuda.get_device_properties(device).total_memory / GIB if device.type == "cuda" else None
     weights = folder_weights(folder, family.denoiser_name) if isinstance(folder, Path) else None
     return choose_quantization(setting, weights, family.activation_gib_per_megapixel, memory_gib=memory,
-                               images=images, megapixels=megapixels)
+                               images=images, megapixels=megapixels, dora=dora)
