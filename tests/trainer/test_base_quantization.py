@@ -93,9 +93,7 @@ def test_loha_trains_on_an_fp8_base(train):
     assert any("hada_w1_a" in k for k in load_file(recipe.outputs.workdir / "checkpoints/epoch-0001/kohya.safetensors"))
 
 
-def test_dora_on_fp8_is_a_clear_config_error_and_auto_skips_fp8_for_it(train):
-    with pytest.raises(ConfigError, match="baseQuantization fp8 cannot train network.dora"):
-        train("flux", network={"dora": True}, training={"steps": 1, "baseQuantization": "fp8"})
+def test_auto_skips_fp8_for_dora():  # the spec refuses dora with fp8 (tests/unit/test_adapter_types.py)
     flux = Weights(denoiser=11.9, others=4.97)
     assert choose_quantization("auto", flux, 28.0, memory_gib=32, images=1, megapixels=1.05) == "fp8"
     assert choose_quantization("auto", flux, 28.0, memory_gib=32, images=1, megapixels=1.05, dora=True) == "nf4"

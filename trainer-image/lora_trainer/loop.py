@@ -179,8 +179,7 @@ class LoraRecipe:
         self.base_quantization = base_quantization(t.base_quantization, self.family, self.inputs.model_dir,
                                                    self.device, images=t.batch_size, megapixels=megapixels,
                                                    dora=spec.network.dora)
-        quantization = quantization_config(self.base_quantization, self.device.type, weight_dtype,
-                                           dora=spec.network.dora)
+        quantization = quantization_config(self.base_quantization, self.device.type, weight_dtype)
         with quantized_denoiser(quantization):
             self.parts = self.family.load(self.inputs.model_dir, weight_dtype)
         for module in self.parts.frozen_modules():

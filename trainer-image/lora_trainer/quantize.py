@@ -27,7 +27,7 @@ DENOISER_SUBFOLDERS = ("unet", "transformer")
 _CONFIG: ContextVar[Any] = ContextVar("denoiser_quantization", default=None)
 
 
-def quantization_config(kind: str, device_type: str, compute_dtype: torch.dtype, *, dora: bool = False) -> Any:
+def quantization_config(kind: str, device_type: str, compute_dtype: torch.dtype) -> Any:
     """The diffusers quantization config of training.baseQuantization `kind` (none: None).
 
     fp8 is torchao's float8 weight-only config: weights stored as float8 e4m3 with a scale per row,
@@ -35,18 +35,15 @@ def quantization_config(kind: str, device_type: str, compute_dtype: torch.dtype,
     bitsandbytes' 4-bit NormalFloat with double quantization; diffusers' bitsandbytes quantizer
     refuses to load without a GPU, so nf4 needs CUDA.
 
-    DoRA (`dora`) adds its update to the base weight to take its norm; torchao's float8 tensor has no such
-    addition, so fp8 refuses it (bitsandbytes' nf4 layers dequantize for DoRA in peft).
+    DoRA cannot train on fp8 (its update is added to the base weight, and torchao's float8 tensor has no
+    such addition): the spec refuses the pair (`lora_operator.api.adapters`) and auto skips fp8 for it.
 
     Raises:
-        ConfigError: nf4 without a CUDA GPU; fp8 with DoRA.
+        ConfigError: nf4 without a CUDA GPU.
     """
     if kind == "none":
         return None
     if kind == "fp8":
-        if dora:
-            raise ConfigError("training.baseQuantization fp8 cannot train network.dora (DoRA adds its update to "
-                              "the base weight, which torchao's float8 weights do not support); use nf4 or none")
         from diffusers import TorchAoConfig
         from torchao.quantization import Float8WeightOnlyConfig
 
