@@ -9,6 +9,7 @@ prints it per family and option; training.baseQuantization auto picks from it.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,16 +85,29 @@ def choose_quantization(setting: str, weights: Weights | None, activation_gib_pe
 
 
 def folder_weights(folder: Path, denoiser: str) -> Weights | None:
-    """Parameter counts read from a diffusers folder's safetensors sizes (bf16 / fp16 files: 2 bytes each);
-    None when the folder has no such files (a single-file checkpoint: auto then keeps none)."""
+    """Parameter counts read from the safetensors headers of a diffusers folder's parts (no weights are read);
+    None when the denoiser has no such files (a single-file checkpoint: auto then keeps none)."""
     if not (folder / denoiser).is_dir():
         return None
-    size = {part: sum(f.stat().st_size for f in (folder / part).glob("*.safetensors"))
-            for part in (p.name for p in folder.iterdir() if p.is_dir())}
-    if not size.get(denoiser):
+    counts = {part.name: _parameters(part) for part in folder.iterdir() if part.is_dir()}
+    if not counts.get(denoiser):
         return None
-    others = sum(v for k, v in size.items() if k != denoiser)
-    return Weights(denoiser=size[denoiser] / 2e9, others=others / 2e9)
+    return Weights(denoiser=counts[denoiser] / 1e9, others=sum(v for k, v in counts.items() if k != denoiser) / 1e9)
+
+
+def _parameters(part: Path) -> int:
+    """Parameters in one part's safetensors files; of the plain files only when variants (``x.fp16.safetensors``)
+    sit beside them, so that no weight is counted twice."""
+    from safetensors import safe_open
+
+    files = sorted(part.glob("*.safetensors"))
+    plain = [f for f in files if f.name.count(".") == 1]
+    total = 0
+    for file in plain or files:
+        with safe_open(file, framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                total += math.prod(handle.get_slice(key).get_shape())
+    return total
 
 
 def base_quantization(setting: str, family: Family, folder: Path | SingleFileModel | None, device: torch.device, *,
