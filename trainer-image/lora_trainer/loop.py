@@ -54,6 +54,7 @@ from .speed import (
     training_attention,
     upload,
 )
+from .textpark import park_text_encoders
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,7 @@ class LoraRecipe:
         if t.cache_latents:
             self.progress.phase("caching")
             self._precache()
+        self.text_parked = park_text_encoders(self)
 
     def _gradient_checkpointing(self) -> None:
         megapixels = max(h * w for h, w in (s.target_size for s in self.samples)) / 1e6
@@ -302,7 +304,7 @@ class LoraRecipe:
         t = self.training
         text_now = self.adapter.trains_text and (step <= self.text_steps or not self.adapter.text_ratio_applies)
         self.adapter.set_text_training(text_now)
-        if step == self.text_steps + 1:
+        if step == self.text_steps + 1 and self.adapter.trains_text:  # only trained text weights change it
             self.encoder.forget_text()
         loss = None
         for k in range(t.gradient_accumulation):
