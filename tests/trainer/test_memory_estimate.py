@@ -18,7 +18,7 @@ from lora_trainer.memory import (
     peak_gib,
 )
 
-FLUX = Weights(denoiser=11.9, others=4.97)  # FLUX.1-dev: transformer; CLIP-L + T5-XXL + VAE
+FLUX = Weights(denoiser=11.9, others=4.97, vae=0.084)  # FLUX.1-dev: transformer; CLIP-L + T5-XXL + VAE
 FLUX_ACT = get_family("flux").activation_gib_per_megapixel
 
 
@@ -31,6 +31,12 @@ def test_the_peak_is_weights_plus_activations_each_option_shrinking_its_part():
     assert checkpointed - nf4 == pytest.approx(11.9e9 * (2 - QUANTIZED_BYTES["nf4"]) / GIB)
     two = peak_gib(FLUX, FLUX_ACT, quantization="none", checkpointing=False, images=2)
     assert two - plain == pytest.approx(FLUX_ACT)
+    caching = 11.9e9 * QUANTIZED_BYTES["nf4"] / GIB + 4.97 * 2e9 / GIB  # all weights, no activations
+    for activation in (FLUX_ACT, 200.0):  # caching sets the peak, then the steps (without the text encoders)
+        steps = nf4 - FLUX_ACT * CHECKPOINTED_SHARE - (4.97 - 0.084) * 2e9 / GIB + activation * CHECKPOINTED_SHARE
+        parked = peak_gib(FLUX, activation, quantization="nf4", checkpointing=True, text_parked=True)
+        assert parked == pytest.approx(max(caching, steps)) and parked < nf4 - FLUX_ACT * CHECKPOINTED_SHARE + \
+            activation * CHECKPOINTED_SHARE
 
 
 @pytest.mark.parametrize(("memory", "expected"), [(80, "none"), (40, "none"), (32, "fp8"), (24, "nf4"), (12, "nf4")])

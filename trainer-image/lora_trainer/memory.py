@@ -41,14 +41,16 @@ class Weights:
     Attributes:
         denoiser: The UNet or transformer.
         others: Text encoders and VAE (loaded on the GPU in the weight dtype, never quantized).
+        vae: The VAE's share of `others` (it stays on the GPU when the text encoders are parked).
     """
 
     denoiser: float
     others: float
+    vae: float = 0.0
 
 
 def peak_gib(weights: Weights, activation_gib_per_megapixel: float, *, quantization: str, checkpointing: bool,
-             images: int = 1, megapixels: float = 1.0) -> float:
+             images: int = 1, megapixels: float = 1.0, text_parked: bool = False) -> float:
     """The estimated peak GPU memory of one training step, in GiB.
 
     Args:
@@ -58,10 +60,14 @@ def peak_gib(weights: Weights, activation_gib_per_megapixel: float, *, quantizat
         checkpointing: Gradient checkpointing on.
         images: Images per micro-batch.
         megapixels: Size of each image.
+        text_parked: The text encoders leave the GPU after caching (textpark): the peak is the larger of
+            caching (all weights, no activations) and the steps (without the text encoders).
     """
     denoiser = weights.denoiser * 1e9 * QUANTIZED_BYTES[quantization] / GIB
     others = weights.others * 1e9 * 2 / GIB
     activations = images * megapixels * activation_gib_per_megapixel * (CHECKPOINTED_SHARE if checkpointing else 1.0)
+    if text_parked:
+        return max(denoiser + others, denoiser + weights.vae * 1e9 * 2 / GIB + activations)
     return denoiser + others + activations
 
 
