@@ -48,3 +48,10 @@ def test_dora_is_a_lora_field_on_every_family(family):
             continue
         with pytest.raises(SpecError, match=r"spec\.network\.dora: .*needs spec\.type: lora or locon"):
             resolve_spec(spec_for(family, type=kind, network={"dora": True}, **extra))
+
+
+def test_dora_on_an_fp8_base_is_refused_naming_the_field_and_nf4_is_not():
+    with pytest.raises(SpecError, match=r"spec\.training\.baseQuantization: fp8 cannot train network\.dora"):
+        resolve_spec(spec_for("flux", network={"dora": True}, training={"baseQuantization": "fp8"}))
+    resolve_spec(spec_for("flux", network={"dora": True}, training={"baseQuantization": "nf4"}))
+    resolve_spec(spec_for("flux", training={"baseQuantization": "fp8"}))

@@ -142,3 +142,9 @@ def test_resolved_templates_are_valid_jobs_once_a_dataset_and_output_are_given()
 def test_the_klein_edit_example_trains_flux2_klein_on_pairs():
     spec = resolved(JOBS["flux2-klein-edit-job.yaml"])
     assert spec.base_model.family == "flux2-klein" and spec.dataset.pairs and not spec.dataset.flip
+
+
+def test_the_24gb_flux_job_quantizes_its_base_and_checkpoints():
+    spec = resolved(JOBS["flux-24gb-job.yaml"])
+    assert spec.base_model.family == "flux" and spec.training.batch_size == 1
+    assert (spec.training.base_quantization, spec.training.gradient_checkpointing) == ("nf4", "on")

@@ -35,12 +35,14 @@ from .errors import ConfigError, NanLossError
 from .export import file_digest
 from .families import get_family
 from .families.base import refuse_distilled
+from .memory import base_quantization
 from .noise import make_noise
 from .optim import build_optimizer, build_scheduler
 from .outputs import Outputs
 from .precision import checkpointing_wanted, resolve_precision
 from .previews import check_sampler, preview_controls, preview_prompts, preview_size, render_previews
 from .progress import ManifestWriter, ProgressReporter
+from .quantize import quantization_config, quantized_denoiser
 from .schedule import BatchStream, Plan, count_steps
 from .singlefile import SingleFileModel
 from .speed import (
@@ -54,6 +56,7 @@ from .speed import (
     training_attention,
     upload,
 )
+from .textpark import park_text_encoders
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +179,13 @@ class LoraRecipe:
         ))
 
         refuse_distilled(spec.base_model.family, self.inputs.model_dir)
-        self.parts = self.family.load(self.inputs.model_dir, weight_dtype)
+        megapixels = max(h * w for h, w in (s.target_size for s in self.samples)) / 1e6
+        self.base_quantization = base_quantization(t.base_quantization, self.family, self.inputs.model_dir,
+                                                   self.device, images=t.batch_size, megapixels=megapixels,
+                                                   dora=spec.network.dora)
+        quantization = quantization_config(self.base_quantization, self.device.type, weight_dtype)
+        with quantized_denoiser(quantization):
+            self.parts = self.family.load(self.inputs.model_dir, weight_dtype)
         for module in self.parts.frozen_modules():
             module.requires_grad_(False)
             module.to(self.device)
@@ -210,6 +219,8 @@ class LoraRecipe:
             self._precache()
         if getattr(self.family, "release_text_encoders", False) and not self.adapter.trains_text:
             self._release_text()
+        # Families that release their encoders (above) are parked already; the others on a GPU now.
+        self.text_parked = self.encoder.released or park_text_encoders(self)
 
     def _gradient_checkpointing(self) -> None:
         megapixels = max(h * w for h, w in (s.target_size for s in self.samples)) / 1e6

@@ -78,7 +78,7 @@ def families_without(adapter: str) -> list[str]:
 def adapter_problems(spec: Any, adapter: str) -> list[tuple[str, str]]:
     """(field, message) for each rule a resolved spec of type `adapter` breaks: a typed field set for another
     type or missing for its own, a type the family does not support, edit pairs for a family that trains no
-    edits, or a checkpoint format it cannot write."""
+    edits, DoRA on an fp8 base, or a checkpoint format it cannot write."""
     problems = []
     for field in TYPED_FIELDS:
         if field.is_set(spec) and adapter not in field.types:
@@ -94,6 +94,11 @@ def adapter_problems(spec: Any, adapter: str) -> list[tuple[str, str]]:
     if spec.dataset is not None and spec.dataset.pairs and not row.edit:
         problems.append(("dataset.pairs", f"family {row.name} cannot train on edit pairs; "
                                           f"use an edit family ({', '.join(edit_families())}) or leave pairs off"))
+    if spec.network is not None and spec.network.dora and spec.training is not None \
+            and spec.training.base_quantization == "fp8":
+        problems.append(("training.baseQuantization", "fp8 cannot train network.dora (DoRA adds its update to the "
+                                                      "base weight, which torchao's float8 weights do not support); "
+                                                      "use nf4 or none"))
     for fmt in (spec.checkpoints or Checkpoints()).formats:
         if fmt not in row.formats:
             problems.append(("checkpoints.formats", f"{fmt} is not written for family {row.name} "

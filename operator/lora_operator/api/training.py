@@ -147,6 +147,12 @@ class Training(ApiModel):
     """no, fp16 or bf16 (falls back to no on CPU). Default: bf16."""
     gradient_checkpointing: Literal["auto", "on", "off"] = Field(default="auto")
     """Trade compute for memory; auto turns it on when memory would not suffice. Default: auto."""
+    base_quantization: Literal["auto", "none", "fp8", "nf4"] = Field(default="none")
+    """Store the frozen denoiser's linear weights quantized, to train big bases on smaller GPUs; the adapter
+    stays in full precision and its files are the same. fp8: torchao float8 weights with a scale per row
+    (about half of bf16); nf4: bitsandbytes 4-bit NormalFloat (about a quarter; needs a CUDA GPU). auto: the
+    first of none, fp8, nf4 whose estimated peak with gradient checkpointing fits 90% of the GPU the pod
+    holds (none on CPU or for a single-file base). Default: none."""
     cache_latents: bool = Field(default=True)
     """Encode images once and reuse the latents when augmentation allows. Default: true."""
     ema: Ema = Field(default_factory=Ema)

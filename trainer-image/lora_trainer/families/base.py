@@ -18,6 +18,7 @@ import torch
 from lora_operator.api import Previews, Sampler
 
 from ..errors import ModelError
+from ..quantize import denoiser_load_kwargs
 from ..singlefile import SingleFileModel
 
 Sizes = list[tuple[tuple[int, int], tuple[int, int], tuple[int, int]]]
@@ -223,7 +224,9 @@ def refuse_distilled(family: str, folder: Path) -> None:
 
 def load_part(loader: Any, folder: Path | SingleFileModel, subfolder: str, **kwargs: Any) -> Any:
     """`loader.from_pretrained(folder, subfolder=...)`, turning failures into ModelError; from a single-file
-    checkpoint through diffusers' single-file loaders (`SingleFileModel.load_part`)."""
+    checkpoint through diffusers' single-file loaders (`SingleFileModel.load_part`). The denoiser gets the
+    open training.baseQuantization config (`quantize.quantized_denoiser`)."""
+    kwargs.update(denoiser_load_kwargs(subfolder))
     if isinstance(folder, SingleFileModel):
         return folder.load_part(loader, subfolder, **kwargs)
     try:

@@ -1,0 +1,126 @@
+"""The peak GPU memory of a training step, estimated before loading, and what the auto settings choose.
+
+The estimate: the frozen weights on the GPU (the denoiser at its quantized size, the text encoders and
+the VAE in the weight dtype), plus the denoiser's saved activations, `activation_gib_per_megapixel`
+per training megapixel, a `CHECKPOINTED_SHARE` of that with gradient checkpointing. bench/memory_options.py
+prints it per family and option; training.baseQuantization auto picks from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .families import Family
+from .precision import MEMORY_HEADROOM
+from .singlefile import SingleFileModel
+
+log = logging.getLogger(__name__)
+
+GIB = 2**30
+CHECKPOINTED_SHARE = 0.12
+"""Activations kept with gradient checkpointing, as a share of those without: Flux at 1024 px, batch 2,
+peaked at 37.6 GiB with checkpointing on 31.4 GiB of weights (bench/RESULTS.md, session 6), 3.1 GiB per
+megapixel against 28 without (11%)."""
+QUANTIZED_BYTES = {"none": 2.0, "fp8": 1.03, "nf4": 0.56}
+"""Bytes per denoiser parameter: bf16; torchao float8 with a bf16 scale per row of a 3072-wide layer (~1.03);
+bitsandbytes nf4, 4 bits plus double-quantized absmax per 64 weights and the unquantized norms and
+embeddings (~0.56)."""
+QUANTIZATIONS = ("none", "fp8", "nf4")
+"""In the order auto tries them: the first that fits (least precision lost)."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Parameter counts of a base model, in billions.
+
+    Attributes:
+        denoiser: The UNet or transformer.
+        others: Text encoders and VAE (loaded on the GPU in the weight dtype, never quantized).
+        vae: The VAE's share of `others` (it stays on the GPU when the text encoders are parked).
+    """
+
+    denoiser: float
+    others: float
+    vae: float = 0.0
+
+
+def peak_gib(weights: Weights, activation_gib_per_megapixel: float, *, quantization: str, checkpointing: bool,
+             images: int = 1, megapixels: float = 1.0, text_parked: bool = False) -> float:
+    """The estimated peak GPU memory of one training step, in GiB.
+
+    Args:
+        weights: The model's parameter counts.
+        activation_gib_per_megapixel: The family's saved activations per megapixel without checkpointing.
+        quantization: none, fp8 or nf4 (the denoiser's storage).
+        checkpointing: Gradient checkpointing on.
+        images: Images per micro-batch.
+        megapixels: Size of each image.
+        text_parked: The text encoders leave the GPU after caching (textpark): the peak is the larger of
+            caching (all weights, no activations) and the steps (without the text encoders).
+    """
+    denoiser = weights.denoiser * 1e9 * QUANTIZED_BYTES[quantization] / GIB
+    others = weights.others * 1e9 * 2 / GIB
+    activations = images * megapixels * activation_gib_per_megapixel * (CHECKPOINTED_SHARE if checkpointing else 1.0)
+    if text_parked:
+        return max(denoiser + others, denoiser + weights.vae * 1e9 * 2 / GIB + activations)
+    return denoiser + others + activations
+
+
+def choose_quantization(setting: str, weights: Weights | None, activation_gib_per_megapixel: float, *,
+                        memory_gib: float | None, images: int, megapixels: float, dora: bool = False) -> str:
+    """training.baseQuantization: `setting` itself unless auto; auto is the first of none, fp8, nf4 whose peak
+    with gradient checkpointing fits `MEMORY_HEADROOM` of `memory_gib` (nf4 when none fits), and none when the
+    memory or the weights are unknown (CPU). With DoRA fp8 is skipped (`quantize.quantization_config`)."""
+    if setting != "auto":
+        return setting
+    if memory_gib is None or weights is None:
+        return "none"
+    for kind in (q for q in QUANTIZATIONS if not (dora and q == "fp8")):
+        peak = peak_gib(weights, activation_gib_per_megapixel, quantization=kind, checkpointing=True,
+                        images=images, megapixels=megapixels)
+        if peak <= MEMORY_HEADROOM * memory_gib:
+            log.info("baseQuantization auto: %s, estimated peak %.1f GiB of %.1f GiB", kind, peak, memory_gib)
+            return kind
+    log.warning("baseQuantization auto: nf4, but even its estimated peak does not fit %.1f GiB", memory_gib)
+    return "nf4"
+
+
+def folder_weights(folder: Path, denoiser: str) -> Weights | None:
+    """Parameter counts read from the safetensors headers of a diffusers folder's parts (no weights are read);
+    None when the denoiser has no such files (a single-file checkpoint: auto then keeps none)."""
+    if not (folder / denoiser).is_dir():
+        return None
+    counts = {part.name: _parameters(part) for part in folder.iterdir() if part.is_dir()}
+    if not counts.get(denoiser):
+        return None
+    return Weights(denoiser=counts[denoiser] / 1e9, others=sum(v for k, v in counts.items() if k != denoiser) / 1e9)
+
+
+def _parameters(part: Path) -> int:
+    """Parameters in one part's safetensors files; of the plain files only when variants (``x.fp16.safetensors``)
+    sit beside them, so that no weight is counted twice."""
+    from safetensors import safe_open
+
+    files = sorted(part.glob("*.safetensors"))
+    plain = [f for f in files if f.name.count(".") == 1]
+    total = 0
+    for file in plain or files:
+        with safe_open(file, framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                total += math.prod(handle.get_slice(key).get_shape())
+    return total
+
+
+def base_quantization(setting: str, family: Family, folder: Path | SingleFileModel | None, device: torch.device, *,
+                      images: int, megapixels: float, dora: bool = False) -> str:
+    """training.baseQuantization for this job: auto chooses (`choose_quantization`) from the memory of the GPU
+    the pod holds (torch reports it exactly; on CPU auto is none) and the model folder's weights."""
+    memory = torch.cuda.get_device_properties(device).total_memory / GIB if device.type == "cuda" else None
+    weights = folder_weights(folder, family.denoiser_name) if isinstance(folder, Path) else None
+    return choose_quantization(setting, weights, family.activation_gib_per_megapixel, memory_gib=memory,
+                               images=images, megapixels=megapixels, dora=dora)
