@@ -46,7 +46,6 @@ def build_trainer_job(
     resume: bool,
     config: OperatorConfig,
     priority_class: str | None = None,
-    termination_grace_seconds: int | None = None,
 ) -> dict[str, Any]:
     """The batch/v1 Job of one attempt of a job that Kueue admits.
 
@@ -67,8 +66,6 @@ def build_trainer_job(
         resume: Whether the trainer resumes from the saved state.
         config: The operator configuration.
         priority_class: A Kueue WorkloadPriorityClass, if the job names one.
-        termination_grace_seconds: How long the trainer gets to save its state when Kueue
-            preempts it; default: the pod's default (30 s).
     """
     pod = build_trainer_pod(job_name=job_name, namespace=namespace, job_uid=job_uid, spec=spec, node="",
                             gpus=gpus, attempt=attempt, resume=resume, config=config)
@@ -77,8 +74,6 @@ def build_trainer_job(
     selector = dict(spec.placement.node_selector or {}) if spec.placement else {}
     if selector:
         pod_spec["nodeSelector"] = selector
-    if termination_grace_seconds is not None:
-        pod_spec["terminationGracePeriodSeconds"] = termination_grace_seconds
     labels = {**pod["metadata"]["labels"], LABEL_QUEUE_NAME: queue}
     if priority_class:
         labels[LABEL_PRIORITY_CLASS] = priority_class

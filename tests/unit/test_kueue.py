@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import test_helm_chart as chart
+from test_helm_chart import granted_by, one, render
+from test_helm_values_wired import operator_config
 from test_render import CONFIG, spec  # the same job and configuration as the pod's tests
 
 from lora_operator.api import SpecError
@@ -22,6 +27,8 @@ def job(job_spec=None, **extra) -> dict:
     args = {"job_name": "corgi", "namespace": "team-a", "job_uid": "uid-1", "spec": job_spec or spec(),
             "queue": "gpu-queue", "gpus": 8, "attempt": 2, "resume": True, "config": CONFIG, **extra}
     return build_trainer_job(**args)
+
+helm = chart.helm  # the chart tests' fixture: the test ground's helm binary
 
 
 def test_queue_name_comes_from_the_spec_first_then_the_label():
@@ -67,11 +74,13 @@ def test_the_pod_template_is_the_hardened_trainer_pod_without_a_fixed_node():
 
 
 def test_node_selector_and_grace_period_reach_the_pod_template():
-    j = job(spec(placement={"nodeSelector": {"pool": "a100"}}), termination_grace_seconds=90)
+    config = CONFIG.model_copy(update={"trainer_termination_grace_seconds": 90})
+    j = job(spec(placement={"nodeSelector": {"pool": "a100"}}), config=config)
     pod_spec = j["spec"]["template"]["spec"]
     assert pod_spec["nodeSelector"] == {"pool": "a100"}
     assert pod_spec["terminationGracePeriodSeconds"] == 90
-    assert "terminationGracePeriodSeconds" not in job()["spec"]["template"]["spec"]
+    assert job()["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 120
+    assert "nodeSelector" not in job()["spec"]["template"]["spec"]
 
 
 def condition(kind, status, reason="", message=""):
@@ -122,3 +131,42 @@ def test_queue_name_is_frozen_after_admission_by_the_crd():
     from lora_operator.crdgen.rules import immutability_rules
 
     assert "queueName" in immutability_rules()[0]["rule"]
+
+
+def test_the_example_job_names_the_example_local_queue_and_priority_class():
+    import yaml
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    job_doc = yaml.safe_load((examples / "kueue-job.yaml").read_text())
+    queues = {d["kind"]: d for d in yaml.safe_load_all((examples / "kueue" / "queues.yaml").read_text())}
+    local_queue = queues["LocalQueue"]["metadata"]["name"]
+    assert queue_name(spec(**job_doc["spec"]), job_doc["metadata"]["labels"]) == local_queue
+    assert queues["LocalQueue"]["metadata"]["namespace"] == job_doc["metadata"]["namespace"]
+    assert queues["LocalQueue"]["spec"]["clusterQueue"] == queues["ClusterQueue"]["metadata"]["name"]
+    assert job_doc["metadata"]["labels"][LABEL_PRIORITY_CLASS] == queues["WorkloadPriorityClass"]["metadata"]["name"]
+    flavors = queues["ClusterQueue"]["spec"]["resourceGroups"][0]["flavors"]
+    assert flavors[0]["name"] == queues["ResourceFlavor"]["metadata"]["name"]
+    assert any(r["name"] == CONFIG.gpu_resource for r in flavors[0]["resources"])
+
+
+def test_the_chart_grants_jobs_and_workloads_only_with_kueue_enabled(helm: Path) -> None:
+    kueue = {("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
+             ("kueue.x-k8s.io", "workloads"): {"get", "list", "watch"}}
+    off = granted_by(one(render(helm), "ClusterRole")["rules"])
+    assert not kueue.keys() & off.keys()
+    on_docs = render(helm, "kueue.enabled=true")
+    on = granted_by(one(on_docs, "ClusterRole")["rules"])
+    assert {k: on[k] for k in kueue} == kueue
+    assert operator_config(on_docs).kueue_enabled is True
+    assert operator_config(render(helm)).kueue_enabled is False
+    # with one watched namespace, Jobs and Workloads are granted there only
+    scoped = render(helm, "kueue.enabled=true", "operator.watchNamespace=team-a")
+    assert not kueue.keys() & granted_by(one(scoped, "ClusterRole")["rules"]).keys()
+    assert kueue.keys() <= granted_by(one(scoped, "Role")["rules"]).keys()
+
+
+def test_the_charts_grace_period_reaches_the_trainer_pod(helm: Path) -> None:
+    config = operator_config(render(helm, "trainer.terminationGracePeriodSeconds=300"))
+    pod = build_trainer_pod(job_name="corgi", namespace="team-a", job_uid="uid-1", spec=spec(), node="n",
+                            gpus=8, attempt=1, resume=False, config=config)
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 300
