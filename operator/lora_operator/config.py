@@ -86,7 +86,8 @@ class OperatorConfig(BaseModel):
     above the save time the job's model needs (its checkpoint save, as logged by the trainer)."""
     kueue_enabled: bool = False
     """LORA_KUEUE_ENABLED: jobs that name a Kueue LocalQueue (spec.queueName or the label
-    kueue.x-k8s.io/queue-name) run as batch/v1 Jobs that Kueue admits; off: such jobs fail InvalidSpec."""
+    kueue.x-k8s.io/queue-name) run as batch/v1 Jobs that Kueue admits; off: a job with spec.queueName fails
+    NotAllowed."""
     watch_namespace: str = ""
     """LORA_WATCH_NAMESPACE: the one namespace to watch; empty watches all."""
     metrics_port: int = Field(default=8080, ge=1, le=65535)

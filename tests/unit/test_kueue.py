@@ -20,6 +20,7 @@ from lora_operator.kueue import (
     queue_name,
     workload_state,
 )
+from lora_operator.policy import refusal
 from lora_operator.render import build_trainer_pod
 
 
@@ -170,3 +171,11 @@ def test_the_charts_grace_period_reaches_the_trainer_pod(helm: Path) -> None:
     pod = build_trainer_pod(job_name="corgi", namespace="team-a", job_uid="uid-1", spec=spec(), node="n",
                             gpus=8, attempt=1, resume=False, config=config)
     assert pod["spec"]["terminationGracePeriodSeconds"] == 300
+
+
+def test_a_queue_name_is_refused_while_kueue_is_off_and_allowed_once_on():
+    refused = refusal(spec(queueName="gpu-queue"), CONFIG)
+    assert refused is not None and refused[0] == "NotAllowed"
+    assert refused[1].startswith("spec.queueName:") and "LORA_KUEUE_ENABLED" in refused[1]
+    assert refusal(spec(queueName="gpu-queue"), CONFIG.model_copy(update={"kueue_enabled": True})) is None
+    assert refusal(spec(), CONFIG) is None
