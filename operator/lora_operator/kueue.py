@@ -108,6 +108,8 @@ class WorkloadState:
         disrupted: Kueue evicted an admitted Job: a disruption, not a failure; the next
             attempt resumes from the saved state and does not count against maxRetries.
         conditions: The Workload's conditions, mirrored as ``Kueue<type>``.
+        finished: Kueue counts the Workload finished (its Job ended) and released its quota; the
+            attempt's outcome is read from its pod, as for the operator's own pods.
     """
 
     phase: Phase
@@ -115,6 +117,13 @@ class WorkloadState:
     message: str
     disrupted: bool
     conditions: tuple[Condition, ...]
+    finished: bool = False
+
+    @property
+    def holds_quota(self) -> bool:
+        """Kueue counts this Workload against its ClusterQueue's quota."""
+        return any(c.type == MIRROR_PREFIX + "QuotaReserved" and c.status == "True" for c in self.conditions) \
+            and not self.finished
 
 
 def _true(conditions: dict[str, dict[str, Any]], kind: str) -> bool:
@@ -137,6 +146,10 @@ def workload_state(workload: dict[str, Any] | None, job_suspended: bool = True) 
                   message=c.get("message", ""), last_transition_time=c.get("lastTransitionTime"))
         for kind in WORKLOAD_CONDITIONS if (c := found.get(kind))
     )
+    if _true(found, "Finished"):
+        done = found["Finished"]
+        return WorkloadState(Phase.RUNNING, done.get("reason", "Finished"), done.get("message", ""), False,
+                             mirrored, finished=True)
     if _true(found, "Evicted"):
         evicted = found["Evicted"]
         return WorkloadState(Phase.QUEUED, evicted.get("reason", "Evicted"), evicted.get("message", ""), True,

@@ -72,3 +72,31 @@ def test_a_second_sigterm_while_saving_is_ignored():
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGTERM)
         assert request.requested
+
+
+def test_lora_train_exits_143_on_sigterm_and_resume_finishes_the_run(tmp_path, tiny_models, dataset_dir,
+                                                                      monkeypatch, capsys):
+    from conftest import base_spec, job_prefix, manifest, write_job
+    from lora_trainer.cli import main
+    from lora_trainer.loop import LoraRecipe
+
+    spec = base_spec("sd15", tiny_models("sd15"), dataset_dir, tmp_path / "out",
+                     training={"steps": 4}, checkpoints={"formats": ["kohya"], "stateEverySteps": 0})
+    job = write_job(tmp_path / "job.yaml", spec)
+    step = LoraRecipe.train_step
+
+    def train_step(self, k):
+        if k == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, k)
+
+    monkeypatch.setattr(LoraRecipe, "train_step", train_step)
+    assert main(["run", str(job), "--workdir", str(tmp_path / "w1")]) == 143
+    assert "stopped on SIGTERM after step 2" in capsys.readouterr().err
+    state = job_prefix(tmp_path / "out") / "state" / "meta.json"
+    assert json.loads(state.read_text())["step"] == 2
+
+    monkeypatch.setattr(LoraRecipe, "train_step", step)
+    assert main(["run", str(job), "--resume", "--workdir", str(tmp_path / "w2")]) == 0
+    done = manifest(tmp_path / "out")
+    assert done["finished"] and [c["step"] for c in done["checkpoints"]] == [4]

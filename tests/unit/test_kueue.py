@@ -114,6 +114,15 @@ def test_admitted_and_unsuspended_is_running():
     assert workload_state(w, job_suspended=True).phase == Phase.QUEUED
 
 
+def test_a_finished_workload_holds_no_quota():
+    w = workload(condition("QuotaReserved", "True", "QuotaReserved"), condition("Admitted", "True", "Admitted"),
+                 condition("Finished", "True", "Succeeded", "Job finished successfully"))
+    state = workload_state(w, job_suspended=False)
+    assert state.finished and not state.holds_quota and not state.disrupted
+    running = workload_state(workload(condition("QuotaReserved", "True"), condition("Admitted", "True")), False)
+    assert running.holds_quota and not running.finished
+
+
 def test_eviction_is_a_disruption_queued_with_kueues_reason():
     w = workload(condition("QuotaReserved", "False", "Pending"), condition("Admitted", "False", "NoReservation"),
                  condition("Evicted", "True", "Preempted", "Preempted to accommodate a workload (UID: x)"),
