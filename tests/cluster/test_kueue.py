@@ -49,7 +49,7 @@ def kueue(ground, tmp_path_factory):
     install_crds(ground)
     ground.kubectl("create", "namespace", NS)
     ground.kubectl("create", "serviceaccount", CONFIG.trainer_service_account, "-n", NS)  # the operator makes it
-    ground.add_gpu_nodes(3, prefix="kq", labels=POOL)  # 3 nodes of 8 GPUs; the quota holds 2 of them
+    nodes = ground.add_gpu_nodes(3, prefix="kq", labels=POOL)  # 3 nodes of 8 GPUs; the quota holds 2 of them
     manager = KueueManager(ground.control_plane, ground.bin_dir / "kueue", tmp_path_factory.mktemp("kueue"))
     try:
         manager.start(ground.kubectl)
@@ -57,6 +57,10 @@ def kueue(ground, tmp_path_factory):
         yield manager
     finally:
         manager.stop(ground.kubectl)
+        # the session's ground goes on: later modules count on their own nodes only
+        ground.kubectl("delete", "namespace", NS, "--wait=false")
+        ground.kubectl("delete", "node", *nodes)
+        ground.node_names[:] = [n for n in ground.node_names if n not in nodes]
 
 
 def owner(ground, name: str) -> str:
