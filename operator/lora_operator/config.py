@@ -95,6 +95,14 @@ class OperatorConfig(BaseModel):
     dedicated=gpu:NoSchedule. The scheduler counts on them as the pod does."""
     gpu_type_label: str = Field(default="lora-operator.io/gpu-type", min_length=1, max_length=317)
     """LORA_GPU_TYPE_LABEL: node label whose value spec.placement.gpuType must equal."""
+    trainer_termination_grace_seconds: int = Field(default=120, ge=1, le=3600)
+    """LORA_TRAINER_TERMINATION_GRACE_SECONDS: terminationGracePeriodSeconds of trainer pods: the time a
+    trainer gets on SIGTERM (a preemption, eviction or drain) to save its resume state and exit; set it
+    above the save time the job's model needs (its checkpoint save, as logged by the trainer)."""
+    kueue_enabled: bool = False
+    """LORA_KUEUE_ENABLED: jobs that name a Kueue LocalQueue (spec.queueName or the label
+    kueue.x-k8s.io/queue-name) run as batch/v1 Jobs that Kueue admits; off: a job with spec.queueName fails
+    NotAllowed."""
     watch_namespace: str = ""
     """LORA_WATCH_NAMESPACE: the one namespace to watch; empty watches all."""
     metrics_port: int = Field(default=8080, ge=1, le=65535)
@@ -206,6 +214,8 @@ ENV_VARS: dict[str, str] = {
     "storage_allowed_secret_names": "LORA_STORAGE_ALLOWED_SECRET_NAMES",
     "gpu_resource": "LORA_GPU_RESOURCE",
     "gpu_type_label": "LORA_GPU_TYPE_LABEL",
+    "trainer_termination_grace_seconds": "LORA_TRAINER_TERMINATION_GRACE_SECONDS",
+    "kueue_enabled": "LORA_KUEUE_ENABLED",
     "watch_namespace": "LORA_WATCH_NAMESPACE",
     "metrics_port": "LORA_METRICS_PORT",
     "unschedulable_timeout": "LORA_UNSCHEDULABLE_TIMEOUT",

@@ -69,6 +69,10 @@ def refusal(spec: JobSpec, config: OperatorConfig) -> tuple[Reason, str] | None:
 
 def first_refused_field(spec: JobSpec, config: OperatorConfig) -> SpecError | None:
     """The first field of `spec` whose value the platform does not allow, as a SpecError naming it."""
+    if spec.queue_name and not config.kueue_enabled:
+        return SpecError("queueName", f"{spec.queue_name!r}: this operator does not hand jobs to Kueue "
+                         f"({config.env_var('kueue_enabled')}, chart value kueue.enabled); leave queueName unset "
+                         "for the operator's own queue")
     image = spec.placement.image if spec.placement else None
     if image and not image_allowed(image, config):
         return SpecError("placement.image", f"{image!r} is not an allowed trainer image: the platform allows "

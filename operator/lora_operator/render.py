@@ -99,6 +99,8 @@ def build_trainer_pod(
             "automountServiceAccountToken": False,
             "serviceAccountName": config.trainer_service_account,
             "enableServiceLinks": False,
+            # On SIGTERM the trainer saves its resume state and exits: this is its time to do so.
+            "terminationGracePeriodSeconds": config.trainer_termination_grace_seconds,
             "affinity": _affinity(node),
             "tolerations": tolerations,
             "securityContext": {

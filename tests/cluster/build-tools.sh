@@ -40,6 +40,13 @@ build_promtool() {  # the cache folder is not keyed by its version: a stamp file
   echo "$PROMETHEUS_VERSION" > "$bin/promtool.version"
 }
 
+build_kueue() {  # like promtool: a stamp file records the version instead of the folder name
+  have kueue && [ "$(cat "$bin/kueue.version" 2>/dev/null)" = "$KUEUE_VERSION" ] && return
+  log "building kueue $KUEUE_VERSION"
+  GOBIN="$bin" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+  echo "$KUEUE_VERSION" > "$bin/kueue.version"
+}
+
 go_install() {  # name module-path version
   have "$1" && return
   log "building $1 $3"
@@ -53,5 +60,6 @@ go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
 go_install minio github.com/minio/minio "$MINIO_VERSION"
 build_kubernetes
 build_promtool
+build_kueue
 log "tools ready in $bin ($(( $(date +%s) - start ))s)"
 echo "$bin"

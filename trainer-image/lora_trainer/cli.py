@@ -41,6 +41,8 @@ from .errors import ConfigError, DatasetError, TrainerError
 from .inputs import Resolver, default_cache_dir
 from .launch import PROCESSES_ENV, is_worker, launch, wanted_processes
 from .outputs import LOCAL_UID, Outputs
+from .stop import EXIT_CODE as STOP_EXIT_CODE
+from .stop import Stopped, on_sigterm
 
 log = logging.getLogger("lora_trainer")
 TEMPLATE_KINDS = ("LoraTrainingTemplate", "ClusterLoraTrainingTemplate")
@@ -255,11 +257,15 @@ def _run(args: argparse.Namespace, argv: list[str], env: Mapping[str, str]) -> i
         processes = 1 if is_worker(env) else wanted_processes(args.processes, env)
         if processes > 1:
             return launch(argv, processes, {**os.environ, **env})
-        if args.spec_env:
-            return int(run_pod(args.spec_env, env, args.workdir))
-        if args.job is None:
-            raise ConfigError("lora-train run: give a job YAML, or --spec-env VAR in the pod")
-        return int(run_local(args.job, args.storage, args.workdir, env, resume=args.resume))
+        with on_sigterm():  # until the steps start: SIGTERM stops at once (the loop defers it)
+            if args.spec_env:
+                return int(run_pod(args.spec_env, env, args.workdir))
+            if args.job is None:
+                raise ConfigError("lora-train run: give a job YAML, or --spec-env VAR in the pod")
+            return int(run_local(args.job, args.storage, args.workdir, env, resume=args.resume))
+    except Stopped as stopped:
+        print(f"{stopped}: the next attempt resumes from the saved state", file=sys.stderr)
+        return STOP_EXIT_CODE
     except TrainerError as err:
         report_error(str(err), env, pod=bool(getattr(args, "spec_env", None)))
         return int(err.exit_code)

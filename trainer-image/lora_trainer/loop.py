@@ -56,6 +56,7 @@ from .speed import (
     training_attention,
     upload,
 )
+from .stop import Stopped, on_sigterm
 from .textpark import park_text_encoders
 
 log = logging.getLogger(__name__)
@@ -278,7 +279,13 @@ class LoraRecipe:
 
         Raises:
             NanLossError: The loss became NaN or infinite.
+            Stopped: SIGTERM arrived; the resume state after the step in flight was saved first.
         """
+        with on_sigterm() as self.stop:
+            self.stop.deferring = True
+            return self._train()
+
+    def _train(self) -> Manifest:
         self.progress.report.step = self.start_step
         self.progress.report.epoch = self.plan.epoch_of(self.start_step) if self.start_step else 0
         self.progress.phase("training")
@@ -296,9 +303,20 @@ class LoraRecipe:
                 self._end_epoch(epoch, step)
             elif state_due:
                 resume_state.save(self, step)
+            if self.stop.requested and step < self.plan.total_steps:
+                self._stop(step, pending, saved=epoch_end or state_due)
         self.progress.phase("done")
         self.manifest.write(finished=True)
         return self.manifest.manifest
+
+    def _stop(self, step: int, pending: list[tuple[int, torch.Tensor]], *, saved: bool) -> None:
+        """SIGTERM: save the resume state after `step` (unless this step just saved it) and stop."""
+        if pending:
+            self._read_losses(pending)  # no NaN goes into a resume state
+        if self.main and not saved:
+            resume_state.save(self, step)
+        self.progress.write()
+        raise Stopped(step)
 
     def _state_due(self, step: int) -> bool:
         """A mid-epoch resume state is due (checkpoints.stateEverySteps; epoch ends save their own)."""

@@ -95,6 +95,16 @@ in a Role of operator.watchNamespace otherwise. */}}
     - {{ . | quote }}
     {{- end }}
   verbs: [get]
+{{- if .Values.kueue.enabled }}
+# Kueue: a batch/v1 Job per attempt of a job that names a LocalQueue (created suspended, deleted
+# with its attempt), and its Workload read for Kueue's conditions (admitted, evicted, why).
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create, delete]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [get, list, watch]
+{{- end }}
 {{- end }}
 
 {{/*

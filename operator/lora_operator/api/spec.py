@@ -269,6 +269,11 @@ class JobSpec(JobSettings):
     template: ObjectName | None = Field(default=None, max_length=253)
     """Name of a LoraTrainingTemplate in the namespace or a ClusterLoraTrainingTemplate (an object
     name: lowercase letters, digits, '-' and '.'); its values are the defaults of this job."""
+    queue_name: ObjectName | None = Field(default=None, max_length=63)
+    """A Kueue LocalQueue in the job's namespace (also read from the label kueue.x-k8s.io/queue-name):
+    the job skips the operator's queue and each attempt runs as a batch/v1 Job that Kueue admits,
+    preempts and resumes (kueue.x-k8s.io/priority-class on the job picks its WorkloadPriorityClass).
+    Immutable once the job was admitted. Default: the operator's own queue."""
     priority: int = Field(default=0, ge=-1000, le=1000)
     """Higher runs first; equal priorities run in creation order, namespaces taking turns.
     Editable at any time. Default: 0."""
@@ -295,6 +300,6 @@ class JobSpec(JobSettings):
 
 IMMUTABLE_AFTER_ADMISSION = (
     "template", "type", "baseModel", "dataset", "embedding", "network", "training",
-    "checkpoints", "previews", "output", "storage",
+    "checkpoints", "previews", "output", "storage", "queueName",
 )
 """Fields that shape the training: the apiserver refuses edits once the job was admitted."""

@@ -1,0 +1,156 @@
+"""Kueue admits the operator's batch/v1 Jobs: the real Kueue manager (built from its Go module) on the
+test ground, the Jobs rendered by lora_operator.kueue, and the state the operator reads from the real
+Workloads."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+
+import pytest
+from urllib3.exceptions import ProtocolError
+
+from lora_operator.api import API_VERSION, LoraTrainingJob, resolve_spec
+from lora_operator.config import OperatorConfig
+from lora_operator.kueue import build_trainer_job, workload_state
+from lora_operator.render import pod_name
+from testground.kueue import KueueManager
+from testground.operator import install_crds
+
+pytestmark = pytest.mark.cluster
+
+NS = "kq"
+QUEUE = "gpu-queue"
+POOL = {"lora-operator.io/pool": "kueue"}
+CONFIG = OperatorConfig(trainer_image="trainer:1", storage_endpoint="127.0.0.1:9000", storage_secret="creds")
+SPEC = resolve_spec({"baseModel": {"family": "sd15", "uri": "s3://models/tiny"}, "dataset": {"uri": "s3://d/x/"},
+                     "output": {"uri": "s3://out/"}})
+
+
+def queues() -> list[dict]:
+    group = "kueue.x-k8s.io/v1beta2"
+    return [
+        {"apiVersion": group, "kind": "ResourceFlavor", "metadata": {"name": "kq-gpu"},
+         "spec": {"nodeLabels": POOL}},
+        {"apiVersion": group, "kind": "ClusterQueue", "metadata": {"name": "kq-training"},
+         "spec": {"namespaceSelector": {}, "preemption": {"withinClusterQueue": "LowerPriority"},
+                  "resourceGroups": [{"coveredResources": ["nvidia.com/gpu"], "flavors": [
+                      {"name": "kq-gpu", "resources": [{"name": "nvidia.com/gpu", "nominalQuota": 16}]}]}]}},
+        {"apiVersion": group, "kind": "LocalQueue", "metadata": {"name": QUEUE, "namespace": NS},
+         "spec": {"clusterQueue": "kq-training"}},
+        {"apiVersion": group, "kind": "WorkloadPriorityClass", "metadata": {"name": "kq-urgent"}, "value": 1000},
+    ]
+
+
+@pytest.fixture(scope="module")
+def kueue(ground, tmp_path_factory):
+    install_crds(ground)
+    ground.kubectl("create", "namespace", NS)
+    ground.kubectl("create", "serviceaccount", CONFIG.trainer_service_account, "-n", NS)  # the operator makes it
+    nodes = ground.add_gpu_nodes(3, prefix="kq", labels=POOL)  # 3 nodes of 8 GPUs; the quota holds 2 of them
+    manager = KueueManager(ground.control_plane, ground.bin_dir / "kueue", tmp_path_factory.mktemp("kueue"))
+    try:
+        manager.start(ground.kubectl)
+        ground.apply(queues())
+        yield manager
+    finally:
+        manager.stop(ground.kubectl)
+        # the session's ground goes on: later modules count on their own nodes only
+        ground.kubectl("delete", "namespace", NS, "--wait=false")
+        ground.kubectl("delete", "node", *nodes)
+        ground.node_names[:] = [n for n in ground.node_names if n not in nodes]
+
+
+def owner(ground, name: str) -> str:
+    """A LoraTrainingJob to own the Job (no operator runs here: it only anchors the owner reference)."""
+    ground.apply({"apiVersion": API_VERSION, "kind": LoraTrainingJob.KIND, "metadata": {"name": name, "namespace": NS},
+                  "spec": {**SPEC.to_resource(), "queueName": QUEUE}})
+    return json.loads(ground.kubectl("get", "ltj", name, "-n", NS, "-o", "json").stdout)["metadata"]["uid"]
+
+
+def submit(ground, name: str, priority_class: str | None = None) -> None:
+    uid = owner(ground, name)
+    ground.apply(build_trainer_job(job_name=name, namespace=NS, job_uid=uid, spec=SPEC, queue=QUEUE, gpus=8,
+                                   attempt=1, resume=False, config=CONFIG, priority_class=priority_class))
+
+
+def get(ground, kind: str, *args: str) -> list[dict]:
+    return json.loads(ground.kubectl("get", kind, "-n", NS, "-o", "json", *args).stdout)["items"]
+
+
+def workload_of(ground, name: str) -> dict | None:
+    job_name = pod_name(name, 1)
+    owned = [w for w in get(ground, "workloads.kueue.x-k8s.io")
+             if any(o["kind"] == "Job" and o["name"] == job_name for o in w["metadata"].get("ownerReferences", []))]
+    return owned[0] if owned else None
+
+
+def job_suspended(ground, name: str) -> bool:
+    job = json.loads(ground.kubectl("get", "job", pod_name(name, 1), "-n", NS, "-o", "json").stdout)
+    return bool(job["spec"]["suspend"])
+
+
+def states(ground, names) -> dict[str, object]:
+    return {n: workload_state(workload_of(ground, n), job_suspended(ground, n)) for n in names}
+
+
+class WorkloadWatch(threading.Thread):
+    """Every change of the namespace's Workloads, in the apiserver's order (a watch), from before the
+    Jobs exist: kwok completes a Job's pods at once, faster than polling could see them overlap."""
+
+    def __init__(self, ground):
+        super().__init__(daemon=True)
+        from kubernetes import client, watch
+
+        self.api = client.CustomObjectsApi(ground.api_client())
+        self.watch = watch.Watch()
+        self.changes: list[dict] = []
+
+    def run(self) -> None:
+        with contextlib.suppress(ProtocolError):  # the apiserver ends the stream when the watch stops
+            self._record()
+
+    def _record(self) -> None:
+        for event in self.watch.stream(self.api.list_namespaced_custom_object, "kueue.x-k8s.io", "v1beta2", NS,
+                                       "workloads", timeout_seconds=150):
+            self.changes.append(event["object"])
+
+    def most_holding_quota(self) -> int:
+        """The most Workloads that held quota at once, replaying the changes."""
+        latest: dict[str, dict] = {}
+        most = 0
+        for obj in self.changes:
+            latest[obj["metadata"]["name"]] = obj
+            most = max(most, sum(workload_state(w).holds_quota for w in latest.values()))
+        return most
+
+
+def test_a_quota_of_two_gpu_nodes_over_three_is_never_exceeded(ground, kueue):
+    names = ["q0", "q1", "q2"]
+    watcher = WorkloadWatch(ground)
+    watcher.start()
+    time.sleep(1)  # the watch is open before the first Workload
+    for name in names:
+        submit(ground, name)
+    ground.wait_for(lambda: all(workload_state(workload_of(ground, n)).finished for n in names), timeout=120,
+                    what="the three Workloads finished", interval=1)
+    time.sleep(1)
+    watcher.watch.stop()
+    assert watcher.most_holding_quota() == 2  # two at once, never three
+    # Kueue's flavor put every pod on the pool's nodes
+    nodes = {p["spec"].get("nodeName") for p in get(ground, "pods")}
+    assert nodes and all(n and n.startswith("kq-") for n in nodes), nodes
+
+
+def test_deleting_the_training_job_removes_its_job_and_workload(ground, kueue):
+    submit(ground, "gone")
+    ground.wait_for(lambda: workload_of(ground, "gone") is not None, timeout=60, what="the Workload")
+    ground.kubectl("delete", "ltj", "gone", "-n", NS, "--wait=false")
+
+    def cleaned() -> bool:
+        jobs = [j["metadata"]["name"] for j in get(ground, "jobs")]
+        return pod_name("gone", 1) not in jobs and workload_of(ground, "gone") is None
+
+    ground.wait_for(cleaned, timeout=90, what="the Job and Workload garbage-collected")
