@@ -83,7 +83,8 @@ class Uploads:
         return JSONResponse({"path": rel.as_posix(), "size": target.stat().st_size})
 
     async def run(self, request: Request) -> Response:
-        """POST check {uri, family} or send {uri, family}: ``lora-train upload`` on the session's folder."""
+        """POST check or send {uri, family, folder}: ``lora-train upload`` on the session's folder; its
+        output names the folder as ``folder`` (the name the user chose) rather than the session's path."""
         folder, step = self._folder(request.path_params["session"]), request.path_params["step"]
         if step not in ("check", "send"):
             return _error(f"no upload step {step!r} (check, send)", 404)
@@ -102,13 +103,14 @@ class Uploads:
             argv += ["--family", str(body["family"])]
         if step == "check":
             argv.append("--dry-run")
+        shown = str(body.get("folder") or "").strip() or "the folder"
         done = await asyncio.to_thread(subprocess.run, argv, env=self._env(), capture_output=True, text=True,
                                        timeout=UPLOAD_SECONDS)
-        report = done.stdout.replace(str(folder), "the folder")
+        report = done.stdout.replace(str(folder), shown)
         if done.returncode != 0:
             lines = [line for line in done.stderr.splitlines() if line.strip()]
             message = (lines[-1] if lines else f"lora-train upload exited with {done.returncode}")
-            return JSONResponse({"error": message.replace(str(folder), "the folder"), "report": report},
+            return JSONResponse({"error": message.replace(str(folder), shown), "report": report},
                                 status_code=400)
         if step == "send":
             shutil.rmtree(folder, ignore_errors=True)
