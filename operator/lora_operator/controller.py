@@ -47,6 +47,9 @@ POSITION_ROUND_SECONDS = 0.2
 ESTIMATE_SECONDS = 30.0
 """The queue is played forward for estimated starts at most this often, in the position writer's
 rounds (a simulation runs many scheduling passes; ETAs move slowly)."""
+ESTIMATE_PASSES = 200
+"""Simulated scheduling passes per estimate: each is a pass over the whole queue, so 5000 queued
+jobs would cost thousands of them; jobs past the 200th node freeing get no estimate (yet)."""
 RECONCILE_WORKERS = 8
 """Reconciles at once (each mostly waits on an API or storage request on a thread)."""
 
@@ -278,7 +281,7 @@ class Controller:
         starts = simulated_starts(bodies, self.index.gpu_nodes(), utcnow(),
                                   gpu_type_label=self.config.gpu_type_label,
                                   always_tolerated=self.config.trainer_tolerations,
-                                  node_limits=self.config.namespace_node_limits)
+                                  node_limits=self.config.namespace_node_limits, max_passes=ESTIMATE_PASSES)
         queued = (e.uid for e in self.index.all_entries().values() if e.queued is not None)
         self.positions.estimates = {uid: starts.get(uid) for uid in queued}
 

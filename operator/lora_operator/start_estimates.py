@@ -44,6 +44,7 @@ def simulated_starts(
     gpu_type_label: str,
     always_tolerated: Sequence[Toleration] = (),
     node_limits: Mapping[str, int] | None = None,
+    max_passes: int = 10_000,
 ) -> dict[str, datetime]:
     """Estimated start time of each queued job, by uid (`scheduling.estimated_starts`).
 
@@ -55,6 +56,7 @@ def simulated_starts(
         nodes: The GPU nodes.
         now: The present.
         gpu_type_label, always_tolerated, node_limits: As the scheduler's.
+        max_passes: Bound on simulated scheduling passes (jobs past it get no estimate).
 
     Returns:
         Start times of the jobs the simulation starts; the others have no estimate.
@@ -79,4 +81,4 @@ def simulated_starts(
         return {}
     return estimated_starts(queued, nodes, running, now, gpu_type_label=gpu_type_label, durations=durations,
                             default_seconds=mean(known) if known else None,
-                            always_tolerated=always_tolerated, node_limits=node_limits)
+                            always_tolerated=always_tolerated, node_limits=node_limits, max_passes=max_passes)
