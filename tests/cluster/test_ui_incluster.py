@@ -55,14 +55,15 @@ def incluster(ground, tmp_path):
         except urllib.error.URLError:
             return False
 
-    while not refused():
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise AssertionError((tmp_path / "ui.log").read_text())
-        time.sleep(0.3)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+    try:
+        while not refused():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise AssertionError((tmp_path / "ui.log").read_text())
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
 def token(ground, namespace: str) -> str:
