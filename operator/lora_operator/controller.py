@@ -27,6 +27,7 @@ from .metrics import OperatorMetrics
 from .positions import PositionWriter
 from .retry_backoff import RetryBackoff
 from .scheduling import node_caches
+from .start_estimates import simulated_starts
 from .status_writer import StatusWriter
 from .views import JobView, QueueEntry, pod_active, pod_target_node, trainer_pod, utcnow
 from .work_queue import WorkQueue
@@ -44,6 +45,12 @@ IDLE_PASS_SECONDS = 5.0
 """A pass runs at least this often (backoffs expiring, missed events)."""
 POSITION_ROUND_SECONDS = 0.2
 """The queue-position writer runs at most this often (and after each pass)."""
+ESTIMATE_SECONDS = 30.0
+"""The queue is played forward for estimated starts at most this often, in the position writer's
+rounds (a simulation runs many scheduling passes; ETAs move slowly)."""
+ESTIMATE_PASSES = 200
+"""Simulated scheduling passes per estimate: each is a pass over the whole queue, so 5000 queued
+jobs would cost thousands of them; jobs past the 200th node freeing get no estimate (yet)."""
 RECONCILE_WORKERS = 8
 """Reconciles at once (each mostly waits on an API or storage request on a thread)."""
 
@@ -77,6 +84,8 @@ class Controller:
         self._ended: set[tuple[str, str]] = set()
         """(namespace, name) of the trainer pods seen finished and not yet deleted."""
         self.passes = 0
+        self._estimated_at: float | None = None
+        """time.monotonic() of the last estimate of the queue's start times."""
         self._pass_thread = ThreadPoolExecutor(1, thread_name_prefix="schedule")
         """Passes run on a thread of their own: in the event loop's default executor they would
         wait behind the reconciles of every job and pod event (a few threads, each a round trip
@@ -260,9 +269,22 @@ class Controller:
 
     def write_positions(self) -> bool:
         """One round of position writes; True when some are still due."""
+        if self._estimated_at is None or time.monotonic() - self._estimated_at >= ESTIMATE_SECONDS:
+            self.estimate_starts()
         entries = self.index.all_entries()
         self.positions.write(entries)
         return bool(self.positions.due(entries.values()))
+
+    def estimate_starts(self) -> None:
+        """Plays the queue forward (`start_estimates`) for the position writer to write."""
+        self._estimated_at = time.monotonic()
+        bodies = [view.body for view in self.index.all_jobs()]
+        starts = simulated_starts(bodies, self.index.gpu_nodes(), utcnow(),
+                                  gpu_type_label=self.config.gpu_type_label,
+                                  always_tolerated=self.config.trainer_tolerations,
+                                  node_limits=self.config.namespace_node_limits, max_passes=ESTIMATE_PASSES)
+        queued = (e.uid for e in self.index.all_entries().values() if e.queued is not None)
+        self.positions.estimates = {uid: starts.get(uid) for uid in queued}
 
     def run_pass(self):
         with self.metrics.pass_seconds.time():

@@ -5,6 +5,11 @@ Every admission moves every waiting job up by one: keeping 5000 positions exact 
 courtesy to the user, so they are written by a background task after each pass, a bounded
 number per second, head of the queue first, and far down the queue only when they moved by a
 tenth or more. The scheduling pass never waits for them.
+
+The same writer, in the same budget, writes `status.queue.estimatedStartTime`: the controller
+plays the queue forward every `ESTIMATE_SECONDS` at most (`start_estimates`), and a stored estimate
+is rewritten only when it moved by more than `ESTIMATE_SLACK_SECONDS`, so an admission that moves
+5000 estimates by seconds writes none of them. A job due both gets one patch.
 """
 
 from __future__ import annotations
@@ -13,10 +18,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from .k8s import Conflict, Kube
+from .status_transitions import rfc3339
 from .status_writer import StatusWriter
-from .views import QueueEntry
+from .views import QueueEntry, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +35,11 @@ WRITES_PER_SECOND = 10.0
 managedFields update of a large object: positions get a small share of what it can take."""
 BURST = 50
 """At most this many writes at once (e.g. after many jobs were queued together)."""
+ESTIMATE_SLACK_SECONDS = 60.0
+"""A stored estimated start within this of the new one is left alone: estimates are minutes-scale
+guesses, and every running job's ETA drifts them by seconds on each progress report."""
+LAST_PLACE = 1 << 62
+"""Sort key of a job whose position is not due (its estimate is): after every due position."""
 
 
 def worth_writing(stored: int | None, wanted: int) -> bool:
@@ -36,6 +49,15 @@ def worth_writing(stored: int | None, wanted: int) -> bool:
     if stored is None or wanted <= EXACT_HEAD:
         return True
     return abs(stored - wanted) * 10 >= stored
+
+
+def estimate_worth_writing(stored: str | None, wanted: datetime | None) -> bool:
+    """Whether a job storing estimate `stored` (RFC 3339) should be patched to `wanted`
+    (None: no estimate, so a stored one is removed)."""
+    if wanted is None:
+        return stored is not None
+    before = parse_time(stored)
+    return before is None or abs((wanted - before).total_seconds()) > ESTIMATE_SLACK_SECONDS
 
 
 @dataclass
@@ -51,6 +73,9 @@ class PositionWriter:
     statuses: StatusWriter | None = None
     """Writes the positions. Default: one over `kube`."""
     wanted: dict[str, int] = field(default_factory=dict)
+    estimates: dict[str, datetime | None] = field(default_factory=dict)
+    """The latest estimated starts by uid of the queued jobs (None: no estimate); jobs missing
+    here are left as they are (no estimate computed yet)."""
     _tokens: float = float(BURST)
     _refilled: float = field(default_factory=time.monotonic)
 
@@ -59,14 +84,34 @@ class PositionWriter:
             self.statuses = StatusWriter(self.kube)
 
     def due(self, entries: Iterable[QueueEntry]) -> list[tuple[int, str]]:
-        """(position, uid) of the waiting jobs whose stored position is worth updating, head first."""
+        """(position, uid) of the waiting jobs whose stored position or estimate is worth updating,
+        head first (a job due for its estimate alone sorts by its position, or last)."""
         changed = []
         for entry in entries:
+            if entry.queued is None:
+                continue
             wanted = self.wanted.get(entry.uid)
-            if entry.queued is not None and wanted is not None and worth_writing(entry.queue_position, wanted):
+            if wanted is not None and worth_writing(entry.queue_position, wanted):
                 changed.append((wanted, entry.uid))
+            elif self._estimate_due(entry):
+                changed.append((LAST_PLACE if wanted is None else wanted, entry.uid))
         changed.sort()
         return changed
+
+    def _estimate_due(self, entry: QueueEntry) -> bool:
+        return entry.uid in self.estimates and estimate_worth_writing(entry.estimated_start,
+                                                                      self.estimates[entry.uid])
+
+    def fields(self, entry: QueueEntry) -> dict[str, Any]:
+        """The status fields of `entry` worth writing now."""
+        fields: dict[str, Any] = {}
+        wanted = self.wanted.get(entry.uid)
+        if wanted is not None and worth_writing(entry.queue_position, wanted):
+            fields["queuePosition"] = wanted
+        if self._estimate_due(entry):
+            start = self.estimates[entry.uid]
+            fields["queue"] = {"estimatedStartTime": None if start is None else rfc3339(start)}
+        return fields
 
     def write(self, entries: Mapping[str, QueueEntry]) -> int:
         """Spends the tokens available now on the most important changes; returns the writes made."""
@@ -74,7 +119,7 @@ class PositionWriter:
         self._tokens = min(float(self.burst), self._tokens + (now - self._refilled) * self.rate)
         self._refilled = now
         written = 0
-        for position, uid in self.due(entries.values()):
+        for _, uid in self.due(entries.values()):
             if self._tokens < 1:
                 break
             job = entries[uid].queued
@@ -82,7 +127,8 @@ class PositionWriter:
                 continue
             self._tokens -= 1
             try:
-                self.statuses.position(job.namespace, job.name, position, entries[uid].resource_version)
+                self.statuses.queue_place(job.namespace, job.name, self.fields(entries[uid]),
+                                          entries[uid].resource_version)
                 written += 1
             except Conflict:
                 continue  # the job changed; the next round sees its new state

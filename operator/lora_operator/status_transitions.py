@@ -193,6 +193,7 @@ def admitted(
         attempt=attempt,
         attempts=attempts,
         queue_position=None,
+        queue=None,
         not_before=None,
         admitted_at=status.admitted_at or rfc3339(now),
         message=message,
@@ -302,6 +303,7 @@ def succeeded(
         ],
         attempts=attempts,
         queue_position=None,
+        queue=None,
         not_before=None,
         completion_time=rfc3339(now),
         message=message,
@@ -327,6 +329,7 @@ def failed(status: JobStatus, *, reason: str, message: str, now: datetime, gener
         conditions,
         attempts=attempts,
         queue_position=None,
+        queue=None,
         not_before=None,
         completion_time=rfc3339(now),
         message=message,
@@ -361,6 +364,7 @@ def suspended(status: JobStatus, *, now: datetime, generation: int | None = None
         node=None,
         gpus=None,
         queue_position=None,
+        queue=None,
         message=message,
     )
 

@@ -66,4 +66,12 @@ class StatusWriter:
         Raises:
             Conflict: the job changed since `resource_version`.
         """
-        self.kube.patch_job_status(namespace, name, {"queuePosition": position}, resource_version)
+        self.queue_place(namespace, name, {"queuePosition": position}, resource_version)
+
+    def queue_place(self, namespace: str, name: str, fields: dict[str, Any], resource_version: str | None) -> None:
+        """Writes a waiting job's queuePosition and/or queue.estimatedStartTime alone (see `position`).
+
+        Raises:
+            Conflict: the job changed since `resource_version`.
+        """
+        self.kube.patch_job_status(namespace, name, fields, resource_version)

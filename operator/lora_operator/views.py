@@ -142,13 +142,16 @@ class QueueEntry:
     """The scheduler's view while the job waits for a node (`JobView.waiting()`), else None."""
     cached: tuple[str | None, tuple[str, ...]] = (None, ())
     """What its trainer reported its node's cache holds (`cache_report`)."""
+    estimated_start: str | None = None
+    """status.queue.estimatedStartTime as stored."""
 
     @classmethod
     def of(cls, body: Mapping[str, Any]) -> QueueEntry:
         meta, status = body["metadata"], body.get("status") or {}
         queued = queued_job(body)
         return cls(uid=meta["uid"], resource_version=meta.get("resourceVersion"), phase=status.get("phase"),
-                   queue_position=status.get("queuePosition"), queued=queued, cached=cache_report(status))
+                   queue_position=status.get("queuePosition"), queued=queued, cached=cache_report(status),
+                   estimated_start=(status.get("queue") or {}).get("estimatedStartTime"))
 
 
 def queued_job(body: Mapping[str, Any]) -> QueuedJob | None:

@@ -6,11 +6,18 @@ way a kubelet would (status subresource: Succeeded, Failed with an exit code, ev
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from lora_operator.api.contract import PROGRESS_KEY
+from lora_operator.api.reports import ProgressReport
+from lora_operator.controller import ESTIMATE_SECONDS
+from lora_operator.status_transitions import rfc3339
+from lora_operator.views import parse_time
 from testground.operator import OperatorProcess, install_crds, kwok_job, run_kubectl_json, storage_secret
 from testground.podstatus import report, terminated
 
@@ -241,3 +248,37 @@ def test_kopf_writes_nothing_on_a_job_its_first_change_is_queued(ground, operato
     assert seen == [("ADDED", None), ("MODIFIED", "Queued")], seen
     assert not meta.get("finalizers"), meta
     assert not [key for key in meta.get("annotations") or {} if "kopf" in key or key.startswith("lora-operator.io/")]
+
+
+def test_a_job_queued_behind_a_running_one_gets_an_estimated_start_near_its_eta(ground, operator, ns):
+    """The operator plays the queue forward on the running job's ETA (from its progress.json)
+    and writes the waiting job's status.queue.estimatedStartTime."""
+    ground.add_gpu_nodes(1, gpus=4, gpu_type="eta", prefix="eta")
+    ground.apply({**job("first", "eta", 5), "metadata": {"name": "first", "namespace": ns}})
+    running_pod(ground, ns, "first")
+    wait_phase(ground, operator, ns, "first", "Running")
+    ground.apply({**job("second", "eta"), "metadata": {"name": "second", "namespace": ns}})
+    wait_phase(ground, operator, ns, "second", "Queued")
+    first = get_job(ground, ns, "first")
+    uid = first["metadata"]["uid"]
+    eta = 3600.0
+    reported = datetime.now(UTC)
+    progress = ProgressReport(job_uid=uid, step=100, total_steps=1000, steps_per_second=0.25, eta_seconds=eta,
+                              updated_at=rfc3339(reported))
+    bucket = "loras"
+    data = progress.model_dump_json(by_alias=True).encode()
+    client = ground.minio.client()
+    if not client.bucket_exists(bucket):
+        client.make_bucket(bucket)
+    client.put_object(bucket, f"{ns}/first/{uid}/{PROGRESS_KEY}", io.BytesIO(data), len(data))
+
+    def estimate() -> str | None:
+        return (get_job(ground, ns, "second").get("status", {}).get("queue") or {}).get("estimatedStartTime")
+
+    ground.wait_for(lambda: estimate() is not None, timeout=2 * ESTIMATE_SECONDS + 30,
+                    what="second's estimated start")
+    starts = parse_time(estimate())
+    expected = reported + timedelta(seconds=eta)
+    assert abs((starts - expected).total_seconds()) <= 120, (starts, expected)
+    assert get_job(ground, ns, "first")["status"]["progress"]["etaSeconds"] == eta
+    assert "queue" not in get_job(ground, ns, "first")["status"]  # a running job has no estimate

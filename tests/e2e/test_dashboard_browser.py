@@ -16,6 +16,7 @@ import shutil
 import sys
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -295,4 +296,48 @@ def test_a_job_created_from_the_new_job_form_runs_to_succeeded(ground, dashboard
     status = job(ground, "from-form")["status"]
     assert sorted({c["name"] for c in status["checkpoints"]}) == ["epoch-0001"]
     assert [p["prompt"] for p in status["previews"]] == ["TKXW, a corgi"]
+    page.close()
+
+
+def test_a_dataset_folder_uploads_from_the_new_job_page_and_a_bad_one_gets_the_cli_message(
+        ground, dashboard, tmp_path, monkeypatch, capsys):
+    """The New job page's folder upload: a folder with a non-image shows `lora-train upload`'s own
+    message and uploads nothing; a good folder shows the dataset report, then lands under the
+    Dataset URI in MinIO."""
+    from lora_trainer.cli import main as lora_train
+
+    url, shots, browser = dashboard
+    prefix = f"upload-{uuid.uuid4().hex[:8]}"
+    client = ground.minio.client()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.png").write_text("not an image")
+    make_dataset(tmp_path / "drawings", count=3)
+    template = demo_job("upload-demo")
+    template.update(kind="LoraTrainingTemplate")
+    ground.apply(template)  # the New job form shows once a template exists
+    page = browser.new_page()
+    page.goto(url + "/new")
+    page.fill("#datasetUri", f"s3://datasets/{prefix}/")
+    page.set_input_files("#folder", str(tmp_path / "notes"))
+    page.click("#check-folder")
+    page.wait_for_selector("#message.error")
+    monkeypatch.chdir(tmp_path)  # the CLI names the folder as given; the page, by its name
+    assert lora_train(["upload", "notes", f"s3://datasets/{prefix}/", "--dry-run"], env={}) != 0
+    cli_says = capsys.readouterr().err.strip().splitlines()[-1]
+    assert page.inner_text("#message") == cli_says
+    assert cli_says.startswith("error: no usable image in dataset folder notes: notes.png")
+    assert not list(client.list_objects("datasets", prefix=prefix + "/", recursive=True))
+
+    page.goto(url + "/new")
+    page.fill("#datasetUri", f"s3://datasets/{prefix}/")
+    page.set_input_files("#folder", str(tmp_path / "drawings"))
+    page.click("#check-folder")
+    page.wait_for_selector("#message.ok")
+    assert "drawings: 3 usable image(s)" in page.inner_text("#dataset-report")
+    assert not list(client.list_objects("datasets", prefix=prefix + "/", recursive=True))
+    page.screenshot(path=shots / "upload.png", full_page=True)
+    page.click("#send-folder")
+    page.wait_for_function("document.querySelector('#message').textContent.startsWith('uploaded to')")
+    keys = {o.object_name for o in client.list_objects("datasets", prefix=prefix + "/", recursive=True)}
+    assert keys == {f"{prefix}/{p.name}" for p in (tmp_path / "drawings").iterdir()}
     page.close()

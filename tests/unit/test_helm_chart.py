@@ -419,3 +419,19 @@ def test_the_priority_ceiling_is_a_validating_admission_policy_of_the_values(hel
     assert not of_kind(render(helm, "priority.maxByNamespace=null"), "ValidatingAdmissionPolicy")
     older = _run(helm, "template", "lora", str(CHART), "--kube-version", "1.29.0").stdout
     assert "ValidatingAdmissionPolicy" not in older  # GA from 1.30; the chart still installs on 1.29
+
+
+def test_the_in_cluster_dashboard_is_off_by_default_and_has_no_identity_of_its_own(helm: Path) -> None:
+    assert not [d for d in render(helm) if d["metadata"]["name"].endswith("-ui")]
+    docs = render(helm, "ui.inCluster.enabled=true", "ui.inCluster.namespace=team-a")
+    ui = next(d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-ui"))
+    pod = ui["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+    command = pod["containers"][0]["command"]
+    assert command[:3] == ["python", "-m", "lora_operator.kubectl_lora.ui.incluster"]
+    assert command[command.index("--namespace") + 1] == "team-a"
+    service = next(d for d in of_kind(docs, "Service") if d["metadata"]["name"].endswith("-ui"))
+    assert service["spec"]["selector"] == ui["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["selector"]["app.kubernetes.io/component"] == "ui"
+    metrics = next(d for d in of_kind(docs, "Service") if d["metadata"]["name"].endswith("-metrics"))
+    assert metrics["spec"]["selector"]["app.kubernetes.io/component"] == "operator"  # never the UI's pods

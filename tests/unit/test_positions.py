@@ -3,8 +3,10 @@ the cheap scheduling view (QueueEntry) agrees with the pydantic one (JobView).""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from lora_operator.k8s import Conflict
-from lora_operator.positions import EXACT_HEAD, PositionWriter, worth_writing
+from lora_operator.positions import EXACT_HEAD, PositionWriter, estimate_worth_writing, worth_writing
 from lora_operator.views import JobView, QueueEntry
 
 
@@ -20,12 +22,15 @@ def body(uid: str, phase: str = "Queued", position: int | None = None, rv: str =
 class FakeKube:
     def __init__(self, conflict: set[str] = frozenset()):
         self.patches: list[tuple[str, int]] = []
+        self.sent: list[tuple[str, dict]] = []
         self.conflict = conflict
 
     def patch_job_status(self, namespace, name, status, resource_version=None):
         if name in self.conflict:
             raise Conflict(name)
-        self.patches.append((name, status["queuePosition"]))
+        self.sent.append((name, status))
+        if "queuePosition" in status:
+            self.patches.append((name, status["queuePosition"]))
 
 
 def test_head_positions_are_exact_and_deep_ones_move_only_by_a_tenth():
@@ -51,6 +56,34 @@ def test_writer_leaves_a_job_that_a_pass_is_claiming_and_spends_no_token_on_it()
     writer.wanted = {"a": 1, "b": 2}
     assert writer.write(entries) == 1
     assert writer.kube.patches == [("job-b", 2)]  # the claim on a must not conflict with a position write
+
+
+NOON = datetime(2026, 1, 1, 12, tzinfo=UTC)
+
+
+def test_estimates_are_rewritten_only_when_they_move_by_more_than_a_minute():
+    assert estimate_worth_writing(None, NOON)
+    assert not estimate_worth_writing("2026-01-01T12:00:00Z", NOON + timedelta(seconds=59))
+    assert not estimate_worth_writing("2026-01-01T12:00:00Z", NOON - timedelta(seconds=60))
+    assert estimate_worth_writing("2026-01-01T12:00:00Z", NOON + timedelta(seconds=61))
+    assert estimate_worth_writing("2026-01-01T12:00:00Z", None)  # the estimate is gone: remove it
+    assert not estimate_worth_writing(None, None)
+
+
+def test_writer_sends_position_and_estimate_in_one_patch_and_skips_small_estimate_moves():
+    stored = body("b", position=2)
+    stored["status"]["queue"] = {"estimatedStartTime": "2026-01-01T12:00:00Z"}
+    entries = {"a": QueueEntry.of(body("a")), "b": QueueEntry.of(stored), "c": QueueEntry.of(body("c"))}
+    writer = PositionWriter(FakeKube(), rate=0.0, burst=10)  # type: ignore[arg-type]
+    writer.wanted = {"a": 1, "b": 2, "c": 3}
+    writer.estimates = {"a": NOON, "b": NOON + timedelta(seconds=30), "c": None}
+    assert writer.write(entries) == 2
+    noon = {"estimatedStartTime": "2026-01-01T12:00:00Z"}
+    assert writer.kube.sent == [("job-a", {"queuePosition": 1, "queue": noon}), ("job-c", {"queuePosition": 3})]
+    entries["b"] = QueueEntry.of(stored)
+    writer.estimates["b"] = NOON + timedelta(minutes=5)
+    assert [uid for _, uid in writer.due([entries["b"]])] == ["b"]
+    assert writer.fields(entries["b"]) == {"queue": {"estimatedStartTime": "2026-01-01T12:05:00Z"}}
 
 
 def test_only_resolved_queued_jobs_that_are_not_suspended_or_deleted_wait_for_a_node():

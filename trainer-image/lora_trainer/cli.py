@@ -10,6 +10,9 @@ the environment of `lora_operator.api.contract` (docs/CONTRACTS.md).
 Datasets: ``lora-train upload FOLDER s3://bucket/prefix/ [--job job.yaml]`` checks a folder
 the way the trainer will read it, then uploads what the job will use (`upload`).
 
+Runs: ``lora-train ui --storage DIR`` shows the local runs under DIR in the dashboard's pages
+(`run_ui`).
+
 Either mode trains with one process per visible GPU (`launch`): with more than one,
 this process starts the workers, each running this same command line, and exits with
 their code. ``--processes N`` (or ``LORA_PROCESSES``) sets the count, e.g. 2 on CPU.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -232,7 +236,27 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--storage", type=Path, help="local folder standing in for s3:// buckets (local mode)")
     up.add_argument("--dry-run", action="store_true", help="check and list the files, upload nothing")
     up.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    ui = sub.add_parser("ui", help="the dashboard's pages over the local runs under --storage")
+    ui.add_argument("--storage", type=Path, required=True, help="the folder given to `lora-train run --storage`")
+    ui.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default: 8765)")
+    ui.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
+
+
+LOCAL_UI = "lora_operator.kubectl_lora.ui.local"
+"""The dashboard over local runs. The trainer may import only the API models and the storage
+client (import-linter), and the pages and web stack belong to the kubectl plugin: the trainer runs
+the plugin's module as a program of its own instead of importing it."""
+
+
+def run_ui(args: argparse.Namespace) -> int:
+    """`lora-train ui`: replaces this process with the plugin's local dashboard (`LOCAL_UI`)."""
+    if importlib.util.find_spec("lora_operator.kubectl_lora") is None or importlib.util.find_spec("starlette") is None:
+        raise ConfigError("lora-train ui: needs the kubectl-lora plugin and its web stack installed "
+                          "(its `cli` extra: starlette, jinja2, uvicorn)")
+    os.execv(sys.executable, [sys.executable, "-m", LOCAL_UI, "--storage", str(args.storage),
+                              "--port", str(args.port)])
+    return 0  # not reached: execv replaces the process
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -254,6 +278,8 @@ def _run(args: argparse.Namespace, argv: list[str], env: Mapping[str, str]) -> i
     try:
         if args.command == "upload":
             return int(run_upload(args, env))
+        if args.command == "ui":
+            return run_ui(args)
         processes = 1 if is_worker(env) else wanted_processes(args.processes, env)
         if processes > 1:
             return launch(argv, processes, {**os.environ, **env})

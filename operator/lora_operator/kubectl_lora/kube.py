@@ -43,6 +43,19 @@ class Jobs:
             raise CliError(f"cannot load kubeconfig: {err}") from err
         self.namespace = namespace or current_namespace(kubeconfig, context)
 
+    @classmethod
+    def as_bearer(cls, host: str, token: str, namespace: str, ca_file: str | None = None) -> Jobs:
+        """The jobs of `namespace` as the holder of `token` sees them (the in-cluster dashboard acts
+        with each request's own token, never a ServiceAccount of its own)."""
+        configuration = client.Configuration(host=host, api_key={"authorization": token},
+                                             api_key_prefix={"authorization": "Bearer"})
+        configuration.ssl_ca_cert = ca_file
+        configuration.verify_ssl = ca_file is not None
+        jobs = cls.__new__(cls)
+        jobs.api = client.CustomObjectsApi(client.ApiClient(configuration))
+        jobs.namespace = namespace
+        return jobs
+
     def _call(self, what: str, fn, *args, namespaced: bool = True, **kwargs) -> Any:
         scope = (self.namespace,) if namespaced else ()
         try:

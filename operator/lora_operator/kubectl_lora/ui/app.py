@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import mimetypes
+import os
 import shutil
 import tempfile
 import time
@@ -32,6 +33,7 @@ from ..kube import Jobs
 from ..objects import Objects
 from . import newjob, pages
 from .live import JobFeed
+from .upload import Uploads
 
 HERE = Path(__file__).parent
 CLUSTER_VIEW_SECONDS = 10.0
@@ -54,6 +56,8 @@ class Dashboard:
         self.feed = JobFeed(jobs)
         self.templates = Jinja2Templates(directory=HERE / "templates")
         self._view: tuple[float, list[dict], list[dict] | None] | None = None
+        self.uploads = Uploads(Path(tempfile.gettempdir()) / f"lora-ui-uploads-{os.getuid()}", objects.options)
+        """Dataset folders from the New job page; kept across restarts so an upload resumes."""
 
     def app(self) -> Starlette:
         @contextlib.asynccontextmanager
@@ -74,6 +78,7 @@ class Dashboard:
             Route("/jobs/{name}/preview", self.preview),
             Route("/jobs/{name}/download", self.download),
             Route("/jobs/{name}/{action:str}", self.act, methods=["POST"]),
+            *self.uploads.routes(),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
         return Starlette(routes=routes, lifespan=lifespan, exception_handlers={CliError: self.refused})

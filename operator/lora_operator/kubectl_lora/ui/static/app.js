@@ -136,6 +136,38 @@ function createJob(form) {
   return submitForm("/new", form);
 }
 
+async function uploadFolder(step) {
+  // Streams each file of the chosen folder to /upload/<session>/files/<path> (skipping those the
+  // session already has: a retry resumes), then runs `lora-train upload` (step: check or send).
+  const files = Array.from(document.getElementById("folder").files);
+  const report = document.getElementById("dataset-report");
+  const folder = files.length ? files[0].webkitRelativePath.split("/")[0] : "";
+  const key = "upload:" + folder;
+  let session = sessionStorage.getItem(key);
+  if (!session) {
+    session = Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+    sessionStorage.setItem(key, session);
+  }
+  const have = (await (await fetch("/upload/" + session)).json()).files || {};
+  let sent = 0;
+  for (const file of files) {
+    const path = file.webkitRelativePath.split("/").slice(1).join("/") || file.name;
+    if (have[path] === file.size) continue;
+    const response = await fetch("/upload/" + session + "/files/" + path.split("/").map(encodeURIComponent).join("/"),
+                                 { method: "PUT", body: file });
+    if (!response.ok) { showMessage((await response.json()).error, true); return; }
+    report.textContent = "sent " + (++sent) + " file(s) to the dashboard";
+  }
+  const response = await fetch("/upload/" + session + "/" + step, {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ uri: document.getElementById("datasetUri").value, folder: folder }),
+  });
+  const answer = await response.json();
+  report.textContent = answer.report || "";
+  showMessage(answer.error || (step === "send" ? "uploaded to " + answer.uri : "the folder is usable"), !response.ok);
+  if (response.ok && step === "send") sessionStorage.removeItem(key);
+}
+
 function retrain(form) {
   return submitForm("/jobs/" + encodeURIComponent(JOB) + "/retrain", form);
 }
