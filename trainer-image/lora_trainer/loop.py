@@ -174,6 +174,7 @@ class LoraRecipe:
         ))
 
         self.parts = self.family.load(self.inputs.model_dir, weight_dtype)
+        self.family.configure(self.parts, t)
         for module in self.parts.frozen_modules():
             module.requires_grad_(False)
             module.to(self.device)
@@ -327,7 +328,7 @@ class LoraRecipe:
         captions = [self._caption(s, rng) for s in samples]
         cond = self.encoder.text(captions, grad=text_now)
         noise = make_noise(latents, self.training, gen)
-        timesteps = self.family.sample_timesteps(self.parts, len(samples), gen)
+        timesteps = self.family.sample_timesteps(self.parts, latents, gen)
         weights = self.family.loss_weights(self.parts, timesteps, self.training.min_snr_gamma)
         weights = weights * torch.tensor([self.reg_weight if s.regularization else 1.0 for s in samples])
         timesteps = upload(timesteps, latents.device)

@@ -43,6 +43,8 @@ from .status import Attempt, CheckpointRecord, Condition, JobOutput, JobStatus, 
 from .training import (
     Ema,
     Embedding,
+    Flow,
+    LossWeighting,
     LrScheduler,
     MixedPrecision,
     MultiresNoise,
@@ -50,6 +52,7 @@ from .training import (
     Optimizer,
     OptimizerType,
     SchedulerType,
+    TimestepSampling,
     Training,
 )
 

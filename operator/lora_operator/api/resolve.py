@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from .adapters import adapter_checkpoints, adapter_problems
 from .spec import AdapterType, JobSpec
+from .training import flow_problems
 
 
 class SpecError(ValueError):
@@ -62,7 +63,7 @@ def resolve_spec(job_spec: dict[str, Any], template_spec: dict[str, Any] | None 
 def fill_defaults(spec: JobSpec) -> JobSpec:
     """Replace unset sub-objects with their defaults and check type-dependent fields."""
     adapter = spec.type or AdapterType.LORA
-    problems = adapter_problems(spec, adapter)
+    problems = adapter_problems(spec, adapter) + flow_problems(spec.base_model.family, spec.training)
     if problems:
         raise SpecError(*problems[0])
     filled = {}

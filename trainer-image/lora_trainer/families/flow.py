@@ -2,13 +2,19 @@
 
 A family class lists `FlowMatching` first among its bases and gets timestep sampling, the
 noised input and velocity target, and loss weights; it overrides `shift` when its scheduler
-shifts the sigmas toward noise (SD3-style ``shift * s / (1 + (shift - 1) * s)``).
+shifts the sigmas toward noise (SD3-style ``shift * s / (1 + (shift - 1) * s)``). The job's
+``training.flow`` (`configure`) chooses the sampling density, the shift and the loss weighting,
+through diffusers' own SD3 training helpers.
 """
 
 from __future__ import annotations
 
 import torch
+from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 
+from lora_operator.api import Flow, Training
+
+from ..errors import ConfigError
 from .base import Components
 
 
@@ -17,19 +23,57 @@ def shifted(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
     return sigmas if shift == 1.0 else shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
+def resolution_mu(config, tokens: int) -> float:
+    """The scheduler's dynamic-shift mu of an image of `tokens` latent tokens: linear from base_shift at
+    base_image_seq_len to max_shift at max_image_seq_len (what the pipelines' calculate_shift computes)."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    return calculate_shift(tokens, config.base_image_seq_len, config.max_image_seq_len,
+                           config.base_shift, config.max_shift)
+
+
 class FlowMatching:
     """x_t = (1 - s) x + s noise; the model predicts the velocity noise - x."""
+
+    patch_size = 2
+    """Latent pixels per token side (the resolution shift counts tokens: Flux packs 2x2 patches)."""
+    flow: Flow = Flow()
+    """The job's flow options (`configure`); the defaults until then."""
 
     def shift(self, parts: Components) -> float:
         """The sigma shift of training timesteps (1.0: none; Flux.1 trains unshifted)."""
         return 1.0
 
-    def sample_timesteps(self, parts: Components, n: int, generator: torch.Generator) -> torch.Tensor:
-        """Sigmas in (0, 1): the sigmoid of a standard normal (logit-normal sampling, SD3 / Flux), shifted."""
-        return shifted(torch.sigmoid(torch.randn(n, generator=generator)), self.shift(parts))
+    def configure(self, parts: Components, training: Training) -> None:
+        """Take training.flow; a resolution shift needs a scheduler that defines one.
+
+        Raises:
+            ConfigError: resolutionShift with a scheduler that has no base_shift / max_shift.
+        """
+        config = parts.noise_scheduler.config
+        needed = ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len")
+        if training.flow.resolution_shift and any(config.get(k) is None for k in needed):
+            raise ConfigError("training.flow.resolutionShift: the base model's scheduler "
+                              f"({type(parts.noise_scheduler).__name__}) defines no {', '.join(needed)}")
+        self.flow = training.flow
+
+    def sample_timesteps(self, parts: Components, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Sigmas in (0, 1), one per latent, drawn as training.flow.sampling says (diffusers'
+        compute_density_for_timestep_sampling), then shifted: fixed, by resolution or the family's."""
+        f = self.flow
+        sigmas = compute_density_for_timestep_sampling(
+            f.sampling.value, len(latents), logit_mean=f.logit_mean, logit_std=f.logit_std,
+            mode_scale=f.mode_scale, generator=generator,
+        )
+        if f.resolution_shift:
+            h, w = latents.shape[-2:]
+            mu = resolution_mu(parts.noise_scheduler.config, (h // self.patch_size) * (w // self.patch_size))
+            return parts.noise_scheduler.time_shift(mu, 1.0, sigmas)
+        return shifted(sigmas, f.shift if f.shift is not None else self.shift(parts))
 
     def fixed_timesteps(self, parts: Components, n: int) -> torch.Tensor:
-        """`n` sigmas spread evenly over (0.1, 0.9), shifted like the training ones."""
+        """`n` sigmas spread evenly over (0.1, 0.9), shifted by the family's shift (validation losses stay
+        comparable whatever a job's flow options)."""
         return shifted(torch.linspace(0.1, 0.9, n), self.shift(parts))
 
     def noisy_and_target(
@@ -40,5 +84,6 @@ class FlowMatching:
         return (1 - sigma) * latents + sigma * noise, noise - latents
 
     def loss_weights(self, parts: Components, timesteps: torch.Tensor, min_snr_gamma: float) -> torch.Tensor:
-        """Ones: min-SNR does not apply to flow matching."""
-        return torch.ones(len(timesteps))
+        """training.flow.weighting of each sigma (diffusers' compute_loss_weighting_for_sd3; none: ones);
+        min-SNR does not apply to flow matching."""
+        return compute_loss_weighting_for_sd3(self.flow.weighting.value, timesteps.float().cpu())
