@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from lora_operator.api import CheckpointEntry, JobSpec, Manifest, spec_hash
-from lora_operator.api.contract import checkpoint_key, checkpoint_name
+from lora_operator.api.contract import checkpoint_key, checkpoint_name, step_checkpoint_name
 
 from . import state as resume_state
 from .adapters import make_adapter
@@ -246,18 +246,28 @@ class LoraRecipe:
             pending.append((step, self.train_step(step)))
             epoch = self.plan.epoch_of(step)
             epoch_end = step == self.plan.epoch_end(epoch)
+            saves = (False, False) if epoch_end else self._step_saves(step)
             state_due = not epoch_end and self._state_due(step)
-            if epoch_end or state_due or step % LOSS_READ_EVERY == 0:
+            if epoch_end or state_due or any(saves) or step % LOSS_READ_EVERY == 0:
                 self._read_losses(pending)
                 pending = []
             self.progress.step(step, epoch, self.last_loss)
             if epoch_end:
                 self._end_epoch(epoch, step)
+            elif any(saves):
+                self._save_point(epoch, step, *saves, between=True, resume=True)
             elif state_due:
                 resume_state.save(self, step)
         self.progress.phase("done")
         self.manifest.write(finished=True)
         return self.manifest.manifest
+
+    def _step_saves(self, step: int) -> tuple[bool, bool]:
+        """(checkpoint, previews) due at a step between epoch ends (checkpoints / previews.everySteps)."""
+        if step >= self.plan.total_steps:
+            return False, False
+        every = (self.spec.checkpoints.every_steps, self.spec.previews.every_steps)
+        return bool(every[0] and step % every[0] == 0), bool(every[1] and step % every[1] == 0)
 
     def _state_due(self, step: int) -> bool:
         """A mid-epoch resume state is due (checkpoints.stateEverySteps; epoch ends save their own)."""
@@ -382,31 +392,41 @@ class LoraRecipe:
         return sum(losses) / len(losses)
 
     def _end_epoch(self, epoch: int, step: int) -> None:
+        last = epoch == self.plan.epochs
+        every = self.spec.previews.every_epochs
+        self._save_point(epoch, step, checkpoint=epoch % self.spec.checkpoints.every_epochs == 0 or last,
+                         previews=bool(every) and (epoch % every == 0 or last), between=False, resume=not last)
+
+    def _save_point(self, epoch: int, step: int, checkpoint: bool, previews: bool, between: bool,
+                    resume: bool) -> None:
+        """Validation, then the checkpoint and previews due, at an epoch end or (`between`) at a step
+        between epoch ends (checkpoints / previews.everySteps: step-NNNNNNNN names)."""
         with eager():
             val = self.validation_loss()
-        last = epoch == self.plan.epochs
-        if self.main and (epoch % self.spec.checkpoints.every_epochs == 0 or last):
-            self.save_checkpoint(epoch, step, val)
-        every = self.spec.previews.every_epochs
-        if self.main and every and (epoch % every == 0 or last):
+        if self.main and checkpoint:
+            self.save_checkpoint(epoch, step, val, step_checkpoint_name(step) if between else None)
+        if self.main and previews:
             with eager(), self._ema_applied():
                 entries = render_previews(self.family, self.parts, self.spec.previews,
                                           preview_prompts(self.spec.previews, self.data, self.builder), epoch,
-                                          preview_size(self.spec.previews, self.data), self.outputs)
+                                          preview_size(self.spec.previews, self.data), self.outputs,
+                                          step if between else None)
             for entry in entries:
                 self.manifest.add_preview(entry)
         if self.main:
             self.manifest.write()
-            if not last:
+            if resume:
                 resume_state.save(self, step)
         self.progress.write()
         self.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------ save
-    def save_checkpoint(self, epoch: int, step: int, validation_loss: float | None) -> list[CheckpointEntry]:
-        """Export the adapter in every requested format and upload it under checkpoints/epoch-NNNN/."""
+    def save_checkpoint(self, epoch: int, step: int, validation_loss: float | None,
+                        name: str | None = None) -> list[CheckpointEntry]:
+        """Export the adapter in every requested format and upload it under checkpoints/epoch-NNNN/ (or
+        checkpoints/`name`/: a step checkpoint)."""
         self.progress.phase("saving")
-        name = checkpoint_name(epoch)
+        name = name or checkpoint_name(epoch)
         rel = checkpoint_key(name)
         metadata = self._metadata(epoch, step)
         folder = self.outputs.local(rel + "/x").parent

@@ -52,6 +52,8 @@ class PreviewEntry(ApiModel):
     """Preview images of one prompt at one epoch."""
 
     epoch: int
+    step: int | None = None
+    """Set for previews between epoch ends (previews.everySteps)."""
     prompt: str
     paths: list[str] = Field(default_factory=list)
     grid: str | None = None

@@ -94,6 +94,9 @@ class Previews(ApiModel):
 
     every_epochs: int = Field(default=1, ge=0, le=1000)
     """Generate every N epochs (and at the end); 0 turns previews off. Default: 1."""
+    every_steps: int = Field(default=0, ge=0, le=10_000_000)
+    """Also generate every N optimizer steps between epoch ends, into previews/step-NNNNNNNN/;
+    0: only at epoch ends. Default: 0."""
     prompts: list[str] = Field(default_factory=list, max_length=32)
     """Prompts; empty means the first validation caption. imagesPerPrompt x prompts is at most
     64."""
@@ -134,6 +137,9 @@ class Checkpoints(ApiModel):
 
     every_epochs: int = Field(default=1, ge=1, le=1000)
     """Write a checkpoint every N epochs (and always at the end). Default: 1."""
+    every_steps: int = Field(default=0, ge=0, le=10_000_000)
+    """Also write a checkpoint every N optimizer steps between epoch ends, named step-NNNNNNNN (the step,
+    8 digits), with the validation loss at that step; 0: only at epoch ends. Default: 0."""
     state_every_steps: int = Field(default=100, ge=0, le=100000)
     """Save the resume state (adapter, optimizer, schedule, position) every N optimizer steps as well
     as at epoch ends, so a retried pod loses at most N steps; 0 saves it only at epoch ends.
@@ -280,10 +286,10 @@ class JobSpec(JobSettings):
     storage and in status.checkpoints (unlike deleting the job); selectedCheckpoint still works.
     Final: clearing it later does not restart the job (kubectl lora retrain does). Editable.
     Default: false."""
-    selected_checkpoint: str | None = Field(default=None, pattern=r"^(epoch-[0-9]{4}|auto)$")
-    """After the job succeeded (or was cancelled): the checkpoint copied to final/, e.g. epoch-0007,
-    or auto: the one with the lowest validation loss (the last one when no loss was recorded);
-    status.output says which was picked and why. Editable."""
+    selected_checkpoint: str | None = Field(default=None, pattern=r"^(epoch-[0-9]{4}|step-[0-9]{8}|auto)$")
+    """After the job succeeded (or was cancelled): the checkpoint copied to final/, e.g. epoch-0007 or
+    step-00000150 (checkpoints.everySteps), or auto: the one with the lowest validation loss (the last
+    one when no loss was recorded); status.output says which was picked and why. Editable."""
     delete_unselected: bool = False
     """With selectedCheckpoint set: delete every other checkpoint from storage and from
     status.checkpoints. Editable after the run, so it can be decided after looking at the
