@@ -28,7 +28,7 @@ from .k8s import Conflict, Kube, describe_error
 from .metrics import OperatorMetrics
 from .outcome import ActionKind, classify, next_action
 from .render import output_prefix
-from .results import apply_reports, dataset_is_empty, delete_checkpoints, finalize, read_reports
+from .results import Reports, apply_reports, dataset_is_empty, delete_checkpoints, finalize, read_reports
 from .status_writer import StatusWriter
 from .storage import ObjectNotFound, StorageError
 from .views import JobView, pod_active, pod_snapshot
@@ -209,7 +209,10 @@ class Lifecycle:
             return None
         status = job.status
         if action.kind is ActionKind.SUCCEED:
-            status = self.with_results(job, spec, status)
+            reports = self.reports(job, spec)
+            status = self.with_results(job, spec, status, reports)
+            if reports and reports.manifest and reports.manifest.stopped_early:
+                action = replace(action, reason=Reason.STOPPED_EARLY, message=reports.manifest.stopped_early)
         status = st.attempt_ended(status, outcome=outcome, action=action, now=now)
         if action.kind is ActionKind.REQUEUE:
             self.metrics.count_retry(str(action.reason))
@@ -220,16 +223,24 @@ class Lifecycle:
         self.emit(job.body, kind, str(action.reason), action.message or outcome.message)
         return None
 
-    def with_results(self, job: JobView, spec: JobSpec, status: JobStatus) -> JobStatus:
+    def reports(self, job: JobView, spec: JobSpec) -> Reports | None:
+        """The trainer's progress and manifest in the job's prefix; None when not readable (logged)."""
         prefix = output_prefix(spec, job.namespace, job.name, job.uid)
         if not prefix.startswith("s3://"):
-            return status
+            return None
         try:
-            reports = read_reports(self.storage.open(prefix, job.namespace, spec), job.uid)
+            return read_reports(self.storage.open(prefix, job.namespace, spec), job.uid)
         except (StorageError, EndpointError) as err:
             log.warning("%s: results not readable: %s", job.key, err)
+            return None
+
+    def with_results(self, job: JobView, spec: JobSpec, status: JobStatus,
+                     reports: Reports | None = None) -> JobStatus:
+        """`status` with the trainer's reports applied (read now unless given)."""
+        reports = reports or self.reports(job, spec)
+        if reports is None:
             return status
-        return apply_reports(status, reports, prefix)
+        return apply_reports(status, reports, output_prefix(spec, job.namespace, job.name, job.uid))
 
     def housekeep(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
         """A finished job: no pod left, the selected checkpoint finalized, deleted after its TTL."""

@@ -27,8 +27,9 @@ def output_prefix(pod: dict) -> tuple[str, str]:
     return env["LORA_OUTPUT_PREFIX"], env["LORA_JOB_UID"]
 
 
-def write_trainer_outputs(ground, prefix: str, job_uid: str) -> tuple[str, str]:
-    """Three kohya checkpoints and the manifest listing them; returns (bucket, key prefix)."""
+def write_trainer_outputs(ground, prefix: str, job_uid: str, **manifest_fields) -> tuple[str, str]:
+    """Three kohya checkpoints and the manifest listing them (with `manifest_fields`); returns (bucket, key
+    prefix)."""
     bucket, _, base = prefix.removeprefix("s3://").partition("/")
     client = ground.minio.client()
     if not client.bucket_exists(bucket):
@@ -41,7 +42,7 @@ def write_trainer_outputs(ground, prefix: str, job_uid: str) -> tuple[str, str]:
         entries.append({"name": f"epoch-{epoch:04d}", "epoch": epoch, "step": 4 * epoch, "format": "kohya",
                         "path": path, "sizeBytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                         "validationLoss": loss})
-    manifest = json.dumps({"checkpoints": entries, "finished": True, "jobUid": job_uid}).encode()
+    manifest = json.dumps({"checkpoints": entries, "finished": True, "jobUid": job_uid, **manifest_fields}).encode()
     client.put_object(bucket, base + "manifest.json", io.BytesIO(manifest), len(manifest))
     return bucket, base
 
@@ -99,3 +100,17 @@ def test_auto_picks_the_lowest_loss_and_delete_unselected_after_the_run_deletes_
                     timeout=30, what="the selection error in status.message")
     assert "no checkpoint epoch-0001 (checkpoints: epoch-0002)" in get_job(ground, ns, "pick")["status"]["message"]
     assert get_job(ground, ns, "pick")["status"]["output"]["checkpoint"] == "epoch-0002"
+
+
+def test_a_run_that_stopped_early_succeeds_with_reason_stopped_early(ground, operator, ns):  # noqa: F811
+    ground.add_gpu_nodes(1, gpus=1, gpu_type="early", prefix="early")
+    ground.apply({**job("early", "early"), "metadata": {"name": "early", "namespace": ns}})
+    pod = running_pod(ground, ns, "early")
+    why = "stopped early: no better validation loss in 1 evaluations (best 0.0800 at epoch-0002)"
+    write_trainer_outputs(ground, *output_prefix(pod), stoppedEarly=why)
+    end_pod(ground, ns, pod["metadata"]["name"], 0)
+    wait_phase(ground, operator, ns, "early", "Succeeded")
+    status = get_job(ground, ns, "early")["status"]
+    succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert (succeeded["reason"], succeeded["message"]) == ("StoppedEarly", why)
+    assert event_messages(ground, ns, "early", "StoppedEarly") == [why]

@@ -28,6 +28,7 @@ from lora_operator.api.contract import checkpoint_key, checkpoint_name, step_che
 from . import state as resume_state
 from .adapters import make_adapter
 from .data import CaptionBuilder, PreparedDataset, Sample, load_captioner, prepare_dataset
+from .earlystop import EarlyStopper
 from .ema import EMA_FOLDER, EMA_FORMAT_SUFFIX, make_ema
 from .encode import Encoder
 from .errors import ConfigError, NanLossError
@@ -241,6 +242,7 @@ class LoraRecipe:
         self.progress.report.step = self.start_step
         self.progress.report.epoch = self.plan.epoch_of(self.start_step) if self.start_step else 0
         self.progress.phase("training")
+        self.stopper = EarlyStopper(self.training.early_stop, bool(self.data.validation))
         pending: list[tuple[int, torch.Tensor]] = []
         for step in range(self.start_step + 1, self.plan.total_steps + 1):
             pending.append((step, self.train_step(step)))
@@ -258,6 +260,8 @@ class LoraRecipe:
                 self._save_point(epoch, step, *saves, between=True, resume=True)
             elif state_due:
                 resume_state.save(self, step)
+            if self.manifest.manifest.stopped_early:
+                break
         self.progress.phase("done")
         self.manifest.write(finished=True)
         return self.manifest.manifest
@@ -403,8 +407,14 @@ class LoraRecipe:
         between epoch ends (checkpoints / previews.everySteps: step-NNNNNNNN names)."""
         with eager():
             val = self.validation_loss()
-        if self.main and checkpoint:
-            self.save_checkpoint(epoch, step, val, step_checkpoint_name(step) if between else None)
+        name = step_checkpoint_name(step) if between else checkpoint_name(epoch)
+        stop = self.stopper.update(val, name)
+        if self.main and (checkpoint or self.stopper.enabled):  # early stop: each evaluation keeps its checkpoint
+            self.save_checkpoint(epoch, step, val, name)
+        if stop:
+            log.info("%s", stop)
+            self.manifest.manifest.stopped_early = stop
+            resume = False
         if self.main and previews:
             with eager(), self._ema_applied():
                 entries = render_previews(self.family, self.parts, self.spec.previews,

@@ -41,6 +41,7 @@ from .spec import (
 )
 from .status import Attempt, CheckpointRecord, Condition, JobOutput, JobStatus, PreviewRecord, Progress
 from .training import (
+    EarlyStop,
     Ema,
     Embedding,
     Flow,

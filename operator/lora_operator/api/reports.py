@@ -85,3 +85,6 @@ class Manifest(ApiModel):
     previews: list[PreviewEntry] = Field(default_factory=list)
     skipped: list[SkippedFile] = Field(default_factory=list)
     finished: bool = False
+    stopped_early: str | None = None
+    """Why training ended before its last step (training.earlyStop), e.g. "no better validation loss in
+    3 evaluations (best 0.1234 at step-00000150)"; None when it ran to the end."""

@@ -139,6 +139,19 @@ class Flow(ApiModel):
         return self
 
 
+class EarlyStop(ApiModel):
+    """End training when the validation loss stops improving."""
+
+    patience: int = Field(default=0, ge=0, le=1000)
+    """Stop after this many evaluations in a row without a new best validation loss; 0: never stop
+    early. Evaluations happen at epoch ends and at checkpoints.everySteps; with patience set each
+    evaluation also writes its checkpoint, so selectedCheckpoint auto can pick the best. The job then
+    ends Succeeded with reason StoppedEarly. Needs validation images (dataset.validationSplit).
+    Default: 0."""
+    min_delta: float = Field(default=0.0, ge=0.0, le=100.0)
+    """How much lower than the best so far a loss must be to count as an improvement. Default: 0."""
+
+
 class Training(ApiModel):
     """How long and how the adapter is trained."""
 
@@ -206,6 +219,8 @@ class Training(ApiModel):
     """Encode images once and reuse the latents when augmentation allows. Default: true."""
     ema: Ema = Field(default_factory=Ema)
     """Exponential moving average of the adapter weights (previews and a second copy of each checkpoint)."""
+    early_stop: EarlyStop = Field(default_factory=EarlyStop)
+    """Stop when the validation loss has not improved for a number of evaluations."""
     flow: Flow = Field(default_factory=Flow)
     """Timestep sampling, shift, loss weighting and training guidance of flow-matching families."""
     compile: Literal["auto", "on", "off"] = Field(default="auto")
