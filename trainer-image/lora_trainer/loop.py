@@ -347,7 +347,11 @@ class LoraRecipe:
         weights = weights * torch.tensor([self.reg_weight if s.regularization else 1.0 for s in samples])
         timesteps = upload(timesteps, latents.device)
         sizes = [s.size_conditioning(flipped) for s, flipped in zip(samples, flips, strict=True)]
-        return self._weighted_mse(latents, noise, timesteps, cond, sizes, weights)
+        masks = None
+        if self.spec.dataset.masked_loss.enabled:
+            hw, floor = tuple(latents.shape[-2:]), self.spec.dataset.masked_loss.floor
+            masks = torch.stack([s.loss_mask(f, hw, floor) for s, f in zip(samples, flips, strict=True)])
+        return self._weighted_mse(latents, noise, timesteps, cond, sizes, weights, masks)
 
     def _caption(self, sample: Sample, rng: random.Random) -> str:
         """The text of one draw: class images keep theirs (no trigger, tags or token: prior preservation)."""
@@ -355,11 +359,16 @@ class LoraRecipe:
             return sample.caption
         return self.adapter.prepare_caption(self.builder.build(sample.caption, rng))
 
-    def _weighted_mse(self, latents, noise, timesteps, cond, sizes, weights) -> torch.Tensor:
+    def _weighted_mse(self, latents, noise, timesteps, cond, sizes, weights, masks=None) -> torch.Tensor:
+        """Per-sample weighted MSE; `masks` (B, h, w): per-latent-pixel weights (dataset.maskedLoss)."""
         noisy, target = self.family.noisy_and_target(self.parts, latents, noise, timesteps)
         with self.accelerator.autocast(), training_attention(self.device, self.gradient_checkpointing):
             pred = self.family.predict(self.train_parts, noisy, timesteps, cond, sizes)
-        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.ndim)))
+        error = F.mse_loss(pred.float(), target.float(), reduction="none")
+        if masks is not None:  # (B, h, w) over the channel (and frame) dimensions between
+            error = error * upload(masks, error.device, error.dtype).view(
+                len(masks), *[1] * (error.ndim - 3), *masks.shape[-2:])
+        per_sample = error.mean(dim=list(range(1, pred.ndim)))
         return (per_sample * upload(weights, per_sample.device, per_sample.dtype)).mean()
 
     def _sync_text_grads(self) -> None:

@@ -8,7 +8,7 @@ share (the trainer pod's environment and labels, the layout of a job's output pr
 """
 
 from .conditions import FINISHED_PHASES, ConditionType, Phase, Reason
-from .dataset import AutoCaption, Crop, CropMode, Dataset, Regularization, Tags
+from .dataset import AutoCaption, Crop, CropMode, Dataset, MaskedLoss, Regularization, Tags
 from .exitcodes import INPUT_ERRORS, ExitCode
 from .presets import epoch_steps, scenario_formula, scenario_steps
 from .reports import CheckpointEntry, Manifest, PreviewEntry, ProgressReport, SkippedFile

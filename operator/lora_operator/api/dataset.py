@@ -91,6 +91,19 @@ class Regularization(ApiModel):
     batch tags and the embedding token are not added, so they keep the class's prior. Default: ""."""
 
 
+class MaskedLoss(ApiModel):
+    """Weight the loss by a mask per image, so only the subject is learned."""
+
+    enabled: bool = False
+    """Weight each image's loss by its mask: a file beside it named like it with .mask before the
+    suffix (x.mask.png for x.png; white counts fully, black weighs floor), else its alpha channel
+    (opaque counts fully); an image with neither trains unmasked. Masks are scaled, cropped and
+    mirrored with their images. Files named *.mask.png are never trained as images. Default: false."""
+    floor: float = Field(default=0.0, ge=0.0, le=1.0)
+    """The weight of the fully masked-out area (0: not learned at all; 1: masks have no effect).
+    Default: 0."""
+
+
 class Dataset(ApiModel):
     """The training images and their captions."""
 
@@ -113,6 +126,8 @@ class Dataset(ApiModel):
     """Cropping and bucketing."""
     flip: bool = False
     """Randomly mirror images horizontally. Default: false."""
+    masked_loss: MaskedLoss = Field(default_factory=MaskedLoss)
+    """Loss masks from mask files or alpha channels."""
     auto_caption: AutoCaption | None = Field(default=None)
     """Caption images automatically. Default: off."""
     regularization: Regularization | None = None
