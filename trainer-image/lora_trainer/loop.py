@@ -24,10 +24,12 @@ import torch.nn.functional as F
 
 from lora_operator.api import CheckpointEntry, JobSpec, Manifest, spec_hash
 from lora_operator.api.contract import checkpoint_key, checkpoint_name, step_checkpoint_name
+from lora_operator.storage import ObjectStore
 
 from . import state as resume_state
 from .adapters import make_adapter
 from .data import CaptionBuilder, PreparedDataset, Sample, load_captioner, prepare_dataset
+from .data.autocaption import CachedCaptioner, caption_fingerprint
 from .earlystop import EarlyStopper
 from .ema import EMA_FOLDER, EMA_FORMAT_SUFFIX, make_ema
 from .encode import Encoder
@@ -57,6 +59,8 @@ from .speed import (
 log = logging.getLogger(__name__)
 
 CAPTIONS_FILE = "captions.json"
+CAPTION_CACHE_KEY = "caption-cache/"
+"""The auto-caption cache inside the job's own prefix when no namespace cache is given."""
 """Under the job prefix: the caption each image trained with (auto captions are visible here)."""
 COLLECTIVE_TIMEOUT = timedelta(hours=1)
 """How long workers wait for each other in a collective (rank 0 alone saves and renders)."""
@@ -95,6 +99,9 @@ class RunInputs:
     regularization_root: Path | None = None
     captioner_dir: Path | None = None
     """The auto-caption tagger model, when dataset.autoCaption is set."""
+    caption_cache: ObjectStore | None = None
+    """Where auto captions are cached for the namespace (contract.caption_cache_prefix); None: in the
+    job's own output prefix (a retry still reads them back)."""
 
 
 class LoraRecipe:
@@ -135,8 +142,13 @@ class LoraRecipe:
         check_sampler(self.family, spec.previews)
         set_seed(t.seed)
         captioner = None
-        if spec.dataset.auto_caption is not None and self.inputs.captioner_dir is not None:
-            captioner = load_captioner(self.inputs.captioner_dir, threshold=spec.dataset.auto_caption.threshold)
+        auto = spec.dataset.auto_caption
+        if auto is not None and self.inputs.captioner_dir is not None:
+            shared = self.inputs.caption_cache
+            captioner = CachedCaptioner(
+                lambda: load_captioner(self.inputs.captioner_dir, threshold=auto.threshold),
+                shared or self.outputs.store, caption_fingerprint(auto.model, auto.threshold),
+                prefix="" if shared else CAPTION_CACHE_KEY)
         self.data: PreparedDataset = prepare_dataset(
             spec.dataset, self.inputs.dataset_root, spec.base_model.family, seed=t.seed,
             regularization_root=self.inputs.regularization_root, captioner=captioner,

@@ -106,6 +106,15 @@ def previews_key(epoch: int, step: int | None = None) -> str:
     return f"{PREVIEWS_PREFIX}{checkpoint_name(epoch) if step is None else step_checkpoint_name(step)}"
 
 
+def caption_cache_prefix(output_prefix: str) -> str:
+    """Where auto captions are cached for every job of a namespace: ``<output.uri>/<namespace>/.caption-cache/``
+    from a job's ``<output.uri>/<namespace>/<job>/<uid>/`` (a dot name: no job is called that)."""
+    parts = output_prefix.rstrip("/").rsplit("/", 2)
+    if len(parts) != 3:
+        raise ValueError(f"{output_prefix}: not a job output prefix (<uri>/<namespace>/<job>/<uid>/)")
+    return f"{parts[0]}/.caption-cache/"
+
+
 def attempt_log_key(attempt: int) -> str:
     """Where the trainer keeps the last lines of an attempt's output, e.g. logs/attempt-2.txt:
     a pod's log goes with the pod, this stays for `kubectl lora logs --attempt N`."""

@@ -67,7 +67,9 @@ class AutoCaptionMode(StrEnum):
 
 
 class AutoCaption(ApiModel):
-    """Caption images with a tagger model loaded from storage."""
+    """Caption images with a tagger model loaded from storage. Captions are cached by image content
+    under <output.uri>/<namespace>/.caption-cache/ (per tagger URI and threshold): a retry, a
+    retrain or another job of the namespace reads them back and runs the tagger only on new images."""
 
     model: str = Field(pattern=URI_PATTERN)
     """URI of the tagger model folder (s3://, file:// or hf://). No empty, . or .. path segments."""
