@@ -131,7 +131,9 @@ class Dataset(ApiModel):
     masked_loss: MaskedLoss = Field(default_factory=MaskedLoss)
     """Loss masks from mask files or alpha channels."""
     auto_caption: AutoCaption | None = Field(default=None)
-    """Caption images automatically. Default: off."""
+    """Caption images automatically; captions are cached by image content for the namespace
+    (<output.uri>/<namespace>/.caption-cache/), so retries, retrains and other jobs run the tagger
+    only on images it has not captioned. Default: off."""
     regularization: Regularization | None = None
     """Regularization (class) images. Default: none."""
     validation_split: float = Field(default=0.1, ge=0.0, le=0.5)
