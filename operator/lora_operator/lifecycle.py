@@ -8,6 +8,7 @@ write goes through `status_writer`.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import policy, selection
+from . import policy, selection, webhook
 from . import status_transitions as st
 from .api import FINISHED_PHASES, ConditionType, JobSpec, JobStatus, Phase, Reason, SpecError, resolve_spec, spec_hash
 from .api.status import JobOutput
@@ -32,6 +33,7 @@ from .results import Reports, apply_reports, dataset_is_empty, delete_checkpoint
 from .status_writer import StatusWriter
 from .storage import ObjectNotFound, StorageError
 from .views import JobView, pod_active, pod_snapshot
+from .webhook import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +62,17 @@ class Lifecycle:
     """Each job's storage, with the job's own Secret. Default: one over `kube` and `config`."""
     statuses: StatusWriter | None = None
     """Writes the job's status. Default: one over `kube`."""
+    webhooks: WebhookSender | None = None
+    """Delivers spec.notify.webhook in the background. Default: one with config's retry settings."""
 
     def __post_init__(self) -> None:
         if self.storage is None:
             self.storage = JobStorage(self.kube, self.config)
         if self.statuses is None:
             self.statuses = StatusWriter(self.kube)
+        if self.webhooks is None:
+            self.webhooks = WebhookSender() if self.config is None else WebhookSender(
+                attempts=self.config.webhook_attempts, backoff_seconds=self.config.webhook_backoff_seconds)
 
     def reconcile(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
         """Brings one job one step closer to its desired state.
@@ -148,8 +155,31 @@ class Lifecycle:
         return None
 
     def fail(self, job: JobView, reason: str, message: str, now: datetime) -> None:
-        self.statuses.write(job, st.failed(job.status, reason=reason, message=message, now=now))
+        status = st.failed(job.status, reason=reason, message=message, now=now)
+        self.statuses.write(job, status)
         self.emit(job.body, "Warning", reason, message)
+        self.notify(job, status)
+
+    def notify(self, job: JobView, status: JobStatus) -> None:
+        """Queue spec.notify.webhook for a job that just finished; returns at once (the Secret is read
+        and the POST sent on the sender's threads)."""
+        hook = (job.spec.get("notify") or {}).get("webhook")
+        if not hook or not hook.get("secretRef"):
+            return
+        secret, url_key = hook["secretRef"], hook.get("urlKey") or "url"
+        key_key = hook.get("signingKeyKey") or "signingKey"
+        body = webhook.completion_body(job.namespace, job.name, job.uid, status.model_dump(by_alias=True,
+                                                                                           mode="json"))
+
+        def target() -> tuple[str, bytes] | None:
+            data = self.kube.get_secret_data(job.namespace, secret) or {}
+            if url_key not in data or key_key not in data:
+                log.warning("%s: spec.notify.webhook: Secret %s lacks %s or %s; not sent", job.key, secret,
+                            url_key, key_key)
+                return None
+            return base64.b64decode(data[url_key]).decode().strip(), base64.b64decode(data[key_key])
+
+        self.webhooks.send_to(target, body, job.key)
 
     def correct_phase(self, job: JobView, derived: Phase) -> None:
         """status.phase is only the summary of the conditions this operator wrote: a phase that
@@ -221,6 +251,8 @@ class Lifecycle:
             self.kube.delete_pod(job.namespace, pod["metadata"]["name"])
         kind = "Normal" if action.kind is ActionKind.SUCCEED else "Warning"
         self.emit(job.body, kind, str(action.reason), action.message or outcome.message)
+        if status.phase in FINISHED_PHASES:
+            self.notify(job, status)
         return None
 
     def reports(self, job: JobView, spec: JobSpec) -> Reports | None:

@@ -32,12 +32,14 @@ from .spec import (
     JobSettings,
     JobSpec,
     ModelFamily,
+    Notify,
     Output,
     Placement,
     Previews,
     RetryPolicy,
     Sampler,
     Storage,
+    Webhook,
 )
 from .status import Attempt, CheckpointRecord, Condition, JobOutput, JobStatus, PreviewRecord, Progress
 from .training import (

@@ -237,6 +237,28 @@ class RetryPolicy(ApiModel):
         return self
 
 
+class Webhook(ApiModel):
+    """A POST to a receiver when the job finishes."""
+
+    secret_ref: ObjectName = Field(max_length=253)
+    """Name of a Secret in the job's namespace holding the receiver's URL (key urlKey) and the HMAC key
+    (key signingKeyKey). The JSON body (event job.finished: phase, reason, message, checkpoints with
+    their URIs and validation losses, preview URIs, output) is signed: header X-Lora-Signature is
+    sha256=<hex HMAC-SHA256 of the raw body>. Sent in the background, retried with backoff on
+    errors, 5xx, 408 and 429; it never delays the operator."""
+    url_key: str = Field(default="url", min_length=1, max_length=253)
+    """The Secret key holding the URL (http:// or https://). Default: url."""
+    signing_key_key: str = Field(default="signingKey", min_length=1, max_length=253)
+    """The Secret key holding the HMAC-SHA256 key. Default: signingKey."""
+
+
+class Notify(ApiModel):
+    """Whom to tell when the job finishes."""
+
+    webhook: Webhook | None = None
+    """A signed JSON POST when the job ends Succeeded, Failed or Cancelled. Default: none."""
+
+
 class JobSettings(ApiModel):
     """The settings a job and a template share; in a template they are the job's defaults."""
 
@@ -264,6 +286,8 @@ class JobSettings(ApiModel):
     """Node selection."""
     retry_policy: RetryPolicy | None = None
     """Retries and backoff."""
+    notify: Notify | None = None
+    """Completion notifications (a webhook)."""
 
 
 class JobSpec(JobSettings):
