@@ -114,3 +114,38 @@ def test_a_run_that_stopped_early_succeeds_with_reason_stopped_early(ground, ope
     succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
     assert (succeeded["reason"], succeeded["message"]) == ("StoppedEarly", why)
     assert event_messages(ground, ns, "early", "StoppedEarly") == [why]
+
+
+def test_completion_webhooks_are_signed_and_a_failing_receiver_holds_up_no_other_job(ground, operator, ns):  # noqa: F811
+    import base64
+
+    from lora_operator.webhook import verify
+    from testground.webhook_receiver import Receiver
+
+    receiver = Receiver()
+    try:
+        receiver.script["/down"] = [500]
+        for name, path in (("hook-down", "/down"), ("hook-ok", "/ok")):
+            data = {"url": receiver.url(path), "signingKey": f"key-{name}"}
+            ground.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},
+                          "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
+        ground.add_gpu_nodes(2, gpus=1, gpu_type="hook", prefix="hook")
+        for name in ("hook-down", "hook-ok"):
+            ground.apply({**job(name, "hook", notify={"webhook": {"secretRef": name}}),
+                          "metadata": {"name": name, "namespace": ns}})
+        down, ok = running_pod(ground, ns, "hook-down"), running_pod(ground, ns, "hook-ok")
+        write_trainer_outputs(ground, *output_prefix(ok))
+        end_pod(ground, ns, down["metadata"]["name"], 0)
+        ground.wait_for(lambda: len(receiver.calls) >= 2, timeout=60, what=f"a retried webhook\n{operator.tail()}")
+        end_pod(ground, ns, ok["metadata"]["name"], 0)
+        ground.wait_for(lambda: any(c[0] == "/ok" for c in receiver.calls), timeout=60,
+                        what=f"the other job's webhook while the first is retried\n{operator.tail()}")
+        path, body, signature, _ = next(c for c in receiver.calls if c[0] == "/ok")
+        assert verify(b"key-hook-ok", body, signature) and not verify(b"key-hook-down", body, signature)
+        doc = json.loads(body)
+        assert (doc["phase"], doc["job"]["name"]) == ("Succeeded", "hook-ok")
+        assert [c["name"] for c in doc["checkpoints"]] == ["epoch-0001", "epoch-0002", "epoch-0003"]
+        assert all(c["uri"].startswith("s3://") for c in doc["checkpoints"])
+        assert sum(1 for c in receiver.calls if c[0] == "/down") >= 2  # retried, not given up at once
+    finally:
+        receiver.close()
