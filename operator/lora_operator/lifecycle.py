@@ -99,8 +99,7 @@ class Lifecycle:
         if self.past_deadline(job, now):
             self.delete_pods(job, pods)
             message = f"ran longer than activeDeadlineSeconds={job.spec.get('activeDeadlineSeconds')}"
-            self.statuses.write(job, st.failed(job.status, reason=Reason.DEADLINE_EXCEEDED, message=message, now=now))
-            return self.emit(job.body, "Warning", Reason.DEADLINE_EXCEEDED, message)
+            return self.fail(job, Reason.DEADLINE_EXCEEDED, message, now)
         if job.status.phase in (Phase.RUNNING, Phase.PENDING) and job.status.attempt:
             return self.follow_attempt(job, JobSpec.model_validate(job.status.resolved_spec), pods, now)
         return None
@@ -339,9 +338,11 @@ class Lifecycle:
         if status.resolved_spec is not None:
             status = self.with_results(job, JobSpec.model_validate(status.resolved_spec), status)
         self.delete_pods(job, pods)  # a running pod; an ended one goes at the next reconcile, as any finished job's
-        self.statuses.write(job, st.cancelled(status, now=now, message=CANCEL_MESSAGE))
+        status = st.cancelled(status, now=now, message=CANCEL_MESSAGE)
+        self.statuses.write(job, status)
         self.metrics.forget_job(job.namespace, job.name)
         self.emit(job.body, "Normal", Reason.CANCELLED, CANCEL_MESSAGE)
+        self.notify(job, status)
 
     def cancel(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
         """The job is being deleted but still there (a foreground deletion, another controller's
