@@ -124,6 +124,8 @@ def test_guidance_is_refused_by_a_transformer_without_a_guidance_embedder(flux):
     with pytest.raises(ConfigError, match=r"training\.flow\.guidance"):
         family.configure(parts, Training(flow={"guidance": 3.5}))
     family.configure(parts, Training(flow={"sampling": "uniform"}))  # the rest applies to schnell too
+    spelled_out = Training.model_validate(Training().model_dump(by_alias=True))  # as a resolved spec has it
+    family.configure(parts, spelled_out)
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
@@ -133,7 +135,8 @@ def test_epsilon_families_refuse_flow_options(family):
     with pytest.raises(SpecError, match=r"training\.flow: family .* is not a flow-matching model"):
         resolve_spec(spec)
     del spec["training"]
-    resolve_spec(spec)
+    resolved = resolve_spec(spec)
+    resolve_spec(resolved.to_resource())  # the trainer pod resolves the spelled-out spec again
 
 
 def test_a_fixed_and_a_resolution_shift_exclude_each_other():

@@ -231,7 +231,8 @@ class Training(ApiModel):
 def flow_problems(family: str, training: Training | None) -> list[tuple[str, str]]:
     """(field, message) when training.flow is set for a family that does not train by flow matching."""
     row = family_row(family)
-    if training is None or not training.flow.model_fields_set or row.prediction == "flow":
+    # compared with the defaults, not by fields set: a resolved spec (the trainer pod's) spells them all out
+    if training is None or training.flow == Flow() or row.prediction == "flow":
         return []
     return [("training.flow", f"family {row.name} is not a flow-matching model ({row.prediction} prediction): "
                               "timestep sampling, shift, weighting and guidance apply to flow families only; "

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lora_operator.api import ModelFamily, Previews, Sampler, Training
+from lora_operator.api import Flow, ModelFamily, Previews, Sampler, Training
 
 from ..errors import ConfigError
 from ..speed import upload
@@ -134,7 +134,8 @@ class FluxFamily(FlowMatching):
         Raises:
             ConfigError: training.flow.guidance set for a transformer without a guidance embedder.
         """
-        if "guidance" in training.flow.model_fields_set and not parts.denoiser.config.guidance_embeds:
+        # against the default, not fields set: the pod's resolved spec spells every field out
+        if training.flow.guidance != Flow().guidance and not parts.denoiser.config.guidance_embeds:
             raise ConfigError("training.flow.guidance: this Flux transformer is not guidance-distilled (no "
                               "guidance embedder, e.g. Flux.1 schnell); leave guidance out")
         super().configure(parts, training)
