@@ -111,6 +111,10 @@ class OperatorConfig(BaseModel):
     """LORA_UNSCHEDULABLE_TIMEOUT: seconds a trainer pod may stay unschedulable or fail to pull its image."""
     progress_interval: float = Field(default=10.0, gt=0)
     """LORA_PROGRESS_INTERVAL: seconds between progress reads of a running job."""
+    webhook_attempts: int = Field(default=6, ge=1, le=100)
+    """LORA_WEBHOOK_ATTEMPTS: tries of each spec.notify.webhook delivery."""
+    webhook_backoff_seconds: float = Field(default=2.0, gt=0)
+    """LORA_WEBHOOK_BACKOFF_SECONDS: wait before a webhook's first retry, doubled each retry."""
     namespace_node_limits: dict[NamespaceKey, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
     """LORA_NAMESPACE_NODE_LIMITS: a JSON object, the most GPU nodes a namespace's jobs may hold at once,
     e.g. {"team-a": 4, "*": 2} ("*": every namespace not listed). Jobs over the limit wait in their place."""
@@ -220,6 +224,8 @@ ENV_VARS: dict[str, str] = {
     "metrics_port": "LORA_METRICS_PORT",
     "unschedulable_timeout": "LORA_UNSCHEDULABLE_TIMEOUT",
     "progress_interval": "LORA_PROGRESS_INTERVAL",
+    "webhook_attempts": "LORA_WEBHOOK_ATTEMPTS",
+    "webhook_backoff_seconds": "LORA_WEBHOOK_BACKOFF_SECONDS",
     "namespace_node_limits": "LORA_NAMESPACE_NODE_LIMITS",
     "trainer_image_pull_policy": "LORA_TRAINER_IMAGE_PULL_POLICY",
     "gpu_tolerations": "LORA_GPU_TOLERATIONS",

@@ -8,6 +8,7 @@ write goes through `status_writer`.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import policy, selection
+from . import policy, selection, webhook
 from . import status_transitions as st
 from .api import FINISHED_PHASES, ConditionType, JobSpec, JobStatus, Phase, Reason, SpecError, resolve_spec, spec_hash
 from .api.resolve import template_pod
@@ -29,10 +30,11 @@ from .k8s import Conflict, Kube, describe_error
 from .metrics import OperatorMetrics
 from .outcome import ActionKind, classify, next_action
 from .render import output_prefix
-from .results import apply_reports, dataset_is_empty, delete_checkpoints, finalize, read_reports
+from .results import Reports, apply_reports, dataset_is_empty, delete_checkpoints, finalize, read_reports
 from .status_writer import StatusWriter
 from .storage import ObjectNotFound, StorageError
 from .views import JobView, pod_active, pod_snapshot
+from .webhook import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +63,17 @@ class Lifecycle:
     """Each job's storage, with the job's own Secret. Default: one over `kube` and `config`."""
     statuses: StatusWriter | None = None
     """Writes the job's status. Default: one over `kube`."""
+    webhooks: WebhookSender | None = None
+    """Delivers spec.notify.webhook in the background. Default: one with config's retry settings."""
 
     def __post_init__(self) -> None:
         if self.storage is None:
             self.storage = JobStorage(self.kube, self.config)
         if self.statuses is None:
             self.statuses = StatusWriter(self.kube)
+        if self.webhooks is None:
+            self.webhooks = WebhookSender() if self.config is None else WebhookSender(
+                attempts=self.config.webhook_attempts, backoff_seconds=self.config.webhook_backoff_seconds)
 
     def reconcile(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
         """Brings one job one step closer to its desired state.
@@ -93,8 +100,7 @@ class Lifecycle:
         if self.past_deadline(job, now):
             self.delete_pods(job, pods)
             message = f"ran longer than activeDeadlineSeconds={job.spec.get('activeDeadlineSeconds')}"
-            self.statuses.write(job, st.failed(job.status, reason=Reason.DEADLINE_EXCEEDED, message=message, now=now))
-            return self.emit(job.body, "Warning", Reason.DEADLINE_EXCEEDED, message)
+            return self.fail(job, Reason.DEADLINE_EXCEEDED, message, now)
         if job.status.phase in (Phase.RUNNING, Phase.PENDING) and job.status.attempt:
             return self.follow_attempt(job, JobSpec.model_validate(job.status.resolved_spec), pods, now)
         return None
@@ -150,8 +156,31 @@ class Lifecycle:
         return None
 
     def fail(self, job: JobView, reason: str, message: str, now: datetime) -> None:
-        self.statuses.write(job, st.failed(job.status, reason=reason, message=message, now=now))
+        status = st.failed(job.status, reason=reason, message=message, now=now)
+        self.statuses.write(job, status)
         self.emit(job.body, "Warning", reason, message)
+        self.notify(job, status)
+
+    def notify(self, job: JobView, status: JobStatus) -> None:
+        """Queue spec.notify.webhook for a job that just finished; returns at once (the Secret is read
+        and the POST sent on the sender's threads)."""
+        hook = (job.spec.get("notify") or {}).get("webhook")
+        if not hook or not hook.get("secretRef"):
+            return
+        secret, url_key = hook["secretRef"], hook.get("urlKey") or "url"
+        key_key = hook.get("signingKeyKey") or "signingKey"
+        body = webhook.completion_body(job.namespace, job.name, job.uid, status.model_dump(by_alias=True,
+                                                                                           mode="json"))
+
+        def target() -> tuple[str, bytes] | None:
+            data = self.kube.get_secret_data(job.namespace, secret) or {}
+            if url_key not in data or key_key not in data:
+                log.warning("%s: spec.notify.webhook: Secret %s lacks %s or %s; not sent", job.key, secret,
+                            url_key, key_key)
+                return None
+            return base64.b64decode(data[url_key]).decode().strip(), base64.b64decode(data[key_key])
+
+        self.webhooks.send_to(target, body, job.key)
 
     def correct_phase(self, job: JobView, derived: Phase) -> None:
         """status.phase is only the summary of the conditions this operator wrote: a phase that
@@ -211,7 +240,10 @@ class Lifecycle:
             return None
         status = job.status
         if action.kind is ActionKind.SUCCEED:
-            status = self.with_results(job, spec, status)
+            reports = self.reports(job, spec)
+            status = self.with_results(job, spec, status, reports)
+            if reports and reports.manifest and reports.manifest.stopped_early:
+                action = replace(action, reason=Reason.STOPPED_EARLY, message=reports.manifest.stopped_early)
         status = st.attempt_ended(status, outcome=outcome, action=action, now=now)
         if action.kind is ActionKind.REQUEUE:
             self.metrics.count_retry(str(action.reason))
@@ -220,18 +252,28 @@ class Lifecycle:
             self.kube.delete_pod(job.namespace, pod["metadata"]["name"])
         kind = "Normal" if action.kind is ActionKind.SUCCEED else "Warning"
         self.emit(job.body, kind, str(action.reason), action.message or outcome.message)
+        if status.phase in FINISHED_PHASES:
+            self.notify(job, status)
         return None
 
-    def with_results(self, job: JobView, spec: JobSpec, status: JobStatus) -> JobStatus:
+    def reports(self, job: JobView, spec: JobSpec) -> Reports | None:
+        """The trainer's progress and manifest in the job's prefix; None when not readable (logged)."""
         prefix = output_prefix(spec, job.namespace, job.name, job.uid)
         if not prefix.startswith("s3://"):
-            return status
+            return None
         try:
-            reports = read_reports(self.storage.open(prefix, job.namespace, spec), job.uid)
+            return read_reports(self.storage.open(prefix, job.namespace, spec), job.uid)
         except (StorageError, EndpointError) as err:
             log.warning("%s: results not readable: %s", job.key, err)
+            return None
+
+    def with_results(self, job: JobView, spec: JobSpec, status: JobStatus,
+                     reports: Reports | None = None) -> JobStatus:
+        """`status` with the trainer's reports applied (read now unless given)."""
+        reports = reports or self.reports(job, spec)
+        if reports is None:
             return status
-        return apply_reports(status, reports, prefix)
+        return apply_reports(status, reports, output_prefix(spec, job.namespace, job.name, job.uid))
 
     def housekeep(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
         """A finished job: no pod left, the selected checkpoint finalized, deleted after its TTL."""
@@ -298,9 +340,11 @@ class Lifecycle:
         if status.resolved_spec is not None:
             status = self.with_results(job, JobSpec.model_validate(status.resolved_spec), status)
         self.delete_pods(job, pods)  # a running pod; an ended one goes at the next reconcile, as any finished job's
-        self.statuses.write(job, st.cancelled(status, now=now, message=CANCEL_MESSAGE))
+        status = st.cancelled(status, now=now, message=CANCEL_MESSAGE)
+        self.statuses.write(job, status)
         self.metrics.forget_job(job.namespace, job.name)
         self.emit(job.body, "Normal", Reason.CANCELLED, CANCEL_MESSAGE)
+        self.notify(job, status)
 
     def cancel(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
         """The job is being deleted but still there (a foreground deletion, another controller's

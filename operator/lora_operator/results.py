@@ -76,7 +76,7 @@ def apply_reports(status: JobStatus, reports: Reports, prefix: str) -> JobStatus
             name=c.name, epoch=c.epoch, step=c.step, uri=prefix + c.path, format=c.format, size_bytes=c.size_bytes,
             sha256=c.sha256, validation_loss=c.validation_loss) for c in m.checkpoints]
         update["previews"] = [PreviewRecord(
-            epoch=p.epoch, prompt=p.prompt, uris=[prefix + u for u in p.paths],
+            epoch=p.epoch, step=p.step, prompt=p.prompt, uris=[prefix + u for u in p.paths],
             grid=prefix + p.grid if p.grid else None) for p in m.previews]
         update["skipped_files"] = m.skipped[:MAX_SKIPPED_SHOWN]
         if m.models:

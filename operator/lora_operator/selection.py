@@ -18,10 +18,10 @@ AUTO_PREFIX = "auto: "
 
 
 def checkpoint_names(checkpoints: Sequence[CheckpointRecord]) -> list[str]:
-    """Distinct checkpoint names, oldest epoch first."""
+    """Distinct checkpoint names, oldest first (by step: epoch-NNNN and step-NNNNNNNN interleave)."""
     names: dict[str, int] = {}
     for record in checkpoints:
-        names.setdefault(record.name, record.epoch)
+        names.setdefault(record.name, record.step)
     return sorted(names, key=lambda n: (names[n], n))
 
 
@@ -30,7 +30,7 @@ def best_checkpoint(checkpoints: Sequence[CheckpointRecord]) -> str | None:
     scored = [r for r in checkpoints if r.validation_loss is not None]
     if not scored:
         return None
-    return min(scored, key=lambda r: (r.validation_loss, r.epoch)).name
+    return min(scored, key=lambda r: (r.validation_loss, r.step)).name
 
 
 @dataclass(frozen=True)

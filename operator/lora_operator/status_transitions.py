@@ -266,7 +266,8 @@ def attempt_ended(
     retries = status.retries + (1 if closed and outcome.counted else 0)
     status = status.model_copy(update={"attempts": attempts, "retries": retries})
     if action.kind is ActionKind.SUCCEED:
-        return succeeded(status, now=now, generation=generation, message=action.message or outcome.message)
+        return succeeded(status, now=now, generation=generation, message=action.message or outcome.message,
+                         reason=action.reason or Reason.TRAINING_COMPLETE)
     if action.kind is ActionKind.FAIL:
         return failed(status, reason=action.reason or reason, message=action.message, now=now, generation=generation)
     return _apply(
@@ -285,12 +286,13 @@ def attempt_ended(
 
 
 def succeeded(
-    status: JobStatus, *, now: datetime, generation: int | None = None, message: str = "training complete"
+    status: JobStatus, *, now: datetime, generation: int | None = None, message: str = "training complete",
+    reason: Reason = Reason.TRAINING_COMPLETE,
 ) -> JobStatus:
-    """Training finished; the node is released. Closes an attempt still open."""
+    """Training finished (`reason`: TrainingComplete, or StoppedEarly); the node is released. Closes an
+    attempt still open."""
     if _finished(status):
         return status
-    reason = Reason.TRAINING_COMPLETE
     attempts, _ = _close_attempt(status.attempts, status.attempt, now, reason=reason, message=message, exit_code=0)
     return _apply(
         status,

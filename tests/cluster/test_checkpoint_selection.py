@@ -27,8 +27,9 @@ def output_prefix(pod: dict) -> tuple[str, str]:
     return env["LORA_OUTPUT_PREFIX"], env["LORA_JOB_UID"]
 
 
-def write_trainer_outputs(ground, prefix: str, job_uid: str) -> tuple[str, str]:
-    """Three kohya checkpoints and the manifest listing them; returns (bucket, key prefix)."""
+def write_trainer_outputs(ground, prefix: str, job_uid: str, **manifest_fields) -> tuple[str, str]:
+    """Three kohya checkpoints and the manifest listing them (with `manifest_fields`); returns (bucket, key
+    prefix)."""
     bucket, _, base = prefix.removeprefix("s3://").partition("/")
     client = ground.minio.client()
     if not client.bucket_exists(bucket):
@@ -41,7 +42,7 @@ def write_trainer_outputs(ground, prefix: str, job_uid: str) -> tuple[str, str]:
         entries.append({"name": f"epoch-{epoch:04d}", "epoch": epoch, "step": 4 * epoch, "format": "kohya",
                         "path": path, "sizeBytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                         "validationLoss": loss})
-    manifest = json.dumps({"checkpoints": entries, "finished": True, "jobUid": job_uid}).encode()
+    manifest = json.dumps({"checkpoints": entries, "finished": True, "jobUid": job_uid, **manifest_fields}).encode()
     client.put_object(bucket, base + "manifest.json", io.BytesIO(manifest), len(manifest))
     return bucket, base
 
@@ -99,3 +100,52 @@ def test_auto_picks_the_lowest_loss_and_delete_unselected_after_the_run_deletes_
                     timeout=30, what="the selection error in status.message")
     assert "no checkpoint epoch-0001 (checkpoints: epoch-0002)" in get_job(ground, ns, "pick")["status"]["message"]
     assert get_job(ground, ns, "pick")["status"]["output"]["checkpoint"] == "epoch-0002"
+
+
+def test_a_run_that_stopped_early_succeeds_with_reason_stopped_early(ground, operator, ns):  # noqa: F811
+    ground.add_gpu_nodes(1, gpus=1, gpu_type="early", prefix="early")
+    ground.apply({**job("early", "early"), "metadata": {"name": "early", "namespace": ns}})
+    pod = running_pod(ground, ns, "early")
+    why = "stopped early: no better validation loss in 1 evaluations (best 0.0800 at epoch-0002)"
+    write_trainer_outputs(ground, *output_prefix(pod), stoppedEarly=why)
+    end_pod(ground, ns, pod["metadata"]["name"], 0)
+    wait_phase(ground, operator, ns, "early", "Succeeded")
+    status = get_job(ground, ns, "early")["status"]
+    succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert (succeeded["reason"], succeeded["message"]) == ("StoppedEarly", why)
+    assert event_messages(ground, ns, "early", "StoppedEarly") == [why]
+
+
+def test_completion_webhooks_are_signed_and_a_failing_receiver_holds_up_no_other_job(ground, operator, ns):  # noqa: F811
+    import base64
+
+    from lora_operator.webhook import verify
+    from testground.webhook_receiver import Receiver
+
+    receiver = Receiver()
+    try:
+        receiver.script["/down"] = [500]
+        for name, path in (("hook-down", "/down"), ("hook-ok", "/ok")):
+            data = {"url": receiver.url(path), "signingKey": f"key-{name}"}
+            ground.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},
+                          "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
+        ground.add_gpu_nodes(2, gpus=1, gpu_type="hook", prefix="hook")
+        for name in ("hook-down", "hook-ok"):
+            ground.apply({**job(name, "hook", notify={"webhook": {"secretRef": name}}),
+                          "metadata": {"name": name, "namespace": ns}})
+        down, ok = running_pod(ground, ns, "hook-down"), running_pod(ground, ns, "hook-ok")
+        write_trainer_outputs(ground, *output_prefix(ok))
+        end_pod(ground, ns, down["metadata"]["name"], 0)
+        ground.wait_for(lambda: len(receiver.calls) >= 2, timeout=60, what=f"a retried webhook\n{operator.tail()}")
+        end_pod(ground, ns, ok["metadata"]["name"], 0)
+        ground.wait_for(lambda: any(c[0] == "/ok" for c in receiver.calls), timeout=60,
+                        what=f"the other job's webhook while the first is retried\n{operator.tail()}")
+        path, body, signature, _ = next(c for c in receiver.calls if c[0] == "/ok")
+        assert verify(b"key-hook-ok", body, signature) and not verify(b"key-hook-down", body, signature)
+        doc = json.loads(body)
+        assert (doc["phase"], doc["job"]["name"]) == ("Succeeded", "hook-ok")
+        assert [c["name"] for c in doc["checkpoints"]] == ["epoch-0001", "epoch-0002", "epoch-0003"]
+        assert all(c["uri"].startswith("s3://") for c in doc["checkpoints"])
+        assert sum(1 for c in receiver.calls if c[0] == "/down") >= 2  # retried, not given up at once
+    finally:
+        receiver.close()

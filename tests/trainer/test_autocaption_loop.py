@@ -37,3 +37,28 @@ def test_auto_captions_reach_the_training_run(tmp_path, tiny_models, tagger_dir,
     assert main(["run", str(write_job(tmp_path / "job.yaml", spec))]) == ExitCode.SUCCESS
     assert json.loads((job_prefix(out) / "captions.json").read_text()) == {"bare.png": TAGS, "captioned.png": captioned}
     assert (job_prefix(out) / "checkpoints/epoch-0001/kohya.safetensors").is_file()
+
+
+def test_auto_captions_are_cached_by_content_for_the_namespace(tmp_path, tiny_models, tagger_dir):
+    import shutil
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(data / "red.png")
+    Image.new("RGB", (32, 32), (30, 30, 200)).save(data / "blue.png")
+    tagger = tmp_path / "tagger"
+    shutil.copytree(tagger_dir, tagger)
+    out = tmp_path / "out"
+    spec = base_spec("sd15", tiny_models("sd15"), data, out, training={"steps": 1},
+                     dataset={"autoCaption": {"model": tagger.as_uri(), "mode": "replace"}})
+    assert main(["run", str(write_job(tmp_path / "first.yaml", spec, name="first"))]) == ExitCode.SUCCESS
+    cache = out / "team" / ".caption-cache"
+    assert sorted(p.read_text() for p in cache.rglob("*.txt")) == [TAGS, TAGS]
+    # Another job of the namespace with the same tagger reads the captions back: it never loads the
+    # tagger, so a broken tagger folder does not matter...
+    (tagger / "config.json").write_text("{broken")
+    assert main(["run", str(write_job(tmp_path / "second.yaml", spec, name="second"))]) == ExitCode.SUCCESS
+    assert json.loads((job_prefix(out, "second") / "captions.json").read_text()) == {"blue.png": TAGS, "red.png": TAGS}
+    # ...until an image it has not captioned comes (new pixels: a cache miss).
+    Image.new("RGB", (32, 32), (30, 200, 30)).save(data / "green.png")
+    assert main(["run", str(write_job(tmp_path / "third.yaml", spec, name="third"))]) == ExitCode.BAD_MODEL

@@ -222,8 +222,8 @@ def test_the_shift_is_the_schedulers_fixed_for_z_image_and_by_resolution_for_qwe
     linear = {**qparts.noise_scheduler.config, "time_shift_type": "linear"}
     assert scheduler_shift(linear, at_1024) == pytest.approx(0.6935, abs=1e-3)
     gen = torch.Generator().manual_seed(0)
-    low = q.sample_timesteps(qparts, 64, gen, latent_shape=at_512)
-    high = q.sample_timesteps(qparts, 64, torch.Generator().manual_seed(0), latent_shape=at_1024)
+    low = q.sample_timesteps(qparts, torch.zeros(64, *at_512[1:]), gen)
+    high = q.sample_timesteps(qparts, torch.zeros(64, *at_1024[1:]), torch.Generator().manual_seed(0))
     assert (high > low).all()  # the same draws, pushed toward noise at the larger size
 
 

@@ -73,3 +73,12 @@ def test_the_prefix_layout():
     assert contract.attempt_log_key(2) == "logs/attempt-2.txt"
     assert (contract.PROGRESS_KEY, contract.MANIFEST_KEY, contract.FINAL_PREFIX) == (
         "progress.json", "manifest.json", "final/")
+
+
+def test_the_caption_cache_is_shared_by_the_jobs_of_a_namespace():
+    from lora_operator.api.contract import caption_cache_prefix
+
+    assert caption_cache_prefix("s3://b/p/team/job-a/0f1e/") == "s3://b/p/team/.caption-cache/"
+    assert caption_cache_prefix("s3://b/p/team/job-b/9a8b/") == "s3://b/p/team/.caption-cache/"
+    with pytest.raises(ValueError, match="not a job output prefix"):
+        caption_cache_prefix("s3:")

@@ -178,6 +178,16 @@ def test_suspend_releases_the_node_and_resume_queues_again():
     assert r.observed_generation == 3
 
 
+def test_an_early_stop_succeeds_with_its_own_reason():
+    outcome = Outcome(OutcomeKind.SUCCEEDED, Reason.TRAINING_COMPLETE, "the trainer finished", 0)
+    why = "stopped early: no better validation loss in 2 evaluations (best 0.1000 at epoch-0001)"
+    action = Action(ActionKind.SUCCEED, Reason.STOPPED_EARLY, why)
+    s = attempt_ended(running_job(), outcome=outcome, action=action, now=at(500))
+    assert s.phase is Phase.SUCCEEDED
+    assert cond(s, ConditionType.SUCCEEDED).reason == "StoppedEarly"
+    assert cond(s, ConditionType.SUCCEEDED).message == why and s.message == why
+
+
 def test_derive_phase_precedence():
     s = running_job()
     assert derive_phase(s.conditions) is Phase.RUNNING

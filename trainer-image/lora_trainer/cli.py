@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_operator.api import Dataset, ExitCode, JobSpec, ModelFamily, SpecError, resolve_spec
-from lora_operator.api.contract import ENV_JOB_UID, ENV_OUTPUT_PREFIX, TrainerEnv, output_prefix
+from lora_operator.api.contract import ENV_JOB_UID, ENV_OUTPUT_PREFIX, TrainerEnv, caption_cache_prefix, output_prefix
 from lora_operator.storage import StorageError
 
 from . import logtail
@@ -113,6 +113,7 @@ def train(spec: JobSpec, resolver: Resolver, prefix_uri: str, workdir: Path, *, 
             dataset.regularization.uri, workdir / "regularization", "dataset.regularization.uri", DatasetError)
     if dataset.auto_caption is not None:
         inputs.captioner_dir = resolver.model_folder(dataset.auto_caption.model, workdir, "dataset.autoCaption.model")
+        inputs.caption_cache = resolver.store(caption_cache_prefix(prefix_uri))
     started = time.monotonic()
     manifest = run_recipe(spec, inputs, outputs, attempt=attempt, resume=resume, progress_interval=progress_interval)
     from .progress import format_eta

@@ -23,12 +23,15 @@ import torch
 import torch.nn.functional as F
 
 from lora_operator.api import CheckpointEntry, JobSpec, Manifest, spec_hash
-from lora_operator.api.contract import ENV_NODE_NAME, checkpoint_key, checkpoint_name
+from lora_operator.api.contract import ENV_NODE_NAME, checkpoint_key, checkpoint_name, step_checkpoint_name
+from lora_operator.storage import ObjectStore
 
 from . import model_cache
 from . import state as resume_state
 from .adapters import make_adapter
 from .data import CaptionBuilder, PreparedDataset, Sample, load_captioner, prepare_dataset
+from .data.autocaption import CachedCaptioner, caption_fingerprint
+from .earlystop import EarlyStopper
 from .ema import EMA_FOLDER, EMA_FORMAT_SUFFIX, make_ema
 from .encode import Encoder, pixels
 from .errors import ConfigError, NanLossError
@@ -62,6 +65,8 @@ from .textpark import park_text_encoders
 log = logging.getLogger(__name__)
 
 CAPTIONS_FILE = "captions.json"
+CAPTION_CACHE_KEY = "caption-cache/"
+"""The auto-caption cache inside the job's own prefix when no namespace cache is given."""
 """Under the job prefix: the caption each image trained with (auto captions are visible here)."""
 COLLECTIVE_TIMEOUT = timedelta(hours=1)
 """How long workers wait for each other in a collective (rank 0 alone saves and renders)."""
@@ -100,6 +105,9 @@ class RunInputs:
     regularization_root: Path | None = None
     captioner_dir: Path | None = None
     """The auto-caption tagger model, when dataset.autoCaption is set."""
+    caption_cache: ObjectStore | None = None
+    """Where auto captions are cached for the namespace (contract.caption_cache_prefix); None: in the
+    job's own output prefix (a retry still reads them back)."""
 
 
 class LoraRecipe:
@@ -140,8 +148,13 @@ class LoraRecipe:
         check_sampler(self.family, spec.previews)
         set_seed(t.seed)
         captioner = None
-        if spec.dataset.auto_caption is not None and self.inputs.captioner_dir is not None:
-            captioner = load_captioner(self.inputs.captioner_dir, threshold=spec.dataset.auto_caption.threshold)
+        auto = spec.dataset.auto_caption
+        if auto is not None and self.inputs.captioner_dir is not None:
+            shared = self.inputs.caption_cache
+            captioner = CachedCaptioner(
+                lambda: load_captioner(self.inputs.captioner_dir, threshold=auto.threshold),
+                shared or self.outputs.store, caption_fingerprint(auto.model, auto.threshold),
+                prefix="" if shared else CAPTION_CACHE_KEY)
         self.data: PreparedDataset = prepare_dataset(
             spec.dataset, self.inputs.dataset_root, spec.base_model.family, seed=t.seed,
             regularization_root=self.inputs.regularization_root, captioner=captioner,
@@ -187,6 +200,7 @@ class LoraRecipe:
         quantization = quantization_config(self.base_quantization, self.device.type, weight_dtype)
         with quantized_denoiser(quantization):
             self.parts = self.family.load(self.inputs.model_dir, weight_dtype)
+        self.family.configure(self.parts, t)
         for module in self.parts.frozen_modules():
             module.requires_grad_(False)
             module.to(self.device)
@@ -289,22 +303,28 @@ class LoraRecipe:
         self.progress.report.step = self.start_step
         self.progress.report.epoch = self.plan.epoch_of(self.start_step) if self.start_step else 0
         self.progress.phase("training")
+        self.stopper = EarlyStopper(self.training.early_stop, bool(self.data.validation))
         pending: list[tuple[int, torch.Tensor]] = []
         for step in range(self.start_step + 1, self.plan.total_steps + 1):
             pending.append((step, self.train_step(step)))
             epoch = self.plan.epoch_of(step)
             epoch_end = step == self.plan.epoch_end(epoch)
+            saves = (False, False) if epoch_end else self._step_saves(step)
             state_due = not epoch_end and self._state_due(step)
-            if epoch_end or state_due or step % LOSS_READ_EVERY == 0:
+            if epoch_end or state_due or any(saves) or step % LOSS_READ_EVERY == 0:
                 self._read_losses(pending)
                 pending = []
             self.progress.step(step, epoch, self.last_loss)
             if epoch_end:
                 self._end_epoch(epoch, step)
+            elif any(saves):
+                self._save_point(epoch, step, *saves, between=True, resume=True)
             elif state_due:
                 resume_state.save(self, step)
+            if self.manifest.manifest.stopped_early:
+                break
             if self.stop.requested and step < self.plan.total_steps:
-                self._stop(step, pending, saved=epoch_end or state_due)
+                self._stop(step, pending, saved=epoch_end or state_due or any(saves))
         self.progress.phase("done")
         self.manifest.write(finished=True)
         return self.manifest.manifest
@@ -317,6 +337,13 @@ class LoraRecipe:
             resume_state.save(self, step)
         self.progress.write()
         raise Stopped(step)
+
+    def _step_saves(self, step: int) -> tuple[bool, bool]:
+        """(checkpoint, previews) due at a step between epoch ends (checkpoints / previews.everySteps)."""
+        if step >= self.plan.total_steps:
+            return False, False
+        every = (self.spec.checkpoints.every_steps, self.spec.previews.every_steps)
+        return bool(every[0] and step % every[0] == 0), bool(every[1] and step % every[1] == 0)
 
     def _state_due(self, step: int) -> bool:
         """A mid-epoch resume state is due (checkpoints.stateEverySteps; epoch ends save their own)."""
@@ -389,12 +416,16 @@ class LoraRecipe:
         captions = [self._caption(s, rng) for s in samples]
         cond = self.encoder.text(captions, grad=text_now)
         noise = make_noise(latents, self.training, gen)
-        timesteps = self.family.sample_timesteps(self.parts, len(samples), gen, latent_shape=tuple(latents.shape))
+        timesteps = self.family.sample_timesteps(self.parts, latents, gen)
         weights = self.family.loss_weights(self.parts, timesteps, self.training.min_snr_gamma)
         weights = weights * torch.tensor([self.reg_weight if s.regularization else 1.0 for s in samples])
         timesteps = upload(timesteps, latents.device)
         sizes = [s.size_conditioning(flipped) for s, flipped in zip(samples, flips, strict=True)]
-        return self._weighted_mse(latents, noise, timesteps, cond, sizes, weights, control)
+        masks = None
+        if self.spec.dataset.masked_loss.enabled:
+            hw, floor = tuple(latents.shape[-2:]), self.spec.dataset.masked_loss.floor
+            masks = torch.stack([s.loss_mask(f, hw, floor) for s, f in zip(samples, flips, strict=True)])
+        return self._weighted_mse(latents, noise, timesteps, cond, sizes, weights, masks, control)
 
     def _caption(self, sample: Sample, rng: random.Random) -> str:
         """The text of one draw: class images keep theirs (no trigger, tags or token: prior preservation)."""
@@ -402,13 +433,19 @@ class LoraRecipe:
             return sample.caption
         return self.adapter.prepare_caption(self.builder.build(sample.caption, rng))
 
-    def _weighted_mse(self, latents, noise, timesteps, cond, sizes, weights, control=None) -> torch.Tensor:
+    def _weighted_mse(self, latents, noise, timesteps, cond, sizes, weights, masks=None,
+                     control=None) -> torch.Tensor:
+        """Per-sample weighted MSE; `masks` (B, h, w): per-latent-pixel weights (dataset.maskedLoss)."""
         noisy, target = self.family.noisy_and_target(self.parts, latents, noise, timesteps)
         # Only edit families take a control (pairs are refused for the others when the spec is resolved).
         extra = {"control": control} if control is not None else {}
         with self.accelerator.autocast(), training_attention(self.device, self.gradient_checkpointing):
             pred = self.family.predict(self.train_parts, noisy, timesteps, cond, sizes, **extra)
-        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.ndim)))
+        error = F.mse_loss(pred.float(), target.float(), reduction="none")
+        if masks is not None:  # (B, h, w) over the channel (and frame) dimensions between
+            error = error * upload(masks, error.device, error.dtype).view(
+                len(masks), *[1] * (error.ndim - 3), *masks.shape[-2:])
+        per_sample = error.mean(dim=list(range(1, pred.ndim)))
         return (per_sample * upload(weights, per_sample.device, per_sample.dtype)).mean()
 
     def _sync_text_grads(self) -> None:
@@ -444,7 +481,7 @@ class LoraRecipe:
             cond = {k: v.expand(len(timesteps), *v.shape[1:]) for k, v in cond.items()}
             ones = torch.ones(len(timesteps))
             sizes = [sample.size_conditioning(False)] * len(timesteps)
-            losses.append(self._weighted_mse(latents, noise, timesteps, cond, sizes, ones, control).item())
+            losses.append(self._weighted_mse(latents, noise, timesteps, cond, sizes, ones, control=control).item())
         self.parts.denoiser.train()
         return sum(losses) / len(losses)
 
@@ -454,24 +491,38 @@ class LoraRecipe:
         return latents.expand(copies, *latents.shape[1:])
 
     def _end_epoch(self, epoch: int, step: int) -> None:
+        last = epoch == self.plan.epochs
+        every = self.spec.previews.every_epochs
+        self._save_point(epoch, step, checkpoint=epoch % self.spec.checkpoints.every_epochs == 0 or last,
+                         previews=bool(every) and (epoch % every == 0 or last), between=False, resume=not last)
+
+    def _save_point(self, epoch: int, step: int, checkpoint: bool, previews: bool, between: bool,
+                    resume: bool) -> None:
+        """Validation, then the checkpoint and previews due, at an epoch end or (`between`) at a step
+        between epoch ends (checkpoints / previews.everySteps: step-NNNNNNNN names)."""
         with eager():
             val = self.validation_loss()
-        last = epoch == self.plan.epochs
-        if self.main and (epoch % self.spec.checkpoints.every_epochs == 0 or last):
-            self.save_checkpoint(epoch, step, val)
-        every = self.spec.previews.every_epochs
-        if self.main and every and (epoch % every == 0 or last):
+        name = step_checkpoint_name(step) if between else checkpoint_name(epoch)
+        stop = self.stopper.update(val, name)
+        if self.main and (checkpoint or self.stopper.enabled):  # early stop: each evaluation keeps its checkpoint
+            self.save_checkpoint(epoch, step, val, name)
+        if stop:
+            log.info("%s", stop)
+            self.manifest.manifest.stopped_early = stop
+            resume = False
+        if self.main and previews:
             with eager(), self._ema_applied(), self._preview_text():
                 entries = render_previews(self.family, self.parts, self.spec.previews,
                                           preview_prompts(self.spec.previews, self.data, self.builder), epoch,
                                           preview_size(self.spec.previews, self.data), self.outputs,
                                           preview_controls(self.data),
-                                          conditioning=self._cached_prompt if self._previews_from_cache() else None)
+                                          conditioning=self._cached_prompt if self._previews_from_cache() else None,
+                                          step=step if between else None)
             for entry in entries:
                 self.manifest.add_preview(entry)
         if self.main:
             self.manifest.write()
-            if not last:
+            if resume:
                 resume_state.save(self, step)
         self.progress.write()
         self.accelerator.wait_for_everyone()
@@ -494,10 +545,12 @@ class LoraRecipe:
                                          as_input(self.encoder.text([""], grad=False)))
 
     # ------------------------------------------------------------------ save
-    def save_checkpoint(self, epoch: int, step: int, validation_loss: float | None) -> list[CheckpointEntry]:
-        """Export the adapter in every requested format and upload it under checkpoints/epoch-NNNN/."""
+    def save_checkpoint(self, epoch: int, step: int, validation_loss: float | None,
+                        name: str | None = None) -> list[CheckpointEntry]:
+        """Export the adapter in every requested format and upload it under checkpoints/epoch-NNNN/ (or
+        checkpoints/`name`/: a step checkpoint)."""
         self.progress.phase("saving")
-        name = checkpoint_name(epoch)
+        name = name or checkpoint_name(epoch)
         rel = checkpoint_key(name)
         metadata = self._metadata(epoch, step)
         folder = self.outputs.local(rel + "/x").parent

@@ -104,9 +104,11 @@ def generate(family: Family, parts: Components, previews: Previews, prompts: lis
 def render_previews(family: Family, parts: Components, previews: Previews, prompts: list[str], epoch: int,
                     size: tuple[int, int], outputs: Outputs,
                     controls: list[Image.Image] | None = None,
-                    conditioning: Callable[[str], dict[str, Any]] | None = None) -> list[PreviewEntry]:
-    """Generate, write and upload the previews of `epoch`; one entry per prompt (see `generate`)."""
-    folder = previews_key(epoch)
+                    conditioning: Callable[[str], dict[str, Any]] | None = None,
+                    step: int | None = None) -> list[PreviewEntry]:
+    """Generate, write and upload the previews of `epoch` (of `step` when taken between epoch ends);
+    one entry per prompt (see `generate`)."""
+    folder = previews_key(epoch, step)
     images = generate(family, parts, previews, prompts, size, controls, conditioning)
     entries = []
     grid_key = f"{folder}/grid.png"
@@ -116,7 +118,7 @@ def render_previews(family: Family, parts: Components, previews: Previews, promp
             key = f"{folder}/p{p}-i{i}.png"
             image.save(outputs.local(key))
             paths.append(outputs.publish(key))
-        entries.append(PreviewEntry(epoch=epoch, prompt=prompt, paths=paths, grid=grid_key))
+        entries.append(PreviewEntry(epoch=epoch, step=step, prompt=prompt, paths=paths, grid=grid_key))
     grid(images).save(outputs.local(grid_key))
     outputs.publish(grid_key)
     return entries

@@ -124,7 +124,8 @@ class ManifestWriter:
     def add_preview(self, entry: PreviewEntry) -> None:
         """Record the previews of one prompt at one epoch."""
         self.manifest.previews = [
-            p for p in self.manifest.previews if (p.epoch, p.prompt) != (entry.epoch, entry.prompt)
+            p for p in self.manifest.previews
+            if (p.epoch, p.step, p.prompt) != (entry.epoch, entry.step, entry.prompt)
         ] + [entry]
 
     def write(self, finished: bool = False) -> None:

@@ -8,7 +8,7 @@ share (the trainer pod's environment and labels, the layout of a job's output pr
 """
 
 from .conditions import FINISHED_PHASES, ConditionType, Phase, Reason
-from .dataset import AutoCaption, Crop, CropMode, Dataset, Regularization, Tags
+from .dataset import AutoCaption, Crop, CropMode, Dataset, MaskedLoss, Regularization, Tags
 from .exitcodes import INPUT_ERRORS, ExitCode
 from .pod import ComputeResources, PodSettings
 from .presets import epoch_steps, scenario_formula, scenario_steps
@@ -34,17 +34,22 @@ from .spec import (
     JobSettings,
     JobSpec,
     ModelFamily,
+    Notify,
     Output,
     Placement,
     Previews,
     RetryPolicy,
     Sampler,
     Storage,
+    Webhook,
 )
 from .status import Attempt, CheckpointRecord, Condition, JobOutput, JobStatus, PreviewRecord, Progress
 from .training import (
+    EarlyStop,
     Ema,
     Embedding,
+    Flow,
+    LossWeighting,
     LrScheduler,
     MixedPrecision,
     MultiresNoise,
@@ -52,6 +57,7 @@ from .training import (
     Optimizer,
     OptimizerType,
     SchedulerType,
+    TimestepSampling,
     Training,
 )
 

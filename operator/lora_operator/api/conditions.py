@@ -43,6 +43,8 @@ class Reason(StrEnum):
     """The trainer crashed or was OOM-killed: retried with backoff, counting."""
     TRAINING_COMPLETE = "TrainingComplete"
     """The trainer exited 0."""
+    STOPPED_EARLY = "StoppedEarly"
+    """The trainer exited 0 before its last step: the validation loss stopped improving (training.earlyStop)."""
     RETRIES_EXHAUSTED = "RetriesExhausted"
     """More attempts failed than retryPolicy.maxRetries allows."""
     INPUT_ERROR = "InputError"

@@ -94,14 +94,30 @@ def checkpoint_name(epoch: int) -> str:
     return f"epoch-{epoch:04d}"
 
 
+def step_checkpoint_name(step: int) -> str:
+    """The name of a checkpoint taken between epoch ends (checkpoints.everySteps), e.g. step-00000150:
+    zero-padded so names of one kind sort by step (status lists every kind by its step)."""
+    return f"step-{step:08d}"
+
+
 def checkpoint_key(name: str) -> str:
     """The folder of a checkpoint under the prefix, e.g. checkpoints/epoch-0007 (no trailing /)."""
     return f"{CHECKPOINTS_PREFIX}{name}"
 
 
-def previews_key(epoch: int) -> str:
-    """The folder of an epoch's preview images under the prefix, e.g. previews/epoch-0007."""
-    return f"{PREVIEWS_PREFIX}{checkpoint_name(epoch)}"
+def previews_key(epoch: int, step: int | None = None) -> str:
+    """The folder of an epoch's preview images under the prefix, e.g. previews/epoch-0007; of a step's
+    (previews.everySteps), previews/step-00000150."""
+    return f"{PREVIEWS_PREFIX}{checkpoint_name(epoch) if step is None else step_checkpoint_name(step)}"
+
+
+def caption_cache_prefix(output_prefix: str) -> str:
+    """Where auto captions are cached for every job of a namespace: ``<output.uri>/<namespace>/.caption-cache/``
+    from a job's ``<output.uri>/<namespace>/<job>/<uid>/`` (a dot name: no job is called that)."""
+    parts = output_prefix.rstrip("/").rsplit("/", 2)
+    if len(parts) != 3:
+        raise ValueError(f"{output_prefix}: not a job output prefix (<uri>/<namespace>/<job>/<uid>/)")
+    return f"{parts[0]}/.caption-cache/"
 
 
 def attempt_log_key(attempt: int) -> str:

@@ -68,7 +68,9 @@ class AutoCaptionMode(StrEnum):
 
 
 class AutoCaption(ApiModel):
-    """Caption images with a tagger model loaded from storage."""
+    """Caption images with a tagger model loaded from storage. Captions are cached by image content
+    under <output.uri>/<namespace>/.caption-cache/ (per tagger URI and threshold): a retry, a
+    retrain or another job of the namespace reads them back and runs the tagger only on new images."""
 
     model: str = Field(pattern=URI_PATTERN)
     """URI of the tagger model folder (s3://, file:// or hf://). No empty, . or .. path segments."""
@@ -97,6 +99,19 @@ def _pairs_schema(schema: dict) -> None:
     schema["description"] += f" Edit families: {', '.join(edit_families())}."
 
 
+class MaskedLoss(ApiModel):
+    """Weight the loss by a mask per image, so only the subject is learned."""
+
+    enabled: bool = False
+    """Weight each image's loss by its mask: a file beside it named like it with .mask before the
+    suffix (x.mask.png for x.png; white counts fully, black weighs floor), else its alpha channel
+    (opaque counts fully); an image with neither trains unmasked. Masks are scaled, cropped and
+    mirrored with their images. Files named *.mask.png are never trained as images. Default: false."""
+    floor: float = Field(default=0.0, ge=0.0, le=1.0)
+    """The weight of the fully masked-out area (0: not learned at all; 1: masks have no effect).
+    Default: 0."""
+
+
 class Dataset(ApiModel):
     """The training images and their captions."""
 
@@ -119,8 +134,12 @@ class Dataset(ApiModel):
     """Cropping and bucketing."""
     flip: bool = False
     """Randomly mirror images horizontally. Default: false."""
+    masked_loss: MaskedLoss = Field(default_factory=MaskedLoss)
+    """Loss masks from mask files or alpha channels."""
     auto_caption: AutoCaption | None = Field(default=None)
-    """Caption images automatically. Default: off."""
+    """Caption images automatically; captions are cached by image content for the namespace
+    (<output.uri>/<namespace>/.caption-cache/), so retries, retrains and other jobs run the tagger
+    only on images it has not captioned. Default: off."""
     regularization: Regularization | None = None
     """Regularization (class) images. Default: none."""
     pairs: bool = Field(default=False, json_schema_extra=_pairs_schema)

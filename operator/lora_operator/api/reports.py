@@ -52,6 +52,8 @@ class PreviewEntry(ApiModel):
     """Preview images of one prompt at one epoch."""
 
     epoch: int
+    step: int | None = None
+    """Set for previews between epoch ends (previews.everySteps)."""
     prompt: str
     paths: list[str] = Field(default_factory=list)
     grid: str | None = None
@@ -102,3 +104,6 @@ class Manifest(ApiModel):
     """The node the trainer ran on (LORA_NODE_NAME): its model cache now holds `models`."""
     models: list[ModelFetch] = Field(default_factory=list)
     """The models this attempt took from the node's cache or fetched into it."""
+    stopped_early: str | None = None
+    """Why training ended before its last step (training.earlyStop), e.g. "no better validation loss in
+    3 evaluations (best 0.1234 at step-00000150)"; None when it ran to the end."""

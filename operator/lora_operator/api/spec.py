@@ -95,6 +95,9 @@ class Previews(ApiModel):
 
     every_epochs: int = Field(default=1, ge=0, le=1000)
     """Generate every N epochs (and at the end); 0 turns previews off. Default: 1."""
+    every_steps: int = Field(default=0, ge=0, le=10_000_000)
+    """Also generate every N optimizer steps between epoch ends, into previews/step-NNNNNNNN/;
+    0: only at epoch ends. Default: 0."""
     prompts: list[str] = Field(default_factory=list, max_length=32)
     """Prompts; empty means the first validation caption. imagesPerPrompt x prompts is at most
     64."""
@@ -137,6 +140,9 @@ class Checkpoints(ApiModel):
 
     every_epochs: int = Field(default=1, ge=1, le=1000)
     """Write a checkpoint every N epochs (and always at the end). Default: 1."""
+    every_steps: int = Field(default=0, ge=0, le=10_000_000)
+    """Also write a checkpoint every N optimizer steps between epoch ends, named step-NNNNNNNN (the step,
+    8 digits), with the validation loss at that step; 0: only at epoch ends. Default: 0."""
     state_every_steps: int = Field(default=100, ge=0, le=100000)
     """Save the resume state (adapter, optimizer, schedule, position) every N optimizer steps as well
     as at epoch ends, so a retried pod loses at most N steps; 0 saves it only at epoch ends.
@@ -234,6 +240,28 @@ class RetryPolicy(ApiModel):
         return self
 
 
+class Webhook(ApiModel):
+    """A POST to a receiver when the job finishes."""
+
+    secret_ref: ObjectName = Field(max_length=253)
+    """Name of a Secret in the job's namespace holding the receiver's URL (key urlKey) and the HMAC key
+    (key signingKeyKey). The JSON body (event job.finished: phase, reason, message, checkpoints with
+    their URIs and validation losses, preview URIs, output) is signed: header X-Lora-Signature is
+    sha256=<hex HMAC-SHA256 of the raw body>. Sent in the background, retried with backoff on
+    errors, 5xx, 408 and 429; it never delays the operator."""
+    url_key: str = Field(default="url", min_length=1, max_length=253)
+    """The Secret key holding the URL (http:// or https://). Default: url."""
+    signing_key_key: str = Field(default="signingKey", min_length=1, max_length=253)
+    """The Secret key holding the HMAC-SHA256 key. Default: signingKey."""
+
+
+class Notify(ApiModel):
+    """Whom to tell when the job finishes."""
+
+    webhook: Webhook | None = None
+    """A signed JSON POST when the job ends Succeeded, Failed or Cancelled. Default: none."""
+
+
 class JobSettings(ApiModel):
     """The settings a job and a template share; in a template they are the job's defaults."""
 
@@ -261,6 +289,8 @@ class JobSettings(ApiModel):
     """Node selection."""
     retry_policy: RetryPolicy | None = None
     """Retries and backoff."""
+    notify: Notify | None = None
+    """Completion notifications (a webhook)."""
 
 
 class JobSpec(JobSettings):
@@ -288,10 +318,10 @@ class JobSpec(JobSettings):
     storage and in status.checkpoints (unlike deleting the job); selectedCheckpoint still works.
     Final: clearing it later does not restart the job (kubectl lora retrain does). Editable.
     Default: false."""
-    selected_checkpoint: str | None = Field(default=None, pattern=r"^(epoch-[0-9]{4}|auto)$")
-    """After the job succeeded (or was cancelled): the checkpoint copied to final/, e.g. epoch-0007,
-    or auto: the one with the lowest validation loss (the last one when no loss was recorded);
-    status.output says which was picked and why. Editable."""
+    selected_checkpoint: str | None = Field(default=None, pattern=r"^(epoch-[0-9]{4}|step-[0-9]{8}|auto)$")
+    """After the job succeeded (or was cancelled): the checkpoint copied to final/, e.g. epoch-0007 or
+    step-00000150 (checkpoints.everySteps), or auto: the one with the lowest validation loss (the last
+    one when no loss was recorded); status.output says which was picked and why. Editable."""
     delete_unselected: bool = False
     """With selectedCheckpoint set: delete every other checkpoint from storage and from
     status.checkpoints. Editable after the run, so it can be decided after looking at the

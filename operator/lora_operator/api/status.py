@@ -83,7 +83,7 @@ class CheckpointRecord(ApiModel):
     """A checkpoint the trainer wrote."""
 
     name: str
-    """epoch-NNNN."""
+    """epoch-NNNN, or step-NNNNNNNN for one taken between epoch ends (checkpoints.everySteps)."""
     epoch: int
     """Epoch the checkpoint was taken at."""
     step: int
@@ -104,7 +104,9 @@ class PreviewRecord(ApiModel):
     """Preview images of one epoch."""
 
     epoch: int
-    """Epoch the images were generated at."""
+    """Epoch the images were generated at (the epoch in progress for step previews)."""
+    step: int | None = None
+    """The optimizer step of previews taken between epoch ends (previews.everySteps); unset at epoch ends."""
     prompt: str
     """The prompt."""
     uris: list[str] = Field(default_factory=list)

@@ -7,12 +7,16 @@ Each label is an independent tag: its probability is the sigmoid of its logit.
 
 from __future__ import annotations
 
+import hashlib
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 
 from ..errors import ModelError
 
+log = logging.getLogger(__name__)
 DEFAULT_THRESHOLD = 0.35
 MAX_TAGS = 64
 """At most this many tags per caption (the most likely first)."""
@@ -75,3 +79,45 @@ def load_captioner(model_dir: Path, *, threshold: float = DEFAULT_THRESHOLD,
     if not getattr(model.config, "id2label", None):
         raise ModelError(f"auto-caption model {model_dir} has no id2label (tag names) in config.json")
     return Captioner(model, processor, threshold=threshold, device=device)
+
+
+class CachedCaptioner:
+    """A captioner whose captions are kept by image content in an object store and read back first.
+
+    A retry, a retrain or another job of the namespace with the same tagger and threshold then takes
+    the captions from the store, and loads the tagger (`load`) only for an image it has not seen.
+    Keys: ``<prefix><fingerprint>/<sha256 of the image's pixels>.txt``.
+    """
+
+    def __init__(self, load: Callable[[], Captioner], store, fingerprint: str, prefix: str = ""):
+        """
+        Args:
+            load: Loads the tagger (called at the first image without a cached caption).
+            store: An ObjectStore (get_bytes / put_bytes) holding the cache.
+            fingerprint: Names the tagger and its settings (`caption_fingerprint`).
+            prefix: Key prefix of the cache in `store`.
+        """
+        self.load = load
+        self.store = store
+        self.fingerprint = f"{prefix}{fingerprint}"
+        self.tagger: Captioner | None = None
+        self.hits = 0
+
+    def caption(self, image: Image.Image) -> str:
+        """The cached caption of an image with these pixels, else the tagger's (then cached)."""
+        digest = hashlib.sha256(f"{image.mode} {image.size}".encode() + image.tobytes()).hexdigest()
+        key = f"{self.fingerprint}/{digest}.txt"
+        cached = self.store.get_bytes(key)
+        if cached is not None:
+            self.hits += 1
+            return cached.decode()
+        if self.tagger is None:
+            self.tagger = self.load()
+        text = self.tagger.caption(image)
+        self.store.put_bytes(key, text.encode(), "text/plain")
+        return text
+
+
+def caption_fingerprint(model_uri: str, threshold: float) -> str:
+    """What makes two jobs' auto captions interchangeable: the tagger's URI and the threshold."""
+    return hashlib.sha256(f"{model_uri}|{threshold!r}|{MAX_TAGS}".encode()).hexdigest()[:16]

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from lora_operator.api import Dataset, ModelFamily, SkippedFile
@@ -21,6 +22,7 @@ from .captions import read_caption
 from .crop import cut_window, scaled_size, window
 from .discover import IMAGE_SUFFIXES, discover
 from .images import UnusableImage, load_image
+from .masks import latent_mask, mask_file, source_mask
 from .pairs import missing_control_reason, pair_images
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,15 @@ class Sample:
     """The image file (when ``image`` is None)."""
     control_path: Path | None = None
     """The control (source) image of an edit pair (dataset.pairs); None: not a pair."""
+    mask_path: Path | None = None
+    """Its loss-mask file, ``x.mask.png`` (dataset.maskedLoss); None: the alpha channel, if any."""
+
+    def loss_mask(self, flip: bool, latent_hw: tuple[int, int], floor: float) -> torch.Tensor:
+        """Loss weights (h, w) on the latent grid from the mask file or alpha channel, cut, scaled and
+        mirrored like the image (`masks.latent_mask`); ones for an in-memory image or one without."""
+        mask = source_mask(self.path, self.mask_path) if self.path is not None else None
+        return latent_mask(mask, self.scaled_size or self.target_size, self.crop_top_left, self.target_size,
+                           flip, latent_hw, floor)
 
     def decoded(self) -> Image.Image:
         """The RGB image cut to ``target_size``: ``image``, or decoded from ``path`` now."""
@@ -258,7 +269,10 @@ def _load_one(path: Path, key: str, dataset: Dataset, family: ModelFamily, mode:
         full.thumbnail((CAPTION_SIDE, CAPTION_SIDE))
     size = target_size(image.height, image.width, dataset.crop, family)
     top_left = window(image, size, dataset.crop.mode)  # the pixels are decoded again when trained
-    sample = Sample(key=key, image=None, path=path, caption=caption or "", repeats=repeats,
+    mask = mask_file(path) if dataset.masked_loss.enabled else None
+    if mask is not None:
+        source_mask(path, mask)  # a bad mask file stops the run now, naming it
+    sample = Sample(key=key, image=None, path=path, mask_path=mask, caption=caption or "", repeats=repeats,
                     original_size=(image.height, image.width), crop_top_left=top_left,
                     target_size=size, regularization=regularization,
                     scaled_size=scaled_size((image.height, image.width), size, dataset.crop.mode))

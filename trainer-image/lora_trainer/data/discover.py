@@ -47,6 +47,8 @@ def discover(root: Path) -> Discovered:
         if any(part.startswith(".") for part in relative.parts) or not path.is_file():
             continue
         suffix = path.suffix.lower()
+        if suffix in IMAGE_SUFFIXES and path.stem.lower().endswith(".mask"):
+            continue  # a loss mask of the image beside it (data/masks.py), never a training image
         if suffix in IMAGE_SUFFIXES:
             found.images.append(path)
         elif path.name == REPEATS_FILE:

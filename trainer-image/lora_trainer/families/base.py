@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
-from lora_operator.api import Previews, Sampler
+from lora_operator.api import Previews, Sampler, Training
 
 from ..errors import ModelError
 from ..quantize import denoiser_load_kwargs
@@ -161,10 +161,12 @@ class Family(Protocol):
     def encode_images(self, parts: Components, pixels: torch.Tensor) -> torch.Tensor:
         """Latents (scaled) of images in [-1, 1], shape (B, 3, H, W)."""
 
-    def sample_timesteps(self, parts: Components, n: int, generator: torch.Generator,
-                         latent_shape: tuple[int, ...] | None = None) -> torch.Tensor:
-        """Random training timesteps for a batch of latents of `latent_shape` (a resolution-dependent
-        shift reads the size from it)."""
+    def configure(self, parts: Components, training: Training) -> None:
+        """Take the job's training options that shape the objective (training.flow of flow families),
+        once, after `load` (raises ConfigError for one the loaded base cannot follow)."""
+
+    def sample_timesteps(self, parts: Components, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Random training timesteps, one per latent (their shape may choose them: a resolution shift)."""
 
     def fixed_timesteps(self, parts: Components, n: int, latent_shape: tuple[int, ...] | None = None) -> torch.Tensor:
         """Evenly spread timesteps (validation loss) for latents of `latent_shape`."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lora_operator.api import ModelFamily, Previews, Sampler
+from lora_operator.api import Flow, ModelFamily, Previews, Sampler, Training
 
 from ..errors import ConfigError
 from ..speed import upload
@@ -59,8 +59,6 @@ OUTSIDE_BLOCKS = r"(?!(single_)?transformer_blocks\.).*"
 no other Flux trainer adapts them, and InvokeAI's kohya detector refuses a file that does."""
 IMPL_FLUX = "https://github.com/black-forest-labs/flux"
 T5_MAX_LENGTH = 512
-TRAIN_GUIDANCE = 1.0
-"""Distilled guidance the transformer sees while training (Flux dev convention)."""
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
@@ -137,6 +135,18 @@ class FluxFamily(FlowMatching):
             raise ValueError(f"transformer.{module}: no Flux.1 kohya (BFL) name; only block layers are exported")
         return KohyaLayer(f"lora_unet_{blocks}_{match.group(2)}_{layer.name}", layer.part, layer.parts)
 
+    def configure(self, parts: Components, training: Training) -> None:
+        """The flow options; a training guidance only for a guidance-distilled transformer (dev, not schnell).
+
+        Raises:
+            ConfigError: training.flow.guidance set for a transformer without a guidance embedder.
+        """
+        # against the default, not fields set: the pod's resolved spec spells every field out
+        if training.flow.guidance != Flow().guidance and not parts.denoiser.config.guidance_embeds:
+            raise ConfigError("training.flow.guidance: this Flux transformer is not guidance-distilled (no "
+                              "guidance embedder, e.g. Flux.1 schnell); leave guidance out")
+        super().configure(parts, training)
+
     def model_version(self, parts: Components) -> ModelVersion:
         """flux1 / flux-1-dev (guidance-distilled: the transformer embeds guidance) or flux-1-schnell."""
         dev = bool(parts.denoiser.config.guidance_embeds)
@@ -164,7 +174,7 @@ class FluxFamily(FlowMatching):
         text = cond["prompt_embeds"]
         guidance = None
         if transformer.config.guidance_embeds:
-            guidance = torch.full((b,), TRAIN_GUIDANCE, device=noisy.device, dtype=noisy.dtype)
+            guidance = torch.full((b,), self.flow.guidance, device=noisy.device, dtype=noisy.dtype)
         tokens, ids = pack(noisy), image_ids(h, w, noisy.device, noisy.dtype)
         if control is not None:
             tokens, ids = self.join_control(tokens, ids, control.to(noisy.dtype))

@@ -46,9 +46,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from lora_operator.api import ModelFamily, Previews, Sampler
+from lora_operator.api import ModelFamily, Previews, Sampler, Training
 
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from . import flux
 from .base import Components, KohyaLayer, ModelVersion, Sizes, load_part
 from .flow import FlowMatching, shifted
@@ -91,8 +91,6 @@ MAX_SEQUENCE_LENGTH = 512
 """Text tokens per prompt: the pipelines' default."""
 MU_STEPS = 50
 """Sampling steps the training shift assumes (the pipelines' default num_inference_steps)."""
-TRAIN_GUIDANCE = 1.0
-"""Distilled guidance the dev transformer sees while training (the Flux dev convention)."""
 DEFAULT_GUIDANCE = 4.0
 """The pipelines' default guidance_scale (dev: distilled guidance, Klein base: classifier-free guidance)."""
 
@@ -218,6 +216,18 @@ class Flux2Family(FlowMatching):
         return pipe._unpatchify_latents((latents - mean) / std)
 
     # ------------------------------------------------------------------ objective
+    def configure(self, parts: Components, training: Training) -> None:
+        """The flow options, less the shift: Flux.2 shifts by resolution inside the objective, as its pipeline
+        does (`sigmas`), so a fixed or second resolution shift is refused rather than applied twice.
+
+        Raises:
+            ConfigError: training.flow.shift or resolutionShift set.
+        """
+        if training.flow.shift is not None or training.flow.resolution_shift:
+            raise ConfigError(f"training.flow: {self.family} already shifts its timesteps by resolution as its "
+                              "pipeline does; leave shift and resolutionShift out")
+        super().configure(parts, training)
+
     def shift_for(self, latents_shape: torch.Size | tuple[int, ...]) -> float:
         """e^mu for latents of `latents_shape` (B, C, H, W): their 2x2 patch count sets mu."""
         return math.exp(compute_mu((latents_shape[-2] // 2) * (latents_shape[-1] // 2)))
@@ -248,7 +258,7 @@ class Flux2Family(FlowMatching):
         text = cond["prompt_embeds"].to(noisy.dtype)
         guidance = None
         if transformer.config.guidance_embeds:
-            guidance = torch.full((b,), TRAIN_GUIDANCE, device=noisy.device, dtype=noisy.dtype)
+            guidance = torch.full((b,), self.flow.guidance, device=noisy.device, dtype=noisy.dtype)
         out = transformer(
             hidden_states=tokens,
             encoder_hidden_states=text,

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from lora_operator.api import ModelFamily, Previews, Sampler
+from lora_operator.api import ModelFamily, Previews, Sampler, Training
 
 from .base import Components, KohyaLayer, ModelVersion, Sizes, kohya_text_layer, load_part, tokenize, vae_encode
 
@@ -77,10 +77,13 @@ class SD15Family:
         """Scaled VAE latents."""
         return vae_encode(parts.vae, pixels)
 
-    def sample_timesteps(self, parts: Components, n: int, generator: torch.Generator,
-                         latent_shape: tuple[int, ...] | None = None) -> torch.Tensor:
-        """Uniform integer timesteps in [0, num_train_timesteps) (at any latent size)."""
-        return torch.randint(0, parts.noise_scheduler.config.num_train_timesteps, (n,), generator=generator)
+    def configure(self, parts: Components, training: Training) -> None:
+        """Nothing to take: the API refuses training.flow for epsilon / v families."""
+
+    def sample_timesteps(self, parts: Components, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Uniform integer timesteps in [0, num_train_timesteps)."""
+        total = parts.noise_scheduler.config.num_train_timesteps
+        return torch.randint(0, total, (len(latents),), generator=generator)
 
     def fixed_timesteps(self, parts: Components, n: int, latent_shape: tuple[int, ...] | None = None) -> torch.Tensor:
         """`n` timesteps spread evenly over the schedule, away from both ends."""
