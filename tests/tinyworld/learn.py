@@ -29,6 +29,10 @@ RATES = {"epsilon": (5e-3, 5e-3), "flow": (5e-4, 5e-3)}
 """(denoiser, text encoder) learning rate of each base's concept job, 200 steps of 4: a Flux-topology LoRA at
 5e-3 repaints every prompt in the concept's colour (bench/RESULTS.md)."""
 
+ADAPTER_RATES = {"locon": (5e-3, 5e-3), "embedding": (5e-2, 0.0)}
+"""(main, text encoder) learning rate of the epsilon base's LoCon and embedding concept jobs, 200 steps of 4 (an
+embedding trains only its own vectors, at the main rate)."""
+
 
 def family_of(base: Path) -> str:
     """The trainer family of a tiny base: flux for a FluxPipeline folder, else sd15."""
@@ -115,8 +119,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--base", default="epsilon", choices=["epsilon", "flow"])
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--epochs", type=int, default=1, help="a checkpoint each: a sheet row each, the last judged")
-    p.add_argument("--lr", type=float, help="denoiser learning rate (default: the base's RATES entry)")
-    p.add_argument("--text-lr", type=float, help="text encoder learning rate (default: the base's RATES entry)")
+    p.add_argument("--lr", type=float, help="denoiser learning rate (default: RATES, or ADAPTER_RATES)")
+    p.add_argument("--text-lr", type=float, help="text encoder learning rate (default: as --lr's)")
     p.add_argument("--adapter", default="lora", choices=list(ADAPTERS))
     p.add_argument("--broken", choices=["flip", "captions"])
     args = p.parse_args(argv)
@@ -127,8 +131,10 @@ def main(argv: list[str]) -> int:
         family = family_class(family_of(base))
         family.noisy_and_target = flipped(family.noisy_and_target)  # this process only
     started = time.monotonic()
-    lr, text_lr = RATES[args.base]
-    lora = train(args.out, base, data, args.steps, args.lr or lr, args.text_lr or text_lr,
+    lr, text_lr = ADAPTER_RATES.get(args.adapter, RATES[args.base])
+    lr = lr if args.lr is None else args.lr
+    text_lr = text_lr if args.text_lr is None else args.text_lr  # 0: the denoiser alone
+    lora = train(args.out, base, data, args.steps, lr, text_lr,
                  1.0 if args.broken == "captions" else 0.0, args.epochs, args.adapter)
     trained = time.monotonic() - started
     verdict = judge_lora(base, lora, SEEDS)
