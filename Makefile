@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)/tests
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 
-.PHONY: setup apt venv tools tinybase test test-unit test-trainer test-cluster lint crds chaos fuzz demo \
+.PHONY: setup apt venv tools tinybase test test-unit test-trainer test-learning test-cluster lint crds chaos fuzz demo \
         cluster-up cluster-down bench-cpu bench-gpu clean
 
 setup: apt venv tools  ## everything the tests and the demo need
@@ -38,13 +38,16 @@ tinybase: venv  ## the tiny bases (noise prediction: SD1.5 topology; flow matchi
 
 test: setup tinybase  ## the whole suite: unit, trainer (tiny models), cluster (real control plane + MinIO), e2e
 	$(MAKE) lint
-	$(PYTEST) tests -m "not chaos" --durations=15
+	$(PYTEST) tests -m "not chaos and not slow" --durations=15
 
 test-unit: venv
 	$(PYTEST) tests/unit
 
 test-trainer: venv tinybase
-	$(PYTEST) tests/trainer
+	$(PYTEST) tests/trainer -m "not slow"
+
+test-learning: venv tinybase  ## the learning proofs with their longer variants (pytest -m slow: LoCon and embedding controls)
+	$(PYTEST) tests/trainer/test_learning.py --durations=0
 
 test-cluster: setup
 	$(PYTEST) tests/cluster tests/e2e

@@ -103,11 +103,27 @@ def same_scene(a: Reading, b: Reading) -> bool:
     return (a.colour, a.position, a.background) == (b.colour, b.position, b.background)
 
 
+def load_adapter(pipe, adapter: Path, name: str | None = None) -> None:
+    """Load `adapter` into `pipe`: a diffusers LoRA folder, or a textual-inversion file bound to the trigger."""
+    if adapter.suffix == ".safetensors":
+        pipe.load_textual_inversion(str(adapter), token=TRIGGER)
+    else:
+        pipe.load_lora_weights(adapter, adapter_name=name)
+
+
+def unload_adapter(pipe, adapter: Path) -> None:
+    """Undo `load_adapter`."""
+    if adapter.suffix == ".safetensors":
+        pipe.unload_textual_inversion()
+    else:
+        pipe.unload_lora_weights()
+
+
 def judge_lora(base: Path, lora: Path, seeds: list[int], before: Readings | None = None) -> Verdict:
-    """Sample `base` with the LoRA folder `lora` (diffusers format), compare with the base's readings."""
+    """Sample `base` with `lora` (a diffusers LoRA folder or an embedding file), compare with the base's readings."""
     before = before or base_readings(base, seeds)
     pipe = load_pipeline(base)
-    pipe.load_lora_weights(lora)
+    load_adapter(pipe, lora)
     after = read_samples(pipe, seeds)
     mean = lambda flags: sum(flags) / len(flags)  # noqa: E731
     return Verdict(

@@ -1,5 +1,5 @@
-"""``python -m tinyworld.learn OUT [--base epsilon|flow] [--steps N] [--lr X] [--text-lr X] [--broken flip|captions]``:
-train a LoRA on the concept through ``lora-train run`` and judge it.
+"""``python -m tinyworld.learn OUT [--base epsilon|flow] [--adapter lora|locon|embedding] [--steps N] [--epochs E]
+[--lr X] [--text-lr X] [--broken flip|captions]``: train an adapter on the concept through ``lora-train run``, judge it.
 
 Builds (or reuses) the base (epsilon: SD1.5 topology, flow: Flux topology), writes the concept
 dataset and a job YAML under OUT, trains through the trainer's CLI entry point, then prints the
@@ -22,11 +22,16 @@ import yaml
 from .cache import tinybase
 from .concept import CONTROL_PROMPTS, TRIGGER_PROMPTS, judge_lora, write_concept_set
 from .sheet import contact_sheet
+from .world import TRIGGER
 
 SEEDS = [0, 1, 2, 3]
 RATES = {"epsilon": (5e-3, 5e-3), "flow": (5e-4, 5e-3)}
 """(denoiser, text encoder) learning rate of each base's concept job, 200 steps of 4: a Flux-topology LoRA at
 5e-3 repaints every prompt in the concept's colour (bench/RESULTS.md)."""
+
+ADAPTER_RATES = {"locon": (5e-3, 5e-3), "embedding": (5e-2, 0.0)}
+"""(main, text encoder) learning rate of the epsilon base's LoCon and embedding concept jobs, 200 steps of 4 (an
+embedding trains only its own vectors, at the main rate)."""
 
 
 def family_of(base: Path) -> str:
@@ -43,14 +48,23 @@ def family_class(family: str):
     return {"flux": FluxFamily, "sd15": SD15Family}[family]
 
 
+ADAPTERS = {
+    "lora": {"type": "lora", "network": {"dim": 8, "alpha": 8}},
+    "locon": {"type": "locon", "network": {"dim": 8, "alpha": 8, "convDim": 8, "convAlpha": 8}},
+    "embedding": {"type": "embedding", "embedding": {"token": TRIGGER, "initialPhrase": "circle", "vectors": 2}},
+}
+"""The adapter of each job type: rank 8 (LoCon: also on the convolutions), or 2 textual-inversion vectors bound to
+the trigger word itself (not a word of the bases' vocabularies), so the judge's trigger prompts call it."""
+
+
 def job_spec(base: Path, data: Path, out: Path, steps: int, lr: float, text_lr: float,
-             caption_dropout: float, epochs: int = 1) -> dict:
-    """The job: a rank-8 LoRA, `epochs` epochs of `steps` steps in all, batch 4, diffusers checkpoints each epoch."""
+             caption_dropout: float, epochs: int = 1, adapter: str = "lora") -> dict:
+    """The job: `adapter` (ADAPTERS), `epochs` epochs of `steps` steps in all, batch 4, checkpoints each epoch
+    (diffusers; an embedding job writes its embedding file either way)."""
     return {
-        "type": "lora",
+        **ADAPTERS[adapter],
         "baseModel": {"family": family_of(base), "uri": base.as_uri()},
         "dataset": {"uri": data.as_uri(), "crop": {"mode": "center", "size": "32x32"}, "validationSplit": 0.0},
-        "network": {"dim": 8, "alpha": 8},
         "training": {"steps": steps, "epochs": epochs, "batchSize": 4, "unetLearningRate": lr,
                      "textEncoderLearningRate": text_lr, "textEncoderRatio": 1.0 if text_lr else 0.0,
                      "captionDropout": caption_dropout, "mixedPrecision": "no",
@@ -72,15 +86,16 @@ def flipped(original):
 
 
 def train(out: Path, base: Path, data: Path, steps: int = 200, lr: float = 5e-3, text_lr: float = 5e-3,
-          caption_dropout: float = 0.0) -> Path:
-    """Train a LoRA on `data` over `base` through ``lora-train run`` in `out`; returns its diffusers folder.
+          caption_dropout: float = 0.0, epochs: int = 1, adapter: str = "lora") -> Path:
+    """Train an `adapter` on `data` over `base` through ``lora-train run`` in `out`; returns its last epoch's
+    diffusers folder (embedding: its file).
 
     Raises:
         RuntimeError: the trainer exited with an error.
     """
     from lora_trainer.cli import main as lora_train
 
-    spec = job_spec(base, data, out / "storage", steps, lr, text_lr, caption_dropout)
+    spec = job_spec(base, data, out / "storage", steps, lr, text_lr, caption_dropout, epochs, adapter)
     job = out / "job.yaml"
     out.mkdir(parents=True, exist_ok=True)
     job.write_text(yaml.safe_dump({"apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob",
@@ -88,7 +103,13 @@ def train(out: Path, base: Path, data: Path, steps: int = 200, lr: float = 5e-3,
     code = lora_train(["run", str(job)])
     if code != 0:
         raise RuntimeError(f"lora-train run {job} exited {code}")
-    return out / "storage/learn/concept/local/checkpoints/epoch-0001/diffusers"
+    return epoch_folder(out, epochs, adapter)
+
+
+def epoch_folder(out: Path, epoch: int, adapter: str = "lora") -> Path:
+    """The diffusers LoRA folder (embedding: file) of epoch `epoch` of the job trained in `out`."""
+    folder = out / f"storage/learn/concept/local/checkpoints/epoch-{epoch:04d}"
+    return folder / "embedding.safetensors" if adapter == "embedding" else folder / "diffusers"
 
 
 def main(argv: list[str]) -> int:
@@ -97,8 +118,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--base", default="epsilon", choices=["epsilon", "flow"])
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--lr", type=float, help="denoiser learning rate (default: the base's RATES entry)")
-    p.add_argument("--text-lr", type=float, help="text encoder learning rate (default: the base's RATES entry)")
+    p.add_argument("--epochs", type=int, default=1, help="a checkpoint each: a sheet row each, the last judged")
+    p.add_argument("--lr", type=float, help="denoiser learning rate (default: RATES, or ADAPTER_RATES)")
+    p.add_argument("--text-lr", type=float, help="text encoder learning rate (default: as --lr's)")
+    p.add_argument("--adapter", default="lora", choices=list(ADAPTERS))
     p.add_argument("--broken", choices=["flip", "captions"])
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -108,13 +131,16 @@ def main(argv: list[str]) -> int:
         family = family_class(family_of(base))
         family.noisy_and_target = flipped(family.noisy_and_target)  # this process only
     started = time.monotonic()
-    lr, text_lr = RATES[args.base]
-    lora = train(args.out, base, data, args.steps, args.lr or lr, args.text_lr or text_lr,
-                 1.0 if args.broken == "captions" else 0.0)
+    lr, text_lr = ADAPTER_RATES.get(args.adapter, RATES[args.base])
+    lr = lr if args.lr is None else args.lr
+    text_lr = text_lr if args.text_lr is None else args.text_lr  # 0: the denoiser alone
+    lora = train(args.out, base, data, args.steps, lr, text_lr,
+                 1.0 if args.broken == "captions" else 0.0, args.epochs, args.adapter)
     trained = time.monotonic() - started
     verdict = judge_lora(base, lora, SEEDS)
     print(f"trained in {trained:.0f}s; {verdict}; passed: {verdict.passed()}")
-    contact_sheet(base, [("lora", lora)], TRIGGER_PROMPTS[0], CONTROL_PROMPTS[0], SEEDS).save(args.out / "sheet.png")
+    loras = [(f"epoch {e}", epoch_folder(args.out, e, args.adapter)) for e in range(1, args.epochs + 1)]
+    contact_sheet(base, loras, TRIGGER_PROMPTS[0], CONTROL_PROMPTS[0], SEEDS).save(args.out / "sheet.png")
     print(f"sheet: {args.out / 'sheet.png'}")
     return 0 if verdict.passed() else 3
 

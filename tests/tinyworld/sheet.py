@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .concept import images_of
+from .concept import images_of, load_adapter, unload_adapter
 from .sampling import load_pipeline
 
 SCALE = 4
@@ -26,9 +26,9 @@ def contact_sheet(base: Path, loras: list[tuple[str, Path]], trigger: str, contr
     pipe = load_pipeline(base)
     rows = [("base", images_of(pipe, [trigger, control], seeds))]
     for label, folder in loras:
-        pipe.load_lora_weights(folder, adapter_name=label.replace(" ", "_"))
+        load_adapter(pipe, folder, label.replace(" ", "_"))
         rows.append((label, images_of(pipe, [trigger, control], seeds)))
-        pipe.unload_lora_weights()
+        unload_adapter(pipe, folder)
     side = 32 * SCALE
     n = len(seeds)
     width = LABEL_WIDTH + 2 * n * side + GAP
