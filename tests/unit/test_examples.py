@@ -17,7 +17,7 @@ def documents(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
-KUEUE = EXAMPLES / "kueue"  # Kueue's own kinds (queues for the Kueue example job): tests/unit/test_kueue.py
+KUEUE = EXAMPLES / "kueue"  # Kueue's own kinds (queues for the Kueue example job): tests/unit/test_kueue_render.py
 FILES = sorted(f for f in EXAMPLES.rglob("*.yaml") if not f.is_relative_to(KUEUE))
 ALL_DOCS = [(f, d) for f in FILES for d in documents(f)]
 TEMPLATES = {d["metadata"]["name"]: d for _, d in ALL_DOCS if d["kind"] != LoraTrainingJob.KIND}
