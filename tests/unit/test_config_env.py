@@ -21,6 +21,9 @@ READS_ITS_OWN_ENV = {
     "storage/__init__.py": "the storage client of the trainer and kubectl-lora (S3_*, AWS_* of their shell or pod)",
     "storage/s3.py": "SSL_CERT_FILE, OpenSSL's own variable, for every user of the storage client",
     "kubectl_lora/objects.py": "the plugin, run in the user's shell",
+    "kubectl_lora/ui/local.py": "the local dashboard (lora-train ui), run in the user's shell",
+    "kubectl_lora/ui/upload.py": "hands the user's shell environment to the lora-train upload it runs",
+    "kubectl_lora/ui/incluster.py": "the in-cluster dashboard's own Deployment settings, not the operator's",
     "handlers.py": "the pod's own name (HOSTNAME) as the instance of its Events: identity, not a setting",
 }
 
