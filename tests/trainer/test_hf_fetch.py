@@ -82,6 +82,20 @@ def test_each_fetch_reports_files_bytes_and_seconds_and_a_cached_model_transfers
     assert hub.downloads() == []
 
 
+def test_an_hf_fetch_is_in_the_manifest_s_model_report_hit_or_miss(hub, sd_repo, tmp_path, monkeypatch):
+    from lora_trainer import model_cache
+
+    monkeypatch.setattr(model_cache, "FETCHED", [])
+    repo, needed = sd_repo
+    hub.add("org/tiny-sd", repo)
+    size = sum((repo / f).stat().st_size for f in needed)
+    for _ in range(2):
+        fetch.fetch_model("hf://org/tiny-sd", tmp_path / "cache", env=env(hub))
+    miss, hit = model_cache.reported()
+    assert (miss.uri, miss.hit, miss.bytes) == ("hf://org/tiny-sd", False, size)
+    assert (hit.hit, hit.bytes, hit.key) == (True, 0, miss.key)  # the same revision's files: the same key
+
+
 def test_a_single_file_uri_downloads_that_file_alone(hub, sd_repo, tmp_path):
     hub.add("org/tiny-sd", sd_repo[0])
     path = fetch.fetch_model("hf://org/tiny-sd/tiny-sd-pruned.safetensors", tmp_path / "cache", env=env(hub))

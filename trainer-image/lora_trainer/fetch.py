@@ -35,7 +35,7 @@ from lora_operator.storage import (
 )
 
 from .errors import ModelError, TransientError
-from .model_cache import cached_objects
+from .model_cache import cached_objects, content_key, record_fetch
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +195,14 @@ def _fetch_hf(uri: str, cache_dir: Path, env: Mapping[str, str], revision: str |
         raise ModelError(f"model {uri} cannot be downloaded from the Hugging Face Hub: "
                          f"{str(exc).splitlines()[0]}") from exc
     files = [result] if result.is_file() else [p for p in result.rglob("*") if p.is_file()]
+    transferred, seconds = _size(blobs) - before, time.monotonic() - started
     log.info("model %s: %d files, %d bytes, %d bytes transferred in %.1f s", uri, len(files),
-             sum(p.stat().st_size for p in files), _size(blobs) - before, time.monotonic() - started)
+             sum(p.stat().st_size for p in files), transferred, seconds)
+    # huggingface_hub's cache (under the cache dir, so on the node's hostPath) keys by the resolved commit:
+    # the snapshot folder's name. The manifest reports the fetch like an s3:// one.
+    snapshot = result.parts[result.parts.index("snapshots") + 1] if "snapshots" in result.parts else ""
+    record_fetch(uri, content_key(uri, {"commit": snapshot, "files": sorted(str(f) for f in files)}),
+                 hit=transferred == 0, fetched=transferred, seconds=seconds)
     return result
 
 

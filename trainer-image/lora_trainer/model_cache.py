@@ -68,6 +68,14 @@ def reported() -> list[ModelFetch]:
             for r in FETCHED]
 
 
+def record_fetch(uri: str, key: str, *, hit: bool, fetched: int, seconds: float) -> FetchRecord:
+    """Add a fetch made outside `ModelCache` (hf://, through huggingface_hub's own cache) to this process's
+    record (`reported`)."""
+    record = FetchRecord(uri, key, hit, fetched, seconds)
+    FETCHED.append(record)
+    return record
+
+
 def content_key(uri: str, pins: Mapping[str, object]) -> str:
     """The entry key of `uri` whose content `pins` fix (ETags and sizes per file, a revision's commit)."""
     canonical = json.dumps({"uri": uri, "pins": pins}, sort_keys=True, separators=(",", ":"))
