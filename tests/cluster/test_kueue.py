@@ -13,6 +13,7 @@ import pytest
 from urllib3.exceptions import ProtocolError
 
 from lora_operator.api import API_VERSION, LoraTrainingJob, resolve_spec
+from lora_operator.api.conditions import Phase
 from lora_operator.config import OperatorConfig
 from lora_operator.kueue import build_trainer_job, workload_state
 from lora_operator.render import pod_name
@@ -154,3 +155,41 @@ def test_deleting_the_training_job_removes_its_job_and_workload(ground, kueue):
         return pod_name("gone", 1) not in jobs and workload_of(ground, "gone") is None
 
     ground.wait_for(cleaned, timeout=90, what="the Job and Workload garbage-collected")
+
+
+def test_the_operator_adapter_creates_reads_and_deletes_a_kueue_job(ground, kueue):
+    """lora_operator.k8s.Kube against real Kueue: the Job it creates gets a Workload that it finds by the
+    Job's uid, the admitted state maps to Running, the Job's pod (a suffixed name) is found by its
+    controller-uid, and deleting the Job removes the Workload too."""
+    from lora_operator.k8s import Kube
+
+    kube = Kube(ground.api_client())
+    uid = owner(ground, "adapter")
+    manifest = build_trainer_job(job_name="adapter", namespace=NS, job_uid=uid, spec=SPEC, queue=QUEUE, gpus=8,
+                                 attempt=1, resume=False, config=CONFIG)
+    name = manifest["metadata"]["name"]
+    assert kube.get_batch_job(NS, name) is None
+    assert kube.create_batch_job(manifest) is True
+    assert kube.create_batch_job(manifest) is False  # a second create of the same attempt is a no-op
+    job = kube.get_batch_job(NS, name)
+    job_uid = job["metadata"]["uid"]
+
+    seen: list = []
+
+    def admitted() -> bool:
+        job = kube.get_batch_job(NS, name)
+        seen.append(workload_state(kube.workload_of(NS, job_uid), bool(job["spec"].get("suspend"))))
+        return seen[-1].phase == Phase.RUNNING  # admitted and unsuspended (or finished: kwok ends pods at once)
+
+    ground.wait_for(admitted, timeout=90, what="the Workload admitted and the Job unsuspended", interval=1)
+    assert "KueueAdmitted" in {c.type for c in seen[-1].conditions}, seen[-1]
+    ground.wait_for(lambda: kube.pods_of_batch_job(NS, job_uid), timeout=60, what="the Job's pod")
+    pods = kube.pods_of_batch_job(NS, job_uid)
+    assert len(pods) == 1 and pods[0]["metadata"]["name"].startswith(name + "-"), [p["metadata"]["name"] for p in pods]
+    assert pods[0]["spec"]["nodeName"].startswith("kq-")  # Kueue's flavor picked the pool
+    assert kube.pods_of_batch_job(NS, "no-such-uid") == []
+
+    kube.delete_batch_job(NS, name)
+    kube.delete_batch_job(NS, name)  # gone already: fine
+    ground.wait_for(lambda: kube.get_batch_job(NS, name) is None and kube.workload_of(NS, job_uid) is None,
+                    timeout=90, what="the Job and its Workload gone", interval=1)
