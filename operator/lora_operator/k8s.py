@@ -55,6 +55,23 @@ def _discard(response: Any) -> None:
     response.release_conn()
 
 
+def _create(call: Any, manifest: dict[str, Any], what: str) -> bool:
+    """Creates an object with `call` (create_namespaced_pod, _job); False when one of that name exists.
+
+    Raises:
+        Refused: the API server refused it (422, 400); the message is the server's, naming the field.
+    """
+    try:
+        _discard(call(manifest["metadata"]["namespace"], manifest, _preload_content=False))
+        return True
+    except ApiException as err:
+        if err.status == 409:
+            return False
+        if err.status in REFUSED_STATUSES:
+            raise Refused(f"the API server refused the trainer {what}: {describe_error(err)}") from err
+        raise
+
+
 def _version() -> str:
     try:
         return metadata.version("lora-operator")
@@ -205,16 +222,7 @@ class Kube:
         Raises:
             Refused: the API server (or Kueue's webhook) refused it; the message names the field.
         """
-        try:
-            _discard(self.batch.create_namespaced_job(manifest["metadata"]["namespace"], manifest,
-                                                      _preload_content=False))
-            return True
-        except ApiException as err:
-            if err.status == 409:
-                return False
-            if err.status in REFUSED_STATUSES:
-                raise Refused(f"the API server refused the trainer Job: {describe_error(err)}") from err
-            raise
+        return _create(self.batch.create_namespaced_job, manifest, "Job")
 
     def get_batch_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A batch/v1 Job as a dict (its wire form), or None when it does not exist."""
@@ -251,16 +259,7 @@ class Kube:
 
     def create_pod(self, manifest: dict[str, Any]) -> bool:
         """Creates the pod; False when a pod of that name exists already (idempotent admission)."""
-        try:
-            _discard(self.core.create_namespaced_pod(manifest["metadata"]["namespace"], manifest,
-                                                     _preload_content=False))
-            return True
-        except ApiException as err:
-            if err.status == 409:
-                return False
-            if err.status in REFUSED_STATUSES:
-                raise Refused(f"the API server refused the trainer pod: {describe_error(err)}") from err
-            raise
+        return _create(self.core.create_namespaced_pod, manifest, "pod")
 
     def ensure_service_account(self, namespace: str, name: str) -> None:
         """Creates the trainer ServiceAccount (no token automount) in a job's namespace once."""
