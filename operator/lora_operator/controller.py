@@ -67,7 +67,7 @@ class Controller:
         self.index = index or JobIndex(kube.own_writes)
         statuses = StatusWriter(kube)
         self.lifecycle = Lifecycle(kube, config, metrics, emit, node_exists=self.index.node_exists,
-                                   statuses=statuses)
+                                   statuses=statuses, node_gpus=self.largest_node_gpus)
         self.admitter = Admitter(kube, config, metrics, emit, self.lifecycle, statuses=statuses,
                                  released=self._kick_from_thread)
         self.positions = PositionWriter(kube, claiming=self.admitter.claiming, statuses=statuses)
@@ -95,6 +95,10 @@ class Controller:
         """Points the index at other mappings (job uid -> bodies, job uid -> pods, node name ->
         GpuNodes): tests build them by hand; the operator passes kopf's at construction."""
         self.index.jobs, self.index.pods, self.index.nodes = jobs, pods, nodes
+
+    def largest_node_gpus(self) -> int:
+        """The GPUs of the largest GPU node: what a Kueue Job asks for (Kueue's flavor picks the node)."""
+        return max((n.gpus for n in self.index.gpu_nodes()), default=1)
 
     # The index's answers, for the handlers (one-line shells) and the tests.
     def job(self, uid: str) -> JobView | None:

@@ -18,7 +18,7 @@ from .api import FINISHED_PHASES, Phase
 from .job_index import JobIndex
 from .retry_backoff import RetryBackoff
 from .selection import selection_pending
-from .views import parse_time, utcnow
+from .views import kueue_queue, parse_time, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,14 @@ Reconcile = Callable[..., Awaitable[None]]
 
 
 def needs_following(status: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
-    """Jobs that need periodic attention: running ones (progress, deadline) and finished ones
+    """Jobs that need periodic attention: running ones (progress, deadline), queued ones that Kueue
+    admits (their Workload's state) and finished ones
     with a TTL or a checkpoint selection not carried out yet."""
     phase = (status or {}).get("phase")
     if phase == Phase.RUNNING:
         return True
+    if phase == Phase.QUEUED and kueue_queue((status or {}).get("resolvedSpec")):
+        return True  # Kueue's Workload changes: no watch on Workloads, read each tick
     if phase in (Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED):
         return spec.get("ttlSecondsAfterFinished") is not None or (
             phase != Phase.FAILED and selection_pending(spec, status or {}))

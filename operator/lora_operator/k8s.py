@@ -31,6 +31,10 @@ from .storage import StorageError
 
 log = logging.getLogger(__name__)
 
+KUEUE_API = ("kueue.x-k8s.io", "v1beta2")
+"""The Workload API the operator reads: Kueue v0.19 serves v1beta2 (its storage version) and v1beta1."""
+LABEL_CONTROLLER_UID = "batch.kubernetes.io/controller-uid"
+"""The label the Job controller puts on its pods: the uid of their Job."""
 
 DELETE_MEMORY_SECONDS = 60.0
 SYNC_CONNECTIONS = 48
@@ -49,6 +53,23 @@ def _discard(response: Any) -> None:
     with its spec in an environment variable); an error status still raises ApiException."""
     response.read()
     response.release_conn()
+
+
+def _create(call: Any, manifest: dict[str, Any], what: str) -> bool:
+    """Creates an object with `call` (create_namespaced_pod, _job); False when one of that name exists.
+
+    Raises:
+        Refused: the API server refused it (422, 400); the message is the server's, naming the field.
+    """
+    try:
+        _discard(call(manifest["metadata"]["namespace"], manifest, _preload_content=False))
+        return True
+    except ApiException as err:
+        if err.status == 409:
+            return False
+        if err.status in REFUSED_STATUSES:
+            raise Refused(f"the API server refused the trainer {what}: {describe_error(err)}") from err
+        raise
 
 
 def _version() -> str:
@@ -191,18 +212,54 @@ class Kube:
     def custom(self) -> client.CustomObjectsApi:
         return client.CustomObjectsApi(self.api)
 
+    @property
+    def batch(self) -> client.BatchV1Api:
+        return client.BatchV1Api(self.api)
+
+    def create_batch_job(self, manifest: dict[str, Any]) -> bool:
+        """Creates the batch/v1 Job of a Kueue attempt; False when one of that name exists already.
+
+        Raises:
+            Refused: the API server (or Kueue's webhook) refused it; the message names the field.
+        """
+        return _create(self.batch.create_namespaced_job, manifest, "Job")
+
+    def get_batch_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A batch/v1 Job as a dict (its wire form), or None when it does not exist."""
+        try:
+            response = self.batch.read_namespaced_job(name, namespace, _preload_content=False)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return json.loads(response.data)
+
+    def delete_batch_job(self, namespace: str, name: str) -> None:
+        """Deletes a Job and, in the background, its pods (Kueue then drops its Workload); gone is fine."""
+        try:
+            _discard(self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background",
+                                                      _preload_content=False))
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    def workload_of(self, namespace: str, job_uid: str) -> dict[str, Any] | None:
+        """The Kueue Workload that a Job (by uid) owns, or None while Kueue has not made one."""
+        listed = self.custom.list_namespaced_custom_object(*KUEUE_API, namespace, "workloads")
+        for workload in listed.get("items") or []:
+            if any(o.get("uid") == job_uid for o in workload["metadata"].get("ownerReferences") or []):
+                return workload
+        return None
+
+    def pods_of_batch_job(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
+        """The pods a Job made (their names carry a random suffix), as dicts, by its controller-uid."""
+        response = self.core.list_namespaced_pod(namespace, label_selector=f"{LABEL_CONTROLLER_UID}={job_uid}",
+                                                 _preload_content=False)
+        return json.loads(response.data).get("items") or []
+
     def create_pod(self, manifest: dict[str, Any]) -> bool:
         """Creates the pod; False when a pod of that name exists already (idempotent admission)."""
-        try:
-            _discard(self.core.create_namespaced_pod(manifest["metadata"]["namespace"], manifest,
-                                                     _preload_content=False))
-            return True
-        except ApiException as err:
-            if err.status == 409:
-                return False
-            if err.status in REFUSED_STATUSES:
-                raise Refused(f"the API server refused the trainer pod: {describe_error(err)}") from err
-            raise
+        return _create(self.core.create_namespaced_pod, manifest, "pod")
 
     def ensure_service_account(self, namespace: str, name: str) -> None:
         """Creates the trainer ServiceAccount (no token automount) in a job's namespace once."""

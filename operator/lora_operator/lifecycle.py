@@ -26,10 +26,11 @@ from .confirmed import Confirmed
 from .endpoints import EndpointError
 from .input_checks import missing_input
 from .job_storage import JobStorage, SecretUnusable, secret_name
-from .k8s import Conflict, Kube, describe_error
+from .k8s import Conflict, Kube, Refused, describe_error
+from .kueue import LABEL_PRIORITY_CLASS, build_trainer_job, queue_name, workload_state
 from .metrics import OperatorMetrics
 from .outcome import ActionKind, classify, next_action
-from .render import output_prefix
+from .render import output_prefix, pod_name
 from .results import Reports, apply_reports, dataset_is_empty, delete_checkpoints, finalize, read_reports
 from .status_writer import StatusWriter
 from .storage import ObjectNotFound, StorageError
@@ -65,6 +66,8 @@ class Lifecycle:
     """Writes the job's status. Default: one over `kube`."""
     webhooks: WebhookSender | None = None
     """Delivers spec.notify.webhook in the background. Default: one with config's retry settings."""
+    node_gpus: Callable[[], int] = lambda: 1
+    """The GPUs of the largest GPU node known: what a Kueue Job asks for (a trainer takes a whole node)."""
 
     def __post_init__(self) -> None:
         if self.storage is None:
@@ -101,6 +104,9 @@ class Lifecycle:
             self.delete_pods(job, pods)
             message = f"ran longer than activeDeadlineSeconds={job.spec.get('activeDeadlineSeconds')}"
             return self.fail(job, Reason.DEADLINE_EXCEEDED, message, now)
+        queue = (job.status.resolved_spec or {}).get("queueName") if self.config.kueue_enabled else None
+        if queue and job.status.phase is Phase.QUEUED:
+            return self.wait_for_kueue(job, JobSpec.model_validate(job.status.resolved_spec), queue, now)
         if job.status.phase in (Phase.RUNNING, Phase.PENDING) and job.status.attempt:
             return self.follow_attempt(job, JobSpec.model_validate(job.status.resolved_spec), pods, now)
         return None
@@ -116,7 +122,7 @@ class Lifecycle:
                                      f"spec.template: no LoraTrainingTemplate or ClusterLoraTrainingTemplate "
                                      f"named {job.spec['template']!r}", now)
                 template, pod = found.get("spec") or {}, template_pod(found, self.config.trainer_pod)
-            spec = resolve_spec(dict(job.spec), template)
+            spec = self.with_kueue_queue(resolve_spec(dict(job.spec), template), job)
         except SpecError as err:
             return self.fail(job, Reason.INVALID_SPEC, str(err), now)
         try:
@@ -153,6 +159,51 @@ class Lifecycle:
                                                "output": output})
         self.statuses.write(job, st.queued(status, position=None, now=now))
         self.emit(job.body, "Normal", Reason.QUEUED, "spec resolved; waiting for a free GPU node")
+        return None
+
+    def with_kueue_queue(self, spec: JobSpec, job: JobView) -> JobSpec:
+        """With Kueue enabled, the resolved spec names the job's LocalQueue, also when only its
+        label does: every later read (the scheduling pass, the follow loop) sees it there."""
+        if self.config.kueue_enabled and (queue := queue_name(spec, job.labels)):
+            return spec.model_copy(update={"queue_name": queue})
+        return spec
+
+    def wait_for_kueue(self, job: JobView, spec: JobSpec, queue: str, now: datetime) -> None:
+        """A queued job that names a Kueue LocalQueue: its next attempt is a batch/v1 Job that Kueue
+        admits. Until Kueue admits it and its pod is on a node, the job shows the Workload's state
+        (Queued, Kueue's reason); then the attempt starts as one the scheduling pass admitted, and
+        `follow_attempt` follows its pod (whose name carries the Job controller's suffix)."""
+        attempt = job.status.attempt + 1
+        name = pod_name(job.name, attempt)
+        batch = self.kube.get_batch_job(job.namespace, name)
+        if batch is None:
+            if job.status.attempt:  # the ended attempt's Job: Kueue releases nothing while it is there
+                self.kube.delete_batch_job(job.namespace, pod_name(job.name, job.status.attempt))
+            self.kube.ensure_service_account(job.namespace, self.config.trainer_service_account)
+            manifest = build_trainer_job(job_name=job.name, namespace=job.namespace, job_uid=job.uid, spec=spec,
+                                         queue=queue, gpus=self.node_gpus(), attempt=attempt, resume=attempt > 1,
+                                         config=self.config, priority_class=job.labels.get(LABEL_PRIORITY_CLASS))
+            try:
+                self.kube.create_batch_job(manifest)
+            except Refused as err:
+                return self.fail(job, Reason.POD_REFUSED, f"{err}; fix the job's spec", now)
+            self.emit(job.body, "Normal", Reason.QUEUED, f"attempt {attempt}: Job {name} in Kueue LocalQueue {queue}")
+            state = workload_state(None)
+        else:
+            state = workload_state(self.kube.workload_of(job.namespace, batch["metadata"]["uid"]),
+                                   bool(batch["spec"].get("suspend")))
+        status = st.kueue_workload(job.status, state, now=now)
+        if state.phase is Phase.RUNNING and not state.finished:
+            placed = [p for p in self.kube.pods_of_batch_job(job.namespace, batch["metadata"]["uid"])
+                      if p["spec"].get("nodeName") and not p["metadata"].get("deletionTimestamp")]
+            if placed:
+                pod, node = placed[0]["metadata"]["name"], placed[0]["spec"]["nodeName"]
+                self.statuses.write(job, st.admitted(status, node=node, gpus=self.node_gpus(), pod=pod,
+                                                     attempt=attempt, now=now))
+                return self.emit(job.body, "Normal", "NodeAssigned",
+                                 f"Kueue admitted attempt {attempt}: node {node}, pod {pod}")
+        if status != job.status:
+            self.statuses.write(job, status)
         return None
 
     def fail(self, job: JobView, reason: str, message: str, now: datetime) -> None:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .api import FINISHED_PHASES, Attempt, Condition, ConditionType, JobStatus, Phase, Reason
+from .kueue import MIRROR_PREFIX, WorkloadState
 from .outcome import Action, ActionKind, Outcome
 
 CANCELLED = Reason.CANCELLED
@@ -132,6 +133,25 @@ def queued(status: JobStatus, *, position: int | None, now: datetime, generation
         conditions.append((C.RESOLVED, True, Reason.QUEUED, "the checks passed"))
         fields["message"] = "spec resolved; waiting for a free GPU node"
     return _apply(status, now, generation, conditions, **fields)
+
+
+def kueue_workload(status: JobStatus, state: WorkloadState, *, now: datetime) -> JobStatus:
+    """What the attempt's Kueue Workload says, on the job's status.
+
+    Its conditions are mirrored as ``Kueue<type>`` (replacing the previous mirror, so a
+    condition Kueue dropped goes too). While Kueue holds the Job (no quota yet, or evicted and
+    requeued) the job is Queued: Admitted False with Kueue's reason and message. Once Kueue
+    admitted it, Admitted is the pod start's to set (`admitted`), not this mirror's.
+    """
+    if _finished(status) or is_true(status, C.SUSPENDED):
+        return status
+    kept = [c for c in status.conditions if not c.type.startswith(MIRROR_PREFIX)]
+    # Kueue's own lastTransitionTime comes with each condition
+    status = status.model_copy(update={"conditions": [*kept, *state.conditions]}, deep=True)
+    if state.phase is not Phase.QUEUED:
+        return _apply(status, now, None)
+    message = f"Kueue: {state.message}" if state.message else f"Kueue: {state.reason}"
+    return _apply(status, now, None, [(C.ADMITTED, False, state.reason, message)], message=message)
 
 
 def deferred(status: JobStatus, *, message: str, now: datetime, generation: int | None = None) -> JobStatus:

@@ -60,6 +60,10 @@ class JobView:
         return f"{self.namespace}/{self.name}"
 
     @property
+    def labels(self) -> Mapping[str, str]:
+        return self.body["metadata"].get("labels") or {}
+
+    @property
     def suspend_requested(self) -> bool:
         return bool(self.spec.get("suspend"))
 
@@ -88,14 +92,24 @@ class PackedSpec:
     placement: Mapping[str, Any]
     model: str | None = None
     """The base model's `cache_affinity.model_key`, for cache-aware placement."""
+    queue: str | None = None
+    """spec.queueName: a Kueue job (`kueue_queue`)."""
 
     @classmethod
     def of(cls, resolved: Mapping[str, Any]) -> PackedSpec:
         return cls(json.dumps(resolved, separators=(",", ":")), resolved.get("placement") or {},
-                   base_model_key(resolved))
+                   base_model_key(resolved), resolved.get("queueName"))
 
     def unpack(self) -> dict[str, Any]:
         return json.loads(self.text)
+
+
+def kueue_queue(resolved: Any) -> str | None:
+    """The Kueue LocalQueue a resolved spec names (set at resolve only while Kueue is enabled:
+    spec.queueName, or the queue-name label): such a job is Kueue's to admit, not the scheduler's."""
+    if isinstance(resolved, PackedSpec):
+        return resolved.queue
+    return (resolved or {}).get("queueName")
 
 
 def unpacked(status: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -160,7 +174,7 @@ def queued_job(body: Mapping[str, Any]) -> QueuedJob | None:
     meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
     resolved = status.get("resolvedSpec")
     if (status.get("phase") != Phase.QUEUED or resolved is None or spec.get("suspend") or spec.get("cancel")
-            or meta.get("deletionTimestamp")):
+            or meta.get("deletionTimestamp") or kueue_queue(resolved)):
         return None
     placement = resolved.placement if isinstance(resolved, PackedSpec) else resolved.get("placement") or {}
     model = resolved.model if isinstance(resolved, PackedSpec) else base_model_key(resolved)

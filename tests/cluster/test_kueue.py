@@ -13,6 +13,7 @@ import pytest
 from urllib3.exceptions import ProtocolError
 
 from lora_operator.api import API_VERSION, LoraTrainingJob, resolve_spec
+from lora_operator.api.conditions import Phase
 from lora_operator.config import OperatorConfig
 from lora_operator.kueue import build_trainer_job, workload_state
 from lora_operator.render import pod_name
@@ -154,3 +155,115 @@ def test_deleting_the_training_job_removes_its_job_and_workload(ground, kueue):
         return pod_name("gone", 1) not in jobs and workload_of(ground, "gone") is None
 
     ground.wait_for(cleaned, timeout=90, what="the Job and Workload garbage-collected")
+
+
+def test_the_operator_adapter_creates_reads_and_deletes_a_kueue_job(ground, kueue):
+    """lora_operator.k8s.Kube against real Kueue: the Job it creates gets a Workload that it finds by the
+    Job's uid, the admitted state maps to Running, the Job's pod (a suffixed name) is found by its
+    controller-uid, and deleting the Job removes the Workload too."""
+    from lora_operator.k8s import Kube
+
+    kube = Kube(ground.api_client())
+    uid = owner(ground, "adapter")
+    manifest = build_trainer_job(job_name="adapter", namespace=NS, job_uid=uid, spec=SPEC, queue=QUEUE, gpus=8,
+                                 attempt=1, resume=False, config=CONFIG)
+    name = manifest["metadata"]["name"]
+    assert kube.get_batch_job(NS, name) is None
+    assert kube.create_batch_job(manifest) is True
+    assert kube.create_batch_job(manifest) is False  # a second create of the same attempt is a no-op
+    job = kube.get_batch_job(NS, name)
+    job_uid = job["metadata"]["uid"]
+
+    seen: list = []
+
+    def admitted() -> bool:
+        job = kube.get_batch_job(NS, name)
+        seen.append(workload_state(kube.workload_of(NS, job_uid), bool(job["spec"].get("suspend"))))
+        return seen[-1].phase == Phase.RUNNING  # admitted and unsuspended (or finished: kwok ends pods at once)
+
+    ground.wait_for(admitted, timeout=90, what="the Workload admitted and the Job unsuspended", interval=1)
+    assert "KueueAdmitted" in {c.type for c in seen[-1].conditions}, seen[-1]
+    ground.wait_for(lambda: kube.pods_of_batch_job(NS, job_uid), timeout=60, what="the Job's pod")
+    pods = kube.pods_of_batch_job(NS, job_uid)
+    assert len(pods) == 1 and pods[0]["metadata"]["name"].startswith(name + "-"), [p["metadata"]["name"] for p in pods]
+    assert pods[0]["spec"]["nodeName"].startswith("kq-")  # Kueue's flavor picked the pool
+    assert kube.pods_of_batch_job(NS, "no-such-uid") == []
+
+    kube.delete_batch_job(NS, name)
+    kube.delete_batch_job(NS, name)  # gone already: fine
+    ground.wait_for(lambda: kube.get_batch_job(NS, name) is None and kube.workload_of(NS, job_uid) is None,
+                    timeout=90, what="the Job and its Workload gone", interval=1)
+
+
+def test_the_operator_runs_a_queued_job_through_kueue_and_shows_kueues_reason(ground, kueue, tmp_path):
+    """LORA_KUEUE_ENABLED: the operator makes a job's attempt a Job in its LocalQueue; Kueue admits it and
+    the job runs to Succeeded on its pod (kwok ends it). A job in a queue without quota stays Queued with
+    Kueue's reason and the Workload's conditions on its status, and the operator's own queue skips it."""
+    from testground.operator import KWOK_DATASET, KWOK_MODEL, OperatorProcess, run_kubectl_json, storage_secret
+
+    ns = "kq-op"
+    ground.kubectl("create", "namespace", ns)
+    ground.apply(storage_secret(ground, ns))
+    group = "kueue.x-k8s.io/v1beta2"
+    ground.apply([
+        {"apiVersion": group, "kind": "ClusterQueue", "metadata": {"name": "kq-none"},
+         "spec": {"namespaceSelector": {}, "resourceGroups": [{"coveredResources": ["nvidia.com/gpu"], "flavors": [
+             {"name": "kq-gpu", "resources": [{"name": "nvidia.com/gpu", "nominalQuota": 0}]}]}]}},
+        {"apiVersion": group, "kind": "LocalQueue", "metadata": {"name": QUEUE, "namespace": ns},
+         "spec": {"clusterQueue": "kq-training"}},
+        {"apiVersion": group, "kind": "LocalQueue", "metadata": {"name": "no-quota", "namespace": ns},
+         "spec": {"clusterQueue": "kq-none"}},
+    ])
+
+    def ltj(name: str, queue: str, by_label: bool = False) -> dict:
+        spec = {"baseModel": {"family": "sd15", "uri": KWOK_MODEL}, "dataset": {"uri": KWOK_DATASET},
+                "output": {"uri": "s3://loras/"}, **({} if by_label else {"queueName": queue})}
+        labels = {"kueue.x-k8s.io/queue-name": queue} if by_label else {}
+        return {"apiVersion": API_VERSION, "kind": LoraTrainingJob.KIND,
+                "metadata": {"name": name, "namespace": ns, "labels": labels}, "spec": spec}
+
+    def status(name: str) -> dict:
+        return run_kubectl_json(ground, "get", "ltj", "-n", ns, name).get("status") or {}
+
+    op = OperatorProcess(ground, tmp_path / "operator.log", extra_env={"LORA_KUEUE_ENABLED": "1"}).start()
+    try:
+        ground.apply([ltj("through", QUEUE), ltj("starved", "no-quota", by_label=True)])
+        try:
+            ground.wait_for(lambda: status("through").get("phase") == "Succeeded", timeout=120,
+                            what="the Kueue job Succeeded", interval=1)
+            ground.wait_for(lambda: any(c["type"] == "KueueQuotaReserved" for c in status("starved").get(
+                "conditions") or []), timeout=60, what="the starved job's Workload mirrored", interval=1)
+        except TimeoutError:
+            raise AssertionError(f"{json.dumps(status('through'))[:2000]}\n{json.dumps(status('starved'))[:2000]}"
+                                 f"\n--- operator log ---\n{op.tail(60)}") from None
+        done = status("through")
+        job = run_kubectl_json(ground, "get", "job", pod_name("through", 1), "-n", ns)
+        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == QUEUE
+        assert job["metadata"]["ownerReferences"][0]["name"] == "through"
+        attempt = done["attempts"][0]
+        # the Job controller's pod, not one the operator placed: its name carries the Job's suffix
+        assert attempt["pod"].startswith(pod_name("through", 1) + "-") and attempt["node"].startswith("kq-")
+        assert attempt["reason"] == "TrainingComplete"
+        assert "KueueAdmitted" in {c["type"] for c in done["conditions"]}
+
+        starved = status("starved")
+        assert starved["phase"] == "Queued"
+        assert starved["resolvedSpec"]["queueName"] == "no-quota"  # from the label
+        admitted = next(c for c in starved["conditions"] if c["type"] == "Admitted")
+        reserved = next(c for c in starved["conditions"] if c["type"] == "KueueQuotaReserved")
+        assert admitted["status"] == reserved["status"] == "False"
+        assert admitted["reason"] == reserved["reason"] == "Pending"
+        assert "insufficient" in reserved["message"] or "quota" in reserved["message"], reserved
+        assert starved["message"] == f"Kueue: {reserved['message']}"
+        assert not starved.get("attempts") and starved.get("queuePosition") is None  # not the operator's queue's
+        held = run_kubectl_json(ground, "get", "job", pod_name("starved", 1), "-n", ns)
+        assert held["spec"]["suspend"] is True and held["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "no-quota"
+        # no pod of it anywhere (the finished job's pod was removed as any finished job's is)
+        assert [p["metadata"]["name"] for p in get_in(ground, ns, "pods")] == []
+    finally:
+        op.stop()
+        ground.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def get_in(ground, ns: str, kind: str) -> list[dict]:
+    return json.loads(ground.kubectl("get", kind, "-n", ns, "-o", "json").stdout)["items"]

@@ -188,3 +188,37 @@ def test_a_queue_name_is_refused_while_kueue_is_off_and_allowed_once_on():
     assert refused[1].startswith("spec.queueName:") and "LORA_KUEUE_ENABLED" in refused[1]
     assert refusal(spec(queueName="gpu-queue"), CONFIG.model_copy(update={"kueue_enabled": True})) is None
     assert refusal(spec(), CONFIG) is None
+
+
+def test_the_workload_goes_onto_the_jobs_status_queued_with_kueues_reason():
+    from datetime import UTC, datetime
+
+    from lora_operator.api import JobStatus
+    from lora_operator.status_transitions import kueue_workload, queued
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    waiting = queued(JobStatus(), position=None, now=now)
+    pending = workload_state(workload(condition("QuotaReserved", "False", "Pending", "insufficient quota")))
+    status = kueue_workload(waiting, pending, now=now)
+    assert status.phase == Phase.QUEUED
+    admitted = next(c for c in status.conditions if c.type == "Admitted")
+    assert (admitted.status, admitted.reason) == ("False", "Pending")
+    assert status.message == "Kueue: insufficient quota"
+    assert mirror(status) == {"KueueQuotaReserved": "False"}
+    # admitted: the mirror follows, the phase is the pod start's to move; a dropped condition goes
+    running = workload_state(workload(condition("QuotaReserved", "True", "QuotaReserved"),
+                                      condition("Admitted", "True", "Admitted")), job_suspended=False)
+    status = kueue_workload(status, running, now=now)
+    assert mirror(status) == {"KueueQuotaReserved": "True", "KueueAdmitted": "True"}
+    assert status.phase == Phase.QUEUED
+    # evicted: Queued again with Kueue's reason
+    evicted = workload_state(workload(condition("QuotaReserved", "False", "Pending"),
+                                      condition("Evicted", "True", "Preempted", "Preempted to accommodate x")))
+    status = kueue_workload(status, evicted, now=now)
+    assert (status.phase, status.message) == (Phase.QUEUED, "Kueue: Preempted to accommodate x")
+    assert next(c for c in status.conditions if c.type == "Admitted").reason == "Preempted"
+    assert mirror(status) == {"KueueQuotaReserved": "False", "KueueEvicted": "True"}
+
+
+def mirror(status) -> dict[str, str]:
+    return {c.type: c.status for c in status.conditions if c.type.startswith("Kueue")}
