@@ -57,7 +57,7 @@ from .speed import (
     upload,
 )
 from .stop import Stopped, on_sigterm
-from .textpark import park_text_encoders
+from .textpark import park_text_encoders, text_encoders_held
 
 log = logging.getLogger(__name__)
 
@@ -442,7 +442,7 @@ class LoraRecipe:
             self.save_checkpoint(epoch, step, val)
         every = self.spec.previews.every_epochs
         if self.main and every and (epoch % every == 0 or last):
-            with eager(), self._ema_applied():
+            with eager(), self._ema_applied(), self._preview_text():
                 entries = render_previews(self.family, self.parts, self.spec.previews,
                                           preview_prompts(self.spec.previews, self.data, self.builder), epoch,
                                           preview_size(self.spec.previews, self.data), self.outputs,
@@ -461,6 +461,11 @@ class LoraRecipe:
         """Previews take their prompts' conditioning from the text cache: the encoders were released and the
         family's pipeline takes embeddings (``prompt_kwargs``)."""
         return self.encoder.released and hasattr(self.family, "prompt_kwargs")
+
+    def _preview_text(self) -> contextlib.AbstractContextManager:
+        """Where previews encode their prompts in the pipeline, parked encoders stay on the device for the
+        previews (not moved per call)."""
+        return contextlib.nullcontext() if self._previews_from_cache() else text_encoders_held(self)
 
     def _cached_prompt(self, prompt: str) -> dict:
         """Pipeline arguments of a preview prompt from the cached conditioning (text encoders released)."""

@@ -14,8 +14,10 @@ LLMs: Flux.2, Z-Image, Qwen-Image) parks on every device, so that CPU runs take 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -49,24 +51,43 @@ def park_text_encoders(recipe: Any, park: torch.device | None = None) -> bool:
         texts += preview_prompts(recipe.spec.previews, recipe.data, recipe.builder) + [""]
     recipe.progress.phase("caching")
     recipe.encoder.release_text(list(dict.fromkeys(texts)), park)
+    recipe.text_parking = parking = _Parking(recipe.device, park)
     for encoder in recipe.parts.text_encoders:
-        encoder.register_forward_pre_hook(_onload(recipe.device), with_kwargs=True)
-        encoder.register_forward_hook(_offload(park))
+        encoder.register_forward_pre_hook(parking.onload, with_kwargs=True)
+        encoder.register_forward_hook(parking.offload)
     log.info("text encoders parked on %s after caching %d texts", park, len(set(texts)))
     return True
 
 
-def _onload(device: torch.device):
-    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        module.to(device)
-        move = lambda value: value.to(device) if isinstance(value, torch.Tensor) else value  # noqa: E731
+@contextlib.contextmanager
+def text_encoders_held(recipe: Any) -> Iterator[None]:
+    """The parked text encoders stay on the device for the block (previews that encode their prompts in the
+    pipeline): one move there and back instead of one per call; nothing when they are not parked."""
+    parking = getattr(recipe, "text_parking", None)
+    if parking is None:
+        yield
+        return
+    parking.held = True
+    try:
+        yield
+    finally:
+        parking.held = False
+        for encoder in recipe.parts.text_encoders:
+            encoder.to(parking.park)
+
+
+class _Parking:
+    """The forward hooks of parked text encoders: onto `device` for a call, back to `park` after it unless
+    held there for a block (`text_encoders_held`)."""
+
+    def __init__(self, device: torch.device, park: torch.device):
+        self.device, self.park, self.held = device, park, False
+
+    def onload(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        module.to(self.device)
+        move = lambda value: value.to(self.device) if isinstance(value, torch.Tensor) else value  # noqa: E731
         return tuple(move(a) for a in args), {k: move(v) for k, v in kwargs.items()}
 
-    return hook
-
-
-def _offload(park: torch.device):
-    def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
-        module.to(park)
-
-    return hook
+    def offload(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        if not self.held:
+            module.to(self.park)
