@@ -13,7 +13,17 @@ phase of a run what is resident on the GPU:
 
 Each phase is given for the base weights in bf16, fp8 and nf4 (the quantized bases of the features issue),
 and the cheapest setting that fits is named. The figures are estimates: allocator slack and temporary
-buffers come on top (`precision.MEMORY_HEADROOM` keeps 10% back).
+buffers come on top (`precision.MEMORY_HEADROOM` keeps 10% back). Bytes per weight are the trainer's
+(`lora_trainer.memory.QUANTIZED_BYTES`).
+
+`python -m bench.memory --options [--batch 2] [--gpu 24 --gpu 80]` prints the other view: per family and
+memory option, the peak of `lora_trainer.memory.peak_gib` (what training.baseQuantization auto uses): the
+frozen weights on the GPU (the denoiser at its quantized size; text encoders and VAE in bf16, as the trainer
+keeps them there) plus the denoiser's saved activations (the family's `activation_gib_per_megapixel`,
+`CHECKPOINTED_SHARE` of it with gradient checkpointing), one image at the family's resolution. "+park": the
+text encoders leave the GPU after caching (`lora_trainer.textpark`), so the peak is the larger of caching
+and the steps. The LoRA, its gradients and AdamW state and the CUDA context (~0.5 GiB) are left out there.
+Its rows come from the family table; a family without a parameter count in `PARAMS` is printed as such.
 """
 
 from __future__ import annotations
@@ -26,12 +36,12 @@ import torch
 
 from bench.trainer import CASES, RANK, Case
 from bench.trainer_models import _classes, load_config
+from lora_operator.api.families import FAMILIES
 from lora_trainer.families import get_family
-from lora_trainer.precision import MEMORY_HEADROOM
+from lora_trainer.memory import GIB, MEMORY_HEADROOM, QUANTIZATIONS, QUANTIZED_BYTES, Weights, peak_gib
 
-GIB = 2**30
-BYTES = {"bf16": 2.0, "fp8": 1.0, "nf4": 0.5 + 2 / 64}
-"""Bytes per weight: nf4 stores a bf16 scale per 64-weight block (bitsandbytes' default)."""
+BYTES = {"bf16": QUANTIZED_BYTES["none"], "fp8": QUANTIZED_BYTES["fp8"], "nf4": QUANTIZED_BYTES["nf4"]}
+"""Bytes per base weight, by the name this table prints: the trainer's estimate (`none` is bf16)."""
 LORA_BYTES = 16
 """Per trainable LoRA parameter: fp32 weight, gradient and AdamW's two moments."""
 
@@ -136,13 +146,59 @@ def report(keys: list[str], gpu_gib: float) -> str:
     return "\n".join(lines)
 
 
+PARAMS: dict[str, Weights] = {
+    # Billions of parameters, from the public model cards / configs: denoiser; text encoders + VAE.
+    "sd15": Weights(denoiser=0.860, others=0.123 + 0.084, vae=0.084),  # CLIP-L
+    "sdxl": Weights(denoiser=2.567, others=0.123 + 0.695 + 0.084, vae=0.084),  # CLIP-L, OpenCLIP bigG
+    "flux": Weights(denoiser=11.90, others=0.123 + 4.762 + 0.084, vae=0.084),  # CLIP-L, T5-XXL encoder
+    "flux-kontext": Weights(denoiser=11.90, others=0.123 + 4.762 + 0.084, vae=0.084),
+    "chroma": Weights(denoiser=8.90, others=4.762 + 0.084, vae=0.084),  # T5-XXL encoder
+    "flux2": Weights(denoiser=32.0, others=24.0 + 0.084, vae=0.084),  # FLUX.2 dev: Mistral Small 3.1 24B
+    "flux2-klein": Weights(denoiser=4.0, others=4.0 + 0.084, vae=0.084),  # FLUX.2 klein 4B: Qwen3 4B
+    "qwen-image": Weights(denoiser=20.4, others=8.3 + 0.127, vae=0.127),  # Qwen2.5-VL 7B
+    "z-image": Weights(denoiser=6.15, others=4.0 + 0.084, vae=0.084),  # Qwen3 4B
+}
+"""Parameter counts per family for the `--options` view (the trainer reads them from the model's files)."""
+
+
+def table(batch: int, gpus: list[float]) -> str:
+    """The `--options` markdown table: a row per family, a column per quantization x checkpointing (x parked
+    text encoders); marks the GPUs each fits."""
+    options = [(q, c, False) for q in QUANTIZATIONS for c in (False, True)] + [(q, True, True) for q in QUANTIZATIONS]
+    head = ["family", "px", "weights GiB (bf16)"] + [f"{q}{' +ckpt' if c else ''}{' +park' if p else ''}"
+                                                      for q, c, p in options]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in FAMILIES.items():
+        weights = PARAMS.get(name)
+        if weights is None:
+            lines.append(f"| {name} | {row.resolution} | no parameter count in bench/memory.py PARAMS |")
+            continue
+        activation = get_family(name).activation_gib_per_megapixel
+        cells = []
+        for quantization, checkpointing, parked in options:
+            peak = peak_gib(weights, activation, quantization=quantization, checkpointing=checkpointing,
+                            images=batch, megapixels=row.resolution**2 / 1e6, text_parked=parked)
+            fits = [f"{g:g}" for g in gpus if peak <= MEMORY_HEADROOM * g]
+            cells.append(f"{peak:.1f}" + (f" (fits {','.join(fits)})" if fits else ""))
+        total = (weights.denoiser + weights.others) * 2e9 / GIB
+        lines.append(f"| {name} | {row.resolution} | {total:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> str:
-    """Print the memory table."""
+    """Print the memory table: per bench case (default) or per family and option (`--options`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu-gib", type=float, default=80.0, help="GPU memory (default 80: an H100)")
     parser.add_argument("--case", choices=list(CASES), action="append", help="default: every case")
+    parser.add_argument("--options", action="store_true", help="per family and memory option instead")
+    parser.add_argument("--batch", type=int, default=1, help="--options: images per micro-batch")
+    parser.add_argument("--gpu", type=float, action="append", help="--options: GPU sizes (GiB) to mark fits "
+                        "for; default 24, 48 and 80")
     args = parser.parse_args(argv)
-    text = report(args.case or list(CASES), args.gpu_gib)
+    if args.options:
+        text = table(args.batch, args.gpu or [24.0, 48.0, 80.0])
+    else:
+        text = report(args.case or list(CASES), args.gpu_gib)
     print(text)
     return text
 

@@ -1,4 +1,4 @@
-"""bench/memory_options.py: the estimate table reads the family table."""
+"""bench/memory.py --options: the estimate table reads the family table."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_table_has_a_row_per_family_and_flux_matches_its_measurement(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
-    from bench.memory_options import table
+    from bench.memory import table
 
     rows = table(1, [24.0])
     assert all(f"| {name} | " in rows for name in FAMILIES)

@@ -56,12 +56,17 @@ def test_sd15_lora_trains_through_the_cli_and_both_formats_load_and_change_image
     assert kohya and all(k.startswith("lora_unet_") for k in kohya)
     assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in kohya
 
-    pipe = pipeline(tiny_models("sd15"))
+    assert_both_formats_change_the_image_alike(tiny_models("sd15"), prefix / "checkpoints/epoch-0001")
+
+
+def assert_both_formats_change_the_image_alike(model, folder):
+    """The checkpoint's diffusers folder changes the base's image, and its kohya file gives the same image."""
+    pipe = pipeline(model)
     base = generate(pipe)
-    pipe.load_lora_weights(prefix / "checkpoints/epoch-0001/diffusers", adapter_name="d")
+    pipe.load_lora_weights(folder / "diffusers", adapter_name="d")
     with_diffusers = generate(pipe)
     pipe.unload_lora_weights()
-    pipe.load_lora_weights(str(prefix / "checkpoints/epoch-0001/kohya.safetensors"), adapter_name="k")
+    pipe.load_lora_weights(str(folder / "kohya.safetensors"), adapter_name="k")
     with_kohya = generate(pipe)
     assert np.abs(with_diffusers - base).max() > 1e-3
     np.testing.assert_allclose(with_kohya, with_diffusers, atol=1e-5)
@@ -78,15 +83,7 @@ def test_sdxl_lora_with_text_encoders_loads_in_both_formats(tmp_path, tiny_model
     assert prefixes == {"lora_unet", "lora_te1", "lora_te2"}
     assert "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.alpha" in kohya
 
-    pipe = pipeline(tiny_models("sdxl"))
-    base = generate(pipe)
-    pipe.load_lora_weights(folder / "diffusers", adapter_name="d")
-    with_diffusers = generate(pipe)
-    pipe.unload_lora_weights()
-    pipe.load_lora_weights(str(folder / "kohya.safetensors"), adapter_name="k")
-    with_kohya = generate(pipe)
-    assert np.abs(with_diffusers - base).max() > 1e-3
-    np.testing.assert_allclose(with_kohya, with_diffusers, atol=1e-5)
+    assert_both_formats_change_the_image_alike(tiny_models("sdxl"), folder)
 
 
 def test_flux_lora_diffusers_folder_loads_and_kohya_keys_name_bfl_block_layers(tmp_path, tiny_models,

@@ -4,9 +4,8 @@ The VAE is frozen and encodes deterministically (posterior mode), so a latent de
 only on (sample, flipped): cached latents equal fresh ones. Text embeddings are cached
 by caption when captions are deterministic (no shuffle, no dropout) and no text weight
 is training at that step. When every caption is known up front (`precache_text`), the
-text encoders then leave the GPU (`release_text_encoders`): Qwen-Image's and Flux.2's
-encoders are 7-24B parameters, idle for the whole run; previews bring them back for a
-moment (`text_encoders_on_device`).
+text encoders then leave the GPU (`release_text`, called by `textpark.park_text_encoders`,
+which also brings them back per call for previews).
 
 Conditioning tensors may differ in sequence length from caption to caption (Qwen-Image and
 Z-Image keep only a prompt's own tokens, with an attention mask): a batch joins them padded
@@ -14,9 +13,6 @@ with zeros on dim 1, and a zero mask entry marks padding.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -107,13 +103,12 @@ class Encoder:
             for j, caption in enumerate(chunk):
                 self._text[caption] = {k: v[j : j + 1] for k, v in encoded.items()}
 
-    def release_text(self, captions: list[str]) -> None:
-        """Encode every caption of the run once, then move the text encoders to the CPU.
+    def release_text(self, captions: list[str], park: torch.device | str = "cpu") -> None:
+        """Encode every caption of the run once, then move the text encoders to `park` (the CPU).
 
-        For families whose text encoders are large frozen LLMs (``release_text_encoders`` on the family:
-        Flux.2, Z-Image, Qwen-Image): the cached embeddings stay in host memory and go to the device per
-        batch, and the encoders' GPU memory is free for the denoiser. A caption missed here is still
-        encoded, on the CPU (slow, correct).
+        The cached embeddings stay in host memory and go to the device per batch, and the encoders' GPU
+        memory is free for the denoiser (`textpark.park_text_encoders` decides when). A caption missed
+        here is still encoded, by the parked encoders.
         """
         self.cache_text = True
         for start in range(0, len(captions), 8):
@@ -121,28 +116,11 @@ class Encoder:
             self.precache_text(chunk)
             for caption in chunk:  # to host memory as they come: a big dataset's embeddings need not fit the GPU
                 self._text[caption] = {k: v.cpu() for k, v in self._text[caption].items()}
-        self._encoders_to_cpu()
-        self.released = True
-
-    def _encoders_to_cpu(self) -> None:
         for encoder in self.parts.text_encoders:
-            encoder.to("cpu")
+            encoder.to(park)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-
-    @contextmanager
-    def text_encoders_on_device(self) -> Iterator[None]:
-        """The text encoders on the training device for the block (previews of a family that encodes its
-        prompts in the pipeline), back on the CPU afterwards when they were released."""
-        if not self.released:
-            yield
-            return
-        for encoder in self.parts.text_encoders:
-            encoder.to(self.device)
-        try:
-            yield
-        finally:
-            self._encoders_to_cpu()
+        self.released = True
 
     def forget_text(self) -> None:
         """Drop cached text embeddings (the text weights changed)."""

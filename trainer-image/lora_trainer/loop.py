@@ -60,7 +60,7 @@ from .speed import (
     upload,
 )
 from .stop import Stopped, on_sigterm
-from .textpark import park_text_encoders
+from .textpark import park_text_encoders, text_encoders_held
 
 log = logging.getLogger(__name__)
 
@@ -232,10 +232,7 @@ class LoraRecipe:
         if t.cache_latents:
             self.progress.phase("caching")
             self._precache()
-        if getattr(self.family, "release_text_encoders", False) and not self.adapter.trains_text:
-            self._release_text()
-        # Families that release their encoders (above) are parked already; the others on a GPU now.
-        self.text_parked = self.encoder.released or park_text_encoders(self)
+        self.text_parked = park_text_encoders(self)
 
     def _gradient_checkpointing(self) -> None:
         megapixels = max(h * w for h, w in (s.target_size for s in self.samples)) / 1e6
@@ -264,22 +261,6 @@ class LoraRecipe:
             self.encoder.latents([(i, False) for i in same], [self.samples[i] for i in same])
             if self.data.pairs:
                 self.encoder.latents([(i, False) for i in same], [self.samples[i] for i in same], control=True)
-
-    def _release_text(self) -> None:
-        """Cache the conditioning of every text the run will encode, then free the text encoders' GPU memory.
-
-        Only when each caption has one text (no shuffle, no dropout): otherwise the set of texts is open and
-        the encoders stay on the device (logged)."""
-        if not self.builder.deterministic:
-            log.warning("text encoders stay on the device: shuffleTags / captionDropout make new captions every step")
-            return
-        rng = random.Random(0)  # not drawn from: deterministic captions
-        texts = [self._caption(s, rng) for s in self.samples]
-        texts += [self._validation_caption(s) for s in self.data.validation]
-        texts += preview_prompts(self.spec.previews, self.data, self.builder) + [""]  # "": the negative prompt
-        self.progress.phase("caching")
-        self.encoder.release_text(list(dict.fromkeys(texts)))
-        log.info("text encoders released from %s after encoding %d texts", self.device, len(set(texts)))
 
     def _validation_caption(self, sample: Sample) -> str:
         return self.adapter.prepare_caption(", ".join(self.builder.tags(sample.caption)))
@@ -533,9 +514,9 @@ class LoraRecipe:
         return self.encoder.released and hasattr(self.family, "prompt_kwargs")
 
     def _preview_text(self) -> contextlib.AbstractContextManager:
-        """Where previews encode their prompts in the pipeline after the encoders were released, the
-        encoders come back to the device for the previews alone."""
-        return contextlib.nullcontext() if self._previews_from_cache() else self.encoder.text_encoders_on_device()
+        """Where previews encode their prompts in the pipeline, parked encoders stay on the device for the
+        previews (not moved per call)."""
+        return contextlib.nullcontext() if self._previews_from_cache() else text_encoders_held(self)
 
     def _cached_prompt(self, prompt: str) -> dict:
         """Pipeline arguments of a preview prompt from the cached conditioning (text encoders released)."""

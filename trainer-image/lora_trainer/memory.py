@@ -2,7 +2,7 @@
 
 The estimate: the frozen weights on the GPU (the denoiser at its quantized size, the text encoders and
 the VAE in the weight dtype), plus the denoiser's saved activations, `activation_gib_per_megapixel`
-per training megapixel, a `CHECKPOINTED_SHARE` of that with gradient checkpointing. bench/memory_options.py
+per training megapixel, a `CHECKPOINTED_SHARE` of that with gradient checkpointing. `python -m bench.memory --options`
 prints it per family and option; training.baseQuantization auto picks from it.
 """
 

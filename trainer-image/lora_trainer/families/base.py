@@ -110,9 +110,10 @@ class Family(Protocol):
     """What the loop needs from a model family.
 
     Optional, for families whose text encoders are large frozen LLMs (Flux.2): ``release_text_encoders = True``
-    makes the loop encode every text of the run once and move the encoders off the GPU
-    (`encode.Encoder.release_text`); such a family then gives ``prompt_kwargs(cond, negative)``, the pipeline
-    arguments (prompt_embeds, ...) of a cached prompt and of the empty prompt, for previews.
+    makes the loop encode every text of the run once and move the encoders off the device on every device,
+    CPU included (`textpark.park_text_encoders`; other families only on a GPU). A family may give
+    ``prompt_kwargs(cond, negative)``, the pipeline arguments (prompt_embeds, ...) of a cached prompt and of the
+    empty prompt: previews then take cached conditioning instead of calling the parked encoders.
     """
 
     family: str

@@ -21,7 +21,6 @@ as for Flux.1.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import torch
 from lora_operator.api import ModelFamily, Previews
 
 from .base import Components, KohyaLayer, ModelVersion, Sizes, load_part, vae_encode
-from .flux import OUTSIDE_BLOCKS, T5_MAX_LENGTH, FluxFamily, image_ids, pack, unpack
+from .flux import OUTSIDE_BLOCKS, T5_MAX_LENGTH, FluxFamily, bfl_block_layer, image_ids, pack, unpack
 
 DOUBLE_BLOCK_LAYERS = {
     "attn.to_q": KohyaLayer("img_attn.qkv", 0, 3),
@@ -58,7 +57,6 @@ SINGLE_BLOCK_LAYERS = {
 """diffusers module of a single-stream block (single_transformer_blocks.N) -> its BFL module (single_blocks.N)."""
 BLOCKS = {"transformer_blocks": ("double_blocks", DOUBLE_BLOCK_LAYERS),
           "single_transformer_blocks": ("single_blocks", SINGLE_BLOCK_LAYERS)}
-_BLOCK_MODULE = re.compile(r"(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)")
 COMFY_PREFIX = "diffusion_model."
 """ComfyUI's prefix of the diffusion model's weights (its generic LoRA key format)."""
 IMPL_CHROMA = "https://huggingface.co/lodestones/Chroma"
@@ -98,13 +96,12 @@ class ChromaFamily(FluxFamily):
 
     def kohya_layer(self, component: str, module: str) -> KohyaLayer:
         """ComfyUI's generic name: ``diffusion_model.`` + the BFL module (``double_blocks.0.img_attn.qkv``)."""
-        match = _BLOCK_MODULE.fullmatch(module) if component == self.denoiser_name else None
-        blocks, layers = BLOCKS[match.group(1)] if match else (None, {})
-        layer = layers.get(match.group(3)) if match else None
-        if layer is None:
+        found = bfl_block_layer(module, BLOCKS) if component == self.denoiser_name else None
+        if found is None:
             raise ValueError(f"{component}.{module}: no Chroma (BFL) name; only transformer block layers are "
                              "exported")
-        return KohyaLayer(f"{COMFY_PREFIX}{blocks}.{match.group(2)}.{layer.name}", layer.part, layer.parts)
+        blocks, index, layer = found
+        return KohyaLayer(f"{COMFY_PREFIX}{blocks}.{index}.{layer.name}", layer.part, layer.parts)
 
     def model_version(self, parts: Components) -> ModelVersion:
         """sd-scripts' names for Chroma: architecture ``chroma``, implementation lodestones/Chroma."""

@@ -53,6 +53,17 @@ SINGLE_BLOCK_LAYERS = {
 BLOCKS = {"transformer_blocks": ("double_blocks", DOUBLE_BLOCK_LAYERS),
           "single_transformer_blocks": ("single_blocks", SINGLE_BLOCK_LAYERS)}
 _BLOCK_MODULE = re.compile(r"(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)")
+
+
+def bfl_block_layer(module: str,
+                    blocks: dict[str, tuple[str, dict[str, KohyaLayer]]]) -> tuple[str, str, KohyaLayer] | None:
+    """The BFL block list, block index and layer of a diffusers transformer-block module (Flux.1, Chroma and
+    Flux.2 name their blocks alike; `blocks` maps each family's layers); None outside the blocks or for a
+    layer without a BFL name."""
+    match = _BLOCK_MODULE.fullmatch(module)
+    bfl, layers = blocks[match.group(1)] if match else (None, {})
+    layer = layers.get(match.group(3)) if match else None
+    return None if layer is None else (bfl, match.group(2), layer)
 TRANSFORMER_TARGETS = list(dict.fromkeys([*DOUBLE_BLOCK_LAYERS, *SINGLE_BLOCK_LAYERS]))
 OUTSIDE_BLOCKS = r"(?!(single_)?transformer_blocks\.).*"
 """Every module outside the blocks (proj_out, x_embedder, context_embedder, norm_out, time_text_embed):
@@ -128,12 +139,11 @@ class FluxFamily(FlowMatching):
         ``single_blocks_0_linear1``); CLIP-L layers as ``lora_te1_text_model_...``."""
         if component != self.denoiser_name:
             return kohya_text_layer(self.kohya_text_prefixes, component, module)
-        match = _BLOCK_MODULE.fullmatch(module)
-        blocks, layers = BLOCKS[match.group(1)] if match else (None, {})
-        layer = layers.get(match.group(3)) if match else None
-        if layer is None:
+        found = bfl_block_layer(module, BLOCKS)
+        if found is None:
             raise ValueError(f"transformer.{module}: no Flux.1 kohya (BFL) name; only block layers are exported")
-        return KohyaLayer(f"lora_unet_{blocks}_{match.group(2)}_{layer.name}", layer.part, layer.parts)
+        blocks, index, layer = found
+        return KohyaLayer(f"lora_unet_{blocks}_{index}_{layer.name}", layer.part, layer.parts)
 
     def configure(self, parts: Components, training: Training) -> None:
         """The flow options; a training guidance only for a guidance-distilled transformer (dev, not schnell).

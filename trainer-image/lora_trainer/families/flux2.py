@@ -73,7 +73,6 @@ SINGLE_BLOCK_LAYERS = {
 diffusers keeps BFL's fusion here, so nothing is fused on export."""
 BLOCKS = {"transformer_blocks": ("double_blocks", DOUBLE_BLOCK_LAYERS),
           "single_transformer_blocks": ("single_blocks", SINGLE_BLOCK_LAYERS)}
-_BLOCK_MODULE = re.compile(r"(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)")
 TRANSFORMER_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
                        "linear_in", "linear_out", "to_qkv_mlp_proj"]
 """peft target suffixes; a single block's ``attn.to_out`` (BFL's linear2) is named per block (`targets_for`):
@@ -177,12 +176,12 @@ class Flux2Family(FlowMatching):
     # ------------------------------------------------------------------ names
     def kohya_layer(self, component: str, module: str) -> KohyaLayer:
         """``lora_unet_`` + the BFL module path (``double_blocks_0_img_attn_qkv``, ``single_blocks_0_linear1``)."""
-        match = _BLOCK_MODULE.fullmatch(module) if component == self.denoiser_name else None
-        blocks, layers = BLOCKS[match.group(1)] if match else (None, {})
-        layer = layers.get(match.group(3)) if match else None
-        if layer is None:
-            raise ValueError(f"{component}.{module}: no Flux.2 BFL name; only transformer block layers are exported")
-        return KohyaLayer(f"lora_unet_{blocks}_{match.group(2)}_{layer.name}", layer.part, layer.parts)
+        found = flux.bfl_block_layer(module, BLOCKS) if component == self.denoiser_name else None
+        if found is None:
+            raise ValueError(f"{component}.{module}: no Flux.2 BFL name; only transformer block layers are "
+                             "exported")
+        blocks, index, layer = found
+        return KohyaLayer(f"lora_unet_{blocks}_{index}_{layer.name}", layer.part, layer.parts)
 
     def model_version(self, parts: Components) -> ModelVersion:
         """flux2 / flux-2-dev (or the Klein size)."""
