@@ -113,6 +113,10 @@ class Family(Protocol):
     makes the loop encode every text of the run once and move the encoders off the GPU
     (`encode.Encoder.release_text`); such a family then gives ``prompt_kwargs(cond, negative)``, the pipeline
     arguments (prompt_embeds, ...) of a cached prompt and of the empty prompt, for previews.
+
+    Optional, for edit families whose text encoder also reads the control image (Qwen-Image-Edit):
+    ``text_reads_control = True``; its ``encode_prompts`` then takes ``controls`` (a PIL image per prompt, cut
+    and flipped as the pair trains) and the Encoder caches text per (caption, control) instead of per caption.
     """
 
     family: str
