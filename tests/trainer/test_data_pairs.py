@@ -38,6 +38,39 @@ def pair_folder(root: Path) -> Path:
     return root
 
 
+def assert_loaded_the_trained_lora(pipe, recipe) -> None:
+    """`pipe.transformer` (after load_lora_weights) holds exactly the run's trained LoRA weights."""
+    import torch
+
+    loaded = pipe.transformer.state_dict()
+    trained = {k: v for k, v in recipe.parts.denoiser.state_dict().items() if "lora_" in k}
+    assert trained and sum("lora_A" in k for k in loaded) == sum("lora_A" in k for k in trained)
+    for key, value in trained.items():
+        torch.testing.assert_close(loaded[key.replace(".default.", ".default_0.")], value.to(torch.float32))
+
+
+def assert_previews_edit_the_held_out_controls(recipe, guidance: float) -> None:
+    """The run's previews edit its held-out pairs' controls, and a different control changes the edit."""
+    import numpy as np
+    from PIL import Image
+
+    from lora_operator.api import Previews
+    from lora_trainer.previews import generate, preview_controls
+    from lora_trainer.textpark import text_encoders_held
+
+    controls = preview_controls(recipe.data)
+    held = recipe.data.held_out or recipe.data.validation
+    assert controls and len(controls) == len(held)
+    assert np.array_equal(np.asarray(controls[0]), np.asarray(held[0].decoded_control()))
+    assert recipe.manifest.manifest.previews  # the run rendered its previews through the edit pipeline
+    previews = Previews(steps=2, images_per_prompt=1, guidance=guidance)
+    black, white = Image.new("RGB", (32, 32)), Image.new("RGB", (32, 32), (255, 255, 255))
+    with text_encoders_held(recipe):  # as the loop's previews after a release
+        first = generate(recipe.family, recipe.parts, previews, ["edit"], (32, 32), [black])[0][0]
+        second = generate(recipe.family, recipe.parts, previews, ["edit"], (32, 32), [white])[0][0]
+    assert np.abs(np.asarray(first, dtype=float) - np.asarray(second, dtype=float)).max() > 0
+
+
 def prepared(root: Path, **dataset):
     dataset.setdefault("crop", {"mode": "center", "size": "32x32"})  # not the family's 1024 px
     settings = Dataset(uri="s3://d/x/", pairs=True, validation_split=0.0, **dataset)
@@ -130,7 +163,9 @@ def test_an_edit_familys_prediction_reads_the_control_and_keeps_the_targets_shap
     edit = get_family(family)
     parts = edit.load(tiny_models(family), torch.float32)
     cond = edit.encode_prompts(parts, ["make it red"])
-    noisy = torch.randn(1, family_row(family).latent_channels, 4, 4, generator=torch.Generator().manual_seed(0))
+    row = family_row(family)
+    frames = (1,) * (row.latent_dims - 2)  # a video VAE's one frame (Qwen-Image: (B, C, 1, H, W))
+    noisy = torch.randn(1, row.latent_channels, *frames, 4, 4, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([0.5])
     with torch.no_grad():
         plain = edit.predict(parts, noisy, t, cond, [])

@@ -7,8 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from test_data_pairs import pair_folder
+from test_data_pairs import assert_loaded_the_trained_lora, assert_previews_edit_the_held_out_controls, pair_folder
 
 from conftest import base_spec, run_recipe_for
 from lora_operator.api import SpecError, resolve_spec
@@ -63,20 +62,7 @@ def test_control_tokens_and_ids_are_the_ones_flux_kontext_pipeline_builds(tiny_m
 
 
 def test_previews_edit_the_held_out_control_images(kontext_run):
-    from lora_operator.api import Previews
-    from lora_trainer.previews import generate, preview_controls
-
-    recipe = kontext_run
-    controls = preview_controls(recipe.data)
-    held = recipe.data.held_out or recipe.data.validation
-    assert controls and len(controls) == len(held)
-    assert np.array_equal(np.asarray(controls[0]), np.asarray(held[0].decoded_control()))
-    assert recipe.manifest.manifest.previews  # the run rendered its previews through the edit pipeline
-    previews = Previews(steps=2, images_per_prompt=1, guidance=2.5)
-    black, white = Image.new("RGB", (32, 32)), Image.new("RGB", (32, 32), (255, 255, 255))
-    first = generate(recipe.family, recipe.parts, previews, ["edit"], (32, 32), [black])[0][0]
-    second = generate(recipe.family, recipe.parts, previews, ["edit"], (32, 32), [white])[0][0]
-    assert np.abs(np.asarray(first, dtype=float) - np.asarray(second, dtype=float)).max() > 0
+    assert_previews_edit_the_held_out_controls(kontext_run, guidance=2.5)
 
 
 def test_kontext_diffusers_file_loads_in_flux_kontext_pipeline_and_changes_the_edit(kontext_run, tiny_models):
@@ -93,11 +79,7 @@ def test_kontext_diffusers_file_loads_in_flux_kontext_pipeline_and_changes_the_e
     pipe = FluxKontextPipeline.from_pretrained(tiny_models("flux-kontext"))
     base = edit(pipe)
     pipe.load_lora_weights(str(recipe.outputs.workdir / "checkpoints/epoch-0001/diffusers"))
-    loaded = pipe.transformer.state_dict()
-    trained = {k: v for k, v in recipe.parts.denoiser.state_dict().items() if "lora_" in k}
-    assert trained and sum("lora_A" in k for k in loaded) == sum("lora_A" in k for k in trained)
-    for key, value in trained.items():
-        torch.testing.assert_close(loaded[key.replace(".default.", ".default_0.")], value.to(torch.float32))
+    assert_loaded_the_trained_lora(pipe, recipe)
     assert np.abs(edit(pipe) - base).max() > 1e-4
 
 
@@ -108,7 +90,7 @@ def test_a_family_that_trains_no_edits_refuses_pairs_in_the_operator_and_the_api
 
     spec = base_spec(family, tmp_path, tmp_path, tmp_path / "out", dataset={"pairs": True})
     with pytest.raises(SpecError, match=rf"spec\.dataset\.pairs: family {family} cannot train on edit pairs; "
-                                        r"use an edit family \(flux-kontext, flux2-klein\)") as err:
+                                        r"use an edit family \(flux-kontext, flux2-klein, qwen-image-edit\)") as err:
         resolve_spec(spec)
     rules = yaml.safe_load(JOB_CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
         "spec"]["x-kubernetes-validations"]

@@ -48,7 +48,8 @@ def test_example_job_resolves_with_its_template(name):
 def test_the_expected_examples_exist():
     assert {"demo-job.yaml", "sdxl-character-job.yaml", "flux-style-job.yaml", "embedding-job.yaml",
             "locon-job.yaml", "chroma-character-job.yaml", "flux-kontext-edit-job.yaml",
-            "flux2-character-job.yaml", "flux2-klein-character-job.yaml", "flux2-klein-edit-job.yaml"} <= set(JOBS)
+            "flux2-character-job.yaml", "flux2-klein-character-job.yaml", "flux2-klein-edit-job.yaml",
+            "qwen-image-edit-job.yaml"} <= set(JOBS)
 
 
 def test_demo_job_is_tiny():

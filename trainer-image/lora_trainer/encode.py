@@ -2,7 +2,8 @@
 
 The VAE is frozen and encodes deterministically (posterior mode), so a latent depends
 only on (sample, flipped): cached latents equal fresh ones. Text embeddings are cached
-by caption when captions are deterministic (no shuffle, no dropout) and no text weight
+by caption (by caption and control image for a family whose text reads the control: Qwen-Image-Edit)
+when captions are deterministic (no shuffle, no dropout) and no text weight
 is training at that step. When every caption is known up front (`precache_text`), the
 text encoders then leave the GPU (`release_text`, called by `textpark.park_text_encoders`,
 which also brings them back per call for previews).
@@ -14,6 +15,8 @@ with zeros on dim 1, and a zero mask entry marks padding.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,6 +24,9 @@ from PIL import Image
 
 from .data import Sample
 from .families import Components, Family
+
+TextEntry = str | tuple[str, Hashable]
+"""A text cache key: the caption, or (caption, control key) for a family whose text reads the control."""
 
 
 def pixels(image: Image.Image, flip: bool) -> torch.Tensor:
@@ -59,7 +65,9 @@ class Encoder:
         self.cache_text = cache_text
         self._latents: dict[tuple[int, bool], torch.Tensor] = {}
         self._controls: dict[tuple[int, bool], torch.Tensor] = {}
-        self._text: dict[str, dict[str, torch.Tensor]] = {}
+        self._text: dict[TextEntry, dict[str, torch.Tensor]] = {}
+        self.control_image: Callable[[Hashable], Image.Image] | None = None
+        """Opens a control image by its key (the loop sets it when the family's text reads the control)."""
         self.released = False
         """The text encoders left the device (`release_text`): text comes from the cache."""
 
@@ -85,37 +93,59 @@ class Encoder:
             cache.update({k: v.cpu() if self.device.type == "cpu" else v for k, v in fresh.items()})
         return out.to(self.device)
 
-    def text(self, captions: list[str], grad: bool) -> dict[str, torch.Tensor]:
-        """Conditioning of a batch of captions; with grad when text weights train."""
+    def text(self, captions: list[str], grad: bool, controls: list[Hashable] | None = None) -> dict[str, torch.Tensor]:
+        """Conditioning of a batch of captions; with grad when text weights train.
+
+        `controls`: for a family whose text reads the control image (``text_reads_control``), the key of each
+        caption's control image (`control_image` opens it): the text is encoded, and cached, per
+        (caption, control key).
+        """
+        entries = self._entries(captions, controls)
         if grad or not self.cache_text:
             with torch.set_grad_enabled(grad):
-                return self.family.encode_prompts(self.parts, captions)
-        self.precache_text(captions)
-        return {k: join([self._text[c][k] for c in captions]).to(self.device) for k in self._text[captions[0]]}
+                return self._encode(entries)
+        self.precache_text(entries)
+        return {k: join([self._text[e][k] for e in entries]).to(self.device) for k in self._text[entries[0]]}
+
+    def _entries(self, captions: list[str], controls: list[Hashable] | None) -> list[TextEntry]:
+        """Text cache keys: the caption, or (caption, control key) when the family's text reads the control."""
+        if controls is None or not getattr(self.family, "text_reads_control", False):
+            return list(captions)
+        return list(zip(captions, controls, strict=True))
+
+    def _encode(self, entries: list[TextEntry]) -> dict[str, torch.Tensor]:
+        if not entries or isinstance(entries[0], str):
+            return self.family.encode_prompts(self.parts, entries)
+        if self.control_image is None:
+            raise RuntimeError("Encoder.control_image is unset: a family whose text reads the control needs it")
+        images = [self.control_image(key) for _, key in entries]
+        return self.family.encode_prompts(self.parts, [caption for caption, _ in entries], controls=images)
 
     @torch.no_grad()
-    def precache_text(self, captions: list[str], batch_size: int = 8) -> None:
-        """Encode and keep the captions not cached yet, `batch_size` at a time."""
-        missing = sorted({c for c in captions if c not in self._text})
+    def precache_text(self, entries: list[TextEntry], batch_size: int = 8) -> None:
+        """Encode and keep the entries (captions, or (caption, control key)) not cached yet, `batch_size` at a
+        time."""
+        missing = list(dict.fromkeys(e for e in entries if e not in self._text))
         for start in range(0, len(missing), batch_size):
             chunk = missing[start : start + batch_size]
-            encoded = self.family.encode_prompts(self.parts, chunk)
-            for j, caption in enumerate(chunk):
-                self._text[caption] = {k: v[j : j + 1] for k, v in encoded.items()}
+            encoded = self._encode(chunk)
+            for j, entry in enumerate(chunk):
+                self._text[entry] = {k: v[j : j + 1] for k, v in encoded.items()}
 
-    def release_text(self, captions: list[str], park: torch.device | str = "cpu") -> None:
-        """Encode every caption of the run once, then move the text encoders to `park` (the CPU).
+    def release_text(self, entries: list[TextEntry], park: torch.device | str = "cpu") -> None:
+        """Encode every text of the run once, then move the text encoders to `park` (the CPU).
 
         The cached embeddings stay in host memory and go to the device per batch, and the encoders' GPU
-        memory is free for the denoiser (`textpark.park_text_encoders` decides when). A caption missed
-        here is still encoded, by the parked encoders.
+        memory is free for the denoiser (`textpark.park_text_encoders` decides when). `entries`: captions,
+        or (caption, control key) for a family whose text reads the control. A text missed here is still
+        encoded, by the parked encoders.
         """
         self.cache_text = True
-        for start in range(0, len(captions), 8):
-            chunk = captions[start:start + 8]
+        for start in range(0, len(entries), 8):
+            chunk = entries[start:start + 8]
             self.precache_text(chunk)
-            for caption in chunk:  # to host memory as they come: a big dataset's embeddings need not fit the GPU
-                self._text[caption] = {k: v.cpu() for k, v in self._text[caption].items()}
+            for entry in chunk:  # to host memory as they come: a big dataset's embeddings need not fit the GPU
+                self._text[entry] = {k: v.cpu() for k, v in self._text[entry].items()}
         for encoder in self.parts.text_encoders:
             encoder.to(park)
         if self.device.type == "cuda":

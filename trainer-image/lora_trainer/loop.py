@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps
 
 from lora_operator.api import CheckpointEntry, JobSpec, Manifest, spec_hash
 from lora_operator.api.contract import ENV_NODE_NAME, checkpoint_key, checkpoint_name, step_checkpoint_name
@@ -220,6 +221,7 @@ class LoraRecipe:
         self.train_parts = replace(self.parts, denoiser=denoiser)
         self.encoder = Encoder(self.family, self.train_parts, self.device, cache_latents=t.cache_latents,
                                cache_text=self.builder.deterministic)
+        self.encoder.control_image = self._control_image
         self.stream = BatchStream(self.samples, t.batch_size, t.seed)
         self.reg_weight = spec.dataset.regularization.weight if spec.dataset.regularization else 1.0
         if self.resume:
@@ -261,6 +263,15 @@ class LoraRecipe:
             self.encoder.latents([(i, False) for i in same], [self.samples[i] for i in same])
             if self.data.pairs:
                 self.encoder.latents([(i, False) for i in same], [self.samples[i] for i in same], control=True)
+
+    def _control_image(self, key: tuple) -> Image.Image:
+        """The control image a text cache key names: (sample index, flipped) of a training draw, or
+        ("validation", j) of held-out pair j (unflipped, as validation encodes its latents)."""
+        if key[0] == "validation":
+            return self.data.validation[key[1]].decoded_control()
+        index, flipped = key
+        image = self.samples[index].decoded_control()
+        return ImageOps.mirror(image) if flipped else image
 
     def _validation_caption(self, sample: Sample) -> str:
         return self.adapter.prepare_caption(", ".join(self.builder.tags(sample.caption)))
@@ -395,7 +406,7 @@ class LoraRecipe:
         latents = self.encoder.latents(keys, samples)
         control = self.encoder.latents(keys, samples, control=True) if self.data.pairs else None
         captions = [self._caption(s, rng) for s in samples]
-        cond = self.encoder.text(captions, grad=text_now)
+        cond = self.encoder.text(captions, grad=text_now, controls=keys if self.data.pairs else None)
         noise = make_noise(latents, self.training, gen)
         timesteps = self.family.sample_timesteps(self.parts, latents, gen)
         weights = self.family.loss_weights(self.parts, timesteps, self.training.min_snr_gamma)
@@ -451,8 +462,8 @@ class LoraRecipe:
             caption = self._validation_caption(sample)
             latents = self._encode_one(sample.decoded(), VALIDATION_TIMESTEPS)
             control = self._encode_one(sample.decoded_control(), VALIDATION_TIMESTEPS) if self.data.pairs else None
-            if self.encoder.released:
-                cond = self.encoder.text([caption], grad=False)
+            if self.encoder.released or (self.data.pairs and getattr(self.family, "text_reads_control", False)):
+                cond = self.encoder.text([caption], grad=False, controls=[("validation", j)])
             else:
                 cond = self.family.encode_prompts(self.parts, [caption])
             timesteps = self.family.fixed_timesteps(self.parts, VALIDATION_TIMESTEPS,

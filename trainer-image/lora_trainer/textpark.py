@@ -49,6 +49,12 @@ def park_text_encoders(recipe: Any, park: torch.device | None = None) -> bool:
     texts += [recipe._validation_caption(sample) for sample in recipe.data.validation]
     if hasattr(recipe.family, "prompt_kwargs"):  # previews from the cache: their prompts and "" (the negative)
         texts += preview_prompts(recipe.spec.previews, recipe.data, recipe.builder) + [""]
+    if recipe.data.pairs and getattr(recipe.family, "text_reads_control", False):
+        # The text reads each pair's control image: every (caption, control) a step or the validation can
+        # draw; previews encode in the pipeline with the encoders held on the device.
+        flips = (False, True) if recipe.spec.dataset.flip else (False,)
+        texts = [(recipe._caption(s, rng), (i, f)) for i, s in enumerate(recipe.samples) for f in flips]
+        texts += [(recipe._validation_caption(s), ("validation", j)) for j, s in enumerate(recipe.data.validation)]
     recipe.progress.phase("caching")
     recipe.encoder.release_text(list(dict.fromkeys(texts)), park)
     recipe.text_parking = parking = _Parking(recipe.device, park)

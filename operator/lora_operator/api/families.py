@@ -185,6 +185,16 @@ FAMILIES: dict[str, FamilyRow] = {
             pipeline="QwenImagePipeline", prediction="flow",
             trainer="lora_trainer.families.qwen_image:QwenImageFamily",
         ),
+        # Qwen-Image-Edit (Qwen/Qwen-Image-Edit-2509 / -2511): Qwen-Image's transformer reading the control
+        # image's latents beside its own and the control in Qwen2.5-VL's prompt. Its own checkpoint and pipeline,
+        # so its own family (as flux-kontext). Steps as Qwen-Image: the same transformer and objective.
+        FamilyRow(
+            name="qwen-image-edit", text_encoders=("qwen2.5-vl-7b",), latent_channels=16, latent_dims=3,
+            resolution=1024, sizes=((1024, 1024), (768, 1024), (1024, 768)),
+            steps=StepPreset(per_image=60, base=500, up_to=25), adapters=("lora",), formats=("kohya", "diffusers"),
+            pipeline="QwenImageEditPlusPipeline", prediction="flow",
+            trainer="lora_trainer.families.qwen_image_edit:QwenImageEditFamily", edit=True,
+        ),
     )
 }
 """Every family, in the order the CRD enum and the docs list them."""

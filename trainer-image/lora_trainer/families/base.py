@@ -114,6 +114,10 @@ class Family(Protocol):
     CPU included (`textpark.park_text_encoders`; other families only on a GPU). A family may give
     ``prompt_kwargs(cond, negative)``, the pipeline arguments (prompt_embeds, ...) of a cached prompt and of the
     empty prompt: previews then take cached conditioning instead of calling the parked encoders.
+
+    Optional, for edit families whose text encoder also reads the control image (Qwen-Image-Edit):
+    ``text_reads_control = True``; its ``encode_prompts`` then takes ``controls`` (a PIL image per prompt, cut
+    and flipped as the pair trains) and the Encoder caches text per (caption, control) instead of per caption.
     """
 
     family: str
