@@ -85,7 +85,8 @@ SCENARIOS = ("character", "style", "realistic-person", "anime-realistic")
 FAMILIES = ("sd15", "sdxl", "flux")
 NEWER = {"chroma-character": "chroma", "flux-kontext-edit": "flux-kontext", "flux2-character": "flux2",
          "flux2-klein-character": "flux2-klein", "z-image-character": "z-image", "z-image-style": "z-image",
-         "qwen-image-character": "qwen-image", "qwen-image-style": "qwen-image"}
+         "qwen-image-character": "qwen-image", "qwen-image-style": "qwen-image",
+         "qwen-image-edit-edit": "qwen-image-edit"}
 """Templates of the 2025 families: one scenario each so far, name -> family."""
 
 
@@ -138,7 +139,7 @@ def test_resolved_templates_are_valid_jobs_once_a_dataset_and_output_are_given()
         spec = resolve_spec({"template": name, "dataset": {"uri": "s3://d/"}, "output": {"uri": "s3://o/"}},
                             doc["spec"])
         assert spec.base_model.family in set(FAMILIES) | set(NEWER.values())
-        assert spec.dataset.pairs == (name == "flux-kontext-edit")
+        assert spec.dataset.pairs == (doc["metadata"]["labels"]["lora-operator.io/scenario"] == "edit")
 
 
 def test_the_klein_edit_example_trains_flux2_klein_on_pairs():
