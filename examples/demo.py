@@ -48,7 +48,10 @@ def show(job: dict) -> str:
 
 
 def download(ground: Ground, uri: str, target: Path) -> Path:
-    """Everything under the s3:// prefix `uri` into `target`."""
+    """Everything under the s3:// prefix `uri` into `target`; a file's URI (a diffusers checkpoint's names
+    its pytorch_lora_weights.safetensors) brings the folder it is in."""
+    if uri.endswith(".safetensors"):
+        uri = uri.rpartition("/")[0]
     m = ground.minio
     store = open_store(uri.rstrip("/") + "/", endpoint=m.endpoint, access_key=m.access_key,
                        secret_key=m.secret_key, secure=False)
