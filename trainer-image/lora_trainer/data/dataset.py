@@ -9,8 +9,8 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from PIL import Image
 
 from lora_operator.api import Dataset, ModelFamily, SkippedFile
@@ -38,6 +38,9 @@ MIN_HOLD_OUT_IMAGES = 20
 """Datasets from this size up give their validation images up; smaller ones validate on training images."""
 REGULARIZATION_PREFIX = "regularization/"
 """Prefix of skipped regularization files in `PreparedDataset.skipped`."""
+
+if TYPE_CHECKING:  # torch stays out of `lora-train upload` (a laptop tool without the trainer extra)
+    import torch
 
 
 @dataclass

@@ -9,14 +9,16 @@ latent grid.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import DatasetError
 from .crop import cut_window
 from .discover import IMAGE_SUFFIXES
+
+if TYPE_CHECKING:  # torch is imported where masks are made (training), not by upload's discovery
+    import torch
 
 MASK_STEM = ".mask"
 """What a mask file's stem ends with: ``x.mask.png`` is the mask of ``x.png``."""
@@ -64,6 +66,9 @@ def latent_mask(mask: Image.Image | None, scaled: tuple[int, int], top_left: tup
                 target: tuple[int, int], flip: bool, latent_hw: tuple[int, int], floor: float) -> torch.Tensor:
     """Loss weights on the latent grid, (h, w) in [floor, 1]: the mask cut like its image, mirrored when
     the image is, averaged over each latent cell; all ones without a mask."""
+    import torch
+    import torch.nn.functional as F
+
     if mask is None:
         return torch.ones(latent_hw)
     cut = cut_window(mask, scaled, top_left, target)
