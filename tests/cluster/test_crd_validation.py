@@ -141,6 +141,7 @@ IMMUTABLE_EDITS = {
     "previews": {"previews": {"steps": 4}},
     "output": {"output": {"uri": "s3://elsewhere/"}},
     "storage": {"storage": {"secretRef": "other"}},
+    "queueName": {"queueName": "other-queue"},
 }
 
 
