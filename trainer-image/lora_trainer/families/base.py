@@ -242,6 +242,22 @@ def load_part(loader: Any, folder: Path | SingleFileModel, subfolder: str, **kwa
         raise ModelError(f"baseModel.uri: cannot load {subfolder} from {folder}: {err}".splitlines()[0]) from err
 
 
+def load_one_encoder_model(folder: Path, dtype: torch.dtype, denoiser: Any, vae: Any, text_encoder: Any,
+                           tokenizer: Any) -> Components:
+    """The components of a diffusers folder with one text encoder (transformer, vae, text_encoder, tokenizer
+    and a FlowMatchEulerDiscreteScheduler): Z-Image's and Qwen-Image's layout, given their classes."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return Components(
+        denoiser=load_part(denoiser, folder, "transformer", torch_dtype=dtype),
+        vae=load_part(vae, folder, "vae", torch_dtype=dtype),
+        text_encoders=[load_part(text_encoder, folder, "text_encoder", torch_dtype=dtype)],
+        tokenizers=[load_part(tokenizer, folder, "tokenizer")],
+        noise_scheduler=load_part(FlowMatchEulerDiscreteScheduler, folder, "scheduler"),
+        folder=folder,
+    )
+
+
 def tokenize(tokenizer: Any, prompts: list[str], max_length: int | None = None) -> torch.Tensor:
     """Token ids padded / truncated to the tokenizer's (or the given) length."""
     return tokenizer(

@@ -26,7 +26,7 @@ import torch
 
 from lora_operator.api import Previews, Sampler
 
-from .base import Components, KohyaLayer, ModelVersion, Sizes, load_part
+from .base import Components, KohyaLayer, ModelVersion, Sizes, load_one_encoder_model
 from .flow import SchedulerShiftedFlow
 from .flux import pack
 
@@ -67,17 +67,11 @@ class QwenImageFamily(SchedulerShiftedFlow):
 
     def load(self, folder: Path, dtype: torch.dtype) -> Components:
         """Load transformer, video VAE, Qwen2.5-VL and its tokenizer, and the flow-matching scheduler."""
-        from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+        from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
         from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
-        return Components(
-            denoiser=load_part(QwenImageTransformer2DModel, folder, "transformer", torch_dtype=dtype),
-            vae=load_part(AutoencoderKLQwenImage, folder, "vae", torch_dtype=dtype),
-            text_encoders=[load_part(Qwen2_5_VLForConditionalGeneration, folder, "text_encoder", torch_dtype=dtype)],
-            tokenizers=[load_part(AutoTokenizer, folder, "tokenizer")],
-            noise_scheduler=load_part(FlowMatchEulerDiscreteScheduler, folder, "scheduler"),
-            folder=folder,
-        )
+        return load_one_encoder_model(folder, dtype, QwenImageTransformer2DModel, AutoencoderKLQwenImage,
+                                      Qwen2_5_VLForConditionalGeneration, AutoTokenizer)
 
     def kohya_layer(self, component: str, module: str) -> KohyaLayer:
         """ComfyUI's Qwen-Image names: the diffusers module path under ``diffusion_model.``."""

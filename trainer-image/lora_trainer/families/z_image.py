@@ -33,7 +33,7 @@ import torch
 
 from lora_operator.api import Previews, Sampler
 
-from .base import Components, KohyaLayer, ModelVersion, Sizes, load_part, vae_encode
+from .base import Components, KohyaLayer, ModelVersion, Sizes, load_one_encoder_model, vae_encode
 from .flow import SchedulerShiftedFlow
 
 BLOCK_LAYERS = {
@@ -80,17 +80,11 @@ class ZImageFamily(SchedulerShiftedFlow):
 
     def load(self, folder: Path, dtype: torch.dtype) -> Components:
         """Load transformer, VAE, Qwen3 and its tokenizer, and the scheduler."""
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
+        from diffusers import AutoencoderKL, ZImageTransformer2DModel
         from transformers import AutoModel, AutoTokenizer
 
-        return Components(
-            denoiser=load_part(ZImageTransformer2DModel, folder, "transformer", torch_dtype=dtype),
-            vae=load_part(AutoencoderKL, folder, "vae", torch_dtype=dtype),
-            text_encoders=[load_part(AutoModel, folder, "text_encoder", torch_dtype=dtype)],
-            tokenizers=[load_part(AutoTokenizer, folder, "tokenizer")],
-            noise_scheduler=load_part(FlowMatchEulerDiscreteScheduler, folder, "scheduler"),
-            folder=folder,
-        )
+        return load_one_encoder_model(folder, dtype, ZImageTransformer2DModel, AutoencoderKL, AutoModel,
+                                      AutoTokenizer)
 
     def kohya_layer(self, component: str, module: str) -> KohyaLayer:
         """ComfyUI's Z-Image names: ``diffusion_model.layers.0.attention.qkv`` (q, k, v fused), ``...attention.out``,
