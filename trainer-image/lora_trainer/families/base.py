@@ -245,7 +245,7 @@ def load_part(loader: Any, folder: Path | SingleFileModel, subfolder: str, **kwa
 def load_one_encoder_model(folder: Path, dtype: torch.dtype, denoiser: Any, vae: Any, text_encoder: Any,
                            tokenizer: Any) -> Components:
     """The components of a diffusers folder with one text encoder (transformer, vae, text_encoder, tokenizer
-    and a FlowMatchEulerDiscreteScheduler): Z-Image's and Qwen-Image's layout, given their classes."""
+    and a FlowMatchEulerDiscreteScheduler): Z-Image's, Qwen-Image's and Chroma's layout, given their classes."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     return Components(

@@ -28,8 +28,8 @@ import torch
 
 from lora_operator.api import ModelFamily, Previews
 
-from .base import Components, KohyaLayer, ModelVersion, Sizes, load_part, vae_encode
-from .flux import OUTSIDE_BLOCKS, T5_MAX_LENGTH, FluxFamily, bfl_block_layer, image_ids, pack, unpack
+from .base import Components, KohyaLayer, ModelVersion, Sizes, load_one_encoder_model, vae_encode
+from .flux import OUTSIDE_BLOCKS, FluxFamily, bfl_block_layer, image_ids, pack, unpack
 
 DOUBLE_BLOCK_LAYERS = {
     "attn.to_q": KohyaLayer("img_attn.qkv", 0, 3),
@@ -75,24 +75,15 @@ class ChromaFamily(FluxFamily):
     embedding_keys: tuple[str, ...] = ()
     activation_gib_per_megapixel = 28.0  # Flux.1's blocks and widths (measured there; Chroma not measured yet)
 
-    def __init__(self, max_sequence_length: int = T5_MAX_LENGTH):
-        super().__init__(max_sequence_length)
-
     def load(self, folder: Path, dtype: torch.dtype) -> Components:
         """Load transformer, VAE, T5 and its tokenizer, and the flow-matching scheduler."""
-        from diffusers import AutoencoderKL, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+        from diffusers import AutoencoderKL, ChromaTransformer2DModel
         from transformers import T5EncoderModel, T5TokenizerFast
 
-        tokenizer = load_part(T5TokenizerFast, folder, "tokenizer")
-        self.max_sequence_length = min(self.max_sequence_length, tokenizer.model_max_length)
-        return Components(
-            denoiser=load_part(ChromaTransformer2DModel, folder, "transformer", torch_dtype=dtype),
-            vae=load_part(AutoencoderKL, folder, "vae", torch_dtype=dtype),
-            text_encoders=[load_part(T5EncoderModel, folder, "text_encoder", torch_dtype=dtype)],
-            tokenizers=[tokenizer],
-            noise_scheduler=load_part(FlowMatchEulerDiscreteScheduler, folder, "scheduler"),
-            folder=folder,
-        )
+        parts = load_one_encoder_model(folder, dtype, ChromaTransformer2DModel, AutoencoderKL, T5EncoderModel,
+                                       T5TokenizerFast)
+        self.max_sequence_length = min(self.max_sequence_length, parts.tokenizers[0].model_max_length)
+        return parts
 
     def kohya_layer(self, component: str, module: str) -> KohyaLayer:
         """ComfyUI's generic name: ``diffusion_model.`` + the BFL module (``double_blocks.0.img_attn.qkv``)."""
