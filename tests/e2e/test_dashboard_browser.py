@@ -45,9 +45,15 @@ LIVE_STEPS = 64
 operator reads progress every few seconds), and then the job queued behind it never shows an estimate."""
 
 
+GPU_TYPE = "uidash"
+"""The GPU type of this module's one node, which its jobs ask for: nodes that earlier tests left
+on the session's ground are free and would otherwise take demo-next, which then never queues."""
+
+
 def demo_job(name: str, steps: int | None = None) -> dict:
     job = yaml.safe_load((REPO / "examples/demo-job.yaml").read_text())
     job["metadata"] = {"name": name, "namespace": NS}
+    job["spec"]["placement"] = {"gpuType": GPU_TYPE}
     if steps:
         job["spec"]["training"]["steps"] = steps
     return job
@@ -69,7 +75,7 @@ def dashboard(ground, tmp_path_factory):
         client.make_bucket("loras")
     ground.kubectl("create", "namespace", NS)
     ground.apply(storage_secret(ground, NS))
-    ground.add_gpu_nodes(1, gpus=1, gpu_type="h100", prefix="ui")
+    ground.add_gpu_nodes(1, gpus=1, gpu_type=GPU_TYPE, prefix="ui")
     m = ground.minio
     port = free_port()
     ui = Proc("kubectl-lora-ui", [sys.executable, "-m", "lora_operator.kubectl_lora", "ui", "--port", str(port),
