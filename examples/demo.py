@@ -7,7 +7,10 @@ saw (16 magenta crosses captioned with the trigger word "zxq") with `lora-train 
 examples/demo-concept-job.yaml, lets the trainer pod the operator creates run for real as a local
 process, and prints the job as it goes Queued -> Running -> Succeeded. It ends with a before/after
 contact sheet, demo-out/sheet.png: the base, then each epoch's LoRA (downloaded from MinIO), on the
-trigger prompt and a control prompt, the same seeds in every row.
+trigger prompt and a control prompt, the same seeds in every row: the prompts and seeds of the job's
+previews, so the sheet's row of an epoch shows the samples the dashboard's column of that epoch shows.
+Then it starts `kubectl lora ui`, checks in Chromium that the page lists the job as Succeeded and loads
+every epoch's previews (screenshots in demo-out/), and prints the command.
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from lora_operator.storage import open_store
 from lora_trainer.cli import main as lora_train
 from testground import Ground
+from testground.dashboard import DashboardError, check_job_shown, preview_samples, start_ui
 from testground.kubelet_shim import KubeletShim
 from testground.operator import OperatorProcess, install_crds, storage_secret
 from testground.seed import upload
 from tinyworld.cache import tinybase
-from tinyworld.concept import CONTROL_PROMPTS, TRIGGER_PROMPTS, write_concept_set
+from tinyworld.concept import write_concept_set
 from tinyworld.sheet import contact_sheet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +40,6 @@ NAMESPACE = "demo"
 JOB = REPO / "examples/demo-concept-job.yaml"
 BASE = "flow"
 """The tiny base the demo's job trains on (tests/tinyworld/cache.py RECIPES): the Flux-topology one."""
-SHEET_SEEDS = [0, 1, 2, 3]
 
 
 def show(job: dict) -> str:
@@ -60,24 +65,39 @@ def download(ground: Ground, uri: str, target: Path) -> Path:
 
 
 def before_after_sheet(ground: Ground, base: Path, checkpoints: list[dict], work: Path) -> Path:
-    """Sample the base and each epoch's diffusers LoRA from MinIO; write demo-out/sheet.png, return its path."""
+    """Sample the base and each epoch's diffusers LoRA from MinIO at the job's preview prompts (the trigger
+    prompt, then the control prompt) and seeds; write demo-out/sheet.png, return its path."""
+    (trigger, control), seeds = preview_samples(yaml.safe_load(JOB.read_text())["spec"])
     loras = [(f"epoch {c['epoch']}", download(ground, c["uri"], work / c["name"]))
              for c in sorted(checkpoints, key=lambda c: c["epoch"]) if c["format"] == "diffusers"]
-    sheet = contact_sheet(base, loras, TRIGGER_PROMPTS[0], CONTROL_PROMPTS[0], SHEET_SEEDS)
+    sheet = contact_sheet(base, loras, trigger, control, seeds)
     OUT.mkdir(exist_ok=True)
     sheet.save(OUT / "sheet.png")
     return OUT / "sheet.png"
 
 
-def offer_dashboard(ground: Ground) -> None:
-    """Print the `kubectl lora ui` command for this run; where a person ran the demo, keep the
-    cluster up for it until Enter (CI, with no terminal, tears down at once)."""
-    m = ground.minio
-    print("== the dashboard of this run (while the cluster is up):\n"
-          f"   kubectl lora ui --kubeconfig {ground.kubeconfig} -n {NAMESPACE} --s3-endpoint {m.endpoint} "
-          f"--access-key {m.access_key} --secret-key {m.secret_key} --no-s3-secure")
-    if sys.stdin.isatty():
-        input("   then open http://127.0.0.1:8765/ ; press Enter here to tear the cluster down ")
+def show_dashboard(ground: Ground, spec: dict, log: Path) -> int:
+    """Start `kubectl lora ui`, check in Chromium that it shows the finished demo job with every epoch's
+    previews (the sheet's prompts and seeds), print what it saw and the command; 1 where it did not."""
+    try:
+        ui = start_ui(ground, NAMESPACE, log)
+    except DashboardError as e:
+        print(f"!! the dashboard did not start: {e}")
+        return 1
+    try:
+        seen = check_job_shown(ui.url, "demo", spec, OUT)
+        print(f"== the dashboard at {seen.url}/ shows ltj/demo {seen.phase}, {len(seen.previews)} epochs of "
+              f"previews (the sheet's prompts and seeds): {seen.job_shot.relative_to(REPO)}")
+        print("== the dashboard of this run (while the cluster is up):\n"
+              f"   {ui.command}")
+        if sys.stdin.isatty():
+            input(f"   it is running now: open {ui.url}/ ; press Enter here to tear the cluster down ")
+        return 0
+    except DashboardError as e:
+        print(f"!! the dashboard did not show the demo job: {e}\n{ui.proc.tail()}")
+        return 1
+    finally:
+        ui.stop()
 
 
 def main() -> int:
@@ -133,12 +153,11 @@ def main() -> int:
             ground.minio.client().fget_object(bucket, key, str(target))
             print(f"   preview grid {grid} -> {target}")
         sheet = before_after_sheet(ground, base, status.get("checkpoints", []), work / "checkpoints")
-        print(f"== before/after contact sheet (base, then each epoch; '{TRIGGER_PROMPTS[0]}' left,"
-              f" '{CONTROL_PROMPTS[0]}' right): {sheet}")
+        trigger, control = preview_samples(job["spec"])[0]
+        print(f"== before/after contact sheet (base, then each epoch; '{trigger}' left, '{control}' right): {sheet}")
         print(f"== done in {time.monotonic() - started:.0f}s: pick an epoch with "
               f"`kubectl patch ltj demo --type=merge -p '{{\"spec\":{{\"selectedCheckpoint\":\"epoch-0002\"}}}}'`")
-        offer_dashboard(ground)
-        return 0
+        return show_dashboard(ground, job["spec"], work / "ui.log")
     finally:
         if shim:
             shim.stop()

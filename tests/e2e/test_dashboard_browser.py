@@ -13,9 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -23,9 +20,10 @@ import pytest
 import yaml
 
 from lora_operator.kubectl_lora import main as kubectl_lora
+from testground.dashboard import start_ui
 from testground.kubelet_shim import KubeletShim
 from testground.operator import OperatorProcess, install_crds, storage_secret
-from testground.procs import Proc, free_port
+from testground.procs import free_port
 from testground.seed import make_dataset, upload
 from tinymodels import build_tiny_model
 
@@ -76,25 +74,11 @@ def dashboard(ground, tmp_path_factory):
     ground.kubectl("create", "namespace", NS)
     ground.apply(storage_secret(ground, NS))
     ground.add_gpu_nodes(1, gpus=1, gpu_type=GPU_TYPE, prefix="ui")
-    m = ground.minio
-    port = free_port()
-    ui = Proc("kubectl-lora-ui", [sys.executable, "-m", "lora_operator.kubectl_lora", "ui", "--port", str(port),
-                                  "--kubeconfig", str(ground.kubeconfig), "-n", NS, "--s3-endpoint", m.endpoint,
-                                  "--access-key", m.access_key, "--secret-key", m.secret_key, "--no-s3-secure"],
-              work / "ui.log").start()
+    ui = start_ui(ground, NS, work / "ui.log", port=free_port())
     operator = OperatorProcess(ground, work / "operator.log").start()
     shim = KubeletShim(ground, work / "pods", namespaces=frozenset({NS})).start()
-    url = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        try:
-            with urllib.request.urlopen(url + "/", timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, ConnectionError):
-            return False
-
+    url = ui.url
     try:
-        ground.wait_for(answers, timeout=60, what=f"the dashboard at {url} ({ui.tail()})")
         assert f"Dashboard of namespace {NS}: {url}/" in (work / "ui.log").read_text()
         shots = Path(os.environ.get(SHOTS_ENV) or work / "screenshots")
         shots.mkdir(parents=True, exist_ok=True)

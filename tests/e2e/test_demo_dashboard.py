@@ -1,0 +1,120 @@
+"""`make demo`'s last check, on the test ground: the dashboard shows the demo's job.
+
+A job like the demo's (examples/demo-concept-job.yaml: the tiny Flux-topology base pretrained on the
+procedural world, the magenta-cross concept, the same previews; fewer steps) trains through the real
+operator path, then `testground.dashboard` (the code examples/demo.py runs) starts `kubectl lora ui`
+and checks in Debian's Chromium that the Jobs page lists it as Succeeded and its page loads every
+epoch's previews, the contact sheet's prompts at the sheet's seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from testground.dashboard import DEFAULT_PORT, DashboardError, check_job_shown, preview_samples, start_ui
+from testground.kubelet_shim import KubeletShim
+from testground.operator import OperatorProcess, install_crds, storage_secret
+from testground.seed import upload
+from tinyworld.cache import tinybase
+from tinyworld.concept import CONTROL_PROMPTS, TRIGGER_PROMPTS, write_concept_set
+from tinyworld.sampling import GUIDANCE, SAMPLING_STEPS
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("chromium") is None,
+                       reason="Debian's chromium is not installed (`make apt` installs it)"),
+]
+REPO = Path(__file__).resolve().parents[2]
+DEMO_JOB = REPO / "examples/demo-concept-job.yaml"
+NS = "demo-ui"
+GPU_TYPE = "demoui"
+"""This module's node's GPU type, which its job asks for: the ground is shared by the session's tests,
+and their free nodes would otherwise run it, or theirs land here."""
+STEPS = 6
+"""Training steps of the test's job: two epochs of three steps; the demo trains 150."""
+
+
+def demo_job() -> dict:
+    """The demo's job, two short epochs, placed on this module's node."""
+    job = yaml.safe_load(DEMO_JOB.read_text())
+    job["metadata"] = {"name": "demo", "namespace": NS}
+    job["spec"]["placement"] = {"gpuType": GPU_TYPE}
+    job["spec"]["training"].update(steps=STEPS, epochs=2)
+    return job
+
+
+def test_the_demo_jobs_previews_are_the_contact_sheets_samples():
+    """The demo's sheet samples its job's preview prompts and seeds (examples/demo.py reads them from the
+    job): the trigger prompt and a control prompt, four seeds, with the sheet's sampler settings."""
+    spec = yaml.safe_load(DEMO_JOB.read_text())["spec"]
+    prompts, seeds = preview_samples(spec)
+    assert prompts == [TRIGGER_PROMPTS[0], CONTROL_PROMPTS[0]]
+    assert seeds == [0, 1, 2, 3]
+    assert spec["previews"]["size"] == "32x32" and spec["dataset"]["crop"]["size"] == "32x32"
+    assert (spec["previews"]["steps"], spec["previews"]["guidance"]) == (SAMPLING_STEPS, GUIDANCE)
+
+
+@pytest.fixture(scope="module")
+def finished_demo(ground, tmp_path_factory):
+    """The demo's job, trained on the ground to Succeeded; yields its resource."""
+    work = tmp_path_factory.mktemp("demo-ui")
+    install_crds(ground)
+    upload(ground, "s3://models/tinyworld-flow/", tinybase("flow"))
+    upload(ground, "s3://datasets/concept/", write_concept_set(work / "dataset"))
+    client = ground.minio.client()
+    if not client.bucket_exists("loras"):
+        client.make_bucket("loras")
+    ground.kubectl("create", "namespace", NS)
+    ground.apply(storage_secret(ground, NS))
+    ground.add_gpu_nodes(1, gpus=1, gpu_type=GPU_TYPE, prefix="demoui")
+    operator = OperatorProcess(ground, work / "operator.log").start()
+    shim = KubeletShim(ground, work / "pods", namespaces=frozenset({NS})).start()
+
+    def job() -> dict:
+        return json.loads(ground.kubectl("get", "ltj", "demo", "-n", NS, "-o", "json").stdout)
+
+    try:
+        ground.apply(demo_job())
+        ground.wait_for(lambda: job().get("status", {}).get("phase") in ("Succeeded", "Failed", "Cancelled"),
+                        timeout=480, what="ltj/demo finished", interval=1)
+        done = job()
+        assert done["status"]["phase"] == "Succeeded", (done["status"], operator.tail())
+        yield done, work
+    finally:
+        shim.stop()
+        operator.stop()
+
+
+def test_the_dashboard_shows_the_demo_job_with_every_epochs_previews(ground, finished_demo):
+    done, work = finished_demo
+    ui = start_ui(ground, NS, work / "ui.log")
+    try:
+        assert ui.command.startswith(f"kubectl lora ui --kubeconfig {ground.kubeconfig} -n {NS} ")
+        assert ("--port" in ui.args) == (not ui.url.endswith(f":{DEFAULT_PORT}"))
+        seen = check_job_shown(ui.url, "demo", done["spec"], work / "shots")
+        prompts, seeds = preview_samples(done["spec"])
+        # Both epochs' columns, each the sheet's row: the trigger prompt at seeds 0-3, then the control prompt.
+        assert seen.phase == "Succeeded"
+        assert seen.previews == {1: [prompts[0]] * 4 + [prompts[1]] * 4, 2: [prompts[0]] * 4 + [prompts[1]] * 4}
+        assert seeds == [0, 1, 2, 3]
+        assert seen.job_shot.stat().st_size > 0 and seen.jobs_shot.stat().st_size > 0
+        # The status lists the same: each epoch, each prompt, four images.
+        assert sorted((p["epoch"], p["prompt"], len(p["uris"])) for p in done["status"]["previews"]) == sorted(
+            (e, p, 4) for e in (1, 2) for p in prompts)
+
+        # The check has teeth: a job the page does not list, or a page without the previews asked for, fails.
+        with pytest.raises(DashboardError, match="did not show the Jobs page listing ltj/no-such-job"):
+            check_job_shown(ui.url, "no-such-job", done["spec"], work / "shots", timeout=5)
+        three = {**done["spec"], "training": {**done["spec"]["training"], "epochs": 3}}
+        with pytest.raises(DashboardError, match=r"loaded preview images of epochs \[1, 2, 3\]"):
+            check_job_shown(ui.url, "demo", three, work / "shots", timeout=5)
+        other = {**done["spec"], "previews": {**done["spec"]["previews"], "seed": 5, "imagesPerPrompt": 2}}
+        with pytest.raises(DashboardError, match="not its preview prompts at seeds"):
+            check_job_shown(ui.url, "demo", other, work / "shots", timeout=5)
+    finally:
+        ui.stop()
