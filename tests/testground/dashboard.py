@@ -2,7 +2,8 @@
 
 `make demo` (examples/demo.py) ends with this check on its own job and tests/e2e/test_demo_dashboard.py
 runs the very same functions, so the test fails where the demo would: the Jobs page must list the job
-as Succeeded and the job's page must load every epoch's preview images. It lives in the test ground,
+as Succeeded, and the job's page must load every epoch's preview images, each epoch's column the job's
+preview prompts at each of its seeds (the demo's contact sheet row of that epoch). It lives in the test ground,
 next to the operator and kubelet-shim helpers the demo already borrows, because the tests import from
 here and not from examples/.
 """
