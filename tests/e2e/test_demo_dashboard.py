@@ -13,16 +13,18 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from testground.dashboard import DEFAULT_PORT, DashboardError, check_job_shown, preview_samples, start_ui
 from testground.kubelet_shim import KubeletShim
 from testground.operator import OperatorProcess, install_crds, storage_secret
 from testground.seed import upload
 from tinyworld.cache import tinybase
-from tinyworld.concept import CONTROL_PROMPTS, TRIGGER_PROMPTS, write_concept_set
-from tinyworld.sampling import GUIDANCE, SAMPLING_STEPS
+from tinyworld.concept import CONTROL_PROMPTS, TRIGGER_PROMPTS, load_adapter, write_concept_set
+from tinyworld.sampling import GUIDANCE, SAMPLING_STEPS, load_pipeline, sample
 
 pytestmark = [
     pytest.mark.e2e,
@@ -118,3 +120,30 @@ def test_the_dashboard_shows_the_demo_job_with_every_epochs_previews(ground, fin
             check_job_shown(ui.url, "demo", other, work / "shots", timeout=5)
     finally:
         ui.stop()
+
+
+def test_the_pages_preview_is_the_sheets_sample_drawn_without_guidance(ground, finished_demo):
+    """Pixel for pixel, the trainer's preview of epoch 1 (trigger prompt, first seed) is what the contact
+    sheet's sampler draws with the downloaded epoch-1 LoRA when classifier-free guidance is off, and not
+    what it draws with the sheet's guidance: the trainer passes previews.guidance to Flux as distilled
+    guidance, which the tiny base (no guidance embedder) ignores. So the page and the sheet show the same
+    prompt, seed and LoRA, and differ only by that guidance (README, `make demo`)."""
+    done, work = finished_demo
+    client = ground.minio.client()
+
+    def fetch(uri: str, target: Path) -> Path:
+        bucket, key = uri.removeprefix("s3://").split("/", 1)
+        client.fget_object(bucket, key, str(target))
+        return target
+
+    preview = next(p for p in done["status"]["previews"] if p["epoch"] == 1 and p["prompt"] == TRIGGER_PROMPTS[0])
+    page_image = np.asarray(Image.open(fetch(preview["uris"][0], work / "p0-i0.png")).convert("RGB")).astype(int)
+    checkpoint = next(c for c in done["status"]["checkpoints"] if c["epoch"] == 1 and c["format"] == "diffusers")
+    (work / "epoch-1").mkdir()
+    fetch(checkpoint["uri"], work / "epoch-1" / "pytorch_lora_weights.safetensors")
+    pipe = load_pipeline(tinybase("flow"))
+    load_adapter(pipe, work / "epoch-1", "epoch_1")
+    prompts, seeds = preview_samples(done["spec"])
+    unguided, guided = (sample(pipe, [prompts[0]], [seeds[0]], guidance=g)[0].astype(int) for g in (1.0, GUIDANCE))
+    assert np.abs(unguided - page_image).max() <= 2  # the same image (batching may move a rounding)
+    assert np.abs(guided - page_image).mean() > 5  # the sheet's guided sample is another image
