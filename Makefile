@@ -38,7 +38,7 @@ tinybase: venv  ## the tiny bases (noise prediction: SD1.5 topology; flow matchi
 
 test: setup tinybase  ## the whole suite: unit, trainer (tiny models), cluster (real control plane + MinIO), e2e
 	$(MAKE) lint
-	$(PYTEST) tests -m "not chaos and not slow" --durations=15
+	$(PYTEST) tests -m "not chaos and not slow and not multikueue" --durations=15
 
 test-unit: venv
 	$(PYTEST) tests/unit

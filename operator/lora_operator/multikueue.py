@@ -12,12 +12,33 @@ it never matches a node of this cluster.
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from .api import ExitCode
+from .render import CONTAINER
 
 MANAGED_BY = "kueue.x-k8s.io/multikueue"
 """The Job's spec.managedBy once Kueue's webhook gave it to MultiKueue."""
 NODE_PREFIX = "multikueue/"
 """How status.node names the worker cluster an attempt runs on."""
+
+
+EXIT_CODE = re.compile(r"failed with exit code (\d+)")
+"""How the Job controller's message for a FailJob rule of a podFailurePolicy names the exit code
+(pkg/controller/job/pod_failure_policy.go, Kubernetes 1.34)."""
+
+
+def with_exit_codes(batch_job: dict[str, Any]) -> dict[str, Any]:
+    """`batch_job` (an attempt's Job) with a podFailurePolicy that fails it on any of the trainer's
+    own non-zero exit codes: the Job's Failed condition then names the code, and so does its copy
+    on the manager, where the pod's own status never arrives. The Job fails on the first failure
+    anyway (backoffLimit 0); the rule only makes the reason readable. Signals (137, 143: a
+    preemption, an eviction) are left out, so they end the Job as before."""
+    codes = sorted(int(code) for code in ExitCode if code != ExitCode.SUCCESS)
+    batch_job["spec"]["podFailurePolicy"] = {"rules": [{"action": "FailJob", "onExitCodes": {
+        "containerName": CONTAINER, "operator": "In", "values": codes}}]}
+    return batch_job
 
 
 def dispatched(batch_job: dict[str, Any] | None) -> bool:
@@ -47,8 +68,9 @@ def worker_pod(batch_job: dict[str, Any] | None) -> dict[str, Any] | None:
     MultiKueue mirrors (None: the Job is gone, or Kueue suspended it again, which removed the pod).
 
     The worker's Job ends Complete when its one pod succeeded and Failed (backoffLimit 0) when it
-    failed; the exit code stays on the worker, so a failure is classified by the Job's reason and
-    message. While the Job counts a ready pod, the trainer runs; before that it is Pending.
+    failed; the trainer's exit code comes from the Failed message of the `with_exit_codes` rule,
+    else (a signal) the failure is classified by the Job's reason and message. While the Job
+    counts a ready pod, the trainer runs; before that it is Pending.
     """
     if not dispatched(batch_job) or batch_job["spec"].get("suspend"):
         return None
@@ -57,7 +79,11 @@ def worker_pod(batch_job: dict[str, Any] | None) -> dict[str, Any] | None:
     if _condition(status, "Complete") or status.get("succeeded"):
         pod_status = {"phase": "Succeeded"}
     elif failed := _condition(status, "Failed"):
-        pod_status = {"phase": "Failed", "reason": failed.get("reason"), "message": failed.get("message")}
+        message = failed.get("message") or ""
+        pod_status = {"phase": "Failed", "reason": failed.get("reason"), "message": message}
+        if code := EXIT_CODE.search(message):
+            pod_status["containerStatuses"] = [{"name": CONTAINER, "state": {"terminated": {
+                "exitCode": int(code.group(1)), "reason": "Error", "message": message}}}]
     elif status.get("ready") or status.get("active"):
         pod_status = {"phase": "Running" if status.get("ready") else "Pending"}
     return {"metadata": {"name": batch_job["metadata"]["name"],

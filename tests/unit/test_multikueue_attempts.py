@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 import pytest
 from test_kueue_render import job as trainer_job
 
-from lora_operator.multikueue import MANAGED_BY, dispatched, on_worker, worker_node, worker_pod
+from lora_operator.api import ExitCode
+from lora_operator.multikueue import MANAGED_BY, dispatched, on_worker, with_exit_codes, worker_node, worker_pod
 from lora_operator.outcome import OutcomeKind, classify
 from lora_operator.views import pod_snapshot
 
@@ -42,12 +43,28 @@ def test_a_completed_worker_job_is_a_finished_training():
     assert outcome(done).kind is OutcomeKind.SUCCEEDED
 
 
+def test_the_trainers_exit_code_crosses_to_the_manager_in_the_failed_message():
+    """The Job controller's message for the `with_exit_codes` rule (Kubernetes 1.34's wording)."""
+    rule = with_exit_codes(trainer_job())["spec"]["podFailurePolicy"]["rules"][0]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["containerName"] == "trainer"
+    assert set(rule["onExitCodes"]["values"]) == {int(c) for c in ExitCode} - {0}
+    assert 143 not in rule["onExitCodes"]["values"]  # SIGTERM: a preemption is no trainer failure
+    message = ("Container trainer for pod team-a/corgi-a2-x7k2p failed with exit code 65 matching FailJob rule "
+               "at index 0")
+    failed = mirrored({"failed": 1, "conditions": [condition("Failed", "PodFailurePolicy", message)]})
+    result = outcome(failed)
+    assert result.kind is OutcomeKind.INPUT_ERROR and result.exit_code == ExitCode.BAD_DATASET
+    transient = mirrored({"failed": 1, "conditions": [
+        condition("Failed", "PodFailurePolicy", message.replace("code 65", "code 75"))]})
+    assert outcome(transient).kind is OutcomeKind.TRANSIENT
+
+
 def test_a_failed_worker_job_is_a_crash_with_the_jobs_reason():
     failed = mirrored({"failed": 1, "conditions": [
         condition("FailureTarget", "BackoffLimitExceeded", "Job has reached the specified backoff limit"),
         condition("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")]})
-    result = outcome(failed)
-    assert result.kind is OutcomeKind.CRASHED
+    result = outcome(failed)  # a signal (not one of the trainer's codes): no exit code in the message
+    assert result.kind is OutcomeKind.CRASHED and result.exit_code is None
     assert "backoff limit" in result.message
 
 
