@@ -20,7 +20,7 @@ from lora_operator.api import API_VERSION, ExitCode, LoraTrainingJob
 from lora_operator.multikueue import MANAGED_BY
 from lora_operator.render import pod_name
 from testground.kubelet_shim import KubeletShim
-from testground.multikueue import Worker, gpu_queue
+from testground.multikueue import Worker
 from testground.operator import KWOK_DATASET, OperatorProcess, install_crds, run_kubectl_json, storage_secret
 from testground.seed import make_dataset, upload
 from tinymodels import build_tiny_model
@@ -29,34 +29,32 @@ pytestmark = [pytest.mark.cluster, pytest.mark.multikueue]
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "mkq"
-QUEUE = "mk-queue"
-CHECK = "mk-check"
-WORKER = "worker1"
+QUEUE = "gpu-queue"  # the LocalQueue of examples/kueue/multikueue.yaml (manager) and queues.yaml (worker)
+WORKER = "worker1"  # the MultiKueueCluster of examples/kueue/multikueue.yaml
 TRAINER_SA = "lora-trainer"  # OperatorConfig.trainer_service_account's default
 
 
 @pytest.fixture(scope="module")
 def worker(ground, tmp_path_factory):
-    """The worker cluster connected to the manager's Kueue, with the namespace, queues, trainer
-    ServiceAccount and storage Secret mirrored on it, as MultiKueue expects of a platform."""
+    """The worker cluster connected to the manager's Kueue by the examples, with the namespace,
+    trainer ServiceAccount and storage Secret mirrored on it, as MultiKueue expects of a platform."""
     install_crds(ground)
     w = Worker(ground, WORKER, tmp_path_factory.mktemp("worker1"))
+    manager_objects: list[dict] = []
     try:
         w.up(gpu_nodes=1, gpus=8)
-        w.connect(CHECK)
         for cluster in (ground, w.ground):
             cluster.kubectl("create", "namespace", NS)
             cluster.apply(storage_secret(ground, NS))
         w.ground.kubectl("create", "serviceaccount", TRAINER_SA, "-n", NS)
-        ground.apply(gpu_queue("mk-cq", "mk-gpu", 8, NS, QUEUE, admission_check=CHECK))
-        w.ground.apply(gpu_queue("mk-cq", "mk-gpu", 8, NS, QUEUE))
+        manager_objects = w.connect(NS)
         yield w
     finally:
         # Kueue's finalizers go while it runs: delete what the manager keeps before stopping it
         ground.kubectl("delete", "namespace", NS, "--wait=false", check=False)
-        for kind, name in (("clusterqueue", "mk-cq"), ("admissioncheck", CHECK), ("multikueueconfig", CHECK),
-                           ("multikueuecluster", WORKER), ("resourceflavor", "mk-gpu")):
-            ground.kubectl("delete", kind, name, "--ignore-not-found", "--wait=false", check=False)
+        if manager_objects:
+            ground.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", "-", check=False,
+                           input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manager_objects}))
         w.down()
 
 

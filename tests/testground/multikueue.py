@@ -19,12 +19,9 @@ import yaml
 
 from .controlplane import ControlPlane
 from .ground import Ground
-from .kueue import NAMESPACE, KueueManager
+from .kueue import KueueManager
 from .tools import versions
 
-KUEUE = "kueue.x-k8s.io/v1beta2"
-MULTIKUEUE_CONTROLLER = "kueue.x-k8s.io/multikueue"
-"""The AdmissionCheck controller name of MultiKueue, and the spec.managedBy of the Jobs it dispatches."""
 KUBECONFIG_KEY = "kubeconfig"
 """The key of the MultiKueueCluster's Secret that holds the kubeconfig (kueue.MultiKueueConfigSecretKey)."""
 
@@ -46,37 +43,24 @@ def inline_kubeconfig(control_plane: ControlPlane, name: str) -> str:
     })
 
 
-def gpu_queue(cluster_queue: str, flavor: str, gpus: int, namespace: str, local_queue: str,
-              admission_check: str | None = None) -> list[dict]:
-    """A ResourceFlavor, a ClusterQueue of `gpus` nvidia.com/gpu (behind `admission_check` if given) and
-    a LocalQueue in `namespace` pointing at it: the same names on manager and worker, as MultiKueue
-    expects (the dispatched Job keeps its namespace and queue-name label)."""
-    spec: dict = {"namespaceSelector": {}, "resourceGroups": [{"coveredResources": ["nvidia.com/gpu"], "flavors": [
-        {"name": flavor, "resources": [{"name": "nvidia.com/gpu", "nominalQuota": gpus}]}]}]}
-    if admission_check:
-        spec["admissionChecksStrategy"] = {"admissionChecks": [{"name": admission_check}]}
-    return [
-        {"apiVersion": KUEUE, "kind": "ResourceFlavor", "metadata": {"name": flavor}},
-        {"apiVersion": KUEUE, "kind": "ClusterQueue", "metadata": {"name": cluster_queue}, "spec": spec},
-        {"apiVersion": KUEUE, "kind": "LocalQueue", "metadata": {"name": local_queue, "namespace": namespace},
-         "spec": {"clusterQueue": cluster_queue}},
-    ]
+REPO = Path(__file__).resolve().parents[2]
+MANAGER_EXAMPLE = REPO / "examples/kueue/multikueue.yaml"
+"""The manager's MultiKueue set-up users apply: kubeconfig Secret, MultiKueueCluster, MultiKueueConfig,
+AdmissionCheck, and the ClusterQueue and LocalQueue behind it."""
+WORKER_EXAMPLE = REPO / "examples/kueue/queues.yaml"
+"""What a worker needs of Kueue: the single-cluster queues, with the same LocalQueue name."""
 
 
-def multikueue_objects(worker: str, kubeconfig: str, check: str) -> list[dict]:
-    """The manager's MultiKueue set-up for one worker: the kubeconfig Secret (in Kueue's namespace),
-    the MultiKueueCluster, a MultiKueueConfig listing it and the AdmissionCheck that uses it."""
-    return [
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{worker}-kubeconfig", "namespace": NAMESPACE},
-         "stringData": {KUBECONFIG_KEY: kubeconfig}},
-        {"apiVersion": KUEUE, "kind": "MultiKueueCluster", "metadata": {"name": worker},
-         "spec": {"clusterSource": {"kubeConfig": {"locationType": "Secret", "location": f"{worker}-kubeconfig"}}}},
-        {"apiVersion": KUEUE, "kind": "MultiKueueConfig", "metadata": {"name": check},
-         "spec": {"clusters": [worker]}},
-        {"apiVersion": KUEUE, "kind": "AdmissionCheck", "metadata": {"name": check},
-         "spec": {"controllerName": MULTIKUEUE_CONTROLLER,
-                  "parameters": {"apiGroup": "kueue.x-k8s.io", "kind": "MultiKueueConfig", "name": check}}},
-    ]
+def example_objects(path: Path, namespace: str, kubeconfig: str | None = None) -> list[dict]:
+    """The objects of an example file with its LocalQueues in `namespace` and its Secret's kubeconfig
+    replaced by `kubeconfig`."""
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for doc in docs:
+        if doc["kind"] == "LocalQueue":
+            doc["metadata"]["namespace"] = namespace
+        if doc["kind"] == "Secret":
+            doc["stringData"][KUBECONFIG_KEY] = kubeconfig
+    return docs
 
 
 KWOK_POD_STAGES = ("pod-ready.yaml", "pod-delete.yaml")
@@ -139,13 +123,24 @@ class Worker:
             raise
         return self
 
-    def connect(self, check: str) -> None:
-        """Registers the worker with the manager's Kueue under the AdmissionCheck `check` and waits until
-        the MultiKueueCluster is connected and the AdmissionCheck active."""
-        self.manager.apply(multikueue_objects(self.name, inline_kubeconfig(self.ground.control_plane, self.name),
-                                              check))
-        for obj in (f"multikueuecluster/{self.name}", f"admissioncheck/{check}"):
+    def connect(self, namespace: str) -> list[dict]:
+        """Applies the examples (`MANAGER_EXAMPLE` on the manager with this worker's kubeconfig,
+        `WORKER_EXAMPLE` here) with their LocalQueues in `namespace`, which must exist on both, and
+        waits until the MultiKueueCluster is connected and the AdmissionCheck active.
+
+        Returns:
+            The manager's objects, for the caller to delete.
+        """
+        manager = example_objects(MANAGER_EXAMPLE, namespace, inline_kubeconfig(self.ground.control_plane, self.name))
+        cluster = next(d for d in manager if d["kind"] == "MultiKueueCluster")["metadata"]["name"]
+        if cluster != self.name:
+            raise ValueError(f"{MANAGER_EXAMPLE} names worker {cluster!r}, this worker is {self.name!r}")
+        self.ground.apply(example_objects(WORKER_EXAMPLE, namespace))
+        self.manager.apply(manager)
+        check = next(d for d in manager if d["kind"] == "AdmissionCheck")["metadata"]["name"]
+        for obj in (f"multikueuecluster/{cluster}", f"admissioncheck/{check}"):
             self.manager.kubectl("wait", "--for=condition=Active", "--timeout=90s", obj, timeout=100)
+        return manager
 
     def down(self) -> None:
         """Stops both Kueues (webhooks unregistered first) and the worker's control plane."""
