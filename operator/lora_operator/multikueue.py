@@ -24,6 +24,9 @@ NODE_PREFIX = "multikueue/"
 """How status.node names the worker cluster an attempt runs on."""
 
 
+SIGNALLED = 128
+"""Exit codes from 128 on are a signal's (128 + n), even if the trainer chose one to say it saved its
+state on SIGTERM: never a reason to fail the Job (Kueue's preemption suspends it instead)."""
 EXIT_CODE = re.compile(r"failed with exit code (\d+)")
 """How the Job controller's message for a FailJob rule of a podFailurePolicy names the exit code
 (pkg/controller/job/pod_failure_policy.go, Kubernetes 1.34)."""
@@ -35,7 +38,7 @@ def with_exit_codes(batch_job: dict[str, Any]) -> dict[str, Any]:
     on the manager, where the pod's own status never arrives. The Job fails on the first failure
     anyway (backoffLimit 0); the rule only makes the reason readable. Signals (137, 143: a
     preemption, an eviction) are left out, so they end the Job as before."""
-    codes = sorted(int(code) for code in ExitCode if code != ExitCode.SUCCESS)
+    codes = sorted(int(code) for code in ExitCode if 0 < code < SIGNALLED)
     batch_job["spec"]["podFailurePolicy"] = {"rules": [{"action": "FailJob", "onExitCodes": {
         "containerName": CONTAINER, "operator": "In", "values": codes}}]}
     return batch_job

@@ -47,8 +47,9 @@ def test_the_trainers_exit_code_crosses_to_the_manager_in_the_failed_message():
     """The Job controller's message for the `with_exit_codes` rule (Kubernetes 1.34's wording)."""
     rule = with_exit_codes(trainer_job())["spec"]["podFailurePolicy"]["rules"][0]
     assert rule["action"] == "FailJob" and rule["onExitCodes"]["containerName"] == "trainer"
-    assert set(rule["onExitCodes"]["values"]) == {int(c) for c in ExitCode} - {0}
-    assert 143 not in rule["onExitCodes"]["values"]  # SIGTERM: a preemption is no trainer failure
+    assert set(rule["onExitCodes"]["values"]) == {int(c) for c in ExitCode if 0 < c < 128}
+    assert {ExitCode.BAD_DATASET, ExitCode.TRANSIENT, ExitCode.UNEXPECTED} <= set(rule["onExitCodes"]["values"])
+    assert max(rule["onExitCodes"]["values"]) < 128  # 128 + n is signal n (143: SIGTERM, a preemption)
     message = ("Container trainer for pod team-a/corgi-a2-x7k2p failed with exit code 65 matching FailJob rule "
                "at index 0")
     failed = mirrored({"failed": 1, "conditions": [condition("Failed", "PodFailurePolicy", message)]})
