@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)/tests
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 
-.PHONY: setup apt venv tools tinybase test test-unit test-trainer test-learning test-cluster lint crds chaos fuzz demo \
+.PHONY: setup apt venv tools tinybase test test-unit test-trainer test-learning test-cluster test-multikueue lint crds chaos fuzz demo \
         cluster-up cluster-down bench-cpu bench-gpu clean
 
 setup: apt venv tools  ## everything the tests and the demo need
@@ -38,7 +38,7 @@ tinybase: venv  ## the tiny bases (noise prediction: SD1.5 topology; flow matchi
 
 test: setup tinybase  ## the whole suite: unit, trainer (tiny models), cluster (real control plane + MinIO), e2e
 	$(MAKE) lint
-	$(PYTEST) tests -m "not chaos and not slow" --durations=15
+	$(PYTEST) tests -m "not chaos and not slow and not multikueue" --durations=15
 
 test-unit: venv
 	$(PYTEST) tests/unit
@@ -51,6 +51,9 @@ test-learning: venv tinybase  ## the learning proofs with their longer variants 
 
 test-cluster: setup
 	$(PYTEST) tests/cluster tests/e2e
+
+test-multikueue: setup  ## MultiKueue: a job on a manager control plane trained on a worker control plane (each with its own Kueue)
+	$(PYTEST) tests/cluster/test_multikueue.py -m multikueue --durations=0
 
 chaos: setup  ## fault injection: kill -9, node loss, storage and apiserver outages
 	$(PYTEST) tests -m chaos

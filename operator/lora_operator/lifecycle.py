@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import policy, selection, webhook
+from . import multikueue, policy, selection, webhook
 from . import status_transitions as st
 from .api import FINISHED_PHASES, ConditionType, JobSpec, JobStatus, Phase, Reason, SpecError, resolve_spec, spec_hash
 from .api.resolve import template_pod
@@ -180,9 +180,10 @@ class Lifecycle:
             if job.status.attempt:  # the ended attempt's Job: Kueue releases nothing while it is there
                 self.kube.delete_batch_job(job.namespace, pod_name(job.name, job.status.attempt))
             self.kube.ensure_service_account(job.namespace, self.config.trainer_service_account)
-            manifest = build_trainer_job(job_name=job.name, namespace=job.namespace, job_uid=job.uid, spec=spec,
-                                         queue=queue, gpus=self.node_gpus(), attempt=attempt, resume=attempt > 1,
-                                         config=self.config, priority_class=job.labels.get(LABEL_PRIORITY_CLASS))
+            manifest = multikueue.with_exit_codes(build_trainer_job(
+                job_name=job.name, namespace=job.namespace, job_uid=job.uid, spec=spec, queue=queue,
+                gpus=self.node_gpus(), attempt=attempt, resume=attempt > 1, config=self.config,
+                priority_class=job.labels.get(LABEL_PRIORITY_CLASS)))
             try:
                 self.kube.create_batch_job(manifest)
             except Refused as err:
@@ -190,12 +191,14 @@ class Lifecycle:
             self.emit(job.body, "Normal", Reason.QUEUED, f"attempt {attempt}: Job {name} in Kueue LocalQueue {queue}")
             state = workload_state(None)
         else:
-            state = workload_state(self.kube.workload_of(job.namespace, batch["metadata"]["uid"]),
-                                   bool(batch["spec"].get("suspend")))
+            workload = self.kube.workload_of(job.namespace, batch["metadata"]["uid"])
+            state = workload_state(workload, bool(batch["spec"].get("suspend")))
         status = st.kueue_workload(job.status, state, now=now)
         if state.phase is Phase.RUNNING and not state.finished:
             placed = [p for p in self.kube.pods_of_batch_job(job.namespace, batch["metadata"]["uid"])
                       if p["spec"].get("nodeName") and not p["metadata"].get("deletionTimestamp")]
+            if worker := multikueue.worker_node(batch, workload):  # its pod runs on that cluster, not here
+                placed = [{"metadata": {"name": name}, "spec": {"nodeName": worker}}]
             if placed:
                 pod, node = placed[0]["metadata"]["name"], placed[0]["spec"]["nodeName"]
                 self.statuses.write(job, st.admitted(status, node=node, gpus=self.node_gpus(), pod=pod,
@@ -277,6 +280,8 @@ class Lifecycle:
         """Classifies the current attempt's pod and acts on how it ended."""
         attempt = job.status.attempts[-1] if job.status.attempts else None
         pod = pods.get(attempt.pod) if attempt else None
+        if pod is None and attempt and multikueue.on_worker(attempt.node):
+            pod = multikueue.worker_pod(self.kube.get_batch_job(job.namespace, attempt.pod))
         if pod is None and attempt and attempt.start_time and now - _parse(attempt.start_time) < POD_CREATE_GRACE:
             return None
         node = job.status.node
