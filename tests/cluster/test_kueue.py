@@ -35,18 +35,33 @@ SPEC = resolve_spec({"baseModel": {"family": "sd15", "uri": "s3://models/tiny"},
                      "output": {"uri": "s3://out/"}})
 
 
+GROUP = "kueue.x-k8s.io/v1beta2"
+
+
+def flavor(name: str, labels: dict[str, str]) -> dict:
+    return {"apiVersion": GROUP, "kind": "ResourceFlavor", "metadata": {"name": name}, "spec": {"nodeLabels": labels}}
+
+
+def cluster_queue(name: str, flavor_name: str, gpus: int, preempt: bool = False) -> dict:
+    """A ClusterQueue of `gpus` GPUs of one flavor; with `preempt`, a higher priority preempts a lower one."""
+    spec = {"namespaceSelector": {}, "resourceGroups": [{"coveredResources": ["nvidia.com/gpu"], "flavors": [
+        {"name": flavor_name, "resources": [{"name": "nvidia.com/gpu", "nominalQuota": gpus}]}]}]}
+    if preempt:
+        spec["preemption"] = {"withinClusterQueue": "LowerPriority"}
+    return {"apiVersion": GROUP, "kind": "ClusterQueue", "metadata": {"name": name}, "spec": spec}
+
+
+def local_queue(name: str, namespace: str, cluster_queue_name: str) -> dict:
+    return {"apiVersion": GROUP, "kind": "LocalQueue", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"clusterQueue": cluster_queue_name}}
+
+
 def queues() -> list[dict]:
-    group = "kueue.x-k8s.io/v1beta2"
     return [
-        {"apiVersion": group, "kind": "ResourceFlavor", "metadata": {"name": "kq-gpu"},
-         "spec": {"nodeLabels": POOL}},
-        {"apiVersion": group, "kind": "ClusterQueue", "metadata": {"name": "kq-training"},
-         "spec": {"namespaceSelector": {}, "preemption": {"withinClusterQueue": "LowerPriority"},
-                  "resourceGroups": [{"coveredResources": ["nvidia.com/gpu"], "flavors": [
-                      {"name": "kq-gpu", "resources": [{"name": "nvidia.com/gpu", "nominalQuota": 16}]}]}]}},
-        {"apiVersion": group, "kind": "LocalQueue", "metadata": {"name": QUEUE, "namespace": NS},
-         "spec": {"clusterQueue": "kq-training"}},
-        {"apiVersion": group, "kind": "WorkloadPriorityClass", "metadata": {"name": "kq-urgent"}, "value": 1000},
+        flavor("kq-gpu", POOL),
+        cluster_queue("kq-training", "kq-gpu", 16, preempt=True),
+        local_queue(QUEUE, NS, "kq-training"),
+        {"apiVersion": GROUP, "kind": "WorkloadPriorityClass", "metadata": {"name": "kq-urgent"}, "value": 1000},
     ]
 
 
@@ -224,16 +239,8 @@ def test_the_operator_runs_a_queued_job_through_kueue_and_shows_kueues_reason(gr
     ns = "kq-op"
     ground.kubectl("create", "namespace", ns)
     ground.apply(storage_secret(ground, ns))
-    group = "kueue.x-k8s.io/v1beta2"
-    ground.apply([
-        {"apiVersion": group, "kind": "ClusterQueue", "metadata": {"name": "kq-none"},
-         "spec": {"namespaceSelector": {}, "resourceGroups": [{"coveredResources": ["nvidia.com/gpu"], "flavors": [
-             {"name": "kq-gpu", "resources": [{"name": "nvidia.com/gpu", "nominalQuota": 0}]}]}]}},
-        {"apiVersion": group, "kind": "LocalQueue", "metadata": {"name": QUEUE, "namespace": ns},
-         "spec": {"clusterQueue": "kq-training"}},
-        {"apiVersion": group, "kind": "LocalQueue", "metadata": {"name": "no-quota", "namespace": ns},
-         "spec": {"clusterQueue": "kq-none"}},
-    ])
+    ground.apply([cluster_queue("kq-none", "kq-gpu", 0), local_queue(QUEUE, ns, "kq-training"),
+                  local_queue("no-quota", ns, "kq-none")])
 
     def ltj(name: str, queue: str, by_label: bool = False) -> dict:
         spec = {"baseModel": {"family": "sd15", "uri": KWOK_MODEL}, "dataset": {"uri": KWOK_DATASET},
@@ -340,16 +347,8 @@ def test_a_higher_priority_workload_preempts_a_running_job_which_resumes_with_it
     ground.apply(storage_secret(ground, ns))
     ground.apply(shim_node("kq-shim-0", labels=pool))
     kwok_nodes = ground.add_gpu_nodes(1, prefix="kq-pre", labels=pool)
-    group = "kueue.x-k8s.io/v1beta2"
-    ground.apply([
-        {"apiVersion": group, "kind": "ResourceFlavor", "metadata": {"name": "kq-pre"}, "spec": {"nodeLabels": pool}},
-        {"apiVersion": group, "kind": "ClusterQueue", "metadata": {"name": "kq-one-node"},
-         "spec": {"namespaceSelector": {}, "preemption": {"withinClusterQueue": "LowerPriority"},
-                  "resourceGroups": [{"coveredResources": ["nvidia.com/gpu"], "flavors": [
-                      {"name": "kq-pre", "resources": [{"name": "nvidia.com/gpu", "nominalQuota": 8}]}]}]}},
-        {"apiVersion": group, "kind": "LocalQueue", "metadata": {"name": QUEUE, "namespace": ns},
-         "spec": {"clusterQueue": "kq-one-node"}},
-    ])
+    ground.apply([flavor("kq-pre", pool), cluster_queue("kq-one-node", "kq-pre", 8, preempt=True),
+                  local_queue(QUEUE, ns, "kq-one-node")])
     slow = {"apiVersion": API_VERSION, "kind": LoraTrainingJob.KIND, "metadata": {"name": "slow", "namespace": ns},
             "spec": {"queueName": QUEUE, "type": "lora",
                      "baseModel": {"family": "sd15", "uri": "s3://models/tiny-sd15"},
@@ -445,8 +444,7 @@ def test_kueue_does_not_admit_a_job_until_its_dataset_check_passed(ground, kueue
     ns = "kq-gate"
     ground.kubectl("create", "namespace", ns)
     ground.apply(storage_secret(ground, ns))
-    ground.apply({"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
-                  "metadata": {"name": QUEUE, "namespace": ns}, "spec": {"clusterQueue": "kq-training"}})
+    ground.apply(local_queue(QUEUE, ns, "kq-training"))
 
     def status() -> dict:
         return run_kubectl_json(ground, "get", "ltj", "-n", ns, "gated").get("status") or {}
@@ -463,12 +461,17 @@ def test_kueue_does_not_admit_a_job_until_its_dataset_check_passed(ground, kueue
                 timeout=120, what="the job held at the gate", interval=1)
             batch = run_kubectl_json(ground, "get", "job", pod_name("gated", 1), "-n", ns)
             assert batch["metadata"]["annotations"][ADMISSION_GATED_BY] == "lora-operator.io/inputs"
-            ground.wait_for(lambda: workload_in(ground, ns, batch["metadata"]["uid"]) is not None, timeout=60,
-                            what="Kueue's Workload of the gated Job")
-            time.sleep(5)  # Kueue had quota to admit it at once, were it not gated
+
+            def seen_gated() -> bool:  # Kueue had quota to admit it at once: it says why it does not
+                held = workload_in(ground, ns, batch["metadata"]["uid"]) or {}
+                return any(c["type"] == "QuotaReserved" and c.get("reason") == "AdmissionGated"
+                           for c in (held.get("status") or {}).get("conditions") or [])
+
+            ground.wait_for(seen_gated, timeout=60, what="Kueue's Workload held AdmissionGated")
             held = workload_in(ground, ns, batch["metadata"]["uid"])
             assert held["metadata"]["annotations"][ADMISSION_GATED_BY] == "lora-operator.io/inputs"
             assert workload_state(held).holds_quota is False, held.get("status")
+            assert "lora-operator.io/inputs" in workload_state(held).message
             assert run_kubectl_json(ground, "get", "job", pod_name("gated", 1), "-n", ns)["spec"]["suspend"] is True
             assert status()["phase"] == "Queued" and "until the dataset can be checked" in status()["message"]
         finally:
