@@ -97,8 +97,9 @@ class OperatorConfig(BaseModel):
     """LORA_GPU_TYPE_LABEL: node label whose value spec.placement.gpuType must equal."""
     trainer_termination_grace_seconds: int = Field(default=120, ge=1, le=3600)
     """LORA_TRAINER_TERMINATION_GRACE_SECONDS: terminationGracePeriodSeconds of trainer pods: the time a
-    trainer gets on SIGTERM (a preemption, eviction or drain) to save its resume state and exit; set it
-    above the save time the job's model needs (its checkpoint save, as logged by the trainer)."""
+    trainer gets on SIGTERM (a preemption, eviction or drain) to save its resume state and exit. The
+    floor: once the job's trainer measured a save (status.progress.stateSaveSeconds) its later pods
+    get twice that plus one step plus 30 s when more (lora_operator/grace.py)."""
     kueue_enabled: bool = False
     """LORA_KUEUE_ENABLED: jobs that name a Kueue LocalQueue (spec.queueName or the label
     kueue.x-k8s.io/queue-name) run as batch/v1 Jobs that Kueue admits; off: a job with spec.queueName fails

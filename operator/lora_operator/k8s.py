@@ -243,6 +243,23 @@ class Kube:
             if err.status != 404:
                 raise
 
+    def annotate_batch_job(self, namespace: str, name: str, key: str, value: str | None,
+                           resource_version: str) -> None:
+        """Sets (None: removes) one annotation of a Job, only if it did not change since
+        `resource_version`; a Job already gone is fine.
+
+        Raises:
+            Conflict: the Job changed meanwhile; the caller reads it again.
+        """
+        patch = {"metadata": {"resourceVersion": resource_version, "annotations": {key: value}}}
+        try:
+            _discard(self.batch.patch_namespaced_job(name, namespace, patch, _preload_content=False))
+        except ApiException as err:
+            if err.status == 409:
+                raise Conflict(f"Job {namespace}/{name} changed meanwhile") from err
+            if err.status != 404:
+                raise
+
     def workload_of(self, namespace: str, job_uid: str) -> dict[str, Any] | None:
         """The Kueue Workload that a Job (by uid) owns, or None while Kueue has not made one."""
         listed = self.custom.list_namespaced_custom_object(*KUEUE_API, namespace, "workloads")

@@ -15,7 +15,7 @@ from typing import Any
 
 from .api import JobSpec
 from .api.conditions import Phase
-from .api.status import Condition
+from .api.status import Condition, Progress
 from .config import OperatorConfig
 from .render import build_trainer_pod, pod_name
 
@@ -24,6 +24,10 @@ LABEL_QUEUE_NAME = f"{KUEUE_GROUP}/queue-name"
 """On a Job: the LocalQueue Kueue admits it through. On a LoraTrainingJob: the same as spec.queueName."""
 LABEL_PRIORITY_CLASS = f"{KUEUE_GROUP}/priority-class"
 """A WorkloadPriorityClass; copied from the LoraTrainingJob to its Jobs."""
+ADMISSION_GATED_BY = f"{KUEUE_GROUP}/admission-gated-by"
+"""A Job annotation (Kueue v0.19, beta): Kueue admits no Workload while it names a gate."""
+ADMISSION_GATE = "lora-operator.io/inputs"
+"""The operator's gate: every attempt's Job is created with it, removed once the dataset check passed."""
 WORKLOAD_CONDITIONS = ("QuotaReserved", "Admitted", "Evicted", "Requeued", "PodsReady", "Finished")
 """The Workload conditions the job's status mirrors, each as ``Kueue<type>``."""
 MIRROR_PREFIX = "Kueue"
@@ -46,14 +50,16 @@ def build_trainer_job(
     resume: bool,
     config: OperatorConfig,
     priority_class: str | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """The batch/v1 Job of one attempt of a job that Kueue admits.
 
     The pod template is the trainer pod of render.py, less its node affinity: Kueue and the
     scheduler pick the node, and the anti-affinity (no two trainers on one node, in any
     namespace) stays, so Kueue's jobs and the operator's own never share a node. The Job is
-    created suspended; it never retries by itself (backoffLimit 0): the operator decides
-    about each attempt, as it does for its own pods.
+    created suspended and gated (`ADMISSION_GATE`: Kueue admits nothing until the operator
+    removes it); it never retries by itself (backoffLimit 0): the operator decides about each
+    attempt, as it does for its own pods.
 
     Args:
         job_name: metadata.name of the LoraTrainingJob.
@@ -66,9 +72,10 @@ def build_trainer_job(
         resume: Whether the trainer resumes from the saved state.
         config: The operator configuration.
         priority_class: A Kueue WorkloadPriorityClass, if the job names one.
+        progress: The job's status.progress: its measured save time sets the pod's grace period.
     """
     pod = build_trainer_pod(job_name=job_name, namespace=namespace, job_uid=job_uid, spec=spec, node="",
-                            gpus=gpus, attempt=attempt, resume=resume, config=config)
+                            gpus=gpus, attempt=attempt, resume=resume, config=config, progress=progress)
     pod_spec = pod["spec"]
     pod_spec["affinity"] = {"podAntiAffinity": pod_spec["affinity"]["podAntiAffinity"]}
     selector = dict(spec.placement.node_selector or {}) if spec.placement else {}
@@ -84,6 +91,7 @@ def build_trainer_job(
             "name": pod_name(job_name, attempt),
             "namespace": namespace,
             "labels": labels,
+            "annotations": {ADMISSION_GATED_BY: ADMISSION_GATE},
             "ownerReferences": pod["metadata"]["ownerReferences"],
         },
         "spec": {
@@ -120,10 +128,43 @@ class WorkloadState:
     finished: bool = False
 
     @property
+    def eviction(self) -> Condition | None:
+        """Kueue's Evicted condition (mirrored) when it ever evicted this Workload: True while evicted,
+        False ("Previously: ...") once it reserved quota again."""
+        return next((c for c in self.conditions if c.type == MIRROR_PREFIX + "Evicted"), None)
+
+    @property
     def holds_quota(self) -> bool:
         """Kueue counts this Workload against its ClusterQueue's quota."""
         return any(c.type == MIRROR_PREFIX + "QuotaReserved" and c.status == "True" for c in self.conditions) \
             and not self.finished
+
+
+def gated(batch_job: dict[str, Any]) -> bool:
+    """The Job still carries the operator's admission gate."""
+    gates = ((batch_job.get("metadata") or {}).get("annotations") or {}).get(ADMISSION_GATED_BY, "")
+    return ADMISSION_GATE in [g.strip() for g in gates.split(",")]
+
+
+def without_gate(gates: str, gate: str) -> str | None:
+    """The admission-gated-by value with `gate` removed; None when no gate is left (the annotation goes)."""
+    left = [g.strip() for g in gates.split(",") if g.strip() and g.strip() != gate]
+    return ",".join(left) or None
+
+
+def gate_state(message: str) -> WorkloadState:
+    """The job's state while its Job holds the operator's admission gate (Kueue has no say yet)."""
+    return WorkloadState(Phase.QUEUED, "AdmissionGated", message, False, ())
+
+
+def evicted_state(conditions: list[Condition] | tuple[Condition, ...]) -> WorkloadState | None:
+    """The state of a Workload that Kueue evicted, from its conditions as the job's status mirrored
+    them (the Job and its Workload may be gone since), or None when they show no eviction."""
+    mirrored = tuple(c for c in conditions if c.type.startswith(MIRROR_PREFIX))
+    evicted = next((c for c in mirrored if c.type == MIRROR_PREFIX + "Evicted"), None)
+    if evicted is None:
+        return None
+    return WorkloadState(Phase.QUEUED, evicted.reason or "Evicted", evicted.message or "", True, mirrored)
 
 
 def _true(conditions: dict[str, dict[str, Any]], kind: str) -> bool:

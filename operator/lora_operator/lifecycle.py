@@ -27,9 +27,21 @@ from .endpoints import EndpointError
 from .input_checks import missing_input
 from .job_storage import JobStorage, SecretUnusable, secret_name
 from .k8s import Conflict, Kube, Refused, describe_error
-from .kueue import LABEL_PRIORITY_CLASS, build_trainer_job, queue_name, workload_state
+from .kueue import (
+    ADMISSION_GATE,
+    ADMISSION_GATED_BY,
+    LABEL_PRIORITY_CLASS,
+    WorkloadState,
+    build_trainer_job,
+    evicted_state,
+    gate_state,
+    gated,
+    queue_name,
+    without_gate,
+    workload_state,
+)
 from .metrics import OperatorMetrics
-from .outcome import ActionKind, classify, next_action
+from .outcome import ActionKind, Outcome, OutcomeKind, classify, next_action
 from .render import output_prefix, pod_name
 from .results import Reports, apply_reports, dataset_is_empty, delete_checkpoints, finalize, read_reports
 from .status_writer import StatusWriter
@@ -47,6 +59,8 @@ CANCEL_MESSAGE = "spec.cancel is true: cancelled; the checkpoints of finished ep
 
 POD_CREATE_GRACE = timedelta(seconds=30)
 """An admitted job whose pod the watch has not shown yet is given this long before it counts as lost."""
+EVICTABLE = frozenset({OutcomeKind.DISRUPTED, OutcomeKind.CRASHED, OutcomeKind.TRANSIENT})
+"""How the pod of a Job that Kueue evicted can look ended: deleted, or failed with the SIGTERM exit."""
 
 
 @dataclass
@@ -131,21 +145,11 @@ class Lifecycle:
             return self.fail(job, Reason.ENDPOINT_NOT_ALLOWED, str(err), now)
         except SecretUnusable as err:
             return self.fail(job, Reason.SECRET_NOT_FOUND, str(err), now)
-        uri = spec.dataset.uri if spec.dataset else None
-        dataset = ("dataset", access.target, access.access_key, uri)
-        if uri and uri.startswith("s3://") and dataset not in self.confirmed:
-            try:
-                if dataset_is_empty(self.storage.open(uri, job.namespace, spec)):
-                    return self.fail(job, Reason.DATASET_EMPTY, f"spec.dataset.uri: {uri} holds no files", now)
-                self.confirmed.add(dataset)
-            except ObjectNotFound as err:
-                # err says that it does not exist
-                return self.fail(job, Reason.DATASET_EMPTY, f"spec.dataset.uri: {uri}: {err}", now)
-            except StorageError as err:
-                if err.denied:
-                    return self.fail(job, Reason.STORAGE_ACCESS_DENIED, f"spec.dataset.uri: {err} (with the keys of "
-                                     f"Secret {job.namespace}/{secret_name(spec, self.config)})", now)
-                log.warning("%s: cannot list the dataset yet: %s", job.key, err)
+        checked = self.check_dataset(job, spec, access)
+        if isinstance(checked, tuple):
+            return self.fail(job, *checked, now)
+        if checked:
+            log.warning("%s: cannot list the dataset yet: %s", job.key, checked)
         refused = policy.refusal(spec, self.config) or missing_input(
             spec, lambda uri: self.storage.open(uri, job.namespace, spec), (access.target, access.access_key),
             self.confirmed)
@@ -159,6 +163,30 @@ class Lifecycle:
                                                "output": output})
         self.statuses.write(job, st.queued(status, position=None, now=now))
         self.emit(job.body, "Normal", Reason.QUEUED, "spec resolved; waiting for a free GPU node")
+        return None
+
+    def check_dataset(self, job: JobView, spec: JobSpec, access=None) -> tuple[Reason, str] | str | None:
+        """Whether spec.dataset.uri holds files, with the job's own Secret: None when it does (or is
+        not in S3), (reason, message) when it does not or access is denied, and the error's text
+        when storage could not answer yet (the caller decides whether to wait)."""
+        uri = spec.dataset.uri if spec.dataset else None
+        if not uri or not uri.startswith("s3://"):
+            return None
+        access = access or self.storage.access(job.namespace, spec)
+        dataset = ("dataset", access.target, access.access_key, uri)
+        if dataset in self.confirmed:
+            return None
+        try:
+            if dataset_is_empty(self.storage.open(uri, job.namespace, spec)):
+                return Reason.DATASET_EMPTY, f"spec.dataset.uri: {uri} holds no files"
+        except ObjectNotFound as err:
+            return Reason.DATASET_EMPTY, f"spec.dataset.uri: {uri}: {err}"  # err says that it does not exist
+        except StorageError as err:
+            if err.denied:
+                return Reason.STORAGE_ACCESS_DENIED, (f"spec.dataset.uri: {err} (with the keys of "
+                                                      f"Secret {job.namespace}/{secret_name(spec, self.config)})")
+            return str(err)
+        self.confirmed.add(dataset)
         return None
 
     def with_kueue_queue(self, spec: JobSpec, job: JobView) -> JobSpec:
@@ -183,14 +211,16 @@ class Lifecycle:
             manifest = multikueue.with_exit_codes(build_trainer_job(
                 job_name=job.name, namespace=job.namespace, job_uid=job.uid, spec=spec, queue=queue,
                 gpus=self.node_gpus(), attempt=attempt, resume=attempt > 1, config=self.config,
-                priority_class=job.labels.get(LABEL_PRIORITY_CLASS)))
+                priority_class=job.labels.get(LABEL_PRIORITY_CLASS), progress=job.status.progress))
             try:
                 self.kube.create_batch_job(manifest)
             except Refused as err:
                 return self.fail(job, Reason.POD_REFUSED, f"{err}; fix the job's spec", now)
             self.emit(job.body, "Normal", Reason.QUEUED, f"attempt {attempt}: Job {name} in Kueue LocalQueue {queue}")
-            state = workload_state(None)
+            workload, state = None, workload_state(None)
         else:
+            if gated(batch):
+                return self.open_gate(job, spec, batch, now)
             workload = self.kube.workload_of(job.namespace, batch["metadata"]["uid"])
             state = workload_state(workload, bool(batch["spec"].get("suspend")))
         status = st.kueue_workload(job.status, state, now=now)
@@ -208,6 +238,69 @@ class Lifecycle:
         if status != job.status:
             self.statuses.write(job, status)
         return None
+
+    def open_gate(self, job: JobView, spec: JobSpec, batch: dict[str, Any], now: datetime) -> None:
+        """The attempt's Job holds the operator's admission gate: it is removed once the dataset
+        check passes, so Kueue's admission (and its WaitForPodsReady clock) starts with inputs that
+        are there. A dataset found empty fails the job and its Job goes; storage that cannot answer
+        keeps the gate, with the error on the status, until a later tick's check passes."""
+        name = batch["metadata"]["name"]
+        checked = self.check_dataset(job, spec)
+        if isinstance(checked, tuple):
+            self.kube.delete_batch_job(job.namespace, name)
+            return self.fail(job, *checked, now)
+        if checked:
+            message = f"Kueue admission held ({ADMISSION_GATE}) until the dataset can be checked: {checked}"
+            status = st.kueue_workload(job.status, gate_state(message), now=now)
+            if status != job.status:
+                self.statuses.write(job, status)
+            return None
+        gates = batch["metadata"]["annotations"][ADMISSION_GATED_BY]
+        self.kube.annotate_batch_job(job.namespace, name, ADMISSION_GATED_BY, without_gate(gates, ADMISSION_GATE),
+                                     batch["metadata"]["resourceVersion"])
+        return self.emit(job.body, "Normal", Reason.QUEUED, f"dataset checked: Job {name} released to Kueue")
+
+    def kueue_outcome(self, job: JobView, spec: JobSpec, pod: Mapping[str, Any] | None,
+                      outcome: Outcome) -> tuple[Outcome, WorkloadState | None]:
+        """The attempt of a Kueue job when Kueue evicted (preempted) its Job.
+
+        While the pod is terminating (the trainer saving its state on SIGTERM) the attempt's Job
+        is deleted: once the pod is gone Kueue would admit that Job again, and its controller
+        would start a second pod of the attempt beside the next attempt's; the eviction stays on
+        the status (``KueueEvicted``). When the pod has ended (143 after the save, or gone), the
+        attempt is a disruption with Kueue's reason, not counted, whatever the exit code.
+
+        Returns:
+            The outcome, and the Workload's state when it is Kueue's eviction (else None).
+        """
+        if not (spec.queue_name and self.config.kueue_enabled):
+            return outcome, None
+        terminating = outcome.kind is OutcomeKind.STILL_RUNNING and pod is not None \
+            and bool(pod["metadata"].get("deletionTimestamp"))
+        if not terminating and outcome.kind not in EVICTABLE:
+            return outcome, None
+        state = self.kueue_eviction(job)
+        if state is None:
+            return outcome, None
+        if terminating:
+            self.kube.delete_batch_job(job.namespace, pod_name(job.name, job.status.attempt))
+            status = st.mirror_workload(job.status, state)
+            if status != job.status:
+                self.statuses.write(job, status)
+            return outcome, None
+        evicted = state.eviction
+        return Outcome(OutcomeKind.DISRUPTED, evicted.reason, f"Kueue evicted the Job: {evicted.message}",
+                       outcome.exit_code), state
+
+    def kueue_eviction(self, job: JobView) -> WorkloadState | None:
+        """The current attempt's Workload state if Kueue ever evicted it: read from the Workload, or
+        from the status once its Job was deleted (`kueue_outcome`); None without an eviction."""
+        batch = self.kube.get_batch_job(job.namespace, pod_name(job.name, job.status.attempt))
+        if batch is None:
+            return evicted_state(job.status.conditions)
+        state = workload_state(self.kube.workload_of(job.namespace, batch["metadata"]["uid"]),
+                               bool(batch["spec"].get("suspend")))
+        return state if state.eviction is not None else None
 
     def fail(self, job: JobView, reason: str, message: str, now: datetime) -> None:
         status = st.failed(job.status, reason=reason, message=message, now=now)
@@ -287,7 +380,10 @@ class Lifecycle:
         node = job.status.node
         outcome = classify(pod_snapshot(pod, node_exists=not node or self.node_exists(node)), now,
                            unschedulable_timeout=self.config.unschedulable_timeout)
+        outcome, evicted = self.kueue_outcome(job, spec, pod, outcome)
         action = next_action(outcome, job.status, spec.retry_policy, now)
+        if evicted is not None:
+            action = replace(action, reason=outcome.reason)
         if action.kind is ActionKind.NONE:
             running = pod and pod.get("status", {}).get("phase") == "Running"
             if running and not st.is_true(job.status, ConditionType.RUNNING):
@@ -300,7 +396,12 @@ class Lifecycle:
             status = self.with_results(job, spec, status, reports)
             if reports and reports.manifest and reports.manifest.stopped_early:
                 action = replace(action, reason=Reason.STOPPED_EARLY, message=reports.manifest.stopped_early)
+        elif evicted is not None:  # the SIGTERM save's progress: its step and how long the save took
+            status = self.with_results(job, spec, status)
         status = st.attempt_ended(status, outcome=outcome, action=action, now=now)
+        if evicted is not None:  # Queued, with Kueue's reason and conditions
+            status = st.kueue_workload(status, replace(evicted, reason=outcome.reason,
+                                                       message=evicted.eviction.message), now=now)
         if action.kind is ActionKind.REQUEUE:
             self.metrics.count_retry(str(action.reason))
         self.statuses.write(job, status)

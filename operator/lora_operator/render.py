@@ -28,7 +28,9 @@ from .api.contract import (
     trainer_labels,
 )
 from .api.pod import DEFAULT_SHM_SIZE
+from .api.status import Progress
 from .config import OperatorConfig
+from .grace import termination_grace
 from .policy import job_target
 from .scheduling import Toleration
 
@@ -62,6 +64,7 @@ def build_trainer_pod(
     resume: bool,
     config: OperatorConfig,
     template_pod: PodSettings | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """The Pod manifest of one attempt of a job.
 
@@ -77,6 +80,7 @@ def build_trainer_pod(
         config: The operator configuration.
         template_pod: The pod settings of the job's ClusterLoraTrainingTemplate, over the
             configuration's (status.trainerPod).
+        progress: The job's status.progress: the measured save time sets the grace period (`grace`).
     """
     pod = template_pod.over(config.trainer_pod) if template_pod else config.trainer_pod
     placement = spec.placement
@@ -100,7 +104,7 @@ def build_trainer_pod(
             "serviceAccountName": config.trainer_service_account,
             "enableServiceLinks": False,
             # On SIGTERM the trainer saves its resume state and exits: this is its time to do so.
-            "terminationGracePeriodSeconds": config.trainer_termination_grace_seconds,
+            "terminationGracePeriodSeconds": termination_grace(config, progress),
             "affinity": _affinity(node),
             "tolerations": tolerations,
             "securityContext": {

@@ -69,7 +69,10 @@ def apply_reports(status: JobStatus, reports: Reports, prefix: str) -> JobStatus
             step=p.step, total_steps=p.total_steps, plan=p.plan, epoch=p.epoch, total_epochs=p.total_epochs,
             loss=p.loss,
             steps_per_second=p.steps_per_second, eta_seconds=p.eta_seconds, percent=min(percent, 100),
-            updated_at=p.updated_at)
+            updated_at=p.updated_at,
+            # an attempt that has not saved yet keeps the earlier attempts' measure
+            state_save_seconds=p.state_save_seconds if p.state_save_seconds is not None else (
+                status.progress.state_save_seconds if status.progress else None))
     if reports.manifest:
         m = reports.manifest
         update["checkpoints"] = [CheckpointRecord(

@@ -135,6 +135,14 @@ def queued(status: JobStatus, *, position: int | None, now: datetime, generation
     return _apply(status, now, generation, conditions, **fields)
 
 
+def mirror_workload(status: JobStatus, state: WorkloadState) -> JobStatus:
+    """The Workload's conditions as ``Kueue<type>`` on the status (replacing the previous mirror, so a
+    condition Kueue dropped goes too); nothing else changes."""
+    kept = [c for c in status.conditions if not c.type.startswith(MIRROR_PREFIX)]
+    # Kueue's own lastTransitionTime comes with each condition
+    return status.model_copy(update={"conditions": [*kept, *state.conditions]}, deep=True)
+
+
 def kueue_workload(status: JobStatus, state: WorkloadState, *, now: datetime) -> JobStatus:
     """What the attempt's Kueue Workload says, on the job's status.
 
@@ -145,9 +153,7 @@ def kueue_workload(status: JobStatus, state: WorkloadState, *, now: datetime) ->
     """
     if _finished(status) or is_true(status, C.SUSPENDED):
         return status
-    kept = [c for c in status.conditions if not c.type.startswith(MIRROR_PREFIX)]
-    # Kueue's own lastTransitionTime comes with each condition
-    status = status.model_copy(update={"conditions": [*kept, *state.conditions]}, deep=True)
+    status = mirror_workload(status, state)
     if state.phase is not Phase.QUEUED:
         return _apply(status, now, None)
     message = f"Kueue: {state.message}" if state.message else f"Kueue: {state.reason}"

@@ -47,6 +47,10 @@ def test_sigterm_mid_interval_saves_the_step_in_flight_and_resumes_to_identical_
     # stateEverySteps 0: without the SIGTERM save there would be no state at all in this epoch
     meta = json.loads((tmp_path / "b/out/state/meta.json").read_text())
     assert meta["step"] == 3
+    # the save's duration goes out with the progress written on the way out: the operator sets the
+    # next pod's grace period from it
+    progress = json.loads((tmp_path / "b/out/progress.json").read_text())
+    assert progress["step"] == 3 and progress["stateSaveSeconds"] > 0
     assert signal.getsignal(signal.SIGTERM) is before  # the trainer's handler is gone with its loop
 
     resumed = train(**SPEC, tmp=tmp_path / "b", resume=True)

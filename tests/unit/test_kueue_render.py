@@ -13,11 +13,17 @@ from test_render import CONFIG, spec  # the same job and configuration as the po
 from lora_operator.api import SpecError
 from lora_operator.api.conditions import Phase
 from lora_operator.api.contract import COMPONENT, LABEL_COMPONENT
+from lora_operator.api.status import Progress
 from lora_operator.kueue import (
+    ADMISSION_GATE,
+    ADMISSION_GATED_BY,
     LABEL_PRIORITY_CLASS,
     LABEL_QUEUE_NAME,
     build_trainer_job,
+    evicted_state,
+    gated,
     queue_name,
+    without_gate,
     workload_state,
 )
 from lora_operator.policy import refusal
@@ -84,6 +90,34 @@ def test_node_selector_and_grace_period_reach_the_pod_template():
     assert "nodeSelector" not in job()["spec"]["template"]["spec"]
 
 
+def test_the_grace_period_follows_the_measured_save_time():
+    """A save measured at 40 s (one step at 0.5 steps/s) asks 2 x 40 + 2 + 30 = 112 s, over the 60 s floor."""
+    config = CONFIG.model_copy(update={"trainer_termination_grace_seconds": 60})
+    measured = Progress(step=7, state_save_seconds=40.0, steps_per_second=0.5)
+    assert job(config=config, progress=measured)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 112
+    quick = Progress(step=7, state_save_seconds=2.0, steps_per_second=5.0)  # under the floor: the floor
+    assert job(config=config, progress=quick)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 60
+    unmeasured = Progress(step=7)
+    assert job(config=config, progress=unmeasured)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 60
+    huge = Progress(step=7, state_save_seconds=5000.0)
+    assert job(config=config, progress=huge)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 3600
+    # the operator's own pods the same
+    pod = build_trainer_pod(job_name="corgi", namespace="team-a", job_uid="uid-1", spec=spec(), node="n",
+                            gpus=8, attempt=2, resume=True, config=config, progress=measured)
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 112
+
+
+def test_the_job_is_created_with_the_operators_admission_gate():
+    j = job()
+    assert j["metadata"]["annotations"] == {ADMISSION_GATED_BY: ADMISSION_GATE}
+    assert gated(j)
+    assert not gated({"metadata": {"annotations": {ADMISSION_GATED_BY: "example.com/other"}}})
+    assert not gated({"metadata": {}})
+    assert without_gate(ADMISSION_GATE, ADMISSION_GATE) is None  # the annotation goes with its last gate
+    others = without_gate(f"example.com/a, {ADMISSION_GATE},example.com/b", ADMISSION_GATE)
+    assert others == "example.com/a,example.com/b"
+
+
 def condition(kind, status, reason="", message=""):
     return {"type": kind, "status": status, "reason": reason, "message": message,
             "lastTransitionTime": "2026-01-01T00:00:00Z"}
@@ -135,6 +169,21 @@ def test_eviction_is_a_disruption_queued_with_kueues_reason():
     types = {c.type: c.status for c in state.conditions}
     assert types == {"KueueQuotaReserved": "False", "KueueAdmitted": "False", "KueueEvicted": "True",
                      "KueueRequeued": "True"}
+    assert state.eviction.reason == "Preempted"
+    # the job's status keeps the mirror once the Job (and its Workload) went: the eviction is read back
+    again = evicted_state(list(state.conditions))
+    assert (again.reason, again.disrupted, again.eviction.message) == ("Preempted", True, state.message)
+    assert evicted_state([c for c in state.conditions if c.type != "KueueEvicted"]) is None
+
+
+def test_a_workload_admitted_again_still_shows_its_eviction():
+    """Kueue turns Evicted False ("Previously: ...") when it reserves quota again: the eviction is still known."""
+    w = workload(condition("QuotaReserved", "True", "QuotaReserved"), condition("Admitted", "True", "Admitted"),
+                 condition("Evicted", "False", "QuotaReserved", "Previously: Preempted to accommodate a workload"))
+    state = workload_state(w, job_suspended=False)
+    assert state.phase == Phase.RUNNING and not state.disrupted
+    assert state.eviction is not None and state.eviction.status == "False"
+    assert workload_state(workload(condition("QuotaReserved", "True")), False).eviction is None
 
 
 def test_queue_name_is_frozen_after_admission_by_the_crd():
@@ -160,7 +209,7 @@ def test_the_example_job_names_the_example_local_queue_and_priority_class():
 
 
 def test_the_chart_grants_jobs_and_workloads_only_with_kueue_enabled(helm: Path) -> None:
-    kueue = {("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
+    kueue = {("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},  # patch: the gate
              ("kueue.x-k8s.io", "workloads"): {"get", "list", "watch"}}
     off = granted_by(one(render(helm), "ClusterRole")["rules"])
     assert not kueue.keys() & off.keys()

@@ -35,6 +35,17 @@ def test_the_step_plan_reaches_the_status():
     assert status.to_resource()["progress"]["plan"] == plan
 
 
+def test_the_measured_save_time_reaches_the_status_and_outlives_an_attempt_that_has_not_saved():
+    status = apply_reports(JobStatus(), Reports(ProgressReport(step=9, total_steps=30, state_save_seconds=1.5),
+                                                None), PREFIX)
+    assert status.to_resource()["progress"]["stateSaveSeconds"] == 1.5
+    next_attempt = apply_reports(status, Reports(ProgressReport(step=10, total_steps=30), None), PREFIX)
+    assert next_attempt.progress.step == 10 and next_attempt.progress.state_save_seconds == 1.5
+    saved_again = apply_reports(next_attempt, Reports(ProgressReport(step=12, total_steps=30,
+                                                                     state_save_seconds=0.5), None), PREFIX)
+    assert saved_again.progress.state_save_seconds == 0.5
+
+
 def test_skipped_files_on_the_resource_are_capped_the_manifest_keeps_all():
     manifest = Manifest(skipped=[SkippedFile(file=f"bad{i}.png", reason="corrupt") for i in range(200)])
     status = apply_reports(JobStatus(), Reports(None, manifest), PREFIX)

@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,19 @@ META_FILE = "meta.json"
 
 
 def save(recipe: LoraRecipe, step: int) -> None:
-    """Write the resume state after optimizer step `step` and upload it to state/."""
+    """Write the resume state after optimizer step `step` and upload it to state/.
+
+    Its duration goes into the next progress.json (``stateSaveSeconds``): the operator sets the
+    grace period of the job's later pods over it, the time a save on SIGTERM needs.
+    """
+    started = time.monotonic()
+    _write(recipe, step)
+    seconds = round(time.monotonic() - started, 3)
+    recipe.progress.report.state_save_seconds = seconds
+    log.info("resume state after step %d saved in %.2fs", step, seconds)
+
+
+def _write(recipe: LoraRecipe, step: int) -> None:
     out = recipe.outputs
     save_file({k: v.contiguous() for k, v in recipe.adapter.state_dict().items()},
               str(out.local(STATE_PREFIX + ADAPTER_FILE)))

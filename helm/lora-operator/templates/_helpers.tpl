@@ -96,11 +96,12 @@ in a Role of operator.watchNamespace otherwise. */}}
     {{- end }}
   verbs: [get]
 {{- if .Values.kueue.enabled }}
-# Kueue: a batch/v1 Job per attempt of a job that names a LocalQueue (created suspended, deleted
-# with its attempt), and its Workload read for Kueue's conditions (admitted, evicted, why).
+# Kueue: a batch/v1 Job per attempt of a job that names a LocalQueue (created suspended and gated,
+# patched to remove the operator's admission gate once the dataset check passed, deleted with its
+# attempt), and its Workload read for Kueue's conditions (admitted, evicted, why).
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads]
   verbs: [get, list, watch]

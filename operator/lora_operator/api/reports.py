@@ -31,6 +31,8 @@ class ProgressReport(ApiModel):
     updated_at: str | None = None
     phase: str = "training"
     """loading, caching, training, saving, done."""
+    state_save_seconds: float | None = None
+    """How long the last resume-state save took (written locally and uploaded), in seconds."""
 
 
 class CheckpointEntry(ApiModel):

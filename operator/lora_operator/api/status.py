@@ -77,6 +77,9 @@ class Progress(ApiModel):
     """0-100, for the printer column."""
     updated_at: str | None = None
     """When the trainer wrote this report (RFC 3339)."""
+    state_save_seconds: float | None = None
+    """Seconds the trainer's last resume-state save took (kept across attempts). The next trainer
+    pod's terminationGracePeriodSeconds is set over it: the time a SIGTERM save needs."""
 
 
 class CheckpointRecord(ApiModel):
