@@ -20,7 +20,7 @@ from . import multikueue, policy, selection, webhook
 from . import status_transitions as st
 from .api import FINISHED_PHASES, ConditionType, JobSpec, JobStatus, Phase, Reason, SpecError, resolve_spec, spec_hash
 from .api.resolve import template_pod
-from .api.status import JobOutput
+from .api.status import Attempt, JobOutput
 from .config import OperatorConfig
 from .confirmed import Confirmed
 from .endpoints import EndpointError
@@ -372,9 +372,7 @@ class Lifecycle:
                        now: datetime) -> None:
         """Classifies the current attempt's pod and acts on how it ended."""
         attempt = job.status.attempts[-1] if job.status.attempts else None
-        pod = pods.get(attempt.pod) if attempt else None
-        if pod is None and attempt and multikueue.on_worker(attempt.node):
-            pod = multikueue.worker_pod(self.kube.get_batch_job(job.namespace, attempt.pod))
+        pod = self.attempt_pod(job, attempt, pods)
         if pod is None and attempt and attempt.start_time and now - _parse(attempt.start_time) < POD_CREATE_GRACE:
             return None
         node = job.status.node
@@ -412,6 +410,16 @@ class Lifecycle:
         if status.phase in FINISHED_PHASES:
             self.notify(job, status)
         return None
+
+    def attempt_pod(self, job: JobView, attempt: Attempt | None,
+                    pods: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any] | None:
+        """The attempt's pod; for one MultiKueue ran on a worker cluster, its Job's status in a pod's shape."""
+        if attempt is None:
+            return None
+        pod = pods.get(attempt.pod)
+        if pod is None and multikueue.on_worker(attempt.node):
+            pod = multikueue.worker_pod(self.kube.get_batch_job(job.namespace, attempt.pod))
+        return pod
 
     def reports(self, job: JobView, spec: JobSpec) -> Reports | None:
         """The trainer's progress and manifest in the job's prefix; None when not readable (logged)."""
