@@ -51,6 +51,12 @@ RECENT_SECONDS = 60.0
 """How long a pod this replica is claiming or just created counts as holding its node before the watch shows it."""
 SETTLERS = 4
 """Passes whose claims can be in flight at once (each waits on its claims' round trips)."""
+NOTE_WRITERS = 2
+"""Threads that write whether any GPU node matches a waiting job (`Admitter._tell_unmatched`).
+These notes come by the thousand when every job's match changes at once (all GPU nodes tainted,
+then untainted, or the first nodes joining a cluster), and they are only for the user: on a pool
+of their own they cannot hold up a pod creation, and two at a time leave the API server to the
+claims and pods."""
 
 
 def describe_placement(job: QueuedJob, gpu_type_label: str) -> str:
@@ -112,6 +118,8 @@ class Admitter:
         default_factory=lambda: ThreadPoolExecutor(SETTLERS, thread_name_prefix="settle"))
     _starter: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(ADMISSION_WORKERS, thread_name_prefix="start"))
+    _notes: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(NOTE_WRITERS, thread_name_prefix="note"))
 
     def __post_init__(self) -> None:
         if self.statuses is None:
@@ -159,7 +167,6 @@ class Admitter:
                         always_tolerated=self.config.trainer_tolerations,
                         node_limits=self.config.namespace_node_limits, caches=caches)
         self._tell_limited(plan.limited, {job.uid for job in queued}, job_of)
-        self._tell_unmatched(queued, nodes, job_of, now)
         candidates = [(job, admission) for admission in plan.admissions
                       if (job := job_of(admission.job_uid)) is not None and job.waiting()]
         # (a job that changed since the snapshot is left to the next pass)
@@ -168,6 +175,7 @@ class Admitter:
             before, settled = self._settled, threading.Event()
             self._settled = settled
             self._settlers.submit(self.settle, candidates, now, before, settled)
+        self._tell_unmatched(queued, nodes, job_of, now)  # after `_reserve`: its claims say it for the jobs admitted
         self.metrics.set_queue_length(len(queued) - len(candidates))
         self.metrics.set_gpu_nodes(busy=len(plan.busy_nodes) + len(candidates), free=len(plan.free_nodes))
         return plan
@@ -196,14 +204,19 @@ class Admitter:
         with self._recent_lock:
             self.told_unmatched = none
         for uid, matched in changed:
-            self._starter.submit(self._write_match, waiting[uid], matched, job_of, now)
+            self._notes.submit(self._write_match, waiting[uid], matched, job_of, now)
 
     def _write_match(self, queued: QueuedJob, matched: bool, job_of: Callable[[str], JobView | None],
                      now: datetime) -> None:
         """Writes whether any node matches the job (see `_tell_unmatched`); a write that lost to a
-        change of the job is left to the next pass."""
+        change of the job is left to the next pass. A job being claimed is skipped: its claim
+        writes Admitted itself, and a note beside it would only make the claim conflict (if the
+        claim is lost, the next pass writes the note)."""
         job = job_of(queued.uid)
         if job is None or not job.waiting():
+            return
+        if self.claiming(queued.uid):
+            self._tell_again(queued.uid)
             return
         if matched:
             message = "a GPU node that matches the job's placement joined; waiting for it to be free"
@@ -217,11 +230,16 @@ class Admitter:
             self.statuses.write(job, new)
         except Exception as err:  # noqa: BLE001 - in a pool thread; the next pass tries again
             log.info("%s: recording whether a node matches failed: %s", job.key, err)
-            with self._recent_lock:
-                self.told_unmatched = self.told_unmatched ^ {queued.uid}
+            self._tell_again(queued.uid)
             return
         if not matched:
             self.emit(job.body, "Warning", Reason.NO_MATCHING_NODE, message)
+
+    def _tell_again(self, uid: str) -> None:
+        """Undoes what `_tell_unmatched` recorded as told for `uid`: the next pass compares again
+        and writes the note if the job still waits."""
+        with self._recent_lock:
+            self.told_unmatched = self.told_unmatched ^ {uid}
 
     def _reserve(self, candidates: list[tuple[JobView, Admission]]) -> None:
         """Marks each candidate's node as held by the pod its claim is for, before the claim is sent."""

@@ -49,8 +49,14 @@ ESTIMATE_SECONDS = 30.0
 """The queue is played forward for estimated starts at most this often, in the position writer's
 rounds (a simulation runs many scheduling passes; ETAs move slowly)."""
 ESTIMATE_PASSES = 200
-"""Simulated scheduling passes per estimate: each is a pass over the whole queue, so 5000 queued
-jobs would cost thousands of them; jobs past the 200th node freeing get no estimate (yet)."""
+"""Simulated scheduling passes per estimate at most: jobs past the 200th node freeing get no
+estimate (yet)."""
+ESTIMATE_WORK = 200_000
+"""Simulated passes times queued jobs per estimate at most (`estimate_passes`). Each simulated
+pass orders the whole queue, all of it Python holding the GIL on the position writer's thread
+beside the scheduling pass and kopf's loop: 200 passes cost 0.26 s of CPU at 1000 queued jobs and
+1.7 s at 5000 (bench/RESULTS.md). A long queue gets fewer passes, so an estimate costs about the
+same at any length."""
 RECONCILE_WORKERS = 8
 """Reconciles at once (each mostly waits on an API or storage request on a thread)."""
 
@@ -283,11 +289,12 @@ class Controller:
         """Plays the queue forward (`start_estimates`) for the position writer to write."""
         self._estimated_at = time.monotonic()
         bodies = [view.body for view in self.index.all_jobs()]
+        queued = [e.uid for e in self.index.all_entries().values() if e.queued is not None]
         starts = simulated_starts(bodies, self.index.gpu_nodes(), utcnow(),
                                   gpu_type_label=self.config.gpu_type_label,
                                   always_tolerated=self.config.trainer_tolerations,
-                                  node_limits=self.config.namespace_node_limits, max_passes=ESTIMATE_PASSES)
-        queued = (e.uid for e in self.index.all_entries().values() if e.queued is not None)
+                                  node_limits=self.config.namespace_node_limits,
+                                  max_passes=estimate_passes(len(queued)))
         self.positions.estimates = {uid: starts.get(uid) for uid in queued}
 
     def run_pass(self):
@@ -307,10 +314,16 @@ class Controller:
         return plan
 
 
+def estimate_passes(queued: int) -> int:
+    """Simulated passes for an estimate over `queued` waiting jobs: `ESTIMATE_PASSES`, fewer where
+    the queue is so long that they would exceed `ESTIMATE_WORK` (at least one)."""
+    return max(1, min(ESTIMATE_PASSES, ESTIMATE_WORK // max(1, queued)))
+
+
 def burst_wait(since_last_pass: float) -> float:
     """How long a kick waits before its pass, `since_last_pass` seconds after the last one ended:
     the rest of the burst window, nothing after a quiet spell."""
     return max(0.0, BURST_SECONDS - since_last_pass)
 
 
-__all__ = ["UNQUEUED_PER_TICK", "Controller", "burst_wait", "needs_following"]
+__all__ = ["UNQUEUED_PER_TICK", "Controller", "burst_wait", "estimate_passes", "needs_following"]

@@ -13,7 +13,7 @@ import json
 
 import pytest
 import test_operator
-from test_operator import end_pod, get_job, job, running_pod, trainer_pods, wait_phase
+from test_operator import end_pod, get_job, job, phase, running_pod, trainer_pods, wait_phase
 
 from testground.operator import run_kubectl_json
 
@@ -70,8 +70,15 @@ def test_a_pod_the_apiserver_refuses_fails_its_job_at_once_and_frees_the_node(gr
     # queued again as "the pod was deleted; retrying (not counted)", forever.
     ground.add_gpu_nodes(1, gpus=1, gpu_type="refuse", prefix="refuse")
     refuse_pods_tolerating(ground, ns, FORBIDDEN_KEY)
-    applied(ground, ns, "refused", "refuse", placement={"gpuType": "refuse", "tolerations": [
+    # "refused" must take the node before "next": it ranks first by its priority (by creation
+    # time alone the two tie when made in one second, and "next" then wins on its name), and
+    # "next" is made once "refused" waits in the queue (else "next" could be queued and take the
+    # free node while "refused" was still being resolved). Either way "next" held the node and
+    # "refused" waited for it until the test timed out.
+    applied(ground, ns, "refused", "refuse", priority=1, placement={"gpuType": "refuse", "tolerations": [
         {"key": FORBIDDEN_KEY, "operator": "Exists"}]})
+    ground.wait_for(lambda: phase(ground, ns, "refused") not in (None, "Pending"), timeout=30,
+                    what="refused resolved")
     applied(ground, ns, "next", "refuse")
     wait_phase(ground, operator, ns, "refused", "Failed", timeout=60)  # the new node joins first
     failed = condition(ground, ns, "refused", "Failed")
