@@ -2,8 +2,9 @@
 
 The estimate: the frozen weights on the GPU (the denoiser at its quantized size, the text encoders and
 the VAE in the weight dtype), plus the denoiser's saved activations, `activation_gib_per_megapixel`
-per training megapixel, a `CHECKPOINTED_SHARE` of that with gradient checkpointing. `python -m bench.memory --options`
-prints it per family and option; training.baseQuantization auto picks from it.
+per training megapixel, a `CHECKPOINTED_SHARE` of that with gradient checkpointing; with training.offload blocks only
+`OFFLOADED_SHARE` of the denoiser's weights is on the GPU at once. `python -m bench.memory --options` prints it per
+family and option; training.baseQuantization auto and training.offload auto pick from it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ QUANTIZED_BYTES = {"none": 2.0, "fp8": 1.03, "nf4": 0.56}
 """Bytes per denoiser parameter: bf16; torchao float8 with a bf16 scale per row of a 3072-wide layer (~1.03);
 bitsandbytes nf4, 4 bits plus double-quantized absmax per 64 weights and the unquantized norms and
 embeddings (~0.56)."""
+OFFLOADED_SHARE = 0.1
+"""With training.offload blocks (`offload`), the share of the denoiser's weights on the GPU at once: the layer
+running and the one prefetched, plus, during the backward pass, the first layer of each block already done
+(prefetched in forward order by its predecessor's recompute and kept until the next forward: for Flux, its
+norm's modulation linear, 57 of them). An estimate from the layer sizes, not a measurement (no GPU run yet)."""
 QUANTIZATIONS = ("none", "fp8", "nf4")
 """In the order auto tries them: the first that fits (least precision lost)."""
 
@@ -50,7 +56,7 @@ class Weights:
 
 
 def peak_gib(weights: Weights, activation_gib_per_megapixel: float, *, quantization: str, checkpointing: bool,
-             images: int = 1, megapixels: float = 1.0, text_parked: bool = False) -> float:
+             images: int = 1, megapixels: float = 1.0, text_parked: bool = False, offload: bool = False) -> float:
     """The estimated peak GPU memory of one training step, in GiB.
 
     Args:
@@ -62,8 +68,9 @@ def peak_gib(weights: Weights, activation_gib_per_megapixel: float, *, quantizat
         megapixels: Size of each image.
         text_parked: The text encoders leave the GPU after caching (textpark): the peak is the larger of
             caching (all weights, no activations) and the steps (without the text encoders).
+        offload: training.offload blocks: `OFFLOADED_SHARE` of the denoiser on the GPU, in caching too.
     """
-    denoiser = weights.denoiser * 1e9 * QUANTIZED_BYTES[quantization] / GIB
+    denoiser = weights.denoiser * 1e9 * QUANTIZED_BYTES[quantization] / GIB * (OFFLOADED_SHARE if offload else 1.0)
     others = weights.others * 1e9 * 2 / GIB
     activations = images * megapixels * activation_gib_per_megapixel * (CHECKPOINTED_SHARE if checkpointing else 1.0)
     if text_parked:
@@ -88,6 +95,23 @@ def choose_quantization(setting: str, weights: Weights | None, activation_gib_pe
             return kind
     log.warning("baseQuantization auto: nf4, but even its estimated peak does not fit %.1f GiB", memory_gib)
     return "nf4"
+
+
+def choose_offload(weights: Weights | None, activation_gib_per_megapixel: float, *, memory_gib: float,
+                   quantization: str, images: int, megapixels: float, text_parked: bool = True) -> bool:
+    """training.offload auto: offload when the estimated peak with `quantization` and gradient checkpointing does
+    not fit `MEMORY_HEADROOM` of `memory_gib`; not when the weights are unknown (a single-file base)."""
+    if weights is None:
+        return False
+    peak = peak_gib(weights, activation_gib_per_megapixel, quantization=quantization, checkpointing=True,
+                    images=images, megapixels=megapixels, text_parked=text_parked)
+    if peak <= MEMORY_HEADROOM * memory_gib:
+        return False
+    offloaded = peak_gib(weights, activation_gib_per_megapixel, quantization=quantization, checkpointing=True,
+                         images=images, megapixels=megapixels, text_parked=text_parked, offload=True)
+    log.info("offload auto: blocks, estimated peak %.1f GiB (%.1f GiB without) of %.1f GiB", offloaded, peak,
+             memory_gib)
+    return True
 
 
 def folder_weights(folder: Path, denoiser: str) -> Weights | None:

@@ -28,6 +28,7 @@ from .ema import make_ema
 from .encode import Encoder
 from .families.base import refuse_distilled
 from .memory import base_quantization
+from .offload import offload_denoiser, offload_wanted, place_trainable
 from .optim import build_optimizer, build_scheduler
 from .precision import checkpointing_wanted, resolve_precision
 from .previews import check_sampler
@@ -133,11 +134,19 @@ class RunSetup:
         with quantized_denoiser(quantization):
             self.parts = self.family.load(self.inputs.model_dir, weight_dtype)
         self.family.configure(self.parts, t)
+        self.offload = offload_wanted(t.offload, self.family, self.inputs.model_dir, self.device,
+                                      quantization=self.base_quantization, world=self.world, images=t.batch_size,
+                                      megapixels=megapixels, dora=spec.network.dora)
         for module in self.parts.frozen_modules():
             module.requires_grad_(False)
-            module.to(self.device)
+            if self.offload and module is self.parts.denoiser:
+                offload_denoiser(module, self.device)  # before the adapter: only the frozen layers get hooks
+            else:
+                module.to(self.device)
         torch.manual_seed(t.seed)  # the adapter's initial weights
         self.adapter.attach(self.family, self.parts, spec)
+        if self.offload:
+            place_trainable(self.parts.denoiser, self.device)
         self._gradient_checkpointing()
         self._speed_ups()
         self.builder = CaptionBuilder(spec.dataset, t)
@@ -169,7 +178,8 @@ class RunSetup:
 
     def _gradient_checkpointing(self) -> None:
         megapixels = max(h * w for h, w in (s.target_size for s in self.samples)) / 1e6
-        self.gradient_checkpointing = checkpointing_wanted(
+        # offload needs it (offload.py); the spec refuses offload blocks with gradientCheckpointing off
+        self.gradient_checkpointing = self.offload or checkpointing_wanted(
             self.training.gradient_checkpointing, self.family, self.device,
             images=self.training.batch_size, megapixels=megapixels)
         if self.gradient_checkpointing:
@@ -181,8 +191,10 @@ class RunSetup:
     def _speed_ups(self) -> None:
         if self.device.type == "cuda":
             stable_attention()
-            channels_last(self.parts.denoiser)
-        self.compiled = compile_wanted(self.training.compile, self.device)
+            if not self.offload:  # its layers' pinned host copies keep their own layout
+                channels_last(self.parts.denoiser)
+        # offloading hooks break compiled graphs: auto leaves it off (the spec refuses compile on with offload)
+        self.compiled = compile_wanted(self.training.compile, self.device) and not self.offload
         self.compile_mode = compile_mode(self.family.compile_mode, self.device, self.gradient_checkpointing)
         if self.compiled:
             compile_denoiser(self.parts.denoiser, self.compile_mode, compile_scope())
