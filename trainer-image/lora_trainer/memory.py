@@ -55,27 +55,40 @@ class Weights:
     vae: float = 0.0
 
 
-def peak_gib(weights: Weights, activation_gib_per_megapixel: float, *, quantization: str, checkpointing: bool,
-             images: int = 1, megapixels: float = 1.0, text_parked: bool = False, offload: bool = False) -> float:
-    """The estimated peak GPU memory of one training step, in GiB.
+def phases_gib(weights: Weights, activation_gib_per_megapixel: float, *, quantization: str, checkpointing: bool,
+               images: int = 1, megapixels: float = 1.0, text_parked: bool = False, offload: bool = False,
+               adapter_gib: float = 0.0) -> tuple[float, float]:
+    """The estimated GPU memory of the two phases of a run, (caching, training), in GiB: the one estimate that
+    the auto settings and `bench/memory.py` (both of its views) read.
 
     Args:
         weights: The model's parameter counts.
         activation_gib_per_megapixel: The family's saved activations per megapixel without checkpointing.
-        quantization: none, fp8 or nf4 (the denoiser's storage).
+        quantization: none, fp8 or nf4 (the denoiser's storage; text encoders and VAE stay bf16).
         checkpointing: Gradient checkpointing on.
-        images: Images per micro-batch.
+        images: Images per micro-batch (an edit pair's control image counts as one more).
         megapixels: Size of each image.
-        text_parked: The text encoders leave the GPU after caching (textpark): the peak is the larger of
-            caching (all weights, no activations) and the steps (without the text encoders).
+        text_parked: The text encoders leave the GPU after caching (textpark): the steps hold only the VAE.
         offload: training.offload blocks: `OFFLOADED_SHARE` of the denoiser on the GPU, in caching too.
+        adapter_gib: The adapter with its gradients and optimizer state (tens of MiB at rank 16: the trainer's
+            choices leave it out).
+
+    Returns:
+        caching: every frozen weight on the GPU, no activations; training: the denoiser, the text encoders
+        unless parked, the VAE, the adapter and one step's saved activations.
     """
-    denoiser = weights.denoiser * 1e9 * QUANTIZED_BYTES[quantization] / GIB * (OFFLOADED_SHARE if offload else 1.0)
+    share = OFFLOADED_SHARE if offload else 1.0
+    denoiser = weights.denoiser * 1e9 * QUANTIZED_BYTES[quantization] / GIB * share
     others = weights.others * 1e9 * 2 / GIB
+    resident = weights.vae * 1e9 * 2 / GIB if text_parked else others
     activations = images * megapixels * activation_gib_per_megapixel * (CHECKPOINTED_SHARE if checkpointing else 1.0)
-    if text_parked:
-        return max(denoiser + others, denoiser + weights.vae * 1e9 * 2 / GIB + activations)
-    return denoiser + others + activations
+    return denoiser + others, denoiser + resident + adapter_gib + activations
+
+
+def peak_gib(weights: Weights, activation_gib_per_megapixel: float, **options) -> float:
+    """The estimated peak GPU memory of a run, in GiB: the larger of its two phases (`phases_gib`, whose
+    keyword arguments it takes); without parking the steps hold every weight caching holds, and more."""
+    return max(phases_gib(weights, activation_gib_per_megapixel, **options))
 
 
 def choose_quantization(setting: str, weights: Weights | None, activation_gib_per_megapixel: float, *,
