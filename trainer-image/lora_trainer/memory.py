@@ -111,7 +111,7 @@ def choose_quantization(setting: str, weights: Weights | None, activation_gib_pe
 
 
 def choose_offload(weights: Weights | None, activation_gib_per_megapixel: float, *, memory_gib: float,
-                   quantization: str, images: int, megapixels: float, text_parked: bool = True) -> bool:
+                   quantization: str, images: int, megapixels: float, text_parked: bool = False) -> bool:
     """training.offload auto: offload when the estimated peak with `quantization` and gradient checkpointing does
     not fit `MEMORY_HEADROOM` of `memory_gib`; not when the weights are unknown (a single-file base)."""
     if weights is None:

@@ -46,7 +46,8 @@ def offload_wanted(setting: str, family: Family, folder: Path | SingleFileModel 
                    quantization: str, world: int, images: int, megapixels: float, dora: bool = False) -> bool:
     """training.offload for this job: blocks or none as set; auto is blocks when the estimated peak with the
     chosen `quantization` and gradient checkpointing does not fit the GPU the pod holds (`memory.choose_offload`),
-    none on CPU, for a single-file base, with nf4 or DoRA, or with several GPUs.
+    none on CPU, for a single-file base, with nf4 or DoRA, or with several GPUs. The estimate counts the text
+    encoders as resident (they may not be parked), as baseQuantization auto does.
 
     Raises:
         ConfigError: blocks with several GPUs (DDP needs every parameter on its GPU to start).
@@ -61,7 +62,7 @@ def offload_wanted(setting: str, family: Family, folder: Path | SingleFileModel 
     memory = torch.cuda.get_device_properties(device).total_memory / GIB
     weights = folder_weights(folder, family.denoiser_name) if isinstance(folder, Path) else None
     return choose_offload(weights, family.activation_gib_per_megapixel, memory_gib=memory, quantization=quantization,
-                          images=images, megapixels=megapixels, text_parked=True)
+                          images=images, megapixels=megapixels, text_parked=False)
 
 
 def offload_kwargs(onload: torch.device) -> dict[str, Any]:
