@@ -225,8 +225,9 @@ class Training(ApiModel):
     """Keep the frozen denoiser's weights in host memory and bring each layer onto the GPU only while it runs
     (diffusers group offloading, layer by layer, the next layer's copy overlapped with the current one's compute
     on a CUDA stream); the adapter stays on the GPU. Trades step time for memory: Flux.2 dev on one 80 GB GPU.
-    Needs gradient checkpointing (auto turns it on) and turns auto compile off; not with network.dora
-    (DoRA reads the base weights outside their layers), baseQuantization nf4 or several GPUs. auto: blocks when
+    When on, gradient checkpointing is on (offload needs it) and compile off (blocks with gradientCheckpointing
+    off or compile on is refused); not with network.dora (DoRA reads the base weights outside their layers),
+    baseQuantization nf4 or several GPUs. auto: blocks when
     the estimated peak with gradient checkpointing does not fit 90% of the GPU the pod holds (none on CPU or for
     a single-file base). Default: none."""
     cache_latents: bool = Field(default=True)
