@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from lora_operator.api.families import FAMILIES
 from lora_trainer.errors import ConfigError
 from lora_trainer.families import get_family
-from lora_trainer.memory import OFFLOADED_SHARE, Weights, choose_offload, peak_gib
+from lora_trainer.memory import OFFLOADED_SHARE, Weights, choose_offload, choose_quantization, peak_gib
 from lora_trainer.offload import offload_kwargs, offload_wanted
 
 pytestmark = pytest.mark.trainer
@@ -142,3 +142,11 @@ def test_every_family_trains_a_step_with_its_layers_brought_in_by_the_hooks(trai
     assert torch.isfinite(loss)
     assert groups and set(onloads) <= groups
     assert len(onloads) > len(set(onloads))  # brought in again for the recompute in the backward pass
+
+
+def test_quantization_auto_with_offload_blocks_never_picks_nf4_and_counts_the_offloaded_peak():
+    flux2 = get_family("flux2").activation_gib_per_megapixel
+    kwargs = {"images": 1, "megapixels": 1.05}
+    assert choose_quantization("auto", FLUX2_DEV, flux2, memory_gib=80, **kwargs) == "nf4"
+    assert choose_quantization("auto", FLUX2_DEV, flux2, memory_gib=80, offload=True, **kwargs) == "none"
+    assert choose_quantization("auto", FLUX2_DEV, flux2, memory_gib=24, offload=True, **kwargs) == "fp8"  # none fits

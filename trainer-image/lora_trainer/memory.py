@@ -92,22 +92,25 @@ def peak_gib(weights: Weights, activation_gib_per_megapixel: float, **options) -
 
 
 def choose_quantization(setting: str, weights: Weights | None, activation_gib_per_megapixel: float, *,
-                        memory_gib: float | None, images: int, megapixels: float, dora: bool = False) -> str:
+                        memory_gib: float | None, images: int, megapixels: float, dora: bool = False,
+                        offload: bool = False) -> str:
     """training.baseQuantization: `setting` itself unless auto; auto is the first of none, fp8, nf4 whose peak
-    with gradient checkpointing fits `MEMORY_HEADROOM` of `memory_gib` (nf4 when none fits), and none when the
-    memory or the weights are unknown (CPU). With DoRA fp8 is skipped (`quantize.quantization_config`)."""
+    with gradient checkpointing fits `MEMORY_HEADROOM` of `memory_gib` (the last when none fits), and none when
+    the memory or the weights are unknown (CPU). With DoRA fp8 is skipped (`quantize.quantization_config`); with
+    training.offload blocks (`offload`) nf4 is skipped (it cannot be offloaded) and the peaks are offloaded ones."""
     if setting != "auto":
         return setting
     if memory_gib is None or weights is None:
         return "none"
-    for kind in (q for q in QUANTIZATIONS if not (dora and q == "fp8")):
+    kinds = [q for q in QUANTIZATIONS if not (dora and q == "fp8") and not (offload and q == "nf4")]
+    for kind in kinds:
         peak = peak_gib(weights, activation_gib_per_megapixel, quantization=kind, checkpointing=True,
-                        images=images, megapixels=megapixels)
+                        images=images, megapixels=megapixels, offload=offload)
         if peak <= MEMORY_HEADROOM * memory_gib:
             log.info("baseQuantization auto: %s, estimated peak %.1f GiB of %.1f GiB", kind, peak, memory_gib)
             return kind
-    log.warning("baseQuantization auto: nf4, but even its estimated peak does not fit %.1f GiB", memory_gib)
-    return "nf4"
+    log.warning("baseQuantization auto: %s, but even its estimated peak does not fit %.1f GiB", kinds[-1], memory_gib)
+    return kinds[-1]
 
 
 def choose_offload(weights: Weights | None, activation_gib_per_megapixel: float, *, memory_gib: float,
@@ -154,10 +157,11 @@ def _parameters(part: Path) -> int:
 
 
 def base_quantization(setting: str, family: Family, folder: Path | SingleFileModel | None, device: torch.device, *,
-                      images: int, megapixels: float, dora: bool = False) -> str:
+                      images: int, megapixels: float, dora: bool = False, offload: bool = False) -> str:
     """training.baseQuantization for this job: auto chooses (`choose_quantization`) from the memory of the GPU
-    the pod holds (torch reports it exactly; on CPU auto is none) and the model folder's weights."""
+    the pod holds (torch reports it exactly; on CPU auto is none) and the model folder's weights; `offload`:
+    training.offload is blocks (offload auto is decided after, from the chosen quantization)."""
     memory = torch.cuda.get_device_properties(device).total_memory / GIB if device.type == "cuda" else None
     weights = folder_weights(folder, family.denoiser_name) if isinstance(folder, Path) else None
     return choose_quantization(setting, weights, family.activation_gib_per_megapixel, memory_gib=memory,
-                               images=images, megapixels=megapixels, dora=dora)
+                               images=images, megapixels=megapixels, dora=dora, offload=offload)

@@ -129,7 +129,7 @@ class RunSetup:
         megapixels = max(h * w for h, w in (s.target_size for s in self.samples)) / 1e6
         self.base_quantization = base_quantization(t.base_quantization, self.family, self.inputs.model_dir,
                                                    self.device, images=t.batch_size, megapixels=megapixels,
-                                                   dora=spec.network.dora)
+                                                   dora=spec.network.dora, offload=t.offload == "blocks")
         quantization = quantization_config(self.base_quantization, self.device.type, weight_dtype)
         with quantized_denoiser(quantization):
             self.parts = self.family.load(self.inputs.model_dir, weight_dtype)

@@ -220,7 +220,8 @@ class Training(ApiModel):
     stays in full precision and its files are the same. fp8: torchao float8 weights with a scale per row
     (about half of bf16); nf4: bitsandbytes 4-bit NormalFloat (about a quarter; needs a CUDA GPU). auto: the
     first of none, fp8, nf4 whose estimated peak with gradient checkpointing fits 90% of the GPU the pod
-    holds (none on CPU or for a single-file base). Default: none."""
+    holds (none on CPU or for a single-file base; with offload blocks, none or fp8 by the offloaded peak).
+    Default: none."""
     offload: Literal["auto", "none", "blocks"] = Field(default="none")
     """Keep the frozen denoiser's weights in host memory and bring each layer onto the GPU only while it runs
     (diffusers group offloading, layer by layer, the next layer's copy overlapped with the current one's compute
