@@ -5,16 +5,17 @@ full-size config (bench/configs/) on the meta device (no memory), counts its par
 phase of a run what is resident on the GPU:
 
 - caching: the text encoder(s) and VAE encode every caption and image once (the denoiser is on the GPU
-  too: `LoraRecipe.setup` moves every part before caching);
+  too: `LoraRecipe.setup` moves every part before caching, except an offloaded denoiser);
 - training: the denoiser's frozen weights, the LoRA with its gradients and AdamW states (fp32), and the
   saved activations of one step (`Family.activation_gib_per_megapixel`, measured on an H100 for Flux.1,
-  estimated for the others) or, with gradient checkpointing, the block inputs plus one block's activations;
-  families that release their text encoders after caching (`release_text_encoders`) no longer hold them.
+  estimated for the others; `CHECKPOINTED_SHARE` of it with gradient checkpointing); families that release
+  their text encoders after caching (`release_text_encoders`) no longer hold them.
 
-Each phase is given for the base weights in bf16, fp8 and nf4 (the quantized bases of the features issue),
-and the cheapest setting that fits is named. The figures are estimates: allocator slack and temporary
-buffers come on top (`precision.MEMORY_HEADROOM` keeps 10% back). Bytes per weight are the trainer's
-(`lora_trainer.memory.QUANTIZED_BYTES`).
+Both phases come from the trainer's estimate, `lora_trainer.memory.phases_gib` (the one source the auto
+settings read too), given the counted parameters. Each is given for the denoiser's weights in bf16, fp8 and
+nf4 (training.baseQuantization; text encoders and VAE stay bf16), and with training.offload blocks, and the
+setting the auto options would pick is named. The figures are estimates: allocator slack and temporary
+buffers come on top (`precision.MEMORY_HEADROOM` keeps 10% back).
 
 `python -m bench.memory --options [--batch 2] [--gpu 24 --gpu 80]` prints the other view: per family and
 memory option, the peak of `lora_trainer.memory.peak_gib` (what training.baseQuantization auto uses): the
@@ -22,7 +23,8 @@ frozen weights on the GPU (the denoiser at its quantized size; text encoders and
 keeps them there) plus the denoiser's saved activations (the family's `activation_gib_per_megapixel`,
 `CHECKPOINTED_SHARE` of it with gradient checkpointing), one image at the family's resolution. "+park": the
 text encoders leave the GPU after caching (`lora_trainer.textpark`), so the peak is the larger of caching
-and the steps. The LoRA, its gradients and AdamW state and the CUDA context (~0.5 GiB) are left out there.
+and the steps; "+offload": training.offload blocks (`OFFLOADED_SHARE` of the denoiser on the GPU). The
+LoRA, its gradients and AdamW state and the CUDA context (~0.5 GiB) are left out there.
 Its rows come from the family table; a family without a parameter count in `PARAMS` is printed as such.
 """
 
@@ -38,24 +40,32 @@ from bench.trainer import CASES, RANK, Case
 from bench.trainer_models import _classes, load_config
 from lora_operator.api.families import FAMILIES
 from lora_trainer.families import get_family
-from lora_trainer.memory import GIB, MEMORY_HEADROOM, QUANTIZATIONS, QUANTIZED_BYTES, Weights, peak_gib
+from lora_trainer.memory import (
+    GIB,
+    MEMORY_HEADROOM,
+    QUANTIZATIONS,
+    QUANTIZED_BYTES,
+    Weights,
+    peak_gib,
+    phases_gib,
+)
 
-BYTES = {"bf16": QUANTIZED_BYTES["none"], "fp8": QUANTIZED_BYTES["fp8"], "nf4": QUANTIZED_BYTES["nf4"]}
-"""Bytes per base weight, by the name this table prints: the trainer's estimate (`none` is bf16)."""
+QUANTIZATION = {"bf16": "none", "fp8": "fp8", "nf4": "nf4"}
+"""training.baseQuantization by the name this table prints for the denoiser's weights."""
+BYTES = {name: QUANTIZED_BYTES[kind] for name, kind in QUANTIZATION.items()}
+"""Bytes per denoiser weight, by the name this table prints: the trainer's estimate."""
 LORA_BYTES = 16
 """Per trainable LoRA parameter: fp32 weight, gradient and AdamW's two moments."""
 
 
 @dataclass
 class Parts:
-    """Parameter counts of a case's components and the shape facts the estimate needs."""
+    """Parameter counts of a case's components."""
 
     denoiser: int
     text_encoders: int
     vae: int
     lora: int
-    blocks: int
-    width: int
 
 
 def _meta(entry: dict[str, Any]) -> torch.nn.Module:
@@ -79,50 +89,51 @@ def count(case: Case) -> Parts:
         targeted = any(name == t or name.endswith("." + t) for t in family.denoiser_targets)
         if targeted and isinstance(module, torch.nn.Linear) and not (exclude and exclude.fullmatch(name)):
             lora += RANK * (module.in_features + module.out_features)
-    config = spec["denoiser"]["config"]
-    blocks = config.get("num_layers", 0) + config.get("num_single_layers", 0) or 16  # UNets: about 16 stages
-    width = config.get("num_attention_heads", 0) * config.get("attention_head_dim", 0) or 1280
     return Parts(
         denoiser=sum(p.numel() for p in denoiser.parameters()),
         text_encoders=sum(sum(p.numel() for p in _meta(e).parameters()) for e in spec["text_encoders"]),
-        vae=sum(p.numel() for p in _meta(spec["vae"]).parameters()), lora=lora, blocks=blocks, width=width)
+        vae=sum(p.numel() for p in _meta(spec["vae"]).parameters()), lora=lora)
 
 
 def estimate(case: Case, parts: Parts, weights: str, batch: int = 1) -> dict[str, float]:
-    """GiB per phase of `case` with base weights in `weights` (bf16, fp8, nf4); the VAE stays bf16."""
+    """GiB per phase of `case` with the denoiser's weights in `weights` (bf16, fp8, nf4), from the trainer's
+    estimate (`lora_trainer.memory.phases_gib`: text encoders and VAE bf16, checkpointed activations a
+    `CHECKPOINTED_SHARE`); "offloaded" phases are with training.offload blocks (and checkpointing)."""
     family = get_family(case.family)
-    megapixels = case.resolution**2 / 1e6
-    per = BYTES[weights]
-    denoiser, text, vae = parts.denoiser * per / GIB, parts.text_encoders * per / GIB, parts.vae * 2 / GIB
-    lora = parts.lora * LORA_BYTES / GIB
     per_megapixel = family.activation_gib_per_megapixel
     if case.family.startswith("flux2"):  # the Flux.2 estimate scales with the transformer's size (Klein 4B / 9B)
         from lora_trainer.families.flux2 import activations_per_megapixel
 
         per_megapixel = activations_per_megapixel(load_config(case.config or case.family)["denoiser"]["config"])
-    images = 2 if case.pairs else 1  # an edit step's sequence holds the control image's tokens too
-    activations = batch * images * megapixels * per_megapixel
-    tokens = batch * images * (case.resolution // 16) ** 2 + batch * 512  # image patches + text (Flux-style)
-    checkpointed = activations / parts.blocks + parts.blocks * tokens * parts.width * 2 / GIB
-    released = getattr(family, "release_text_encoders", False)
-    return {
-        "caching": denoiser + text + vae,
-        "training": denoiser + (0 if released else text) + vae + lora + activations,
-        "training_checkpointed": denoiser + (0 if released else text) + vae + lora + checkpointed,
-    }
+    counts = Weights(denoiser=parts.denoiser / 1e9, others=(parts.text_encoders + parts.vae) / 1e9, vae=parts.vae / 1e9)
+    options = {"quantization": QUANTIZATION[weights], "megapixels": case.resolution**2 / 1e6,
+               "images": batch * (2 if case.pairs else 1),  # an edit step's sequence holds the control's tokens too
+               "text_parked": getattr(family, "release_text_encoders", False),
+               "adapter_gib": parts.lora * LORA_BYTES / GIB}
+    caching, training = phases_gib(counts, per_megapixel, checkpointing=False, **options)
+    _, checkpointed = phases_gib(counts, per_megapixel, checkpointing=True, **options)
+    caching_offloaded, offloaded = phases_gib(counts, per_megapixel, checkpointing=True, offload=True, **options)
+    return {"caching": caching, "training": training, "training_checkpointed": checkpointed,
+            "caching_offloaded": caching_offloaded, "training_offloaded": offloaded}
 
 
 def plan(case: Case, parts: Parts, gpu_gib: float, batch: int = 1) -> str:
-    """The cheapest setting that fits `gpu_gib`: weights dtype and checkpointing (or that none does)."""
+    """The first setting that fits `gpu_gib`: the base in bf16, fp8, nf4 (without, then with gradient
+    checkpointing), as training.baseQuantization auto tries them, then offload blocks on a bf16 or fp8 base
+    (nf4 does not offload); or that none does. (With both auto, the trainer picks the quantization first,
+    from the steps' peak without parking, and offloads only a bf16 or fp8 base that still does not fit.)"""
     budget = MEMORY_HEADROOM * gpu_gib
-    for weights in BYTES:
-        phases = estimate(case, parts, weights, batch)
-        if phases["caching"] > budget:
+    phases = {weights: estimate(case, parts, weights, batch) for weights in BYTES}
+    for weights, p in phases.items():
+        if p["caching"] > budget:
             continue
-        if phases["training"] <= budget:
+        if p["training"] <= budget:
             return f"{weights} base, no checkpointing"
-        if phases["training_checkpointed"] <= budget:
+        if p["training_checkpointed"] <= budget:
             return f"{weights} base, gradient checkpointing"
+    for weights in ("bf16", "fp8"):
+        if max(phases[weights]["caching_offloaded"], phases[weights]["training_offloaded"]) <= budget:
+            return f"{weights} base, gradient checkpointing, offload blocks"
     return "does not fit: needs a larger GPU or CPU offload of the text encoder"
 
 
@@ -130,7 +141,7 @@ def report(keys: list[str], gpu_gib: float) -> str:
     """The table: parameter counts, GiB per phase and dtype, and the plan per case."""
     lines = [f"GPU: {gpu_gib:.0f} GiB (plans keep {1 - MEMORY_HEADROOM:.0%} back); LoRA rank {RANK}, batch 1",
              f"{'case':<22}{'denoiser':>10}{'text':>8}{'lora':>7}  {'weights':<6}{'caching':>9}{'train':>8}"
-             f"{'train+ckpt':>12}  plan"]
+             f"{'train+ckpt':>12}{'offload: caching':>18}{'train':>7}  plan"]
     for key in keys:
         case = CASES[key]
         parts = count(case)
@@ -139,9 +150,11 @@ def report(keys: list[str], gpu_gib: float) -> str:
             phases = estimate(case, parts, weights)
             head = (f"{key:<22}{parts.denoiser / 1e9:>9.1f}B{parts.text_encoders / 1e9:>7.1f}B"
                     f"{parts.lora / 1e6:>6.0f}M" if first else " " * 47)
+            offload = (f"{phases['caching_offloaded']:>18.1f}{phases['training_offloaded']:>7.1f}"
+                       if weights != "nf4" else f"{'-':>18}{'-':>7}")
             lines.append(f"{head}  {weights:<6}{phases['caching']:>9.1f}{phases['training']:>8.1f}"
-                         f"{phases['training_checkpointed']:>12.1f}" + (f"  {plan(case, parts, gpu_gib)}" if first
-                                                                         else ""))
+                         f"{phases['training_checkpointed']:>12.1f}{offload}"
+                         + (f"  {plan(case, parts, gpu_gib)}" if first else ""))
             first = False
     return "\n".join(lines)
 
@@ -164,9 +177,10 @@ PARAMS: dict[str, Weights] = {
 def table(batch: int, gpus: list[float]) -> str:
     """The `--options` markdown table: a row per family, a column per quantization x checkpointing (x parked
     text encoders); marks the GPUs each fits."""
-    options = [(q, c, False) for q in QUANTIZATIONS for c in (False, True)] + [(q, True, True) for q in QUANTIZATIONS]
-    head = ["family", "px", "weights GiB (bf16)"] + [f"{q}{' +ckpt' if c else ''}{' +park' if p else ''}"
-                                                      for q, c, p in options]
+    options = ([(q, c, False, False) for q in QUANTIZATIONS for c in (False, True)]
+               + [(q, True, True, False) for q in QUANTIZATIONS] + [(q, True, True, True) for q in ("none", "fp8")])
+    head = ["family", "px", "weights GiB (bf16)"] + [
+        f"{q}{' +ckpt' if c else ''}{' +park' if p else ''}{' +offload' if o else ''}" for q, c, p, o in options]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in FAMILIES.items():
         weights = PARAMS.get(name)
@@ -175,9 +189,9 @@ def table(batch: int, gpus: list[float]) -> str:
             continue
         activation = get_family(name).activation_gib_per_megapixel
         cells = []
-        for quantization, checkpointing, parked in options:
+        for quantization, checkpointing, parked, offload in options:
             peak = peak_gib(weights, activation, quantization=quantization, checkpointing=checkpointing,
-                            images=batch, megapixels=row.resolution**2 / 1e6, text_parked=parked)
+                            images=batch, megapixels=row.resolution**2 / 1e6, text_parked=parked, offload=offload)
             fits = [f"{g:g}" for g in gpus if peak <= MEMORY_HEADROOM * g]
             cells.append(f"{peak:.1f}" + (f" (fits {','.join(fits)})" if fits else ""))
         total = (weights.denoiser + weights.others) * 2e9 / GIB

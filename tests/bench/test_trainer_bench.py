@@ -97,11 +97,15 @@ def test_the_memory_estimate_plans_flux2_on_an_80gb_gpu(bench_trainer):
     lines = {line.split()[0]: line for line in main(["--gpu-gib", "80", "--case", "flux2-1024", "--case",
                                                       "flux2-klein-1024", "--case", "flux-1024"]).splitlines()[2:]
              if not line.startswith(" ")}
-    assert lines["flux2-1024"].endswith("fp8 base, gradient checkpointing")  # 64 GB of bf16 weights alone
+    # 64 GB of bf16 weights alone; fp8 does not fit while caching: the 47 GB text encoder (never quantized) is
+    # on the GPU beside the denoiser then
+    assert lines["flux2-1024"].endswith("nf4 base, gradient checkpointing")
     assert lines["flux2-klein-1024"].endswith("bf16 base, no checkpointing")
     assert lines["flux-1024"].endswith("bf16 base, no checkpointing")  # as measured on an H100 (RESULTS.md)
+    on_64 = main(["--gpu-gib", "64", "--case", "flux2-1024"]).splitlines()[2]
+    assert on_64.endswith("bf16 base, gradient checkpointing, offload blocks")  # nf4 caching: 60 GiB > 57.6
     on_40 = main(["--gpu-gib", "40", "--case", "flux2-1024"]).splitlines()[2]
-    assert on_40.endswith("nf4 base, gradient checkpointing")
+    assert on_40.endswith("does not fit: needs a larger GPU or CPU offload of the text encoder")
 
 
 def test_the_memory_estimate_counts_the_control_tokens_of_an_edit_case(bench_trainer):

@@ -120,6 +120,17 @@ def run_recipe_for(tmp: Path, spec: dict[str, Any], *, resume: bool = False, set
     return recipe
 
 
+def runs_differing_in(tmp_path_factory, model: Path, data_dir: Path, family: str, field: str, values: list[Any],
+                      training: dict[str, Any]) -> dict[Any, Any]:
+    """Finished recipes of tiny runs of `family`, the same but for training.`field`, one per value, by value."""
+    out = {}
+    for value in values:
+        tmp = tmp_path_factory.mktemp(str(value))
+        spec = base_spec(family, model, data_dir, tmp / "out", training={**training, field: value})
+        out[value] = run_recipe_for(tmp, spec)
+    return out
+
+
 @pytest.fixture
 def train(tmp_path, tiny_models, dataset_dir):
     """`train(family="sd15", **overrides)` -> a finished recipe of a tiny run (outputs under tmp_path)."""

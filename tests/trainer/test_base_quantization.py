@@ -23,15 +23,10 @@ DIFFUSERS_FILE = "checkpoints/epoch-0001/diffusers/pytorch_lora_weights.safetens
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_models, dataset_dir):
     """Two tiny Flux runs on CPU, the same but for baseQuantization: none and fp8 (torchao float8 runs on CPU)."""
-    from conftest import base_spec, run_recipe_for
+    from conftest import runs_differing_in
 
-    out = {}
-    for kind in ("none", "fp8"):
-        tmp = tmp_path_factory.mktemp(kind)
-        spec = base_spec("flux", tiny_models("flux"), dataset_dir, tmp / "out",
-                         training={**STEPS, "baseQuantization": kind})
-        out[kind] = run_recipe_for(tmp, spec)
-    return out
+    return runs_differing_in(tmp_path_factory, tiny_models("flux"), dataset_dir, "flux", "baseQuantization",
+                             ["none", "fp8"], STEPS)
 
 
 def linears(module: torch.nn.Module) -> list[torch.Tensor]:

@@ -151,3 +151,10 @@ def test_the_24gb_flux_job_quantizes_its_base_and_checkpoints():
     spec = resolved(JOBS["flux-24gb-job.yaml"])
     assert spec.base_model.family == "flux" and spec.training.batch_size == 1
     assert (spec.training.base_quantization, spec.training.gradient_checkpointing) == ("nf4", "on")
+
+
+def test_the_80gb_flux2_job_offloads_an_fp8_base_with_checkpointing():
+    spec = resolved(JOBS["flux2-dev-80gb-job.yaml"])
+    assert spec.base_model.family == "flux2" and spec.training.batch_size == 1
+    assert (spec.training.base_quantization, spec.training.offload, spec.training.gradient_checkpointing) == \
+        ("fp8", "blocks", "on")

@@ -2,8 +2,9 @@
 
 The estimate: the frozen weights on the GPU (the denoiser at its quantized size, the text encoders and
 the VAE in the weight dtype), plus the denoiser's saved activations, `activation_gib_per_megapixel`
-per training megapixel, a `CHECKPOINTED_SHARE` of that with gradient checkpointing. `python -m bench.memory --options`
-prints it per family and option; training.baseQuantization auto picks from it.
+per training megapixel, a `CHECKPOINTED_SHARE` of that with gradient checkpointing; with training.offload blocks only
+`OFFLOADED_SHARE` of the denoiser's weights is on the GPU at once. `python -m bench.memory --options` prints it per
+family and option; training.baseQuantization auto and training.offload auto pick from it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ QUANTIZED_BYTES = {"none": 2.0, "fp8": 1.03, "nf4": 0.56}
 """Bytes per denoiser parameter: bf16; torchao float8 with a bf16 scale per row of a 3072-wide layer (~1.03);
 bitsandbytes nf4, 4 bits plus double-quantized absmax per 64 weights and the unquantized norms and
 embeddings (~0.56)."""
+OFFLOADED_SHARE = 0.1
+"""With training.offload blocks (`offload`), the share of the denoiser's weights on the GPU at once: the layer
+running and the one prefetched, plus, during the backward pass, the first layer of each block already done
+(prefetched in forward order by its predecessor's recompute and kept until the next forward: for Flux, its
+norm's modulation linear, 57 of them). An estimate from the layer sizes, not a measurement (no GPU run yet)."""
 QUANTIZATIONS = ("none", "fp8", "nf4")
 """In the order auto tries them: the first that fits (least precision lost)."""
 
@@ -49,45 +55,79 @@ class Weights:
     vae: float = 0.0
 
 
-def peak_gib(weights: Weights, activation_gib_per_megapixel: float, *, quantization: str, checkpointing: bool,
-             images: int = 1, megapixels: float = 1.0, text_parked: bool = False) -> float:
-    """The estimated peak GPU memory of one training step, in GiB.
+def phases_gib(weights: Weights, activation_gib_per_megapixel: float, *, quantization: str, checkpointing: bool,
+               images: int = 1, megapixels: float = 1.0, text_parked: bool = False, offload: bool = False,
+               adapter_gib: float = 0.0) -> tuple[float, float]:
+    """The estimated GPU memory of the two phases of a run, (caching, training), in GiB: the one estimate that
+    the auto settings and `bench/memory.py` (both of its views) read.
 
     Args:
         weights: The model's parameter counts.
         activation_gib_per_megapixel: The family's saved activations per megapixel without checkpointing.
-        quantization: none, fp8 or nf4 (the denoiser's storage).
+        quantization: none, fp8 or nf4 (the denoiser's storage; text encoders and VAE stay bf16).
         checkpointing: Gradient checkpointing on.
-        images: Images per micro-batch.
+        images: Images per micro-batch (an edit pair's control image counts as one more).
         megapixels: Size of each image.
-        text_parked: The text encoders leave the GPU after caching (textpark): the peak is the larger of
-            caching (all weights, no activations) and the steps (without the text encoders).
+        text_parked: The text encoders leave the GPU after caching (textpark): the steps hold only the VAE.
+        offload: training.offload blocks: `OFFLOADED_SHARE` of the denoiser on the GPU, in caching too.
+        adapter_gib: The adapter with its gradients and optimizer state (tens of MiB at rank 16: the trainer's
+            choices leave it out).
+
+    Returns:
+        caching: every frozen weight on the GPU, no activations; training: the denoiser, the text encoders
+        unless parked, the VAE, the adapter and one step's saved activations.
     """
-    denoiser = weights.denoiser * 1e9 * QUANTIZED_BYTES[quantization] / GIB
+    share = OFFLOADED_SHARE if offload else 1.0
+    denoiser = weights.denoiser * 1e9 * QUANTIZED_BYTES[quantization] / GIB * share
     others = weights.others * 1e9 * 2 / GIB
+    resident = weights.vae * 1e9 * 2 / GIB if text_parked else others
     activations = images * megapixels * activation_gib_per_megapixel * (CHECKPOINTED_SHARE if checkpointing else 1.0)
-    if text_parked:
-        return max(denoiser + others, denoiser + weights.vae * 1e9 * 2 / GIB + activations)
-    return denoiser + others + activations
+    return denoiser + others, denoiser + resident + adapter_gib + activations
+
+
+def peak_gib(weights: Weights, activation_gib_per_megapixel: float, **options) -> float:
+    """The estimated peak GPU memory of a run, in GiB: the larger of its two phases (`phases_gib`, whose
+    keyword arguments it takes); without parking the steps hold every weight caching holds, and more."""
+    return max(phases_gib(weights, activation_gib_per_megapixel, **options))
 
 
 def choose_quantization(setting: str, weights: Weights | None, activation_gib_per_megapixel: float, *,
-                        memory_gib: float | None, images: int, megapixels: float, dora: bool = False) -> str:
+                        memory_gib: float | None, images: int, megapixels: float, dora: bool = False,
+                        offload: bool = False) -> str:
     """training.baseQuantization: `setting` itself unless auto; auto is the first of none, fp8, nf4 whose peak
-    with gradient checkpointing fits `MEMORY_HEADROOM` of `memory_gib` (nf4 when none fits), and none when the
-    memory or the weights are unknown (CPU). With DoRA fp8 is skipped (`quantize.quantization_config`)."""
+    with gradient checkpointing fits `MEMORY_HEADROOM` of `memory_gib` (the last when none fits), and none when
+    the memory or the weights are unknown (CPU). With DoRA fp8 is skipped (`quantize.quantization_config`); with
+    training.offload blocks (`offload`) nf4 is skipped (it cannot be offloaded) and the peaks are offloaded ones."""
     if setting != "auto":
         return setting
     if memory_gib is None or weights is None:
         return "none"
-    for kind in (q for q in QUANTIZATIONS if not (dora and q == "fp8")):
+    kinds = [q for q in QUANTIZATIONS if not (dora and q == "fp8") and not (offload and q == "nf4")]
+    for kind in kinds:
         peak = peak_gib(weights, activation_gib_per_megapixel, quantization=kind, checkpointing=True,
-                        images=images, megapixels=megapixels)
+                        images=images, megapixels=megapixels, offload=offload)
         if peak <= MEMORY_HEADROOM * memory_gib:
             log.info("baseQuantization auto: %s, estimated peak %.1f GiB of %.1f GiB", kind, peak, memory_gib)
             return kind
-    log.warning("baseQuantization auto: nf4, but even its estimated peak does not fit %.1f GiB", memory_gib)
-    return "nf4"
+    log.warning("baseQuantization auto: %s, but even its estimated peak does not fit %.1f GiB", kinds[-1], memory_gib)
+    return kinds[-1]
+
+
+def choose_offload(weights: Weights | None, activation_gib_per_megapixel: float, *, memory_gib: float,
+                   quantization: str, images: int, megapixels: float, text_parked: bool = False) -> bool:
+    """training.offload auto: offload when the estimated peak with `quantization` and gradient checkpointing does
+    not fit `MEMORY_HEADROOM` of `memory_gib`; not when the weights are unknown (a single-file base)."""
+    if weights is None:
+        return False
+    peak = peak_gib(weights, activation_gib_per_megapixel, quantization=quantization, checkpointing=True,
+                    images=images, megapixels=megapixels, text_parked=text_parked)
+    if peak <= MEMORY_HEADROOM * memory_gib:
+        return False
+    offloaded = peak_gib(weights, activation_gib_per_megapixel, quantization=quantization, checkpointing=True,
+                         images=images, megapixels=megapixels, text_parked=text_parked, offload=True)
+    log.info("offload auto: blocks, estimated peak %.1f GiB (%.1f GiB without) of %.1f GiB", offloaded, peak,
+             memory_gib)
+    return True
 
 
 def folder_weights(folder: Path, denoiser: str) -> Weights | None:
@@ -117,10 +157,11 @@ def _parameters(part: Path) -> int:
 
 
 def base_quantization(setting: str, family: Family, folder: Path | SingleFileModel | None, device: torch.device, *,
-                      images: int, megapixels: float, dora: bool = False) -> str:
+                      images: int, megapixels: float, dora: bool = False, offload: bool = False) -> str:
     """training.baseQuantization for this job: auto chooses (`choose_quantization`) from the memory of the GPU
-    the pod holds (torch reports it exactly; on CPU auto is none) and the model folder's weights."""
+    the pod holds (torch reports it exactly; on CPU auto is none) and the model folder's weights; `offload`:
+    training.offload is blocks (offload auto is decided after, from the chosen quantization)."""
     memory = torch.cuda.get_device_properties(device).total_memory / GIB if device.type == "cuda" else None
     weights = folder_weights(folder, family.denoiser_name) if isinstance(folder, Path) else None
     return choose_quantization(setting, weights, family.activation_gib_per_megapixel, memory_gib=memory,
-                               images=images, megapixels=megapixels, dora=dora)
+                               images=images, megapixels=megapixels, dora=dora, offload=offload)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -220,7 +220,17 @@ class Training(ApiModel):
     stays in full precision and its files are the same. fp8: torchao float8 weights with a scale per row
     (about half of bf16); nf4: bitsandbytes 4-bit NormalFloat (about a quarter; needs a CUDA GPU). auto: the
     first of none, fp8, nf4 whose estimated peak with gradient checkpointing fits 90% of the GPU the pod
-    holds (none on CPU or for a single-file base). Default: none."""
+    holds (none on CPU or for a single-file base; with offload blocks, none or fp8 by the offloaded peak).
+    Default: none."""
+    offload: Literal["auto", "none", "blocks"] = Field(default="none")
+    """Keep the frozen denoiser's weights in host memory and bring each layer onto the GPU only while it runs
+    (diffusers group offloading, layer by layer, the next layer's copy overlapped with the current one's compute
+    on a CUDA stream); the adapter stays on the GPU. Trades step time for memory: Flux.2 dev on one 80 GB GPU.
+    When on, gradient checkpointing is on (offload needs it) and compile off (blocks with gradientCheckpointing
+    off or compile on is refused); not with network.dora (DoRA reads the base weights outside their layers),
+    baseQuantization nf4 or several GPUs. auto: blocks when
+    the estimated peak with gradient checkpointing does not fit 90% of the GPU the pod holds (none on CPU or for
+    a single-file base). Default: none."""
     cache_latents: bool = Field(default=True)
     """Encode images once and reuse the latents when augmentation allows. Default: true."""
     ema: Ema = Field(default_factory=Ema)
@@ -243,6 +253,27 @@ def flow_problems(family: str, training: Training | None) -> list[tuple[str, str
     return [("training.flow", f"family {row.name} is not a flow-matching model ({row.prediction} prediction): "
                               "timestep sampling, shift, weighting and guidance apply to flow families only; "
                               "leave training.flow out (minSnrGamma weights its loss)")]
+
+
+def offload_problems(spec: Any) -> list[tuple[str, str]]:
+    """(field, message) when training.offload blocks meets an option it cannot run with (auto defers to the
+    trainer, which only picks blocks where it can)."""
+    training = spec.training
+    if training is None or training.offload != "blocks":
+        return []
+    field = "training.offload"
+    if spec.network is not None and spec.network.dora:
+        return [(field, "blocks cannot train network.dora (DoRA reads each base weight outside its layer's "
+                        "forward, where offloading has it in host memory); leave offload none or dora off")]
+    if training.base_quantization == "nf4":
+        return [(field, "blocks cannot move bitsandbytes nf4 weights; use baseQuantization fp8 or none with it")]
+    if training.gradient_checkpointing == "off":
+        return [(field, "blocks needs gradient checkpointing (without it every layer's weights stay on the GPU "
+                        "until the backward pass); set gradientCheckpointing auto or on")]
+    if training.compile == "on":
+        return [(field, "blocks cannot run compiled blocks (the offloading hooks break the graphs); "
+                        "set compile auto or off")]
+    return []
 
 
 class Network(ApiModel):
