@@ -44,7 +44,7 @@ from .noise import make_noise
 from .optim import build_optimizer, build_scheduler
 from .outputs import Outputs
 from .precision import checkpointing_wanted, resolve_precision
-from .previews import check_sampler, preview_controls, preview_prompts, preview_size, render_previews
+from .previews import check_previews, preview_controls, preview_prompts, preview_size, render_previews
 from .progress import ManifestWriter, ProgressReporter
 from .quantize import quantization_config, quantized_denoiser
 from .schedule import BatchStream, Plan, count_steps
@@ -146,7 +146,7 @@ class LoraRecipe:
         from accelerate.utils import InitProcessGroupKwargs, set_seed
 
         t, spec = self.training, self.spec
-        check_sampler(self.family, spec.previews)
+        check_previews(self.family, spec.previews)
         set_seed(t.seed)
         captioner = None
         auto = spec.dataset.auto_caption
