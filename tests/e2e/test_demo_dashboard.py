@@ -23,7 +23,7 @@ from testground.kubelet_shim import KubeletShim
 from testground.operator import OperatorProcess, install_crds, storage_secret
 from testground.seed import upload
 from tinyworld.cache import tinybase
-from tinyworld.concept import CONTROL_PROMPTS, TRIGGER_PROMPTS, load_adapter, write_concept_set
+from tinyworld.concept import CONTROL_PROMPTS, TRIGGER_PROMPTS, images_of, load_adapter, write_concept_set
 from tinyworld.sampling import GUIDANCE, SAMPLING_STEPS, load_pipeline, sample
 
 pytestmark = [
@@ -58,7 +58,8 @@ def test_the_demo_jobs_previews_are_the_contact_sheets_samples():
     assert prompts == [TRIGGER_PROMPTS[0], CONTROL_PROMPTS[0]]
     assert seeds == [0, 1, 2, 3]
     assert spec["previews"]["size"] == "32x32" and spec["dataset"]["crop"]["size"] == "32x32"
-    assert (spec["previews"]["steps"], spec["previews"]["guidance"]) == (SAMPLING_STEPS, GUIDANCE)
+    assert (spec["previews"]["steps"], spec["previews"]["trueGuidance"]) == (SAMPLING_STEPS, GUIDANCE)
+    assert "negativePrompt" not in spec["previews"]  # the empty prompt, the sheet's unconditional one
 
 
 @pytest.fixture(scope="module")
@@ -122,12 +123,11 @@ def test_the_dashboard_shows_the_demo_job_with_every_epochs_previews(ground, fin
         ui.stop()
 
 
-def test_the_pages_preview_is_the_sheets_sample_drawn_without_guidance(ground, finished_demo):
-    """Pixel for pixel, the trainer's preview of epoch 1 (trigger prompt, first seed) is what the contact
-    sheet's sampler draws with the downloaded epoch-1 LoRA when classifier-free guidance is off, and not
-    what it draws with the sheet's guidance: the trainer passes previews.guidance to Flux as distilled
-    guidance, which the tiny base (no guidance embedder) ignores. So the page and the sheet show the same
-    prompt, seed and LoRA, and differ only by that guidance (README, `make demo`)."""
+def test_the_pages_previews_are_the_sheets_samples(ground, finished_demo):
+    """The trainer's previews of epoch 1 (both prompts, every seed) are what the contact sheet's sampler
+    draws with the downloaded epoch-1 LoRA: the job's previews.trueGuidance is the sheet's classifier-free
+    guidance against the empty prompt. With guidance off the sheet's sampler draws other images, so the
+    comparison sees the guidance."""
     done, work = finished_demo
     client = ground.minio.client()
 
@@ -136,14 +136,21 @@ def test_the_pages_preview_is_the_sheets_sample_drawn_without_guidance(ground, f
         client.fget_object(bucket, key, str(target))
         return target
 
-    preview = next(p for p in done["status"]["previews"] if p["epoch"] == 1 and p["prompt"] == TRIGGER_PROMPTS[0])
-    page_image = np.asarray(Image.open(fetch(preview["uris"][0], work / "p0-i0.png")).convert("RGB")).astype(int)
     checkpoint = next(c for c in done["status"]["checkpoints"] if c["epoch"] == 1 and c["format"] == "diffusers")
     (work / "epoch-1").mkdir()
     fetch(checkpoint["uri"], work / "epoch-1" / "pytorch_lora_weights.safetensors")
     pipe = load_pipeline(tinybase("flow"))
     load_adapter(pipe, work / "epoch-1", "epoch_1")
     prompts, seeds = preview_samples(done["spec"])
-    unguided, guided = (sample(pipe, [prompts[0]], [seeds[0]], guidance=g)[0].astype(int) for g in (1.0, GUIDANCE))
-    assert np.abs(unguided - page_image).max() <= 2  # the same image (batching may move a rounding)
-    assert np.abs(guided - page_image).mean() > 5  # the sheet's guided sample is another image
+    page = []  # prompt-major, as the sheet samples
+    for p, prompt in enumerate(prompts):
+        preview = next(e for e in done["status"]["previews"] if e["epoch"] == 1 and e["prompt"] == prompt)
+        page += [np.asarray(Image.open(fetch(uri, work / f"p{p}-i{i}.png")).convert("RGB")).astype(int)
+                 for i, uri in enumerate(preview["uris"])]
+    sheet = images_of(pipe, prompts, seeds)  # the sheet's row of epoch 1
+    assert len(sheet) == len(page) == 8
+    for n, (drawn, shown) in enumerate(zip(sheet, page, strict=True)):
+        # batching may move a rounding
+        assert np.abs(drawn.astype(int) - shown).max() <= 2, (prompts[n // 4], seeds[n % 4])
+    unguided = sample(pipe, [prompts[0]], [seeds[0]], guidance=1.0)[0].astype(int)
+    assert np.abs(unguided - page[0]).mean() > 5

@@ -39,12 +39,28 @@ def _scheduler_class(sampler: Sampler) -> Any:
     return getattr(diffusers, names[sampler])
 
 
-def check_sampler(family: Family, previews: Previews) -> None:
-    """Refuse a flow sampler for a DDPM family (a DDPM sampler on Flux means its default, flow_euler)."""
+def check_previews(family: Family, previews: Previews) -> None:
+    """Refuse preview settings the family's pipeline would ignore: a flow sampler for a DDPM family (a DDPM
+    sampler on Flux means its default, flow_euler), trueGuidance where previews.guidance already is (or
+    there is no) classifier-free guidance, a negative prompt where no classifier-free guidance takes it."""
     flow_family = family.default_sampler in FLOW_SAMPLERS
     if previews.sampler in FLOW_SAMPLERS and not flow_family:
         raise ConfigError(f"previews.sampler: {previews.sampler} is for flow-matching models (flux), "
                           f"not {family.family}; use euler, euler_a, ddim or dpmpp_2m")
+    if previews.true_guidance != 1 and family.preview_cfg != "true_guidance":
+        raise ConfigError(f"previews.trueGuidance: {family.family} has no classifier-free guidance apart from "
+                          "previews.guidance (trueGuidance is for families whose guidance is distilled: flux, "
+                          "flux-kontext); set previews.guidance and leave trueGuidance out")
+    if previews.negative_prompt:
+        cfg = family.preview_cfg
+        if not family.preview_negative or cfg is None:
+            raise ConfigError(f"previews.negativePrompt: {family.family}'s preview pipeline takes no negative "
+                              "prompt; leave it out")
+        if getattr(previews, cfg) <= 1:
+            field = Previews.model_fields[cfg].alias
+            raise ConfigError(f"previews.negativePrompt: {family.family} uses it only for classifier-free "
+                              f"guidance, which previews.{field} {getattr(previews, cfg):g} turns off; set "
+                              f"previews.{field} above 1 or leave negativePrompt out")
 
 
 def preview_scheduler(family: Family, parts: Components, sampler: Sampler) -> Any:

@@ -31,7 +31,7 @@ from .memory import base_quantization
 from .offload import offload_denoiser, offload_wanted, place_trainable
 from .optim import build_optimizer, build_scheduler
 from .precision import checkpointing_wanted, resolve_precision
-from .previews import check_sampler
+from .previews import check_previews
 from .progress import ManifestWriter, ProgressReporter
 from .quantize import quantization_config, quantized_denoiser
 from .schedule import BatchStream, Plan, count_steps
@@ -78,7 +78,7 @@ class RunSetup:
         from accelerate.utils import InitProcessGroupKwargs, set_seed
 
         t, spec = self.training, self.spec
-        check_sampler(self.family, spec.previews)
+        check_previews(self.family, spec.previews)
         set_seed(t.seed)
         captioner = None
         auto = spec.dataset.auto_caption

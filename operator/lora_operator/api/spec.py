@@ -102,13 +102,26 @@ class Previews(ApiModel):
     """Prompts; empty means the first validation caption. imagesPerPrompt x prompts is at most
     64."""
     negative_prompt: str = Field(default="", max_length=2000)
-    """Negative prompt (ignored by Flux)."""
+    """Negative prompt of classifier-free guidance: the guidance samples away from it. Taken where the
+    family's classifier-free guidance is on: previews.guidance above 1 for sd15, sdxl, chroma, qwen-image,
+    qwen-image-edit and z-image; previews.trueGuidance above 1 for flux and flux-kontext. Set anywhere
+    else (that guidance at 1 or less, or flux2 and flux2-klein, whose pipelines take no negative prompt),
+    the job fails (ConfigError naming this field). Default: the empty prompt."""
     images_per_prompt: int = Field(default=2, ge=1, le=16)
     """Images per prompt. Default: 2."""
     steps: int = Field(default=20, ge=1, le=200)
     """Sampling steps. Default: 20."""
     guidance: float = Field(default=7.0, ge=0.0, le=50.0)
-    """Classifier-free guidance scale (Flux: distilled guidance). Default: 7."""
+    """Guidance scale: classifier-free guidance for sd15, sdxl, chroma, flux2-klein, qwen-image,
+    qwen-image-edit and z-image; the distilled guidance the transformer embeds for flux, flux-kontext and
+    flux2 (a transformer without a guidance embedder, e.g. Flux.1 schnell, has none: see trueGuidance).
+    Default: 7 (flux2 and flux2-klein: their pipelines' 4)."""
+    true_guidance: float = Field(default=1.0, ge=1.0, le=50.0)
+    """Real classifier-free guidance scale for flux and flux-kontext, whose previews.guidance is distilled
+    guidance: above 1, every sampling step runs the transformer twice, on the prompt and on negativePrompt
+    (the empty prompt by default), which doubles the sampling cost. 1 turns it off. Other families refuse
+    it (ConfigError naming this field): their previews.guidance already is their classifier-free guidance
+    (flux2: it has none). Default: 1."""
     sampler: Sampler = Sampler.EULER_A
     """Sampler. Default: euler_a (flow_euler for Flux)."""
     seed: int = Field(default=1234, ge=0, le=2**31 - 1)

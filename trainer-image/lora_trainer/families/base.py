@@ -125,6 +125,12 @@ class Family(Protocol):
     denoiser_name: str
     """Prefix of the denoiser in diffusers LoRA files: unet or transformer."""
     default_sampler: Sampler
+    preview_cfg: str | None
+    """The Previews field that is the scale of the preview pipeline's classifier-free guidance, the guidance
+    the negative prompt takes part in: ``guidance``, ``true_guidance`` (where previews.guidance is
+    distilled guidance and the pipeline's ``true_cfg_scale`` is separate), or None (it has none)."""
+    preview_negative: bool
+    """The preview pipeline takes previews.negativePrompt (when its `preview_cfg` scale is above 1)."""
     denoiser_targets: list[str]
     """Linear layers of the denoiser that get a LoRA (peft target_modules: names or name suffixes)."""
     denoiser_exclude: str | None

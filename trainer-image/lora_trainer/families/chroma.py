@@ -67,6 +67,8 @@ class ChromaFamily(FluxFamily):
     """Chroma (Chroma1-HD / -Base): flow matching on Flux's packed patches, T5 text only."""
 
     family = ModelFamily.CHROMA
+    preview_cfg = "guidance"
+    """ChromaPipeline's guidance_scale is classifier-free guidance (Chroma embeds no distilled guidance)."""
     denoiser_targets = list(dict.fromkeys([*DOUBLE_BLOCK_LAYERS, *SINGLE_BLOCK_LAYERS]))
     denoiser_exclude = OUTSIDE_BLOCKS
     trainable_text_encoders = 0

@@ -102,6 +102,9 @@ class FluxFamily(FlowMatching):
     kohya_text_prefixes = ("lora_te1",)
     kohya_network_module = "networks.lora_flux"
     default_sampler = Sampler.FLOW_EULER
+    preview_cfg: str | None = "true_guidance"
+    """previews.guidance is distilled guidance; FluxPipeline's true_cfg_scale is classifier-free guidance."""
+    preview_negative = True
     denoiser_targets = TRANSFORMER_TARGETS
     denoiser_exclude = OUTSIDE_BLOCKS
     conv_targets: list[str] = []
@@ -220,5 +223,10 @@ class FluxFamily(FlowMatching):
         )
 
     def pipeline_kwargs(self, previews: Previews) -> dict[str, Any]:
-        """Distilled guidance and the T5 length; Flux takes no negative prompt."""
-        return {"guidance_scale": previews.guidance, "max_sequence_length": self.max_sequence_length}
+        """Distilled guidance and the T5 length; with previews.trueGuidance above 1 also classifier-free
+        guidance against the negative prompt (the empty prompt by default; FluxPipeline guides only when
+        given one)."""
+        kwargs = {"guidance_scale": previews.guidance, "max_sequence_length": self.max_sequence_length}
+        if previews.true_guidance > 1:
+            kwargs |= {"true_cfg_scale": previews.true_guidance, "negative_prompt": previews.negative_prompt}
+        return kwargs

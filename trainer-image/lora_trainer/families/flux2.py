@@ -122,6 +122,9 @@ class Flux2Family(FlowMatching):
     kohya_network_module = "networks.lora_flux_2"
     """musubi-tuner's Flux.2 LoRA network (sd-scripts has none for Flux.2)."""
     default_sampler = Sampler.FLOW_EULER
+    preview_cfg: str | None = None
+    """Flux2Pipeline takes distilled guidance only."""
+    preview_negative = False
     denoiser_targets = targets_for(48)
     """Set for the loaded transformer's single blocks by `load`."""
     denoiser_exclude = EXCLUDE
@@ -323,6 +326,9 @@ class Flux2KleinFamily(Flux2Family):
     """
 
     family = ModelFamily.FLUX2_KLEIN
+    preview_cfg = "guidance"
+    """Flux2KleinPipeline's guidance_scale is classifier-free guidance, against the empty prompt only (it
+    takes no negative prompt text)."""
     pipeline_name = "Flux2KleinPipeline"
     text_layers = (9, 18, 27)
     """Hidden states Flux2KleinPipeline.encode_prompt stacks."""

@@ -55,6 +55,9 @@ class QwenImageFamily(SchedulerShiftedFlow):
     denoiser_name = "transformer"
     kohya_network_module = "networks.lora_qwen_image"  # musubi-tuner's Qwen-Image network
     default_sampler = Sampler.FLOW_EULER
+    preview_cfg: str | None = "guidance"
+    """previews.guidance is QwenImagePipeline's true_cfg_scale (its guidance_scale is for distilled models)."""
+    preview_negative = True
     denoiser_targets = TRANSFORMER_TARGETS
     denoiser_exclude = OUTSIDE_BLOCKS
     conv_targets: list[str] = []

@@ -28,6 +28,8 @@ class SD15Family:
     """sd-scripts' prefix per text encoder (one encoder: lora_te)."""
     kohya_network_module = "networks.lora"
     default_sampler = Sampler.EULER_A
+    preview_cfg: str | None = "guidance"
+    preview_negative = True
     denoiser_targets = UNET_LINEAR_TARGETS
     denoiser_exclude = None
     conv_targets = UNET_CONV_TARGETS

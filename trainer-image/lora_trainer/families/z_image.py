@@ -65,6 +65,8 @@ class ZImageFamily(SchedulerShiftedFlow):
     denoiser_name = "transformer"
     kohya_network_module = "networks.lora_zimage"  # musubi-tuner's Z-Image network
     default_sampler = Sampler.FLOW_EULER
+    preview_cfg: str | None = "guidance"
+    preview_negative = True
     denoiser_targets = list(BLOCK_LAYERS)
     denoiser_exclude = OUTSIDE_BLOCKS
     conv_targets: list[str] = []
