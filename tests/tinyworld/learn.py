@@ -1,16 +1,20 @@
 """``python -m tinyworld.learn OUT [--base epsilon|flow] [--adapter lora|locon|embedding] [--steps N] [--epochs E]
-[--lr X] [--text-lr X] [--broken flip|captions]``: train an adapter on the concept through ``lora-train run``, judge it.
+[--lr X] [--text-lr X] [--broken flip|captions] [--prior N | --world N] [--conv-alpha A] [--vectors V] [--init W]``:
+train an adapter on the concept through ``lora-train run``, judge it.
 
 Builds (or reuses) the base (epsilon: SD1.5 topology, flow: Flux topology), writes the concept
 dataset and a job YAML under OUT, trains through the trainer's CLI entry point, then prints the
 judge's verdict and writes OUT/sheet.png (base row, then the LoRA; the trigger prompt left, a control prompt right).
-``--broken flip`` negates the training target (patched in this process only), ``--broken
-captions`` drops every caption (``training.captionDropout: 1``): both must fail the check.
+``--prior N`` adds N of the base's own samples of world captions as regularization images (prior
+preservation), ``--world N`` N rendered world scenes instead. ``--broken flip`` negates the training target
+(patched in this process only), ``--broken captions`` drops every caption (``training.captionDropout: 1``):
+both must fail the check.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -20,7 +24,7 @@ import torch
 import yaml
 
 from .cache import tinybase
-from .concept import CONTROL_PROMPTS, TRIGGER_PROMPTS, judge_lora, write_concept_set
+from .concept import CONTROL_PROMPTS, TRIGGER_PROMPTS, judge_lora, write_concept_set, write_prior_set, write_world_set
 from .sheet import contact_sheet
 from .world import TRIGGER
 
@@ -57,14 +61,27 @@ ADAPTERS = {
 the trigger word itself (not a word of the bases' vocabularies), so the judge's trigger prompts call it."""
 
 
+def adapter_block(adapter: str, overrides: dict | None = None) -> dict:
+    """ADAPTERS[adapter] with the `overrides` its section has (network or embedding; None: keep) applied."""
+    block = copy.deepcopy(ADAPTERS[adapter])
+    section = block["embedding" if adapter == "embedding" else "network"]
+    section.update({k: v for k, v in (overrides or {}).items() if k in section and v is not None})
+    return block
+
+
 def job_spec(base: Path, data: Path, out: Path, steps: int, lr: float, text_lr: float,
-             caption_dropout: float, epochs: int = 1, adapter: str = "lora") -> dict:
-    """The job: `adapter` (ADAPTERS), `epochs` epochs of `steps` steps in all, batch 4, checkpoints each epoch
-    (diffusers; an embedding job writes its embedding file either way)."""
+             caption_dropout: float, epochs: int = 1, adapter: str = "lora", prior: Path | None = None,
+             overrides: dict | None = None) -> dict:
+    """The job: `adapter` (ADAPTERS, with `overrides`), `epochs` epochs of `steps` steps in all, batch 4, checkpoints
+    each epoch (diffusers; an embedding job writes its embedding file either way); `prior`: its regularization
+    images."""
+    dataset = {"uri": data.as_uri(), "crop": {"mode": "center", "size": "32x32"}, "validationSplit": 0.0}
+    if prior is not None:
+        dataset["regularization"] = {"uri": prior.as_uri()}
     return {
-        **ADAPTERS[adapter],
+        **adapter_block(adapter, overrides),
         "baseModel": {"family": family_of(base), "uri": base.as_uri()},
-        "dataset": {"uri": data.as_uri(), "crop": {"mode": "center", "size": "32x32"}, "validationSplit": 0.0},
+        "dataset": dataset,
         "training": {"steps": steps, "epochs": epochs, "batchSize": 4, "unetLearningRate": lr,
                      "textEncoderLearningRate": text_lr, "textEncoderRatio": 1.0 if text_lr else 0.0,
                      "captionDropout": caption_dropout, "mixedPrecision": "no",
@@ -86,16 +103,18 @@ def flipped(original):
 
 
 def train(out: Path, base: Path, data: Path, steps: int = 200, lr: float = 5e-3, text_lr: float = 5e-3,
-          caption_dropout: float = 0.0, epochs: int = 1, adapter: str = "lora") -> Path:
-    """Train an `adapter` on `data` over `base` through ``lora-train run`` in `out`; returns its last epoch's
-    diffusers folder (embedding: its file).
+          caption_dropout: float = 0.0, epochs: int = 1, adapter: str = "lora", prior: Path | None = None,
+          overrides: dict | None = None) -> Path:
+    """Train an `adapter` on `data` (and `prior`'s regularization images) over `base` through ``lora-train run`` in
+    `out`; returns its last epoch's diffusers folder (embedding: its file).
 
     Raises:
         RuntimeError: the trainer exited with an error.
     """
     from lora_trainer.cli import main as lora_train
 
-    spec = job_spec(base, data, out / "storage", steps, lr, text_lr, caption_dropout, epochs, adapter)
+    spec = job_spec(base, data, out / "storage", steps, lr, text_lr, caption_dropout, epochs, adapter, prior,
+                    overrides)
     job = out / "job.yaml"
     out.mkdir(parents=True, exist_ok=True)
     job.write_text(yaml.safe_dump({"apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob",
@@ -123,6 +142,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--text-lr", type=float, help="text encoder learning rate (default: as --lr's)")
     p.add_argument("--adapter", default="lora", choices=list(ADAPTERS))
     p.add_argument("--broken", choices=["flip", "captions"])
+    p.add_argument("--prior", type=int, default=0, help="regularization images: this many of the base's samples")
+    p.add_argument("--world", type=int, default=0, help="regularization images: this many rendered world scenes")
+    p.add_argument("--conv-alpha", type=float, help="locon: its convolutions' alpha (default: ADAPTERS')")
+    p.add_argument("--vectors", type=int, help="embedding: its vectors (default: ADAPTERS')")
+    p.add_argument("--init", help="embedding: its initial phrase (default: ADAPTERS')")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     base = tinybase(args.base)
@@ -134,8 +158,11 @@ def main(argv: list[str]) -> int:
     lr, text_lr = ADAPTER_RATES.get(args.adapter, RATES[args.base])
     lr = lr if args.lr is None else args.lr
     text_lr = text_lr if args.text_lr is None else args.text_lr  # 0: the denoiser alone
+    prior = write_prior_set(base, args.out / "prior", args.prior) if args.prior else None
+    prior = write_world_set(args.out / "world", args.world) if args.world else prior
     lora = train(args.out, base, data, args.steps, lr, text_lr,
-                 1.0 if args.broken == "captions" else 0.0, args.epochs, args.adapter)
+                 1.0 if args.broken == "captions" else 0.0, args.epochs, args.adapter, prior,
+                 {"vectors": args.vectors, "initialPhrase": args.init, "convAlpha": args.conv_alpha})
     trained = time.monotonic() - started
     verdict = judge_lora(base, lora, SEEDS)
     print(f"trained in {trained:.0f}s; {verdict}; passed: {verdict.passed()}")
