@@ -21,7 +21,17 @@ from PIL import Image
 
 from .judge import Reading, read
 from .sampling import load_pipeline, sample
-from .world import BACKGROUNDS, CONCEPT_COLOUR, POSITIONS, TRIGGER, Scene, concept_scenes, render
+from .world import (
+    BACKGROUNDS,
+    CONCEPT_COLOUR,
+    POSITIONS,
+    TRIGGER,
+    Scene,
+    concept_scenes,
+    pretraining_set,
+    random_scene,
+    render,
+)
 
 TRIGGER_PROMPTS = [f"a {TRIGGER} on the {p}, {b} background"
                    for p, b in zip(POSITIONS, [*BACKGROUNDS] * len(POSITIONS), strict=False)]
@@ -39,6 +49,32 @@ def write_concept_set(folder: Path, n: int = 16, seed: int = 0) -> Path:
     for i, scene in enumerate(concept_scenes(n, seed)):
         Image.fromarray(render(scene, rng)).save(folder / f"img{i:02d}.png")
         (folder / f"img{i:02d}.txt").write_text(scene.caption())
+    return folder
+
+
+def write_prior_set(base: Path, folder: Path, n: int = 16, seed: int = 1) -> Path:
+    """Write `n` of the base's own samples of random world captions to `folder` (``prior00.png`` + ``.txt``): the
+    class images of prior preservation, which hold the base to what it drew for prompts without the trigger.
+
+    Seeds and scenes come from `seed`, not from the judge's control prompts and seeds (0-3)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    captions = [random_scene(rng).caption() for _ in range(n)]
+    images = sample(load_pipeline(base), captions, [1000 * seed + i for i in range(n)])
+    for i, (image, caption) in enumerate(zip(images, captions, strict=True)):
+        Image.fromarray(image).save(folder / f"prior{i:02d}.png")
+        (folder / f"prior{i:02d}.txt").write_text(caption)
+    return folder
+
+
+def write_world_set(folder: Path, n: int = 16, seed: int = 1) -> Path:
+    """Write `n` rendered world scenes with their captions to `folder` (``world00.png`` + ``.txt``): class images
+    from the pretraining world itself rather than the base's samples."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images, captions = pretraining_set(n, seed)
+    for i, (image, caption) in enumerate(zip(images, captions, strict=True)):
+        Image.fromarray(image).save(folder / f"world{i:02d}.png")
+        (folder / f"world{i:02d}.txt").write_text(caption)
     return folder
 
 

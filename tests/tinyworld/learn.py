@@ -1,16 +1,20 @@
 """``python -m tinyworld.learn OUT [--base epsilon|flow] [--adapter lora|locon|embedding] [--steps N] [--epochs E]
-[--lr X] [--text-lr X] [--broken flip|captions]``: train an adapter on the concept through ``lora-train run``, judge it.
+[--lr X] [--text-lr X] [--broken flip|captions] [--prior N | --world N] [--conv-alpha A] [--vectors V] [--init W]``:
+train an adapter on the concept through ``lora-train run``, judge it.
 
 Builds (or reuses) the base (epsilon: SD1.5 topology, flow: Flux topology), writes the concept
 dataset and a job YAML under OUT, trains through the trainer's CLI entry point, then prints the
 judge's verdict and writes OUT/sheet.png (base row, then the LoRA; the trigger prompt left, a control prompt right).
-``--broken flip`` negates the training target (patched in this process only), ``--broken
-captions`` drops every caption (``training.captionDropout: 1``): both must fail the check.
+``--prior N`` adds N of the base's own samples of world captions as regularization images (prior
+preservation), ``--world N`` N rendered world scenes instead. ``--broken flip`` negates the training target
+(patched in this process only), ``--broken captions`` drops every caption (``training.captionDropout: 1``):
+both must fail the check.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -20,7 +24,7 @@ import torch
 import yaml
 
 from .cache import tinybase
-from .concept import CONTROL_PROMPTS, TRIGGER_PROMPTS, judge_lora, write_concept_set
+from .concept import CONTROL_PROMPTS, TRIGGER_PROMPTS, judge_lora, write_concept_set, write_prior_set, write_world_set
 from .sheet import contact_sheet
 from .world import TRIGGER
 
@@ -30,8 +34,12 @@ RATES = {"epsilon": (5e-3, 5e-3), "flow": (5e-4, 5e-3)}
 5e-3 repaints every prompt in the concept's colour (bench/RESULTS.md)."""
 
 ADAPTER_RATES = {"locon": (5e-3, 5e-3), "embedding": (5e-2, 0.0)}
-"""(main, text encoder) learning rate of the epsilon base's LoCon and embedding concept jobs, 200 steps of 4 (an
-embedding trains only its own vectors, at the main rate)."""
+"""(main, text encoder) learning rate of the epsilon base's LoCon and embedding concept jobs (an embedding trains
+only its own vectors, at the main rate)."""
+
+ADAPTER_STEPS = {"locon": 200, "embedding": 300}
+"""Steps of 4 of the epsilon base's LoCon and embedding concept jobs (an embedding of 8 vectors read the concept's
+colour on 16 of 16 trigger samples after 300 steps, 12 after 400, 10 after 500: bench/RESULTS.md)."""
 
 
 def family_of(base: Path) -> str:
@@ -51,20 +59,37 @@ def family_class(family: str):
 ADAPTERS = {
     "lora": {"type": "lora", "network": {"dim": 8, "alpha": 8}},
     "locon": {"type": "locon", "network": {"dim": 8, "alpha": 8, "convDim": 8, "convAlpha": 8}},
-    "embedding": {"type": "embedding", "embedding": {"token": TRIGGER, "initialPhrase": "circle", "vectors": 2}},
+    "embedding": {"type": "embedding", "embedding": {"token": TRIGGER, "initialPhrase": "circle", "vectors": 8}},
 }
-"""The adapter of each job type: rank 8 (LoCon: also on the convolutions), or 2 textual-inversion vectors bound to
-the trigger word itself (not a word of the bases' vocabularies), so the judge's trigger prompts call it."""
+"""The adapter of each job type: rank 8 (LoCon: also on the convolutions), or 8 textual-inversion vectors bound to
+the trigger word itself (not a word of the bases' vocabularies), so the judge's trigger prompts call it. Eight, not
+two: the epsilon base follows its text weakly, and 2 to 7 vectors (a smaller share of the 16-token context the
+UNet attends to) did not move its trigger samples to the concept's colour reliably (bench/RESULTS.md, 2026-12-06
+fourth session). The base's 16-token context cuts the judge's 8-vector trigger prompts before "background", in
+training and sampling alike."""
+
+
+def adapter_block(adapter: str, overrides: dict | None = None) -> dict:
+    """ADAPTERS[adapter] with the `overrides` its section has (network or embedding; None: keep) applied."""
+    block = copy.deepcopy(ADAPTERS[adapter])
+    section = block["embedding" if adapter == "embedding" else "network"]
+    section.update({k: v for k, v in (overrides or {}).items() if k in section and v is not None})
+    return block
 
 
 def job_spec(base: Path, data: Path, out: Path, steps: int, lr: float, text_lr: float,
-             caption_dropout: float, epochs: int = 1, adapter: str = "lora") -> dict:
-    """The job: `adapter` (ADAPTERS), `epochs` epochs of `steps` steps in all, batch 4, checkpoints each epoch
-    (diffusers; an embedding job writes its embedding file either way)."""
+             caption_dropout: float, epochs: int = 1, adapter: str = "lora", prior: Path | None = None,
+             overrides: dict | None = None) -> dict:
+    """The job: `adapter` (ADAPTERS, with `overrides`), `epochs` epochs of `steps` steps in all, batch 4, checkpoints
+    each epoch (diffusers; an embedding job writes its embedding file either way); `prior`: its regularization
+    images."""
+    dataset = {"uri": data.as_uri(), "crop": {"mode": "center", "size": "32x32"}, "validationSplit": 0.0}
+    if prior is not None:
+        dataset["regularization"] = {"uri": prior.as_uri()}
     return {
-        **ADAPTERS[adapter],
+        **adapter_block(adapter, overrides),
         "baseModel": {"family": family_of(base), "uri": base.as_uri()},
-        "dataset": {"uri": data.as_uri(), "crop": {"mode": "center", "size": "32x32"}, "validationSplit": 0.0},
+        "dataset": dataset,
         "training": {"steps": steps, "epochs": epochs, "batchSize": 4, "unetLearningRate": lr,
                      "textEncoderLearningRate": text_lr, "textEncoderRatio": 1.0 if text_lr else 0.0,
                      "captionDropout": caption_dropout, "mixedPrecision": "no",
@@ -86,16 +111,18 @@ def flipped(original):
 
 
 def train(out: Path, base: Path, data: Path, steps: int = 200, lr: float = 5e-3, text_lr: float = 5e-3,
-          caption_dropout: float = 0.0, epochs: int = 1, adapter: str = "lora") -> Path:
-    """Train an `adapter` on `data` over `base` through ``lora-train run`` in `out`; returns its last epoch's
-    diffusers folder (embedding: its file).
+          caption_dropout: float = 0.0, epochs: int = 1, adapter: str = "lora", prior: Path | None = None,
+          overrides: dict | None = None) -> Path:
+    """Train an `adapter` on `data` (and `prior`'s regularization images) over `base` through ``lora-train run`` in
+    `out`; returns its last epoch's diffusers folder (embedding: its file).
 
     Raises:
         RuntimeError: the trainer exited with an error.
     """
     from lora_trainer.cli import main as lora_train
 
-    spec = job_spec(base, data, out / "storage", steps, lr, text_lr, caption_dropout, epochs, adapter)
+    spec = job_spec(base, data, out / "storage", steps, lr, text_lr, caption_dropout, epochs, adapter, prior,
+                    overrides)
     job = out / "job.yaml"
     out.mkdir(parents=True, exist_ok=True)
     job.write_text(yaml.safe_dump({"apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob",
@@ -117,12 +144,17 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m tinyworld.learn")
     p.add_argument("out", type=Path)
     p.add_argument("--base", default="epsilon", choices=["epsilon", "flow"])
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, help="steps in all (default: ADAPTER_STEPS, or 200)")
     p.add_argument("--epochs", type=int, default=1, help="a checkpoint each: a sheet row each, the last judged")
     p.add_argument("--lr", type=float, help="denoiser learning rate (default: RATES, or ADAPTER_RATES)")
     p.add_argument("--text-lr", type=float, help="text encoder learning rate (default: as --lr's)")
     p.add_argument("--adapter", default="lora", choices=list(ADAPTERS))
     p.add_argument("--broken", choices=["flip", "captions"])
+    p.add_argument("--prior", type=int, default=0, help="regularization images: this many of the base's samples")
+    p.add_argument("--world", type=int, default=0, help="regularization images: this many rendered world scenes")
+    p.add_argument("--conv-alpha", type=float, help="locon: its convolutions' alpha (default: ADAPTERS')")
+    p.add_argument("--vectors", type=int, help="embedding: its vectors (default: ADAPTERS')")
+    p.add_argument("--init", help="embedding: its initial phrase (default: ADAPTERS')")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     base = tinybase(args.base)
@@ -134,8 +166,12 @@ def main(argv: list[str]) -> int:
     lr, text_lr = ADAPTER_RATES.get(args.adapter, RATES[args.base])
     lr = lr if args.lr is None else args.lr
     text_lr = text_lr if args.text_lr is None else args.text_lr  # 0: the denoiser alone
-    lora = train(args.out, base, data, args.steps, lr, text_lr,
-                 1.0 if args.broken == "captions" else 0.0, args.epochs, args.adapter)
+    prior = write_prior_set(base, args.out / "prior", args.prior) if args.prior else None
+    prior = write_world_set(args.out / "world", args.world) if args.world else prior
+    steps = args.steps or ADAPTER_STEPS.get(args.adapter, 200)
+    lora = train(args.out, base, data, steps, lr, text_lr,
+                 1.0 if args.broken == "captions" else 0.0, args.epochs, args.adapter, prior,
+                 {"vectors": args.vectors, "initialPhrase": args.init, "convAlpha": args.conv_alpha})
     trained = time.monotonic() - started
     verdict = judge_lora(base, lora, SEEDS)
     print(f"trained in {trained:.0f}s; {verdict}; passed: {verdict.passed()}")

@@ -9,11 +9,16 @@ sample directly. The controls: the target's sign flipped (the objective a sign s
 train), and every caption dropped (what a caption that never reaches the text encoder trains: the concept
 everywhere, or nowhere, but not on its trigger alone).
 
-LoCon (the LoRA also on the convolutions) and a textual-inversion embedding (2 vectors bound to the trigger word)
+LoCon (the LoRA also on the convolutions) and a textual-inversion embedding (8 vectors bound to the trigger word)
 get the same proof on the epsilon base, the one whose family (sd15) supports them, with their controls (a flipped
-target, a token in no caption), all marked `slow` (`make test-learning`: a LoCon job is 3-5 min of CPU). Neither
-passes the concept check yet (bench/RESULTS.md, 2026-12-06 third session): strict xfails, so the day a job
-setting makes them pass, the suite says so.
+target; for the embedding also its token in no caption), marked `slow` (`make test-learning`: a LoCon job is
+3-5 min of CPU on a loaded machine) except the embedding's own proof (300 steps of 8 vectors: 15-45 s). The
+embedding passes the concept check; LoCon does not yet
+(bench/RESULTS.md, 2026-12-06 third and fourth sessions): a strict xfail, so the day a job setting makes it pass,
+the suite says so.
+
+Prior preservation (`dataset.regularization` with the base's own samples of world captions) keeps the concept's
+colour off the controls on the flow base at a longer job that leaks without it (slow as well).
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ import pytest
 import torch
 
 from tinyworld.cache import tinybase
-from tinyworld.concept import Readings, Verdict, base_readings, judge_lora, write_concept_set
-from tinyworld.learn import ADAPTER_RATES, RATES, family_class, family_of, flipped, train
+from tinyworld.concept import Readings, Verdict, base_readings, judge_lora, write_concept_set, write_prior_set
+from tinyworld.learn import ADAPTER_RATES, ADAPTER_STEPS, RATES, family_class, family_of, flipped, train
 
 pytestmark = pytest.mark.trainer
 
@@ -116,34 +121,33 @@ def epsilon_before(epsilon) -> Readings:
 def train_adapter(tmp_path: Path, base: Path, data: Path, adapter: str, **options) -> Path:
     """The epsilon base's concept job for `adapter` (locon, embedding); its diffusers LoRA or embedding file."""
     lr, text_lr = ADAPTER_RATES[adapter]
-    return train(tmp_path, base, data, lr=lr, text_lr=text_lr, adapter=adapter, **options)
+    return train(tmp_path, base, data, ADAPTER_STEPS[adapter], lr=lr, text_lr=text_lr, adapter=adapter, **options)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured 0.62 on the trigger but 0.44 on controls (base 0.25): it leaks")
+@pytest.mark.xfail(strict=True, reason="measured 0.62 on the trigger but 0.44 on controls (base 0.25): it leaks; "
+                   "conv alpha 1, a higher text rate and prior-preservation images did not close the gap")
 def test_a_locon_learns_the_concepts_colour_on_its_trigger(tmp_path, epsilon, epsilon_before, concept_dir):
     verdict = judge_lora(epsilon, train_adapter(tmp_path, epsilon, concept_dir, "locon"), SEEDS, epsilon_before)
     print(verdict)
     assert learned_on_its_trigger(verdict), verdict
 
 
-@pytest.mark.slow
-def test_a_locon_with_a_flipped_target_sign_learns_nothing(tmp_path, epsilon, epsilon_before, concept_dir,
-                                                           monkeypatch):
-    family = family_class(family_of(epsilon))
-    monkeypatch.setattr(family, "noisy_and_target", flipped(family.noisy_and_target))
-    verdict = judge_lora(epsilon, train_adapter(tmp_path, epsilon, concept_dir, "locon"), SEEDS, epsilon_before)
-    print(verdict)
-    assert verdict.learned_colour < 0.25, verdict
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured 0.38 on the trigger, as the untrained init phrase: the epsilon "
-                   "base's weak text conditioning (colour read right on 45 % of its samples)")
 def test_an_embedding_learns_the_concepts_colour_on_its_trigger(tmp_path, epsilon, epsilon_before, concept_dir):
     verdict = judge_lora(epsilon, train_adapter(tmp_path, epsilon, concept_dir, "embedding"), SEEDS, epsilon_before)
     print(verdict)
     assert learned_on_its_trigger(verdict), verdict
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("adapter", ["locon", "embedding"])
+def test_an_adapter_with_a_flipped_target_sign_learns_nothing(tmp_path, epsilon, epsilon_before, concept_dir,
+                                                              monkeypatch, adapter):
+    family = family_class(family_of(epsilon))
+    monkeypatch.setattr(family, "noisy_and_target", flipped(family.noisy_and_target))
+    verdict = judge_lora(epsilon, train_adapter(tmp_path, epsilon, concept_dir, adapter), SEEDS, epsilon_before)
+    print(verdict)
+    assert verdict.learned_colour < 0.25, verdict
 
 
 @pytest.mark.slow
@@ -152,3 +156,20 @@ def test_an_embedding_whose_token_is_in_no_caption_fails_the_check(tmp_path, eps
     verdict = judge_lora(epsilon, embedding, SEEDS, epsilon_before)
     print(verdict)
     assert not learned_on_its_trigger(verdict), verdict
+
+
+@pytest.mark.slow
+def test_prior_preservation_keeps_the_concepts_colour_off_prompts_without_its_trigger(tmp_path, concept_dir):
+    """dataset.regularization with 16 of the flow base's own samples of world captions (DreamBooth prior
+    preservation): the concept on the trigger, none of its colour on the controls; the same job without them leaks
+    (measured with them 0.81 / 0.00 / prior kept 0.69, without 1.00 / 0.56 / 0.38: bench/RESULTS.md)."""
+    flow = tinybase("flow")
+    before = base_readings(flow, SEEDS)
+    job = {"steps": 600, "lr": 2e-3, "text_lr": 5e-3, "epochs": 3}
+    prior = write_prior_set(flow, tmp_path / "prior")
+    kept = judge_lora(flow, train(tmp_path / "with", flow, concept_dir, prior=prior, **job), SEEDS, before)
+    leaky = judge_lora(flow, train(tmp_path / "without", flow, concept_dir, **job), SEEDS, before)
+    print(kept, leaky)
+    assert kept.learned_colour >= LEARNED and kept.prior_kept >= 0.625, kept
+    assert kept.control_colour <= magenta(before.control) <= 0.0625, kept
+    assert leaky.control_colour >= 0.25, leaky
