@@ -31,7 +31,7 @@ from testground.kubelet_shim import KubeletShim
 from testground.operator import OperatorProcess, install_crds, storage_secret
 from testground.seed import upload
 from tinyworld.cache import tinybase
-from tinyworld.concept import write_concept_set
+from tinyworld.concept import write_concept_set, write_prior_set
 from tinyworld.sheet import contact_sheet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,6 +119,9 @@ def main() -> int:
         if lora_train(["upload", str(work / "dataset"), "s3://datasets/concept/", "--job", str(JOB)],
                       ground.env()) != 0:
             raise SystemExit("demo: the dataset upload failed")
+        prior = yaml.safe_load(JOB.read_text())["spec"]["dataset"]["regularization"]["uri"]
+        print(f"== prior preservation: 16 of the base's own samples of other scenes -> {prior}")
+        upload(ground, prior, write_prior_set(base, work / "prior"))
         ground.minio.client().make_bucket("loras")
         ground.kubectl("create", "namespace", NAMESPACE)
         ground.apply(storage_secret(ground, NAMESPACE))

@@ -23,7 +23,14 @@ from testground.kubelet_shim import KubeletShim
 from testground.operator import OperatorProcess, install_crds, storage_secret
 from testground.seed import upload
 from tinyworld.cache import tinybase
-from tinyworld.concept import CONTROL_PROMPTS, TRIGGER_PROMPTS, images_of, load_adapter, write_concept_set
+from tinyworld.concept import (
+    CONTROL_PROMPTS,
+    TRIGGER_PROMPTS,
+    images_of,
+    load_adapter,
+    write_concept_set,
+    write_prior_set,
+)
 from tinyworld.sampling import GUIDANCE, SAMPLING_STEPS, load_pipeline, sample
 
 pytestmark = [
@@ -38,7 +45,7 @@ GPU_TYPE = "demoui"
 """This module's node's GPU type, which its job asks for: the ground is shared by the session's tests,
 and their free nodes would otherwise run it, or theirs land here."""
 STEPS = 6
-"""Training steps of the test's job: two epochs of three steps; the demo trains 150."""
+"""Training steps of the test's job: two epochs of three steps; the demo trains 600."""
 
 
 def demo_job() -> dict:
@@ -69,6 +76,8 @@ def finished_demo(ground, tmp_path_factory):
     install_crds(ground)
     upload(ground, "s3://models/tinyworld-flow/", tinybase("flow"))
     upload(ground, "s3://datasets/concept/", write_concept_set(work / "dataset"))
+    prior = yaml.safe_load(DEMO_JOB.read_text())["spec"]["dataset"]["regularization"]["uri"]
+    upload(ground, prior, write_prior_set(tinybase("flow"), work / "prior"))
     client = ground.minio.client()
     if not client.bucket_exists("loras"):
         client.make_bucket("loras")
