@@ -303,7 +303,7 @@ class Admitter:
         pod = build_trainer_pod(job_name=job.name, namespace=job.namespace, job_uid=job.uid, spec=spec,
                                 node=admission.node, gpus=admission.gpus, attempt=attempt, resume=attempt > 1,
                                 config=self.config, template_pod=job.status.trainer_pod,
-                                progress=job.status.progress)
+                                progress=job.status.progress, node_labels=admission.labels)
         name = pod["metadata"]["name"]
         try:
             job = self.claim(job, admission, pod=name, attempt=attempt, now=now)

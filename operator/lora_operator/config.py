@@ -95,6 +95,11 @@ class OperatorConfig(BaseModel):
     dedicated=gpu:NoSchedule. The scheduler counts on them as the pod does."""
     gpu_type_label: str = Field(default="lora-operator.io/gpu-type", min_length=1, max_length=317)
     """LORA_GPU_TYPE_LABEL: node label whose value spec.placement.gpuType must equal."""
+    gpu_memory_label: str = Field(default="nvidia.com/gpu.memory", min_length=1, max_length=317)
+    """LORA_GPU_MEMORY_LABEL: node label holding the memory of one of the node's GPUs in MiB (NVIDIA GPU
+    feature discovery sets nvidia.com/gpu.memory). The operator passes it to the trainer pod it places on
+    the node (LORA_GPU_MEMORY_MIB), whose gradientCheckpointing, baseQuantization and offload auto plan with
+    it; on a node without the label the trainer asks the GPU itself."""
     trainer_termination_grace_seconds: int = Field(default=120, ge=1, le=3600)
     """LORA_TRAINER_TERMINATION_GRACE_SECONDS: terminationGracePeriodSeconds of trainer pods: the time a
     trainer gets on SIGTERM (a preemption, eviction or drain) to save its resume state and exit. The
@@ -219,6 +224,7 @@ ENV_VARS: dict[str, str] = {
     "storage_allowed_secret_names": "LORA_STORAGE_ALLOWED_SECRET_NAMES",
     "gpu_resource": "LORA_GPU_RESOURCE",
     "gpu_type_label": "LORA_GPU_TYPE_LABEL",
+    "gpu_memory_label": "LORA_GPU_MEMORY_LABEL",
     "trainer_termination_grace_seconds": "LORA_TRAINER_TERMINATION_GRACE_SECONDS",
     "kueue_enabled": "LORA_KUEUE_ENABLED",
     "watch_namespace": "LORA_WATCH_NAMESPACE",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from .api import API_VERSION, JobSpec, LoraTrainingJob, PodSettings
@@ -65,6 +66,7 @@ def build_trainer_pod(
     config: OperatorConfig,
     template_pod: PodSettings | None = None,
     progress: Progress | None = None,
+    node_labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The Pod manifest of one attempt of a job.
 
@@ -81,6 +83,7 @@ def build_trainer_pod(
         template_pod: The pod settings of the job's ClusterLoraTrainingTemplate, over the
             configuration's (status.trainerPod).
         progress: The job's status.progress: the measured save time sets the grace period (`grace`).
+        node_labels: The labels of `node`: its GPU memory label (`node_gpu_memory`) reaches the trainer.
     """
     pod = template_pod.over(config.trainer_pod) if template_pod else config.trainer_pod
     placement = spec.placement
@@ -114,7 +117,8 @@ def build_trainer_pod(
                 "fsGroup": TRAINER_UID,
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
-            "containers": [_container(job_name, namespace, job_uid, spec, gpus, attempt, resume, config, pod)],
+            "containers": [_container(job_name, namespace, job_uid, spec, gpus, attempt, resume, config, pod,
+                                      node_gpu_memory(node_labels or {}, config.gpu_memory_label))],
             "volumes": [
                 {"name": "tmp", "emptyDir": {}},
                 _cache_volume(config),
@@ -129,6 +133,13 @@ def build_trainer_pod(
     if pod.priority_class_name:
         manifest["spec"]["priorityClassName"] = pod.priority_class_name
     return manifest
+
+
+def node_gpu_memory(labels: Mapping[str, str], label: str) -> int | None:
+    """MiB of one of the node's GPUs, from its `label` (LORA_GPU_MEMORY_LABEL); None without the label or
+    with a value that is not a positive whole number: the trainer then asks the GPU itself."""
+    value = labels.get(label, "")
+    return int(value) if value.isascii() and value.isdigit() and int(value) > 0 else None
 
 
 def _cache_volume(config: OperatorConfig) -> dict[str, Any]:
@@ -187,6 +198,7 @@ def _container(
     resume: bool,
     config: OperatorConfig,
     pod: PodSettings,
+    gpu_memory_mib: int | None,
 ) -> dict[str, Any]:
     image = (spec.placement.image if spec.placement else None) or config.trainer_image
     return {
@@ -195,7 +207,7 @@ def _container(
         "imagePullPolicy": config.trainer_image_pull_policy,
         "command": ["lora-train"],
         "args": ["run", "--spec-env", ENV_JOB_SPEC],
-        "env": _env(job_name, namespace, job_uid, spec, attempt, resume, config),
+        "env": _env(job_name, namespace, job_uid, spec, attempt, resume, config, gpu_memory_mib),
         "resources": pod.resources(config.gpu_resource, gpus),
         "securityContext": {
             "runAsNonRoot": True,
@@ -216,14 +228,15 @@ def _container(
 
 
 def _env(
-    job_name: str, namespace: str, job_uid: str, spec: JobSpec, attempt: int, resume: bool, config: OperatorConfig
+    job_name: str, namespace: str, job_uid: str, spec: JobSpec, attempt: int, resume: bool, config: OperatorConfig,
+    gpu_memory_mib: int | None,
 ) -> list[dict[str, Any]]:
     storage = spec.storage
     secret = (storage.secret_ref if storage else None) or config.storage_secret
     where = job_target(spec, config)  # resolve refused a job whose endpoint is not allowed; this checks again
     job = TrainerEnv(job_name=job_name, job_namespace=namespace, job_uid=job_uid, attempt=attempt, resume=resume,
                      output_prefix=output_prefix(spec, namespace, job_name, job_uid), cache_dir=CACHE_DIR,
-                     cache_budget_bytes=config.model_cache_budget_gib << 30)
+                     cache_budget_bytes=config.model_cache_budget_gib << 30, gpu_memory_mib=gpu_memory_mib)
     values = {
         ENV_JOB_SPEC: json.dumps(spec.to_resource(), sort_keys=True, separators=(",", ":")),
         **job.to_env(),

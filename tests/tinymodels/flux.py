@@ -9,8 +9,9 @@ from lora_operator.api.families import family_row
 from .parts import TEXT_HIDDEN, clip_encoder, t5_encoder, tiny_vae, write_clip_tokenizer, write_t5_tokenizer
 
 
-def build(path: Path, pipeline: str = "FluxPipeline", family: str = "flux") -> None:
-    """Write the tiny model's diffusers folder to `path`, saved as `pipeline` (its model_index.json)."""
+def build(path: Path, pipeline: str = "FluxPipeline", family: str = "flux", guidance_embeds: bool = True) -> None:
+    """Write the tiny model's diffusers folder to `path`, saved as `pipeline` (its model_index.json);
+    `guidance_embeds` False: a transformer that is not guidance-distilled, as Flux.1 schnell's."""
     import diffusers
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import T5TokenizerFast
@@ -30,7 +31,7 @@ def build(path: Path, pipeline: str = "FluxPipeline", family: str = "flux") -> N
         num_attention_heads=2,
         joint_attention_dim=TEXT_HIDDEN,
         pooled_projection_dim=TEXT_HIDDEN,
-        guidance_embeds=True,
+        guidance_embeds=guidance_embeds,
         axes_dims_rope=(4, 4, 8),
     )
     vae = tiny_vae(latent_channels, shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False,

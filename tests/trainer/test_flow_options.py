@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from lora_operator.api import SpecError, Training, resolve_spec
+from lora_operator.api import Previews, SpecError, Training, resolve_spec
 from lora_trainer.errors import ConfigError
 
 pytestmark = pytest.mark.trainer
@@ -126,6 +126,35 @@ def test_guidance_is_refused_by_a_transformer_without_a_guidance_embedder(flux):
     family.configure(parts, Training(flow={"sampling": "uniform"}))  # the rest applies to schnell too
     spelled_out = Training.model_validate(Training().model_dump(by_alias=True))  # as a resolved spec has it
     family.configure(parts, spelled_out)
+
+
+def test_preview_guidance_is_refused_by_a_transformer_without_a_guidance_embedder(flux):
+    """FluxPipeline gives a transformer without a guidance embedder no guidance: previews.guidance would be
+    ignored in silence, so it is refused; trueGuidance (real classifier-free guidance) is what schnell takes."""
+    schnell = copy.copy(flux.parts)
+    schnell.denoiser = copy.copy(schnell.denoiser)
+    schnell.denoiser.register_to_config(guidance_embeds=False)
+    family = copy.copy(flux.family)
+    with pytest.raises(ConfigError, match=r"^previews\.guidance: 3\.5 .*previews\.trueGuidance"):
+        family.configure(schnell, Training(), Previews(prompts=["a corgi"], guidance=3.5))
+    family.configure(schnell, Training(), Previews(prompts=["a corgi"], true_guidance=4.0))
+    family.configure(schnell, Training(), None)  # no previews
+    spelled_out = Previews.model_validate(Previews(prompts=["a corgi"]).model_dump(by_alias=True))  # as the pod has it
+    family.configure(schnell, Training(), spelled_out)
+    family.configure(flux.parts, Training(), Previews(prompts=["a corgi"], guidance=3.5))  # dev embeds it
+
+
+def test_a_schnell_job_with_preview_guidance_fails_at_setup(tmp_path, dataset_dir):
+    """The trainer hands the job's previews to the family (run_setup): a tiny Flux built without a guidance
+    embedder refuses previews.guidance before training starts."""
+    from conftest import base_spec, run_recipe_for
+    from tinymodels import flux as tiny_flux
+
+    model = tmp_path / "schnell"
+    tiny_flux.build(model, guidance_embeds=False)
+    spec = base_spec("flux", model, dataset_dir, tmp_path / "out", previews={"guidance": 3.5})
+    with pytest.raises(ConfigError, match=r"^previews\.guidance: "):
+        run_recipe_for(tmp_path, spec, setup_only=True)
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])

@@ -45,6 +45,7 @@ class FakeKube:
         self.claims_may_go = threading.Event()
         self.claims_may_go.set()
         self.errors: set[str] = set()
+        self.pods: list[dict] = []
 
     def patch_job_status(self, namespace, name, status, resource_version=None):
         self.claims_may_go.wait(10)
@@ -71,6 +72,7 @@ class FakeKube:
         self.pods_may_go.wait(10)
         with self.lock:
             self.calls.append(("pod", manifest["metadata"]["labels"]["lora-operator.io/job"]))
+            self.pods.append(manifest)
         return True
 
 
@@ -318,3 +320,20 @@ def test_pods_are_created_while_the_notes_that_nodes_match_again_wait_on_a_slow_
     wait_for(lambda: len(noted) == 38)
     assert sorted(noted) == sorted(bodies)[2:]  # the admitted two are told by their claims
     assert bodies["j05"]["status"]["conditions"][0]["reason"] == "Queued"
+
+
+def test_the_pod_of_an_admission_is_told_the_gpu_memory_of_the_node_it_was_placed_on():
+    bodies = {"a": job_body("a"), "b": job_body("b", created="2026-01-01T00:00:01Z")}
+    kube = FakeKube(bodies)
+    labelled = GpuNode(name="gpu-l4", ready=True, schedulable=True, gpus=1, labels={"nvidia.com/gpu.memory": "23034"})
+    bare = GpuNode(name="gpu-bare", ready=True, schedulable=True, gpus=8)
+    plan = admitter(kube).run([QueueEntry.of(b).queued for b in bodies.values()], [bare, labelled], [], NOW,
+                              views(kube))
+    assert len(plan.admissions) == 2
+    wait_for(lambda: len(kube.pods) == 2)
+    told = {}
+    for pod in kube.pods:
+        node = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+            "nodeSelectorTerms"][0]["matchFields"][0]["values"][0]
+        told[node] = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}.get("LORA_GPU_MEMORY_MIB")
+    assert told == {"gpu-l4": "23034", "gpu-bare": None}

@@ -27,9 +27,13 @@ def operator_config(docs: list[dict]) -> OperatorConfig:
     return OperatorConfig.from_env(env)
 
 
-def trainer_pod(config: OperatorConfig) -> dict:
+def trainer_pod(config: OperatorConfig, node_labels: dict[str, str] | None = None) -> dict:
     return build_trainer_pod(job_name="corgi", namespace="team-a", job_uid="uid-1", spec=SPEC, node="gpu-1", gpus=8,
-                             attempt=1, resume=False, config=config)
+                             attempt=1, resume=False, config=config, node_labels=node_labels)
+
+
+def trainer_env(pod: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"] if "value" in e}
 
 
 def test_the_gpu_toleration_reaches_the_trainer_pod_and_the_scheduler(helm: Path) -> None:
@@ -70,3 +74,11 @@ def test_the_operator_joins_the_peering_object_the_chart_creates(helm: Path) -> 
     assert operator_config(docs).peering_name == one(docs, "KopfPeering")["metadata"]["name"] == "lora-blue"
     assert operator_config(render(helm)).peering_name == "lora-operator"
 
+
+
+def test_the_gpu_memory_label_the_chart_names_is_read_from_the_node(helm: Path) -> None:
+    labels = {"nvidia.com/gpu.memory": "81559", "example.com/gpu-mib": "24576"}
+    assert trainer_env(trainer_pod(operator_config(render(helm)), labels))["LORA_GPU_MEMORY_MIB"] == "81559"
+    config = operator_config(render(helm, "gpu.memoryLabelKey=example.com/gpu-mib"))
+    assert trainer_env(trainer_pod(config, labels))["LORA_GPU_MEMORY_MIB"] == "24576"
+    assert "LORA_GPU_MEMORY_MIB" not in trainer_env(trainer_pod(config, {"nvidia.com/gpu.memory": "81559"}))

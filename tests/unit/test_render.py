@@ -21,7 +21,7 @@ def spec(**extra) -> JobSpec:
     return resolve_spec({**base, **extra})
 
 
-def pod(job_name="corgi", attempt=1, resume=False, job_spec=None, config=CONFIG, gpus=8) -> dict:
+def pod(job_name="corgi", attempt=1, resume=False, job_spec=None, config=CONFIG, gpus=8, node_labels=None) -> dict:
     return build_trainer_pod(
         job_name=job_name,
         namespace="team-a",
@@ -32,6 +32,7 @@ def pod(job_name="corgi", attempt=1, resume=False, job_spec=None, config=CONFIG,
         attempt=attempt,
         resume=resume,
         config=config,
+        node_labels=node_labels,
     )
 
 
@@ -133,6 +134,18 @@ def test_env_carries_the_resolved_spec_that_round_trips():
     assert env_of(pod())["LORA_RESUME"] == "0"
 
 
+def test_the_nodes_gpu_memory_label_reaches_the_trainer_and_only_a_valid_one():
+    labels = {"nvidia.com/gpu.memory": "81559", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert env_of(pod(node_labels=labels))["LORA_GPU_MEMORY_MIB"] == "81559"
+    for without in (None, {}, {"nvidia.com/gpu.product": "NVIDIA-H100"}, {"nvidia.com/gpu.memory": "80Gi"},
+                    {"nvidia.com/gpu.memory": "0"}, {"nvidia.com/gpu.memory": "\u0663"}):  # Arabic-Indic 3
+        assert "LORA_GPU_MEMORY_MIB" not in env_of(pod(node_labels=without)), without
+    # The label's name is the platform's setting (LORA_GPU_MEMORY_LABEL); the default label is then not read.
+    own = CONFIG.model_copy(update={"gpu_memory_label": "example.com/gpu-mib"})
+    assert env_of(pod(config=own, node_labels={"example.com/gpu-mib": "24576"}))["LORA_GPU_MEMORY_MIB"] == "24576"
+    assert "LORA_GPU_MEMORY_MIB" not in env_of(pod(config=own, node_labels=labels))
+
+
 def test_storage_credentials_come_only_from_the_referenced_secret():
     config = CONFIG.model_copy(update={"storage_allowed_endpoints": ("s3:443",)})
     env = env_of(pod(job_spec=spec(storage={"secretRef": "team-creds", "endpoint": "S3:443", "secure": True}),
@@ -217,6 +230,9 @@ def test_config_from_env_reads_every_variable_and_defaults_the_rest():
     assert (config.trainer_image, config.storage_secure, config.metrics_port) == ("reg/trainer:2", True, 9090)
     assert config.unschedulable_timeout == 60
     assert (config.gpu_resource, config.gpu_type_label) == ("nvidia.com/gpu", "lora-operator.io/gpu-type")
+    assert config.gpu_memory_label == "nvidia.com/gpu.memory"
+    assert OperatorConfig.from_env({"LORA_GPU_MEMORY_LABEL": "example.com/gpu-mib"}).gpu_memory_label == \
+        "example.com/gpu-mib"
     assert (config.trainer_service_account, config.watch_namespace) == ("lora-trainer", "")
 
 

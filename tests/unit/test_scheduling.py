@@ -44,6 +44,15 @@ def test_free_node_goes_to_the_oldest_job_with_all_its_gpus():
     assert p.positions == {"new": 1}
 
 
+def test_an_admission_carries_the_labels_of_its_node():
+    """The pod renderer reads the node's GPU memory label from them (render.node_gpu_memory)."""
+    nodes = [node("small", labels={"nvidia.com/gpu.memory": "24576"}),
+             node("big", labels={"nvidia.com/gpu.memory": "81559"})]
+    p = plan([job("a"), job("b", age=1)], nodes)
+    assert {a.node: a.labels["nvidia.com/gpu.memory"] for a in p.admissions} == {"small": "24576", "big": "81559"}
+    assert all(a.labels == next(n.labels for n in nodes if n.name == a.node) for a in p.admissions)
+
+
 def test_higher_priority_goes_first():
     p = plan([job("old"), job("urgent", prio=10, age=9)], [node("n1")])
     assert admitted(p) == {"urgent": "n1"}

@@ -4,25 +4,32 @@ The estimate: the frozen weights on the GPU (the denoiser at its quantized size,
 the VAE in the weight dtype), plus the denoiser's saved activations, `activation_gib_per_megapixel`
 per training megapixel, a `CHECKPOINTED_SHARE` of that with gradient checkpointing; with training.offload blocks only
 `OFFLOADED_SHARE` of the denoiser's weights is on the GPU at once. `python -m bench.memory --options` prints it per
-family and option; training.baseQuantization auto and training.offload auto pick from it.
+family and option; training.baseQuantization auto and training.offload auto pick from it, and
+training.gradientCheckpointing auto from the same GPU memory (`gpu_memory_gib`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lora_operator.api.contract import ENV_GPU_MEMORY, TrainerEnv
+
+from .errors import ConfigError
 from .families import Family
-from .precision import MEMORY_HEADROOM
 from .singlefile import SingleFileModel
 
 log = logging.getLogger(__name__)
 
 GIB = 2**30
+MEMORY_HEADROOM = 0.9
+"""Share of the GPU's memory a step may plan to use (the rest: allocator slack, optimizer, spikes)."""
 CHECKPOINTED_SHARE = 0.12
 """Activations kept with gradient checkpointing, as a share of those without: Flux at 1024 px, batch 2,
 peaked at 37.6 GiB with checkpointing on 31.4 GiB of weights (bench/RESULTS.md, session 6), 3.1 GiB per
@@ -156,12 +163,42 @@ def _parameters(part: Path) -> int:
     return total
 
 
+def gpu_memory_gib(device: torch.device, env: Mapping[str, str] | None = None) -> float | None:
+    """The memory of one GPU that the auto settings plan with, in GiB: the node's, as the operator passed it
+    (`ENV_GPU_MEMORY`, from the node's label), else what torch reports for `device`, else None (CPU).
+
+    On CUDA with both known it is the smaller. torch's figure is what this process can allocate on the
+    device it holds: a stale or hand-set label, or one naming the whole card where the pod got a MIG slice,
+    must never make the trainer plan for memory the device does not have. A label below torch's figure is
+    the platform saying the pod gets less than the device (a card shared through MPS limits, say), which
+    torch cannot see.
+
+    Args:
+        device: The training device.
+        env: The environment to read; default ``os.environ``.
+
+    Raises:
+        ConfigError: The variable is set but not a positive whole number of MiB.
+    """
+    env = os.environ if env is None else env
+    try:
+        mib = TrainerEnv.from_env({ENV_GPU_MEMORY: env.get(ENV_GPU_MEMORY, "")}).gpu_memory_mib
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    node = None if mib is None else mib * 2**20 / GIB
+    if device.type != "cuda":
+        return node
+    device_gib = torch.cuda.get_device_properties(device).total_memory / GIB
+    return device_gib if node is None else min(node, device_gib)
+
+
 def base_quantization(setting: str, family: Family, folder: Path | SingleFileModel | None, device: torch.device, *,
                       images: int, megapixels: float, dora: bool = False, offload: bool = False) -> str:
     """training.baseQuantization for this job: auto chooses (`choose_quantization`) from the memory of the GPU
-    the pod holds (torch reports it exactly; on CPU auto is none) and the model folder's weights; `offload`:
-    training.offload is blocks (offload auto is decided after, from the chosen quantization)."""
-    memory = torch.cuda.get_device_properties(device).total_memory / GIB if device.type == "cuda" else None
+    the pod holds (`gpu_memory_gib`; none when it is unknown, on CPU without the node's figure) and the model
+    folder's weights; `offload`: training.offload is blocks (offload auto is decided after, from the chosen
+    quantization)."""
+    memory = gpu_memory_gib(device)
     weights = folder_weights(folder, family.denoiser_name) if isinstance(folder, Path) else None
     return choose_quantization(setting, weights, family.activation_gib_per_megapixel, memory_gib=memory,
                                images=images, megapixels=megapixels, dora=dora, offload=offload)

@@ -33,7 +33,7 @@ import torch
 
 from .errors import ConfigError
 from .families import Family
-from .memory import GIB, choose_offload, folder_weights
+from .memory import choose_offload, folder_weights, gpu_memory_gib
 from .singlefile import SingleFileModel
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,9 @@ OFFLOAD_DEVICE = torch.device("cpu")
 def offload_wanted(setting: str, family: Family, folder: Path | SingleFileModel | None, device: torch.device, *,
                    quantization: str, world: int, images: int, megapixels: float, dora: bool = False) -> bool:
     """training.offload for this job: blocks or none as set; auto is blocks when the estimated peak with the
-    chosen `quantization` and gradient checkpointing does not fit the GPU the pod holds (`memory.choose_offload`),
-    none on CPU, for a single-file base, with nf4 or DoRA, or with several GPUs. The estimate counts the text
+    chosen `quantization` and gradient checkpointing does not fit the GPU the pod holds (`memory.choose_offload`
+    with `memory.gpu_memory_gib`), none when that memory is unknown (CPU without the node's figure), for a
+    single-file base, with nf4 or DoRA, or with several GPUs. The estimate counts the text
     encoders as resident (they may not be parked), as baseQuantization auto does.
 
     Raises:
@@ -57,9 +58,11 @@ def offload_wanted(setting: str, family: Family, folder: Path | SingleFileModel 
             raise ConfigError(f"training.offload blocks trains on one GPU only (this job has {world}): data "
                               "parallel training needs every weight on its GPU; set offload none or use one GPU")
         return True
-    if setting != "auto" or device.type != "cuda" or world > 1 or quantization == "nf4" or dora:
+    if setting != "auto" or world > 1 or quantization == "nf4" or dora:
         return False
-    memory = torch.cuda.get_device_properties(device).total_memory / GIB
+    memory = gpu_memory_gib(device)
+    if memory is None:
+        return False
     weights = folder_weights(folder, family.denoiser_name) if isinstance(folder, Path) else None
     return choose_offload(weights, family.activation_gib_per_megapixel, memory_gib=memory, quantization=quantization,
                           images=images, megapixels=megapixels, text_parked=False)

@@ -10,6 +10,7 @@ import torch
 from lora_operator.api import MixedPrecision
 
 from .families import Family
+from .memory import MEMORY_HEADROOM, gpu_memory_gib
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,6 @@ def resolve_precision(requested: MixedPrecision | str, device_type: str) -> tupl
     return mode.value, DTYPES[mode]
 
 
-MEMORY_HEADROOM = 0.9
-"""Share of the GPU's memory a step may plan to use (the rest: allocator slack, optimizer, spikes)."""
-
-
 def checkpointing_wanted(setting: str, family: Family, device: torch.device, *, images: int, megapixels: float,
                          memory_gib: float | None = None, resident_gib: float | None = None) -> bool:
     """Whether to turn gradient checkpointing on.
@@ -63,20 +60,21 @@ def checkpointing_wanted(setting: str, family: Family, device: torch.device, *, 
     Args:
         setting: training.gradientCheckpointing: on, off or auto.
         family: The model family.
-        device: The training device; auto is off on CPU (memory is not the limit there).
+        device: The training device.
         images: Images per micro-batch.
         megapixels: The largest training image, in megapixels.
-        memory_gib: The GPU memory; default: asked from torch.
-        resident_gib: Memory already in use (the loaded models); default: asked from torch.
+        memory_gib: The GPU memory; default: `memory.gpu_memory_gib` (the node's figure the operator
+            passed, or torch's); auto is off when neither is known (CPU: memory is not the limit there).
+        resident_gib: Memory already in use (the loaded models); default: asked from torch (0 off CUDA).
     """
     if setting in ("on", "off"):
         return setting == "on"
-    if device.type != "cuda":
-        return False
     if memory_gib is None:
-        memory_gib = torch.cuda.get_device_properties(device).total_memory / 2**30
+        memory_gib = gpu_memory_gib(device)
+    if memory_gib is None:
+        return False
     if resident_gib is None:
-        resident_gib = torch.cuda.memory_allocated(device) / 2**30
+        resident_gib = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     peak = resident_gib + images * megapixels * family.activation_gib_per_megapixel
     log.info("gradientCheckpointing auto: estimated peak %.1f GiB of %.1f GiB", peak, memory_gib)
     return peak > MEMORY_HEADROOM * memory_gib

@@ -133,7 +133,7 @@ class RunSetup:
         quantization = quantization_config(self.base_quantization, self.device.type, weight_dtype)
         with quantized_denoiser(quantization):
             self.parts = self.family.load(self.inputs.model_dir, weight_dtype)
-        self.family.configure(self.parts, t)
+        self.family.configure(self.parts, t, spec.previews)
         self.offload = offload_wanted(t.offload, self.family, self.inputs.model_dir, self.device,
                                       quantization=self.base_quantization, world=self.world, images=t.batch_size,
                                       megapixels=megapixels, dora=spec.network.dora)

@@ -34,6 +34,9 @@ ENV_CACHE_BUDGET = "LORA_CACHE_BUDGET_BYTES"
 ENV_NODE_NAME = "LORA_NODE_NAME"
 """The node the pod runs on (the downward API's spec.nodeName): the manifest names it, so the
 operator learns which node caches which model."""
+ENV_GPU_MEMORY = "LORA_GPU_MEMORY_MIB"
+"""MiB of one GPU of the node the pod was placed on, from the node's label (the operator's
+LORA_GPU_MEMORY_LABEL); unset when the node has none. The trainer's auto settings plan with it."""
 ENV_PROGRESS_INTERVAL = "LORA_PROGRESS_INTERVAL"
 """Seconds between progress.json writes. The operator leaves it unset (the trainer's default
 holds); test harnesses shorten it. Not the operator's own LORA_PROGRESS_INTERVAL, which is how
@@ -174,6 +177,8 @@ class TrainerEnv(BaseModel):
     """LORA_CACHE_BUDGET_BYTES: the most bytes the model cache holds; unset: no limit."""
     progress_interval: float = Field(default=5.0, ge=0)
     """LORA_PROGRESS_INTERVAL: seconds between progress.json writes (unset by the operator)."""
+    gpu_memory_mib: int | None = Field(default=None, ge=1)
+    """LORA_GPU_MEMORY_MIB: MiB of one GPU of the pod's node, from its label; unset: the trainer asks torch."""
 
     @field_validator("resume", mode="before")
     @classmethod
@@ -192,6 +197,7 @@ class TrainerEnv(BaseModel):
             ENV_OUTPUT_PREFIX: self.output_prefix,
             ENV_CACHE_DIR: self.cache_dir,
             ENV_CACHE_BUDGET: None if self.cache_budget_bytes is None else str(self.cache_budget_bytes),
+            ENV_GPU_MEMORY: None if self.gpu_memory_mib is None else str(self.gpu_memory_mib),
         }
         return {name: value for name, value in values.items() if value is not None}
 
@@ -221,5 +227,6 @@ TRAINER_ENV_VARS: dict[str, str] = {
     "cache_dir": ENV_CACHE_DIR,
     "cache_budget_bytes": ENV_CACHE_BUDGET,
     "progress_interval": ENV_PROGRESS_INTERVAL,
+    "gpu_memory_mib": ENV_GPU_MEMORY,
 }
 """`TrainerEnv` field -> environment variable."""

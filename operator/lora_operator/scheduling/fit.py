@@ -175,8 +175,8 @@ class FreePool:
         # Least demanded first, then the smallest node, then by name: deterministic.
         return sorted(classes, key=lambda c: (c.demand, c.gpus, c.names[0]))
 
-    def take(self, job: QueuedJob, holders: frozenset[str] = frozenset()) -> tuple[str, int] | None:
-        """Hand the job a free node it fits, or None; a node is never handed out twice.
+    def take(self, job: QueuedJob, holders: frozenset[str] = frozenset()) -> tuple[str, int, Mapping[str, str]] | None:
+        """Hand the job a free node it fits (name, GPUs, labels), or None; a node is never handed out twice.
 
         `holders`: nodes whose model cache holds the job's base model. One of them goes first when it
         is in the class the job takes from or in a class alike to every job of the pass (same
@@ -196,7 +196,7 @@ class FreePool:
                 name = node_class.names[node_class.taken]
                 node_class.taken += 1
                 self.remaining -= 1
-                return name, node_class.gpus
+                return name, node_class.gpus, node_class.labels
         classes.clear()
         return None
 

@@ -122,6 +122,9 @@ class Admission:
     job_uid: str
     node: str
     gpus: int
+    labels: Mapping[str, str] = field(default_factory=dict, compare=False)
+    """The node's labels, for what the trainer pod learns of its node (its GPU memory); not compared:
+    they are the named node's."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,7 +111,7 @@ def schedule(
             left.append(job)
         else:
             held[job.namespace] += 1
-            admissions.append(Admission(job_uid=job.uid, node=taken[0], gpus=taken[1]))
+            admissions.append(Admission(job_uid=job.uid, node=taken[0], gpus=taken[1], labels=taken[2]))
 
     backoffs = [job.not_before for job in left if _in_backoff(job, now)]
     return Plan(

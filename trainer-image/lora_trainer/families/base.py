@@ -172,9 +172,10 @@ class Family(Protocol):
     def encode_images(self, parts: Components, pixels: torch.Tensor) -> torch.Tensor:
         """Latents (scaled) of images in [-1, 1], shape (B, 3, H, W)."""
 
-    def configure(self, parts: Components, training: Training) -> None:
+    def configure(self, parts: Components, training: Training, previews: Previews | None = None) -> None:
         """Take the job's training options that shape the objective (training.flow of flow families),
-        once, after `load` (raises ConfigError for one the loaded base cannot follow)."""
+        once, after `load` (raises ConfigError for one the loaded base cannot follow, or for a `previews`
+        setting it would ignore that only the loaded base shows: `check_previews` runs before loading)."""
 
     def sample_timesteps(self, parts: Components, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Random training timesteps, one per latent (their shape may choose them: a resolution shift)."""

@@ -17,7 +17,7 @@ import math
 import torch
 from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 
-from lora_operator.api import Flow, Training
+from lora_operator.api import Flow, Previews, Training
 
 from ..errors import ConfigError
 from .base import Components
@@ -73,7 +73,7 @@ class FlowMatching:
         unshifted)."""
         return 1.0
 
-    def configure(self, parts: Components, training: Training) -> None:
+    def configure(self, parts: Components, training: Training, previews: Previews | None = None) -> None:
         """Take training.flow; a resolution shift needs a scheduler that defines one.
 
         Raises:

@@ -148,17 +148,26 @@ class FluxFamily(FlowMatching):
         blocks, index, layer = found
         return KohyaLayer(f"lora_unet_{blocks}_{index}_{layer.name}", layer.part, layer.parts)
 
-    def configure(self, parts: Components, training: Training) -> None:
-        """The flow options; a training guidance only for a guidance-distilled transformer (dev, not schnell).
+    def configure(self, parts: Components, training: Training, previews: Previews | None = None) -> None:
+        """The flow options; a training or preview guidance only for a guidance-distilled transformer (dev,
+        not schnell).
 
         Raises:
-            ConfigError: training.flow.guidance set for a transformer without a guidance embedder.
+            ConfigError: training.flow.guidance or previews.guidance set for a transformer without a guidance
+                embedder (FluxPipeline would sample without it: the setting would be silently ignored).
         """
-        # against the default, not fields set: the pod's resolved spec spells every field out
-        if training.flow.guidance != Flow().guidance and not parts.denoiser.config.guidance_embeds:
+        distilled = bool(parts.denoiser.config.guidance_embeds)
+        # against the default, not fields set: the pod's resolved spec spells every field out, so
+        # model_fields_set holds every field there (a set value equal to the default is let through)
+        if training.flow.guidance != Flow().guidance and not distilled:
             raise ConfigError("training.flow.guidance: this Flux transformer is not guidance-distilled (no "
                               "guidance embedder, e.g. Flux.1 schnell); leave guidance out")
-        super().configure(parts, training)
+        if previews is not None and previews.guidance != Previews.model_fields["guidance"].default and not distilled:
+            raise ConfigError(f"previews.guidance: {previews.guidance:g} is distilled guidance, and this Flux "
+                              "transformer has no guidance embedder (e.g. Flux.1 schnell): its previews would "
+                              "ignore it; leave guidance out, or set previews.trueGuidance above 1 for "
+                              "classifier-free guidance")
+        super().configure(parts, training, previews)
 
     def model_version(self, parts: Components) -> ModelVersion:
         """flux1 / flux-1-dev (guidance-distilled: the transformer embeds guidance) or flux-1-schnell."""

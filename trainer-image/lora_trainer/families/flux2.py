@@ -218,7 +218,7 @@ class Flux2Family(FlowMatching):
         return pipe._unpatchify_latents((latents - mean) / std)
 
     # ------------------------------------------------------------------ objective
-    def configure(self, parts: Components, training: Training) -> None:
+    def configure(self, parts: Components, training: Training, previews: Previews | None = None) -> None:
         """The flow options, less the shift: Flux.2 shifts by resolution inside the objective, as its pipeline
         does (`sigmas`), so a fixed or second resolution shift is refused rather than applied twice.
 
@@ -228,7 +228,7 @@ class Flux2Family(FlowMatching):
         if training.flow.shift is not None or training.flow.resolution_shift:
             raise ConfigError(f"training.flow: {self.family} already shifts its timesteps by resolution as its "
                               "pipeline does; leave shift and resolutionShift out")
-        super().configure(parts, training)
+        super().configure(parts, training, previews)
 
     def shift_for(self, latents_shape: torch.Size | tuple[int, ...]) -> float:
         """e^mu for latents of `latents_shape` (B, C, H, W): their 2x2 patch count sets mu."""

@@ -79,7 +79,7 @@ class SD15Family:
         """Scaled VAE latents."""
         return vae_encode(parts.vae, pixels)
 
-    def configure(self, parts: Components, training: Training) -> None:
+    def configure(self, parts: Components, training: Training, previews: Previews | None = None) -> None:
         """Nothing to take: the API refuses training.flow for epsilon / v families."""
 
     def sample_timesteps(self, parts: Components, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
