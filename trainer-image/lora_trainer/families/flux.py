@@ -156,13 +156,15 @@ class FluxFamily(FlowMatching):
             ConfigError: training.flow.guidance or previews.guidance set for a transformer without a guidance
                 embedder (FluxPipeline would sample without it: the setting would be silently ignored).
         """
-        distilled = bool(parts.denoiser.config.guidance_embeds)
+        distilled = bool(getattr(parts.denoiser.config, "guidance_embeds", False))  # Chroma's config has none
         # against the default, not fields set: the pod's resolved spec spells every field out, so
         # model_fields_set holds every field there (a set value equal to the default is let through)
         if training.flow.guidance != Flow().guidance and not distilled:
             raise ConfigError("training.flow.guidance: this Flux transformer is not guidance-distilled (no "
                               "guidance embedder, e.g. Flux.1 schnell); leave guidance out")
-        if previews is not None and previews.guidance != Previews.model_fields["guidance"].default and not distilled:
+        guidance_is_distilled = self.preview_cfg != "guidance"  # Chroma's previews.guidance is its real CFG
+        if (previews is not None and guidance_is_distilled and not distilled
+                and previews.guidance != Previews.model_fields["guidance"].default):
             raise ConfigError(f"previews.guidance: {previews.guidance:g} is distilled guidance, and this Flux "
                               "transformer has no guidance embedder (e.g. Flux.1 schnell): its previews would "
                               "ignore it; leave guidance out, or set previews.trueGuidance above 1 for "
