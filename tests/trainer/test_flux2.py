@@ -203,6 +203,9 @@ def test_previews_from_cached_conditioning_equal_the_pipelines_own_encoding(fami
     previews = Previews(steps=2, images_per_prompt=1)
     assert f.pipeline_kwargs(previews)["guidance_scale"] == 4.0  # unset: the pipelines' default, not 7
     assert f.pipeline_kwargs(Previews(guidance=7.0))["guidance_scale"] == 7.0
+    # the pod reads the resolved spec, which spells every field out: unset must stay unset there
+    spelled_out = Previews.model_validate(previews.model_dump(by_alias=True))
+    assert f.pipeline_kwargs(spelled_out)["guidance_scale"] == 4.0
     own = generate(f, parts, previews, ["tkxw, a square"], (32, 32))
     encoder = Encoder(f, parts, torch.device("cpu"), cache_latents=False, cache_text=True)
     encoder.release_text(["tkxw, a square", ""])

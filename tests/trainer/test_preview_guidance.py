@@ -17,6 +17,7 @@ from lora_operator.api.families import FAMILIES, family_row
 from lora_trainer.cli import main
 from lora_trainer.errors import ConfigError
 from lora_trainer.families import family_class, get_family
+from lora_trainer.families.base import preview_guidance
 from lora_trainer.previews import check_previews, generate
 
 PROMPT = "tkxw, a square"
@@ -38,7 +39,7 @@ def test_true_guidance_previews_are_flux_pipelines_true_cfg_against_the_empty_pr
     pipe = DiffusionPipeline.from_pretrained(tiny_models("flux"))
     assert isinstance(pipe, FluxPipeline)
     pipe.set_progress_bar_config(disable=True)
-    direct = pipe(PROMPT, negative_prompt="", true_cfg_scale=4.0, guidance_scale=guided.guidance,
+    direct = pipe(PROMPT, negative_prompt="", true_cfg_scale=4.0, guidance_scale=preview_guidance(family, guided),
                   num_inference_steps=3, height=32, width=32, max_sequence_length=family.max_sequence_length,
                   generator=[torch.Generator().manual_seed(guided.seed)]).images[0]
     assert np.abs(np.asarray(direct).astype(int) - preview).max() <= 1  # float rounding at most

@@ -19,6 +19,7 @@ from lora_operator.api.contract import previews_key
 from .data import CaptionBuilder, PreparedDataset
 from .errors import ConfigError
 from .families import Components, Family
+from .families.base import preview_guidance
 from .outputs import Outputs
 
 FLOW_SAMPLERS = {Sampler.FLOW_EULER}
@@ -56,10 +57,11 @@ def check_previews(family: Family, previews: Previews) -> None:
         if not family.preview_negative or cfg is None:
             raise ConfigError(f"previews.negativePrompt: {family.family}'s preview pipeline takes no negative "
                               "prompt; leave it out")
-        if getattr(previews, cfg) <= 1:
+        scale = preview_guidance(family, previews) if cfg == "guidance" else getattr(previews, cfg)
+        if scale <= 1:
             field = Previews.model_fields[cfg].alias
             raise ConfigError(f"previews.negativePrompt: {family.family} uses it only for classifier-free "
-                              f"guidance, which previews.{field} {getattr(previews, cfg):g} turns off; set "
+                              f"guidance, which previews.{field} {scale:g} turns off; set "
                               f"previews.{field} above 1 or leave negativePrompt out")
 
 

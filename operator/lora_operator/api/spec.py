@@ -111,11 +111,11 @@ class Previews(ApiModel):
     """Images per prompt. Default: 2."""
     steps: int = Field(default=20, ge=1, le=200)
     """Sampling steps. Default: 20."""
-    guidance: float = Field(default=7.0, ge=0.0, le=50.0)
+    guidance: float | None = Field(default=None, ge=0.0, le=50.0)
     """Guidance scale: classifier-free guidance for sd15, sdxl, chroma, flux2-klein, qwen-image,
     qwen-image-edit and z-image; the distilled guidance the transformer embeds for flux, flux-kontext and
-    flux2 (a transformer without a guidance embedder, e.g. Flux.1 schnell, has none: see trueGuidance).
-    Default: 7 (flux2 and flux2-klein: their pipelines' 4)."""
+    flux2 (a transformer without a guidance embedder, e.g. Flux.1 schnell, has none and refuses it: see
+    trueGuidance). Default: the family's, 7 (flux2 and flux2-klein: their pipelines' 4)."""
     true_guidance: float = Field(default=1.0, ge=1.0, le=50.0)
     """Real classifier-free guidance scale for flux and flux-kontext, whose previews.guidance is distilled
     guidance: above 1, every sampling step runs the transformer twice, on the prompt and on negativePrompt

@@ -131,6 +131,8 @@ class Family(Protocol):
     distilled guidance and the pipeline's ``true_cfg_scale`` is separate), or None (it has none)."""
     preview_negative: bool
     """The preview pipeline takes previews.negativePrompt (when its `preview_cfg` scale is above 1)."""
+    default_preview_guidance: float
+    """previews.guidance where the job leaves it unset (`preview_guidance`)."""
     denoiser_targets: list[str]
     """Linear layers of the denoiser that get a LoRA (peft target_modules: names or name suffixes)."""
     denoiser_exclude: str | None
@@ -299,3 +301,10 @@ def kohya_text_layer(prefixes: tuple[str, ...], component: str, module: str) -> 
     # transformers 5's CLIPTextModel has no text_model level.
     path = module if module.startswith("text_model.") else "text_model." + module
     return KohyaLayer(f"{prefixes[index]}_{path.replace('.', '_')}")
+
+
+def preview_guidance(family: Family, previews: Previews) -> float:
+    """The job's previews.guidance, else the family's default. Unset is None in the API, not a default
+    value, because the pod's resolved spec spells every field out (a set field and a default one look
+    alike there)."""
+    return family.default_preview_guidance if previews.guidance is None else previews.guidance

@@ -28,7 +28,7 @@ import torch
 
 from lora_operator.api import ModelFamily, Previews
 
-from .base import Components, KohyaLayer, ModelVersion, Sizes, load_one_encoder_model, vae_encode
+from .base import Components, KohyaLayer, ModelVersion, Sizes, load_one_encoder_model, preview_guidance, vae_encode
 from .flux import OUTSIDE_BLOCKS, FluxFamily, bfl_block_layer, image_ids, pack, unpack
 
 DOUBLE_BLOCK_LAYERS = {
@@ -146,5 +146,5 @@ class ChromaFamily(FluxFamily):
 
     def pipeline_kwargs(self, previews: Previews) -> dict[str, Any]:
         """Real classifier-free guidance with the negative prompt, and the T5 length."""
-        return {"guidance_scale": previews.guidance, "negative_prompt": previews.negative_prompt,
+        return {"guidance_scale": preview_guidance(self, previews), "negative_prompt": previews.negative_prompt,
                 "max_sequence_length": self.max_sequence_length}

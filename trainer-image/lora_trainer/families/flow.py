@@ -63,6 +63,7 @@ def scheduler_shift(config: dict, latent_shape: LatentShape | None) -> float:
 class FlowMatching:
     """x_t = (1 - s) x + s noise; the model predicts the velocity noise - x."""
 
+    default_preview_guidance = 7.0
     patch_size = 2
     """Latent pixels per token side (the resolution shift counts tokens: Flux packs 2x2 patches)."""
     flow: Flow = Flow()

@@ -20,7 +20,17 @@ from lora_operator.api import Flow, ModelFamily, Previews, Sampler, Training
 
 from ..errors import ConfigError
 from ..speed import upload
-from .base import Components, KohyaLayer, ModelVersion, Sizes, kohya_text_layer, load_part, tokenize, vae_encode
+from .base import (
+    Components,
+    KohyaLayer,
+    ModelVersion,
+    Sizes,
+    kohya_text_layer,
+    load_part,
+    preview_guidance,
+    tokenize,
+    vae_encode,
+)
 from .flow import FlowMatching
 from .sd15 import CLIP_TARGETS
 
@@ -157,14 +167,14 @@ class FluxFamily(FlowMatching):
                 embedder (FluxPipeline would sample without it: the setting would be silently ignored).
         """
         distilled = bool(getattr(parts.denoiser.config, "guidance_embeds", False))  # Chroma's config has none
-        # against the default, not fields set: the pod's resolved spec spells every field out, so
+        # flow.guidance against its default: the pod's resolved spec spells every field out, so
         # model_fields_set holds every field there (a set value equal to the default is let through)
         if training.flow.guidance != Flow().guidance and not distilled:
             raise ConfigError("training.flow.guidance: this Flux transformer is not guidance-distilled (no "
                               "guidance embedder, e.g. Flux.1 schnell); leave guidance out")
         guidance_is_distilled = self.preview_cfg != "guidance"  # Chroma's previews.guidance is its real CFG
         if (previews is not None and guidance_is_distilled and not distilled
-                and previews.guidance != Previews.model_fields["guidance"].default):
+                and previews.guidance is not None):
             raise ConfigError(f"previews.guidance: {previews.guidance:g} is distilled guidance, and this Flux "
                               "transformer has no guidance embedder (e.g. Flux.1 schnell): its previews would "
                               "ignore it; leave guidance out, or set previews.trueGuidance above 1 for "
@@ -237,7 +247,7 @@ class FluxFamily(FlowMatching):
         """Distilled guidance and the T5 length; with previews.trueGuidance above 1 also classifier-free
         guidance against the negative prompt (the empty prompt by default; FluxPipeline guides only when
         given one)."""
-        kwargs = {"guidance_scale": previews.guidance, "max_sequence_length": self.max_sequence_length}
+        kwargs = {"guidance_scale": preview_guidance(self, previews), "max_sequence_length": self.max_sequence_length}
         if previews.true_guidance > 1:
             kwargs |= {"true_cfg_scale": previews.true_guidance, "negative_prompt": previews.negative_prompt}
         return kwargs

@@ -50,7 +50,7 @@ from lora_operator.api import ModelFamily, Previews, Sampler, Training
 
 from ..errors import ConfigError, ModelError
 from . import flux
-from .base import Components, KohyaLayer, ModelVersion, Sizes, load_part
+from .base import Components, KohyaLayer, ModelVersion, Sizes, load_part, preview_guidance
 from .flow import FlowMatching, shifted
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,7 @@ class Flux2Family(FlowMatching):
     preview_cfg: str | None = None
     """Flux2Pipeline takes distilled guidance only."""
     preview_negative = False
+    default_preview_guidance = DEFAULT_GUIDANCE
     denoiser_targets = targets_for(48)
     """Set for the loaded transformer's single blocks by `load`."""
     denoiser_exclude = EXCLUDE
@@ -298,8 +299,7 @@ class Flux2Family(FlowMatching):
 
     def pipeline_kwargs(self, previews: Previews) -> dict[str, Any]:
         """The pipeline's guidance (4) unless previews.guidance is set, and the text length."""
-        guidance = previews.guidance if "guidance" in previews.model_fields_set else DEFAULT_GUIDANCE
-        return {"guidance_scale": guidance, "max_sequence_length": self.max_sequence_length,
+        return {"guidance_scale": preview_guidance(self, previews), "max_sequence_length": self.max_sequence_length,
                 "text_encoder_out_layers": self.text_layers}
 
     def prompt_kwargs(self, cond: dict[str, torch.Tensor], negative: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import torch
 
 from lora_operator.api import Previews, Sampler
 
-from .base import Components, KohyaLayer, ModelVersion, Sizes, load_one_encoder_model
+from .base import Components, KohyaLayer, ModelVersion, Sizes, load_one_encoder_model, preview_guidance
 from .flow import SchedulerShiftedFlow
 from .flux import pack
 
@@ -133,4 +133,5 @@ class QwenImageFamily(SchedulerShiftedFlow):
     def pipeline_kwargs(self, previews: Previews) -> dict[str, Any]:
         """True classifier-free guidance (previews.guidance; the pipeline's default is 4) with the negative
         prompt, blank when none is given (the pipeline guides only with one)."""
-        return {"true_cfg_scale": previews.guidance, "negative_prompt": previews.negative_prompt or DEFAULT_NEGATIVE}
+        return {"true_cfg_scale": preview_guidance(self, previews),
+                "negative_prompt": previews.negative_prompt or DEFAULT_NEGATIVE}

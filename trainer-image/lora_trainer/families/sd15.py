@@ -9,7 +9,17 @@ import torch
 
 from lora_operator.api import ModelFamily, Previews, Sampler, Training
 
-from .base import Components, KohyaLayer, ModelVersion, Sizes, kohya_text_layer, load_part, tokenize, vae_encode
+from .base import (
+    Components,
+    KohyaLayer,
+    ModelVersion,
+    Sizes,
+    kohya_text_layer,
+    load_part,
+    preview_guidance,
+    tokenize,
+    vae_encode,
+)
 
 UNET_LINEAR_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 UNET_CONV_TARGETS = ["conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv"]
@@ -30,6 +40,7 @@ class SD15Family:
     default_sampler = Sampler.EULER_A
     preview_cfg: str | None = "guidance"
     preview_negative = True
+    default_preview_guidance = 7.0
     denoiser_targets = UNET_LINEAR_TARGETS
     denoiser_exclude = None
     conv_targets = UNET_CONV_TARGETS
@@ -137,4 +148,4 @@ class SD15Family:
 
     def pipeline_kwargs(self, previews: Previews) -> dict[str, Any]:
         """Negative prompt and guidance scale."""
-        return {"negative_prompt": previews.negative_prompt or None, "guidance_scale": previews.guidance}
+        return {"negative_prompt": previews.negative_prompt or None, "guidance_scale": preview_guidance(self, previews)}

@@ -10,7 +10,7 @@ import torch
 from lora_operator.api import ModelFamily, Previews
 
 from ..speed import upload
-from .base import Components, ModelVersion, Sizes, load_part, tokenize, vae_encode
+from .base import Components, ModelVersion, Sizes, load_part, preview_guidance, tokenize, vae_encode
 from .sd15 import IMPL_STABILITY_AI, SD15Family
 
 
@@ -82,4 +82,4 @@ class SDXLFamily(SD15Family):
 
     def pipeline_kwargs(self, previews: Previews) -> dict[str, Any]:
         """Negative prompt and guidance scale."""
-        return {"negative_prompt": previews.negative_prompt or None, "guidance_scale": previews.guidance}
+        return {"negative_prompt": previews.negative_prompt or None, "guidance_scale": preview_guidance(self, previews)}

@@ -33,7 +33,7 @@ import torch
 
 from lora_operator.api import Previews, Sampler
 
-from .base import Components, KohyaLayer, ModelVersion, Sizes, load_one_encoder_model, vae_encode
+from .base import Components, KohyaLayer, ModelVersion, Sizes, load_one_encoder_model, preview_guidance, vae_encode
 from .flow import SchedulerShiftedFlow
 
 BLOCK_LAYERS = {
@@ -149,5 +149,5 @@ class ZImageFamily(SchedulerShiftedFlow):
     def pipeline_kwargs(self, previews: Previews) -> dict[str, Any]:
         """Classifier-free guidance (the base model samples with CFG; ai-toolkit previews at 4), the negative
         prompt and the prompt length."""
-        return {"guidance_scale": previews.guidance, "negative_prompt": previews.negative_prompt or None,
+        return {"guidance_scale": preview_guidance(self, previews), "negative_prompt": previews.negative_prompt or None,
                 "max_sequence_length": self.max_sequence_length}
