@@ -28,8 +28,8 @@ import torch
 
 from lora_operator.api import ModelFamily, Previews
 
-from .base import Components, KohyaLayer, ModelVersion, Sizes, load_one_encoder_model, preview_guidance, vae_encode
-from .flux import OUTSIDE_BLOCKS, FluxFamily, bfl_block_layer, image_ids, pack, unpack
+from .base import Components, KohyaLayer, ModelVersion, Sizes, load_one_encoder_model, preview_guidance
+from .flux import OUTSIDE_BLOCKS, FluxFamily, bfl_kohya_layer, image_ids, pack, unpack
 
 DOUBLE_BLOCK_LAYERS = {
     "attn.to_q": KohyaLayer("img_attn.qkv", 0, 3),
@@ -89,12 +89,7 @@ class ChromaFamily(FluxFamily):
 
     def kohya_layer(self, component: str, module: str) -> KohyaLayer:
         """ComfyUI's generic name: ``diffusion_model.`` + the BFL module (``double_blocks.0.img_attn.qkv``)."""
-        found = bfl_block_layer(module, BLOCKS) if component == self.denoiser_name else None
-        if found is None:
-            raise ValueError(f"{component}.{module}: no Chroma (BFL) name; only transformer block layers are "
-                             "exported")
-        blocks, index, layer = found
-        return KohyaLayer(f"{COMFY_PREFIX}{blocks}.{index}.{layer.name}", layer.part, layer.parts)
+        return bfl_kohya_layer(component, module, BLOCKS, prefix=COMFY_PREFIX, sep=".", model="Chroma (BFL)")
 
     def model_version(self, parts: Components) -> ModelVersion:
         """sd-scripts' names for Chroma: architecture ``chroma``, implementation lodestones/Chroma."""
@@ -110,10 +105,6 @@ class ChromaFamily(FluxFamily):
         embeds = t5(tokens.input_ids.to(t5.device), attention_mask=mask)[0]
         keep = torch.arange(mask.shape[1], device=mask.device)[None, :] <= mask.sum(dim=1, keepdim=True)
         return {"prompt_embeds": embeds, "prompt_attention_mask": keep.to(embeds.dtype)}
-
-    def encode_images(self, parts: Components, pixels: torch.Tensor) -> torch.Tensor:
-        """Shifted and scaled VAE latents (Flux's VAE)."""
-        return vae_encode(parts.vae, pixels)
 
     def predict(
         self, parts: Components, noisy: torch.Tensor, timesteps: torch.Tensor, cond: dict[str, torch.Tensor],

@@ -74,6 +74,21 @@ def bfl_block_layer(module: str,
     bfl, layers = blocks[match.group(1)] if match else (None, {})
     layer = layers.get(match.group(3)) if match else None
     return None if layer is None else (bfl, match.group(2), layer)
+
+
+def bfl_kohya_layer(component: str, module: str, blocks: dict[str, tuple[str, dict[str, KohyaLayer]]], *,
+                    prefix: str, sep: str, model: str) -> KohyaLayer:
+    """The file's name of a transformer-block module: `prefix` + BFL block list, index and layer joined by
+    `sep` (sd-scripts: ``lora_unet_`` and ``_``; ComfyUI: ``diffusion_model.`` and ``.``).
+
+    Raises:
+        ValueError: a module outside the blocks, or without a BFL name (`model` names the family there).
+    """
+    found = bfl_block_layer(module, blocks) if component == "transformer" else None
+    if found is None:
+        raise ValueError(f"{component}.{module}: no {model} name; only transformer block layers are exported")
+    bfl, index, layer = found
+    return KohyaLayer(sep.join((f"{prefix}{bfl}", index, layer.name)), layer.part, layer.parts)
 TRANSFORMER_TARGETS = list(dict.fromkeys([*DOUBLE_BLOCK_LAYERS, *SINGLE_BLOCK_LAYERS]))
 OUTSIDE_BLOCKS = r"(?!(single_)?transformer_blocks\.).*"
 """Every module outside the blocks (proj_out, x_embedder, context_embedder, norm_out, time_text_embed):
@@ -152,11 +167,7 @@ class FluxFamily(FlowMatching):
         ``single_blocks_0_linear1``); CLIP-L layers as ``lora_te1_text_model_...``."""
         if component != self.denoiser_name:
             return kohya_text_layer(self.kohya_text_prefixes, component, module)
-        found = bfl_block_layer(module, BLOCKS)
-        if found is None:
-            raise ValueError(f"transformer.{module}: no Flux.1 kohya (BFL) name; only block layers are exported")
-        blocks, index, layer = found
-        return KohyaLayer(f"lora_unet_{blocks}_{index}_{layer.name}", layer.part, layer.parts)
+        return bfl_kohya_layer(component, module, BLOCKS, prefix="lora_unet_", sep="_", model="Flux.1 kohya (BFL)")
 
     def configure(self, parts: Components, training: Training, previews: Previews | None = None) -> None:
         """The flow options; a training or preview guidance only for a guidance-distilled transformer (dev,

@@ -180,12 +180,7 @@ class Flux2Family(FlowMatching):
     # ------------------------------------------------------------------ names
     def kohya_layer(self, component: str, module: str) -> KohyaLayer:
         """``lora_unet_`` + the BFL module path (``double_blocks_0_img_attn_qkv``, ``single_blocks_0_linear1``)."""
-        found = flux.bfl_block_layer(module, BLOCKS) if component == self.denoiser_name else None
-        if found is None:
-            raise ValueError(f"{component}.{module}: no Flux.2 BFL name; only transformer block layers are "
-                             "exported")
-        blocks, index, layer = found
-        return KohyaLayer(f"lora_unet_{blocks}_{index}_{layer.name}", layer.part, layer.parts)
+        return flux.bfl_kohya_layer(component, module, BLOCKS, prefix="lora_unet_", sep="_", model="Flux.2 BFL")
 
     def model_version(self, parts: Components) -> ModelVersion:
         """flux2 / flux-2-dev (or the Klein size)."""
