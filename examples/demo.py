@@ -42,6 +42,12 @@ BASE = "flow"
 """The tiny base the demo's job trains on (tests/tinyworld/cache.py RECIPES): the Flux-topology one."""
 
 
+
+def job_spec() -> dict:
+    """The spec of the demo's job file (the sheet's prompts and seeds, the prior set's URI)."""
+    return yaml.safe_load(JOB.read_text())["spec"]
+
+
 def show(job: dict) -> str:
     s = job.get("status", {})
     p = s.get("progress") or {}
@@ -67,7 +73,7 @@ def download(ground: Ground, uri: str, target: Path) -> Path:
 def before_after_sheet(ground: Ground, base: Path, checkpoints: list[dict], work: Path) -> Path:
     """Sample the base and each epoch's diffusers LoRA from MinIO at the job's preview prompts (the trigger
     prompt, then the control prompt) and seeds; write demo-out/sheet.png, return its path."""
-    (trigger, control), seeds = preview_samples(yaml.safe_load(JOB.read_text())["spec"])
+    (trigger, control), seeds = preview_samples(job_spec())
     loras = [(f"epoch {c['epoch']}", download(ground, c["uri"], work / c["name"]))
              for c in sorted(checkpoints, key=lambda c: c["epoch"]) if c["format"] == "diffusers"]
     sheet = contact_sheet(base, loras, trigger, control, seeds)
@@ -119,7 +125,7 @@ def main() -> int:
         if lora_train(["upload", str(work / "dataset"), "s3://datasets/concept/", "--job", str(JOB)],
                       ground.env()) != 0:
             raise SystemExit("demo: the dataset upload failed")
-        prior = yaml.safe_load(JOB.read_text())["spec"]["dataset"]["regularization"]["uri"]
+        prior = job_spec()["dataset"]["regularization"]["uri"]
         print(f"== prior preservation: 16 of the base's own samples of other scenes -> {prior}")
         upload(ground, prior, write_prior_set(base, work / "prior"))
         ground.minio.client().make_bucket("loras")

@@ -48,6 +48,10 @@ STEPS = 6
 """Training steps of the test's job: two epochs of three steps; the demo trains 600."""
 
 
+def demo_spec() -> dict:
+    return yaml.safe_load(DEMO_JOB.read_text())["spec"]
+
+
 def demo_job() -> dict:
     """The demo's job, two short epochs, placed on this module's node."""
     job = yaml.safe_load(DEMO_JOB.read_text())
@@ -60,7 +64,7 @@ def demo_job() -> dict:
 def test_the_demo_jobs_previews_are_the_contact_sheets_samples():
     """The demo's sheet samples its job's preview prompts and seeds (examples/demo.py reads them from the
     job): the trigger prompt and a control prompt, four seeds, with the sheet's sampler settings."""
-    spec = yaml.safe_load(DEMO_JOB.read_text())["spec"]
+    spec = demo_spec()
     prompts, seeds = preview_samples(spec)
     assert prompts == [TRIGGER_PROMPTS[0], CONTROL_PROMPTS[0]]
     assert seeds == [0, 1, 2, 3]
@@ -76,7 +80,7 @@ def finished_demo(ground, tmp_path_factory):
     install_crds(ground)
     upload(ground, "s3://models/tinyworld-flow/", tinybase("flow"))
     upload(ground, "s3://datasets/concept/", write_concept_set(work / "dataset"))
-    prior = yaml.safe_load(DEMO_JOB.read_text())["spec"]["dataset"]["regularization"]["uri"]
+    prior = demo_spec()["dataset"]["regularization"]["uri"]
     upload(ground, prior, write_prior_set(tinybase("flow"), work / "prior"))
     client = ground.minio.client()
     if not client.bucket_exists("loras"):
