@@ -17,6 +17,7 @@ from .api import JobSpec
 from .api.conditions import Phase
 from .api.status import Condition, Progress
 from .config import OperatorConfig
+from .multikueue import with_exit_codes
 from .render import build_trainer_pod, pod_name
 
 KUEUE_GROUP = "kueue.x-k8s.io"
@@ -59,7 +60,8 @@ def build_trainer_job(
     namespace) stays, so Kueue's jobs and the operator's own never share a node. The Job is
     created suspended and gated (`ADMISSION_GATE`: Kueue admits nothing until the operator
     removes it); it never retries by itself (backoffLimit 0): the operator decides about each
-    attempt, as it does for its own pods.
+    attempt, as it does for its own pods. Its podFailurePolicy names the trainer's exit code in the
+    Job's status (`multikueue.with_exit_codes`): on a MultiKueue worker that is all that comes back.
 
     Args:
         job_name: metadata.name of the LoraTrainingJob.
@@ -84,7 +86,7 @@ def build_trainer_job(
     labels = {**pod["metadata"]["labels"], LABEL_QUEUE_NAME: queue}
     if priority_class:
         labels[LABEL_PRIORITY_CLASS] = priority_class
-    return {
+    return with_exit_codes({
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
@@ -101,7 +103,7 @@ def build_trainer_job(
             "backoffLimit": 0,
             "template": {"metadata": {"labels": pod["metadata"]["labels"]}, "spec": pod_spec},
         },
-    }
+    })
 
 
 @dataclass(frozen=True)

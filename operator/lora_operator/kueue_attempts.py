@@ -69,10 +69,10 @@ class KueueAttempts:
             if job.status.attempt:  # the ended attempt's Job: Kueue releases nothing while it is there
                 self.kube.delete_batch_job(job.namespace, pod_name(job.name, job.status.attempt))
             self.kube.ensure_service_account(job.namespace, self.config.trainer_service_account)
-            manifest = multikueue.with_exit_codes(build_trainer_job(
+            manifest = build_trainer_job(
                 job_name=job.name, namespace=job.namespace, job_uid=job.uid, spec=spec, queue=queue,
                 gpus=self.node_gpus(), attempt=attempt, resume=attempt > 1, config=self.config,
-                priority_class=job.labels.get(LABEL_PRIORITY_CLASS), progress=job.status.progress))
+                priority_class=job.labels.get(LABEL_PRIORITY_CLASS), progress=job.status.progress)
             try:
                 self.kube.create_batch_job(manifest)
             except Refused as err:
