@@ -121,7 +121,8 @@ def setup(ground: Ground, args, jobs: list[dict]) -> dict[str, str]:
             manifests.append(gpu_node(name, gpus, gpu_type, taints=[HOLD_TAINT]))
             node_type[name] = gpu_type
     ground.apply(manifests)
-    ground.kubectl("wait", "--for=condition=Ready", "--timeout=180s", "node", "--all", timeout=200)
+    ready = 180 + args.nodes // 2  # kwok readies about 4 nodes a second on 2 cores: 1000 took over 180 s
+    ground.kubectl("wait", "--for=condition=Ready", f"--timeout={ready}s", "node", "--all", timeout=ready + 20)
     install_crds(ground)
     namespaces = sorted({j["namespace"] for j in jobs})
     ground.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in namespaces])
