@@ -8,7 +8,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .pki import Pki, make_pki, write_kubeconfig
+from .pki import FRONT_PROXY_CLIENT, Pki, make_pki, write_kubeconfig
 from .procs import Proc, free_port, wait_until
 
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -76,8 +76,23 @@ class ControlPlane:
             "--authorization-mode=Node,RBAC", "--service-cluster-ip-range=10.96.0.0/16",
             "--allow-privileged=true", "--max-requests-inflight=2000", "--max-mutating-requests-inflight=1000",
             "--enable-priority-and-fairness=false", "--event-ttl=30m", "--v=0",
+            *self.aggregator_flags(pki),
         ).start()
         wait_until(self.ready, timeout, f"kube-apiserver\n{self.procs['kube-apiserver'].tail()}", 0.25)
+
+    @staticmethod
+    def aggregator_flags(pki: Pki) -> list[str]:
+        """The aggregator's flags, for extension API servers (Kueue's visibility API): it calls them
+        with the front proxy's client certificate and the user in request headers, and, with no
+        kube-proxy on the ground, at their Service's endpoint address rather than its cluster IP."""
+        return [
+            "--enable-aggregator-routing=true",
+            f"--proxy-client-cert-file={pki.front_proxy_crt}", f"--proxy-client-key-file={pki.front_proxy_key}",
+            f"--requestheader-client-ca-file={pki.front_proxy_ca}",
+            f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            "--requestheader-group-headers=X-Remote-Group", "--requestheader-username-headers=X-Remote-User",
+        ]
 
     def start_controllers(self) -> None:
         """controller-manager (garbage collection, pod GC, node lifecycle), scheduler and kwok."""

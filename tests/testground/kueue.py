@@ -7,7 +7,8 @@ webhook Service; here they are pointed at https://127.0.0.1:<port> with the CA i
 webhooks of what the ground runs are registered (Kueue's own kinds and batch/v1 Jobs): the
 manifests also hold webhooks for Pods, Deployments, Ray, JobSet ... which this manager, with only
 the batch/job integration on, does not serve, and a registered webhook nobody serves refuses
-every Pod.
+every Pod. Its visibility API (pending workloads and their positions) is registered with the
+apiserver's aggregator: see kueue_visibility.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from . import kueue_visibility as visibility
 from .controlplane import ControlPlane
 from .pki import Pki, _signed_cert
 from .procs import Proc, free_port, wait_until
@@ -96,6 +98,9 @@ class KueueManager:
     workdir: Path
     webhook_port: int = field(default_factory=free_port)
     health_port: int = field(default_factory=free_port)
+    visibility_address: str = field(default_factory=visibility.host_ip)
+    visibility_port: int = 0
+    """Where its visibility API listens (0: a free port at `start`)."""
     proc: Proc | None = None
 
     @property
@@ -103,7 +108,8 @@ class KueueManager:
         return f"https://127.0.0.1:{self.webhook_port}"
 
     def config(self, cert_dir: Path) -> dict:
-        """Kueue's Configuration: batch/v1 Jobs only, webhooks on loopback, no leader election."""
+        """Kueue's Configuration: batch/v1 Jobs only, webhooks on loopback, the visibility API on this
+        machine's address (see kueue_visibility), no leader election."""
         return {
             "apiVersion": "config.kueue.x-k8s.io/v1beta2",
             "kind": "Configuration",
@@ -111,6 +117,7 @@ class KueueManager:
             "health": {"healthProbeBindAddress": f"127.0.0.1:{self.health_port}"},
             "metrics": {"bindAddress": "0"},
             "webhook": {"port": self.webhook_port, "host": "127.0.0.1", "certDir": str(cert_dir)},
+            "visibilityServer": {"bindAddress": self.visibility_address, "bindPort": self.visibility_port},
             "leaderElection": {"leaderElect": False},
             "internalCertManagement": {"enable": False},
             "manageJobsWithoutQueueName": False,
@@ -118,7 +125,7 @@ class KueueManager:
         }
 
     def start(self, kubectl, timeout: float = 180) -> KueueManager:
-        """Installs the CRDs, starts the manager, then registers its webhooks.
+        """Installs the CRDs, starts the manager, then registers its webhooks and visibility API.
 
         Args:
             kubectl: ``kubectl(*args, input=...)`` against the ground (``Ground.kubectl``).
@@ -134,6 +141,8 @@ class KueueManager:
         except OSError as err:
             raise RuntimeError(f"Kueue's manager needs a certificate under {METRICS_CERTS} (a path fixed in "
                                f"its code) and this user cannot write there: {err}") from err
+        visible_ca = visibility.serving_cert(NAMESPACE).read_bytes()
+        self.visibility_port = self.visibility_port or visibility.free_port_on(self.visibility_address)
         definitions = crds(source, self.url, ca)
         kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(definitions))
         kubectl("wait", "--for=condition=Established", "--timeout=60s",
@@ -141,15 +150,19 @@ class KueueManager:
         kubectl("create", "namespace", NAMESPACE, check=False)
         config = self.workdir / "config.yaml"
         config.write_text(yaml.safe_dump(self.config(cert_dir)))
-        self.proc = Proc("kueue", [str(self.binary), f"--config={config}",
-                                  # its on-demand visibility API serves from another fixed certificate path
-                                  "--feature-gates=VisibilityOnDemand=false"], self.workdir / "kueue.log",
-                         env={"KUBECONFIG": str(self.control_plane.kubeconfig)}).start()
+        kubeconfig = str(self.control_plane.kubeconfig)
+        # the visibility server's delegated authentication reads the --kubeconfig flag, not $KUBECONFIG
+        self.proc = Proc("kueue", [str(self.binary), f"--config={config}", f"--kubeconfig={kubeconfig}"],
+                         self.workdir / "kueue.log", env={"KUBECONFIG": kubeconfig}).start()
         try:
             wait_until(self.ready, timeout, "kueue", 0.5)
         except TimeoutError as err:
             raise TimeoutError(f"{err}; its log ends:\n{self.tail()}") from None
         kubectl("apply", "-f", "-", input=yaml.safe_dump_all(webhook_configurations(source, self.url, ca)))
+        kubectl("apply", "-f", "-", input=yaml.safe_dump_all(
+            visibility.objects(NAMESPACE, self.visibility_address, self.visibility_port, visible_ca)))
+        kubectl("wait", "--for=condition=Available", f"--timeout={timeout:.0f}s", *visibility.api_services(),
+                timeout=timeout + 10)
         return self
 
     def ready(self) -> bool:
@@ -169,7 +182,9 @@ class KueueManager:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
 
     def stop(self, kubectl) -> None:
-        """Unregisters the webhooks first: a registered webhook nobody serves refuses every Job after."""
+        """Unregisters the webhooks and the visibility API first: a registered webhook nobody serves
+        refuses every Job after, and an unavailable APIService fails API discovery (kubectl's too)."""
+        kubectl("delete", *visibility.api_services(), "--ignore-not-found", check=False)
         for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
             kubectl("delete", kind, f"kueue-{kind.replace('webhookconfiguration', '')}-webhook-configuration",
                     "--ignore-not-found", check=False)
