@@ -22,6 +22,7 @@ from .config import OperatorConfig
 from .follow import UNQUEUED_PER_TICK, Follower, needs_following
 from .job_index import JobIndex
 from .k8s import Conflict, Kube, describe_error, transient
+from .kueue_positions import KueuePositions
 from .lifecycle import Emit, Lifecycle
 from .metrics import OperatorMetrics
 from .positions import PositionWriter
@@ -77,6 +78,8 @@ class Controller:
         self.admitter = Admitter(kube, config, metrics, emit, self.lifecycle, statuses=statuses,
                                  released=self._kick_from_thread)
         self.positions = PositionWriter(kube, claiming=self.admitter.claiming, statuses=statuses)
+        self.kueue_positions = KueuePositions(kube)
+        self.lifecycle.kueue_positions = self.kueue_positions
         self.retries = RetryBackoff()
         self.work = WorkQueue(on_error=lambda: metrics.count_reconcile_error("reconcile"))
         self.follower = Follower(self.index, self.retries, lambda uid, **kw: self.reconcile(uid, **kw),
@@ -264,12 +267,16 @@ class Controller:
                 wakeup = min(wakeup, max((plan.next_wakeup - utcnow()).total_seconds(), 0.05))
 
     async def position_loop(self) -> None:
-        """Writes queue positions after passes, within the writer's budget, never blocking a pass."""
+        """Writes queue positions after passes, within the writer's budget, never blocking a pass;
+        with Kueue enabled, reads Kueue's positions too (`kueue_positions`)."""
         while True:
             await self._passed.wait()
             self._passed.clear()
             try:
                 more = await asyncio.to_thread(self.write_positions)
+                if self.config.kueue_enabled:  # Kueue's positions: written by the jobs' reconciles
+                    for uid in await asyncio.to_thread(self.kueue_positions.refresh, self.index.all_entries()):
+                        self.enqueue(uid)
             except Exception:  # noqa: BLE001 - positions are informational; the next round retries
                 log.exception("writing queue positions failed")
                 more = True

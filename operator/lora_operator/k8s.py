@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 KUEUE_API = ("kueue.x-k8s.io", "v1beta2")
 """The Workload API the operator reads: Kueue v0.19 serves v1beta2 (its storage version) and v1beta1."""
+VISIBILITY_GROUP = "visibility.kueue.x-k8s.io"
+"""Kueue's visibility API (an aggregated API its manager serves): pending workloads and their positions."""
 LABEL_CONTROLLER_UID = "batch.kubernetes.io/controller-uid"
 """The label the Job controller puts on its pods: the uid of their Job."""
 
@@ -118,9 +120,22 @@ def transient(error: BaseException) -> bool:
     return isinstance(error, (OSError, HTTPError, Forbidden))
 
 
+def _missing_kind(err: ApiException) -> str | None:
+    """The kind a 404's Status names (details.kind); None for a path the server does not serve."""
+    try:
+        return (json.loads(err.body or "").get("details") or {}).get("kind")
+    except (ValueError, AttributeError):
+        return None
+
+
 class Forbidden(Exception):
     """The operator's role may not read this object (403): RBAC not set up yet, or a Secret whose
     name the chart's RBAC does not list (the operator refuses those names before reading)."""
+
+
+class Unavailable(Exception):
+    """An aggregated API is not there (404: not registered; 503: its server does not answer) or
+    the operator's role may not read it (403)."""
 
 
 MAX_EVENT_MESSAGE = 1000
@@ -267,6 +282,29 @@ class Kube:
             if any(o.get("uid") == job_uid for o in workload["metadata"].get("ownerReferences") or []):
                 return workload
         return None
+
+    def kueue_pending_workloads(self, namespace: str, queue: str, version: str, limit: int) -> dict | None:
+        """A LocalQueue's PendingWorkloadsSummary from Kueue's visibility API (`version`, at most
+        `limit` items), or None when Kueue knows no such LocalQueue.
+
+        Raises:
+            Unavailable: the API (that version) is not served here, or the role may not read it.
+        """
+        path = f"/apis/{VISIBILITY_GROUP}/{version}/namespaces/{namespace}/localqueues/{queue}/pendingworkloads"
+        request = self.api.param_serialize("GET", path, query_params=[("limit", limit)],
+                                           header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+        try:
+            response = self.api.call_api(*request)
+            data = response.read()
+            if not 200 <= response.status <= 299:  # the generated APIs raise this; a bare call_api does not
+                raise ApiException.from_response(http_resp=response, body=None, data=None)
+        except ApiException as err:
+            if err.status == 404 and _missing_kind(err) == "localqueue":
+                return None  # the server's NotFound names the LocalQueue: the API is there, the queue is not
+            if err.status in (403, 404, 503):
+                raise Unavailable(describe_error(err)) from err
+            raise
+        return json.loads(data)
 
     def pods_of_batch_job(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
         """The pods a Job made (their names carry a random suffix), as dicts, by its controller-uid."""

@@ -142,6 +142,28 @@ class WorkloadState:
             and not self.finished
 
 
+@dataclass(frozen=True)
+class KueuePlace:
+    """Where a pending Workload stands in Kueue's queues, from Kueue's visibility API; 1-based like
+    status.queuePosition (Kueue counts from 0).
+
+    Attributes:
+        position: Its place in its ClusterQueue, the order Kueue admits in: the job's queuePosition.
+        local_position: Its place among its LocalQueue's Workloads.
+        local_queue: The LocalQueue.
+    """
+
+    position: int
+    local_position: int
+    local_queue: str
+
+    @property
+    def note(self) -> str:
+        """For the job's message: whose position queuePosition is."""
+        return (f"queuePosition {self.position} is Kueue's (its ClusterQueue's order; "
+                f"{self.local_position} in LocalQueue {self.local_queue})")
+
+
 def gated(batch_job: dict[str, Any]) -> bool:
     """The Job still carries the operator's admission gate."""
     gates = ((batch_job.get("metadata") or {}).get("annotations") or {}).get(ADMISSION_GATED_BY, "")

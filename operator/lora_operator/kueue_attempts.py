@@ -33,6 +33,7 @@ from .render import pod_name
 from .views import JobView
 
 if TYPE_CHECKING:
+    from .kueue_positions import KueuePositions
     from .status_writer import StatusWriter
 
 EVICTABLE = frozenset({OutcomeKind.DISRUPTED, OutcomeKind.CRASHED, OutcomeKind.TRANSIENT})
@@ -49,6 +50,8 @@ class KueueAttempts:
     emit: Callable[[Mapping[str, Any], str, str, str], None]
     fail: Callable[[JobView, str, str, datetime], None]
     check_dataset: Callable[..., tuple[Reason, str] | str | None]
+    kueue_positions: KueuePositions | None = None
+    """The places Kueue's visibility API gave (the controller sets it): the waiting jobs' queuePosition."""
 
     def with_kueue_queue(self, spec: JobSpec, job: JobView) -> JobSpec:
         """With Kueue enabled, the resolved spec names the job's LocalQueue, also when only its
@@ -84,7 +87,8 @@ class KueueAttempts:
                 return self.open_gate(job, spec, batch, now)
             workload = self.kube.workload_of(job.namespace, batch["metadata"]["uid"])
             state = workload_state(workload, bool(batch["spec"].get("suspend")))
-        status = st.kueue_workload(job.status, state, now=now)
+        place = self.kueue_positions.place(job.namespace, name) if self.kueue_positions else None
+        status = st.kueue_workload(job.status, state, now=now, place=place)
         if state.phase is Phase.RUNNING and not state.finished:
             placed = [p for p in self.kube.pods_of_batch_job(job.namespace, batch["metadata"]["uid"])
                       if p["spec"].get("nodeName") and not p["metadata"].get("deletionTimestamp")]

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .api import FINISHED_PHASES, Attempt, Condition, ConditionType, JobStatus, Phase, Reason
-from .kueue import MIRROR_PREFIX, WorkloadState
+from .kueue import MIRROR_PREFIX, KueuePlace, WorkloadState
 from .outcome import Action, ActionKind, Outcome
 
 CANCELLED = Reason.CANCELLED
@@ -143,13 +143,15 @@ def mirror_workload(status: JobStatus, state: WorkloadState) -> JobStatus:
     return status.model_copy(update={"conditions": [*kept, *state.conditions]}, deep=True)
 
 
-def kueue_workload(status: JobStatus, state: WorkloadState, *, now: datetime) -> JobStatus:
+def kueue_workload(status: JobStatus, state: WorkloadState, *, now: datetime,
+                   place: KueuePlace | None = None) -> JobStatus:
     """What the attempt's Kueue Workload says, on the job's status.
 
     Its conditions are mirrored as ``Kueue<type>`` (replacing the previous mirror, so a
     condition Kueue dropped goes too). While Kueue holds the Job (no quota yet, or evicted and
-    requeued) the job is Queued: Admitted False with Kueue's reason and message. Once Kueue
-    admitted it, Admitted is the pod start's to set (`admitted`), not this mirror's.
+    requeued) the job is Queued: Admitted False with Kueue's reason and message, and queuePosition
+    Kueue's `place` (unset when unknown), which the message names as Kueue's. Once Kueue admitted
+    it, Admitted is the pod start's to set (`admitted`), not this mirror's.
     """
     if _finished(status) or is_true(status, C.SUSPENDED):
         return status
@@ -157,7 +159,9 @@ def kueue_workload(status: JobStatus, state: WorkloadState, *, now: datetime) ->
     if state.phase is not Phase.QUEUED:
         return _apply(status, now, None)
     message = f"Kueue: {state.message}" if state.message else f"Kueue: {state.reason}"
-    return _apply(status, now, None, [(C.ADMITTED, False, state.reason, message)], message=message)
+    return _apply(status, now, None, [(C.ADMITTED, False, state.reason, message)],
+                  message=f"{message}; {place.note}" if place else message,
+                  queue_position=place.position if place else None)
 
 
 def deferred(status: JobStatus, *, message: str, now: datetime, generation: int | None = None) -> JobStatus:

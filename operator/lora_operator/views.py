@@ -158,6 +158,8 @@ class QueueEntry:
     """What its trainer reported its node's cache holds (`cache_report`)."""
     estimated_start: str | None = None
     """status.queue.estimatedStartTime as stored."""
+    kueue_wait: KueueWait | None = None
+    """While Kueue holds the job (`kueue_waiting`): where its place in Kueue's queue is read."""
 
     @classmethod
     def of(cls, body: Mapping[str, Any]) -> QueueEntry:
@@ -165,7 +167,29 @@ class QueueEntry:
         queued = queued_job(body)
         return cls(uid=meta["uid"], resource_version=meta.get("resourceVersion"), phase=status.get("phase"),
                    queue_position=status.get("queuePosition"), queued=queued, cached=cache_report(status),
-                   estimated_start=(status.get("queue") or {}).get("estimatedStartTime"))
+                   estimated_start=(status.get("queue") or {}).get("estimatedStartTime"),
+                   kueue_wait=kueue_waiting(body))
+
+
+@dataclass(frozen=True, slots=True)
+class KueueWait:
+    """A queued job that Kueue admits: its LocalQueue and the attempt its Job is for."""
+
+    namespace: str
+    name: str
+    queue: str
+    attempt: int
+
+
+def kueue_waiting(body: Mapping[str, Any]) -> KueueWait | None:
+    """The Kueue wait of a Queued job that names a LocalQueue (not suspended, cancelled or being
+    deleted), else None."""
+    meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+    queue = kueue_queue(status.get("resolvedSpec"))
+    if (status.get("phase") != Phase.QUEUED or not queue or spec.get("suspend") or spec.get("cancel")
+            or meta.get("deletionTimestamp")):
+        return None
+    return KueueWait(meta["namespace"], meta["name"], queue, int(status.get("attempt") or 0) + 1)
 
 
 def queued_job(body: Mapping[str, Any]) -> QueuedJob | None:

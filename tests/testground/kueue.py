@@ -141,12 +141,14 @@ class KueueManager:
         except OSError as err:
             raise RuntimeError(f"Kueue's manager needs a certificate under {METRICS_CERTS} (a path fixed in "
                                f"its code) and this user cannot write there: {err}") from err
-        visible_ca = visibility.serving_cert(NAMESPACE).read_bytes()
+        visibility.serving_cert(NAMESPACE)  # before the manager reads it
         self.visibility_port = self.visibility_port or visibility.free_port_on(self.visibility_address)
         definitions = crds(source, self.url, ca)
         kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(definitions))
-        kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                *(f"crd/{d['metadata']['name']}" for d in definitions))
+        # kubectl wait fails at once on a CRD whose status has no conditions yet: asked again until it waits
+        names = [f"crd/{d['metadata']['name']}" for d in definitions]
+        wait_until(lambda: kubectl("wait", "--for=condition=Established", "--timeout=60s", *names, check=False,
+                                   timeout=70).returncode == 0, 90, "Kueue's CRDs established", 0.5)
         kubectl("create", "namespace", NAMESPACE, check=False)
         config = self.workdir / "config.yaml"
         config.write_text(yaml.safe_dump(self.config(cert_dir)))
@@ -159,11 +161,24 @@ class KueueManager:
         except TimeoutError as err:
             raise TimeoutError(f"{err}; its log ends:\n{self.tail()}") from None
         kubectl("apply", "-f", "-", input=yaml.safe_dump_all(webhook_configurations(source, self.url, ca)))
+        self.register_visibility(kubectl, timeout)
+        return self
+
+    def register_visibility(self, kubectl, timeout: float = 60) -> None:
+        """Registers its visibility API with the aggregator (Service, EndpointSlice, APIServices) and
+        waits until the apiserver finds it available."""
+        ca = visibility.serving_cert(NAMESPACE).read_bytes()
         kubectl("apply", "-f", "-", input=yaml.safe_dump_all(
-            visibility.objects(NAMESPACE, self.visibility_address, self.visibility_port, visible_ca)))
+            visibility.objects(NAMESPACE, self.visibility_address, self.visibility_port, ca)))
         kubectl("wait", "--for=condition=Available", f"--timeout={timeout:.0f}s", *visibility.api_services(),
                 timeout=timeout + 10)
-        return self
+        # Available comes from the availability controller's own probe: the proxy may still answer 503 a moment
+        wait_until(lambda: all(kubectl("get", "--raw", f"/apis/{visibility.GROUP}/{version}", check=False).returncode
+                               == 0 for version in visibility.VERSIONS), timeout, "Kueue's visibility API", 0.2)
+
+    def unregister_visibility(self, kubectl) -> None:
+        """Removes its APIServices: the apiserver no longer serves the visibility API (404)."""
+        kubectl("delete", *visibility.api_services(), "--ignore-not-found", check=False)
 
     def ready(self) -> bool:
         """Its health probe says ready and its webhook server answers TLS from the ground's CA."""
@@ -184,7 +199,7 @@ class KueueManager:
     def stop(self, kubectl) -> None:
         """Unregisters the webhooks and the visibility API first: a registered webhook nobody serves
         refuses every Job after, and an unavailable APIService fails API discovery (kubectl's too)."""
-        kubectl("delete", *visibility.api_services(), "--ignore-not-found", check=False)
+        self.unregister_visibility(kubectl)
         for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
             kubectl("delete", kind, f"kueue-{kind.replace('webhookconfiguration', '')}-webhook-configuration",
                     "--ignore-not-found", check=False)

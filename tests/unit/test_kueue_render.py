@@ -208,9 +208,10 @@ def test_the_example_job_names_the_example_local_queue_and_priority_class():
     assert any(r["name"] == CONFIG.gpu_resource for r in flavors[0]["resources"])
 
 
-def test_the_chart_grants_jobs_and_workloads_only_with_kueue_enabled(helm: Path) -> None:
+def test_the_chart_grants_jobs_workloads_and_positions_only_with_kueue_enabled(helm: Path) -> None:
     kueue = {("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},  # patch: the gate
-             ("kueue.x-k8s.io", "workloads"): {"get", "list", "watch"}}
+             ("kueue.x-k8s.io", "workloads"): {"get", "list", "watch"},
+             ("visibility.kueue.x-k8s.io", "localqueues/pendingworkloads"): {"get"}}  # queuePosition
     off = granted_by(one(render(helm), "ClusterRole")["rules"])
     assert not kueue.keys() & off.keys()
     on_docs = render(helm, "kueue.enabled=true")

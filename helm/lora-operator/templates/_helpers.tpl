@@ -98,13 +98,17 @@ in a Role of operator.watchNamespace otherwise. */}}
 {{- if .Values.kueue.enabled }}
 # Kueue: a batch/v1 Job per attempt of a job that names a LocalQueue (created suspended and gated,
 # patched to remove the operator's admission gate once the dataset check passed, deleted with its
-# attempt), and its Workload read for Kueue's conditions (admitted, evicted, why).
+# attempt), and its Workload read for Kueue's conditions (admitted, evicted, why); and the pending
+# Workloads of a LocalQueue from Kueue's visibility API, for the waiting jobs' queuePosition.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads]
   verbs: [get, list, watch]
+- apiGroups: [visibility.kueue.x-k8s.io]
+  resources: [localqueues/pendingworkloads]
+  verbs: [get]
 {{- end }}
 {{- end }}
 
