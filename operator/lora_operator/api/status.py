@@ -147,7 +147,8 @@ class JobStatus(ApiModel):
     conditions: list[Condition] = Field(default_factory=list)
     """Admitted, Running, Suspended, Succeeded, Failed, Resolved."""
     queue_position: int | None = None
-    """1-based place in the queue while Queued."""
+    """1-based place in the queue while Queued. For a job Kueue admits (spec.queueName), its place in
+    Kueue's ClusterQueue, from Kueue's visibility API (unset where that API is not served)."""
     queue: QueueStatus | None = None
     """While Queued: the estimated start time."""
     node: str | None = None
