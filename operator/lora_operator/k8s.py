@@ -283,7 +283,8 @@ class Kube:
                 return workload
         return None
 
-    def kueue_pending_workloads(self, namespace: str, queue: str, version: str, limit: int) -> dict | None:
+    def kueue_pending_workloads(self, namespace: str, queue: str, version: str,
+                                limit: int) -> dict[str, Any] | None:
         """A LocalQueue's PendingWorkloadsSummary from Kueue's visibility API (`version`, at most
         `limit` items), or None when Kueue knows no such LocalQueue.
 
