@@ -26,6 +26,7 @@ import argparse
 import datetime
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -99,15 +100,15 @@ TTL_STEPS = {"full": 100, "short": 40, "tiny": 4}
 
 
 def command(case: SuiteCase, args: argparse.Namespace, short: bool, out: Path, budget: float) -> list[str]:
-    """The child process's command line."""
+    """The child process's command line (run in the repository root)."""
     if case.case == "time-to-lora":
         steps = TTL_STEPS["tiny" if args.tiny else "short" if short else "full"]
-        cmd = [sys.executable, str(ROOT / "bench/time_to_lora.py"), "--cache", case.cache, "--steps", str(steps),
+        cmd = [sys.executable, "bench/time_to_lora.py", "--cache", case.cache, "--steps", str(steps),
                "--device", args.device, "--model-dir", str(args.work / "flux-model"), "--json", str(out),
                "--timeout-s", str(max(budget - 15, 10))]
         return cmd + (["--tiny"] if args.tiny else [])
     warmup, steps = STEPS["short" if short else "full"]
-    cmd = [sys.executable, str(ROOT / "bench/trainer.py"), "--device", args.device, "--case", case.case,
+    cmd = [sys.executable, "bench/trainer.py", "--device", args.device, "--case", case.case,
            "--batch", str(case.batch), "--warmup", str(warmup), "--steps", str(steps), "--no-equal-work",
            "--base-quantization", case.quantization, "--json", str(out)]
     return cmd + (["--tiny"] if args.tiny else []) + (["--no-reference"] if case.baseline else [])
@@ -120,6 +121,26 @@ def gpu_gib(device: str) -> float | None:
     import torch
 
     return torch.cuda.get_device_properties(0).total_memory / 2**30
+
+
+def run_limited(cmd: list[str], env: dict[str, str], limit: float) -> tuple[str, str]:
+    """Run `cmd` in the repository root for at most `limit` seconds; (status, its output).
+
+    The child gets a process group of its own, and at the limit the whole group is killed: time_to_lora.py's
+    trainer (and MinIO) would otherwise live on, holding GPU memory the next case needs.
+    """
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=limit)
+            status = "ok" if code == 0 else f"failed (exit {code})"
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            status = f"timeout after {limit:.0f} s"
+        log.seek(0)
+        return status, log.read()
 
 
 def run_case(case: SuiteCase, args: argparse.Namespace, left: float, memory: float | None) -> dict[str, Any]:
@@ -140,14 +161,7 @@ def run_case(case: SuiteCase, args: argparse.Namespace, left: float, memory: flo
     print(f"\n=== {case.name}: {' '.join(f'{k}={v}' for k, v in case.env)} {' '.join(cmd[1:])} "
           f"(limit {budget:.0f} s{', fewer steps' if short else ''})", flush=True)
     started = time.monotonic()
-    try:
-        proc = subprocess.run(cmd, env=env, timeout=budget, cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-        status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
-        output = proc.stdout
-    except subprocess.TimeoutExpired as err:
-        status, output = f"timeout after {budget:.0f} s", (err.stdout or b"").decode(errors="replace") \
-            if isinstance(err.stdout, bytes) else (err.stdout or "")
+    status, output = run_limited(cmd, env, budget)
     seconds = time.monotonic() - started
     print(output[-3000:] if status != "ok" else output[-1500:], flush=True)
     record.update({"status": status, "seconds": round(seconds, 1), "limit_s": round(budget, 1), "short": short,

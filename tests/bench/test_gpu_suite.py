@@ -89,3 +89,29 @@ def test_short_budget_runs_fewer_steps(suite, tmp_path):
     short = suite.command(suite.BY_NAME["sdxl-1024-bs4"], args, True, tmp_path / "x.json", 100)
     steps = lambda cmd: int(cmd[cmd.index("--steps") + 1])  # noqa: E731
     assert steps(short) < steps(full)
+
+
+def test_a_case_over_its_limit_is_killed_with_the_processes_it_started(suite, tmp_path):
+    import os
+    import sys
+    import time
+
+    pid_file = tmp_path / "grandchild.pid"
+    script = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; "
+              f"time.sleep(60)']); open({str(pid_file)!r}, 'w').write(str(p.pid)); print('started', flush=True); "
+              f"time.sleep(60)")
+    status, output = suite.run_limited([sys.executable, "-c", script], dict(os.environ), limit=5)
+    assert status == "timeout after 5 s" and "started" in output
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the kill is delivered at once; its reaping by init may lag
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{grandchild}/stat") as stat:
+            if stat.read().split()[2] == "Z":  # a zombie waiting for init: already dead
+                break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the case's own child outlived the limit")

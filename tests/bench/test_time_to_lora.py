@@ -57,3 +57,41 @@ def test_breakdown_takes_compilation_out_of_the_first_step(ttl):
     assert rows["training"] == 10.0 and rows["model load"] == 5.0
     assert rows["startup"] == 9.5  # 40 s of process less the 30.5 s inside the trainer's phases
     assert sum(rows.values()) == pytest.approx(40.0)
+
+
+SHRINK = {  # the full-size config's classes and keys at test widths (one block each, 64 wide)
+    "denoiser": {"num_attention_heads": 1, "num_layers": 1, "num_single_layers": 1, "joint_attention_dim": 64,
+                 "pooled_projection_dim": 64},
+    "vae": {"block_out_channels": [32, 32, 32, 32], "layers_per_block": 1},
+    "clip": {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_hidden_layers": 1,
+             "projection_dim": 64},
+    "t5": {"d_model": 64, "d_ff": 128, "num_heads": 2, "d_kv": 32, "num_layers": 1},
+}
+
+
+def test_the_full_size_model_folder_loads_as_the_trainer_loads_flux(ttl, tmp_path, monkeypatch):
+    """The GPU run's model: bench/configs/flux.json built and saved as a pipeline folder (here narrowed, the
+    same classes and layout) is what the trainer's flux family loads."""
+    import torch
+
+    from bench import trainer_models
+    from lora_trainer.families import get_family
+
+    real = trainer_models.load_config
+
+    def narrowed(name):
+        config = real(name)
+        config["denoiser"]["config"].update(SHRINK["denoiser"])
+        config["vae"]["config"].update(SHRINK["vae"])
+        for encoder in config["text_encoders"]:
+            encoder["config"].update(SHRINK[encoder["tokenizer"]])
+        return config
+
+    monkeypatch.setattr(trainer_models, "load_config", narrowed)
+    folder = ttl.model_folder(False, tmp_path / "model", "cpu")
+    assert (folder / "model_index.json").exists() and not (folder / "tokenizers").exists()
+    parts = get_family("flux").load(folder, torch.float32)
+    assert type(parts.denoiser).__name__ == "FluxTransformer2DModel"
+    assert parts.denoiser.config.num_layers == 1 and parts.denoiser.config.attention_head_dim == 128
+    assert [type(e).__name__ for e in parts.text_encoders] == ["CLIPTextModel", "T5EncoderModel"]
+    assert parts.tokenizers[1].model_max_length == 512  # T5's real padded length, as the bench builds it
