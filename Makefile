@@ -82,8 +82,8 @@ demo: setup tinybase  ## the whole product on one machine: operator, a LoRA trai
 bench-cpu: venv  ## trainer speed smoke on CPU (tiny models): ours vs a diffusers-example loop
 	$(BIN)/python bench/trainer.py --device cpu --tiny --case all --json bench/results-cpu.json
 
-bench-gpu: venv  ## issue 21's GPU suite: every family's speed + time-to-LoRA, a process per case, 540 s in all
-	$(BIN)/python bench/gpu_suite.py --budget-s $(or $(BENCH_BUDGET),540)
+bench-gpu: venv  ## issue 21's GPU suite: every family's speed + time-to-LoRA, a process per case, 520 s in all
+	$(BIN)/python bench/gpu_suite.py --budget-s $(or $(BENCH_BUDGET),520)
 
 clean:
 	rm -rf $(VENV) .cache

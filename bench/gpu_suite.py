@@ -15,7 +15,7 @@ bench/trainer.py, and a summary (img/s, MFU, peak memory from torch.cuda.max_mem
 the diffusers-example reference, ratio to the published single-H100 figure in `PUBLISHED`). At the end it
 prints the markdown tables of `bench.gpu_table` (the same as ``python -m bench.gpu_table FILES``).
 
-    python bench/gpu_suite.py --budget-s 540                      # one H100, 10-minute command
+    python bench/gpu_suite.py --budget-s 520                      # one H100, 10-minute command
     python bench/gpu_suite.py --only flux2-klein-1024-bs1-fp8,time-to-lora-cold   # the rerun
     python bench/gpu_suite.py --tiny --device cpu --budget-s 60 --results /tmp/r   # CPU, tiny models
 """
@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny test models at 32 px (the CPU dry run)")
-    parser.add_argument("--budget-s", type=float, default=540,
-                        help="seconds for all cases together (default 540: a 10-minute device command)")
+    parser.add_argument("--budget-s", type=float, default=520,
+                        help="seconds for all cases together (default 520: a 10-minute device command with its set-up)")
     parser.add_argument("--tiny-case-s", type=float, default=60, help="--tiny: each case's nominal seconds")
     parser.add_argument("--only", help="comma-separated suite case names (default: all, in order)")
     parser.add_argument("--results", type=Path, default=ROOT / "bench/results-gpu", help="where the JSONs go")
