@@ -82,11 +82,8 @@ demo: setup tinybase  ## the whole product on one machine: operator, a LoRA trai
 bench-cpu: venv  ## trainer speed smoke on CPU (tiny models): ours vs a diffusers-example loop
 	$(BIN)/python bench/trainer.py --device cpu --tiny --case all --json bench/results-cpu.json
 
-bench-gpu: venv  ## trainer speed and MFU on a GPU (full-size random-weight SD1.5 / SDXL / Flux, a process each)
-	$(BIN)/python bench/attention.py --json bench/results-gpu/attention.json
-	for case in sd15-512 sdxl-1024 flux-1024; do \
-	  $(BIN)/python bench/trainer.py --device cuda --case $$case --json bench/results-gpu/$$case.json || exit 1; \
-	done
+bench-gpu: venv  ## issue 21's GPU suite: every family's speed + time-to-LoRA, a process per case, 520 s in all
+	$(BIN)/python bench/gpu_suite.py --budget-s $(or $(BENCH_BUDGET),520)
 
 clean:
 	rm -rf $(VENV) .cache

@@ -27,7 +27,6 @@ import contextlib
 import datetime
 import gc
 import json
-import math
 import random
 import sys
 import tempfile
@@ -45,9 +44,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench.trainer_measure import Samples, count_flops, dense_bf16_peak, gpu_name, timed  # noqa: E402
+from bench.trainer_measure import dense_bf16_peak, gpu_name  # noqa: E402
 from bench.trainer_models import full_size_loader, tiny_model  # noqa: E402
 from bench.trainer_reference import REFERENCE_FAMILIES, ReferenceLoop  # noqa: E402
+from bench.trainer_rows import measure, profile_ours, ratios, table  # noqa: E402
 from lora_trainer.speed import eager, training_attention  # noqa: E402
 
 TINY_RESOLUTION = 32
@@ -124,7 +124,7 @@ class Bench:
     """One case at one batch size: the set-up recipe, the reference loop and their step functions."""
 
     def __init__(self, case: Case, batch: int, tiny: bool, device: torch.device, tmp: Path,
-                 resolution: int | None = None, training: dict[str, Any] | None = None):
+                 resolution: int | None = None, training: dict[str, Any] | None = None, reference: bool = True):
         from lora_operator.api import resolve_spec
         from lora_operator.storage import open_store
         from lora_trainer.loop import LoraRecipe, RunInputs
@@ -148,7 +148,7 @@ class Bench:
         self.uncached = type(self.cached)(self.recipe.family, self.recipe.train_parts, self.recipe.device,
                                           cache_latents=False, cache_text=False)
         # No reference step for the families diffusers' examples were not ported for here: ours alone.
-        self.reference = ReferenceLoop(self.recipe) if case.family in REFERENCE_FAMILIES else None
+        self.reference = ReferenceLoop(self.recipe) if reference and case.family in REFERENCE_FAMILIES else None
         self.step = 0
         self.ref_index = 0
 
@@ -188,116 +188,6 @@ class Bench:
             torch.cuda.empty_cache()
 
 
-def measure(bench: Bench, rows: list[str], warmup: int, steps: int, peak: float | None) -> list[dict[str, Any]]:
-    """Warm up, time `steps` alternating steps per row, then count their FLOPs."""
-    for _ in range(warmup):
-        for row in rows:
-            bench.prepare(row)
-            bench.run(row)
-    samples = {row: Samples() for row in rows}
-    losses: dict[str, list] = {row: [] for row in rows}  # read after the timing: no sync inside a step
-    for i in range(steps):
-        for row in rows if i % 2 == 0 else rows[::-1]:  # ABBA order: neither row always runs first
-            bench.prepare(row)
-            seconds, cpu, mib = timed(lambda row=row: losses[row].append(bench.run(row)), bench.device)
-            samples[row].times.append(seconds)
-            samples[row].cpu_times.append(cpu)
-            samples[row].peaks.append(mib)
-    flops = {row: flops_of(bench, row) for row in rows}
-    checkpointing = bench.recipe.gradient_checkpointing
-    out = []
-    for row in rows:
-        stats = samples[row].summary()
-        executed, denoiser_forward = flops[row] or (None, None)
-        model_flops = None if executed is None else executed - denoiser_forward if checkpointing else executed
-        achieved = None if model_flops is None else model_flops / stats["median_s"]
-        out.append({
-            "case": f"{bench.case.config or bench.case.family}-{bench.resolution}", "family": bench.case.family,
-            "resolution": bench.resolution, "batch": bench.batch, "row": row, **stats,
-            "images_per_s": bench.batch / stats["median_s"], "flops": model_flops, "flops_executed": executed,
-            "flop_per_s": achieved, "mfu": achieved / peak if peak and achieved else None,
-            "gradient_checkpointing": checkpointing, "encoders_per_step": row != "ours",
-            "compiled": bench.recipe.compiled and row != "reference",
-            "steps": steps, "losses": [float(loss) for loss in losses[row]],
-            "losses_finite": all(math.isfinite(float(loss)) for loss in losses[row]),
-        })
-    return out
-
-
-def flops_of(bench: Bench, row: str) -> tuple[int, int] | None:
-    """`count_flops` of one step of `row`; None when the uncompiled counting step runs out of GPU memory.
-
-    Counting runs the step eagerly (compiled kernels bypass the counter), which needs more memory
-    than the compiled step: Flux at 1024 px, batch 2 did not fit on an 80 GB H100.
-    """
-    bench.prepare(row)
-    try:
-        with eager():  # compiled kernels bypass the FLOP counter; the model FLOPs are the same
-            return count_flops(lambda: bench.run(row), bench.recipe.parts.denoiser)
-    except torch.OutOfMemoryError:
-        print(f"FLOPs of {row}: the uncompiled counting step ran out of GPU memory", flush=True)
-        torch.cuda.empty_cache()
-        return None
-
-
-def profile_ours(bench: Bench, steps: int = 3, top: int = 20) -> str:
-    """torch.profiler over `steps` of our step; the top ops by self time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.device.type == "cuda" else [])
-    bench.prepare("ours")
-    with profile(activities=activities) as prof:
-        for _ in range(steps):
-            bench.run("ours")
-        if bench.device.type == "cuda":
-            torch.cuda.synchronize()
-    key = "self_cuda_time_total" if bench.device.type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=top)
-
-
-def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per case and batch: median step time of ours / reference (and ours-uncached / reference)."""
-    out = []
-    by_key: dict[tuple, dict[str, dict]] = {}
-    for r in rows:
-        by_key.setdefault((r["case"], r["batch"]), {})[r["row"]] = r
-    for (case, batch), found in by_key.items():
-        if "reference" not in found:
-            continue
-        entry: dict[str, Any] = {"case": case, "batch": batch}
-        for key, suffix in (("median_s", ""), ("cpu_median_s", "_cpu_time")):
-            ref = found["reference"][key]
-            entry["ours_over_reference" + suffix] = found["ours"][key] / ref
-            if "ours-uncached" in found:
-                entry["ours_uncached_over_reference" + suffix] = found["ours-uncached"][key] / ref
-        out.append(entry)
-    return out
-
-
-def table(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]], gpu: bool) -> str:
-    """A plain-text table of the rows, then the ratios."""
-    head = (f"{'case':<11}{'bs':>3} {'row':<14}{'img/s':>9}{'median ms':>11}{'p90 ms':>9}{'cpu ms':>9}"
-            f"{'peak MiB':>10}{'GFLOP/step':>12}{'TFLOP/s' if gpu else 'GFLOP/s':>9}{'MFU':>7}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        rate = f"{r['flop_per_s'] / (1e12 if gpu else 1e9):.2f}" if r["flop_per_s"] else "-"
-        gflop = f"{r['flops'] / 1e9:.2f}" if r["flops"] else "-"
-        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
-        lines.append(f"{r['case']:<11}{r['batch']:>3} {r['row']:<14}{r['images_per_s']:>9.2f}"
-                     f"{1e3 * r['median_s']:>11.1f}{1e3 * r['p90_s']:>9.1f}{1e3 * r['cpu_median_s']:>9.1f}"
-                     f"{r['peak_mib']:>10.1f}{gflop:>12}{rate:>9}{mfu:>7}")
-    lines.append("")
-    for q in ratio_rows:
-        line = f"{q['case']} bs{q['batch']}: ours/reference {q['ours_over_reference']:.3f}x wall"
-        if not gpu:
-            line += f", {q['ours_over_reference_cpu_time']:.3f}x cpu time"
-        if "ours_uncached_over_reference" in q:
-            line += (f"; at equal work ours-uncached/reference {q['ours_uncached_over_reference']:.3f}x wall"
-                     + ("" if gpu else f", {q['ours_uncached_over_reference_cpu_time']:.3f}x cpu time"))
-        lines.append(line)
-    return "\n".join(lines)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -313,8 +203,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="training.gradientCheckpointing of both rows (default auto: by GPU memory)")
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                         help="training.compile of our rows (default auto: on with a GPU)")
+    parser.add_argument("--base-quantization", choices=["none", "fp8", "nf4", "auto"], default="none",
+                        help="training.baseQuantization of both rows (default none: bf16 frozen weights)")
     parser.add_argument("--sdpa", choices=["default", *SDPA_BACKENDS],
                         default="default", help="restrict scaled_dot_product_attention to one backend")
+    parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                        help="time the diffusers-example reference too, where one exists (default on)")
     parser.add_argument("--profile", action="store_true", help="torch.profiler over our step; print the top ops")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the GPU when it is not in the table")
     parser.add_argument("--threads", type=int, default=1,
@@ -400,7 +294,8 @@ def run_cases(args: argparse.Namespace, device: torch.device, peak: float | None
         for batch in args.batch or case.batches:
             with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
                 bench = Bench(case, batch, args.tiny, device, Path(tmp), args.resolution,
-                              {"gradientCheckpointing": args.gradient_checkpointing, "compile": args.compile})
+                              {"gradientCheckpointing": args.gradient_checkpointing, "compile": args.compile,
+                               "baseQuantization": args.base_quantization}, args.reference)
                 rows = rows_wanted if bench.reference else [r for r in rows_wanted if r != "reference"]
                 try:
                     with sdpa_backend(args.sdpa):

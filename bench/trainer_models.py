@@ -111,14 +111,37 @@ def build_full_size(family: str, folder: Path, dtype: torch.dtype, device: torch
     def part(name: str, entry: dict[str, Any]) -> torch.nn.Module:
         return _module(classes[entry["class"]], entry["config"], device, torch.float32 if name in keep32 else dtype)
 
+    # The denoiser first, quantized before the encoders exist: its bf16 build is the largest moment of the set-up.
+    denoiser = quantized(part("denoiser", spec["denoiser"]))
     encoders = [part(f"text_encoder_{i}", e) for i, e in enumerate(spec["text_encoders"])]
     tokenizers = [_tokenizer(e["tokenizer"], e["max_length"], folder / f"tokenizer_{i}")
                   for i, e in enumerate(spec["text_encoders"])]
     scheduler = classes[spec["scheduler"]["class"]].from_config(spec["scheduler"]["config"])
     return Components(
-        denoiser=part("denoiser", spec["denoiser"]), vae=part("vae", spec["vae"]), text_encoders=encoders,
+        denoiser=denoiser, vae=part("vae", spec["vae"]), text_encoders=encoders,
         tokenizers=tokenizers, noise_scheduler=scheduler, folder=folder,
     )
+
+
+def quantized(denoiser: torch.nn.Module) -> torch.nn.Module:
+    """The denoiser with its linear weights quantized as training.baseQuantization asks (the open
+    `quantize.quantized_denoiser` config that diffusers' loader would apply), else unchanged.
+
+    The trainer's loader quantizes while reading a folder; the bench builds the weights in memory, so it
+    applies the same torchao config to the built module (torchao's `quantize_`, nn.Linear layers, as
+    diffusers' torchao quantizer does per layer).
+    """
+    from lora_trainer.quantize import denoiser_load_kwargs
+
+    config = denoiser_load_kwargs("transformer").get("quantization_config")
+    if config is None:
+        return denoiser
+    if getattr(config.quant_method, "value", config.quant_method) != "torchao":
+        raise SystemExit(f"bench full-size models: baseQuantization {config!r} is not built here (fp8 / torchao only)")
+    from torchao.quantization import quantize_
+
+    quantize_(denoiser, config.get_apply_tensor_subclass())
+    return denoiser
 
 
 def full_size_loader(family: str, device: torch.device):

@@ -34,10 +34,6 @@ def to_tensor(image: Any) -> torch.Tensor:
     return (torch.from_numpy(array).permute(2, 0, 1) - 0.5) / 0.5
 
 
-REFERENCE_FAMILIES = ("sd15", "sdxl", "flux")
-"""The families with a reference step here (the others are measured alone)."""
-
-
 class ReferenceLoop:
     """One diffusers-example training step on the recipe's frozen parts.
 

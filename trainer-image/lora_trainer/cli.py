@@ -34,19 +34,22 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lora_operator.api import Dataset, ExitCode, JobSpec, ModelFamily, SpecError, resolve_spec
 from lora_operator.api.contract import ENV_JOB_UID, ENV_OUTPUT_PREFIX, TrainerEnv, caption_cache_prefix, output_prefix
 from lora_operator.storage import StorageError
 
-from . import logtail
+from . import logtail, timings
 from .errors import ConfigError, DatasetError, TrainerError
 from .inputs import Resolver, default_cache_dir
 from .launch import PROCESSES_ENV, is_worker, launch, wanted_processes
 from .outputs import LOCAL_UID, Outputs
 from .stop import EXIT_CODE as STOP_EXIT_CODE
 from .stop import Stopped, on_sigterm
+
+if TYPE_CHECKING:
+    from .run_setup import RunInputs
 
 log = logging.getLogger("lora_trainer")
 TEMPLATE_KINDS = ("LoraTrainingTemplate", "ClusterLoraTrainingTemplate")
@@ -94,15 +97,11 @@ def _resolve(raw: dict[str, Any], template: dict[str, Any] | None = None) -> Job
         raise ConfigError(str(err)) from err
 
 
-def train(spec: JobSpec, resolver: Resolver, prefix_uri: str, workdir: Path, *, job_uid: str = LOCAL_UID,
-          job_name: str | None = None, attempt: int = 1, resume: bool = False,
-          progress_interval: float = 5.0) -> int:
-    """Fetch the inputs, train, upload; returns the exit code."""
-    from .loop import RunInputs, run_recipe  # torch: not needed by `upload`
-    rank = int(os.environ.get("RANK", "0"))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        workdir = workdir / f"rank-{rank}"  # workers may have been given the same --workdir
-    outputs = Outputs(resolver.store(prefix_uri), workdir / "out", job_uid, job_name)
+def fetch_inputs(spec: JobSpec, resolver: Resolver, prefix_uri: str, workdir: Path) -> RunInputs:
+    """The local folders of the job's inputs: the base model (node cache), the dataset, regularization images
+    and the captioner, fetched as the spec names them."""
+    from .loop import RunInputs
+
     dataset = spec.dataset
     inputs = RunInputs(
         model_dir=resolver.base_model(spec.base_model, workdir),
@@ -114,12 +113,29 @@ def train(spec: JobSpec, resolver: Resolver, prefix_uri: str, workdir: Path, *, 
     if dataset.auto_caption is not None:
         inputs.captioner_dir = resolver.model_folder(dataset.auto_caption.model, workdir, "dataset.autoCaption.model")
         inputs.caption_cache = resolver.store(caption_cache_prefix(prefix_uri))
+    return inputs
+
+
+def train(spec: JobSpec, resolver: Resolver, prefix_uri: str, workdir: Path, *, job_uid: str = LOCAL_UID,
+          job_name: str | None = None, attempt: int = 1, resume: bool = False,
+          progress_interval: float = 5.0) -> int:
+    """Fetch the inputs, train, upload; returns the exit code."""
+    from .loop import run_recipe  # torch: not needed by `upload`
+
+    timings.CLOCK.start()
+    rank = int(os.environ.get("RANK", "0"))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        workdir = workdir / f"rank-{rank}"  # workers may have been given the same --workdir
+    outputs = Outputs(resolver.store(prefix_uri), workdir / "out", job_uid, job_name)
+    with timings.phase("fetch"):
+        inputs = fetch_inputs(spec, resolver, prefix_uri, workdir)
     started = time.monotonic()
     manifest = run_recipe(spec, inputs, outputs, attempt=attempt, resume=resume, progress_interval=progress_interval)
     from .progress import format_eta
 
     if rank != 0:
         return ExitCode.SUCCESS
+    timings.log_summary()
     print(f"done in {format_eta(time.monotonic() - started)}: {len(manifest.checkpoints)} checkpoint file(s) "
           f"under {outputs.uri('')}", file=sys.stderr)
     for entry in manifest.checkpoints:

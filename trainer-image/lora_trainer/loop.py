@@ -13,6 +13,7 @@ would have gone, and on CPU the same seed and data give byte-identical adapters.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -22,6 +23,7 @@ import torch
 from lora_operator.api import JobSpec, Manifest
 
 from . import state as resume_state
+from . import timings
 from .adapters import make_adapter
 from .earlystop import EarlyStopper
 from .errors import ConfigError, NanLossError
@@ -88,7 +90,9 @@ class LoraRecipe(RunSetup, OptimizerStep, SavePoints):
         self.stopper = EarlyStopper(self.training.early_stop, bool(self.data.validation))
         pending: list[tuple[int, torch.Tensor]] = []
         for step in range(self.start_step + 1, self.plan.total_steps + 1):
-            pending.append((step, self.train_step(step)))
+            # the first step compiles (torch.compile is lazy): its time is the compilation plus one step
+            with timings.phase("first_step") if step == self.start_step + 1 else contextlib.nullcontext():
+                pending.append((step, self.train_step(step)))
             epoch = self.plan.epoch_of(step)
             epoch_end = step == self.plan.epoch_end(epoch)
             saves = (False, False) if epoch_end else self._step_saves(step)
@@ -158,10 +162,13 @@ def run_recipe(spec: JobSpec, inputs: RunInputs, outputs: Outputs, **kwargs) -> 
     """setup + train + cleanup; what the CLI calls."""
     if spec.type is None:
         raise ConfigError("type: missing (resolve the spec first)")
-    recipe = LoraRecipe(spec, inputs, outputs, **kwargs)
+    with timings.phase("load"):  # the family's modules are imported here
+        recipe = LoraRecipe(spec, inputs, outputs, **kwargs)
     try:
-        recipe.setup()
-        return recipe.train()
+        with timings.phase("load"):  # caching inside it is a phase of its own
+            recipe.setup()
+        with timings.phase("training"):
+            return recipe.train()
     finally:
         if hasattr(recipe, "accelerator"):
             recipe.cleanup()

@@ -20,7 +20,7 @@ from lora_operator.api import Manifest, spec_hash
 from lora_operator.api.contract import ENV_NODE_NAME
 from lora_operator.storage import ObjectStore
 
-from . import model_cache
+from . import model_cache, timings
 from . import state as resume_state
 from .data import CaptionBuilder, PreparedDataset, Sample, load_captioner, prepare_dataset
 from .data.autocaption import CachedCaptioner, caption_fingerprint
@@ -171,10 +171,11 @@ class RunSetup:
         self.manifest.manifest.node_name = os.environ.get(ENV_NODE_NAME)
         self.manifest.manifest.models = model_cache.reported()
         self.manifest.write()
-        if t.cache_latents:
-            self.progress.phase("caching")
-            self._precache()
-        self.text_parked = park_text_encoders(self)
+        with timings.phase("caching"):
+            if t.cache_latents:
+                self.progress.phase("caching")
+                self._precache()
+            self.text_parked = park_text_encoders(self)
 
     def _gradient_checkpointing(self) -> None:
         megapixels = max(h * w for h, w in (s.target_size for s in self.samples)) / 1e6

@@ -14,6 +14,7 @@ from lora_operator.api import CheckpointEntry, spec_hash
 from lora_operator.api.contract import checkpoint_key, checkpoint_name, step_checkpoint_name
 
 from . import state as resume_state
+from . import timings
 from .data import Sample
 from .ema import EMA_FOLDER, EMA_FORMAT_SUFFIX
 from .encode import pixels
@@ -77,7 +78,7 @@ class SavePoints:
                     resume: bool) -> None:
         """Validation, then the checkpoint and previews due, at an epoch end or (`between`) at a step
         between epoch ends (checkpoints / previews.everySteps: step-NNNNNNNN names)."""
-        with eager():
+        with timings.phase("validation"), eager():
             val = self.validation_loss()
         name = step_checkpoint_name(step) if between else checkpoint_name(epoch)
         stop = self.stopper.update(val, name)
@@ -88,7 +89,7 @@ class SavePoints:
             self.manifest.manifest.stopped_early = stop
             resume = False
         if self.main and previews:
-            with eager(), self._ema_applied(), self._preview_text():
+            with timings.phase("previews"), eager(), self._ema_applied(), self._preview_text():
                 entries = render_previews(self.family, self.parts, self.spec.previews,
                                           preview_prompts(self.spec.previews, self.data, self.builder), epoch,
                                           preview_size(self.spec.previews, self.data), self.outputs,
@@ -130,15 +131,17 @@ class SavePoints:
         rel = checkpoint_key(name)
         metadata = self._metadata(epoch, step)
         folder = self.outputs.local(rel + "/x").parent
-        written = self.adapter.export(folder, self.spec.checkpoints.formats, metadata)
+        with timings.phase("export"):
+            written = self.adapter.export(folder, self.spec.checkpoints.formats, metadata)
         if self.ema is not None:  # the average beside the raw weights, in the same formats
-            with self._ema_applied():
+            with timings.phase("export"), self._ema_applied():
                 written += [(fmt + EMA_FORMAT_SUFFIX, path) for fmt, path in self.adapter.export(
                     folder / EMA_FOLDER, self.spec.checkpoints.formats, {**metadata, "ema": True})]
         entries = []
         for fmt, path in written:
             key = path.relative_to(self.outputs.workdir).as_posix()
-            self.outputs.publish(key)
+            with timings.phase("upload"):
+                self.outputs.publish(key)
             size, sha = file_digest(path)
             entry = CheckpointEntry(name=name, epoch=epoch, step=step, format=fmt, path=key, size_bytes=size,
                                     sha256=sha, validation_loss=validation_loss)

@@ -26,6 +26,8 @@ from safetensors.torch import load_file, save_file
 from lora_operator.api import spec_hash
 from lora_operator.api.contract import MANIFEST_KEY, STATE_PREFIX
 
+from . import timings
+
 if TYPE_CHECKING:
     from .loop import LoraRecipe
 
@@ -43,7 +45,8 @@ def save(recipe: LoraRecipe, step: int) -> None:
     grace period of the job's later pods over it, the time a save on SIGTERM needs.
     """
     started = time.monotonic()
-    _write(recipe, step)
+    with timings.phase("state"):
+        _write(recipe, step)
     seconds = round(time.monotonic() - started, 3)
     recipe.progress.report.state_save_seconds = seconds
     log.info("resume state after step %d saved in %.2fs", step, seconds)
