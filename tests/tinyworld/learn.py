@@ -1,6 +1,7 @@
 """``python -m tinyworld.learn OUT [--base epsilon|flow] [--adapter lora|locon|embedding] [--steps N] [--epochs E]
-[--lr X] [--text-lr X] [--broken flip|captions] [--prior N | --world N] [--conv-alpha A] [--vectors V] [--init W]``:
-train an adapter on the concept through ``lora-train run``, judge it.
+[--lr X] [--text-lr X] [--broken flip|captions] [--prior N | --world N] [--dim R] [--alpha A] [--conv-dim R]
+[--conv-alpha A] [--vectors V] [--init W] [--caption-dropout P] [--seed N]``: train an adapter on the concept
+through ``lora-train run``, judge it (every epoch's checkpoint).
 
 Builds (or reuses) the base (epsilon: SD1.5 topology, flow: Flux topology), writes the concept
 dataset and a job YAML under OUT, trains through the trainer's CLI entry point, then prints the
