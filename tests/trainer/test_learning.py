@@ -11,11 +11,10 @@ everywhere, or nowhere, but not on its trigger alone).
 
 LoCon (the LoRA also on the convolutions) and a textual-inversion embedding (8 vectors bound to the trigger word)
 get the same proof on the epsilon base, the one whose family (sd15) supports them, with their controls (a flipped
-target; for the embedding also its token in no caption), marked `slow` (`make test-learning`: a LoCon job is
-3-5 min of CPU on a loaded machine) except the embedding's own proof (300 steps of 8 vectors: 15-45 s). The
-embedding passes the concept check; LoCon does not yet
-(bench/RESULTS.md, 2026-12-06 third and fourth sessions): a strict xfail, so the day a job setting makes it pass,
-the suite says so.
+target; for the embedding also its token in no caption) marked `slow` (`make test-learning`). Both proofs pass
+the concept check and run in `make test`: the embedding with 300 steps of 8 vectors, the LoCon with alpha in
+LyCORIS' recommended range (half the rank; the convolutions at rank 4, alpha 1) after 50 steps
+(bench/RESULTS.md, 2026-12-06 fourth and fifth sessions).
 
 Prior preservation (`dataset.regularization` with the base's own samples of world captions) keeps the concept's
 colour off the controls on the flow base at a longer job that leaks without it (slow as well).
@@ -124,12 +123,13 @@ def train_adapter(tmp_path: Path, base: Path, data: Path, adapter: str, **option
     return train(tmp_path, base, data, ADAPTER_STEPS[adapter], lr=lr, text_lr=text_lr, adapter=adapter, **options)
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured 0.62 on the trigger but 0.44 on controls (base 0.25): it leaks; "
-                   "conv alpha 1, a higher text rate and prior-preservation images did not close the gap")
 def test_a_locon_learns_the_concepts_colour_on_its_trigger(tmp_path, epsilon, epsilon_before, concept_dir):
+    """A LoCon with alpha in LyCORIS' recommended range (half the rank; the convolutions at rank 4, alpha 1), 50
+    steps: the LoRA's check. At rank 8 everywhere with alpha = rank it leaked (0.62 on the trigger, 0.44 on controls;
+    its verdict swings by a sample or two between checkpoints and training seeds: bench/RESULTS.md)."""
     verdict = judge_lora(epsilon, train_adapter(tmp_path, epsilon, concept_dir, "locon"), SEEDS, epsilon_before)
     print(verdict)
+    assert magenta(epsilon_before.trigger) <= 0.25  # not the base's doing
     assert learned_on_its_trigger(verdict), verdict
 
 
