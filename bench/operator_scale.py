@@ -352,6 +352,11 @@ def report(args, jobs, info, node_type, recorder, kubelet, released, before, mid
         "operator_rss_mb_by_second_from_t0": rss[::4],
     }
     print(json.dumps(result, indent=1))
+    if args.trace:
+        # CLOCK_MONOTONIC is one clock for every process on the machine: these line up with
+        # timestamps taken the same way inside the operator.
+        pods = [(e.t, e.type, f"{e.namespace}/{e.name}", e.node, e.phase) for e in recorder.pods]
+        Path(args.trace).write_text(json.dumps({"ended": kubelet.ended, "added": kubelet.added, "pods": pods}))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     return result
@@ -382,6 +387,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--apiserver-profile", default=None, metavar="FILE",
                         help="save a 30 s Go CPU profile of the API server, from 3 s after the release")
     parser.add_argument("--out", default=None, help="write the result JSON here")
+    parser.add_argument("--trace", default=None, metavar="FILE",
+                        help="write each pod's end (fake kubelet), watch events and start, in time.monotonic() seconds")
     run(parser.parse_args(argv))
 
 
