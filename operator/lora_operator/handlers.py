@@ -14,8 +14,8 @@ scale", measured at 1000 and 5000 jobs, and "10000 jobs / 1000 nodes"):
   starts beside 1000 nodes, every new job got a hold of its own, every job's handler waited,
   and each hold made or dropped woke every waiting handler (a cost per job that grows with the
   jobs): 699 of 10000 jobs Queued in 7 minutes, 0.25 MB per held job. Pods and nodes stay kopf
-  indexes: new pods come only after the first pass, and nodes are listed before jobs queue.
-
+  indexes: new pods come only after the first pass, and new nodes rarely (a probe in a run of
+  1000 nodes and 2000 jobs counted 3000 holds: one per node listed and per job).
 - No change-detecting handler (on.create/update/delete/resume), no kopf timer or daemon, and so
   no `kopf.TemporaryError` retries: each of them makes kopf put a finalizer and a
   last-handled-configuration on every job (two metadata patches and two watch events more per
