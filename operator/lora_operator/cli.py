@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         peering_name=None if args.standalone else config.peering_name,
         priority=args.priority if args.priority is not None else random.randint(1, 1_000_000),
         liveness_endpoint=args.liveness,
+        memo=kopf.Memo(watch_namespace=namespace),  # where the first pass lists the jobs (`startup_listing`)
     )
     return 0
 

@@ -1,6 +1,7 @@
 """The operator's loops over its job index (`job_index`): the reconcile workers (each job
 serialized by its lock, fed by `work_queue`), the scheduling loop (one pass per burst of
-changes) with the queue-position writer after it, and the follow loop (`follow`). Why these
+changes, the first once the index is complete: `startup_listing`) with the queue-position
+writer after it, and the follow loop (`follow`). Why these
 are the operator's own loops and not kopf handlers: see `handlers`."""
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .positions import PositionWriter
 from .retry_backoff import RetryBackoff
 from .scheduling import node_caches
 from .start_estimates import simulated_starts
+from .startup_listing import StartupListing
 from .status_writer import StatusWriter
 from .views import JobView, QueueEntry, pod_active, pod_target_node, trainer_pod, utcnow
 from .work_queue import WorkQueue
@@ -67,11 +69,14 @@ class Controller:
     scheduling loop with its position writer, and the follow loop."""
 
     def __init__(self, kube: Kube, config: OperatorConfig, metrics: OperatorMetrics, emit: Emit,
-                 index: JobIndex | None = None):
+                 index: JobIndex | None = None, namespace: str | None = None):
+        """`namespace`: the one the operator watches (None: all), where `listing` lists the jobs."""
         self.config = config
         self.metrics = metrics
         self.own_writes = kube.own_writes
         self.index = index or JobIndex(kube.own_writes)
+        self.listing = StartupListing(lambda: kube.list_job_uids(namespace, config.list_chunk))
+        """When the first pass may run: once every job listed at the start of the watch was seen."""
         statuses = StatusWriter(kube)
         self.lifecycle = Lifecycle(kube, config, metrics, emit, node_exists=self.index.node_exists,
                                    statuses=statuses, node_gpus=self.largest_node_gpus)
@@ -113,7 +118,12 @@ class Controller:
     def job(self, uid: str) -> JobView | None:
         return self.index.job(uid)
 
-    def job_event(self, uid: str) -> bool:
+    def job_event(self, uid: str, body: Mapping[str, Any] | None = None) -> bool:
+        """A job's watch event (`body`: its slim body; None in tests that fill the index by hand):
+        True when a pass is due (see `JobIndex.job_event`)."""
+        if body is not None:
+            self.index.saw_job(uid, body)
+        self.listing.saw(uid)
         return self.index.job_event(uid)
 
     def node_event(self, name: str) -> bool:
@@ -187,6 +197,7 @@ class Controller:
 
     async def job_gone(self, job: JobView) -> None:
         """The job was deleted: its pods go (see `Lifecycle.gone`) and its node is scheduled again."""
+        self.index.saw_job(job.uid, None)
         async with self._locks[job.uid]:
             await self._on_thread(self.lifecycle.gone, job, self.index.pods_of(job.uid))
         self._locks.pop(job.uid, None)
@@ -235,8 +246,10 @@ class Controller:
             self._loop.call_soon_threadsafe(self.kick)
 
     async def loop(self) -> None:
-        """The scheduling loop: a pass after each burst of kicks, and at least every few seconds."""
+        """The scheduling loop: once the job index is complete (`listing`), a pass after each
+        burst of kicks, and at least every few seconds."""
         self._loop = asyncio.get_running_loop()
+        await self.listing.wait()
         writer = asyncio.create_task(self.position_loop())
         try:
             await self._schedule_forever()

@@ -1,7 +1,8 @@
-"""What the operator knows of the cluster: kopf's indexes (filled from the watch streams before
-any handler runs, so a restarted operator starts from the API server's state, not memory), read
-through views parsed once per resourceVersion, plus the change detection that decides whether
-an event needs a scheduling pass."""
+"""What the operator knows of the cluster: the jobs as their watch events left them (the job
+handler keeps them; `startup_listing` says when a restarted operator has them all), kopf's
+indexes of trainer pods and GPU nodes (filled from the watch streams before any handler runs),
+read through views parsed once per resourceVersion, plus the change detection that decides
+whether an event needs a scheduling pass. Why jobs are not a kopf index: see `handlers`."""
 
 from __future__ import annotations
 
@@ -23,14 +24,15 @@ def values(store: Any) -> list:
 
 
 class JobIndex:
-    """Jobs, trainer pods and GPU nodes as kopf indexes them (job uid -> slim body, job uid ->
-    slim pods, node name -> GpuNode), with the bodies this process wrote that the watch has not
-    shown yet (`OwnWrites`) laid over them."""
+    """Jobs as the job watch showed them (job uid -> slim body), trainer pods and GPU nodes as
+    kopf indexes them (job uid -> slim pods, node name -> GpuNode), with the bodies this process
+    wrote that the watch has not shown yet (`OwnWrites`) laid over them."""
 
-    def __init__(self, own_writes: OwnWrites, jobs: Mapping[str, Any] | None = None,
+    def __init__(self, own_writes: OwnWrites, jobs: dict[str, Any] | None = None,
                  pods: Mapping[str, Any] | None = None, nodes: Mapping[str, Any] | None = None):
         self.own_writes = own_writes
-        self.jobs: Mapping[str, Any] = jobs if jobs is not None else {}
+        self.jobs: dict[str, Any] = jobs if jobs is not None else {}
+        """uid -> the slim body of the job's latest watch event (a dict the job handler writes)."""
         self.pods: Mapping[str, Any] = pods if pods is not None else {}
         self.nodes: Mapping[str, Any] = nodes if nodes is not None else {}
         self._entries: dict[str, QueueEntry] = {}
@@ -43,10 +45,16 @@ class JobIndex:
     def node_exists(self, name: str) -> bool:
         return name in self.nodes
 
+    def saw_job(self, uid: str, body: Mapping[str, Any] | None) -> None:
+        """The job's latest watch event: its slim body, or None when it was deleted."""
+        if body is None:
+            self.jobs.pop(uid, None)
+        else:
+            self.jobs[uid] = body
+
     def body(self, uid: str) -> Mapping[str, Any] | None:
-        """The job's latest body: the index's, or the one this process wrote that the watch has not shown yet."""
-        bodies = values(self.jobs.get(uid))
-        return self.own_writes.latest(uid, bodies[-1] if bodies else None)
+        """The job's latest body: the watch's, or the one this process wrote that the watch has not shown yet."""
+        return self.own_writes.latest(uid, self.jobs.get(uid))
 
     def job(self, uid: str) -> JobView | None:
         """The job's latest body as a JobView, parsed once per resourceVersion."""

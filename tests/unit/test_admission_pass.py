@@ -249,7 +249,7 @@ def test_a_pod_the_watch_shows_while_a_pass_takes_its_snapshot_still_holds_its_n
             controller.pod_changed(pod, deleted=False)
 
     pods = AppearingPods(pod_event)
-    controller.bind({"uid-b": [bodies["b"]]}, pods, {"gpu-0": nodes(1)})
+    controller.bind({"uid-b": bodies["b"]}, pods, {"gpu-0": nodes(1)})
     assert controller.job_event("uid-b")  # b waits, and would take gpu-0 if the pod did not hold it
     plan = controller.run_pass()
     assert plan.admissions == []

@@ -88,8 +88,7 @@ def test_kopf_settings_come_from_the_configuration(monkeypatch):
     monkeypatch.setattr(handlers.Kube, "connect", no_cluster)
     settings, memo = kopf.OperatorSettings(), kopf.Memo()
     with pytest.raises(Stop):
-        asyncio.run(handlers.configure(settings=settings, memo=memo, jobs_index=None, pods_index=None,
-                                        nodes_index=None))
+        asyncio.run(handlers.configure(settings=settings, memo=memo, pods_index=None, nodes_index=None))
     assert (settings.watching.chunk_size, settings.peering.lifetime) == (77, 9)
     assert memo.config.list_chunk == 77
 

@@ -24,7 +24,7 @@ def body(uid: str, phase: str, **spec) -> dict:
 def follow(jobs: dict[str, dict], seconds: float, failing: str = "") -> list[tuple[str, bool]]:
     """Runs the follow loop over `jobs` for `seconds`; the (uid, progress) of each reconcile."""
     controller = Controller(Kube(), OperatorConfig(progress_interval=0.01), OperatorMetrics(), lambda *a: None)
-    controller.bind({uid: [b] for uid, b in jobs.items()}, {}, {})
+    controller.bind(dict(jobs), {}, {})
     seen: list[tuple[str, bool]] = []
 
     async def reconcile(uid: str, *, progress: bool = False) -> None:
@@ -89,14 +89,14 @@ def test_a_new_job_that_met_an_error_is_retried_ahead_of_a_hundred_that_keep_fai
     # 100 old unresolved jobs that keep failing back off further with each try; a newer job whose
     # first try failed once is due after the shortest backoff, so it is retried on the next due tick.
     controller = Controller(Kube(), OperatorConfig(progress_interval=0.01), OperatorMetrics(), lambda *a: None)
-    jobs = {f"old{i}": [new_job(f"old{i}", "2026-01-01T00:00:00Z")] for i in range(100)}
+    jobs = {f"old{i}": new_job(f"old{i}", "2026-01-01T00:00:00Z") for i in range(100)}
     for i in range(100):
         for _ in range(4):  # 1, 2, 4, 8 s
             controller.retries.failed(f"old{i}", 0.0)
     controller.retries.failed("new", 0.0)
-    jobs["new"] = [new_job("new", utcnow().isoformat().replace("+00:00", "Z"))]
+    jobs["new"] = new_job("new", utcnow().isoformat().replace("+00:00", "Z"))
     controller.bind(jobs, {}, {})
     now = utcnow()
-    due = [uid for uid in jobs if controller._retry_due(uid, jobs[uid][0], now, 1.5) is not None]
+    due = [uid for uid in jobs if controller._retry_due(uid, jobs[uid], now, 1.5) is not None]
     assert due == ["new"]
-    assert controller._retry_due("old0", jobs["old0"][0], now, 8.5) is not None
+    assert controller._retry_due("old0", jobs["old0"], now, 8.5) is not None

@@ -66,14 +66,14 @@ def test_every_pod_event_takes_the_pod_out_of_the_admitters_overlay():
 
 def test_job_events_ask_for_a_pass_only_when_a_waiting_jobs_view_is_new_or_changed():
     body = job_body("a")
-    bodies = {"uid-a": [body]}
+    bodies = {"uid-a": body}
     c = controller()
     c.bind(bodies, {}, {})
 
     def changes(rv: str, spec: dict | None = None, **status) -> bool:
-        old = bodies["uid-a"][0]
-        bodies["uid-a"] = [{**old, "metadata": {**old["metadata"], "resourceVersion": rv},
-                            "spec": spec or old["spec"], "status": {**old["status"], **status}}]
+        old = bodies["uid-a"]
+        bodies["uid-a"] = {**old, "metadata": {**old["metadata"], "resourceVersion": rv},
+                          "spec": spec or old["spec"], "status": {**old["status"], **status}}
         return c.job_event("uid-a")
 
     assert c.job_event("uid-a")  # a new waiting job
@@ -87,7 +87,7 @@ def test_job_events_ask_for_a_pass_only_when_a_waiting_jobs_view_is_new_or_chang
 def two_jobs() -> tuple[Controller, dict, dict]:
     """A controller over jobs a and b (both Queued); only a's event was handled yet."""
     a, b = job_body("a"), job_body("b")
-    index = {"uid-a": [a], "uid-b": [b]}
+    index = {"uid-a": a, "uid-b": b}
     c = controller()
     c.bind(index, {}, {})
     c.job_event("uid-a")
@@ -107,7 +107,7 @@ def test_a_pass_reads_the_views_job_events_left_and_this_processs_own_newer_writ
 
 
 def test_prune_drops_the_views_of_jobs_gone_from_the_index():
-    index = {"uid-a": [job_body("a")]}
+    index = {"uid-a": job_body("a")}
     c = controller()
     c.bind(index, {}, {})
     c.job_event("uid-a")
@@ -122,8 +122,8 @@ def test_the_jobs_by_phase_gauge_reads_the_views_at_scrape_time_not_at_each_pass
     c.job_event("uid-b")
     scrape = c.metrics.registry.get_sample_value
     assert scrape("lora_operator_jobs", {"phase": "Queued"}) == 2
-    index["uid-a"] = [{**a, "metadata": {**a["metadata"], "resourceVersion": "2"},
-                       "status": {**a["status"], "phase": "Running"}}]
+    index["uid-a"] = {**a, "metadata": {**a["metadata"], "resourceVersion": "2"},
+                      "status": {**a["status"], "phase": "Running"}}
     c.job_event("uid-a")  # no pass ran in between
     assert scrape("lora_operator_jobs", {"phase": "Queued"}) == 1
     assert scrape("lora_operator_jobs", {"phase": "Running"}) == 1

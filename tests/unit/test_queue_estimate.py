@@ -119,7 +119,7 @@ def test_the_operators_estimate_of_a_long_queue_simulates_fewer_passes_and_still
         for i in range(queued)]
     controller = Controller(SimpleNamespace(own_writes=OwnWrites()), OperatorConfig(), OperatorMetrics(),
                             lambda *a: None)
-    controller.bind({b["metadata"]["uid"]: [b] for b in bodies}, {}, {"n": [node("n")]})
+    controller.bind({b["metadata"]["uid"]: b for b in bodies}, {}, {"n": [node("n")]})
     for b in bodies:
         controller.job_event(b["metadata"]["uid"])
     controller.estimate_starts()
