@@ -18,7 +18,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from testground.dashboard import DEFAULT_PORT, DashboardError, check_job_shown, preview_samples, start_ui
+from lora_operator.kubectl_lora.cli import UI_PORT
+from testground.dashboard import DashboardError, check_job_shown, preview_samples, start_ui
 from testground.kubelet_shim import KubeletShim
 from testground.operator import OperatorProcess, install_crds, storage_secret
 from testground.seed import upload
@@ -111,7 +112,7 @@ def test_the_dashboard_shows_the_demo_job_with_every_epochs_previews(ground, fin
     ui = start_ui(ground, NS, work / "ui.log")
     try:
         assert ui.command.startswith(f"kubectl lora ui --kubeconfig {ground.kubeconfig} -n {NS} ")
-        assert ("--port" in ui.args) == (not ui.url.endswith(f":{DEFAULT_PORT}"))
+        assert ("--port" in ui.args) == (not ui.url.endswith(f":{UI_PORT}"))
         seen = check_job_shown(ui.url, "demo", done["spec"], work / "shots")
         prompts, seeds = preview_samples(done["spec"])
         # Both epochs' columns, each the sheet's row: the trigger prompt at seeds 0-3, then the control prompt.
