@@ -26,16 +26,16 @@ from .config import OperatorConfig
 from .confirmed import Confirmed
 from .endpoints import EndpointError
 from .finished_jobs import FinishedJobs, seconds_past
-from .input_checks import missing_input
+from .input_checks import DATASET, check_input, missing_input
 from .job_storage import JobStorage, SecretUnusable, secret_name
 from .k8s import Conflict, Kube, describe_error
 from .kueue_attempts import KueueAttempts
 from .metrics import OperatorMetrics
 from .outcome import ActionKind, classify, next_action
 from .render import output_prefix
-from .results import Reports, apply_reports, dataset_is_empty, read_reports
+from .results import Reports, apply_reports, read_reports
 from .status_writer import StatusWriter
-from .storage import ObjectNotFound, StorageError
+from .storage import StorageError
 from .views import JobView, parse_time, pod_active, pod_snapshot
 from .webhook import WebhookSender
 
@@ -141,7 +141,7 @@ class Lifecycle(KueueAttempts, FinishedJobs):
             log.warning("%s: cannot list the dataset yet: %s", job.key, checked)
         refused = policy.refusal(spec, self.config) or missing_input(
             spec, lambda uri: self.storage.open(uri, job.namespace, spec), (access.target, access.access_key),
-            self.confirmed)
+            self.confirmed, self.secret_of(job, spec))
         if refused is not None:
             return self.fail(job, *refused, now)
         resolved = spec.to_resource()
@@ -155,28 +155,19 @@ class Lifecycle(KueueAttempts, FinishedJobs):
         return None
 
     def check_dataset(self, job: JobView, spec: JobSpec, access=None) -> tuple[Reason, str] | str | None:
-        """Whether spec.dataset.uri holds files, with the job's own Secret: None when it does (or is
-        not in S3), (reason, message) when it does not or access is denied, and the error's text
-        when storage could not answer yet (the caller decides whether to wait)."""
+        """Whether spec.dataset.uri holds files, with the job's own Secret (`input_checks.check_input`):
+        None when it does, (reason, message) when it does not or access is denied, the error's text
+        when storage could not answer yet."""
         uri = spec.dataset.uri if spec.dataset else None
-        if not uri or not uri.startswith("s3://"):
+        if not uri:
             return None
         access = access or self.storage.access(job.namespace, spec)
-        dataset = ("dataset", access.target, access.access_key, uri)
-        if dataset in self.confirmed:
-            return None
-        try:
-            if dataset_is_empty(self.storage.open(uri, job.namespace, spec)):
-                return Reason.DATASET_EMPTY, f"spec.dataset.uri: {uri} holds no files"
-        except ObjectNotFound as err:
-            return Reason.DATASET_EMPTY, f"spec.dataset.uri: {uri}: {err}"  # err says that it does not exist
-        except StorageError as err:
-            if err.denied:
-                return Reason.STORAGE_ACCESS_DENIED, (f"spec.dataset.uri: {err} (with the keys of "
-                                                      f"Secret {job.namespace}/{secret_name(spec, self.config)})")
-            return str(err)
-        self.confirmed.add(dataset)
-        return None
+        return check_input(DATASET, uri, lambda u: self.storage.open(u, job.namespace, spec),
+                           (access.target, access.access_key), self.confirmed, self.secret_of(job, spec))
+
+    def secret_of(self, job: JobView, spec: JobSpec) -> str:
+        """The job's storage Secret as namespace/name, as input checks name it."""
+        return f"{job.namespace}/{secret_name(spec, self.config)}"
 
     def fail(self, job: JobView, reason: str, message: str, now: datetime) -> None:
         status = st.failed(job.status, reason=reason, message=message, now=now)
