@@ -38,6 +38,12 @@ def helm_binary() -> Path:
     return found
 
 
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    """The test ground's helm binary (a module's `helm = chart.helm` makes it that module's fixture)."""
+    return helm_binary()
+
+
 def run_helm(helm: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """helm with `args`; with `check`, a failure is an AssertionError carrying helm's output."""
     result = subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=120)
@@ -71,3 +77,13 @@ def one(docs: list[dict], kind: str) -> dict:
 
 def operator_container(docs: list[dict]) -> dict:
     return one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+def granted_by(rules: list[dict]) -> dict[tuple[str, str], set[str]]:
+    """(apiGroup, resource) -> verbs of a role's rules."""
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    return granted

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from testground.chart import CHART, KUBE_VERSION, ROOT, helm_binary, of_kind, one, operator_container, render, run_helm
+from testground import chart
+from testground.chart import CHART, KUBE_VERSION, ROOT, of_kind, one, operator_container, render, run_helm
 
 PEERING_CRDS = "kopf-peering.yaml"
 UNSET_BY_CHART = {"LORA_API_CONNECTIONS", "LORA_LIST_CHUNK", "LORA_PEERING_LIFETIME", "LORA_MALLOC_ARENAS",
@@ -22,9 +23,7 @@ UNSET_BY_CHART = {"LORA_API_CONNECTIONS", "LORA_LIST_CHUNK", "LORA_PEERING_LIFET
 """Process tuning and diagnostics: the chart leaves them at their defaults (operator.extraEnv sets them)."""
 
 
-@pytest.fixture(scope="module")
-def helm() -> Path:
-    return helm_binary()
+helm = chart.helm  # the test ground's helm binary, as this module's fixture
 
 
 def test_chart_lints_strictly(helm: Path) -> None:

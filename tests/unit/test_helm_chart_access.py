@@ -9,14 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
+from testground import chart
+from testground.chart import CHART, granted_by, of_kind, one, render, run_helm
 
-from testground.chart import CHART, helm_binary, of_kind, one, render, run_helm
-
-
-@pytest.fixture(scope="module")
-def helm() -> Path:
-    return helm_binary()
+helm = chart.helm  # the test ground's helm binary, as this module's fixture
 
 
 EXPECTED_RULES = {
@@ -73,16 +69,6 @@ def test_rbac_is_least_privilege_without_wildcards(helm: Path) -> None:
     wider = render(helm, "storage.allowedSecretNames={team-s3,lora-storage}")
     secrets = next(rule for rule in one(wider, "ClusterRole")["rules"] if rule["resources"] == ["secrets"])
     assert secrets["resourceNames"] == ["lora-storage", "team-s3"]
-
-
-def granted_by(rules: list[dict]) -> dict[tuple[str, str], set[str]]:
-    """(apiGroup, resource) -> verbs of a role's rules."""
-    granted: dict[tuple[str, str], set[str]] = {}
-    for rule in rules:
-        for group in rule["apiGroups"]:
-            for resource in rule["resources"]:
-                granted.setdefault((group, resource), set()).update(rule["verbs"])
-    return granted
 
 
 NAMESPACED = {("", "pods"), ("", "serviceaccounts"), ("", "secrets")}
