@@ -1,6 +1,7 @@
-"""The life of one job after it is created: resolve, suspend, deadline, pod outcomes, results,
-TTL and the selected checkpoint. Decisions come from the pure modules (outcome,
-status_transitions); this module carries them out through the k8s adapter and storage.
+"""The life of one job after it is created: resolve, suspend, deadline, pod outcomes, results
+(and, mixed in, Kueue's attempts: `kueue_attempts`; a finished job's TTL and selected checkpoint:
+`finished_jobs`). Decisions come from the pure modules (outcome, status_transitions); this module
+carries them out through the k8s adapter and storage.
 
 Runs in a worker thread, one job at a time (the controller holds a per-job lock); every status
 write goes through `status_writer`.
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import multikueue, policy, selection, webhook
+from . import multikueue, policy, webhook
 from . import status_transitions as st
 from .api import FINISHED_PHASES, ConditionType, JobSpec, JobStatus, Phase, Reason, SpecError, resolve_spec, spec_hash
 from .api.resolve import template_pod
@@ -24,17 +25,18 @@ from .api.status import Attempt, JobOutput
 from .config import OperatorConfig
 from .confirmed import Confirmed
 from .endpoints import EndpointError
-from .input_checks import missing_input
+from .finished_jobs import FinishedJobs, seconds_past
+from .input_checks import DATASET, check_input, missing_input
 from .job_storage import JobStorage, SecretUnusable, secret_name
 from .k8s import Conflict, Kube, describe_error
 from .kueue_attempts import KueueAttempts
 from .metrics import OperatorMetrics
 from .outcome import ActionKind, classify, next_action
 from .render import output_prefix
-from .results import Reports, apply_reports, dataset_is_empty, delete_checkpoints, finalize, read_reports
+from .results import Reports, apply_reports, read_reports
 from .status_writer import StatusWriter
-from .storage import ObjectNotFound, StorageError
-from .views import JobView, pod_active, pod_snapshot
+from .storage import StorageError
+from .views import JobView, parse_time, pod_active, pod_snapshot
 from .webhook import WebhookSender
 
 log = logging.getLogger(__name__)
@@ -50,8 +52,9 @@ POD_CREATE_GRACE = timedelta(seconds=30)
 
 
 @dataclass
-class Lifecycle(KueueAttempts):
-    """Carries out one job's transitions (those of jobs Kueue admits: `KueueAttempts`)."""
+class Lifecycle(KueueAttempts, FinishedJobs):
+    """Carries out one job's transitions (those of jobs Kueue admits: `KueueAttempts`; a finished job's
+    housekeeping: `FinishedJobs`)."""
 
     kube: Kube
     config: OperatorConfig
@@ -138,7 +141,7 @@ class Lifecycle(KueueAttempts):
             log.warning("%s: cannot list the dataset yet: %s", job.key, checked)
         refused = policy.refusal(spec, self.config) or missing_input(
             spec, lambda uri: self.storage.open(uri, job.namespace, spec), (access.target, access.access_key),
-            self.confirmed)
+            self.confirmed, self.secret_of(job, spec))
         if refused is not None:
             return self.fail(job, *refused, now)
         resolved = spec.to_resource()
@@ -152,28 +155,19 @@ class Lifecycle(KueueAttempts):
         return None
 
     def check_dataset(self, job: JobView, spec: JobSpec, access=None) -> tuple[Reason, str] | str | None:
-        """Whether spec.dataset.uri holds files, with the job's own Secret: None when it does (or is
-        not in S3), (reason, message) when it does not or access is denied, and the error's text
-        when storage could not answer yet (the caller decides whether to wait)."""
+        """Whether spec.dataset.uri holds files, with the job's own Secret (`input_checks.check_input`):
+        None when it does, (reason, message) when it does not or access is denied, the error's text
+        when storage could not answer yet."""
         uri = spec.dataset.uri if spec.dataset else None
-        if not uri or not uri.startswith("s3://"):
+        if not uri:
             return None
         access = access or self.storage.access(job.namespace, spec)
-        dataset = ("dataset", access.target, access.access_key, uri)
-        if dataset in self.confirmed:
-            return None
-        try:
-            if dataset_is_empty(self.storage.open(uri, job.namespace, spec)):
-                return Reason.DATASET_EMPTY, f"spec.dataset.uri: {uri} holds no files"
-        except ObjectNotFound as err:
-            return Reason.DATASET_EMPTY, f"spec.dataset.uri: {uri}: {err}"  # err says that it does not exist
-        except StorageError as err:
-            if err.denied:
-                return Reason.STORAGE_ACCESS_DENIED, (f"spec.dataset.uri: {err} (with the keys of "
-                                                      f"Secret {job.namespace}/{secret_name(spec, self.config)})")
-            return str(err)
-        self.confirmed.add(dataset)
-        return None
+        return check_input(DATASET, uri, lambda u: self.storage.open(u, job.namespace, spec),
+                           (access.target, access.access_key), self.confirmed, self.secret_of(job, spec))
+
+    def secret_of(self, job: JobView, spec: JobSpec) -> str:
+        """The job's storage Secret as namespace/name, as input checks name it."""
+        return f"{job.namespace}/{secret_name(spec, self.config)}"
 
     def fail(self, job: JobView, reason: str, message: str, now: datetime) -> None:
         status = st.failed(job.status, reason=reason, message=message, now=now)
@@ -246,7 +240,7 @@ class Lifecycle(KueueAttempts):
         """Classifies the current attempt's pod and acts on how it ended."""
         attempt = job.status.attempts[-1] if job.status.attempts else None
         pod = self.attempt_pod(job, attempt, pods)
-        if pod is None and attempt and attempt.start_time and now - _parse(attempt.start_time) < POD_CREATE_GRACE:
+        if pod is None and attempt and attempt.start_time and now - parse_time(attempt.start_time) < POD_CREATE_GRACE:
             return None
         node = job.status.node
         outcome = classify(pod_snapshot(pod, node_exists=not node or self.node_exists(node)), now,
@@ -313,64 +307,6 @@ class Lifecycle(KueueAttempts):
             return status
         return apply_reports(status, reports, output_prefix(spec, job.namespace, job.name, job.uid))
 
-    def housekeep(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
-        """A finished job: no pod left, the selected checkpoint finalized, deleted after its TTL."""
-        self.delete_pods(job, pods)
-        self.metrics.forget_job(job.namespace, job.name)
-        if (job.spec.get("selectedCheckpoint") and job.status.phase in (Phase.SUCCEEDED, Phase.CANCELLED)
-                and job.status.resolved_spec is not None):  # cancelled before it was resolved: nothing to select
-            self.carry_out_selection(job)
-        ttl = job.spec.get("ttlSecondsAfterFinished")
-        if ttl is not None and seconds_past(job.status.completion_time, now, ttl):
-            self.kube.delete_job(job.namespace, job.name)
-        return None
-
-    def carry_out_selection(self, job: JobView) -> None:
-        """spec.selectedCheckpoint (a name or auto) copied to final/; with spec.deleteUnselected
-        the other checkpoints deleted from storage and dropped from status.checkpoints. Both may
-        be set or changed after the run; each reconcile does what is not done yet."""
-        spec = JobSpec.model_validate(job.status.resolved_spec)
-        status, events = job.status, []  # events: (reason, message) once the status is written
-        try:
-            choice = selection.choose(job.spec["selectedCheckpoint"], status.checkpoints)
-        except ValueError as err:
-            return self.note_selection_error(job, str(err))
-        output = status.output or JobOutput()
-        try:
-            store = self.storage.open(output_prefix(spec, job.namespace, job.name, job.uid), job.namespace, spec,
-                                      quick=False)
-        except (StorageError, EndpointError) as err:
-            return self.note_selection_error(job, f"spec.selectedCheckpoint: {err}")
-        if choice.name != output.checkpoint:
-            try:
-                output = finalize(store, job.uid, choice.name)
-            except StorageError as err:
-                return self.note_selection_error(job, f"spec.selectedCheckpoint: {err}")
-            events.append((Reason.CHECKPOINT_SELECTED, f"{choice.why}; copied to {output.uri}"))
-        if output.selection != choice.why:
-            output = output.model_copy(update={"selection": choice.why})
-            status = status.model_copy(update={"output": output, "message": f"{choice.why}; copied to {output.uri}"})
-        doomed = selection.unselected(status.checkpoints, choice.name) if job.spec.get("deleteUnselected") else []
-        if doomed:
-            try:
-                delete_checkpoints(store, doomed)
-            except StorageError as err:
-                return self.note_selection_error(job, f"spec.deleteUnselected: {err}")
-            kept = [r for r in status.checkpoints if r.name == choice.name]
-            message = f"deleted the unselected checkpoints {', '.join(doomed)}; kept {choice.name}"
-            status = status.model_copy(update={"checkpoints": kept, "message": message})
-            events.append((Reason.CHECKPOINTS_DELETED, message))
-        if status is not job.status:
-            self.statuses.write(job, status)
-        for reason, message in events:
-            self.emit(job.body, "Normal", reason, message)
-        return None
-
-    def note_selection_error(self, job: JobView, message: str) -> None:
-        if job.status.message != message:  # once, not on every reconcile
-            self.statuses.write(job, job.status.model_copy(update={"message": message}))
-            self.emit(job.body, "Warning", Reason.CHECKPOINT_SELECTED, message)
-
     def cancel_requested(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
         """spec.cancel: the pod goes, the job ends Cancelled with what its finished epochs wrote
         (checkpoints, previews) read into its status; storage keeps them."""
@@ -419,18 +355,4 @@ class Lifecycle(KueueAttempts):
             self.metrics.set_job_progress(job.namespace, job.name, p.percent / 100, p.steps_per_second, p.loss)
         with contextlib.suppress(Conflict):  # the next tick reads again
             self.statuses.write(job, new)
-
-
-def seconds_past(since: str | None, now: datetime, limit: int, *, strictly: bool = False) -> bool:
-    """Whether `limit` seconds have passed (more than that with `strictly`) since the RFC 3339
-    time `since`; False when it is unset. Compared as numbers: a timedelta of a limit the
-    schema allows (up to 2^63-1 s) overflows."""
-    if not since:
-        return False
-    elapsed = (now - _parse(since)).total_seconds()
-    return elapsed > int(limit) if strictly else elapsed >= int(limit)
-
-
-def _parse(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 

@@ -170,7 +170,7 @@ ADMISSION = [
     FailsAtAdmission("missing template", {"template": "no-such-template"}, "TemplateNotFound",
                      ("spec.template", "no-such-template")),
     FailsAtAdmission("empty dataset prefix", {"dataset": {"uri": "s3://datasets/nothing-here/"}}, "DatasetEmpty",
-                     ("spec.dataset.uri", "s3://datasets/nothing-here/", "holds no files")),
+                     ("spec.dataset.uri", "nothing under s3://datasets/nothing-here/")),
     FailsAtAdmission("dataset bucket that does not exist", {"dataset": {"uri": "s3://no-such-bucket/x/"}},
                      "DatasetEmpty", ("spec.dataset.uri", "s3://no-such-bucket/", "does not exist")),
     FailsAtAdmission("base model that does not exist", {"baseModel": {"uri": "s3://models/no-such-model"}},

@@ -12,6 +12,7 @@ from PIL import Image
 from lora_operator.kubectl_lora import main
 from lora_operator.kubectl_lora.sheet import LABEL_WIDTH, PAD
 from testground.operator import KWOK_DATASET, install_crds, run_kubectl_json
+from testground.tenant import tenant
 
 pytestmark = pytest.mark.cluster
 
@@ -67,10 +68,8 @@ def upload_outputs(minio, bucket: str, ns: str, name: str) -> None:
 def setup(ground):
     install_crds(ground)
     ns, bucket = f"t-{uuid.uuid4().hex[:8]}", f"k-{uuid.uuid4().hex[:8]}"
-    ground.kubectl("create", "namespace", ns)
-    ground.minio.client().make_bucket(bucket)
-    yield ns, bucket
-    ground.kubectl("delete", "namespace", ns, "--wait=false")
+    with tenant(ground, ns, bucket=bucket):
+        yield ns, bucket
 
 
 def make_finished_job(ground, setup, name: str, phase: str = "Succeeded") -> str:

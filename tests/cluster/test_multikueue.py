@@ -21,8 +21,9 @@ from lora_operator.multikueue import MANAGED_BY
 from lora_operator.render import pod_name
 from testground.kubelet_shim import KubeletShim
 from testground.multikueue import Worker
-from testground.operator import KWOK_DATASET, OperatorProcess, install_crds, run_kubectl_json, storage_secret
+from testground.operator import KWOK_DATASET, OperatorProcess, install_crds, run_kubectl_json
 from testground.seed import make_dataset, upload
+from testground.tenant import tenant
 from tinymodels import build_tiny_model
 
 pytestmark = [pytest.mark.cluster, pytest.mark.multikueue]
@@ -44,8 +45,7 @@ def worker(ground, tmp_path_factory):
     try:
         w.up(gpu_nodes=1, gpus=8)
         for cluster in (ground, w.ground):
-            cluster.kubectl("create", "namespace", NS)
-            cluster.apply(storage_secret(ground, NS))
+            tenant(cluster, NS, storage=ground)
         w.ground.kubectl("create", "serviceaccount", TRAINER_SA, "-n", NS)
         manager_objects = w.connect(NS)
         yield w
@@ -65,8 +65,6 @@ def inputs(ground, tmp_path_factory):
     upload(ground, "s3://models/tiny-sd15/", build_tiny_model("sd15", folder / "tiny-sd15"))
     make_dataset(folder / "dataset")
     upload(ground, "s3://datasets/demo/", folder / "dataset")
-    if not ground.minio.client().bucket_exists("loras"):
-        ground.minio.client().make_bucket("loras")
 
 
 def demo_job(name: str, **spec) -> dict:

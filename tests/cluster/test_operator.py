@@ -18,8 +18,9 @@ from lora_operator.api.reports import ProgressReport
 from lora_operator.controller import ESTIMATE_SECONDS
 from lora_operator.status_transitions import rfc3339
 from lora_operator.views import parse_time
-from testground.operator import OperatorProcess, install_crds, kwok_job, run_kubectl_json, storage_secret
+from testground.operator import OperatorProcess, install_crds, kwok_job, run_kubectl_json
 from testground.podstatus import report, terminated
+from testground.tenant import tenant
 
 pytestmark = pytest.mark.cluster
 
@@ -34,11 +35,8 @@ def operator(ground, tmp_path_factory):
 
 @pytest.fixture
 def ns(ground, request):
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    ground.kubectl("create", "namespace", name)
-    ground.apply(storage_secret(ground, name))
-    yield name
-    ground.kubectl("delete", "namespace", name, "--wait=false")
+    with tenant(ground, f"t-{uuid.uuid4().hex[:8]}") as t:
+        yield t.namespace
 
 
 def job(name: str, gpu_type: str, priority: int = 0, **spec) -> dict:

@@ -209,8 +209,36 @@ def test_a_single_file_base_model_passes_the_operator_s_input_check_and_a_missin
     def check(uri):
         spec = resolve_spec({"baseModel": {"family": "sdxl", "uri": uri}, "dataset": {"uri": "s3://d/x/"},
                              "output": {"uri": "s3://o/"}})
-        return missing_input(spec, opener, "minio", Confirmed())
+        return missing_input(spec, opener, "minio", Confirmed(), secret="ns/lora-storage")
 
     assert check(f"s3://{bucket}/models/anime-xl.safetensors") is None
     reason, message = check(f"s3://{bucket}/models/absent.safetensors")
     assert reason == Reason.MODEL_NOT_FOUND and "spec.baseModel.uri" in message and "absent.safetensors" in message
+
+
+def test_the_dataset_check_answers_empty_denied_and_cannot_answer_apart(minio_server, bucket):
+    """The operator's dataset check (resolve's, and a Kueue attempt's gate's): an empty prefix and keys
+    that may not read it fail the job, naming the field, the URI and the Secret; storage that cannot
+    answer gives the error's text, on which resolve goes on and the gate stays closed."""
+    from lora_operator.api import Reason
+    from lora_operator.confirmed import Confirmed
+    from lora_operator.input_checks import DATASET, check_input
+    from lora_operator.storage import open_store
+
+    env = minio_server.env()
+    minio_server.client().put_object(bucket, "dogs/a.png", io.BytesIO(b"png"), 3)
+
+    def check(uri, endpoint=env["S3_ENDPOINT"], secret_key=env["AWS_SECRET_ACCESS_KEY"]):
+        def opener(u):
+            return open_store(u, endpoint=endpoint, access_key=env["AWS_ACCESS_KEY_ID"], secret_key=secret_key,
+                              secure=False, policy=RetryPolicy(total_seconds=1))
+
+        return check_input(DATASET, uri, opener, (endpoint, secret_key), Confirmed(), "ns/lora-storage")
+
+    assert check(f"s3://{bucket}/dogs/") is None
+    assert check(f"s3://{bucket}/cats/") == (Reason.DATASET_EMPTY, f"spec.dataset.uri: nothing under s3://{bucket}/cats/")
+    reason, message = check(f"s3://{bucket}/dogs/", secret_key="not-the-key")
+    assert reason == Reason.STORAGE_ACCESS_DENIED and message.startswith("spec.dataset.uri: ")
+    assert message.endswith("(with the keys of Secret ns/lora-storage)") and bucket in message
+    unreachable = check(f"s3://{bucket}/dogs/", endpoint="127.0.0.1:1")
+    assert isinstance(unreachable, str) and f"s3://{bucket}/dogs/" in unreachable

@@ -17,8 +17,9 @@ import pytest
 import yaml
 
 from testground.kubelet_shim import KubeletShim
-from testground.operator import OperatorProcess, install_crds, storage_secret
+from testground.operator import OperatorProcess, install_crds
 from testground.seed import make_dataset, upload
+from testground.tenant import tenant
 from tinymodels import build_tiny_model
 
 pytestmark = pytest.mark.e2e
@@ -43,13 +44,8 @@ def test_the_second_job_lands_on_the_node_with_its_model_and_downloads_nothing(g
     upload(ground, model, build_tiny_model("sd15", tmp_path / "tiny-sd15"))
     make_dataset(tmp_path / "dataset")
     upload(ground, "s3://datasets/demo/", tmp_path / "dataset")
-    if not ground.minio.client().bucket_exists("loras"):
-        ground.minio.client().make_bucket("loras")
-    ns = f"cache-{suffix}"
-    ground.kubectl("create", "namespace", ns)
-    ground.apply(storage_secret(ground, ns))
-    gpu_type = f"cache{suffix}"
-    first, second = ground.add_gpu_nodes(2, gpus=1, gpu_type=gpu_type, prefix=f"cache-{suffix}")
+    ns, gpu_type = f"cache-{suffix}", f"cache{suffix}"
+    first, second = tenant(ground, ns, gpu_type, nodes=2, prefix=f"cache-{suffix}").nodes
     operator = OperatorProcess(ground, tmp_path / "operator.log",
                                extra_env={"LORA_MODEL_CACHE_HOST_PATH": HOST_PATH}).start()
     shim = KubeletShim(ground, tmp_path / "pods", namespaces=frozenset({ns})).start()

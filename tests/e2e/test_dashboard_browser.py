@@ -22,9 +22,10 @@ import yaml
 from lora_operator.kubectl_lora import main as kubectl_lora
 from testground.dashboard import start_ui
 from testground.kubelet_shim import KubeletShim
-from testground.operator import OperatorProcess, install_crds, storage_secret
+from testground.operator import OperatorProcess, install_crds
 from testground.procs import free_port
 from testground.seed import make_dataset, upload
+from testground.tenant import tenant
 from tinymodels import build_tiny_model
 
 CHROMIUM = shutil.which("chromium")
@@ -68,12 +69,7 @@ def dashboard(ground, tmp_path_factory):
     upload(ground, "s3://models/tiny-sd15/", build_tiny_model("sd15", work / "tiny-sd15"))
     make_dataset(work / "dataset")
     upload(ground, "s3://datasets/demo/", work / "dataset")
-    client = ground.minio.client()
-    if not client.bucket_exists("loras"):
-        client.make_bucket("loras")
-    ground.kubectl("create", "namespace", NS)
-    ground.apply(storage_secret(ground, NS))
-    ground.add_gpu_nodes(1, gpus=1, gpu_type=GPU_TYPE, prefix="ui")
+    tenant(ground, NS, GPU_TYPE, prefix="ui")
     ui = start_ui(ground, NS, work / "ui.log", port=free_port())
     operator = OperatorProcess(ground, work / "operator.log").start()
     shim = KubeletShim(ground, work / "pods", namespaces=frozenset({NS})).start()

@@ -18,10 +18,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from testground.dashboard import DEFAULT_PORT, DashboardError, check_job_shown, preview_samples, start_ui
+from lora_operator.kubectl_lora.cli import UI_PORT
+from testground.dashboard import DashboardError, check_job_shown, preview_samples, start_ui
 from testground.kubelet_shim import KubeletShim
-from testground.operator import OperatorProcess, install_crds, storage_secret
+from testground.operator import OperatorProcess, install_crds
 from testground.seed import upload
+from testground.tenant import tenant
 from tinyworld.cache import tinybase
 from tinyworld.concept import (
     CONTROL_PROMPTS,
@@ -82,12 +84,7 @@ def finished_demo(ground, tmp_path_factory):
     upload(ground, "s3://datasets/concept/", write_concept_set(work / "dataset"))
     prior = demo_spec()["dataset"]["regularization"]["uri"]
     upload(ground, prior, write_prior_set(tinybase("flow"), work / "prior"))
-    client = ground.minio.client()
-    if not client.bucket_exists("loras"):
-        client.make_bucket("loras")
-    ground.kubectl("create", "namespace", NS)
-    ground.apply(storage_secret(ground, NS))
-    ground.add_gpu_nodes(1, gpus=1, gpu_type=GPU_TYPE, prefix="demoui")
+    tenant(ground, NS, GPU_TYPE)
     operator = OperatorProcess(ground, work / "operator.log").start()
     shim = KubeletShim(ground, work / "pods", namespaces=frozenset({NS})).start()
 
@@ -111,7 +108,7 @@ def test_the_dashboard_shows_the_demo_job_with_every_epochs_previews(ground, fin
     ui = start_ui(ground, NS, work / "ui.log")
     try:
         assert ui.command.startswith(f"kubectl lora ui --kubeconfig {ground.kubeconfig} -n {NS} ")
-        assert ("--port" in ui.args) == (not ui.url.endswith(f":{DEFAULT_PORT}"))
+        assert ("--port" in ui.args) == (not ui.url.endswith(f":{UI_PORT}"))
         seen = check_job_shown(ui.url, "demo", done["spec"], work / "shots")
         prompts, seeds = preview_samples(done["spec"])
         # Both epochs' columns, each the sheet's row: the trigger prompt at seeds 0-3, then the control prompt.

@@ -11,8 +11,9 @@ import pytest
 
 from lora_operator.kubectl_lora import main as kubectl_lora
 from testground.kubelet_shim import KubeletShim
-from testground.operator import OperatorProcess, install_crds, storage_secret
+from testground.operator import OperatorProcess, install_crds
 from testground.seed import make_dataset, upload
+from testground.tenant import tenant
 from tinymodels import build_tiny_model
 
 pytestmark = pytest.mark.e2e
@@ -24,11 +25,7 @@ def test_demo_job_trains_for_real_and_reports_checkpoints_previews_and_final(gro
     upload(ground, "s3://models/tiny-sd15/", build_tiny_model("sd15", tmp_path / "tiny-sd15"))
     make_dataset(tmp_path / "dataset")
     upload(ground, "s3://datasets/demo/", tmp_path / "dataset")
-    if not ground.minio.client().bucket_exists("loras"):
-        ground.minio.client().make_bucket("loras")
-    ground.kubectl("create", "namespace", "e2e")
-    ground.apply(storage_secret(ground, "e2e"))
-    ground.add_gpu_nodes(1, gpus=1, gpu_type="h100", prefix="e2e")
+    tenant(ground, "e2e", "h100", prefix="e2e")
     operator = OperatorProcess(ground, tmp_path / "operator.log").start()
     shim = KubeletShim(ground, tmp_path / "pods", namespaces=frozenset({"e2e"})).start()
     try:

@@ -19,12 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lora_operator.api import Previews, Training
+from lora_operator.kubectl_lora.cli import UI_PORT
 
 from .ground import Ground
 from .procs import Proc, free_port, wait_until
-
-DEFAULT_PORT = 8765
-"""`kubectl lora ui`'s own default port: the printed command names --port only when it differs."""
 
 
 class DashboardError(RuntimeError):
@@ -36,7 +34,7 @@ def ui_args(ground: Ground, namespace: str, port: int) -> list[str]:
     m = ground.minio
     args = ["ui", "--kubeconfig", str(ground.kubeconfig), "-n", namespace, "--s3-endpoint", m.endpoint,
             "--access-key", m.access_key, "--secret-key", m.secret_key, "--no-s3-secure"]
-    return args + (["--port", str(port)] if port != DEFAULT_PORT else [])
+    return args + (["--port", str(port)] if port != UI_PORT else [])  # the printed command as a user types it
 
 
 def _port_is_free(port: int) -> bool:
@@ -73,7 +71,7 @@ def start_ui(ground: Ground, namespace: str, log: Path, port: int | None = None,
         DashboardError: It exited or did not answer within `timeout` seconds (with its log's end).
     """
     if port is None:
-        port = DEFAULT_PORT if _port_is_free(DEFAULT_PORT) else free_port()
+        port = UI_PORT if _port_is_free(UI_PORT) else free_port()
     args = ui_args(ground, namespace, port)
     proc = Proc("kubectl-lora-ui", [sys.executable, "-m", "lora_operator.kubectl_lora", *args], log).start()
     url = f"http://127.0.0.1:{port}"

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -155,23 +157,70 @@ def train_vae(vae, pixels: torch.Tensor, recipe: Recipe, gen: torch.Generator, s
     return float(1.0 / latents.std())
 
 
+class World(NamedTuple):
+    """The procedural world as a denoiser trains on it, after its VAE."""
+
+    vae: Any
+    latents: torch.Tensor
+    """The pretraining images' latents, as the VAE's encoder gives them (unscaled)."""
+    captions: list[str]
+    gen: torch.Generator
+    """The generator the rest of pretraining draws from."""
+    scaling: float
+    """1 / std of the first latents, as `train_vae` measures it."""
+
+
+def encode_world(recipe: Recipe, build_vae, started: float) -> World:
+    """Seeds everything, trains the VAE `build_vae()` makes (the recipe's ``vae_*`` fields) and encodes the
+    pretraining set with it. `recipe` may be any kind that has those fields, seed, images and threads (a
+    `pretrain_flux.FluxRecipe` too)."""
+    torch.set_num_threads(recipe.threads)
+    torch.manual_seed(recipe.seed)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    images, captions = pretraining_set(recipe.images, recipe.seed)
+    pixels = pixels_of(images)
+    vae = build_vae()
+    scaling = train_vae(vae, pixels_of(autoencoder_set(recipe.images, recipe.seed + 1)), recipe, gen, started)
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(pixels[i:i + 256]).latent_dist.mode() for i in range(0, len(pixels), 256)])
+    return World(vae, latents, captions, gen, scaling)
+
+
+def fit(params: list[torch.nn.Parameter], loss_at: Callable[[int], torch.Tensor], *, steps: int, lr: float,
+        ema_decay: float, name: str, started: float) -> None:
+    """`steps` AdamW steps on `loss_at(step)` (warm-up, then cosine to a tenth), gradients clipped at 1;
+    `params` end as their exponential moving average."""
+    from diffusers.training_utils import EMAModel
+
+    ema = EMAModel(params, decay=ema_decay)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / steps))))
+    for step in range(steps):
+        loss = loss_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema.step(params)
+        if step % 100 == 0 or step == steps - 1:
+            _log(f"{name} step {step} loss {loss.item():.4f}", started)
+    ema.copy_to(params)
+
+
 def train_denoiser(unet, text_encoder, tokenizer, scheduler, latents: torch.Tensor, captions: list[str],
                    recipe: Recipe, gen: torch.Generator, started: float) -> None:
     """The diffusion objective of `recipe.prediction_type` on cached latents, UNet and text encoder together."""
+    from diffusers.training_utils import compute_snr
+
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
                       return_tensors="pt").input_ids
-    from diffusers.training_utils import EMAModel, compute_snr
+    v_prediction = recipe.prediction_type == "v_prediction"
 
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    ema = EMAModel(params, decay=recipe.ema_decay)
-    opt = torch.optim.AdamW(params, lr=recipe.unet_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / recipe.unet_steps))))
-    unet.train()
-    text_encoder.train()
-    for step in range(recipe.unet_steps):
+    def loss_at(step: int) -> torch.Tensor:
         pick = torch.randint(0, len(latents), (recipe.unet_batch,), generator=gen)
         x0 = latents[pick]
         batch_ids = ids[pick].clone()
@@ -180,37 +229,26 @@ def train_denoiser(unet, text_encoder, tokenizer, scheduler, latents: torch.Tens
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (recipe.unet_batch,), generator=gen)
         noisy = scheduler.add_noise(x0, noise, t)
-        target = scheduler.get_velocity(x0, noise, t) if recipe.prediction_type == "v_prediction" else noise
+        target = scheduler.get_velocity(x0, noise, t) if v_prediction else noise
         pred = unet(noisy, t, text_encoder(batch_ids)[0]).sample
         snr = compute_snr(scheduler, t)
-        weight = snr.clamp(max=recipe.min_snr_gamma) / (snr + 1 if recipe.prediction_type == "v_prediction" else snr)
-        loss = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        ema.step(params)
-        if step % 100 == 0 or step == recipe.unet_steps - 1:
-            _log(f"unet step {step} loss {loss.item():.4f}", started)
-    ema.copy_to(params)
+        weight = snr.clamp(max=recipe.min_snr_gamma) / (snr + 1 if v_prediction else snr)
+        return (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
+
+    unet.train()
+    text_encoder.train()
+    fit([*unet.parameters(), *text_encoder.parameters()], loss_at, steps=recipe.unet_steps, lr=recipe.unet_lr,
+        ema_decay=recipe.ema_decay, name="unet", started=started)
 
 
 def pretrain(recipe: Recipe, path: Path) -> Path:
     """Build and pretrain the base of `recipe`; write it as a diffusers StableDiffusionPipeline to `path`."""
     from diffusers import DDPMScheduler, StableDiffusionPipeline
     started = time.monotonic()
-    torch.set_num_threads(recipe.threads)
-    torch.manual_seed(recipe.seed)
-    gen = torch.Generator().manual_seed(recipe.seed)
-    images, captions = pretraining_set(recipe.images, recipe.seed)
-    pixels = pixels_of(images)
-    vae = build_vae()
-    scaling = train_vae(vae, pixels_of(autoencoder_set(recipe.images, recipe.seed + 1)), recipe, gen, started)
+    world = encode_world(recipe, build_vae, started)
+    vae, captions, gen, scaling = world.vae, world.captions, world.gen, world.scaling
     vae.register_to_config(scaling_factor=scaling)
-    with torch.no_grad():
-        latents = torch.cat([vae.encode(pixels[i:i + 256]).latent_dist.mode()
-                             for i in range(0, len(pixels), 256)]) * scaling
+    latents = world.latents * scaling
     _log(f"latents {tuple(latents.shape)} scaling {scaling:.3f}", started)
     tokenizer = write_word_tokenizer(path / "tokenizer", world_words())
     text_encoder = build_text_encoder(tokenizer)

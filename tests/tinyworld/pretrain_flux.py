@@ -17,12 +17,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .pretrain import TEXT_HIDDEN, TOKENS, _log, build_text_encoder, pixels_of, train_vae, write_word_tokenizer
-from .world import autoencoder_set, pretraining_set, world_words
+from .pretrain import TEXT_HIDDEN, TOKENS, _log, build_text_encoder, encode_world, fit, write_word_tokenizer
+from .world import world_words
 
 LATENT_CHANNELS = 16
 """As Flux.1's VAE: the trainer packs 2x2 patches of them into 64-wide tokens."""
@@ -110,7 +109,6 @@ def train_flow(transformer, clip, t5, tokenizers, latents: torch.Tensor, caption
                gen: torch.Generator, started: float) -> None:
     """Rectified flow on cached latents: transformer, CLIP and T5 together, logit-normal timesteps."""
     from diffusers import FluxPipeline
-    from diffusers.training_utils import EMAModel
 
     def ids(tokenizer, texts):
         return tokenizer(texts, padding="max_length", max_length=TOKENS, truncation=True,
@@ -121,14 +119,8 @@ def train_flow(transformer, clip, t5, tokenizers, latents: torch.Tensor, caption
     b, c, h, w = recipe.batch, *latents.shape[1:]
     img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, "cpu", torch.float32)
     txt_ids = torch.zeros(TOKENS, 3)
-    params = [*transformer.parameters(), *clip.parameters(), *t5.parameters()]
-    ema = EMAModel(params, decay=recipe.ema_decay)
-    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / recipe.steps))))
-    for module in (transformer, clip, t5):
-        module.train()
-    for step in range(recipe.steps):
+
+    def loss_at(step: int) -> torch.Tensor:
         pick = torch.randint(0, len(latents), (b,), generator=gen)
         x0 = latents[pick]
         drop = torch.rand(b, generator=gen) < recipe.caption_drop
@@ -142,16 +134,12 @@ def train_flow(transformer, clip, t5, tokenizers, latents: torch.Tensor, caption
             hidden_states=FluxPipeline._pack_latents(noisy, b, c, h, w), timestep=sigma,
             pooled_projections=clip(batch_clip).pooler_output, encoder_hidden_states=t5(batch_t5)[0],
             txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
-        loss = F.mse_loss(pred, FluxPipeline._pack_latents(noise - x0, b, c, h, w))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        ema.step(params)
-        if step % 100 == 0 or step == recipe.steps - 1:
-            _log(f"flow step {step} loss {loss.item():.4f}", started)
-    ema.copy_to(params)
+        return F.mse_loss(pred, FluxPipeline._pack_latents(noise - x0, b, c, h, w))
+
+    for module in (transformer, clip, t5):
+        module.train()
+    fit([*transformer.parameters(), *clip.parameters(), *t5.parameters()], loss_at, steps=recipe.steps,
+        lr=recipe.lr, ema_decay=recipe.ema_decay, name="flow", started=started)
 
 
 def pretrain(recipe: FluxRecipe, path: Path) -> Path:
@@ -159,16 +147,9 @@ def pretrain(recipe: FluxRecipe, path: Path) -> Path:
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
     started = time.monotonic()
-    torch.set_num_threads(recipe.threads)
-    torch.manual_seed(recipe.seed)
-    gen = torch.Generator().manual_seed(recipe.seed)
-    images, captions = pretraining_set(recipe.images, recipe.seed)
-    pixels = pixels_of(images)
-    vae = build_vae()
-    train_vae(vae, pixels_of(autoencoder_set(recipe.images, recipe.seed + 1)), recipe, gen, started)  # its vae_*
-    with torch.no_grad():
-        raw = torch.cat([vae.encode(pixels[i:i + 256]).latent_dist.mode() for i in range(0, len(pixels), 256)])
-    shift, scaling = float(raw.mean()), float(1.0 / raw.std())
+    world = encode_world(recipe, build_vae, started)
+    vae, raw, captions, gen = world.vae, world.latents, world.captions, world.gen
+    shift, scaling = float(raw.mean()), float(1.0 / raw.std())  # over all latents, as the shift is
     vae.register_to_config(shift_factor=shift, scaling_factor=scaling)
     latents = (raw - shift) * scaling
     _log(f"latents {tuple(latents.shape)} shift {shift:.3f} scaling {scaling:.3f}", started)

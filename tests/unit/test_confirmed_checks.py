@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 import pytest
 
 from lora_operator import input_checks
-from lora_operator import lifecycle as lifecycle_module
 from lora_operator.config import OperatorConfig
 from lora_operator.confirmed import Confirmed
 from lora_operator.lifecycle import Lifecycle
@@ -45,17 +44,15 @@ def job(name: str) -> JobView:
 def listings(monkeypatch):
     calls = {"n": 0, "empty": False, "models": 0, "model_empty": False}
 
-    def dataset_is_empty(store):
-        calls["n"] += 1
-        return calls["empty"]
-
-    def model_is_empty(store):
+    def dataset_is_empty(store):  # the dataset's and the base model's listings, counted apart
+        if store.uri.rstrip("/") == "s3://datasets/corgi":
+            calls["n"] += 1
+            return calls["empty"]
         assert store.uri.rstrip("/") == "s3://models/tiny"
         calls["models"] += 1
         return calls["model_empty"]
 
-    monkeypatch.setattr(lifecycle_module, "dataset_is_empty", dataset_is_empty)
-    monkeypatch.setattr(input_checks, "dataset_is_empty", model_is_empty)
+    monkeypatch.setattr(input_checks, "dataset_is_empty", dataset_is_empty)
     return calls
 
 

@@ -1,105 +1,37 @@
-"""The Helm chart, linted and rendered by the real `helm` binary of the test ground.
-
-helm is built from its Go module by tests/cluster/build-tools.sh into $LORA_TOOLS_DIR or
-~/.cache/lora-operator/tools/<versions>/. Without it these tests fail (run `make tools`),
-they never skip: a chart nobody renders is a chart nobody knows works.
+"""The Helm chart, linted and rendered by the real `helm` binary of the test ground
+(`testground.chart`): the operator's Deployment and the configuration its values carry to it, the
+values schema, the CRDs and examples it ships, its optional objects. Who may do what (RBAC, service
+accounts, the admission policy) is in test_helm_chart_access.py.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "lora-operator"
-KUBE_VERSION = "1.34.0"  # helm built from source assumes v1.20 unless told; the chart needs >= 1.29
+from testground import chart
+from testground.chart import CHART, KUBE_VERSION, ROOT, of_kind, one, operator_container, render, run_helm
+
 PEERING_CRDS = "kopf-peering.yaml"
 UNSET_BY_CHART = {"LORA_API_CONNECTIONS", "LORA_LIST_CHUNK", "LORA_PEERING_LIFETIME", "LORA_MALLOC_ARENAS",
                   "LORA_TRACEMALLOC", "LORA_TRACEMALLOC_FRAMES", "LORA_TRACEMALLOC_SECONDS"}
 """Process tuning and diagnostics: the chart leaves them at their defaults (operator.extraEnv sets them)."""
 
-EXPECTED_RULES = {
-    ("lora-operator.io", "loratrainingjobs"): {"get", "list", "watch", "patch", "delete"},
-    ("lora-operator.io", "loratrainingjobs/status"): {"get", "patch"},
-    ("lora-operator.io", "loratrainingtemplates"): {"get", "list", "watch"},
-    ("lora-operator.io", "clusterloratrainingtemplates"): {"get", "list", "watch"},
-    ("", "pods"): {"get", "list", "watch", "create", "delete"},
-    ("", "serviceaccounts"): {"create"},
-    ("", "nodes"): {"list", "watch"},
-    ("", "secrets"): {"get"},
-    ("", "events"): {"create"},
-    ("events.k8s.io", "events"): {"create"},
-    ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
-    ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
-}
 
-
-def _find_helm() -> Path | None:
-    tools = os.environ.get("LORA_TOOLS_DIR")
-    candidates = [Path(tools) / "helm"] if tools else []
-    candidates += sorted(Path.home().glob(".cache/lora-operator/tools/*/helm"))
-    return next((c for c in candidates if c.is_file() and os.access(c, os.X_OK)), None)
-
-
-@pytest.fixture(scope="module")
-def helm() -> Path:
-    found = _find_helm()
-    if found is None:
-        pytest.fail(
-            "helm binary not found: looked in $LORA_TOOLS_DIR/helm and ~/.cache/lora-operator/tools/*/helm. "
-            "Build the test ground's tools with `make tools` (tests/cluster/build-tools.sh)."
-        )
-    return found
-
-
-def _run(helm: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=120)
-    if check and result.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-@functools.cache
-def _render_cached(helm: Path, sets: tuple[str, ...]) -> tuple[dict, ...]:
-    args = ["template", "lora", str(CHART), "--namespace", "lora-system", "--kube-version", KUBE_VERSION]
-    for s in sets:
-        args += ["--set", s]
-    return tuple(doc for doc in yaml.safe_load_all(_run(helm, *args).stdout) if doc)
-
-
-def render(helm: Path, *sets: str) -> list[dict]:
-    return list(_render_cached(helm, tuple(sets)))
-
-
-def of_kind(docs: list[dict], kind: str) -> list[dict]:
-    return [d for d in docs if d.get("kind") == kind]
-
-
-def one(docs: list[dict], kind: str) -> dict:
-    found = of_kind(docs, kind)
-    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
-    return found[0]
-
-
-def operator_container(docs: list[dict]) -> dict:
-    return one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+helm = chart.helm  # the test ground's helm binary, as this module's fixture
 
 
 def test_chart_lints_strictly(helm: Path) -> None:
-    _run(helm, "lint", "--strict", str(CHART))
+    run_helm(helm, "lint", "--strict", str(CHART))
 
 
 def test_chart_refuses_clusters_older_than_1_29(helm: Path) -> None:
-    result = _run(helm, "template", "lora", str(CHART), "--kube-version", "1.28.0", check=False)
+    result = run_helm(helm, "template", "lora", str(CHART), "--kube-version", "1.28.0", check=False)
     assert result.returncode != 0 and "kubeVersion" in result.stderr
 
 
@@ -177,85 +109,6 @@ def test_values_reach_the_operator_env(helm: Path) -> None:
     assert env["LORA_WATCH_NAMESPACE"] == "team-a"
 
 
-def test_trainer_service_account_mounts_no_token_and_is_bound_to_nothing(helm: Path) -> None:
-    docs = render(helm, "trainer.serviceAccount.namespaces={team-a,team-b}")
-    trainers = [sa for sa in of_kind(docs, "ServiceAccount") if sa["metadata"]["name"] == "lora-trainer"]
-    assert {sa["metadata"]["namespace"] for sa in trainers} == {"lora-system", "team-a", "team-b"}
-    assert all(sa["automountServiceAccountToken"] is False for sa in trainers)
-    for binding in of_kind(docs, "ClusterRoleBinding") + of_kind(docs, "RoleBinding"):
-        assert all(s["name"] != "lora-trainer" for s in binding["subjects"])
-    operator_sa = one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
-    assert operator_sa != "lora-trainer"
-    assert one(docs, "ClusterRoleBinding")["subjects"] == [
-        {"kind": "ServiceAccount", "name": operator_sa, "namespace": "lora-system"}
-    ]
-
-
-def test_rbac_is_least_privilege_without_wildcards(helm: Path) -> None:
-    docs = render(helm)
-    assert not of_kind(docs, "Role")
-    rules = one(docs, "ClusterRole")["rules"]
-    granted: dict[tuple[str, str], set[str]] = {}
-    for rule in rules:
-        assert "nonResourceURLs" not in rule
-        assert "resourceNames" not in rule or rule["resources"] == ["secrets"]
-        for field in ("apiGroups", "resources", "verbs"):
-            assert "*" not in rule[field], f"wildcard in {field}: {rule}"
-        for group in rule["apiGroups"]:
-            for resource in rule["resources"]:
-                granted.setdefault((group, resource), set()).update(rule["verbs"])
-    assert granted == EXPECTED_RULES
-    # Secrets: get only, so the operator can check a job's secretRef exists but never enumerate them,
-    # and only of the storage Secret names the platform allows.
-    assert granted[("", "secrets")] == {"get"}
-    secrets = next(rule for rule in rules if rule["resources"] == ["secrets"])
-    assert secrets["resourceNames"] == ["lora-storage"]
-    wider = render(helm, "storage.allowedSecretNames={team-s3,lora-storage}")
-    secrets = next(rule for rule in one(wider, "ClusterRole")["rules"] if rule["resources"] == ["secrets"])
-    assert secrets["resourceNames"] == ["lora-storage", "team-s3"]
-
-
-def granted_by(rules: list[dict]) -> dict[tuple[str, str], set[str]]:
-    """(apiGroup, resource) -> verbs of a role's rules."""
-    granted: dict[tuple[str, str], set[str]] = {}
-    for rule in rules:
-        for group in rule["apiGroups"]:
-            for resource in rule["resources"]:
-                granted.setdefault((group, resource), set()).update(rule["verbs"])
-    return granted
-
-
-NAMESPACED = {("", "pods"), ("", "serviceaccounts"), ("", "secrets")}
-"""What a watchNamespace install grants in that namespace only (a Role), never cluster-wide."""
-
-
-def test_rbac_of_a_watch_namespace_install_grants_pods_and_secrets_in_that_namespace_only(helm: Path) -> None:
-    docs = render(helm, "operator.watchNamespace=team-a", "storage.allowedSecretNames={team-s3}")
-    cluster = granted_by(one(docs, "ClusterRole")["rules"])
-    assert not NAMESPACED & cluster.keys(), cluster
-    # what stays cluster-wide: the jobs, templates, GPU nodes, Events, the peering and kopf's CRD watch
-    # ... and kopf's view of namespaces (names only), to start its watch when the namespace appears
-    assert cluster == {k: v for k, v in EXPECTED_RULES.items() if k not in NAMESPACED} | {
-        ("", "namespaces"): {"list", "watch"}}
-    role = one(docs, "Role")
-    assert role["metadata"]["namespace"] == "team-a"
-    assert granted_by(role["rules"]) == {k: v for k, v in EXPECTED_RULES.items() if k in NAMESPACED}
-    secrets = next(rule for rule in role["rules"] if rule["resources"] == ["secrets"])
-    assert secrets["resourceNames"] == ["lora-storage", "team-s3"] and secrets["verbs"] == ["get"]
-    binding = one(docs, "RoleBinding")
-    assert binding["metadata"]["namespace"] == "team-a"
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                  "name": role["metadata"]["name"]}
-    assert binding["subjects"] == one(docs, "ClusterRoleBinding")["subjects"]
-    assert not of_kind(render(helm, "operator.watchNamespace=team-a", "rbac.create=false"), "Role")
-
-
-def test_rbac_can_be_turned_off(helm: Path) -> None:
-    docs = render(helm, "rbac.create=false")
-    assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
-    assert not of_kind(docs, "Role") and not of_kind(docs, "RoleBinding")
-
-
 @pytest.mark.parametrize(
     ("values", "complaint"),
     [
@@ -273,7 +126,7 @@ def test_rbac_can_be_turned_off(helm: Path) -> None:
 def test_bad_values_fail_schema_validation(helm: Path, tmp_path: Path, values: dict, complaint: str) -> None:
     values_file = tmp_path / "bad.yaml"
     values_file.write_text(yaml.safe_dump(values))
-    result = _run(helm, "template", "lora", str(CHART), "--kube-version", KUBE_VERSION, "-f", str(values_file),
+    result = run_helm(helm, "template", "lora", str(CHART), "--kube-version", KUBE_VERSION, "-f", str(values_file),
                   check=False)
     assert result.returncode != 0
     assert complaint in result.stderr, result.stderr
@@ -391,7 +244,7 @@ def test_notes_render_the_next_steps_with_every_toggle(helm: Path, tmp_path: Pat
     for toggle in ("templates.examples.enabled", "gpu.toleration.enabled", "metrics.serviceMonitor.enabled",
                    "grafana.dashboard.enabled"):
         args += ["--set", f"{toggle}=true"]
-    text = yaml.safe_load(_run(helm, *args).stdout)["data"]["notes"]
+    text = yaml.safe_load(run_helm(helm, *args).stdout)["data"]["notes"]
     for expected in ("create secret generic lora-storage", "lora-operator.io/gpu-type=h100",
                      "kubectl get ltj -w", "dedicated=gpu:NoSchedule", "ServiceMonitor",
                      "ConfigMap lora-lora-operator-dashboard", "kopf liveness 8081"):
@@ -408,30 +261,3 @@ def test_platform_choices_reach_the_operator_env(helm: Path) -> None:
     assert default["LORA_TRAINER_ALLOWED_IMAGES"] == "[]" and default["LORA_FILE_URI_ROOT"] == ""
 
 
-def test_the_priority_ceiling_is_a_validating_admission_policy_of_the_values(helm: Path) -> None:
-    docs = render(helm, "priority.maxByNamespace.team-a=500")
-    policy = one(docs, "ValidatingAdmissionPolicy")
-    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["loratrainingjobs"]
-    ceilings = next(v for v in policy["spec"]["variables"] if v["name"] == "ceilings")["expression"]
-    assert json.loads(ceilings) == {"team-a": 500, "*": 0}  # the chart's default "*": 0 stays
-    binding = one(docs, "ValidatingAdmissionPolicyBinding")
-    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
-    assert not of_kind(render(helm, "priority.maxByNamespace=null"), "ValidatingAdmissionPolicy")
-    older = _run(helm, "template", "lora", str(CHART), "--kube-version", "1.29.0").stdout
-    assert "ValidatingAdmissionPolicy" not in older  # GA from 1.30; the chart still installs on 1.29
-
-
-def test_the_in_cluster_dashboard_is_off_by_default_and_has_no_identity_of_its_own(helm: Path) -> None:
-    assert not [d for d in render(helm) if d["metadata"]["name"].endswith("-ui")]
-    docs = render(helm, "ui.inCluster.enabled=true", "ui.inCluster.namespace=team-a")
-    ui = next(d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-ui"))
-    pod = ui["spec"]["template"]["spec"]
-    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
-    command = pod["containers"][0]["command"]
-    assert command[:3] == ["python", "-m", "lora_operator.kubectl_lora.ui.incluster"]
-    assert command[command.index("--namespace") + 1] == "team-a"
-    service = next(d for d in of_kind(docs, "Service") if d["metadata"]["name"].endswith("-ui"))
-    assert service["spec"]["selector"] == ui["spec"]["selector"]["matchLabels"]
-    assert service["spec"]["selector"]["app.kubernetes.io/component"] == "ui"
-    metrics = next(d for d in of_kind(docs, "Service") if d["metadata"]["name"].endswith("-metrics"))
-    assert metrics["spec"]["selector"]["app.kubernetes.io/component"] == "operator"  # never the UI's pods

@@ -7,13 +7,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-import test_helm_chart as chart
-from test_helm_chart import one, operator_container, render
-
 from lora_operator.api import resolve_spec
 from lora_operator.config import OperatorConfig
 from lora_operator.render import build_trainer_pod
 from lora_operator.scheduling import GpuNode, QueuedJob, Taint, fits
+from testground import chart
+from testground.chart import one, operator_container, render
 
 helm = chart.helm  # the chart tests' fixture: the test ground's helm binary
 

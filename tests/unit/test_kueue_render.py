@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import test_helm_chart as chart
-from test_helm_chart import granted_by, one, render
 from test_helm_values_wired import operator_config
 from test_render import CONFIG, spec  # the same job and configuration as the pod's tests
 
@@ -28,6 +26,8 @@ from lora_operator.kueue import (
 )
 from lora_operator.policy import refusal
 from lora_operator.render import build_trainer_pod
+from testground import chart
+from testground.chart import granted_by, one, render
 
 
 def job(job_spec=None, **extra) -> dict:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import test_helm_chart as chart
-from test_helm_chart import operator_container, render
-
 from lora_operator.api import JobStatus, resolve_spec
 from lora_operator.api.reports import Manifest, ModelFetch
 from lora_operator.config import OperatorConfig
 from lora_operator.render import build_trainer_pod
 from lora_operator.results import Reports, apply_reports
+from testground import chart
+from testground.chart import operator_container, render
 
 helm = chart.helm
 

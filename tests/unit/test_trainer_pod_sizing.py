@@ -7,14 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import test_helm_chart as chart
 from pydantic import ValidationError
-from test_helm_chart import operator_container, render
 
 from lora_operator.api import ClusterLoraTrainingTemplate, JobSpec, LoraTrainingTemplate, SpecError, resolve_spec
 from lora_operator.api.resolve import template_pod
 from lora_operator.config import ConfigError, OperatorConfig
 from lora_operator.render import build_trainer_pod
+from testground import chart
+from testground.chart import operator_container, render
 
 helm = chart.helm
 

@@ -21,6 +21,9 @@ from .errors import CliError
 from .kube import Jobs
 from .objects import Objects, StorageOptions
 
+UI_PORT = 8765
+"""`ui`'s port on 127.0.0.1 when --port is not given."""
+
 
 def _status(job: dict) -> JobStatus:
     return JobStatus.model_validate(job.get("status") or {})
@@ -243,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="stream the live pod's log until it ends")
     add("cancel", cmd_cancel, "end a job as Cancelled, keeping its finished epochs (spec.cancel)")
     p = add("ui", cmd_ui, "the dashboard: a web page on 127.0.0.1 with live progress, previews, picking", job=False)
-    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default: 8765)")
+    p.add_argument("--port", type=int, default=UI_PORT, help=f"port on 127.0.0.1 (default: {UI_PORT})")
     p = add("retrain", cmd_retrain, "new job from a finished one's resolvedSpec with --set overrides")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                    help="camelCase dotted path and YAML value, e.g. training.unetLearningRate=5e-5 (repeatable)")
