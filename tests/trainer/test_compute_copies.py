@@ -137,6 +137,20 @@ def test_gradients_reach_the_float32_masters_and_refresh_follows_their_updates()
         torch.testing.assert_close(p, lora_params(op)[name], rtol=2e-2, atol=1e-3)
 
 
+def test_torch_compile_traces_the_copies_and_their_gradients_to_the_masters():
+    eager, compiled = adapted(), adapted()
+    install_compute_copies(eager, "step", "bf16")
+    install_compute_copies(compiled, "step", "bf16")
+    # aot_eager: dynamo and AOTAutograd trace the graph (what inductor gets) without generating kernels
+    run = torch.compile(compiled, backend="aot_eager", fullgraph=True)
+    batch = inputs()
+    for forward in (eager, run):
+        with torch.autocast("cpu", torch.bfloat16):
+            forward(*batch).backward()
+    for name, p in lora_params(eager).items():
+        assert torch.equal(lora_params(compiled)[name].grad, p.grad), name
+
+
 def test_dora_layers_other_adapters_and_op_mode_are_left_alone():
     dora = adapted(dora=True)
     assert len(install_compute_copies(dora, "step", "bf16")) == 0
@@ -200,7 +214,10 @@ def test_a_locon_run_in_step_mode_matches_op_mode_in_losses_gradients_and_export
         for key, value in files[0].items():
             assert files[1][key].dtype == value.dtype
             torch.testing.assert_close(files[1][key], value, rtol=2e-2, atol=2e-3, msg=key)
-    masters = [p for g in step.optimizer.param_groups for p in g["params"]]
-    with Casts(masters) as casts:
-        step.train_step(4)
-    assert casts.of_masters == 0 and casts.foreach == 1  # no LoRA weight cast but the one refresh
+    counts = {}
+    for recipe in (op, step):
+        with Casts([p for g in recipe.optimizer.param_groups for p in g["params"]]) as counts[recipe.adapter_cast]:
+            recipe.train_step(4)
+    assert counts["op"].of_masters >= 2 * len(step.compute_copies)  # each weight in each of two micro-batches
+    assert counts["step"].of_masters == 0 and counts["step"].foreach == 1  # none but the one refresh
+    assert counts["step"].casts < counts["op"].casts
