@@ -221,3 +221,29 @@ def test_a_locon_run_in_step_mode_matches_op_mode_in_losses_gradients_and_export
     assert counts["op"].of_masters >= 2 * len(step.compute_copies)  # each weight in each of two micro-batches
     assert counts["step"].of_masters == 0 and counts["step"].foreach == 1  # none but the one refresh
     assert counts["step"].casts < counts["op"].casts
+
+
+def test_under_the_ema_average_the_copies_hold_the_average_and_the_trained_weights_after():
+    from lora_operator.api.training import Ema
+    from lora_trainer.ema import make_ema
+    from lora_trainer.save_points import SavePoints
+
+    model = adapted()
+    points = SavePoints()
+    points.compute_copies = install_compute_copies(model, "step", "bf16")
+    params = list(lora_params(model).values())
+    points.ema = make_ema([{"params": params}], Ema(enabled=True, decay=0.5))
+    points.ema.step()
+    with torch.no_grad():
+        for p in params:
+            p.add_(1.0)  # an optimizer step away from the average
+    points.compute_copies.refresh()
+    module = model.a.lora_A["default"]
+
+    def copy_matches_master() -> bool:
+        return torch.equal(module._buffers[COMPUTE_BUFFER], module._parameters["weight"].detach().bfloat16())
+
+    trained = module._parameters["weight"].detach().clone()
+    with points._ema_applied():
+        assert not torch.equal(module._parameters["weight"], trained) and copy_matches_master()
+    assert torch.equal(module._parameters["weight"], trained) and copy_matches_master()
