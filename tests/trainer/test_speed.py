@@ -12,6 +12,7 @@ from lora_trainer.speed import (
     COMPILE_BLOCKS_ENV,
     COMPILE_MODE_ENV,
     COMPILE_SCOPE_ENV,
+    compile_blocks,
     compile_denoiser,
     compile_mode,
     compile_scope,
@@ -33,17 +34,40 @@ def test_compile_auto_means_on_a_gpu_and_explicit_settings_win():
                                                   ("flux", None)])
 def test_unet_families_replay_cuda_graphs_on_a_gpu(monkeypatch, family, expected):
     monkeypatch.delenv(COMPILE_MODE_ENV, raising=False)
-    mode = get_family(family).compile_mode
-    assert compile_mode(mode, CUDA, checkpointing=False) == expected
-    assert compile_mode(mode, CUDA, checkpointing=True) is None  # graphs were not measured with recomputation
-    assert compile_mode(mode, CPU, checkpointing=False) is None
+    family = get_family(family)
+    assert compile_mode(family, CUDA, checkpointing=False, batch_size=4) == expected
+    assert compile_mode(family, CUDA, checkpointing=True, batch_size=4) is None  # not measured with recomputation
+    assert compile_mode(family, CPU, checkpointing=False, batch_size=4) is None
+
+
+@pytest.mark.parametrize("family", ["flux", "flux-kontext", "chroma"])
+def test_flux_families_replay_cuda_graphs_at_one_image_without_checkpointing(monkeypatch, family):
+    monkeypatch.delenv(COMPILE_MODE_ENV, raising=False)
+    family = get_family(family)
+    assert compile_mode(family, CUDA, checkpointing=False, batch_size=1) == "reduce-overhead"
+    assert compile_mode(family, CUDA, checkpointing=False, batch_size=2) is None
+    assert compile_mode(family, CUDA, checkpointing=True, batch_size=1) is None
+    assert compile_mode(family, CPU, checkpointing=False, batch_size=1) is None
 
 
 def test_the_environment_overrides_the_mode(monkeypatch):
+    sd15, flux = get_family("sd15"), get_family("flux")
     monkeypatch.setenv(COMPILE_MODE_ENV, "max-autotune-no-cudagraphs")
-    assert compile_mode("reduce-overhead", CPU, checkpointing=True) == "max-autotune-no-cudagraphs"
+    assert compile_mode(sd15, CPU, checkpointing=True, batch_size=4) == "max-autotune-no-cudagraphs"
     monkeypatch.setenv(COMPILE_MODE_ENV, "default")
-    assert compile_mode("reduce-overhead", CUDA, checkpointing=False) is None
+    assert compile_mode(sd15, CUDA, checkpointing=False, batch_size=4) is None
+    assert compile_mode(flux, CUDA, checkpointing=False, batch_size=1) is None
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_the_unets_compile_their_resnet_and_sampling_blocks_too_unless_the_environment_names_others(
+        monkeypatch, family):
+    monkeypatch.delenv(COMPILE_BLOCKS_ENV, raising=False)
+    blocks = compile_blocks(get_family(family).compile_blocks)
+    assert set(blocks) == {"BasicTransformerBlock", "ResnetBlock2D", "Downsample2D", "Upsample2D"}
+    assert compile_blocks(get_family("flux").compile_blocks) == []  # the transformer's own _repeated_blocks
+    monkeypatch.setenv(COMPILE_BLOCKS_ENV, "BasicTransformerBlock")
+    assert compile_blocks(get_family(family).compile_blocks) == ["BasicTransformerBlock"]
 
 
 def test_upload_moves_and_casts_and_keeps_the_dtype_by_default():
@@ -126,7 +150,34 @@ def test_the_environment_names_other_block_classes_to_compile(monkeypatch):
     monkeypatch.setenv(COMPILE_BLOCKS_ENV, " _Block , Linear")
     denoiser = _Denoiser()
     with torch._dynamo.config.patch(recompile_limit=8):  # restored afterwards (a monkeypatch would delete it)
-        assert compile_denoiser(denoiser, scope="blocks") == 4  # the three blocks and the head
+        assert compile_denoiser(denoiser, scope="blocks", blocks=compile_blocks(("_Block",))) == 4  # and the head
         assert torch._dynamo.config.recompile_limit == BLOCK_VARIANTS
     assert all(compiled(b) for b in denoiser.blocks) and compiled(denoiser.head)
     assert _Denoiser._repeated_blocks == ["_Block"]  # other instances keep the class's list
+
+
+@pytest.mark.trainer
+@pytest.mark.slow  # inductor compiles a dozen block variants on CPU: minutes per family with a cold cache
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_compile_on_compiles_the_unet_blocks_around_the_compute_copies_and_trains(train, monkeypatch, family):
+    from accelerate.state import AcceleratorState
+
+    from lora_trainer.compute_copies import ADAPTER_CAST_ENV
+    from lora_trainer.precision import CPU_BF16_ENV
+
+    monkeypatch.delenv(COMPILE_BLOCKS_ENV, raising=False)
+    monkeypatch.setenv(CPU_BF16_ENV, "1")
+    monkeypatch.setenv(ADAPTER_CAST_ENV, "step")
+    AcceleratorState._reset_state(reset_partial_state=True)  # a bf16 run in this process (as test_bf16)
+    try:
+        recipe = train(family, type="locon", network={"dim": 4, "alpha": 4, "convDim": 2, "convAlpha": 2},
+                       training={"steps": 1, "compile": "on", "mixedPrecision": "bf16", "unetLearningRate": 5e-2})
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    denoiser = recipe.parts.denoiser
+    kinds = {type(m).__name__ for m in denoiser.modules() if compiled(m)}
+    assert kinds == {"BasicTransformerBlock", "ResnetBlock2D", "Downsample2D", "Upsample2D"}
+    assert len(recipe.compute_copies) > 0  # the LoCon convolutions inside the compiled ResNet blocks among them
+    assert recipe.last_loss is not None and torch.isfinite(torch.tensor(recipe.last_loss))
+    up = [p for n, p in denoiser.named_parameters() if "lora_B" in n and "resnets" in n]
+    assert up and all(p.dtype == torch.float32 for p in up) and any(p.abs().sum() > 0 for p in up)  # trained

@@ -22,6 +22,7 @@ from lora_operator.storage import ObjectStore
 
 from . import model_cache, timings
 from . import state as resume_state
+from .compute_copies import adapter_cast, install_compute_copies
 from .data import CaptionBuilder, PreparedDataset, Sample, load_captioner, prepare_dataset
 from .data.autocaption import CachedCaptioner, caption_fingerprint
 from .ema import make_ema
@@ -36,7 +37,15 @@ from .progress import ManifestWriter, ProgressReporter
 from .quantize import quantization_config, quantized_denoiser
 from .schedule import BatchStream, Plan, count_steps
 from .singlefile import SingleFileModel
-from .speed import channels_last, compile_denoiser, compile_mode, compile_scope, compile_wanted, stable_attention
+from .speed import (
+    channels_last,
+    compile_blocks,
+    compile_denoiser,
+    compile_mode,
+    compile_scope,
+    compile_wanted,
+    stable_attention,
+)
 from .textpark import park_text_encoders
 
 log = logging.getLogger(__name__)
@@ -166,6 +175,7 @@ class RunSetup:
         self.reg_weight = spec.dataset.regularization.weight if spec.dataset.regularization else 1.0
         if self.resume:
             self.start_step = resume_state.restore(self)
+            self.compute_copies.refresh()
         # This attempt's node and fetches (over a restored manifest's), written at once, after the
         # restore read the saved one: the operator learns which node caches the model before the first epoch.
         self.manifest.manifest.node_name = os.environ.get(ENV_NODE_NAME)
@@ -194,11 +204,16 @@ class RunSetup:
             stable_attention()
             if not self.offload:  # its layers' pinned host copies keep their own layout
                 channels_last(self.parts.denoiser)
+        # before compiling: the compiled blocks read the copies
+        self.adapter_cast = adapter_cast(self.device, self.mixed_precision)
+        self.compute_copies = install_compute_copies(self.parts.denoiser, self.adapter_cast, self.mixed_precision)
         # offloading hooks break compiled graphs: auto leaves it off (the spec refuses compile on with offload)
         self.compiled = compile_wanted(self.training.compile, self.device) and not self.offload
-        self.compile_mode = compile_mode(self.family.compile_mode, self.device, self.gradient_checkpointing)
+        self.compile_mode = compile_mode(self.family, self.device, self.gradient_checkpointing,
+                                         self.training.batch_size)
         if self.compiled:
-            compile_denoiser(self.parts.denoiser, self.compile_mode, compile_scope())
+            compile_denoiser(self.parts.denoiser, self.compile_mode, compile_scope(),
+                             compile_blocks(self.family.compile_blocks))
 
     def _precache(self) -> None:
         for start in range(0, len(self.samples), self.training.batch_size):

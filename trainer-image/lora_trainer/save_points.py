@@ -150,9 +150,18 @@ class SavePoints:
         self.progress.phase("training")
         return entries
 
+    @contextlib.contextmanager
     def _ema_applied(self):
         """The EMA weights in the adapter for a block (training.ema), else nothing changes."""
-        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+        if self.ema is None:
+            yield
+            return
+        try:
+            with self.ema.applied():
+                self.compute_copies.refresh()  # the block's forward passes compute with the average
+                yield
+        finally:
+            self.compute_copies.refresh()  # and the next training step with the trained weights
 
     def _metadata(self, epoch: int, step: int) -> dict:
         s, t = self.spec, self.training

@@ -1,9 +1,12 @@
 """What makes a step fast on a GPU without changing what it computes.
 
 - regional compilation: `torch.compile` of the denoiser's repeated blocks (diffusers'
-  `compile_repeated_blocks`), so a block is compiled once and reused by every instance;
+  `compile_repeated_blocks`; for the UNets their ResNet, down- and upsampling blocks too,
+  `Family.compile_blocks`), so a block is compiled once and reused by every instance;
   a step then launches fused kernels instead of thousands of eager ops, which is what
   holds the GPU back at LoRA sizes (measured in bench/RESULTS.md);
+- bf16 compute copies of the LoRA weights, refreshed once per optimizer step
+  (`compute_copies`);
 - channels-last weights and inputs for the UNet families, the layout cuDNN's bf16
   convolutions run in (otherwise every convolution converts back and forth);
 - attention: cuDNN's fused kernel first in the denoiser's training forward when gradient
@@ -21,8 +24,12 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .families import Family
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +45,24 @@ COMPILE_MODE_ENV = "LORA_COMPILE_MODE"
 """An expert override of torch.compile's mode for the blocks (default, reduce-overhead, max-autotune...)."""
 
 
-def compile_mode(family_mode: str | None, device: torch.device, checkpointing: bool) -> str | None:
+def compile_mode(family: Family, device: torch.device, checkpointing: bool, batch_size: int) -> str | None:
     """torch.compile's mode for the blocks: the environment's override, else the family's on a GPU.
 
-    The UNet families replay CUDA graphs (reduce-overhead): their LoRA steps are thousands of
-    small kernels whose launches, not the GPU, set the pace. Not under gradient checkpointing,
-    whose recomputation in the backward pass was not measured with graphs. None: the default mode.
+    CUDA graphs (reduce-overhead) replay a block's kernels without launching each from the host:
+    they pay where the host's launches, not the GPU, set the pace, which is the UNet families' LoRA
+    steps (thousands of small kernels; `Family.compile_mode`) and, at one image per micro-batch, the
+    large transformers' steps too (`Family.compile_mode_batch_1`). Not under gradient
+    checkpointing, whose recomputation in the backward pass was not measured with graphs.
+    None: the default mode.
     """
     override = os.environ.get(COMPILE_MODE_ENV)
     if override:
         return None if override == "default" else override
-    return family_mode if device.type == "cuda" and not checkpointing else None
+    if device.type != "cuda" or checkpointing:
+        return None
+    if batch_size == 1 and family.compile_mode_batch_1:
+        return family.compile_mode_batch_1
+    return family.compile_mode
 
 
 COMPILE_SCOPE_ENV = "LORA_COMPILE_SCOPE"
@@ -66,30 +80,36 @@ def compile_scope() -> str:
 
 
 COMPILE_BLOCKS_ENV = "LORA_COMPILE_BLOCKS"
-"""An expert override of which block classes `blocks` compiles (comma-separated class names), e.g.
-`BasicTransformerBlock,ResnetBlock2D` to fuse the UNets' group norms and their float32 casts too."""
+"""An override of which block classes `blocks` compiles (comma-separated class names; default: the
+family's `Family.compile_blocks`, else the denoiser's own ``_repeated_blocks``)."""
 BLOCK_VARIANTS = 64
-"""Compilations allowed per block class when the environment names the blocks: a UNet's ResNet
-blocks come in about a dozen channel and resolution variants, over torch's default limit of 8."""
+"""Compilations allowed per block class when other blocks than the denoiser's own are named: a UNet's
+ResNet blocks come in about a dozen channel and resolution variants, over torch's default limit of 8."""
 
 
-def compile_denoiser(denoiser: torch.nn.Module, mode: str | None = None, scope: str = "blocks") -> int:
+def compile_blocks(family_blocks: tuple[str, ...] | None) -> list[str]:
+    """The block classes `compile_denoiser` compiles: the environment's, else the family's (empty: the
+    denoiser's own ``_repeated_blocks``)."""
+    named = [name.strip() for name in os.environ.get(COMPILE_BLOCKS_ENV, "").split(",") if name.strip()]
+    return named or list(family_blocks or ())
+
+
+def compile_denoiser(denoiser: torch.nn.Module, mode: str | None = None, scope: str = "blocks",
+                     blocks: list[str] | None = None) -> int:
     """Compiles the denoiser in place; returns how many modules were wrapped.
 
-    `blocks`: diffusers' regional compilation of the repeated blocks (one compilation per
-    block shape, seconds; `LORA_COMPILE_BLOCKS` names other block classes). `model`: the whole
-    denoiser as one graph, so that what lies between the blocks (the UNets' ResNet blocks:
-    group norms, SiLUs, residual adds) is fused too and, in reduce-overhead mode, replayed as
-    CUDA graphs with everything else.
+    `blocks` scope: diffusers' regional compilation of the repeated blocks (one compilation per
+    block shape, seconds), of the classes `blocks` names (`compile_blocks`; empty: the denoiser's
+    ``_repeated_blocks``). `model`: the whole denoiser as one graph, so that what lies between
+    the blocks is fused too and, in reduce-overhead mode, replayed as CUDA graphs with everything else.
     """
     kwargs = {"mode": mode} if mode else {}
     if scope == "model":
         denoiser.compile(**kwargs)
         log.info("compiled the whole denoiser (%s), mode %s", type(denoiser).__name__, mode or "default")
         return 1
-    named = [name.strip() for name in os.environ.get(COMPILE_BLOCKS_ENV, "").split(",") if name.strip()]
-    if named:
-        denoiser._repeated_blocks = named  # this instance only: diffusers compiles the classes listed here
+    if blocks:
+        denoiser._repeated_blocks = list(blocks)  # this instance only: diffusers compiles the classes listed here
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, BLOCK_VARIANTS)
     repeated = set(getattr(denoiser, "_repeated_blocks", None) or ())
     denoiser.compile_repeated_blocks(**kwargs)

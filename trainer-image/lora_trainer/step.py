@@ -66,6 +66,7 @@ class OptimizerStep:
             params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
             self.accelerator.clip_grad_norm_(params, t.max_grad_norm)
         self.optimizer.step()
+        self.compute_copies.refresh()  # the next forward computes with the updated weights
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.adapter.after_step()

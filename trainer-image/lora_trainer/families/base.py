@@ -150,6 +150,11 @@ class Family(Protocol):
     one, clip_l / clip_g for SDXL's two)."""
     compile_mode: str | None
     """torch.compile mode of the repeated blocks on a GPU (None: the default mode); see speed.compile_mode."""
+    compile_mode_batch_1: str | None
+    """The mode at one image per micro-batch where it differs from `compile_mode` (None: the same)."""
+    compile_blocks: tuple[str, ...] | None
+    """The block classes regional compilation compiles (None: the denoiser's own ``_repeated_blocks``);
+    see speed.compile_blocks."""
     activation_gib_per_megapixel: float
     """Saved activations of a bf16 training step per image megapixel, without gradient checkpointing
     (gradientCheckpointing auto compares the estimate with the GPU's memory)."""

@@ -137,6 +137,8 @@ class Flux2Family(FlowMatching):
     release_text_encoders = True
     """Encode every caption once, then move the text encoder off the GPU (`LoraRecipe`)."""
     compile_mode = None
+    compile_mode_batch_1 = None
+    compile_blocks = None
     activation_gib_per_megapixel = activations_per_megapixel(  # FLUX.2-dev's 8 + 48 blocks of width 6144: 55
         {"num_layers": 8, "num_single_layers": 48, "num_attention_heads": 48, "attention_head_dim": 128})
     """Set from the loaded transformer's size by `load` (Klein 4B and 9B differ)."""

@@ -66,6 +66,8 @@ class QwenImageFamily(SchedulerShiftedFlow):
     """Qwen2.5-VL stays frozen (ai-toolkit: "probably won't work with qwen image"); no UI loads a LoRA on it."""
     embedding_keys: tuple[str, ...] = ()
     compile_mode = None
+    compile_mode_batch_1 = None
+    compile_blocks = None
     activation_gib_per_megapixel = 30.0  # estimate: Flux.1's 28 scaled by 60 double blocks x 3072 vs Flux's 57
 
     def load(self, folder: Path, dtype: torch.dtype) -> Components:

@@ -48,6 +48,10 @@ class SD15Family:
     trainable_text_encoders = 1
     embedding_keys = ("emb_params",)
     compile_mode = "reduce-overhead"  # H100: 2.3x / 1.3x faster steps at batch 1 / 4 than the default mode
+    compile_mode_batch_1 = None
+    compile_blocks = ("BasicTransformerBlock", "ResnetBlock2D", "Downsample2D", "Upsample2D")
+    """diffusers' repeated block of the UNets is the transformer block alone; the ResNet blocks between
+    them (group norms, SiLUs, residual adds, the LoCon convolutions) would run eagerly, kernel by kernel."""
     activation_gib_per_megapixel = 4.5  # H100, 512 px: 6.5 GiB peak at batch 4, 2.0 GiB of weights
 
     def load(self, folder: Path, dtype: torch.dtype) -> Components:

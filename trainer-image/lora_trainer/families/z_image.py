@@ -75,6 +75,8 @@ class ZImageFamily(SchedulerShiftedFlow):
     """Qwen3-4B stays frozen: no Z-Image trainer adapts it and no UI loads a LoRA on it."""
     embedding_keys: tuple[str, ...] = ()
     compile_mode = None
+    compile_mode_batch_1 = None
+    compile_blocks = None
     activation_gib_per_megapixel = 21.0  # estimate: Flux.1's 28 scaled by width x depth (3840 x 34 vs 3072 x 57)
 
     def __init__(self, max_sequence_length: int = MAX_SEQUENCE_LENGTH):
