@@ -12,7 +12,7 @@ import pytest
 pytestmark = pytest.mark.trainer
 
 ROOT = Path(__file__).resolve().parents[2]
-CASES = ["sdxl-1024-bs4", "sdxl-1024-bs4-cast-step", "z-image-1024-bs1"]
+CASES = ["sdxl-1024-bs4", "sdxl-1024-bs4-cast-op", "z-image-1024-bs1"]
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_tiny_suite_writes_a_json_per_case_and_one_table(suite, tmp_path, capsys
         summary = record["summary"]
         assert summary["img_per_s"] > 0 and summary["ms_per_step"] > 0 and summary["losses_finite"]
         assert summary["mfu"] is None  # CPU: no bf16 peak
-    base, variant, zimage = by_name["sdxl-1024-bs4"], by_name["sdxl-1024-bs4-cast-step"], by_name["z-image-1024-bs1"]
+    base, variant, zimage = by_name["sdxl-1024-bs4"], by_name["sdxl-1024-bs4-cast-op"], by_name["z-image-1024-bs1"]
     # the baseline times the diffusers-example reference; the variant only ours, under its environment
     assert {r["row"] for r in base["result"]["rows"]} == {"ours", "reference"}
     assert {r["row"] for r in variant["result"]["rows"]} == {"ours"}
