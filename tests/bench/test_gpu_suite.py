@@ -43,7 +43,7 @@ def test_tiny_suite_writes_a_json_per_case_and_one_table(suite, tmp_path, capsys
     # the baseline times the diffusers-example reference; the variant only ours, under its environment
     assert {r["row"] for r in base["result"]["rows"]} == {"ours", "reference"}
     assert {r["row"] for r in variant["result"]["rows"]} == {"ours"}
-    assert variant["env"] == {"LORA_ADAPTER_CAST": "step"} and variant["command"].startswith("LORA_ADAPTER_CAST=step ")
+    assert variant["env"] == {"LORA_ADAPTER_CAST": "op"} and variant["command"].startswith("LORA_ADAPTER_CAST=op ")
     assert variant["summary"]["reference_from"] == "sdxl-1024-bs4"
     assert variant["summary"]["reference_img_per_s"] == base["summary"]["reference_img_per_s"]
     assert variant["summary"]["x_reference"] == pytest.approx(
@@ -60,7 +60,7 @@ def test_tiny_suite_writes_a_json_per_case_and_one_table(suite, tmp_path, capsys
     table = gpu_table.main([str(tmp_path / f"2000-01-01-{name}.json") for name in CASES])
     assert table in printed
     rows = [line for line in table.splitlines() if line.startswith("| sdxl-1024 |") or line.startswith("| z-image")]
-    assert len(rows) == 3 and "LORA_ADAPTER_CAST=step" in rows[1] and "0.243" in rows[2]
+    assert len(rows) == 3 and "LORA_ADAPTER_CAST=op" in rows[1] and "0.243" in rows[2]
 
 
 def test_a_case_is_skipped_when_too_little_budget_is_left_or_the_gpu_is_too_small(suite, tmp_path):
