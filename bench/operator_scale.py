@@ -46,6 +46,7 @@ from scale_analysis import (
     order_violations,
     percentile,
 )
+from scale_audit import read_audit
 from scale_probes import (
     HISTOGRAMS,
     apiserver_profile,
@@ -181,7 +182,7 @@ def release(api, node_type: dict[str, str]) -> dict[str, float]:
 def run(args) -> dict:
     jobs = draw_jobs(args.jobs, args.namespaces, args.seed, args.duration_mean)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="lora-scale-"))
-    ground = Ground.up(workdir)
+    ground = Ground.up(workdir, audit=args.audit)
     operator = None
     recorder = None
     try:
@@ -219,6 +220,7 @@ def run(args) -> dict:
         t_queued = time.monotonic()
         usage_queued = proc_usage(pid)
         mid = apiserver_requests(ground)
+        wall_mid = time.time()
         print(f"all {len(jobs)} Queued {t_queued - t_submit:.1f}s after the first submission", flush=True)
         if args.tracemalloc:  # start tracing now (not through the start-up imports), then a baseline dump
             os.kill(pid, signal.SIGUSR1)
@@ -240,14 +242,18 @@ def run(args) -> dict:
             os.kill(pid, signal.SIGUSR1)
             time.sleep(5.0)
         after = apiserver_requests(ground)
-        time.sleep(1.0)  # the last pod deletions arrive on the watch
+        wall_after = time.time()
+        time.sleep(1.0)  # the last pod deletions arrive on the watch (and the audit log's last batch)
+        by_client = (read_audit(ground.control_plane.audit_log, wall_mid, wall_after)
+                     if args.audit else None)
         info = {uid: JobInfo(uid, j["namespace"], j["name"], j["priority"], j["order"], j["gpuType"], j["duration"])
                 for uid, j in by_uid.items()}
         return report(args, jobs, info, node_type, recorder, kubelet, released, before, mid, after,
                       times={"submit": t_submit, "submitted": t_submitted, "queued": t_queued, "t0": t0,
                              "done": t_done},
                       usage_queued=usage_queued, usage=usage, operator=operator,
-                      summaries=summaries, cpu={k: round(cpu_done[k] - cpu_t0.get(k, 0.0), 1) for k in cpu_done},
+                      summaries=summaries, by_client=by_client,
+                      cpu={k: round(cpu_done[k] - cpu_t0.get(k, 0.0), 1) for k in cpu_done},
                       lag=[ms for t, ms in list(lag_samples) if t0 <= t <= t_done],
                       rss=[(round(t - (t0 - t_start), 1), mb) for t, mb in rss_samples])
     finally:
@@ -282,7 +288,7 @@ def _profiled(operator: OperatorProcess, workdir: Path, tool: str) -> OperatorPr
 
 
 def report(args, jobs, info, node_type, recorder, kubelet, released, before, mid, after, times,
-           usage_queued, usage, operator, rss, cpu, summaries, lag) -> dict:
+           usage_queued, usage, operator, rss, cpu, summaries, lag, by_client=None) -> dict:
     t0 = times["t0"]
     last_end = max(kubelet.ended.values())
     makespan = last_end - t0
@@ -341,6 +347,7 @@ def report(args, jobs, info, node_type, recorder, kubelet, released, before, mid
         "api_requests_submit_phase_by_verb": by_verb(submit_phase),
         "api_requests_drain_phase_by_verb": by_verb(drain),
         "api_requests_drain_phase": dict(list(drain.items())[:24]),
+        **({"api_requests_drain_phase_by_client": by_client} if by_client is not None else {}),
         "operator_when_all_queued": usage_queued,
         "operator_at_end": usage,
         "drain_scheduling_passes": summaries["passes"],
@@ -386,6 +393,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="trace the operator's allocations from all-Queued on (LORA_TRACEMALLOC): dumps to DIR")
     parser.add_argument("--apiserver-profile", default=None, metavar="FILE",
                         help="save a 30 s Go CPU profile of the API server, from 3 s after the release")
+    parser.add_argument("--audit", action="store_true",
+                        help="audit-log every API request and report the drain's requests by client "
+                             "(api_requests_drain_phase_by_client; costs the API server some CPU)")
     parser.add_argument("--out", default=None, help="write the result JSON here")
     parser.add_argument("--trace", default=None, metavar="FILE",
                         help="write each pod's end (fake kubelet), watch events and start, in time.monotonic() seconds")

@@ -3,6 +3,7 @@ scheduler, and kwok for fake GPU nodes. Every component is a real binary built f
 
 from __future__ import annotations
 
+import json
 import ssl
 import urllib.request
 from dataclasses import dataclass, field
@@ -12,6 +13,16 @@ from .pki import FRONT_PROXY_CLIENT, Pki, make_pki, write_kubeconfig
 from .procs import Proc, free_port, wait_until
 
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived", "ResponseStarted"],
+    "rules": [
+        {"level": "Request", "verbs": ["patch"],
+         "resources": [{"group": "lora-operator.io", "resources": ["loratrainingjobs/status"]}]},
+        {"level": "Request", "verbs": ["create"], "resources": [{"group": "", "resources": ["events"]}]},
+        {"level": "Metadata"},
+    ],
+}
+"""What `ControlPlane.audit_log` records: see `audit_flags`."""
 
 
 @dataclass
@@ -23,6 +34,9 @@ class ControlPlane:
     etcd_port: int = field(default_factory=free_port)
     apiserver_port: int = field(default_factory=free_port)
     procs: dict[str, Proc] = field(default_factory=dict)
+    audit_log: Path | None = None
+    """When set, the API server writes an audit event (metadata only: who, verb, object, code) for
+    every request here: what tells which client sends which request (`bench/scale_audit.py`)."""
 
     @property
     def server(self) -> str:
@@ -76,7 +90,7 @@ class ControlPlane:
             "--authorization-mode=Node,RBAC", "--service-cluster-ip-range=10.96.0.0/16",
             "--allow-privileged=true", "--max-requests-inflight=2000", "--max-mutating-requests-inflight=1000",
             "--enable-priority-and-fairness=false", "--event-ttl=30m", "--v=0",
-            *self.aggregator_flags(pki),
+            *self.aggregator_flags(pki), *self.audit_flags(),
         ).start()
         wait_until(self.ready, timeout, f"kube-apiserver\n{self.procs['kube-apiserver'].tail()}", 0.25)
 
@@ -93,6 +107,18 @@ class ControlPlane:
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             "--requestheader-group-headers=X-Remote-Group", "--requestheader-username-headers=X-Remote-User",
         ]
+
+    def audit_flags(self) -> list[str]:
+        """The audit log's flags (none unless `audit_log` is set): every request at level Metadata
+        (a job's status patch and an Event's creation at level Request: with the body, which tells
+        which write or which Event it was), one event each when its response is complete, written
+        in batches (not in the request's path)."""
+        if self.audit_log is None:
+            return []
+        policy = self.workdir / "audit-policy.json"
+        policy.write_text(json.dumps(AUDIT_POLICY))
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
+                "--audit-log-mode=batch", "--audit-log-maxsize=0"]
 
     def start_controllers(self) -> None:
         """controller-manager (garbage collection, pod GC, node lifecycle), scheduler and kwok."""

@@ -34,7 +34,7 @@ class Ground:
 
     @classmethod
     def up(cls, workdir: Path | None = None, gpu_nodes: int = 0, gpus: int = 8, gpu_type: str = "h100",
-           build: bool = False) -> Ground:
+           build: bool = False, audit: bool = False) -> Ground:
         """Starts everything on free loopback ports and waits until pods can run on GPU nodes.
 
         Args:
@@ -43,12 +43,14 @@ class Ground:
             gpus: nvidia.com/gpu per node.
             gpu_type: value of the GPU-type label.
             build: build missing binaries first (minutes) instead of failing.
+            audit: the API server logs every request to `workdir`/audit.log (see `ControlPlane.audit_log`).
         """
         started = time.monotonic()
         bin_dir = tools_dir(build=build)
         workdir = Path(workdir or tempfile.mkdtemp(prefix="lora-ground-"))
         workdir.mkdir(parents=True, exist_ok=True)
-        ground = cls(workdir, bin_dir, ControlPlane(bin_dir, workdir / "cluster"),
+        plane = ControlPlane(bin_dir, workdir / "cluster", audit_log=workdir / "audit.log" if audit else None)
+        ground = cls(workdir, bin_dir, plane,
                      MinioServer(bin_dir / "minio", workdir / "minio-data", workdir / "minio.log"))
         try:
             ground.minio.start()
