@@ -61,6 +61,23 @@ def test_writer_leaves_a_job_that_a_pass_is_claiming_and_spends_no_token_on_it()
 NOON = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
 
+def test_writer_sends_nothing_for_a_job_the_next_pass_no_longer_places():
+    """The pass thread replaces `wanted` while a round writes (each write is a round trip): a job
+    that pass admitted has no position any more, and no empty patch may be sent for it."""
+    entries = {u: QueueEntry.of(body(u)) for u in ("a", "b")}
+
+    class PassMidRound(FakeKube):
+        def patch_job_status(self, namespace, name, status, resource_version=None):
+            super().patch_job_status(namespace, name, status, resource_version)
+            writer.wanted = {"a": 1}  # the next pass admitted b
+
+    writer = PositionWriter(PassMidRound(), rate=0.0, burst=5)  # type: ignore[arg-type]
+    writer.wanted = {"a": 1, "b": 2}
+    assert writer.write(entries) == 1
+    assert writer.kube.sent == [("job-a", {"queuePosition": 1})]
+    assert writer._tokens == 4  # nothing spent on b
+
+
 def test_estimates_are_rewritten_only_when_they_move_by_more_than_a_minute():
     assert estimate_worth_writing(None, NOON)
     assert not estimate_worth_writing("2026-01-01T12:00:00Z", NOON + timedelta(seconds=59))
