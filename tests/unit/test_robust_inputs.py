@@ -115,6 +115,19 @@ def test_unmatched_jobs_are_those_no_node_could_ever_take():
     assert unmatched(jobs, [], gpu_type_label="gpu") == {"h100", "h999", "tainted", "zone"}
 
 
+def test_a_cordoned_or_not_ready_node_still_matches_the_jobs_it_could_take():
+    """Kubernetes' own state taints (a cordon, a node not ready) take a node out for a while; the
+    jobs that fit it wait as Queued, not NoMatchingNode (a write and a Warning each, then back)."""
+    held = [GpuNode("a", False, False, 8, {"gpu": "h100"},
+                    (Taint("node.kubernetes.io/unschedulable", None, "NoSchedule"),
+                     Taint("node.kubernetes.io/not-ready", None, "NoExecute")))]
+    jobs = [QueuedJob("h100", "ns", "j1", 0, T0, gpu_type="h100"),
+            QueuedJob("a100", "ns", "j2", 0, T0, gpu_type="a100")]
+    assert unmatched(jobs, held, gpu_type_label="gpu") == {"a100"}
+    dedicated = [GpuNode("a", True, True, 8, {"gpu": "h100"}, (Taint("dedicated", "x", "NoSchedule"),))]
+    assert unmatched(jobs, dedicated, gpu_type_label="gpu") == {"h100", "a100"}  # a taint of the admin's own counts
+
+
 def test_api_and_storage_errors_are_retried_other_errors_are_not():
     assert transient(ApiException(status=403, reason="Forbidden"))
     assert transient(ApiException(status=503, reason="Service Unavailable"))

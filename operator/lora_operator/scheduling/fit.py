@@ -17,6 +17,11 @@ from .model import SCHEDULING_EFFECTS, GpuNode, QueuedJob, Taint, Toleration
 
 Placement = tuple[frozenset[tuple[str, str]], frozenset[Toleration], str | None]
 """What decides where a job fits: node selector items, tolerations, GPU type."""
+STATE_TAINT_PREFIX = "node.kubernetes.io/"
+"""Taints Kubernetes sets from a node's state (cordoned: `unschedulable`; `not-ready`, `unreachable`,
+the pressure taints) and takes off again: while one is on, the node is not free, but it still
+matches a job's placement. A cordon of every GPU node told each waiting job NoMatchingNode (a
+status write and a Warning Event each, and a write back when it ended: issue 17)."""
 
 
 def placement_of(job: QueuedJob) -> Placement:
@@ -65,15 +70,16 @@ def unmatched(
     always_tolerated: Sequence[Toleration] = (),
 ) -> frozenset[str]:
     """The uids of the jobs that no node of `nodes` could ever take, busy or free (no node has
-    their GPU type, selector labels or tolerated taints): they wait for a node to join. Checked
-    once per distinct placement."""
+    their GPU type, selector labels or tolerated taints, `STATE_TAINT_PREFIX` ones aside): they wait
+    for a node to join. Checked once per distinct placement."""
     memo: dict[Placement, bool] = {}
     out = set()
+    lasting = [(n.labels, tuple(t for t in n.taints if not t.key.startswith(STATE_TAINT_PREFIX))) for n in nodes]
     for job in jobs:
         placement = placement_of(job)
         if placement not in memo:
             memo[placement] = not any(
-                _fits(placement, n.labels, n.taints, gpu_type_label, always_tolerated) for n in nodes)
+                _fits(placement, labels, taints, gpu_type_label, always_tolerated) for labels, taints in lasting)
         if memo[placement]:
             out.add(job.uid)
     return frozenset(out)
