@@ -4,11 +4,11 @@
 
 What it does:
 1. `Ground.up()` (etcd, kube-apiserver, controller-manager, scheduler, kwok, MinIO), mixed GPU
-   pools (h100x8, a100x8, l40sx4, a10x1), each node tainted `bench.lora-operator.io/hold`
-   so nothing starts before the queue is full; CRDs, the storage Secret per namespace, the
+   pools (h100x8, a100x8, l40sx4, a10x1), each node cordoned (spec.unschedulable) so nothing
+   starts before the queue is full; CRDs, the storage Secret per namespace, the
    dataset object in MinIO; the operator as a real process (`lora-operator run --standalone`).
 2. Submits the jobs (seeded: namespace, priority, optional GPU type, duration) and waits
-   until every one is Queued; then removes the taints (t0).
+   until every one is Queued; then uncordons the nodes (t0).
 3. A fake kubelet in this process ends each trainer pod `duration` seconds after the pod
    appeared; the operator sees the pod Succeeded, finishes the job and admits the next one.
 4. Reports, from the API server's watch streams (not the operator's memory): makespan against
@@ -64,7 +64,6 @@ from scale_watch import FakeKubelet, Recorder
 from testground import Ground, gpu_node
 from testground.operator import OperatorProcess, install_crds, storage_secret
 
-HOLD_TAINT = {"key": "bench.lora-operator.io/hold", "value": "true", "effect": "NoSchedule"}
 POOLS = (("h100", 8, 0.4), ("a100", 8, 0.3), ("l40s", 4, 0.2), ("a10", 1, 0.1))
 """GPU type, GPUs per node, share of the nodes."""
 PRIORITIES = ((0, 0.6), (1, 0.2), (5, 0.15), (10, 0.05))
@@ -114,14 +113,23 @@ def manifest(job: dict) -> dict:
     }
 
 
+def hold(node: dict) -> dict:
+    """A node manifest cordoned until `release`. A cordon, not a taint of the bench's own: a waiting
+    job still matches a cordoned node (it is only not free), while under a taint no job tolerates
+    every job was told NoMatchingNode (a status write and a Warning Event each) and then told
+    again that a node matches, writes a real cluster does not make per job (issue 17)."""
+    node["spec"]["unschedulable"] = True
+    return node
+
+
 def setup(ground: Ground, args, jobs: list[dict]) -> dict[str, str]:
-    """Nodes (held by a taint), CRDs, namespaces, Secrets, buckets. Returns node -> GPU type."""
+    """Nodes (cordoned: see `hold`), CRDs, namespaces, Secrets, buckets. Returns node -> GPU type."""
     node_type: dict[str, str] = {}
     manifests = []
     for gpu_type, gpus, count in pools(args.nodes):
         for i in range(count):
             name = f"{gpu_type}-{i}"
-            manifests.append(gpu_node(name, gpus, gpu_type, taints=[HOLD_TAINT]))
+            manifests.append(hold(gpu_node(name, gpus, gpu_type)))
             node_type[name] = gpu_type
     for start in range(0, len(manifests), NODES_PER_APPLY):
         ground.apply(manifests[start:start + NODES_PER_APPLY])
@@ -164,18 +172,20 @@ def submit(api, jobs: list[dict], threads: int = 8) -> dict[str, dict]:
 
 
 def release(api, node_type: dict[str, str]) -> dict[str, float]:
-    """Removes the hold taint from every node at once; returns node -> time it was released."""
+    """Uncordons every node at once; returns node -> time it was released. The same patch takes off
+    the taint the node controller put on while the node was cordoned (kubectl uncordon leaves that
+    to the controller: a round later)."""
     from kubernetes import client
 
     core = client.CoreV1Api(api)
     released: dict[str, float] = {}
 
-    def untaint(name):
-        core.patch_node(name, {"spec": {"taints": None}})
+    def uncordon(name):
+        core.patch_node(name, {"spec": {"unschedulable": False, "taints": None}})
         released[name] = time.monotonic()
 
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(untaint, sorted(node_type)))
+        list(pool.map(uncordon, sorted(node_type)))
     return released
 
 
