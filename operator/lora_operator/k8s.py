@@ -1,4 +1,5 @@
-"""The Kubernetes adapter: the only module that talks to the API server through the client.
+"""The Kubernetes adapter: with `k8s_kueue` (its Kueue calls) and `k8s_base` (what both share),
+the only modules that talk to the API server through the client.
 
 Handlers call these functions from worker threads. Every write that depends on what the
 operator read is conditional on the object's resourceVersion, so two replicas (or a
@@ -20,23 +21,16 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
 
 from .api import GROUP, VERSION
 from .api.contract import APP_NAME, LABEL_NAME
 from .api.names import is_subdomain
 from .api.resources import ClusterLoraTrainingTemplate, LoraTrainingJob, LoraTrainingTemplate
+from .k8s_base import Conflict, Forbidden, Refused, create_object, describe_error, discard_response, transient
+from .k8s_kueue import KueueCalls
 from .own_writes import OwnWrites
-from .storage import StorageError
 
 log = logging.getLogger(__name__)
-
-KUEUE_API = ("kueue.x-k8s.io", "v1beta2")
-"""The Workload API the operator reads: Kueue v0.19 serves v1beta2 (its storage version) and v1beta1."""
-VISIBILITY_GROUP = "visibility.kueue.x-k8s.io"
-"""Kueue's visibility API (an aggregated API its manager serves): pending workloads and their positions."""
-LABEL_CONTROLLER_UID = "batch.kubernetes.io/controller-uid"
-"""The label the Job controller puts on its pods: the uid of their Job."""
 
 DELETE_MEMORY_SECONDS = 60.0
 SYNC_CONNECTIONS = 48
@@ -51,93 +45,11 @@ USER_AGENT = "lora-operator"
 `kubectl get --show-managed-fields` shows `lora-operator` (not the client library) as the writer of status."""
 
 
-def _discard(response: Any) -> None:
-    """Reads and releases a response the operator does not use. Called with `_preload_content=False`
-    the client builds no model objects (a V1Pod is thousands of Python objects for a trainer pod
-    with its spec in an environment variable); an error status still raises ApiException."""
-    response.read()
-    response.release_conn()
-
-
-def _create(call: Any, manifest: dict[str, Any], what: str) -> bool:
-    """Creates an object with `call` (create_namespaced_pod, _job); False when one of that name exists.
-
-    Raises:
-        Refused: the API server refused it (422, 400); the message is the server's, naming the field.
-    """
-    try:
-        _discard(call(manifest["metadata"]["namespace"], manifest, _preload_content=False))
-        return True
-    except ApiException as err:
-        if err.status == 409:
-            return False
-        if err.status in REFUSED_STATUSES:
-            raise Refused(f"the API server refused the trainer {what}: {describe_error(err)}") from err
-        raise
-
-
 def _version() -> str:
     try:
         return metadata.version("lora-operator")
     except metadata.PackageNotFoundError:
         return "dev"
-
-
-class Conflict(Exception):
-    """The object changed since it was read; the caller re-reads and decides again."""
-
-
-class Refused(Exception):
-    """The API server refused an object as invalid (422 Invalid, 400 BadRequest). Sending it
-    again cannot help: the message (the server's, naming the field) is for the job's user."""
-
-
-REFUSED_STATUSES = frozenset({400, 422})
-MAX_ERROR_TEXT = 600
-"""Characters of an error kept for a status message."""
-
-
-def describe_error(error: BaseException) -> str:
-    """An error in one line for a status message: an API error as its status, reason and the
-    server's own message (which names the field), anything else as its type and text."""
-    if isinstance(error, ApiException):
-        try:
-            detail = json.loads(error.body or "{}").get("message") or ""
-        except (ValueError, AttributeError):
-            detail = str(error.body or "")
-        return f"{error.status} {error.reason}: {detail}".rstrip(": ")[:MAX_ERROR_TEXT]
-    if isinstance(error, Refused):
-        return str(error)[:MAX_ERROR_TEXT]
-    return f"{type(error).__name__}: {error}"[:MAX_ERROR_TEXT]
-
-
-def transient(error: BaseException) -> bool:
-    """Whether an error may clear up by itself: an API error other than a refusal (a 403 while
-    RBAC is being set up, a 5xx, a timeout), a connection error. Anything else (a ValueError on
-    a spec value, an overflow) fails the same way each time."""
-    if isinstance(error, ApiException):
-        return error.status not in REFUSED_STATUSES
-    if isinstance(error, StorageError):
-        return error.transient
-    return isinstance(error, (OSError, HTTPError, Forbidden))
-
-
-def _missing_kind(err: ApiException) -> str | None:
-    """The kind a 404's Status names (details.kind); None for a path the server does not serve."""
-    try:
-        return (json.loads(err.body or "").get("details") or {}).get("kind")
-    except (ValueError, AttributeError):
-        return None
-
-
-class Forbidden(Exception):
-    """The operator's role may not read this object (403): RBAC not set up yet, or a Secret whose
-    name the chart's RBAC does not list (the operator refuses those names before reading)."""
-
-
-class Unavailable(Exception):
-    """An aggregated API is not there (404: not registered; 503: its server does not answer) or
-    the operator's role may not read it (403)."""
 
 
 MAX_EVENT_MESSAGE = 1000
@@ -174,8 +86,8 @@ def event_body(obj: Mapping[str, Any], type_: str, reason: str, message: str, so
 
 
 @dataclass
-class Kube:
-    """Typed access to the few API calls the operator makes."""
+class Kube(KueueCalls):
+    """Typed access to the few API calls the operator makes (the Kueue path's: `KueueCalls`)."""
 
     api: client.ApiClient
     own_writes: OwnWrites = field(default_factory=OwnWrites)
@@ -215,7 +127,7 @@ class Kube:
         while True:
             body = self._events.get()
             try:
-                _discard(self.core.create_namespaced_event(body["metadata"]["namespace"], body,
+                discard_response(self.core.create_namespaced_event(body["metadata"]["namespace"], body,
                                                            _preload_content=False))
             except Exception as err:  # noqa: BLE001 - an Event is informational; the job's status holds the truth
                 log.warning("posting Event %s on %s failed: %s", body["reason"], body["involvedObject"]["name"],
@@ -229,95 +141,9 @@ class Kube:
     def custom(self) -> client.CustomObjectsApi:
         return client.CustomObjectsApi(self.api)
 
-    @property
-    def batch(self) -> client.BatchV1Api:
-        return client.BatchV1Api(self.api)
-
-    def create_batch_job(self, manifest: dict[str, Any]) -> bool:
-        """Creates the batch/v1 Job of a Kueue attempt; False when one of that name exists already.
-
-        Raises:
-            Refused: the API server (or Kueue's webhook) refused it; the message names the field.
-        """
-        return _create(self.batch.create_namespaced_job, manifest, "Job")
-
-    def get_batch_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """A batch/v1 Job as a dict (its wire form), or None when it does not exist."""
-        try:
-            response = self.batch.read_namespaced_job(name, namespace, _preload_content=False)
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-        return json.loads(response.data)
-
-    def delete_batch_job(self, namespace: str, name: str) -> None:
-        """Deletes a Job and, in the background, its pods (Kueue then drops its Workload); gone is fine."""
-        try:
-            _discard(self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background",
-                                                      _preload_content=False))
-        except ApiException as err:
-            if err.status != 404:
-                raise
-
-    def annotate_batch_job(self, namespace: str, name: str, key: str, value: str | None,
-                           resource_version: str) -> None:
-        """Sets (None: removes) one annotation of a Job, only if it did not change since
-        `resource_version`; a Job already gone is fine.
-
-        Raises:
-            Conflict: the Job changed meanwhile; the caller reads it again.
-        """
-        patch = {"metadata": {"resourceVersion": resource_version, "annotations": {key: value}}}
-        try:
-            _discard(self.batch.patch_namespaced_job(name, namespace, patch, _preload_content=False))
-        except ApiException as err:
-            if err.status == 409:
-                raise Conflict(f"Job {namespace}/{name} changed meanwhile") from err
-            if err.status != 404:
-                raise
-
-    def workload_of(self, namespace: str, job_uid: str) -> dict[str, Any] | None:
-        """The Kueue Workload that a Job (by uid) owns, or None while Kueue has not made one."""
-        listed = self.custom.list_namespaced_custom_object(*KUEUE_API, namespace, "workloads")
-        for workload in listed.get("items") or []:
-            if any(o.get("uid") == job_uid for o in workload["metadata"].get("ownerReferences") or []):
-                return workload
-        return None
-
-    def kueue_pending_workloads(self, namespace: str, queue: str, version: str,
-                                limit: int) -> dict[str, Any] | None:
-        """A LocalQueue's PendingWorkloadsSummary from Kueue's visibility API (`version`, at most
-        `limit` items), or None when Kueue knows no such LocalQueue.
-
-        Raises:
-            Unavailable: the API (that version) is not served here, or the role may not read it.
-        """
-        path = f"/apis/{VISIBILITY_GROUP}/{version}/namespaces/{namespace}/localqueues/{queue}/pendingworkloads"
-        request = self.api.param_serialize("GET", path, query_params=[("limit", limit)],
-                                           header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
-        try:
-            response = self.api.call_api(*request)
-            data = response.read()
-            if not 200 <= response.status <= 299:  # the generated APIs raise this; a bare call_api does not
-                raise ApiException.from_response(http_resp=response, body=None, data=None)
-        except ApiException as err:
-            if err.status == 404 and _missing_kind(err) == "localqueue":
-                return None  # the server's NotFound names the LocalQueue: the API is there, the queue is not
-            if err.status in (403, 404, 503):
-                raise Unavailable(describe_error(err)) from err
-            raise
-        return json.loads(data)
-
-    def pods_of_batch_job(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
-        """The pods a Job made (their names carry a random suffix), as dicts, by its controller-uid."""
-        response = self.core.list_namespaced_pod(namespace, label_selector=f"{LABEL_CONTROLLER_UID}={job_uid}",
-                                                 _preload_content=False)
-        return json.loads(response.data).get("items") or []
-
     def create_pod(self, manifest: dict[str, Any]) -> bool:
         """Creates the pod; False when a pod of that name exists already (idempotent admission)."""
-        return _create(self.core.create_namespaced_pod, manifest, "pod")
+        return create_object(self.core.create_namespaced_pod, manifest, "pod")
 
     def ensure_service_account(self, namespace: str, name: str) -> None:
         """Creates the trainer ServiceAccount (no token automount) in a job's namespace once."""
@@ -343,7 +169,7 @@ class Kube:
             self._deleted = {k: t for k, t in self._deleted.items() if t > now}
         self._deleted[namespace, name] = now + DELETE_MEMORY_SECONDS
         try:
-            _discard(self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace_seconds,
+            discard_response(self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace_seconds,
                                                      _preload_content=False))
         except ApiException as err:
             if err.status != 404:
@@ -446,3 +272,6 @@ class Kube:
             if err.status == 403:
                 raise Forbidden(f"Secret {namespace}/{name}: 403 {err.reason}") from err
             raise
+
+
+__all__ = ["Conflict", "EventSource", "Forbidden", "Kube", "Refused", "describe_error", "event_body", "transient"]

@@ -23,7 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .k8s import Kube, Unavailable
+from .k8s import Kube
+from .k8s_kueue import Unavailable
 from .kueue import KueuePlace
 from .positions import BURST, worth_writing
 from .render import pod_name

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 
 from lora_operator.api.conditions import Phase
-from lora_operator.k8s import Unavailable
+from lora_operator.k8s_kueue import Unavailable
 from lora_operator.kueue import KueuePlace, workload_state
 from lora_operator.kueue_positions import ABSENT_RETRY_SECONDS, KueuePositions, pending_places
 from lora_operator.render import pod_name

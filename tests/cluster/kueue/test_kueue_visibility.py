@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from cluster.kueue.kueuelib import QUEUE, cluster_queue, flavor, local_queue
-from lora_operator.k8s import Kube, Unavailable
+from lora_operator.k8s import Kube
+from lora_operator.k8s_kueue import Unavailable
 from lora_operator.render import pod_name
 from testground.operator import OperatorProcess, kwok_job, run_kubectl_json, storage_secret
 from testground.serviceaccount import service_account_kubeconfig
