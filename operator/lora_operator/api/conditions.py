@@ -87,7 +87,8 @@ class Reason(StrEnum):
     UNEXPECTED_ERROR = "UnexpectedError"
     """The operator met an error it has no rule for while handling this job; the message names it."""
     NO_MATCHING_NODE = "NoMatchingNode"
-    """No GPU node has the job's gpuType, nodeSelector labels and tolerated taints; it waits for one."""
+    """No GPU node has the job's gpuType, nodeSelector labels and tolerated taints (Kubernetes' own
+    node-state taints aside: a cordoned or not-ready node still matches); it waits for one."""
     PHASE_CORRECTED = "PhaseCorrected"
     """status.phase disagreed with the conditions the operator wrote (a hand edit); it was put back."""
 
