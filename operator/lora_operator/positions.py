@@ -127,7 +127,7 @@ class PositionWriter:
                 continue
             # Read again for each write: a round's writes take round trips, and meanwhile the next
             # pass replaces `wanted`. A job it admitted has no position any more; an empty patch,
-            # conditional on the version before its claim, was a 409 (162 of 1000 jobs, issue 17).
+            # conditional on the version before its claim, was a 409 (bench/RESULTS.md, issue 17).
             fields = self.fields(entries[uid])
             if not fields:
                 continue
