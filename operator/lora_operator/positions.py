@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from .k8s import Conflict, Kube
+from .scheduling import QueuePositions
 from .status_transitions import rfc3339
 from .status_writer import StatusWriter
 from .views import QueueEntry, parse_time
@@ -72,10 +73,13 @@ class PositionWriter:
     burst: int = BURST
     statuses: StatusWriter | None = None
     """Writes the positions. Default: one over `kube`."""
-    wanted: dict[str, int] = field(default_factory=dict)
+    wanted: Mapping[str, int] = field(default_factory=dict)
+    """The latest pass's positions (`scheduling.QueuePositions`: worked out on first read, here)."""
     estimates: dict[str, datetime | None] = field(default_factory=dict)
     """The latest estimated starts by uid of the queued jobs (None: no estimate); jobs missing
     here are left as they are (no estimate computed yet)."""
+    were_due: int = 0
+    """How many jobs were due at the last `write` (before it wrote): more rounds are wanted while some were."""
     _tokens: float = float(BURST)
     _refilled: float = field(default_factory=time.monotonic)
 
@@ -87,16 +91,22 @@ class PositionWriter:
         """(position, uid) of the waiting jobs whose stored position or estimate is worth updating,
         head first (a job due for its estimate alone sorts by its position, or last)."""
         changed = []
+        positions = self._wanted()
         for entry in entries:
             if entry.queued is None:
                 continue
-            wanted = self.wanted.get(entry.uid)
+            wanted = positions.get(entry.uid)
             if wanted is not None and worth_writing(entry.queue_position, wanted):
                 changed.append((wanted, entry.uid))
             elif self._estimate_due(entry):
                 changed.append((LAST_PLACE if wanted is None else wanted, entry.uid))
         changed.sort()
         return changed
+
+    def _wanted(self) -> Mapping[str, int]:
+        """`wanted` as a plain dict where it is a pass's lazy positions (read here once per job)."""
+        wanted = self.wanted
+        return wanted.as_dict() if isinstance(wanted, QueuePositions) else wanted
 
     def _estimate_due(self, entry: QueueEntry) -> bool:
         return entry.uid in self.estimates and estimate_worth_writing(entry.estimated_start,
@@ -105,7 +115,7 @@ class PositionWriter:
     def fields(self, entry: QueueEntry) -> dict[str, Any]:
         """The status fields of `entry` worth writing now."""
         fields: dict[str, Any] = {}
-        wanted = self.wanted.get(entry.uid)
+        wanted = self._wanted().get(entry.uid)
         if wanted is not None and worth_writing(entry.queue_position, wanted):
             fields["queuePosition"] = wanted
         if self._estimate_due(entry):
@@ -119,7 +129,9 @@ class PositionWriter:
         self._tokens = min(float(self.burst), self._tokens + (now - self._refilled) * self.rate)
         self._refilled = now
         written = 0
-        for _, uid in self.due(entries.values()):
+        due = self.due(entries.values())
+        self.were_due = len(due)
+        for _, uid in due:
             if self._tokens < 1:
                 break
             job = entries[uid].queued

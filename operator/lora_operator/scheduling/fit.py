@@ -13,15 +13,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .cache_affinity import prefer_cached
-from .model import SCHEDULING_EFFECTS, GpuNode, QueuedJob, Taint, Toleration
-
-Placement = tuple[frozenset[tuple[str, str]], frozenset[Toleration], str | None]
-"""What decides where a job fits: node selector items, tolerations, GPU type."""
+from .model import SCHEDULING_EFFECTS, GpuNode, Placement, QueuedJob, Taint, Toleration
 
 
 def placement_of(job: QueuedJob) -> Placement:
     """The hashable placement of a job; jobs with equal placements fit the same nodes."""
-    return frozenset(job.node_selector.items()), frozenset(job.tolerations), job.gpu_type
+    return job.placement
 
 
 def resource_toleration(resource: str) -> Toleration:
@@ -72,11 +69,17 @@ def unmatched(
     for job in jobs:
         placement = placement_of(job)
         if placement not in memo:
-            memo[placement] = not any(
-                _fits(placement, n.labels, n.taints, gpu_type_label, always_tolerated) for n in nodes)
+            memo[placement] = fits_no_node(placement, nodes, gpu_type_label=gpu_type_label,
+                                           always_tolerated=always_tolerated)
         if memo[placement]:
             out.add(job.uid)
     return frozenset(out)
+
+
+def fits_no_node(placement: Placement, nodes: Sequence[GpuNode], *, gpu_type_label: str,
+                 always_tolerated: Sequence[Toleration] = ()) -> bool:
+    """Whether no node of `nodes`, busy or free, could take a job of this placement."""
+    return not any(_fits(placement, n.labels, n.taints, gpu_type_label, always_tolerated) for n in nodes)
 
 
 def _fits(
@@ -157,7 +160,11 @@ class FreePool:
         a flexible job takes the node fewest other jobs can use, leaving scarce nodes to the
         jobs that need them.
         """
-        for placement, count in Counter(placement_of(job) for job in jobs).items():
+        self.count_demand_by(Counter(placement_of(job) for job in jobs))
+
+    def count_demand_by(self, demand: Mapping[Placement, int]) -> None:
+        """`count_demand` from the eligible jobs counted by placement (each count above zero)."""
+        for placement, count in demand.items():
             matched = self._fitting[placement] = self._match(placement)
             for node_class in matched:
                 node_class.demand += count
