@@ -110,6 +110,10 @@ class Admitter:
     """Waiting jobs whose status says no GPU node matches them (NoMatchingNode)."""
     told_limited: set[str] = field(default_factory=set)
     """Waiting jobs already told (an Event) that their namespace holds its node limit: told once per wait."""
+    _matched_on: tuple[GpuNode, ...] = ()
+    """The nodes `_matches_none` was worked out on (the pass's thread only)."""
+    _matches_none: dict = field(default_factory=dict)
+    """Placement -> whether no node of `_matched_on` could take it."""
     _recent_lock: threading.Lock = field(default_factory=threading.Lock)
     """`recent` changes in the pass's threads and on the event loop (`pod_seen`)."""
     _settled: threading.Event = field(default_factory=lambda: _set(threading.Event()))
@@ -201,9 +205,13 @@ class Admitter:
         Admitted False with reason NoMatchingNode and an Event, once; back to Queued when a node
         that matches joins. It keeps its place and holds up no other job (the planner passes it over).
         Checked once per placement of the waiting jobs, not per job."""
-        none = frozenset(uid for placement, jobs in waiting.by_placement().items()
-                         if fits_no_node(placement, nodes, gpu_type_label=self.config.gpu_type_label,
-                                         always_tolerated=self.config.trainer_tolerations)
+        if tuple(nodes) != self._matched_on:  # a node changed, joined or left: check every placement again
+            self._matched_on, self._matches_none = tuple(nodes), {}
+        memo = self._matches_none
+        for placement in waiting.by_placement().keys() - memo.keys():
+            memo[placement] = fits_no_node(placement, nodes, gpu_type_label=self.config.gpu_type_label,
+                                           always_tolerated=self.config.trainer_tolerations)
+        none = frozenset(uid for placement, jobs in waiting.by_placement().items() if memo[placement]
                          for uid in jobs)
         changed = [(uid, False) for uid in none - self.told_unmatched] + [
             (uid, True) for uid in self.told_unmatched - none if uid in waiting]

@@ -78,7 +78,7 @@ def schedule(
     queue = queued if isinstance(queued, WaitingQueue) else WaitingQueue(queued)
     pods = [pod for pod in pods if pod.active]
     busy = {pod.node for pod in pods if pod.node is not None}
-    leaving = {pod.job_uid for pod in pods if pod.job_uid in queue}  # waiting, yet a pod holds a node
+    leaving = queue.among({pod.job_uid for pod in pods})  # waiting, yet a pod holds a node
 
     all_nodes = _unique(nodes, lambda n: n.name)
     usable = [n for n in all_nodes if n.ready and n.schedulable and n.gpus > 0]

@@ -50,6 +50,10 @@ class WaitingQueue:
     def __contains__(self, uid: object) -> bool:
         return uid in self._jobs
 
+    def among(self, uids: set[str]) -> set[str]:
+        """Those of `uids` that wait here."""
+        return uids & self._jobs.keys()
+
     def get(self, uid: str) -> QueuedJob | None:
         return self._jobs.get(uid)
 
