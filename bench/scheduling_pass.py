@@ -195,7 +195,7 @@ def summary(ms: list[float]) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     limits = json.loads(args.limits) if args.limits else {}
-    config = OperatorConfig(namespace_node_limits=limits, model_cache_host_path=args.cache_host_path)
+    config = OperatorConfig(namespace_node_limits=limits)
     began = time.perf_counter()
     drain = build(args.jobs, args.nodes, args.seed, config)
     setup = time.perf_counter() - began
@@ -223,7 +223,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}",
         "load": _load(),
         "jobs": args.jobs, "nodes": len(drain.nodes), "free_per_pass": args.free, "steps": args.steps,
-        "queued_at_end": queued, "admitted": admitted, "setup_seconds": round(setup, 1),
+        "queued_at_end": queued, "running_at_end": len(drain.running), "admitted": admitted,
+        "position_writes": controller.positions.kube.position_writes, "setup_seconds": round(setup, 1),
         "pass": summary(passes),
         "position_round": summary(rounds) if rounds else None,
         "position_round_with_estimate": summary(estimates) if estimates else None,
@@ -253,7 +254,6 @@ def main(argv: list[str] | None = None) -> None:
                         help="a position round with an estimate every N steps")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--limits", default="", help='LORA_NAMESPACE_NODE_LIMITS, e.g. {"*": 90}')
-    parser.add_argument("--cache-host-path", default="", help="LORA_MODEL_CACHE_HOST_PATH: cache-aware placement")
     parser.add_argument("--profile", action="store_true", help="cProfile the timed steps (cumulative top list)")
     parser.add_argument("--profile-lines", type=int, default=40)
     parser.add_argument("--out", help="write the result JSON here too")
