@@ -55,11 +55,10 @@ ESTIMATE_PASSES = 200
 """Simulated scheduling passes per estimate at most: jobs past the 200th node freeing get no
 estimate (yet)."""
 ESTIMATE_WORK = 200_000
-"""Simulated passes times queued jobs per estimate at most (`estimate_passes`). Each simulated
-pass orders the whole queue, all of it Python holding the GIL on the position writer's thread
-beside the scheduling pass and kopf's loop: 200 passes cost 0.26 s of CPU at 1000 queued jobs and
-1.7 s at 5000 (bench/RESULTS.md). A long queue gets fewer passes, so an estimate costs about the
-same at any length."""
+"""Simulated passes times queued jobs per estimate at most (`estimate_passes`). An estimate is
+Python holding the GIL on the position writer's thread beside the scheduling pass and kopf's loop,
+and it reads every job's body; a long queue gets fewer passes, so an estimate's cost stays bounded
+(bench/RESULTS.md)."""
 RECONCILE_WORKERS = 8
 """Reconciles at once (each mostly waits on an API or storage request on a thread)."""
 
