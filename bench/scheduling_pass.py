@@ -54,16 +54,21 @@ SUBMIT_PER_SECOND = 84
 
 class LosingKube:
     """The API server as the controller sees it here: every claim loses to a change of its job
-    (so the bench applies admissions itself), every position write succeeds and does nothing."""
+    (so the bench applies admissions itself), every position write succeeds and comes back as the
+    watch would show it (`wrote`)."""
 
     def __init__(self) -> None:
         self.own_writes = OwnWrites()
         self.position_writes = 0
+        self.estimate_writes = 0
+        self.wrote: Callable[[str, dict], None] = lambda name, fields: None
 
     def patch_job_status(self, namespace: str, name: str, status: dict, resource_version: str | None = None):
         if "conditions" in status:
             raise Conflict(name)
-        self.position_writes += 1
+        self.position_writes += "queuePosition" in status
+        self.estimate_writes += "queue" in status
+        self.wrote(name, status)
         return None
 
     def get_job(self, namespace: str, name: str) -> None:
@@ -103,6 +108,10 @@ class Drain:
         body["metadata"]["resourceVersion"] = self._version()
         self.controller.job_event(uid, slim_job(body))
         self.jobs[uid] = body
+
+    def write_status(self, uid: str, fields: dict) -> None:
+        body = self.jobs[uid]
+        self.put_job(uid, {**body, "status": {**body["status"], **fields}})
 
     def put_pod(self, uid: str, pod: dict | None, *, deleted: bool = False) -> None:
         if deleted:
@@ -150,8 +159,9 @@ class Drain:
         self.controller.admitter._settled.wait(60)
 
 
-def build(jobs: int, nodes: int, seed: int, config: OperatorConfig) -> Drain:
-    """Every node running a job, the other jobs queued (Resolved, Admitted False), all in the index."""
+def build(jobs: int, nodes: int, seed: int, config: OperatorConfig, *, positions_written: bool = False) -> Drain:
+    """Every node running a job, the other jobs queued (Resolved, Admitted False), all in the index;
+    with `positions_written`, each showing its queue position."""
     rng = random.Random(seed)
     controller = Controller(LosingKube(), config, OperatorMetrics(), lambda *a: None)  # type: ignore[arg-type]
     node_list = nodes_of(nodes)
@@ -175,7 +185,14 @@ def build(jobs: int, nodes: int, seed: int, config: OperatorConfig) -> Drain:
                 "spec": {"priority": rng.choices([p for p, _ in PRIORITIES], [w for _, w in PRIORITIES])[0]},
                 "status": {**queued_status, "resolvedSpec": resolved}}
         drain.put_job(uid, body)
+    by_name = {body["metadata"]["name"]: uid for uid, body in drain.jobs.items()}
+    controller.positions.kube.wrote = lambda name, fields: drain.write_status(by_name[name], fields)
     drain.step(0)  # the drain's start: the first pass fills every node
+    if positions_written:  # as if the position writer had caught up: each job shows its position
+        plan = controller.run_pass()  # the running jobs' turns are in this pass's order, not the first's
+        drain.settle()
+        for uid, position in dict(plan.positions).items():
+            drain.write_status(uid, {"queuePosition": position})
     return drain
 
 
@@ -197,7 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     limits = json.loads(args.limits) if args.limits else {}
     config = OperatorConfig(namespace_node_limits=limits)
     began = time.perf_counter()
-    drain = build(args.jobs, args.nodes, args.seed, config)
+    drain = build(args.jobs, args.nodes, args.seed, config, positions_written=args.positions_written)
     setup = time.perf_counter() - began
     controller = drain.controller
     passes, rounds, estimates, admitted = [], [], [], 0
@@ -223,8 +240,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}",
         "load": _load(),
         "jobs": args.jobs, "nodes": len(drain.nodes), "free_per_pass": args.free, "steps": args.steps,
+        "positions_written": args.positions_written,
         "queued_at_end": queued, "running_at_end": len(drain.running), "admitted": admitted,
-        "position_writes": controller.positions.kube.position_writes, "setup_seconds": round(setup, 1),
+        "position_writes": controller.positions.kube.position_writes,
+        "estimate_writes": controller.positions.kube.estimate_writes, "setup_seconds": round(setup, 1),
         "pass": summary(passes),
         "position_round": summary(rounds) if rounds else None,
         "position_round_with_estimate": summary(estimates) if estimates else None,
@@ -253,6 +272,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--estimate-every", type=int, default=25,
                         help="a position round with an estimate every N steps")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--positions-written", action="store_true",
+                        help="start with every waiting job showing its position (few position writes due), "
+                             "not with none (every job due, as after a mass submission)")
     parser.add_argument("--limits", default="", help='LORA_NAMESPACE_NODE_LIMITS, e.g. {"*": 90}')
     parser.add_argument("--profile", action="store_true", help="cProfile the timed steps (cumulative top list)")
     parser.add_argument("--profile-lines", type=int, default=40)

@@ -301,7 +301,7 @@ class Controller:
         if self._estimated_at is None or time.monotonic() - self._estimated_at >= ESTIMATE_SECONDS:
             self.estimate_starts()
         self.positions.write(self.index.all_entries())
-        return self.positions.were_due > 0
+        return self.positions.any_due
 
     def estimate_starts(self) -> None:
         """Plays the queue forward (`start_estimates`) for the position writer to write."""

@@ -35,3 +35,17 @@ def test_a_namespace_limit_holds_back_admissions_and_the_profile_lists_the_pass(
     result = json.loads(printed[:printed.index("\n}\n") + 2])
     assert result["running_at_end"] <= 10  # ten namespaces, one node each at most: two of 12 nodes stay free
     assert "controller.py" in printed and "(run_pass)" in printed
+
+
+def test_with_positions_written_a_round_where_nothing_moved_writes_no_position(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench.scheduling_pass import main
+
+    writes = {}
+    for flag in ([], ["--positions-written"]):
+        out = tmp_path / f"{len(flag)}.json"
+        main(["--jobs", "80", "--nodes", "10", "--free", "0", "--steps", "2", "--estimate-every", "100",
+              "--out", str(out), *flag])
+        writes[bool(flag)] = json.loads(out.read_text())["position_writes"]
+    assert writes[False] == 50  # every waiting job is due: the writer's burst, all spent on positions
+    assert writes[True] == 0  # only estimates are written (the first round plays the queue forward)
