@@ -18,8 +18,18 @@ import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 from .model import QueuedJob
+
+
+class _Lane(NamedTuple):
+    """One namespace's waiting jobs at one priority, FIFO, and the turns it already had."""
+
+    head: tuple[datetime, str, str]
+    namespace: str
+    turns: int
+    jobs: Sequence[QueuedJob]
 
 
 def fifo_key(job: QueuedJob) -> tuple[datetime, str, str]:
@@ -62,15 +72,15 @@ def in_turns(lanes: Mapping[tuple[int, str], Sequence[QueuedJob]],
     the lanes' slices zipped together; only the lanes are sorted, and it is lazy: a pass that
     runs out of free nodes after a few jobs takes no more than those.
     """
-    levels: dict[int, list[tuple[tuple[datetime, str, str], str, int, Sequence[QueuedJob]]]] = defaultdict(list)
+    levels: dict[int, list[_Lane]] = defaultdict(list)
     for (priority, namespace), lane in lanes.items():
-        levels[priority].append((fifo_key(lane[0]), namespace, turns_taken.get(namespace, 0), lane))
+        levels[priority].append(_Lane(fifo_key(lane[0]), namespace, turns_taken.get(namespace, 0), lane))
     for priority in sorted(levels, reverse=True):
-        ranked = sorted(levels[priority], key=lambda lane: (lane[0], lane[1]))
-        bounds = sorted({turns for _, _, turns, _ in ranked} | {turns + len(lane) for _, _, turns, lane in ranked})
+        ranked = sorted(levels[priority], key=lambda lane: (lane.head, lane.namespace))
+        bounds = sorted({lane.turns for lane in ranked} | {lane.turns + len(lane.jobs) for lane in ranked})
         for start, end in itertools.pairwise(bounds):
-            slices = [lane[start - turns:end - turns] for _, _, turns, lane in ranked
-                      if turns <= start and end <= turns + len(lane)]
+            slices = [lane.jobs[start - lane.turns:end - lane.turns] for lane in ranked
+                      if lane.turns <= start and end <= lane.turns + len(lane.jobs)]
             yield from itertools.chain.from_iterable(zip(*slices, strict=True))
 
 
