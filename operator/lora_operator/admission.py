@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,9 +30,10 @@ from .scheduling import (
     Plan,
     QueuedJob,
     TrainerPod,
+    WaitingQueue,
+    fits_no_node,
     node_limit,
     schedule,
-    unmatched,
 )
 from .status_writer import StatusWriter
 from .views import JobView, parse_time
@@ -109,6 +110,10 @@ class Admitter:
     """Waiting jobs whose status says no GPU node matches them (NoMatchingNode)."""
     told_limited: set[str] = field(default_factory=set)
     """Waiting jobs already told (an Event) that their namespace holds its node limit: told once per wait."""
+    _matched_on: tuple[GpuNode, ...] = ()
+    """The nodes `_matches_none` was worked out on (the pass's thread only)."""
+    _matches_none: dict = field(default_factory=dict)
+    """Placement -> whether no node of `_matched_on` could take it."""
     _recent_lock: threading.Lock = field(default_factory=threading.Lock)
     """`recent` changes in the pass's threads and on the event loop (`pod_seen`)."""
     _settled: threading.Event = field(default_factory=lambda: _set(threading.Event()))
@@ -154,19 +159,22 @@ class Admitter:
                 if key == (namespace, name):
                     del self.recent[node]
 
-    def run(self, queued: list[QueuedJob], nodes: list[GpuNode], pods: list[TrainerPod], now: datetime,
-            job_of: Callable[[str], JobView | None], caches: Mapping[str, frozenset[str]] | None = None) -> Plan:
+    def run(self, queued: WaitingQueue | Iterable[QueuedJob], nodes: list[GpuNode], pods: list[TrainerPod],
+            now: datetime, job_of: Callable[[str], JobView | None],
+            caches: Mapping[str, frozenset[str]] | None = None) -> Plan:
         """One pass: admit what fits and update the queue/node metrics.
 
-        `queued` are the waiting jobs' scheduling views; `pods` the trainer pods, `held()` among
-        them (read first, see there); `job_of(uid)` gives the full view of the few that are
-        admitted. Queue positions are left to `positions.PositionWriter`.
+        `queued` are the waiting jobs' scheduling views (the operator's queue kept between
+        passes, or a snapshot); `pods` the trainer pods, `held()` among them (read first, see
+        there); `job_of(uid)` gives the full view of the few that are admitted. Queue positions
+        are left to `positions.PositionWriter`.
         """
-        plan = schedule(queued, nodes, pods, now,
+        queue = queued if isinstance(queued, WaitingQueue) else WaitingQueue(queued)
+        plan = schedule(queue, nodes, pods, now,
                         gpu_type_label=self.config.gpu_type_label,
                         always_tolerated=self.config.trainer_tolerations,
                         node_limits=self.config.namespace_node_limits, caches=caches)
-        self._tell_limited(plan.limited, {job.uid for job in queued}, job_of)
+        self._tell_limited(plan.limited, queue, job_of)
         candidates = [(job, admission) for admission in plan.admissions
                       if (job := job_of(admission.job_uid)) is not None and job.waiting()]
         # (a job that changed since the snapshot is left to the next pass)
@@ -175,12 +183,12 @@ class Admitter:
             before, settled = self._settled, threading.Event()
             self._settled = settled
             self._settlers.submit(self.settle, candidates, now, before, settled)
-        self._tell_unmatched(queued, nodes, job_of, now)  # after `_reserve`: its claims say it for the jobs admitted
-        self.metrics.set_queue_length(len(queued) - len(candidates))
+        self._tell_unmatched(queue, nodes, job_of, now)  # after `_reserve`: its claims say it for the jobs admitted
+        self.metrics.set_queue_length(len(queue) - len(candidates))
         self.metrics.set_gpu_nodes(busy=len(plan.busy_nodes) + len(candidates), free=len(plan.free_nodes))
         return plan
 
-    def _tell_limited(self, limited: frozenset[str], waiting: set[str],
+    def _tell_limited(self, limited: frozenset[str], waiting: WaitingQueue,
                       job_of: Callable[[str], JobView | None]) -> None:
         """An Event on each job that newly waits because its namespace holds its node limit."""
         for uid in limited - self.told_limited:
@@ -189,22 +197,28 @@ class Admitter:
                 self.emit(job.body, "Normal", "NamespaceLimit",
                           f"namespace {job.namespace} holds its limit of {limit} GPU node(s) "
                           f"({self.config.env_var('namespace_node_limits')}); the job keeps its place in the queue")
-        self.told_limited = (self.told_limited | limited) & waiting
+        self.told_limited = {uid for uid in self.told_limited | limited if uid in waiting}
 
-    def _tell_unmatched(self, queued: list[QueuedJob], nodes: list[GpuNode],
+    def _tell_unmatched(self, waiting: WaitingQueue, nodes: list[GpuNode],
                         job_of: Callable[[str], JobView | None], now: datetime) -> None:
         """A waiting job that no GPU node could take (gpuType, nodeSelector, taints) says so:
         Admitted False with reason NoMatchingNode and an Event, once; back to Queued when a node
-        that matches joins. It keeps its place and holds up no other job (the planner passes it over)."""
-        none = unmatched(queued, nodes, gpu_type_label=self.config.gpu_type_label,
-                         always_tolerated=self.config.trainer_tolerations)
-        waiting = {job.uid: job for job in queued}
+        that matches joins. It keeps its place and holds up no other job (the planner passes it over).
+        Checked once per placement of the waiting jobs, not per job."""
+        if tuple(nodes) != self._matched_on:  # a node changed, joined or left: check every placement again
+            self._matched_on, self._matches_none = tuple(nodes), {}
+        memo = self._matches_none
+        for placement in waiting.by_placement().keys() - memo.keys():
+            memo[placement] = fits_no_node(placement, nodes, gpu_type_label=self.config.gpu_type_label,
+                                           always_tolerated=self.config.trainer_tolerations)
+        none = frozenset(uid for placement, jobs in waiting.by_placement().items() if memo[placement]
+                         for uid in jobs)
         changed = [(uid, False) for uid in none - self.told_unmatched] + [
             (uid, True) for uid in self.told_unmatched - none if uid in waiting]
         with self._recent_lock:
             self.told_unmatched = none
         for uid, matched in changed:
-            self._notes.submit(self._write_match, waiting[uid], matched, job_of, now)
+            self._notes.submit(self._write_match, waiting.get(uid), matched, job_of, now)
 
     def _write_match(self, queued: QueuedJob, matched: bool, job_of: Callable[[str], JobView | None],
                      now: datetime) -> None:

@@ -32,7 +32,7 @@ from .scheduling import node_caches
 from .start_estimates import simulated_starts
 from .startup_listing import StartupListing
 from .status_writer import StatusWriter
-from .views import JobView, QueueEntry, pod_active, pod_target_node, trainer_pod, utcnow
+from .views import JobView, QueueEntry, pod_active, pod_target_node, utcnow
 from .work_queue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -55,11 +55,10 @@ ESTIMATE_PASSES = 200
 """Simulated scheduling passes per estimate at most: jobs past the 200th node freeing get no
 estimate (yet)."""
 ESTIMATE_WORK = 200_000
-"""Simulated passes times queued jobs per estimate at most (`estimate_passes`). Each simulated
-pass orders the whole queue, all of it Python holding the GIL on the position writer's thread
-beside the scheduling pass and kopf's loop: 200 passes cost 0.26 s of CPU at 1000 queued jobs and
-1.7 s at 5000 (bench/RESULTS.md). A long queue gets fewer passes, so an estimate costs about the
-same at any length."""
+"""Simulated passes times queued jobs per estimate at most (`estimate_passes`). An estimate is
+Python holding the GIL on the position writer's thread beside the scheduling pass and kopf's loop,
+and it reads every job's body; a long queue gets fewer passes, so an estimate's cost stays bounded
+(bench/RESULTS.md)."""
 RECONCILE_WORKERS = 8
 """Reconciles at once (each mostly waits on an API or storage request on a thread)."""
 
@@ -301,14 +300,14 @@ class Controller:
         """One round of position writes; True when some are still due."""
         if self._estimated_at is None or time.monotonic() - self._estimated_at >= ESTIMATE_SECONDS:
             self.estimate_starts()
-        entries = self.index.all_entries()
-        self.positions.write(entries)
-        return bool(self.positions.due(entries.values()))
+        self.positions.write(self.index.all_entries())
+        return self.positions.any_due
 
     def estimate_starts(self) -> None:
         """Plays the queue forward (`start_estimates`) for the position writer to write."""
         self._estimated_at = time.monotonic()
-        bodies = [view.body for view in self.index.all_jobs()]
+        # the bodies as the index keeps them: `simulated_starts` reads their dicts, no JobView needed
+        bodies = [body for uid in list(self.index.jobs) if (body := self.index.body(uid)) is not None]
         queued = [e.uid for e in self.index.all_entries().values() if e.queued is not None]
         starts = simulated_starts(bodies, self.index.gpu_nodes(), utcnow(),
                                   gpu_type_label=self.config.gpu_type_label,
@@ -322,12 +321,12 @@ class Controller:
             return self._pass()
 
     def _pass(self):
-        entries = self.index.all_entries()
+        queued = self.index.waiting()
         held = self.admitter.held()  # before the pods index (see there)
-        pods = held + [trainer_pod(p) for p in self.index.all_pods()]
-        queued = [e.queued for e in entries.values() if e.queued is not None]
+        pods = held + self.index.trainer_pods()
         # a node's cache outlives a pod only on a host path: else no node holds anything for long
-        caches = node_caches(e.cached for e in entries.values()) if self.config.model_cache_host_path else None
+        caches = node_caches(e.cached for e in self.index.all_entries().values()) \
+            if self.config.model_cache_host_path else None
         plan = self.admitter.run(queued, self.index.gpu_nodes(), pods, utcnow(), self.index.job, caches)
         self.positions.wanted = plan.positions
         self.passes += 1

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .own_writes import OwnWrites
-from .scheduling import GpuNode
-from .views import JobView, QueueEntry
+from .scheduling import GpuNode, TrainerPod, WaitingQueue
+from .views import JobView, QueueEntry, trainer_pod
 
 VIEW_CACHE = 512
 """Parsed JobViews kept (most recently used), for the reconciles of jobs that are changing."""
@@ -37,6 +37,12 @@ class JobIndex:
         self.nodes: Mapping[str, Any] = nodes if nodes is not None else {}
         self._entries: dict[str, QueueEntry] = {}
         """uid -> scheduling view of the job's latest body (rebuilt when its resourceVersion moves)."""
+        self._changed: set[str] = set()
+        """Jobs whose entry changed since `waiting` last brought the queue up to date (added to on
+        any thread, taken from on the pass's: set.add and set.pop are atomic)."""
+        self._queue = WaitingQueue()
+        self._pod_views: dict[int, tuple[Any, TrainerPod]] = {}
+        """id(pod body) -> (the body, its TrainerPod): kopf replaces a pod's body on each event."""
         self._views: dict[str, JobView] = {}
         self._seen: dict[str, Any] = {}
         """uid -> the QueuedJob (or None) the last event showed: a change is what needs a pass."""
@@ -75,11 +81,13 @@ class JobIndex:
         """The job's scheduling view, rebuilt only when its resourceVersion changed."""
         body = self.body(uid)
         if body is None:
-            self._entries.pop(uid, None)
+            if self._entries.pop(uid, None) is not None:
+                self._changed.add(uid)
             return None
         entry = self._entries.get(uid)
         if entry is None or entry.resource_version != body["metadata"].get("resourceVersion"):
             entry = self._entries[uid] = QueueEntry.of(body)
+            self._changed.add(uid)
         return entry
 
     def job_event(self, uid: str) -> bool:
@@ -107,9 +115,6 @@ class JobIndex:
 
     def pods_of(self, uid: str) -> dict[str, Mapping[str, Any]]:
         return {p["metadata"]["name"]: p for p in values(self.pods.get(uid))}
-
-    def all_pods(self) -> list[Mapping[str, Any]]:
-        return [p for store in list(self.pods.values()) for p in values(store)]
 
     def all_jobs(self) -> Iterable[JobView]:
         for uid in list(self.jobs):
@@ -145,6 +150,37 @@ class JobIndex:
         for uid in set(self._entries) - set(self.jobs):
             self._entries.pop(uid, None)
             self._seen.pop(uid, None)
+            self._changed.add(uid)
+
+    def waiting(self) -> WaitingQueue:
+        """The waiting jobs (those of `all_entries` with a scheduling view), kept between passes
+        and brought up to date here with the jobs whose entry changed since the last call: a pass
+        over 10000 queued jobs neither copies nor sorts them. Call it from one thread (the
+        pass's): it is the only one that changes the queue."""
+        for uid in self.own_writes.uids():  # the overlay of `all_entries`
+            self.entry(uid)
+        while self._changed:
+            try:
+                uid = self._changed.pop()
+            except KeyError:  # taken meanwhile
+                break
+            entry = self._entries.get(uid)
+            self._queue.update(uid, entry.queued if entry is not None else None)
+        return self._queue
+
+    def trainer_pods(self) -> list[TrainerPod]:
+        """The scheduling view of every trainer pod in the index, each made once per pod body.
+        Call it from one thread (the pass's)."""
+        views, pods = {}, []
+        for store in list(self.pods.values()):
+            for body in values(store):
+                known = self._pod_views.get(id(body))
+                if known is None or known[0] is not body:
+                    known = (body, trainer_pod(body))
+                views[id(body)] = known
+                pods.append(known[1])
+        self._pod_views = views
+        return pods
 
     def gpu_nodes(self) -> list[GpuNode]:
         return [n for store in list(self.nodes.values()) for n in values(store)]

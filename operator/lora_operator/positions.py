@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from .k8s import Conflict, Kube
+from .scheduling import QueuePositions
 from .status_transitions import rfc3339
 from .status_writer import StatusWriter
 from .views import QueueEntry, parse_time
@@ -72,10 +73,13 @@ class PositionWriter:
     burst: int = BURST
     statuses: StatusWriter | None = None
     """Writes the positions. Default: one over `kube`."""
-    wanted: dict[str, int] = field(default_factory=dict)
+    wanted: Mapping[str, int] = field(default_factory=dict)
+    """The latest pass's positions (`scheduling.QueuePositions`: worked out on first read, here)."""
     estimates: dict[str, datetime | None] = field(default_factory=dict)
     """The latest estimated starts by uid of the queued jobs (None: no estimate); jobs missing
     here are left as they are (no estimate computed yet)."""
+    any_due: bool = False
+    """Whether some job was due at the last `write` (before it wrote): more rounds are wanted while so."""
     _tokens: float = float(BURST)
     _refilled: float = field(default_factory=time.monotonic)
 
@@ -86,17 +90,40 @@ class PositionWriter:
     def due(self, entries: Iterable[QueueEntry]) -> list[tuple[int, str]]:
         """(position, uid) of the waiting jobs whose stored position or estimate is worth updating,
         head first (a job due for its estimate alone sorts by its position, or last)."""
-        changed = []
-        for entry in entries:
-            if entry.queued is None:
-                continue
-            wanted = self.wanted.get(entry.uid)
-            if wanted is not None and worth_writing(entry.queue_position, wanted):
-                changed.append((wanted, entry.uid))
-            elif self._estimate_due(entry):
-                changed.append((LAST_PLACE if wanted is None else wanted, entry.uid))
+        positions = self._wanted()
+        changed = [(key, entry.uid) for entry in entries
+                   if (key := self._due_key(entry, positions.get(entry.uid))) is not None]
         changed.sort()
         return changed
+
+    def due_in_order(self, entries: Mapping[str, QueueEntry]) -> Iterator[tuple[int, str]]:
+        """`due(entries.values())`, lazily: a round that has tokens for a few writes stops after the
+        first few due jobs instead of checking all of them (in a long drain most are due)."""
+        positions = self._wanted()
+        ordered = positions.items() if isinstance(self.wanted, QueuePositions) else sorted(
+            positions.items(), key=lambda item: (item[1], item[0]))  # a pass's positions come in order
+        for uid, wanted in ordered:
+            entry = entries.get(uid)
+            if entry is not None and (key := self._due_key(entry, wanted)) is not None:
+                yield key, uid
+        for uid in sorted(uid for uid, entry in entries.items()
+                          if uid not in positions and self._due_key(entry, None) is not None):
+            yield LAST_PLACE, uid
+
+    def _due_key(self, entry: QueueEntry, wanted: int | None) -> int | None:
+        """Where a job sorts among the due ones (`due`); None when it is not due."""
+        if entry.queued is None:
+            return None
+        if wanted is not None and worth_writing(entry.queue_position, wanted):
+            return wanted
+        if self._estimate_due(entry):
+            return LAST_PLACE if wanted is None else wanted
+        return None
+
+    def _wanted(self) -> Mapping[str, int]:
+        """`wanted` as a plain dict where it is a pass's lazy positions (read here once per job)."""
+        wanted = self.wanted
+        return wanted.as_dict() if isinstance(wanted, QueuePositions) else wanted
 
     def _estimate_due(self, entry: QueueEntry) -> bool:
         return entry.uid in self.estimates and estimate_worth_writing(entry.estimated_start,
@@ -105,7 +132,7 @@ class PositionWriter:
     def fields(self, entry: QueueEntry) -> dict[str, Any]:
         """The status fields of `entry` worth writing now."""
         fields: dict[str, Any] = {}
-        wanted = self.wanted.get(entry.uid)
+        wanted = self._wanted().get(entry.uid)
         if wanted is not None and worth_writing(entry.queue_position, wanted):
             fields["queuePosition"] = wanted
         if self._estimate_due(entry):
@@ -119,7 +146,9 @@ class PositionWriter:
         self._tokens = min(float(self.burst), self._tokens + (now - self._refilled) * self.rate)
         self._refilled = now
         written = 0
-        for _, uid in self.due(entries.values()):
+        self.any_due = False
+        for _, uid in self.due_in_order(entries):
+            self.any_due = True
             if self._tokens < 1:
                 break
             job = entries[uid].queued

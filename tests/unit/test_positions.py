@@ -112,3 +112,36 @@ def test_only_resolved_queued_jobs_that_are_not_suspended_or_deleted_wait_for_a_
     for raw in (body("b", suspend=True), body("c", phase="Running"), {**body("d"), "status": {"phase": "Queued"}},
                 deleting):
         assert QueueEntry.of(raw).queued is None and not JobView.of(raw).waiting()
+
+
+def test_the_writers_lazy_due_order_is_the_sorted_due_list_and_it_writes_the_same_jobs():
+    import random
+
+    from lora_operator.scheduling import TrainerPod, schedule
+
+    for seed in range(30):
+        rng = random.Random(seed)
+        bodies = []
+        for i in range(rng.randint(0, 40)):
+            raw = body(f"u{i:02d}", phase=rng.choice(["Queued"] * 4 + ["Running"]),
+                       position=rng.choice([None, rng.randint(1, 50)]), rv=str(i))
+            raw["metadata"]["creationTimestamp"] = f"2026-01-01T00:00:{rng.randrange(60):02d}Z"
+            raw["metadata"]["namespace"] = rng.choice(["a", "b"])
+            if rng.random() < 0.5:
+                raw["status"]["queue"] = {"estimatedStartTime": f"2026-01-01T12:{rng.randrange(10):02d}:00Z"}
+            bodies.append(raw)
+        entries = {raw["metadata"]["uid"]: QueueEntry.of(raw) for raw in bodies}
+        queued = [e.queued for e in entries.values() if e.queued is not None]
+        held = [TrainerPod("p", None, job.uid, True, job.namespace) for job in queued if rng.random() < 0.2]
+        writer = PositionWriter(FakeKube(), rate=0.0, burst=rng.randint(0, 8))  # type: ignore[arg-type]
+        writer.wanted = schedule(queued, [], held, NOON, gpu_type_label="gpu").positions  # held jobs: no position
+        if rng.random() < 0.3:  # a hand-made mapping, out of order
+            writer.wanted = {uid: rng.randint(1, 60) for uid in rng.sample(sorted(entries), len(entries) // 2)}
+        writer.estimates = {uid: rng.choice([None, NOON + timedelta(minutes=rng.randrange(10))])
+                            for uid in entries if rng.random() < 0.6}
+        expected = writer.due(entries.values())
+        assert list(writer.due_in_order(entries)) == expected
+        burst = writer.burst
+        writer.write(entries)
+        assert [name for name, _ in writer.kube.sent] == [f"job-{uid}" for _, uid in expected[:burst]]
+        assert writer.any_due == bool(expected)

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 from .model import GpuNode, QueuedJob, Toleration, TrainerPod
 from .planner import schedule
+from .queue import WaitingQueue
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,7 @@ def estimated_starts(
         (it fits no node, or waits behind runs of unknown length).
     """
     durations = durations or {}
-    waiting = {job.uid: job for job in queued}
+    waiting = WaitingQueue({job.uid: job for job in queued}.values())  # kept between the simulated passes
     holding: dict[str, tuple[TrainerPod, datetime | None]] = {}
     for job in running:
         end = None if job.remaining_seconds is None else now + timedelta(seconds=max(0.0, job.remaining_seconds))
@@ -69,10 +70,11 @@ def estimated_starts(
     t = now
     for _ in range(max_passes):
         holding = {uid: held for uid, held in holding.items() if held[1] is None or held[1] > t}
-        plan = schedule(waiting.values(), nodes, [pod for pod, _ in holding.values()], t,
+        plan = schedule(waiting, nodes, [pod for pod, _ in holding.values()], t,
                         gpu_type_label=gpu_type_label, always_tolerated=always_tolerated, node_limits=node_limits)
         for admission in plan.admissions:
-            job = waiting.pop(admission.job_uid)
+            job = waiting.get(admission.job_uid)
+            waiting.update(job.uid, None)
             starts[job.uid] = t
             seconds = durations.get(job.uid, default_seconds)
             end = None if seconds is None else t + timedelta(seconds=seconds)

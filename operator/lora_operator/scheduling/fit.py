@@ -13,10 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .cache_affinity import prefer_cached
-from .model import SCHEDULING_EFFECTS, GpuNode, QueuedJob, Taint, Toleration
+from .model import SCHEDULING_EFFECTS, GpuNode, Placement, QueuedJob, Taint, Toleration
 
-Placement = tuple[frozenset[tuple[str, str]], frozenset[Toleration], str | None]
-"""What decides where a job fits: node selector items, tolerations, GPU type."""
 STATE_TAINT_PREFIX = "node.kubernetes.io/"
 """Taints Kubernetes sets from a node's state (cordoned: `unschedulable`; `not-ready`, `unreachable`,
 the pressure taints) and takes off again: while one is on, the node is not free, but it still
@@ -26,7 +24,7 @@ status write and a Warning Event each, and a write back when it ended: issue 17)
 
 def placement_of(job: QueuedJob) -> Placement:
     """The hashable placement of a job; jobs with equal placements fit the same nodes."""
-    return frozenset(job.node_selector.items()), frozenset(job.tolerations), job.gpu_type
+    return job.placement
 
 
 def resource_toleration(resource: str) -> Toleration:
@@ -74,15 +72,25 @@ def unmatched(
     for a node to join. Checked once per distinct placement."""
     memo: dict[Placement, bool] = {}
     out = set()
-    lasting = [(n.labels, tuple(t for t in n.taints if not t.key.startswith(STATE_TAINT_PREFIX))) for n in nodes]
     for job in jobs:
         placement = placement_of(job)
         if placement not in memo:
-            memo[placement] = not any(
-                _fits(placement, labels, taints, gpu_type_label, always_tolerated) for labels, taints in lasting)
+            memo[placement] = fits_no_node(placement, nodes, gpu_type_label=gpu_type_label,
+                                           always_tolerated=always_tolerated)
         if memo[placement]:
             out.add(job.uid)
     return frozenset(out)
+
+
+def fits_no_node(placement: Placement, nodes: Sequence[GpuNode], *, gpu_type_label: str,
+                 always_tolerated: Sequence[Toleration] = ()) -> bool:
+    """Whether no node of `nodes`, busy or free, could take a job of this placement (a node's state
+    taints aside: `STATE_TAINT_PREFIX`)."""
+    return not any(_fits(placement, n.labels, _lasting(n.taints), gpu_type_label, always_tolerated) for n in nodes)
+
+
+def _lasting(taints: Iterable[Taint]) -> tuple[Taint, ...]:
+    return tuple(t for t in taints if not t.key.startswith(STATE_TAINT_PREFIX))
 
 
 def _fits(
@@ -163,7 +171,11 @@ class FreePool:
         a flexible job takes the node fewest other jobs can use, leaving scarce nodes to the
         jobs that need them.
         """
-        for placement, count in Counter(placement_of(job) for job in jobs).items():
+        self.count_demand_by(Counter(placement_of(job) for job in jobs))
+
+    def count_demand_by(self, demand: Mapping[Placement, int]) -> None:
+        """`count_demand` from the eligible jobs counted by placement (each count above zero)."""
+        for placement, count in demand.items():
             matched = self._fitting[placement] = self._match(placement)
             for node_class in matched:
                 node_class.demand += count

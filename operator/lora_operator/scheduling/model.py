@@ -65,6 +65,12 @@ class Toleration:
         return False
 
 
+Placement = tuple[frozenset[tuple[str, str]], frozenset[Toleration], str | None]
+"""What decides where a job fits: node selector items, tolerations, GPU type."""
+_PLACEMENTS: dict[Placement, Placement] = {}
+"""Each distinct placement once (a few per cluster): ten thousand jobs share a handful of tuples."""
+
+
 @dataclass(frozen=True, slots=True)
 class QueuedJob:
     """A job that waits for a GPU node (Admitted is not True)."""
@@ -83,6 +89,13 @@ class QueuedJob:
     """Required value of the GPU-type node label, if any."""
     model: str | None = None
     """Its base model (`cache_affinity.model_key`): a free node whose cache holds it is preferred."""
+    placement: Placement = field(init=False, compare=False, repr=False)
+    """What decides where it fits (node selector items, tolerations, GPU type), made once: a pass
+    groups thousands of waiting jobs by it. Jobs with equal placements share one tuple."""
+
+    def __post_init__(self) -> None:
+        placement = (frozenset(self.node_selector.items()), frozenset(self.tolerations), self.gpu_type)
+        object.__setattr__(self, "placement", _PLACEMENTS.setdefault(placement, placement))
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +146,9 @@ class Plan:
 
     admissions: list[Admission]
     """Jobs to start now, in queue order; never two on one node."""
-    positions: dict[str, int]
-    """1-based queue position of every job left waiting (backoff included), in admission order."""
+    positions: Mapping[str, int]
+    """1-based queue position of every job left waiting (backoff included), in admission order
+    (worked out when first read: `queue.QueuePositions`)."""
     free_nodes: tuple[str, ...] = ()
     """Usable nodes that no job took in this pass (for the gpu_nodes metric)."""
     busy_nodes: tuple[str, ...] = ()

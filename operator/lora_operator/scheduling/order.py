@@ -14,8 +14,9 @@ A job in backoff keeps its place in this order; the planner only skips it.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
@@ -28,7 +29,7 @@ class _Lane(NamedTuple):
     head: tuple[datetime, str, str]
     namespace: str
     turns: int
-    jobs: list[QueuedJob]
+    jobs: Sequence[QueuedJob]
 
 
 def fifo_key(job: QueuedJob) -> tuple[datetime, str, str]:
@@ -43,39 +44,44 @@ def fifo_key(job: QueuedJob) -> tuple[datetime, str, str]:
 def queue_order(jobs: Iterable[QueuedJob], turns_taken: Mapping[str, int] | None = None) -> list[QueuedJob]:
     """The jobs in the order they would be admitted if every one fitted every node.
 
-    The order is that of the key (-priority, turns taken + FIFO index in its lane, the lane's
-    oldest job, namespace). It is built round by round instead of by sorting every job on that
-    key: within a priority, round r takes, lane after lane (a lane is one
-    namespace's jobs; lanes go by their oldest job, then namespace), the job at FIFO index
-    r - turns taken, if the lane has one. Only the lanes are sorted, so a pass over thousands
-    of waiting jobs makes no tuple comparisons across namespaces.
-
     Args:
         jobs: Waiting jobs (backoff included), each uid once.
         turns_taken: Per namespace, turns already held (its active trainer pods).
 
     Returns:
-        A new list; O(n log n) for the lanes' FIFO sorts, O(n + rounds x lanes) for the rest.
+        A new list; O(n log n) for the lanes' FIFO sorts, O(n + rounds x lanes) for the rest
+        (`in_turns`).
     """
-    turns_taken = turns_taken or {}
     lanes: dict[tuple[int, str], list[QueuedJob]] = defaultdict(list)
     for job in jobs:
         lanes[job.priority, job.namespace].append(job)
+    for lane in lanes.values():
+        lane.sort(key=fifo_key)
+    return list(in_turns(lanes, turns_taken or {}))
+
+
+def in_turns(lanes: Mapping[tuple[int, str], Sequence[QueuedJob]],
+             turns_taken: Mapping[str, int]) -> Iterator[QueuedJob]:
+    """The jobs of `lanes` ((priority, namespace) -> its waiting jobs, FIFO, none empty) in queue order.
+
+    The order is that of the key (-priority, turns taken + FIFO index in its lane, the lane's
+    oldest job, namespace). It is built round by round instead of by sorting every job on that
+    key: within a priority, round r takes, lane after lane (lanes go by their oldest job, then
+    namespace), the job at FIFO index r - turns taken, if the lane has one. Between two rounds
+    where a lane starts or runs out the same lanes take part in every round, so those rounds are
+    the lanes' slices zipped together; only the lanes are sorted, and it is lazy: a pass that
+    runs out of free nodes after a few jobs takes no more than those.
+    """
     levels: dict[int, list[_Lane]] = defaultdict(list)
     for (priority, namespace), lane in lanes.items():
-        lane.sort(key=fifo_key)
         levels[priority].append(_Lane(fifo_key(lane[0]), namespace, turns_taken.get(namespace, 0), lane))
-    ordered: list[QueuedJob] = []
     for priority in sorted(levels, reverse=True):
-        live = sorted(levels[priority], key=lambda lane: (lane.head, lane.namespace))
-        round_ = min(lane.turns for lane in live)
-        while live:
-            for lane in live:
-                if 0 <= round_ - lane.turns < len(lane.jobs):
-                    ordered.append(lane.jobs[round_ - lane.turns])
-            round_ += 1
-            live = [lane for lane in live if round_ - lane.turns < len(lane.jobs)]
-    return ordered
+        ranked = sorted(levels[priority], key=lambda lane: (lane.head, lane.namespace))
+        bounds = sorted({lane.turns for lane in ranked} | {lane.turns + len(lane.jobs) for lane in ranked})
+        for start, end in itertools.pairwise(bounds):
+            slices = [lane.jobs[start - lane.turns:end - lane.turns] for lane in ranked
+                      if lane.turns <= start and end <= lane.turns + len(lane.jobs)]
+            yield from itertools.chain.from_iterable(zip(*slices, strict=True))
 
 
 def turns_by_namespace(namespaces: Iterable[str]) -> dict[str, int]:

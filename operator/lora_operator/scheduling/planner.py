@@ -20,9 +20,10 @@ Safety holds whatever the input: a node with an active trainer pod (Pending ones
 they target their node through required node affinity) is never handed out, a node is
 handed out at most once per pass, and a job with an active pod is never admitted.
 
-Cost: O(J log J + N log N) for J jobs and N nodes, plus one fit check per distinct
-placement and node class; once no free node is left the rest of the queue only gets
-its position.
+Cost: O(N log N) for N nodes, one fit check per distinct placement and node class, and the
+head of the queue order up to the last free node handed out, over a `queue.WaitingQueue` (the
+operator keeps one between passes; given a snapshot, `schedule` builds one, O(J log J) for J jobs). The positions
+of the jobs left waiting are worked out only when read.
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ from typing import TypeVar
 from .cache_affinity import holding
 from .fit import FreePool
 from .model import Admission, GpuNode, Plan, QueuedJob, Toleration, TrainerPod
-from .order import queue_order, turns_by_namespace
+from .order import turns_by_namespace
+from .queue import QueuePositions, WaitingQueue
 
 T = TypeVar("T")
 
 
 def schedule(
-    queued: Iterable[QueuedJob],
+    queued: WaitingQueue | Iterable[QueuedJob],
     nodes: Iterable[GpuNode],
     pods: Iterable[TrainerPod],
     now: datetime,
@@ -53,8 +55,12 @@ def schedule(
 ) -> Plan:
     """Decide which waiting jobs start now and on which node.
 
+    The queue order is walked only until no free node is left; the positions of the jobs left
+    waiting are worked out when they are first read (`QueuePositions`).
+
     Args:
-        queued: Jobs waiting for a node (Admitted not True, not suspended, not finished).
+        queued: Jobs waiting for a node (Admitted not True, not suspended, not finished): a
+            `WaitingQueue` kept between passes (not changed here), or a snapshot of them.
         nodes: All GPU nodes.
         pods: The operator's trainer pods (finished ones are ignored).
         now: The time of the pass; jobs whose not_before is later are skipped.
@@ -69,9 +75,10 @@ def schedule(
     Returns:
         The admissions (queue order) and the positions of the jobs left waiting.
     """
+    queue = queued if isinstance(queued, WaitingQueue) else WaitingQueue(queued)
     pods = [pod for pod in pods if pod.active]
     busy = {pod.node for pod in pods if pod.node is not None}
-    running_jobs = {pod.job_uid for pod in pods}
+    leaving = queue.among({pod.job_uid for pod in pods})  # waiting, yet a pod holds a node
 
     all_nodes = _unique(nodes, lambda n: n.name)
     usable = [n for n in all_nodes if n.ready and n.schedulable and n.gpus > 0]
@@ -80,10 +87,9 @@ def schedule(
         gpu_type_label=gpu_type_label,
         always_tolerated=always_tolerated,
     )
-    waiting = [job for job in _unique(queued, lambda j: j.uid) if job.uid not in running_jobs]
-    ordered = queue_order(waiting, turns_by_namespace(pod.namespace for pod in pods))
+    turns = turns_by_namespace(pod.namespace for pod in pods)
+    view = queue.view(leaving)
     admissions: list[Admission] = []
-    left: list[QueuedJob] = []
     limited: set[str] = set()
     limits = node_limits or {}
     held = Counter(pod.namespace for pod in pods) if limits else Counter()
@@ -93,33 +99,26 @@ def schedule(
         return limit is not None and held[namespace] >= limit
 
     if pool.remaining:
-        pool.count_demand(job for job in ordered
-                          if not _in_backoff(job, now) and not (limits and at_limit(job.namespace)))
-    for index, job in enumerate(ordered):
+        pool.count_demand_by(queue.eligible_by_placement(now, leaving, at_limit if limits else None))
+    for job in view.ordered(turns):
         if not pool.remaining:
-            left.extend(ordered[index:])  # no node left to hand out: the rest only get their positions
-            break
+            break  # no node left to hand out: the rest only get their positions
         if _in_backoff(job, now):
-            left.append(job)
             continue
         if limits and at_limit(job.namespace):
             limited.add(job.uid)
-            left.append(job)
             continue
         taken = pool.take(job, holding(job.model, caches) if caches else frozenset())
-        if taken is None:
-            left.append(job)
-        else:
+        if taken is not None:
             held[job.namespace] += 1
             admissions.append(Admission(job_uid=job.uid, node=taken[0], gpus=taken[1], labels=taken[2]))
 
-    backoffs = [job.not_before for job in left if _in_backoff(job, now)]
     return Plan(
         admissions=admissions,
-        positions={job.uid: position for position, job in enumerate(left, start=1)},
+        positions=QueuePositions(view, turns, frozenset(a.job_uid for a in admissions)),
         free_nodes=pool.untaken(),
         busy_nodes=tuple(sorted(n.name for n in all_nodes if n.name in busy)),
-        next_wakeup=min(backoffs, default=None),
+        next_wakeup=queue.next_wakeup(now, leaving),
         limited=frozenset(limited),
     )
 
