@@ -39,6 +39,9 @@ class OwnWrites:
     def wrote(self, base_version: str, body: Mapping[str, Any]) -> None:
         """Records a successful write made conditional on `base_version`; `body` is its response."""
         uid = body["metadata"]["uid"]
+        # Slimmed before the lock is taken: under load a thread can lose the GIL mid-copy, and every
+        # reader and writer of every job (16 claim threads, the pass) waited on the lock meanwhile.
+        slim = slim_job(body)
         with self._lock:
             replaced = {base_version}
             known = self._bodies.get(uid)
@@ -46,7 +49,7 @@ class OwnWrites:
                 replaced |= known[0]  # a chain of writes ahead of the watch
             if len(self._bodies) >= LIMIT:
                 self._bodies.pop(next(iter(self._bodies)))
-            self._bodies[uid] = (frozenset(replaced), slim_job(body))
+            self._bodies[uid] = (frozenset(replaced), slim)
 
     def latest(self, uid: str, indexed: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
         """The indexed body, or the one this process wrote over it when the watch is behind."""
