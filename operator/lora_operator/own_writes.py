@@ -66,6 +66,17 @@ class OwnWrites:
             del self._bodies[uid]
             return indexed
 
+    def slimmed(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """`body` (a watch event's) as the index keeps it (`slim_job`). The watch's echo of this
+        process's own write is the very version that write returned, already slimmed here: that
+        copy is shared rather than made again (most job events of a drain are such echoes, and
+        slimming re-encodes the resolved spec: about 1.3 % of the operator's CPU, bench/RESULTS.md)."""
+        meta = body["metadata"]
+        known = self._bodies.get(meta["uid"])  # one dict read: safe without the lock
+        if known is not None and _rv(known[1]) == meta.get("resourceVersion"):
+            return known[1]
+        return slim_job(body)
+
     def uids(self) -> list[str]:
         """The jobs with a write of this process that the watch may not have shown yet."""
         return list(self._bodies)

@@ -83,3 +83,14 @@ def test_a_writer_slimming_its_body_does_not_hold_up_readers_of_other_writes():
         release.set()
         writer.join(5)
     assert own.latest("u2", body("1", "Queued", uid="u2"))["status"]["phase"] == "Queued"
+
+
+def test_the_watchs_echo_of_a_write_shares_the_slim_copy_made_at_the_write():
+    own = OwnWrites()
+    own.wrote("1", body("2", "Pending"))
+    kept = own.latest("u1", body("1", "Queued"))
+    echo = body("2", "Pending")
+    assert own.slimmed(echo) is kept  # not slimmed (its resolved spec re-encoded) a second time
+    newer = own.slimmed(body("3", "Running"))  # another writer's version: slimmed as usual
+    assert newer is not kept and newer["status"]["phase"] == "Running" and "managedFields" not in newer["metadata"]
+    assert own.slimmed(body("1", "Queued", uid="u2"))["metadata"]["uid"] == "u2"
