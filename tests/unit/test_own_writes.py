@@ -65,7 +65,7 @@ def test_a_writer_slimming_its_body_does_not_hold_up_readers_of_other_writes():
     class SlowStatus(dict):
         def get(self, key, default=None):  # slim_job reads the status: block there until the reader is done
             copying.set()
-            release.wait(5)
+            release.wait(30)  # set by the test once the reader is done
             return super().get(key, default)
 
     slow = body("1", "Queued", uid="u2")
@@ -77,7 +77,7 @@ def test_a_writer_slimming_its_body_does_not_hold_up_readers_of_other_writes():
         answered: list = []
         reader = threading.Thread(target=lambda: answered.append(own.latest("u1", body("1", "Queued"))))
         reader.start()
-        reader.join(2)
+        reader.join(5)
         assert answered and answered[0]["status"]["phase"] == "Pending", "the reader waited for the writer's copy"
     finally:
         release.set()
