@@ -205,7 +205,7 @@ def run(args) -> dict:
         args_op = ("--standalone",)
         operator = OperatorProcess(ground, workdir / "operator.log", extra_env=env, args=args_op)
         if args.profile:
-            operator = _profiled(operator, workdir, args.profile)
+            operator = _profiled(operator, workdir, args.profile, gil=args.profile_gil)
         operator.start()
         kubelet = FakeKubelet(api, durations={})
         recorder = Recorder(api, kubelet).start()
@@ -282,14 +282,15 @@ def run(args) -> dict:
             print(f"ground kept in {workdir} (KUBECONFIG={ground.kubeconfig})")
 
 
-def _profiled(operator: OperatorProcess, workdir: Path, tool: str) -> OperatorProcess:
-    """The operator started under py-spy (all threads) instead of plain python."""
+def _profiled(operator: OperatorProcess, workdir: Path, tool: str, gil: bool = False) -> OperatorProcess:
+    """The operator started under py-spy (all threads; `gil`: only the one holding the GIL) instead of plain python."""
     from testground.procs import Proc
 
     def start():
         out = workdir / f"operator-profile.{ {'flamegraph': 'svg', 'speedscope': 'json', 'raw': 'txt'}[tool]}"
         argv = [str(Path(sys.executable).parent / "py-spy"), "record", "--threads", "-r", "50",
-                "-f", tool, "-o", str(out), "--", sys.executable, "-m", "lora_operator.cli", "run", *operator.args]
+                *(["--gil"] if gil else []), "-f", tool, "-o", str(out),
+                "--", sys.executable, "-m", "lora_operator.cli", "run", *operator.args]
         operator.proc = Proc("lora-operator", argv, operator.log, env=operator.env()).start()
         return operator
 
@@ -399,6 +400,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="leave the test ground running")
     parser.add_argument("--profile", choices=("flamegraph", "speedscope", "raw"), default=None,
                         help="run the operator under py-spy (pip install py-spy into the venv first)")
+    parser.add_argument("--profile-gil", action="store_true",
+                        help="with --profile: sample only the thread holding the GIL (py-spy --gil). Without it a "
+                             "thread blocked in a TLS read or waiting for the GIL counts as busy: the profile is "
+                             "wall time by thread, not the operator's CPU")
     parser.add_argument("--tracemalloc", default=None, metavar="DIR",
                         help="trace the operator's allocations from all-Queued on (LORA_TRACEMALLOC): dumps to DIR")
     parser.add_argument("--apiserver-profile", default=None, metavar="FILE",

@@ -51,7 +51,7 @@ from .diagnostics import start_tracemalloc
 from .job_index import JobIndex
 from .k8s import EventSource, Kube
 from .metrics import OperatorMetrics, start_metrics_server
-from .views import JOB_UID_LABEL, TRAINER_COMPONENT, JobView, gpu_node, slim_job, slim_pod
+from .views import JOB_UID_LABEL, TRAINER_COMPONENT, JobView, gpu_node, slim_pod
 
 log = logging.getLogger(__name__)
 JOBS = (GROUP, VERSION, LoraTrainingJob.PLURAL)
@@ -179,7 +179,7 @@ async def job_changed(uid: str, type: str | None, body: kopf.Body, memo: kopf.Me
     controller: Controller = memo.controller
     if type == "DELETED":
         return await controller.job_gone(JobView.of(body))
-    if controller.job_event(uid, slim_job(body)):
+    if controller.job_event(uid, controller.own_writes.slimmed(body)):
         controller.kick()  # only when what the scheduler sees changed: not for positions or progress
     controller.enqueue(uid)
 

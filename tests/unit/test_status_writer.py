@@ -49,3 +49,17 @@ def test_a_position_write_carries_the_position_alone_conditional_on_the_version_
     kube = RecordingKube()
     StatusWriter(kube).position("ns", "j", 4, "9")  # type: ignore[arg-type]
     assert kube.patches == [({"queuePosition": 4}, "9")]
+
+
+def test_a_write_leaves_the_carried_resolved_spec_out_of_its_patch_and_unserialized():
+    """Every status after resolve carries the resolved spec on: it is not dumped again per write (a
+    value no serializer takes shows that), and a new resolved spec is still written."""
+    from lora_operator.status_writer import status_patch
+
+    job = view(1, {"phase": "Queued", "resolvedSpec": {"baseModel": {"uri": "s3://m"}}})
+    probe = object()  # a value no dump could write
+    carried = job.status.model_copy(update={"resolved_spec": {"probe": probe}})
+    moved = carried.model_copy(update={"queue_position": 3, "resolved_spec": {"probe": probe}})  # equal, a copy
+    assert status_patch(carried, moved) == {"queuePosition": 3}
+    changed = job.status.model_copy(update={"resolved_spec": {"baseModel": {"uri": "s3://other"}}})
+    assert status_patch(job.status, changed) == {"resolvedSpec": {"baseModel": {"uri": "s3://other"}}}

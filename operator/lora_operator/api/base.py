@@ -22,6 +22,7 @@ class ApiModel(BaseModel):
         validate_default=True,
     )
 
-    def to_resource(self) -> dict:
-        """The object as it is written into a resource: camelCase, no unset optionals."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+    def to_resource(self, exclude: set[str] | None = None) -> dict:
+        """The object as it is written into a resource: camelCase, no unset optionals (nor the
+        fields named in `exclude`, by their Python names)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude=exclude)
