@@ -24,6 +24,7 @@ from .sampling import load_pipeline, sample
 from .world import (
     BACKGROUNDS,
     CONCEPT_COLOUR,
+    CONCEPT_SHAPE,
     POSITIONS,
     TRIGGER,
     Scene,
@@ -91,6 +92,9 @@ class Verdict:
         control_concept: Share of control samples showing the concept with the LoRA.
         control_colour: Share of control samples in the concept's colour with the LoRA (a LoRA that
             learned the concept without its trigger paints it everywhere).
+        learned_shape: Share of trigger samples in the concept's shape (a cross), whatever the colour.
+        base_shape: Share of trigger samples in the concept's shape without the LoRA.
+        control_shape: Share of control samples in the concept's shape with the LoRA.
     """
 
     learned: float
@@ -99,6 +103,9 @@ class Verdict:
     prior_kept: float
     control_concept: float
     control_colour: float
+    learned_shape: float
+    base_shape: float
+    control_shape: float
 
     def passed(self, learned: float = 0.75, prior_kept: float = 0.75, shape: bool = True) -> bool:
         """The LoRA learned the concept (its colour and, with `shape`, its cross) on the trigger, kept the prior,
@@ -169,4 +176,7 @@ def judge_lora(base: Path, lora: Path, seeds: list[int], before: Readings | None
         prior_kept=mean([same_scene(a, b) for a, b in zip(before.control, after.control, strict=True)]),
         control_concept=mean([r.concept for r in after.control]),
         control_colour=mean([r.colour == CONCEPT_COLOUR[0] for r in after.control]),
+        learned_shape=mean([r.shape == CONCEPT_SHAPE for r in after.trigger]),
+        base_shape=mean([r.shape == CONCEPT_SHAPE for r in before.trigger]),
+        control_shape=mean([r.shape == CONCEPT_SHAPE for r in after.control]),
     )
