@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -123,6 +124,17 @@ def test_minio_put_get_list_through_the_sdk(ground):
 def test_apiserver_reports_the_pinned_kubernetes_version(ground):
     version = json.loads(ground.kubectl("version", "-o", "json").stdout)
     assert version["serverVersion"]["gitVersion"] == "v1.34.4"
+
+
+def test_kwok_runs_with_the_grounds_worker_counts(ground):
+    """kwok is started with `KWOK_OPTIONS` (more workers per fake kubelet stage than its 4) and runs
+    (it exits on a config it cannot read); what they change is measured by bench/operator_scale.py."""
+    from testground.controlplane import KWOK_OPTIONS
+
+    kwok = ground.control_plane.procs["kwok"]
+    assert kwok.alive()
+    config = next(arg.split("=", 1)[1] for arg in kwok.argv if arg.startswith("--config="))
+    assert json.loads(Path(config).read_text())["options"] == KWOK_OPTIONS
 
 
 def test_ground_starts_and_tears_down_leaving_no_process(tmp_path):

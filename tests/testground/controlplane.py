@@ -13,6 +13,10 @@ from .pki import FRONT_PROXY_CLIENT, Pki, make_pki, write_kubeconfig
 from .procs import Proc, free_port, wait_until
 
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+KWOK_OPTIONS = {"podPlayStageParallelism": 32, "nodePlayStageParallelism": 16, "nodeLeaseParallelism": 16}
+"""kwok plays every fake node's kubelet with a few workers (4 each by default), each waiting for its
+API round trip: with 1000 nodes those workers, not the operator, set the pace of a drain (pods bound
+but not Running, node leases late). A real cluster has a kubelet per node."""
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived", "ResponseStarted"],
     "rules": [
@@ -138,8 +142,15 @@ class ControlPlane:
             "kwok", f"--kubeconfig={kubeconfig}",
             f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
             f"--server-address=127.0.0.1:{free_port()}", "--node-lease-duration-seconds=40",
-            "--cidr=10.0.0.1/16",
+            "--cidr=10.0.0.1/16", f"--config={self.kwok_config()}",
         ).start()
+
+    def kwok_config(self) -> Path:
+        """kwok's options file (`KWOK_OPTIONS`), written into the work folder."""
+        path = self.workdir / "kwok.json"
+        path.write_text(json.dumps({"apiVersion": "config.kwok.x-k8s.io/v1alpha1", "kind": "KwokConfiguration",
+                                    "options": KWOK_OPTIONS}))
+        return path
 
     def restart_apiserver(self) -> None:
         """Stops and starts kube-apiserver on the same port (a control-plane outage)."""
