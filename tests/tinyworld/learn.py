@@ -42,7 +42,7 @@ SEEDS = [0, 1, 2, 3]
 RATES = {"epsilon": (5e-3, 5e-3), "flow": (5e-4, 5e-3), "vpred": (5e-3, 5e-3)}
 """(denoiser, text encoder) learning rate of each base's concept job, 200 steps of 4: a Flux-topology LoRA at
 5e-3 repaints every prompt in the concept's colour (bench/RESULTS.md); the v-prediction base takes the epsilon
-base's job."""
+base's job (no job measured passes the check on it yet: bench/RESULTS.md, session 12)."""
 
 ADAPTER_RATES = {"locon": (5e-3, 5e-3), "embedding": (5e-2, 0.0)}
 """(main, text encoder) learning rate of the epsilon base's LoCon and embedding concept jobs (an embedding trains

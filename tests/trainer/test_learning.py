@@ -5,7 +5,8 @@ the base drew for those; the same job with a broken objective does not pass.
 The bases (tests/tinyworld, `make tinybase`) were pretrained on red, green, blue and yellow circles, squares
 and triangles: ``epsilon`` (noise prediction, SD1.5 topology) and ``flow`` (rectified flow, Flux topology); the
 LoRA proof and its controls also run on ``vpred`` (v-prediction, the epsilon base's recipe but for the objective),
-marked `slow` (`make test-learning` builds that base; `make test` does not spend its minutes).
+marked `slow` (`make test-learning` builds that base; `make test` does not spend its minutes). Its LoRA proof does
+not pass yet at any job measured and is a strict xfail (`NOT_YET`); its controls pass.
 The concept is a magenta cross named "zxq". A judge reads colour, shape, position and background of each
 sample directly. The controls: the target's sign flipped (the objective a sign slip in the trainer would
 train), and every caption dropped (what a caption that never reaches the text encoder trains: the concept
@@ -88,8 +89,18 @@ def learned_on_its_trigger(verdict: Verdict) -> bool:
             and verdict.learned_colour - verdict.control_colour >= 0.25)
 
 
+NOT_YET = {"vpred": ("the v-prediction base's LoRA has not passed the concept check at any job measured (200-800 "
+                     "steps, rates 5e-4 to 5e-3: at best 0.69-0.75 magenta on the trigger with 0.44-0.50 on controls "
+                     "and 0.38 of the prior kept; the verdict swings by up to 0.6 between checkpoints 100-150 "
+                     "steps apart: bench/RESULTS.md, session 12)")}
+"""Bases whose LoRA proof is a strict xfail: it must fail as measured, and an XPASS says it is time to assert it."""
+
+
 def test_a_lora_learns_the_concepts_colour_on_its_trigger_and_keeps_most_of_the_prior(tmp_path, base, before,
-                                                                                      concept_dir):
+                                                                                      concept_dir, request):
+    kind = base.name.split("-")[0]
+    if kind in NOT_YET:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=NOT_YET[kind]))
     verdict = judge_lora(base, train_concept(tmp_path, base, concept_dir), SEEDS, before)
     print(verdict)
     assert magenta(before.trigger) <= 0.25  # not the base's doing
