@@ -46,7 +46,8 @@ test-unit: venv
 test-trainer: venv tinybase
 	$(PYTEST) tests/trainer -m "not slow"
 
-test-learning: venv tinybase  ## the learning proofs with their longer variants (pytest -m slow: LoCon and embedding controls)
+test-learning: venv tinybase  ## the learning proofs with their longer variants (pytest -m slow: the v-prediction base's LoRA proof, LoCon and embedding controls)
+	$(BIN)/python -m tinyworld vpred
 	$(PYTEST) tests/trainer/test_learning.py --durations=0
 
 test-cluster: setup

@@ -1,15 +1,16 @@
-"""``python -m tinyworld [KIND ...]``: build (or find in the cache) the pretrained tiny bases; prints their folders."""
+"""``python -m tinyworld [KIND ...]``: build (or find in the cache) the pretrained tiny bases (default: the prebuilt
+ones); prints their folders."""
 
 from __future__ import annotations
 
 import sys
 
-from .cache import RECIPES, tinybase
+from .cache import PREBUILT, RECIPES, tinybase
 
 
 def main(argv: list[str]) -> int:
-    """Build the bases named in `argv` (default: all) and print each folder."""
-    kinds = argv or list(RECIPES)
+    """Build the bases named in `argv` (default: `PREBUILT`, what ``make tinybase`` builds) and print each folder."""
+    kinds = argv or list(PREBUILT)
     unknown = [k for k in kinds if k not in RECIPES]
     if unknown:
         print(f"unknown base {unknown[0]!r}; choose from {', '.join(RECIPES)}", file=sys.stderr)

@@ -24,10 +24,12 @@ SOURCES = {Recipe: ("world.py", "pretrain.py"), FluxRecipe: ("world.py", "pretra
 """The files whose text decides what a recipe of each kind builds."""
 BUILDERS = {Recipe: pretrain.pretrain, FluxRecipe: pretrain_flux.pretrain}
 """Recipe kind -> the function that pretrains it: an SD1.5-topology UNet or a Flux-topology transformer."""
-RECIPES = {"epsilon": Recipe(), "flow": FluxRecipe()}
-"""The bases the tests and the demo use, by name: noise prediction (SD1.5 topology) and flow matching (Flux
-topology). ``Recipe(prediction_type="v_prediction")`` builds a v-prediction base the same way; no test uses
-one yet, so ``make tinybase`` does not spend the minutes."""
+RECIPES = {"epsilon": Recipe(), "flow": FluxRecipe(), "vpred": Recipe(prediction_type="v_prediction")}
+"""The bases the tests and the demo use, by name: noise prediction and v-prediction (SD1.5 topology, the same
+recipe but for the objective) and flow matching (Flux topology)."""
+PREBUILT = ("epsilon", "flow")
+"""The bases ``make tinybase`` (``python -m tinyworld``) builds, the ones ``make test`` uses. Only the slow learning
+proofs (``make test-learning``) use ``vpred``: it is built on first use, not minutes earlier on every clone."""
 
 
 def cache_root() -> Path:

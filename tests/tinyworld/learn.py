@@ -1,15 +1,16 @@
-"""``python -m tinyworld.learn OUT [--base epsilon|flow] [--adapter lora|locon|embedding] [--steps N] [--epochs E]
-[--lr X] [--text-lr X] [--broken flip|captions] [--prior N | --world N] [--dim R] [--alpha A] [--conv-dim R]
-[--conv-alpha A] [--vectors V] [--init W] [--caption-dropout P] [--seed N]``: train an adapter on the concept
-through ``lora-train run``, judge it (every epoch's checkpoint).
+"""``python -m tinyworld.learn OUT [--base epsilon|flow|vpred] [--adapter lora|locon|embedding] [--steps N]
+[--epochs E] [--lr X] [--text-lr X] [--broken flip|captions|noise] [--prior N | --world N] [--dim R] [--alpha A]
+[--conv-dim R] [--conv-alpha A] [--vectors V] [--init W] [--caption-dropout P] [--seed N]``: train an adapter on the
+concept through ``lora-train run``, judge it (every epoch's checkpoint).
 
-Builds (or reuses) the base (epsilon: SD1.5 topology, flow: Flux topology), writes the concept
+Builds (or reuses) the base (epsilon, vpred: SD1.5 topology, flow: Flux topology), writes the concept
 dataset and a job YAML under OUT, trains through the trainer's CLI entry point, then prints the
 judge's verdict and writes OUT/sheet.png (base row, then the LoRA; the trigger prompt left, a control prompt right).
 ``--prior N`` adds N of the base's own samples of world captions as regularization images (prior
 preservation), ``--world N`` N rendered world scenes instead. ``--broken flip`` negates the training target
 (patched in this process only), ``--broken captions`` drops every caption (``training.captionDropout: 1``):
-both must fail the check.
+both must fail the check. ``--broken noise`` trains the noise whatever the base predicts (a trainer that ignores a
+v-prediction scheduler).
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ from .sheet import contact_sheet
 from .world import TRIGGER
 
 SEEDS = [0, 1, 2, 3]
-RATES = {"epsilon": (5e-3, 5e-3), "flow": (5e-4, 5e-3)}
+RATES = {"epsilon": (5e-3, 5e-3), "flow": (5e-4, 5e-3), "vpred": (5e-3, 5e-3)}
 """(denoiser, text encoder) learning rate of each base's concept job, 200 steps of 4: a Flux-topology LoRA at
-5e-3 repaints every prompt in the concept's colour (bench/RESULTS.md)."""
+5e-3 repaints every prompt in the concept's colour (bench/RESULTS.md); the v-prediction base takes the epsilon
+base's job (no job measured passes the check on it yet: bench/RESULTS.md, session 12)."""
 
 ADAPTER_RATES = {"locon": (5e-3, 5e-3), "embedding": (5e-2, 0.0)}
 """(main, text encoder) learning rate of the epsilon base's LoCon and embedding concept jobs (an embedding trains
@@ -122,6 +124,21 @@ def flipped(original):
     return noisy_and_negated_target
 
 
+def noise_target(original):
+    """`original` (a family's ``noisy_and_target``) with the noise as the target whatever the scheduler predicts: the
+    objective of a trainer that ignores a v-prediction base's ``prediction_type``."""
+
+    def noisy_and_noise(self, parts, latents, noise, timesteps):
+        noisy, _ = original(self, parts, latents, noise, timesteps)
+        return noisy, noise
+
+    return noisy_and_noise
+
+
+BROKEN = {"flip": flipped, "noise": noise_target}
+"""``--broken`` objectives: patches of the family's ``noisy_and_target``."""
+
+
 def train(out: Path, base: Path, data: Path, steps: int = 200, lr: float = 5e-3, text_lr: float = 5e-3,
           caption_dropout: float = 0.0, epochs: int = 1, adapter: str = "lora", prior: Path | None = None,
           overrides: dict | None = None, seed: int = 7) -> Path:
@@ -155,13 +172,13 @@ def main(argv: list[str]) -> int:
     """Train, judge, draw the sheet; exit 0 when the verdict passed."""
     p = argparse.ArgumentParser(prog="python -m tinyworld.learn")
     p.add_argument("out", type=Path)
-    p.add_argument("--base", default="epsilon", choices=["epsilon", "flow"])
+    p.add_argument("--base", default="epsilon", choices=list(RATES))
     p.add_argument("--steps", type=int, help="steps in all (default: ADAPTER_STEPS, or 200)")
     p.add_argument("--epochs", type=int, default=1, help="a checkpoint each: a sheet row each, the last judged")
     p.add_argument("--lr", type=float, help="denoiser learning rate (default: RATES, or ADAPTER_RATES)")
     p.add_argument("--text-lr", type=float, help="text encoder learning rate (default: as --lr's)")
     p.add_argument("--adapter", default="lora", choices=list(ADAPTERS))
-    p.add_argument("--broken", choices=["flip", "captions"])
+    p.add_argument("--broken", choices=[*BROKEN, "captions"])
     p.add_argument("--caption-dropout", type=float, default=0.0, help="training.captionDropout")
     p.add_argument("--seed", type=int, default=7, help="training.seed")
     p.add_argument("--prior", type=int, default=0, help="regularization images: this many of the base's samples")
@@ -176,9 +193,9 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     base = tinybase(args.base)
     data = write_concept_set(args.out / "data")
-    if args.broken == "flip":
+    if args.broken in BROKEN:
         family = family_class(family_of(base))
-        family.noisy_and_target = flipped(family.noisy_and_target)  # this process only
+        family.noisy_and_target = BROKEN[args.broken](family.noisy_and_target)  # this process only
     started = time.monotonic()
     lr, text_lr = ADAPTER_RATES.get(args.adapter, RATES[args.base])
     lr = lr if args.lr is None else args.lr

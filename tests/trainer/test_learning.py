@@ -3,7 +3,10 @@ base toward a concept it never saw, on its trigger word, more than on other prom
 the base drew for those; the same job with a broken objective does not pass.
 
 The bases (tests/tinyworld, `make tinybase`) were pretrained on red, green, blue and yellow circles, squares
-and triangles: ``epsilon`` (noise prediction, SD1.5 topology) and ``flow`` (rectified flow, Flux topology).
+and triangles: ``epsilon`` (noise prediction, SD1.5 topology) and ``flow`` (rectified flow, Flux topology); the
+LoRA proof and its controls also run on ``vpred`` (v-prediction, the epsilon base's recipe but for the objective),
+marked `slow` (`make test-learning` builds that base; `make test` does not spend its minutes). Its LoRA proof does
+not pass yet at any job measured and is a strict xfail (`NOT_YET`); its controls pass.
 The concept is a magenta cross named "zxq". A judge reads colour, shape, position and background of each
 sample directly. The controls: the target's sign flipped (the objective a sign slip in the trainer would
 train), and every caption dropped (what a caption that never reaches the text encoder trains: the concept
@@ -27,7 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinyworld.cache import tinybase
+from tinyworld.cache import PREBUILT, tinybase
 from tinyworld.concept import Readings, Verdict, base_readings, judge_lora, write_concept_set, write_prior_set
 from tinyworld.learn import ADAPTER_RATES, ADAPTER_STEPS, RATES, family_class, family_of, flipped, train
 
@@ -51,8 +54,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module", params=list(RATES))
+@pytest.fixture(scope="module", params=[pytest.param(kind, marks=[] if kind in PREBUILT else [pytest.mark.slow])
+                                        for kind in RATES])
 def base(request) -> Path:
+    """Each base with a concept job; a base `make tinybase` does not build (vpred) is built here, its tests slow."""
     return tinybase(request.param)
 
 
@@ -84,8 +89,18 @@ def learned_on_its_trigger(verdict: Verdict) -> bool:
             and verdict.learned_colour - verdict.control_colour >= 0.25)
 
 
+NOT_YET = {"vpred": ("the v-prediction base's LoRA has not passed the concept check at any job measured (200-800 "
+                     "steps, rates 5e-4 to 5e-3: at best 0.69-0.75 magenta on the trigger with 0.44-0.50 on controls "
+                     "and 0.38 of the prior kept; the verdict swings by up to 0.6 between checkpoints 100-150 "
+                     "steps apart: bench/RESULTS.md, session 12)")}
+"""Bases whose LoRA proof is a strict xfail: it must fail as measured, and an XPASS says it is time to assert it."""
+
+
 def test_a_lora_learns_the_concepts_colour_on_its_trigger_and_keeps_most_of_the_prior(tmp_path, base, before,
-                                                                                      concept_dir):
+                                                                                      concept_dir, request):
+    kind = base.name.split("-")[0]
+    if kind in NOT_YET:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=NOT_YET[kind]))
     verdict = judge_lora(base, train_concept(tmp_path, base, concept_dir), SEEDS, before)
     print(verdict)
     assert magenta(before.trigger) <= 0.25  # not the base's doing
@@ -98,6 +113,25 @@ def test_a_flipped_target_sign_learns_nothing(tmp_path, base, before, concept_di
     verdict = judge_lora(base, train_concept(tmp_path, base, concept_dir), SEEDS, before)
     print(verdict)
     assert verdict.learned_colour < 0.25, verdict
+
+
+@pytest.mark.slow
+def test_the_trainer_trains_the_v_base_on_the_velocity_and_the_flipped_control_negates_it():
+    """The vpred proof proves v-prediction: the trainer reads the base's scheduler as v, trains on the velocity
+    sqrt(a) noise - sqrt(1 - a) x0 (not the noise), and the flipped control trains on minus the velocity."""
+    vpred = tinybase("vpred")
+    family = family_class(family_of(vpred))()
+    parts = family.load(vpred, torch.float32)
+    assert family.model_version(parts).prediction_type == "v"
+    gen = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn((2, 4, 16, 16), generator=gen), torch.randn((2, 4, 16, 16), generator=gen)
+    timesteps = torch.tensor([100, 900])
+    alpha = parts.noise_scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    velocity = alpha.sqrt() * noise - (1 - alpha).sqrt() * latents
+    _, target = family.noisy_and_target(parts, latents, noise, timesteps)
+    assert torch.allclose(target, velocity, atol=1e-6) and not torch.allclose(target, noise, atol=0.1)
+    _, broken = flipped(type(family).noisy_and_target)(family, parts, latents, noise, timesteps)
+    assert torch.equal(broken, -target)
 
 
 def test_captions_that_never_reach_the_text_encoder_fail_the_check(tmp_path, base, before, concept_dir):
