@@ -31,9 +31,9 @@ from .scheduling import (
     QueuedJob,
     TrainerPod,
     WaitingQueue,
-    fits_no_node,
     node_limit,
     schedule,
+    unmatched_by_placement,
 )
 from .status_writer import StatusWriter
 from .views import JobView, parse_time
@@ -207,12 +207,8 @@ class Admitter:
         Checked once per placement of the waiting jobs, not per job."""
         if tuple(nodes) != self._matched_on:  # a node changed, joined or left: check every placement again
             self._matched_on, self._matches_none = tuple(nodes), {}
-        memo = self._matches_none
-        for placement in waiting.by_placement().keys() - memo.keys():
-            memo[placement] = fits_no_node(placement, nodes, gpu_type_label=self.config.gpu_type_label,
-                                           always_tolerated=self.config.trainer_tolerations)
-        none = frozenset(uid for placement, jobs in waiting.by_placement().items() if memo[placement]
-                         for uid in jobs)
+        none = unmatched_by_placement(waiting.by_placement(), nodes, gpu_type_label=self.config.gpu_type_label,
+                                      always_tolerated=self.config.trainer_tolerations, memo=self._matches_none)
         changed = [(uid, False) for uid in none - self.told_unmatched] + [
             (uid, True) for uid in self.told_unmatched - none if uid in waiting]
         with self._recent_lock:

@@ -5,7 +5,7 @@ Entry point: `schedule(queued, nodes, pods, now, gpu_type_label=...) -> Plan`.
 
 from .cache_affinity import holding, model_key, node_caches, prefer_cached
 from .estimate import RunningJob, estimated_starts
-from .fit import fits, fits_no_node, resource_toleration, tolerated, unmatched
+from .fit import fits, resource_toleration, tolerated, unmatched, unmatched_by_placement
 from .model import Admission, GpuNode, Plan, QueuedJob, Taint, Toleration, TrainerPod
 from .order import queue_order
 from .planner import node_limit, schedule
@@ -24,12 +24,12 @@ __all__ = [
     "WaitingQueue",
     "estimated_starts",
     "fits",
-    "fits_no_node",
     "holding",
     "model_key",
     "node_caches",
     "prefer_cached",
     "unmatched",
+    "unmatched_by_placement",
     "node_limit",
     "queue_order",
     "resource_toleration",

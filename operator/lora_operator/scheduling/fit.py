@@ -69,17 +69,30 @@ def unmatched(
 ) -> frozenset[str]:
     """The uids of the jobs that no node of `nodes` could ever take, busy or free (no node has
     their GPU type, selector labels or tolerated taints, `STATE_TAINT_PREFIX` ones aside): they wait
-    for a node to join. Checked once per distinct placement."""
-    memo: dict[Placement, bool] = {}
-    out = set()
+    for a node to join. Checked once per distinct placement (`unmatched_by_placement`)."""
+    by_placement: dict[Placement, list[str]] = {}
     for job in jobs:
-        placement = placement_of(job)
-        if placement not in memo:
-            memo[placement] = fits_no_node(placement, nodes, gpu_type_label=gpu_type_label,
-                                           always_tolerated=always_tolerated)
-        if memo[placement]:
-            out.add(job.uid)
-    return frozenset(out)
+        by_placement.setdefault(placement_of(job), []).append(job.uid)
+    return unmatched_by_placement(by_placement, nodes, gpu_type_label=gpu_type_label,
+                                  always_tolerated=always_tolerated)
+
+
+def unmatched_by_placement(
+    by_placement: Mapping[Placement, Iterable[str]],
+    nodes: Sequence[GpuNode],
+    *,
+    gpu_type_label: str,
+    always_tolerated: Sequence[Toleration] = (),
+    memo: dict[Placement, bool] | None = None,
+) -> frozenset[str]:
+    """`unmatched` for jobs already grouped by placement (placement -> uids). `memo` (placement ->
+    whether no node of these `nodes` could take it) is filled and read, so a caller that keeps it
+    while the nodes stay the same checks each placement once, not once per call."""
+    memo = {} if memo is None else memo
+    for placement in by_placement.keys() - memo.keys():
+        memo[placement] = fits_no_node(placement, nodes, gpu_type_label=gpu_type_label,
+                                       always_tolerated=always_tolerated)
+    return frozenset(uid for placement, uids in by_placement.items() if memo[placement] for uid in uids)
 
 
 def fits_no_node(placement: Placement, nodes: Sequence[GpuNode], *, gpu_type_label: str,
