@@ -53,9 +53,19 @@ go_install() {  # name module-path version
   GOBIN="$bin" go install -trimpath -ldflags "-s -w" "$2@$3"
 }
 
+kwok_node_stages() {  # kwok's own node stages from its module, for controlplane.kwok_config
+  [ -s "$bin/kwok-node-stages.yaml" ] && return
+  log "copying kwok $KWOK_VERSION node stages"
+  local dir
+  dir="$(cd / && go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+  { cat "$dir/kustomize/stage/node/fast/node-initialize.yaml"; echo "---"
+    cat "$dir/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml"; } > "$bin/kwok-node-stages.yaml"
+}
+
 start=$(date +%s)
 build_etcd
 go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
+kwok_node_stages
 go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
 go_install minio github.com/minio/minio "$MINIO_VERSION"
 build_kubernetes

@@ -17,6 +17,12 @@ KWOK_OPTIONS = {"podPlayStageParallelism": 32, "nodePlayStageParallelism": 16, "
 """kwok plays every fake node's kubelet with a few workers (4 each by default), each waiting for its
 API round trip: with 1000 nodes those workers, not the operator, set the pace of a drain (pods bound
 but not Running, node leases late). A real cluster has a kubelet per node."""
+NODE_STAGES = "kwok-node-stages.yaml"
+"""kwok's own node stages (node-initialize, node-heartbeat-with-lease), copied from its module by
+build-tools.sh. kwok 0.7 picks its 20-45 s node-status heartbeat when node leases are on (it passes
+`lease == 0` to its default-stage choice): on top of the lease renewals, 1000 fake nodes then PATCHed
+nodes/status 45 times a second, where real kubelets with leases report status every 5 minutes unless
+it changed. Named in the config, the with-lease stage (every 10-20 minutes) applies."""
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived", "ResponseStarted"],
     "rules": [
@@ -146,10 +152,11 @@ class ControlPlane:
         ).start()
 
     def kwok_config(self) -> Path:
-        """kwok's options file (`KWOK_OPTIONS`), written into the work folder."""
-        path = self.workdir / "kwok.json"
-        path.write_text(json.dumps({"apiVersion": "config.kwok.x-k8s.io/v1alpha1", "kind": "KwokConfiguration",
-                                    "options": KWOK_OPTIONS}))
+        """kwok's config (`KWOK_OPTIONS` and `NODE_STAGES`), written into the work folder."""
+        path = self.workdir / "kwok.yaml"
+        options = json.dumps({"apiVersion": "config.kwok.x-k8s.io/v1alpha1", "kind": "KwokConfiguration",
+                              "options": KWOK_OPTIONS})
+        path.write_text(f"{options}\n---\n{(self.bin_dir / NODE_STAGES).read_text()}")
         return path
 
     def restart_apiserver(self) -> None:

@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "tests" / "cluster" / "build-tools.sh"
 VERSIONS = REPO / "tests" / "cluster" / "versions.env"
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", "helm", "minio",
-            "promtool", "kueue")
+            "promtool", "kueue", "kwok-node-stages.yaml")
 
 
 class ToolsMissing(RuntimeError):
