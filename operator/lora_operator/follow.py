@@ -84,8 +84,8 @@ class Follower:
         """uid -> when the job's next follow reconcile is due (on `clock`; inf while queued or in flight)."""
         self._due: list[tuple[float, str]] = []
         """Heap of (due, uid); an entry whose time is not the job's in `_followed` is stale."""
-        self._ready: asyncio.Queue[str] = asyncio.Queue()
-        """Jobs due, for the workers."""
+        self._ready: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
+        """(uid, when it was due) of the jobs due, for the workers."""
         self._retrying: asyncio.Future | None = None
         """The last scan's reconciles of unresolved jobs, while they run."""
 
@@ -149,21 +149,22 @@ class Follower:
                 del self._followed[uid]
                 continue
             self._followed[uid] = math.inf  # queued or in flight: due again once reconciled
-            self._ready.put_nowait(uid)
+            self._ready.put_nowait((uid, when))
 
     async def work(self) -> None:
-        """One worker: reconciles, reading progress, the jobs handed to it, until cancelled; each is
-        due again an interval after its reconcile began. A reconcile that hangs holds its worker
-        only, not the loop."""
+        """One worker: reconciles, reading progress, the jobs handed to it, until cancelled. Each is
+        due again an interval after it was due; one that waited longer than that, an interval after
+        its reconcile began (the loop cannot keep up: it slows down rather than pile up). A reconcile
+        that hangs holds its worker only, not the loop."""
         while True:
-            uid = await self._ready.get()
+            uid, due = await self._ready.get()
             began = self.clock()
             try:
                 await self.reconcile(uid, progress=True)
             except Exception as err:  # noqa: BLE001 - one job's failure must not stop the others'
                 self._failed(uid, err)
             finally:
-                self._schedule(uid, began + self.interval)
+                self._schedule(uid, due + self.interval if due + self.interval > began else began + self.interval)
                 self._ready.task_done()
 
     async def settled(self) -> None:

@@ -147,6 +147,32 @@ def test_the_followed_jobs_are_spread_over_the_interval_a_few_at_a_time():
     assert [b - a for a, b in itertools.pairwise(turns)] == [10.0, 10.0]  # each again an interval later
 
 
+def test_a_turn_keeps_its_time_and_one_that_waited_longer_than_an_interval_moves_the_next():
+    # A job is due an interval after it was due, however late in the tick it ran; when the loop
+    # fell a whole interval behind, an interval after its reconcile began: it slows down, no catch-up burst.
+    now = [0.0]
+    index = JobIndex(OwnWrites())
+    index.jobs, index.pods, index.nodes = {"r": body("r", "Running")}, {}, {}
+    started: list[float] = []
+
+    async def reconcile(uid: str, *, progress: bool = False) -> None:
+        started.append(now[0])
+
+    follower = Follower(index, RetryBackoff(), reconcile, interval=10.0, workers=1, clock=lambda: now[0])
+
+    async def play() -> None:
+        worker = asyncio.create_task(follower.work())
+        follower.scan()  # due at 0
+        for second in (4.0, 10.0, 35.0, 44.0, 45.0):
+            now[0] = second
+            follower.queue_due()
+            await follower.settled()
+        worker.cancel()
+
+    asyncio.run(play())
+    assert started == [4.0, 10.0, 35.0, 45.0]
+
+
 def test_the_loop_spreads_a_round_of_follows_over_the_interval():
     # Through the controller: the first round of 40 running jobs spans most of the interval; before,
     # the 40 started within a millisecond.
