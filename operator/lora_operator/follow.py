@@ -95,6 +95,9 @@ class Follower:
 
     async def run(self) -> None:
         """Until cancelled: a `scan` every interval; every tick the jobs due go to the `workers`."""
+        self._followed.clear()  # a run cancelled with jobs queued left them marked in flight
+        self._due.clear()
+        self._ready = asyncio.Queue()
         workers = [asyncio.create_task(self.work()) for _ in range(self.workers)]
         try:
             next_scan = self.clock() + self.interval
