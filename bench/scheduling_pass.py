@@ -238,7 +238,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = {
         "command": "python -m bench.scheduling_pass " + " ".join(args.argv),
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}",
-        "load": _load(),
+        "load": load_average(),
         "jobs": args.jobs, "nodes": len(drain.nodes), "free_per_pass": args.free, "steps": args.steps,
         "positions_written": args.positions_written,
         "queued_at_end": queued, "running_at_end": len(drain.running), "admitted": admitted,
@@ -249,13 +249,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "position_round_with_estimate": summary(estimates) if estimates else None,
     }
     if profile:
-        text = io.StringIO()
-        pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(args.profile_lines)
-        out["profile"] = text.getvalue()
+        out["profile"] = profile_text(profile, args.profile_lines)
     return out
 
 
-def _load() -> str:
+def profile_text(profile: cProfile.Profile, lines: int) -> str:
+    """The profile's top `lines` functions by cumulative time."""
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(lines)
+    return text.getvalue()
+
+
+def load_average() -> str:
+    """/proc/loadavg's 1, 5 and 15 minute load: each figure goes with the load it was taken at."""
     try:
         with open("/proc/loadavg") as f:
             return " ".join(f.read().split()[:3])
@@ -281,14 +287,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="write the result JSON here too")
     args = parser.parse_args(argv)
     args.argv = argv if argv is not None else sys.argv[1:]
-    result = run(args)
+    report(run(args), args.out)
+
+
+def report(result: dict[str, Any], out: str | None) -> None:
+    """Prints the result's JSON, then its profile if any; writes the JSON to `out` too if given."""
     profile = result.pop("profile", None)
     text = json.dumps(result, indent=2)
     print(text)
     if profile:
         print(profile)
-    if args.out:
-        with open(args.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             f.write(text + "\n")
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from .admission import Admitter
 from .config import OperatorConfig
-from .follow import UNQUEUED_PER_TICK, Follower, needs_following
+from .follow import FOLLOW_WORKERS, UNQUEUED_PER_TICK, Follower, needs_following
 from .job_index import JobIndex
 from .k8s import Conflict, Kube, describe_error, transient
 from .kueue_positions import KueuePositions
@@ -87,7 +87,11 @@ class Controller:
         self.retries = RetryBackoff()
         self.work = WorkQueue(on_error=lambda: metrics.count_reconcile_error("reconcile"))
         self.follower = Follower(self.index, self.retries, lambda uid, **kw: self.reconcile(uid, **kw),
-                                 on_error=lambda: metrics.count_reconcile_error("follow"))
+                                 on_error=lambda: metrics.count_reconcile_error("follow"),
+                                 interval=config.progress_interval, workers=FOLLOW_WORKERS)
+        self._follow_threads = ThreadPoolExecutor(FOLLOW_WORKERS, thread_name_prefix="follow")
+        """The follow reconciles' threads: in the default executor the event-driven reconciles
+        (a pod ended: the job's Succeeded write) waited behind a thousand progress reads."""
         metrics.count_jobs_with(self.index.phase_counts)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._kicked = asyncio.Event()
@@ -138,7 +142,8 @@ class Controller:
         self.index.prune()
 
     async def reconcile(self, uid: str, *, progress: bool = False) -> None:
-        """Reconciles one job (and optionally reads its progress).
+        """Reconciles one job; with `progress` (the follow loop's), reads its progress too, on the
+        follow threads.
 
         A conflict ends it: the job changed after it was read, and the watch event of that change
         queues the job again (its uid left the work queue when this reconcile began), so the next
@@ -149,10 +154,13 @@ class Controller:
             if view is None:
                 self._locks.pop(uid, None)
                 return
+            threads = self._follow_threads if progress else None
             try:
-                await self._on_thread(self.lifecycle.reconcile, view, self.index.pods_of(uid), utcnow())
+                await self._on_thread(self.lifecycle.reconcile, view, self.index.pods_of(uid), utcnow(),
+                                      executor=threads)
                 if progress:
-                    await self._on_thread(self.lifecycle.sync_progress, self.job(uid) or view, utcnow())
+                    await self._on_thread(self.lifecycle.sync_progress, self.job(uid) or view, utcnow(),
+                                          executor=threads)
                 self.retries.passed(uid)
             except Conflict:
                 log.debug("job %s changed while it was reconciled; its watch event queues it again", uid)
@@ -233,8 +241,8 @@ class Controller:
         self.kick()  # the node is free now: schedule before finishing the job's bookkeeping
 
     async def follow_loop(self) -> None:
-        """The follow loop (see `follow`), every progress interval, until cancelled."""
-        await self.follower.run(self.config.progress_interval)
+        """The follow loop (see `follow`), until cancelled."""
+        await self.follower.run()
 
     def _retry_due(self, uid: str, body: Mapping[str, Any], now: datetime, clock: float) -> float | None:
         return self.follower.retry_due(uid, body, now, clock)

@@ -10,7 +10,6 @@ write goes through `status_writer`.
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -33,7 +32,7 @@ from .kueue_attempts import KueueAttempts
 from .metrics import OperatorMetrics
 from .outcome import ActionKind, classify, next_action
 from .render import output_prefix
-from .results import Reports, apply_reports, read_reports
+from .results import ManifestVersion, Reports, apply_reports, read_reports
 from .status_writer import StatusWriter
 from .storage import StorageError
 from .views import JobView, parse_time, pod_active, pod_snapshot
@@ -71,6 +70,9 @@ class Lifecycle(KueueAttempts, FinishedJobs):
     """Delivers spec.notify.webhook in the background. Default: one with config's retry settings."""
     node_gpus: Callable[[], int] = lambda: 1
     """The GPUs of the largest GPU node known: what a Kueue Job asks for (a trainer takes a whole node)."""
+    manifests_seen: dict[str, ManifestVersion] = field(default_factory=dict)
+    """Running job uid -> the version of the manifest its status holds (`results.manifest_version`):
+    `sync_progress` reads manifest.json again only once the trainer wrote another."""
 
     def __post_init__(self) -> None:
         if self.storage is None:
@@ -87,6 +89,8 @@ class Lifecycle(KueueAttempts, FinishedJobs):
         Raises:
             Conflict: the job changed meanwhile; the caller reconciles again with a fresh view.
         """
+        if job.status.phase is not Phase.RUNNING:
+            self.manifests_seen.pop(job.uid, None)
         if job.deleting:
             return self.cancel(job, pods, now)
         derived = st.derive_phase(job.status.conditions)
@@ -288,13 +292,14 @@ class Lifecycle(KueueAttempts, FinishedJobs):
             pod = multikueue.worker_pod(self.kube.get_batch_job(job.namespace, attempt.pod))
         return pod
 
-    def reports(self, job: JobView, spec: JobSpec) -> Reports | None:
-        """The trainer's progress and manifest in the job's prefix; None when not readable (logged)."""
+    def reports(self, job: JobView, spec: JobSpec, seen: ManifestVersion | None = None) -> Reports | None:
+        """The trainer's progress and manifest in the job's prefix; None when not readable (logged).
+        `seen`: see `read_reports` (None: the manifest is read)."""
         prefix = output_prefix(spec, job.namespace, job.name, job.uid)
         if not prefix.startswith("s3://"):
             return None
         try:
-            return read_reports(self.storage.open(prefix, job.namespace, spec), job.uid)
+            return read_reports(self.storage.open(prefix, job.namespace, spec), job.uid, seen)
         except (StorageError, EndpointError) as err:
             log.warning("%s: results not readable: %s", job.key, err)
             return None
@@ -334,6 +339,7 @@ class Lifecycle(KueueAttempts, FinishedJobs):
         would have the garbage collector remove them too, but a round later."""
         self.delete_pods(replace(job, deleting=True), pods)  # its last state may not say it was deleted
         self.metrics.forget_job(job.namespace, job.name)
+        self.manifests_seen.pop(job.uid, None)
         if job.status.phase not in FINISHED_PHASES:
             self.emit(job.body, "Normal", Reason.CANCELLED, "the job was deleted; its trainer pod was removed")
 
@@ -345,14 +351,25 @@ class Lifecycle(KueueAttempts, FinishedJobs):
                 self.kube.delete_pod(job.namespace, name)
 
     def sync_progress(self, job: JobView, now: datetime) -> None:
-        """Reads progress.json / manifest.json of a running job into its status and metrics."""
+        """Reads progress.json of a running job into its status and metrics, and manifest.json when
+        the trainer wrote it since the status took it in (`manifests_seen`)."""
         if job.status.phase is not Phase.RUNNING or job.status.resolved_spec is None:
+            self.manifests_seen.pop(job.uid, None)
             return
         spec = JobSpec.model_validate(job.status.resolved_spec)
-        new = self.with_results(job, spec, job.status)
+        reports = self.reports(job, spec, self.manifests_seen.get(job.uid))
+        if reports is None:
+            return
+        new = self.with_results(job, spec, job.status, reports)
         if new.progress:
             p = new.progress
             self.metrics.set_job_progress(job.namespace, job.name, p.percent / 100, p.steps_per_second, p.loss)
-        with contextlib.suppress(Conflict):  # the next tick reads again
+        try:
             self.statuses.write(job, new)
-
+        except Conflict:
+            self.manifests_seen.pop(job.uid, None)  # the next tick reads again, the manifest too
+            return
+        if reports.version is None:
+            self.manifests_seen.pop(job.uid, None)
+        else:
+            self.manifests_seen[job.uid] = reports.version

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
@@ -23,10 +23,32 @@ from .storage import ObjectStore, StorageError
 log = logging.getLogger(__name__)
 
 
+ManifestVersion = tuple[int, int]
+"""(attempt, manifest writes) of a progress report: see `manifest_version`."""
+
+
 @dataclass(frozen=True)
 class Reports:
     progress: ProgressReport | None
     manifest: Manifest | None
+    version: ManifestVersion | None = field(default=None, compare=False)
+    """The manifest version (`manifest_version`) a status with these reports applied is up to date
+    with; None when that is not known (the progress does not count its manifest writes, the
+    manifest could not be read): the next read reads the manifest again."""
+NO_PROGRESS: ManifestVersion = (0, -1)
+"""The version while the job's prefix holds no progress of its own: the trainer writes progress.json
+before its first manifest.json, so the manifest read then stays current until a progress appears."""
+
+
+def manifest_version(progress: ProgressReport | None) -> ManifestVersion | None:
+    """Which manifest.json the trainer had written when it wrote `progress`: the manifest read after
+    a progress of the same version is still the current one. None when the progress does not count
+    its manifest writes (a trainer older than `ProgressReport.manifest_writes`)."""
+    if progress is None:
+        return NO_PROGRESS
+    if progress.manifest_writes is None:
+        return None
+    return progress.attempt, progress.manifest_writes
 
 
 def dataset_is_empty(store: ObjectStore) -> bool:
@@ -34,14 +56,28 @@ def dataset_is_empty(store: ObjectStore) -> bool:
     return not store.list("")
 
 
-def read_reports(store: ObjectStore, job_uid: str) -> Reports:
+def read_reports(store: ObjectStore, job_uid: str, seen: ManifestVersion | None = None) -> Reports:
     """progress.json and manifest.json of a job's prefix; None for each that is missing, unreadable
-    or written by another job (its recorded UID is not `job_uid`)."""
-    return Reports(_load(store, PROGRESS_KEY, ProgressReport, job_uid),
-                   _load(store, MANIFEST_KEY, Manifest, job_uid))
+    or written by another job (its recorded UID is not `job_uid`).
+
+    `seen`: the version (`manifest_version`) of the manifest the job's status already holds. When
+    the progress shows that version still, the manifest is not read (None): a running job's follow
+    reads it only after the trainer wrote it again, not every interval."""
+    progress = _load(store, PROGRESS_KEY, ProgressReport, job_uid)
+    version = manifest_version(progress)
+    if seen is not None and version == seen:
+        return Reports(progress, None, version)
+    manifest, read = _read(store, MANIFEST_KEY, Manifest, job_uid)
+    return Reports(progress, manifest, version if read else None)
 
 
 def _load(store: ObjectStore, key: str, model, job_uid: str):
+    return _read(store, key, model, job_uid)[0]
+
+
+def _read(store: ObjectStore, key: str, model, job_uid: str):
+    """(the report or None, whether the object was read: False when storage failed or it did not
+    parse, True when it is missing or another job's)."""
     try:
         data = store.get_bytes(key)
         report = model.model_validate(json.loads(data)) if data else None
@@ -49,14 +85,14 @@ def _load(store: ObjectStore, key: str, model, job_uid: str):
         if err.denied:
             raise
         log.info("cannot read %s: %s", store.uri_of(key), err)
-        return None
+        return None, False
     except (ValueError, ValidationError) as err:
         log.info("cannot read %s: %s", store.uri_of(key), err)
-        return None
+        return None, False
     if report is not None and report.job_uid != job_uid:
         log.warning("%s was written by job %s, not %s: ignored", store.uri_of(key), report.job_uid, job_uid)
-        return None
-    return report
+        return None, True
+    return report, True
 
 
 def apply_reports(status: JobStatus, reports: Reports, prefix: str) -> JobStatus:

@@ -49,6 +49,9 @@ def test_sd15_lora_trains_through_the_cli_and_both_formats_load_and_change_image
         assert entry["name"] == "epoch-0001" and entry["step"] == 2
         assert (entry["sizeBytes"], entry["sha256"]) == file_digest(prefix / entry["path"])
     assert json.loads((prefix / "progress.json").read_text())["phase"] == "done"
+    # the operator reads the manifest when this count changed: setup's, the epoch's and the end's writes
+    assert json.loads((prefix / "progress.json").read_text())["manifestWrites"] == 3
+    assert (prefix / "progress.json").stat().st_mtime_ns >= (prefix / "manifest.json").stat().st_mtime_ns
     assert (prefix / "previews/epoch-0001/p0-i0.png").is_file() and (prefix / "previews/epoch-0001/grid.png").is_file()
     assert manifest(out)["finished"] is True
 

@@ -76,3 +76,62 @@ def test_reports_another_job_wrote_are_ignored_and_never_finalized(tmp_path):
     assert own.progress.step == 8 and own.manifest.checkpoints[0].name == "epoch-0002"
     output = finalize(store, "deleted-uid", "epoch-0002")
     assert output.checkpoint == "epoch-0002" and (tmp_path / "final/kohya.safetensors").read_bytes() == b"old"
+
+
+def progress_json(job_uid: str, step: int, manifest_writes: int | None, attempt: int = 1) -> str:
+    return ProgressReport(job_uid=job_uid, attempt=attempt, step=step, total_steps=30,
+                          manifest_writes=manifest_writes).model_dump_json()
+
+
+def manifest_json(job_uid: str, *epochs: int) -> str:
+    return Manifest(job_uid=job_uid, checkpoints=[CheckpointEntry(
+        name=f"epoch-{e:04d}", epoch=e, step=10 * e, format="kohya", size_bytes=3, sha256="b" * 64,
+        path=f"checkpoints/epoch-{e:04d}/kohya.safetensors") for e in epochs]).model_dump_json()
+
+
+def epochs_of(reports: Reports) -> list[int] | None:
+    return None if reports.manifest is None else [c.epoch for c in reports.manifest.checkpoints]
+
+
+def test_the_manifest_is_read_again_only_once_the_progress_counts_another_write(tmp_path):
+    # A running job's follow read both files every interval; the manifest changes a few times a run.
+    store = open_store(tmp_path.as_uri())
+    (tmp_path / "progress.json").write_text(progress_json("u", 5, 1))
+    (tmp_path / "manifest.json").write_text(manifest_json("u", 1))
+    first = read_reports(store, "u")
+    assert epochs_of(first) == [1] and first.version == (1, 1)
+    (tmp_path / "manifest.json").write_text(manifest_json("u", 1, 2))  # written, progress not yet again
+    (tmp_path / "progress.json").write_text(progress_json("u", 6, 1))
+    same = read_reports(store, "u", seen=first.version)
+    assert same.progress.step == 6 and same.manifest is None and same.version == (1, 1)  # not read
+    (tmp_path / "progress.json").write_text(progress_json("u", 7, 2))  # the trainer's next progress
+    again = read_reports(store, "u", seen=first.version)
+    assert epochs_of(again) == [1, 2] and again.version == (1, 2)
+    (tmp_path / "progress.json").write_text(progress_json("u", 1, 2, attempt=2))  # a retry counts anew
+    assert epochs_of(read_reports(store, "u", seen=again.version)) == [1, 2]
+    assert epochs_of(read_reports(store, "u")) == [1, 2]  # seen unknown (the end, a restart): read
+
+
+def test_a_progress_that_does_not_count_manifest_writes_has_the_manifest_read_every_time(tmp_path):
+    # progress.json of a trainer from before the count: readable, and its manifest read as before.
+    store = open_store(tmp_path.as_uri())
+    (tmp_path / "progress.json").write_text('{"jobUid": "u", "attempt": 1, "step": 5, "totalSteps": 30}')
+    (tmp_path / "manifest.json").write_text(manifest_json("u", 1))
+    first = read_reports(store, "u")
+    assert first.progress.step == 5 and epochs_of(first) == [1] and first.version is None
+    (tmp_path / "manifest.json").write_text(manifest_json("u", 1, 2))
+    assert epochs_of(read_reports(store, "u", seen=(1, 0))) == [1, 2]
+
+
+def test_no_progress_yet_reads_the_manifest_once_and_an_unreadable_one_again(tmp_path):
+    # The trainer writes progress.json before its first manifest: while there is none, the manifest
+    # read once stays current (the scale bench's pods write nothing: one GET a job per interval, not two).
+    store = open_store(tmp_path.as_uri())
+    nothing = read_reports(store, "u")
+    assert nothing == Reports(None, None) and nothing.version is not None
+    (tmp_path / "manifest.json").write_text(manifest_json("u", 1))
+    assert read_reports(store, "u", seen=nothing.version).manifest is None
+    (tmp_path / "progress.json").write_text(progress_json("u", 1, 0))
+    (tmp_path / "manifest.json").write_text("{not json")
+    broken = read_reports(store, "u", seen=nothing.version)
+    assert broken.manifest is None and broken.version is None  # not known: read again next time

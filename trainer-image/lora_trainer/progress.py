@@ -45,7 +45,7 @@ class ProgressReporter:
                  clock: Callable[[], float] = time.monotonic, job_uid: str | None = None):
         self.publish = publish
         self.report = ProgressReport(job_uid=job_uid, attempt=attempt, total_steps=total_steps,
-                                     total_epochs=total_epochs, plan=plan, phase="loading")
+                                     total_epochs=total_epochs, plan=plan, phase="loading", manifest_writes=0)
         self.interval = interval
         self.stream = stream if stream is not None else sys.stderr
         self.clock = clock
@@ -84,6 +84,12 @@ class ProgressReporter:
         self._last_write = self.clock()
         self.writes += 1
 
+    def manifest_written(self) -> None:
+        """manifest.json was just written: count it and write at once, so the operator, which reads
+        the manifest only when this count changed (`ProgressReport.manifest_writes`), reads it now."""
+        self.report.manifest_writes = (self.report.manifest_writes or 0) + 1
+        self.write()
+
     def _print_line(self) -> None:
         r = self.report
         rate = f"{r.steps_per_second:.2f} it/s" if r.steps_per_second else "? it/s"
@@ -109,11 +115,18 @@ class ProgressReporter:
 
 
 class ManifestWriter:
-    """Keeps manifest.json: checkpoints, previews and skipped files, rewritten after each change."""
+    """Keeps manifest.json: checkpoints, previews and skipped files, rewritten after each change.
 
-    def __init__(self, publish: Publish, manifest: Manifest):
+    Args:
+        publish: Writes bytes to a key of the job prefix.
+        manifest: The manifest so far.
+        written: Called after each write (the progress reporter counts them: `ProgressReporter.manifest_written`).
+    """
+
+    def __init__(self, publish: Publish, manifest: Manifest, written: Callable[[], None] = lambda: None):
         self.publish = publish
         self.manifest = manifest
+        self.written = written
 
     def add_checkpoint(self, entry: CheckpointEntry) -> None:
         """Record a checkpoint file (replacing an older entry of the same name and format)."""
@@ -132,3 +145,4 @@ class ManifestWriter:
         """Write manifest.json now."""
         self.manifest.finished = finished
         self.publish(MANIFEST_KEY, self.manifest.model_dump_json(by_alias=True, indent=1).encode())
+        self.written()

@@ -132,7 +132,7 @@ class RunSetup:
             job_uid=self.outputs.job_uid, spec_hash=spec_hash(spec), images=len(self.data.train),
             validation_images=len(self.data.held_out),
             total_steps=self.plan.total_steps, skipped=list(self.data.skipped),
-        ))
+        ), written=self.progress.manifest_written)
 
         refuse_distilled(spec.base_model.family, self.inputs.model_dir)
         megapixels = max(h * w for h, w in (s.target_size for s in self.samples)) / 1e6

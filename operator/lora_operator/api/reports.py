@@ -33,6 +33,10 @@ class ProgressReport(ApiModel):
     """loading, caching, training, saving, done."""
     state_save_seconds: float | None = None
     """How long the last resume-state save took (written locally and uploaded), in seconds."""
+    manifest_writes: int | None = None
+    """How many times this attempt has written manifest.json; progress.json is written again after
+    each. While it and `attempt` stay the same, the manifest the operator read before is current
+    and it does not read it again. None (a trainer that does not count them): read each time."""
 
 
 class CheckpointEntry(ApiModel):
