@@ -93,12 +93,13 @@ def learned_on_its_trigger(verdict: Verdict) -> bool:
 
 
 NOT_YET = {"vpred": ("the v-prediction base's LoRA has not passed the concept check robustly at any job measured "
-                     "(sessions 12-13: 41 jobs, 200-800 steps, rates 1e-4 to 1e-2, min-SNR 1-100, cosine, caption "
+                     "(sessions 12-13: 43 jobs, 200-800 steps, rates 1e-4 to 1e-2, min-SNR 1-100, cosine, caption "
                      "dropout, two other v bases, prior preservation): without prior images the concept's colour "
                      "leaks onto the red control and the prior is lost; with 32 prior images the trigger reads "
                      "0.75-1.00 and the controls stay off magenta, but the controls' positions (which this base "
-                     "draws by seed, not by prompt) move and the prior kept stays 0.12-0.50; the few checkpoints "
-                     "that pass have failing neighbours (bench/RESULTS.md, sessions 12 and 13)")}
+                     "draws by seed, not by prompt) move: the prior kept is 0.12-0.50 wherever the trigger reads "
+                     "0.62 or more; the 8 checkpoints that pass have failing neighbours (bench/RESULTS.md, "
+                     "sessions 12 and 13)")}
 """Bases whose LoRA proof is a strict xfail: it must fail as measured, and an XPASS says it is time to assert it."""
 
 
