@@ -93,7 +93,7 @@ def learned_on_its_trigger(verdict: Verdict) -> bool:
 
 
 NOT_YET = {"vpred": ("the v-prediction base's LoRA has not passed the concept check robustly at any job measured "
-                     "(sessions 12-13: 43 jobs, 200-800 steps, rates 1e-4 to 1e-2, min-SNR 1-100, cosine, caption "
+                     "(sessions 12-13: 45 jobs, 200-800 steps, rates 1e-4 to 1e-2, min-SNR 1-100, cosine, caption "
                      "dropout, two other v bases, prior preservation): without prior images the concept's colour "
                      "leaks onto the red control and the prior is lost; with 32 prior images the trigger reads "
                      "0.75-1.00 and the controls stay off magenta, but the controls' positions (which this base "
