@@ -1,6 +1,7 @@
 """``python -m tinyworld.learn OUT [--base epsilon|flow|vpred] [--adapter lora|locon|embedding] [--steps N]
 [--epochs E] [--lr X] [--text-lr X] [--broken flip|captions|noise] [--prior N | --world N] [--dim R] [--alpha A]
-[--conv-dim R] [--conv-alpha A] [--vectors V] [--init W] [--caption-dropout P] [--seed N]``: train an adapter on the
+[--conv-dim R] [--conv-alpha A] [--vectors V] [--init W] [--caption-dropout P] [--seed N] [--min-snr-gamma G]
+[--lr-schedule S]``: train an adapter on the
 concept through ``lora-train run``, judge it (every epoch's checkpoint).
 
 Builds (or reuses) the base (epsilon, vpred: SD1.5 topology, flow: Flux topology), writes the concept
@@ -93,10 +94,10 @@ def adapter_block(adapter: str, overrides: dict | None = None) -> dict:
 
 def job_spec(base: Path, data: Path, out: Path, steps: int, lr: float, text_lr: float,
              caption_dropout: float, epochs: int = 1, adapter: str = "lora", prior: Path | None = None,
-             overrides: dict | None = None, seed: int = 7) -> dict:
+             overrides: dict | None = None, seed: int = 7, training: dict | None = None) -> dict:
     """The job: `adapter` (ADAPTERS, with `overrides`), `epochs` epochs of `steps` steps in all, batch 4, checkpoints
     each epoch (diffusers; an embedding job writes its embedding file either way); `prior`: its regularization
-    images."""
+    images; `training`: more ``spec.training`` fields (e.g. minSnrGamma, lrScheduler), over the defaults here."""
     dataset = {"uri": data.as_uri(), "crop": {"mode": "center", "size": "32x32"}, "validationSplit": 0.0}
     if prior is not None:
         dataset["regularization"] = {"uri": prior.as_uri()}
@@ -107,7 +108,7 @@ def job_spec(base: Path, data: Path, out: Path, steps: int, lr: float, text_lr: 
         "training": {"steps": steps, "epochs": epochs, "batchSize": 4, "unetLearningRate": lr,
                      "textEncoderLearningRate": text_lr, "textEncoderRatio": 1.0 if text_lr else 0.0,
                      "captionDropout": caption_dropout, "mixedPrecision": "no",
-                     "lrScheduler": {"type": "constant"}, "seed": seed},
+                     "lrScheduler": {"type": "constant"}, "seed": seed, **(training or {})},
         "checkpoints": {"everyEpochs": 1, "formats": ["diffusers"]},
         "previews": {"everyEpochs": 0},
         "output": {"uri": out.as_uri()},
@@ -141,7 +142,7 @@ BROKEN = {"flip": flipped, "noise": noise_target}
 
 def train(out: Path, base: Path, data: Path, steps: int = 200, lr: float = 5e-3, text_lr: float = 5e-3,
           caption_dropout: float = 0.0, epochs: int = 1, adapter: str = "lora", prior: Path | None = None,
-          overrides: dict | None = None, seed: int = 7) -> Path:
+          overrides: dict | None = None, seed: int = 7, training: dict | None = None) -> Path:
     """Train an `adapter` on `data` (and `prior`'s regularization images) over `base` through ``lora-train run`` in
     `out`; returns its last epoch's diffusers folder (embedding: its file).
 
@@ -151,7 +152,7 @@ def train(out: Path, base: Path, data: Path, steps: int = 200, lr: float = 5e-3,
     from lora_trainer.cli import main as lora_train
 
     spec = job_spec(base, data, out / "storage", steps, lr, text_lr, caption_dropout, epochs, adapter, prior,
-                    overrides, seed)
+                    overrides, seed, training)
     job = out / "job.yaml"
     out.mkdir(parents=True, exist_ok=True)
     job.write_text(yaml.safe_dump({"apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob",
@@ -181,6 +182,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--broken", choices=[*BROKEN, "captions"])
     p.add_argument("--caption-dropout", type=float, default=0.0, help="training.captionDropout")
     p.add_argument("--seed", type=int, default=7, help="training.seed")
+    p.add_argument("--min-snr-gamma", type=float, help="training.minSnrGamma (default: 0, off)")
+    p.add_argument("--lr-schedule", help="training.lrScheduler.type (default: constant)")
     p.add_argument("--prior", type=int, default=0, help="regularization images: this many of the base's samples")
     p.add_argument("--world", type=int, default=0, help="regularization images: this many rendered world scenes")
     p.add_argument("--dim", type=int, help="lora, locon: the rank (default: ADAPTERS')")
@@ -203,10 +206,15 @@ def main(argv: list[str]) -> int:
     prior = write_prior_set(base, args.out / "prior", args.prior) if args.prior else None
     prior = write_world_set(args.out / "world", args.world) if args.world else prior
     steps = args.steps or ADAPTER_STEPS.get(args.adapter, 200)
+    training = {}
+    if args.min_snr_gamma is not None:
+        training["minSnrGamma"] = args.min_snr_gamma
+    if args.lr_schedule:
+        training["lrScheduler"] = {"type": args.lr_schedule}
     lora = train(args.out, base, data, steps, lr, text_lr,
                  1.0 if args.broken == "captions" else args.caption_dropout, args.epochs, args.adapter, prior,
                  {"vectors": args.vectors, "initialPhrase": args.init, "dim": args.dim, "alpha": args.alpha,
-                  "convDim": args.conv_dim, "convAlpha": args.conv_alpha}, args.seed)
+                  "convDim": args.conv_dim, "convAlpha": args.conv_alpha}, args.seed, training)
     trained = time.monotonic() - started
     before = base_readings(base, SEEDS)
     for epoch in range(1, args.epochs):  # the earlier epochs too: where the concept separates, if it does
