@@ -26,7 +26,7 @@ PARTS = (
     ("reconcile: other (status writes, pod deletes, classify)",
      ("Lifecycle.", "Controller.reconcile (", "Controller.recover (")),
     ("Events posting", ("Kube._post_events (",)),
-    ("follow loop", ("Follower.tick (",)),
+    ("follow loop (its asyncio part; its reconciles run on threads: see reconcile)", ("Follower.",)),
     ("metrics server", ("serve_forever (",)),
 )
 OTHER = "other (asyncio loop, thread hand-offs, kopf peering and posting)"

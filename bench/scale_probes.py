@@ -73,7 +73,11 @@ def python_pid(pid: int) -> int:
     """The operator's python process: `pid` itself, or its child when py-spy launched it."""
     if b"py-spy" not in Path(f"/proc/{pid}/cmdline").read_bytes():
         return pid
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    deadline = time.monotonic() + 30  # py-spy starts its child a moment after it starts itself
+    while not (children := Path(f"/proc/{pid}/task/{pid}/children").read_text().split()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"py-spy (pid {pid}) started no operator process")
+        time.sleep(0.05)
     return int(children[0])
 
 
