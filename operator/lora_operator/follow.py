@@ -64,6 +64,10 @@ def needs_following(status: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
     return False
 
 
+def _body_needs_following(body: Mapping[str, Any]) -> bool:
+    return needs_following(body.get("status") or {}, body.get("spec") or {})
+
+
 class Follower:
     """Runs the follow loop over the job index."""
 
@@ -123,7 +127,7 @@ class Follower:
             body = self.index.body(uid)
             if body is None:
                 continue
-            if needs_following(body.get("status") or {}, body.get("spec") or {}):
+            if _body_needs_following(body):
                 if uid not in self._followed:
                     fresh.append(uid)
             elif not retrying and (when := self.retry_due(uid, body, now, clock)) is not None:
@@ -148,7 +152,7 @@ class Follower:
             if self._followed.get(uid) != when:
                 continue
             body = self.index.body(uid)
-            if body is None or not needs_following(body.get("status") or {}, body.get("spec") or {}):
+            if body is None or not _body_needs_following(body):
                 del self._followed[uid]
                 continue
             self._followed[uid] = math.inf  # queued or in flight: due again once reconciled
