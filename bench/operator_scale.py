@@ -41,6 +41,7 @@ from scale_analysis import (
     admission_latencies,
     double_bookings,
     handoffs,
+    latencies_after_first_pods,
     latency_within,
     list_schedule_makespan,
     order_violations,
@@ -308,6 +309,7 @@ def report(args, jobs, info, node_type, recorder, kubelet, released, before, mid
     submitted = list(info.values())
     reference = list_schedule_makespan(submitted, node_type)
     steady, first = admission_latencies(recorder.pods, dict(released))
+    settled = latencies_after_first_pods(recorder.pods, dict(released))
     handoff = handoffs(recorder.pods, kubelet.ended, kubelet.added)
     violations = order_violations(recorder.pods, recorder.jobs, info, node_type)
     doubles = double_bookings(recorder.pods)
@@ -345,6 +347,9 @@ def report(args, jobs, info, node_type, recorder, kubelet, released, before, mid
                                             "p90": round(percentile(steady, 90), 3),
                                             "p99": round(percentile(steady, 99), 3),
                                             "max": round(max(steady, default=float("nan")), 3)},
+        "admission_latency_after_pod_end_once_all_nodes_had_a_pod": {
+            "n": len(settled), **{f"p{q}": round(percentile(settled, q), 3) for q in (50, 90, 99)},
+            "max": round(max(settled, default=float("nan")), 3)},
         "admission_latency_first_pod_per_node": {"n": len(first), "p50": round(percentile(first, 50), 3),
                                                  "p99": round(percentile(first, 99), 3),
                                                  "max": round(max(first, default=float("nan")), 3)},
@@ -363,6 +368,7 @@ def report(args, jobs, info, node_type, recorder, kubelet, released, before, mid
         "operator_at_end": usage,
         "drain_scheduling_passes": summaries["passes"],
         "drain_operator_admission_latency": summaries["operator_admission_latency"],
+        "drain_operator_event_loop_lag": summaries["event_loop_lag"],
         "benchmark_thread_wakeup_lag_ms": {"n": len(lag),
                                            **{f"p{q}": round(percentile(lag, q), 1) for q in (50, 90, 99)},
                                            "max": round(max(lag, default=float("nan")), 1)},

@@ -46,6 +46,23 @@ def admission_latencies(pods: list[PodEvent], released: dict[str, float]) -> tup
     Failed) or gone; the first pod of each node counts from the node's release (`released`).
     Returns (latencies after a pod ended, latencies of the first pod per node).
     """
+    steady, first = _timed_latencies(pods, released)
+    return [latency for _, latency in steady], [latency for _, latency in first]
+
+
+def latencies_after_first_pods(pods: list[PodEvent], released: dict[str, float]) -> list[float]:
+    """The latencies after a pod ended whose node freed once every released node had its first pod.
+
+    While the release's first pods are still being admitted, a node freed by a pod's end waits
+    behind the nodes released before it: these latencies are the steady state's alone."""
+    steady, first = _timed_latencies(pods, released)
+    last_first = max((freed + latency for freed, latency in first), default=float("inf"))
+    return [latency for freed, latency in steady if freed >= last_first]
+
+
+def _timed_latencies(pods: list[PodEvent], released: dict[str, float]) -> tuple[list[tuple[float, float]], ...]:
+    """`admission_latencies` as (when the node freed, latency) pairs."""
+    released = dict(released)
     freed: dict[str, float] = {}
     holder: dict[str, str] = {}
     steady, first = [], []
@@ -53,9 +70,11 @@ def admission_latencies(pods: list[PodEvent], released: dict[str, float]) -> tup
         key = f"{event.namespace}/{event.name}"
         if event.type == "ADDED" and event.node:
             if event.node in freed:
-                steady.append(event.t - freed.pop(event.node))
+                since = freed.pop(event.node)
+                steady.append((since, event.t - since))
             elif event.node in released:
-                first.append(event.t - released.pop(event.node))
+                since = released.pop(event.node)
+                first.append((since, event.t - since))
             holder[event.node] = key
         elif (event.phase in FINISHED or event.type == "DELETED") and event.node and holder.get(event.node) == key:
             freed[event.node] = event.t

@@ -94,10 +94,12 @@ def cpu_by_component(ground: Ground, operator_pid: int) -> dict[str, float]:
 
 
 HISTOGRAMS = {"passes": "lora_operator_scheduling_pass_seconds",
-              "operator_admission_latency": "lora_operator_admission_latency_seconds"}
+              "operator_admission_latency": "lora_operator_admission_latency_seconds",
+              "event_loop_lag": "lora_operator_event_loop_lag_seconds"}
 """The operator's histograms the report summarizes for the drain: its scheduling passes, and its
 own admission latency (from the pod end it saw to its pod-create response; the benchmark's
-figure adds the watch deliveries on both sides)."""
+figure adds the watch deliveries on both sides), and how late its event loop ran (each watch event
+waits that long before the operator sees it)."""
 
 
 def histograms(metrics_text: str) -> dict[str, float]:

@@ -50,6 +50,7 @@ from .controller import Controller
 from .diagnostics import start_tracemalloc
 from .job_index import JobIndex
 from .k8s import EventSource, Kube
+from .loop_lag import probe_loop_lag
 from .metrics import OperatorMetrics, start_metrics_server
 from .views import JOB_UID_LABEL, TRAINER_COMPONENT, JobView, gpu_node, slim_pod
 
@@ -126,6 +127,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, pods_index
     memo.loop_task = asyncio.create_task(memo.controller.loop())
     memo.follow_task = asyncio.create_task(memo.controller.follow_loop())
     memo.workers_task = asyncio.create_task(memo.controller.reconcile_workers())
+    memo.lag_task = asyncio.create_task(probe_loop_lag(metrics.loop_lag))
 
 
 @kopf.on.login()
@@ -155,7 +157,7 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.AiohttpSession | None:
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    for task in (getattr(memo, name, None) for name in ("loop_task", "follow_task", "workers_task")):
+    for task in (getattr(memo, name, None) for name in ("loop_task", "follow_task", "workers_task", "lag_task")):
         if task:
             task.cancel()
 

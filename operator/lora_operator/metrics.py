@@ -26,6 +26,9 @@ ADMISSION_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 1
 PASS_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 """A pass over a few jobs takes a millisecond; over thousands, tens of milliseconds."""
 
+LOOP_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+"""An idle loop wakes within a millisecond; a loop held for seconds delays every watch event that long."""
+
 METRIC_NAMES = (
     "lora_operator_jobs",
     "lora_operator_queue_length",
@@ -38,6 +41,7 @@ METRIC_NAMES = (
     "lora_operator_reconcile_errors_total",
     "lora_operator_admissions_total",
     "lora_operator_scheduling_pass_seconds",
+    "lora_operator_event_loop_lag_seconds",
 )
 """The exposed names (counters with their `_total`); the Grafana dashboard test reads them."""
 
@@ -111,6 +115,13 @@ class OperatorMetrics:
             "lora_operator_scheduling_pass_seconds",
             "Seconds one scheduling pass took (ranking the queue, placing jobs, settling its claims).",
             buckets=PASS_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "lora_operator_event_loop_lag_seconds",
+            "How late the operator's event loop woke a timer: every watch event (a pod's end, a new job) "
+            "waits that long before the operator sees it.",
+            buckets=LOOP_LAG_BUCKETS,
             registry=r,
         )
 

@@ -85,3 +85,13 @@ def test_a_handoff_runs_from_the_kubelets_end_of_a_pod_to_its_start_of_the_next_
     ended = {"ns/a": 4.9, "ns/b": 8.8, "ns/x": 3.0}
     added = {"ns/a": 0.1, "ns/b": 5.0, "ns/c": 9.0, "ns/x": 0.1}
     assert analysis.handoffs(history, ended, added) == pytest.approx([0.1, 0.2])
+
+
+def test_latencies_after_first_pods_leave_out_the_nodes_freed_while_the_release_was_admitted(analysis):
+    history = [pod(analysis, 1.5, 1, "ADDED", "a", "n1"), pod(analysis, 2.0, 2, "MODIFIED", "a", "n1", "Succeeded"),
+               pod(analysis, 4.0, 3, "ADDED", "c", "n2"),  # n2's first pod: the release is admitted at 4.0
+               pod(analysis, 6.0, 4, "ADDED", "b", "n1"), pod(analysis, 7.0, 5, "MODIFIED", "c", "n2", "Succeeded"),
+               pod(analysis, 7.5, 6, "ADDED", "d", "n2")]
+    steady, _ = analysis.admission_latencies(history, {"n1": 1.0, "n2": 1.0})
+    assert steady == [4.0, 0.5]
+    assert analysis.latencies_after_first_pods(history, {"n1": 1.0, "n2": 1.0}) == [0.5]

@@ -68,6 +68,9 @@ def test_metrics_series_move_as_jobs_move(ground, operator, ns):  # noqa: F811
     assert _sample(after, "lora_operator_admission_latency_seconds_count") > _sample(
         before, "lora_operator_admission_latency_seconds_count")
     assert 'lora_operator_gpu_nodes{state="free"}' in after
+    # the running operator probes its event loop (4 a second): the series moves on its own
+    assert _sample(after, "lora_operator_event_loop_lag_seconds_count") > _sample(
+        before, "lora_operator_event_loop_lag_seconds_count")
 
 
 def test_pod_stuck_unschedulable_is_queued_again_once_then_fails_with_the_reason(ground, operator, ns):  # noqa: F811

@@ -136,3 +136,25 @@ def test_metrics_server_serves_the_registry_over_http(metrics: OperatorMetrics) 
     finally:
         server.shutdown()
     assert "lora_operator_queue_length 4.0" in body
+
+
+def test_event_loop_lag_records_how_long_a_blocked_loop_kept_a_timer_waiting(metrics: OperatorMetrics) -> None:
+    import asyncio
+    import time
+
+    from lora_operator.loop_lag import probe_loop_lag
+
+    async def scenario() -> None:
+        probe = asyncio.create_task(probe_loop_lag(metrics.loop_lag, interval=0.01))
+        await asyncio.sleep(0.05)  # a few idle probes
+        time.sleep(0.3)  # a handler that holds the loop
+        await asyncio.sleep(0.05)
+        probe.cancel()
+
+    asyncio.run(scenario())
+    value = metrics.registry.get_sample_value
+    probes = value("lora_operator_event_loop_lag_seconds_count")
+    assert probes >= 3
+    assert value("lora_operator_event_loop_lag_seconds_bucket", {"le": "0.1"}) < probes  # the blocked one
+    assert value("lora_operator_event_loop_lag_seconds_bucket", {"le": "0.5"}) == probes
+    assert value("lora_operator_event_loop_lag_seconds_sum") >= 0.25
