@@ -188,13 +188,14 @@ class JobIndex:
     def trainer_pods(self) -> list[TrainerPod]:
         """The scheduling view of every trainer pod in the index, each made once per pod body.
         Call it from one thread (the pass's)."""
-        views, pods = {}, []
+        seen, views, pods = self._pod_views, {}, []
         for store in list(self.pods.values()):
-            for body in values(store):
-                known = self._pod_views.get(id(body))
+            for body in list(store):  # a copy: kopf changes the store on the event loop meanwhile
+                key = id(body)
+                known = seen.get(key)
                 if known is None or known[0] is not body:
                     known = (body, trainer_pod(body))
-                views[id(body)] = known
+                views[key] = known
                 pods.append(known[1])
         self._pod_views = views
         return pods
