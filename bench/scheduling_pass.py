@@ -1,7 +1,7 @@
 """CPU per scheduling pass, per queue-position round and per start estimate of the operator's
 controller in the drain of a long queue, in process (no API server).
 
-    python -m bench.scheduling_pass --jobs 10000 --nodes 1000 [--profile]
+    python -m bench.scheduling_pass --jobs 10000 --nodes 1000 [--kwok-labels] [--profile]
 
 A real `Controller` over a real `JobIndex` is fed slim job and pod bodies like the watch's (the
 scale bench's pools, namespaces, priorities and GPU types: `operator_scale`), every node running a
@@ -11,7 +11,10 @@ claims themselves go to a fake API server that loses them, so no API call is tim
 pass one position round runs (`Controller.write_positions`, as the position writer does after
 each pass), and every `--estimate-every` steps the queue is played forward (`estimate_starts`).
 The pass is timed on its own thread's CPU clock (`time.thread_time`): the claims the pass hands
-to its pool are not in it. Seeded.
+to its pool are not in it. `--kwok-labels` labels the nodes as the test ground's kwok nodes (and
+kubelets) are, by hostname among others: each free node is then a class of the free pool of its
+own. With `--jobs` no more than `--nodes`, the queue empties and the steps play the drain's tail.
+Seeded.
 """
 
 from __future__ import annotations

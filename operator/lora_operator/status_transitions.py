@@ -51,8 +51,8 @@ def _copied(status: JobStatus, update: Mapping[str, Any]) -> JobStatus:
     """`status.model_copy(update=update, deep=True)` that shares the resolved spec instead of copying it.
 
     The resolved spec is written once, at resolve, and never changed in place after (a new one is a
-    new dict); deep-copying its nested dicts on every transition was most of the CPU of a claim and
-    of a finished pod's reconcile (bench/reconcile_cost.py, bench/RESULTS.md)."""
+    new dict); deep-copying its nested dicts on every transition was a sixth of the CPU of a claim
+    and of a finished pod's reconcile (bench/reconcile_cost.py, bench/RESULTS.md)."""
     kept = status.resolved_spec
     copied = copy.deepcopy(status, {} if kept is None else {id(kept): kept})
     return copied.model_copy(update=dict(update))
