@@ -214,7 +214,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 def summary(ms: list[float]) -> dict[str, float]:
     ordered = sorted(ms)
-    return {"n": len(ms), "median_ms": round(statistics.median(ordered), 3),
+    return {"n": len(ms), "min_ms": round(ordered[0], 3), "median_ms": round(statistics.median(ordered), 3),
             "mean_ms": round(statistics.mean(ordered), 3),
             "p90_ms": round(ordered[int(0.9 * (len(ordered) - 1))], 3), "max_ms": round(ordered[-1], 3)}
 
