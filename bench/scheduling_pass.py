@@ -1,7 +1,7 @@
 """CPU per scheduling pass, per queue-position round and per start estimate of the operator's
 controller in the drain of a long queue, in process (no API server).
 
-    python -m bench.scheduling_pass --jobs 10000 --nodes 1000 [--profile]
+    python -m bench.scheduling_pass --jobs 10000 --nodes 1000 [--kwok-labels] [--profile]
 
 A real `Controller` over a real `JobIndex` is fed slim job and pod bodies like the watch's (the
 scale bench's pools, namespaces, priorities and GPU types: `operator_scale`), every node running a
@@ -11,7 +11,10 @@ claims themselves go to a fake API server that loses them, so no API call is tim
 pass one position round runs (`Controller.write_positions`, as the position writer does after
 each pass), and every `--estimate-every` steps the queue is played forward (`estimate_starts`).
 The pass is timed on its own thread's CPU clock (`time.thread_time`): the claims the pass hands
-to its pool are not in it. Seeded.
+to its pool are not in it. `--kwok-labels` labels the nodes as the test ground's kwok nodes (and
+kubelets) are, by hostname among others: each free node is then a class of the free pool of its
+own. With `--jobs` no more than `--nodes`, the queue empties and the steps play the drain's tail.
+Seeded.
 """
 
 from __future__ import annotations
@@ -78,11 +81,16 @@ class LosingKube:
         return []
 
 
-def nodes_of(count: int) -> list[GpuNode]:
+def nodes_of(count: int, *, kwok_labels: bool = False) -> list[GpuNode]:
+    """`count` nodes of the pools; with `kwok_labels`, labelled as the test ground's kwok nodes are
+    (`kubernetes.io/hostname` among them: each node is then a free-pool class of its own)."""
     nodes = []
     for kind, gpus, share in POOLS:
         for i in range(max(1, round(count * share))):
-            nodes.append(GpuNode(f"{kind}-{i}", True, True, gpus, {LABEL: kind}))
+            name = f"{kind}-{i}"
+            labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                      "type": "kwok"} if kwok_labels else {}
+            nodes.append(GpuNode(name, True, True, gpus, {**labels, LABEL: kind}))
     return nodes[:count] if len(nodes) > count else nodes
 
 
@@ -159,12 +167,13 @@ class Drain:
         self.controller.admitter._settled.wait(60)
 
 
-def build(jobs: int, nodes: int, seed: int, config: OperatorConfig, *, positions_written: bool = False) -> Drain:
+def build(jobs: int, nodes: int, seed: int, config: OperatorConfig, *, positions_written: bool = False,
+          kwok_labels: bool = False) -> Drain:
     """Every node running a job, the other jobs queued (Resolved, Admitted False), all in the index;
     with `positions_written`, each showing its queue position."""
     rng = random.Random(seed)
     controller = Controller(LosingKube(), config, OperatorMetrics(), lambda *a: None)  # type: ignore[arg-type]
-    node_list = nodes_of(nodes)
+    node_list = nodes_of(nodes, kwok_labels=kwok_labels)
     drain = Drain(controller, node_list, rng=random.Random(seed + 1))
     controller.bind({}, drain.pods, {n.name: [n] for n in node_list})
     types = [t for t, _, _ in POOLS]
@@ -205,7 +214,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 def summary(ms: list[float]) -> dict[str, float]:
     ordered = sorted(ms)
-    return {"n": len(ms), "median_ms": round(statistics.median(ordered), 3),
+    return {"n": len(ms), "min_ms": round(ordered[0], 3), "median_ms": round(statistics.median(ordered), 3),
             "mean_ms": round(statistics.mean(ordered), 3),
             "p90_ms": round(ordered[int(0.9 * (len(ordered) - 1))], 3), "max_ms": round(ordered[-1], 3)}
 
@@ -214,7 +223,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     limits = json.loads(args.limits) if args.limits else {}
     config = OperatorConfig(namespace_node_limits=limits)
     began = time.perf_counter()
-    drain = build(args.jobs, args.nodes, args.seed, config, positions_written=args.positions_written)
+    drain = build(args.jobs, args.nodes, args.seed, config, positions_written=args.positions_written,
+                  kwok_labels=args.kwok_labels)
     setup = time.perf_counter() - began
     controller = drain.controller
     passes, rounds, estimates, admitted = [], [], [], 0
@@ -240,7 +250,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}",
         "load": load_average(),
         "jobs": args.jobs, "nodes": len(drain.nodes), "free_per_pass": args.free, "steps": args.steps,
-        "positions_written": args.positions_written,
+        "positions_written": args.positions_written, "kwok_labels": args.kwok_labels,
         "queued_at_end": queued, "running_at_end": len(drain.running), "admitted": admitted,
         "position_writes": controller.positions.kube.position_writes,
         "estimate_writes": controller.positions.kube.estimate_writes, "setup_seconds": round(setup, 1),
@@ -281,6 +291,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--positions-written", action="store_true",
                         help="start with every waiting job showing its position (few position writes due), "
                              "not with none (every job due, as after a mass submission)")
+    parser.add_argument("--kwok-labels", action="store_true",
+                        help="label the nodes as the test ground's kwok nodes (hostname, os, arch, type)")
     parser.add_argument("--limits", default="", help='LORA_NAMESPACE_NODE_LIMITS, e.g. {"*": 90}')
     parser.add_argument("--profile", action="store_true", help="cProfile the timed steps (cumulative top list)")
     parser.add_argument("--profile-lines", type=int, default=40)

@@ -199,9 +199,10 @@ async def trainer_pod_changed(body: kopf.Body, labels: kopf.Labels, type: str | 
 @kopf.on.event("", "v1", "nodes")
 async def node_changed(type: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     controller: Controller = memo.controller
+    changed = controller.node_event(name)  # first, whatever follows: passes list the nodes again after it
     if type == "DELETED":
         for view in list(controller.all_jobs()):
             if view.status.node == name:
                 controller.enqueue(view.uid)
-    if controller.node_event(name) or type == "DELETED":
+    if changed or type == "DELETED":
         controller.kick()  # not for heartbeats: only when the node's scheduling view changed

@@ -34,7 +34,12 @@ class JobIndex:
         self.jobs: dict[str, Any] = jobs if jobs is not None else {}
         """uid -> the slim body of the job's latest watch event (a dict the job handler writes)."""
         self.pods: Mapping[str, Any] = pods if pods is not None else {}
-        self.nodes: Mapping[str, Any] = nodes if nodes is not None else {}
+        self._node_events = 0
+        """Node events seen (`node_event`) and indexes bound (`nodes`): `gpu_nodes` walks the node
+        index again only when this moved."""
+        self._node_list: tuple[int, list[GpuNode]] = (-1, [])
+        """(`_node_events` when it was listed, the GPU nodes then)."""
+        self.nodes = nodes if nodes is not None else {}
         self._entries: dict[str, QueueEntry] = {}
         """uid -> scheduling view of the job's latest body (rebuilt when its resourceVersion moves)."""
         self._changed: set[str] = set()
@@ -47,6 +52,16 @@ class JobIndex:
         self._seen: dict[str, Any] = {}
         """uid -> the QueuedJob (or None) the last event showed: a change is what needs a pass."""
         self._nodes_seen: dict[str, Any] = {}
+
+    @property
+    def nodes(self) -> Mapping[str, Any]:
+        """kopf's index of GPU nodes (node name -> GpuNodes); setting it lists it again at the next read."""
+        return self._nodes
+
+    @nodes.setter
+    def nodes(self, nodes: Mapping[str, Any]) -> None:
+        self._nodes = nodes
+        self._node_events += 1
 
     def node_exists(self, name: str) -> bool:
         return name in self.nodes
@@ -107,7 +122,9 @@ class JobIndex:
         return entry.queued is not None and (before is ... or before != entry.queued)
 
     def node_event(self, name: str) -> bool:
-        """Records a node event; True when the node's scheduling view changed (not a heartbeat)."""
+        """Records a node event (kopf indexed it before the handler calls this); True when the node's
+        scheduling view changed (not a heartbeat)."""
+        self._node_events += 1
         now = values(self.nodes.get(name))
         changed = self._nodes_seen.get(name) != now
         self._nodes_seen[name] = now
@@ -171,16 +188,25 @@ class JobIndex:
     def trainer_pods(self) -> list[TrainerPod]:
         """The scheduling view of every trainer pod in the index, each made once per pod body.
         Call it from one thread (the pass's)."""
-        views, pods = {}, []
+        seen, views, pods = self._pod_views, {}, []
         for store in list(self.pods.values()):
-            for body in values(store):
-                known = self._pod_views.get(id(body))
+            for body in list(store):  # a copy: kopf changes the store on the event loop meanwhile
+                key = id(body)
+                known = seen.get(key)
                 if known is None or known[0] is not body:
                     known = (body, trainer_pod(body))
-                views[id(body)] = known
+                views[key] = known
                 pods.append(known[1])
         self._pod_views = views
         return pods
 
     def gpu_nodes(self) -> list[GpuNode]:
-        return [n for store in list(self.nodes.values()) for n in values(store)]
+        """Every GPU node's view (do not change the list). kopf's node index is walked again only
+        after a node event: each pass read all 1000 of its stores, a sixth of a pass (issue 17). An
+        event while it is walked lists it again at the next call (the count is read first)."""
+        listed, nodes = self._node_list
+        if listed != self._node_events:
+            listed = self._node_events
+            nodes = [n for store in list(self.nodes.values()) for n in values(store)]
+            self._node_list = (listed, nodes)
+        return nodes

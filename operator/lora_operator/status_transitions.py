@@ -12,7 +12,8 @@ any time before the end.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -43,7 +44,18 @@ def _apply(
         updated = set_condition(updated, type_, value, reason, message, now, generation)
     if generation is not None:
         fields["observed_generation"] = generation
-    return status.model_copy(update={**fields, "conditions": updated, "phase": derive_phase(updated)}, deep=True)
+    return _copied(status, {**fields, "conditions": updated, "phase": derive_phase(updated)})
+
+
+def _copied(status: JobStatus, update: Mapping[str, Any]) -> JobStatus:
+    """`status.model_copy(update=update, deep=True)` that shares the resolved spec instead of copying it.
+
+    The resolved spec is written once, at resolve, and never changed in place after (a new one is a
+    new dict); deep-copying its nested dicts on every transition was a sixth of the CPU of a claim
+    and of a finished pod's reconcile (bench/reconcile_cost.py, bench/RESULTS.md)."""
+    kept = status.resolved_spec
+    copied = copy.deepcopy(status, {} if kept is None else {id(kept): kept})
+    return copied.model_copy(update=dict(update))
 
 
 def _finished(status: JobStatus) -> bool:
@@ -75,7 +87,7 @@ def mirror_workload(status: JobStatus, state: WorkloadState) -> JobStatus:
     condition Kueue dropped goes too); nothing else changes."""
     kept = [c for c in status.conditions if not c.type.startswith(MIRROR_PREFIX)]
     # Kueue's own lastTransitionTime comes with each condition
-    return status.model_copy(update={"conditions": [*kept, *state.conditions]}, deep=True)
+    return _copied(status, {"conditions": [*kept, *state.conditions]})
 
 
 def kueue_workload(status: JobStatus, state: WorkloadState, *, now: datetime,

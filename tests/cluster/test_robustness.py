@@ -112,6 +112,21 @@ def test_a_job_no_node_matches_says_so_and_holds_up_no_other(ground, operator, n
     wait_phase(ground, operator, ns, "lonely", "Succeeded")
 
 
+def test_a_node_tainted_and_untainted_while_the_operator_runs_is_seen_by_the_next_pass(ground, operator, ns):
+    """The operator keeps its node list between node events (`JobIndex.gpu_nodes`): a taint put on and
+    taken off the only node a job fits must each reach the passes that follow."""
+    (node,) = ground.add_gpu_nodes(1, gpus=1, gpu_type="taints-only", prefix="taints-only")
+    ground.kubectl("taint", "nodes", node, "example.com/maintenance=now:NoSchedule")
+    applied(ground, ns, "tainted", "taints-only")
+    ground.wait_for(lambda: (condition(ground, ns, "tainted", "Admitted") or {}).get("reason") == "NoMatchingNode",
+                    timeout=30, what="the tainted node matches no job")
+    ground.kubectl("taint", "nodes", node, "example.com/maintenance-")
+    pod = running_pod(ground, ns, "tainted")  # waits for it
+    assert pod["spec"]["nodeName"] == node
+    end_pod(ground, ns, pod["metadata"]["name"], 0)
+    wait_phase(ground, operator, ns, "tainted", "Succeeded")
+
+
 def test_a_hand_patched_succeeded_phase_is_put_back_and_the_pod_kept(ground, operator, ns):
     ground.add_gpu_nodes(1, gpus=1, gpu_type="handpatch", prefix="handpatch")
     applied(ground, ns, "patched", "handpatch")

@@ -208,6 +208,20 @@ def test_inputs_are_not_mutated():
     assert s.model_dump() == before
 
 
+def test_a_transition_shares_the_resolved_spec_and_copies_the_rest():
+    """The resolved spec is never changed in place, so a transition carries the same dict on (a deep copy
+    of it was most of a claim's CPU, bench/RESULTS.md); everything else of the status is its own copy."""
+    s = running_job().model_copy(update={"resolved_spec": {"placement": {"gpuType": "h100"}, "steps": 10}})
+    before = s.model_dump()
+    new = attempt_ended(s, outcome=Outcome(OutcomeKind.CRASHED, Reason.CRASHED, "x", 1),
+                        action=Action(ActionKind.REQUEUE, Reason.BACKOFF, "", at(60)), now=at(30))
+    assert new.resolved_spec is s.resolved_spec
+    assert new.attempts[0] is not s.attempts[0] and new.attempts[0].pod == s.attempts[0].pod
+    assert s.model_dump() == before
+    assert suspended(s, now=at(30)).resolved_spec is s.resolved_spec
+    assert queued(JobStatus(), position=1, now=at(0)).resolved_spec is None
+
+
 def test_rfc3339_is_utc_with_z():
     assert rfc3339(datetime(2025, 1, 1, 13, 0, tzinfo=UTC) + timedelta(microseconds=5)) == "2025-01-01T13:00:00Z"
     assert rfc3339(datetime(2025, 1, 1, 13, 0)) == "2025-01-01T13:00:00Z"

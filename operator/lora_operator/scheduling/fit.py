@@ -121,7 +121,7 @@ def _fits(
     return tolerated(taints, (*tolerations, *always_tolerated))
 
 
-@dataclass
+@dataclass(slots=True)
 class _NodeClass:
     """Free nodes with equal labels, taints and GPU count: any of them serves a job alike."""
 
@@ -144,12 +144,19 @@ class _NodeClass:
 
 @dataclass
 class FreePool:
-    """The free nodes of one pass, grouped into classes, handed out at most once each."""
+    """The free nodes of one pass, grouped into classes, handed out at most once each.
+
+    The grouping is made when a job first asks (`count_demand`, `take`): a pass with no job to
+    admit (the queue empty, every job in backoff) only counts the free nodes and lists them. With
+    nodes labelled by hostname, as kubelets and kwok label them, each free node is a class of its own,
+    and grouping 1000 of them was most of such a pass (bench/RESULTS.md, issue 17)."""
 
     gpu_type_label: str
     always_tolerated: tuple[Toleration, ...] = ()
-    classes: list[_NodeClass] = field(default_factory=list)
+    free: list[GpuNode] = field(default_factory=list)
+    """The free nodes, as given to `build`."""
     remaining: int = 0
+    _classes: list[_NodeClass] | None = None
     _fitting: dict[Placement, list[_NodeClass]] = field(default_factory=dict)
 
     @classmethod
@@ -157,18 +164,24 @@ class FreePool:
         cls, nodes: Iterable[GpuNode], *, gpu_type_label: str, always_tolerated: Sequence[Toleration] = ()
     ) -> FreePool:
         """Index free nodes; the caller has already dropped busy, not-ready and cordoned ones."""
-        groups: dict[tuple, _NodeClass] = {}
-        for node in nodes:
-            key = (frozenset(node.labels.items()), frozenset(node.taints), node.gpus)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = _NodeClass(node.labels, tuple(node.taints), node.gpus, [])
-            group.names.append(node.name)
-        for group in groups.values():
-            group.names.sort()
-        pool = cls(gpu_type_label, tuple(always_tolerated), list(groups.values()))
-        pool.remaining = sum(len(g.names) for g in pool.classes)
-        return pool
+        free = list(nodes)
+        return cls(gpu_type_label, tuple(always_tolerated), free, len(free))
+
+    @property
+    def classes(self) -> list[_NodeClass]:
+        """The free nodes grouped by `GpuNode.class_key` (labels, taints, GPUs), in first-seen order,
+        each class's names sorted; grouped on first use."""
+        if self._classes is None:
+            groups: dict[tuple, _NodeClass] = {}
+            for node in self.free:
+                group = groups.get(node.class_key)
+                if group is None:
+                    group = groups[node.class_key] = _NodeClass(node.labels, tuple(node.taints), node.gpus, [])
+                group.names.append(node.name)
+            for group in groups.values():
+                group.names.sort()
+            self._classes = list(groups.values())
+        return self._classes
 
     def fitting(self, placement: Placement) -> list[_NodeClass]:
         """Classes a placement fits, least demanded first (memoized per placement)."""
@@ -233,6 +246,8 @@ class FreePool:
 
     def untaken(self) -> tuple[str, ...]:
         """Names of the free nodes no job took, sorted."""
+        if self._classes is None:  # none asked for a node: all of them
+            return tuple(sorted(node.name for node in self.free))
         return tuple(sorted(n for c in self.classes for n in c.names[c.taken :]))
 
 

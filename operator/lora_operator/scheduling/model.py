@@ -110,6 +110,13 @@ class GpuNode:
     """Allocatable GPUs; a trainer takes them all."""
     labels: Mapping[str, str] = field(default_factory=dict)
     taints: tuple[Taint, ...] = ()
+    class_key: tuple = field(init=False, compare=False, repr=False)
+    """What makes free nodes interchangeable (labels, taints, GPUs), made once per node view: each
+    pass groups its free nodes by it (`fit.FreePool`), and two frozensets per free node per pass
+    were a quarter of a pass at 1000 nodes (bench/RESULTS.md, issue 17)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_key", (frozenset(self.labels.items()), frozenset(self.taints), self.gpus))
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ A job in backoff keeps its place in this order; the planner only skips it.
 from __future__ import annotations
 
 import itertools
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
@@ -86,8 +86,7 @@ def in_turns(lanes: Mapping[tuple[int, str], Sequence[QueuedJob]],
 
 def turns_by_namespace(namespaces: Iterable[str]) -> dict[str, int]:
     """Count active trainer pods per namespace (empty namespaces ignored)."""
-    counts: dict[str, int] = defaultdict(int)
-    for namespace in namespaces:
-        if namespace:
-            counts[namespace] += 1
+    counts = Counter(namespaces)  # counted in C: a pass counts 1000 pods
+    counts.pop("", None)
+    counts.pop(None, None)
     return dict(counts)
