@@ -19,7 +19,7 @@ PARTS = (
      ("job_changed (", "trainer_pod_changed (", "node_changed (", "pods_index (", "nodes_index (")),
     ("kopf per-event processing (worker, causes, handler calls)", ("worker (kopf/_core/reactor/queueing.py",)),
     ("scheduling pass", ("Controller.run_pass (",)),
-    ("claims + pod creation (admission)", ("Admitter.",)),
+    ("claims + pod creation (admission)", ("Admitter.", "Claims.")),
     ("queue positions + start estimates", ("Controller.write_positions (", "Controller.position_loop (")),
     ("reconcile: result reads from storage", ("Lifecycle.reports (", "Lifecycle.sync_progress (")),
     ("reconcile: resolve", ("Lifecycle.resolve (",)),

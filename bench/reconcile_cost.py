@@ -1,7 +1,7 @@
 """CPU of the reconciles a handoff costs the operator, in process (no API server, no storage):
 the reconcile of a job whose trainer pod ended (its Succeeded write, the pod's delete, the Event),
 a follow reconcile of a running job (`Lifecycle.reconcile` + `sync_progress`), and a claim
-(`Admitter.try_claim`: the trainer pod rendered, Admitted written).
+(`Claims.try_claim`: the trainer pod rendered, Admitted written).
 
     python -m bench.reconcile_cost [--jobs 2000] [--repeat 3] [--profile]
 
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         lifecycle.sync_progress(item[0], now)
 
     def claim(view: JobView) -> None:
-        admitter.try_claim((view, Admission(view.uid, f"node-{view.name}", 8)), now)
+        admitter.claims.try_claim((view, Admission(view.uid, f"node-{view.name}", 8)), now)
 
     if profile:
         profile.enable()

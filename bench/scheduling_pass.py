@@ -164,7 +164,7 @@ class Drain:
 
     def settle(self) -> None:
         """Waits until the pass's claims are settled (lost): they give their nodes back."""
-        self.controller.admitter._settled.wait(60)
+        self.controller.admitter.claims._settled.wait(60)
 
 
 def build(jobs: int, nodes: int, seed: int, config: OperatorConfig, *, positions_written: bool = False,

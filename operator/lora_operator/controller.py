@@ -41,7 +41,7 @@ BURST_SECONDS = 0.02
 """Passes start at least this long apart, so a burst of events makes one pass: a kick that comes
 sooner after the last pass waits out the rest of the window. A kick after a quiet spell passes at
 once (before, every pass waited the window first: 20 of the 31 ms p50 admission on an idle test
-ground, bench/RESULTS.md). Since the claims left the pass (see `admission`), a pass is a few
+ground, bench/RESULTS.md). Since the claims left the pass (see `claims`), a pass is a few
 milliseconds of CPU: 5000 jobs, 0.05 -> 0.02 s took the admission p50 from 0.31-0.33 to 0.26 s
 for 30 % more passes and no more operator CPU."""
 IDLE_PASS_SECONDS = 5.0
@@ -81,7 +81,7 @@ class Controller:
                                    statuses=statuses, node_gpus=self.largest_node_gpus)
         self.admitter = Admitter(kube, config, metrics, emit, self.lifecycle, statuses=statuses,
                                  released=self._kick_from_thread)
-        self.positions = PositionWriter(kube, claiming=self.admitter.claiming, statuses=statuses)
+        self.positions = PositionWriter(kube, claiming=self.admitter.reservations.claiming, statuses=statuses)
         self.kueue_positions = KueuePositions(kube)
         self.lifecycle.kueue_positions = self.kueue_positions
         self.retries = RetryBackoff()
@@ -226,7 +226,7 @@ class Controller:
         """
         meta = pod["metadata"]
         key = (meta["namespace"], meta["name"])
-        self.admitter.pod_seen(*key)
+        self.admitter.reservations.pod_seen(*key)
         if deleted:
             if key in self._ended:
                 self._ended.discard(key)
@@ -237,7 +237,7 @@ class Controller:
             self._ended.add(key)
         node = pod_target_node(pod)
         if node:
-            self.admitter.node_freed[node] = utcnow()
+            self.admitter.claims.node_freed[node] = utcnow()
         self.kick()  # the node is free now: schedule before finishing the job's bookkeeping
 
     async def follow_loop(self) -> None:
@@ -330,7 +330,7 @@ class Controller:
 
     def _pass(self):
         queued = self.index.waiting()
-        held = self.admitter.held()  # before the pods index (see there)
+        held = self.admitter.reservations.held()  # before the pods index (see there)
         pods = held + self.index.trainer_pods()
         # a node's cache outlives a pod only on a host path: else no node holds anything for long
         caches = node_caches(e.cached for e in self.index.all_entries().values()) \

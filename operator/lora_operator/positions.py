@@ -67,7 +67,7 @@ class PositionWriter:
 
     kube: Kube
     claiming: Callable[[str], bool] = lambda uid: False
-    """Whether a pass is claiming the job (`Admitter.claiming`): such a job is not written, so a
+    """Whether a pass is claiming the job (`Reservations.claiming`): such a job is not written, so a
     claim conflicts with at most the one position write that was already on its way."""
     rate: float = WRITES_PER_SECOND
     burst: int = BURST

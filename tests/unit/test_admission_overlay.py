@@ -1,14 +1,14 @@
-"""The admitter's overlay: a pod it just created holds its node until the watch shows that pod."""
+"""The reservations overlay: a pod the admitter just created holds its node until the watch shows that pod."""
 
 from __future__ import annotations
 
 import time
 
-from lora_operator.admission import Admitter
+from lora_operator.reservations import Reservations
 
 
-def admitter_with(node: str, namespace: str, pod: str, expires_in: float = 60.0) -> Admitter:
-    admitter = Admitter(kube=None, config=None, metrics=None, emit=None, lifecycle=None)  # overlay needs none
+def admitter_with(node: str, namespace: str, pod: str, expires_in: float = 60.0) -> Reservations:
+    admitter = Reservations()
     admitter.recent[node] = ((namespace, pod), "uid-a", time.monotonic() + expires_in)
     return admitter
 

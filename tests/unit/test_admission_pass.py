@@ -104,14 +104,14 @@ def wait_for(predicate) -> None:
 def hold_claim(adm: Admitter, name: str) -> threading.Event:
     """Makes the claim of job `name` wait until the returned event is set (a slow API server)."""
     go = threading.Event()
-    claim = adm.try_claim
+    claim = adm.claims.try_claim
 
     def try_claim(candidate, now):
         if candidate[0].name == name:
             go.wait(10)
         return claim(candidate, now)
 
-    adm.try_claim = try_claim
+    adm.claims.try_claim = try_claim
     return go
 
 
@@ -144,7 +144,7 @@ def test_a_pass_does_not_wait_for_its_pods_and_their_nodes_stay_held_meanwhile()
     plan = adm.run([QueueEntry.of(bodies["a"]).queued], nodes(1), [], NOW, views(kube))
     assert [a.node for a in plan.admissions] == ["gpu-0"]
     assert ("pod", "a") not in kube.calls  # returned before the pod was created
-    assert [p.node for p in adm.held()] == ["gpu-0"]
+    assert [p.node for p in adm.reservations.held()] == ["gpu-0"]
     kube.pods_may_go.set()
     wait_for(lambda: ("pod", "a") in kube.calls)
 
@@ -158,8 +158,8 @@ def test_a_pass_does_not_wait_for_its_claims_and_the_next_pass_sees_their_nodes_
     first = adm.run(queued, nodes(1), [], NOW, views(kube))
     assert [a.job_uid for a in first.admissions] == ["uid-a"]
     assert kube.calls == []  # returned before the claim was answered
-    assert adm.claiming("uid-a") and not adm.claiming("uid-b")
-    second = adm.run(queued, nodes(2), adm.held(), NOW, views(kube))
+    assert adm.reservations.claiming("uid-a") and not adm.reservations.claiming("uid-b")
+    second = adm.run(queued, nodes(2), adm.reservations.held(), NOW, views(kube))
     assert [(a.job_uid, a.node) for a in second.admissions] == [("uid-b", "gpu-1")]
     kube.claims_may_go.set()
     wait_for(lambda: sum(1 for kind, _ in kube.calls if kind == "pod") == 2)
@@ -184,7 +184,7 @@ def test_the_pods_of_a_pass_wait_for_the_claims_of_the_pass_before_it():
     gate = hold_claim(adm, "a")
     adm.run([QueueEntry.of(bodies["a"]).queued], nodes(1), [], NOW, views(kube))
     adm.run([QueueEntry.of(bodies["b"]).queued], [GpuNode(name="gpu-9", ready=True, schedulable=True, gpus=8)],
-            adm.held(), NOW, views(kube))
+            adm.reservations.held(), NOW, views(kube))
     wait_for(lambda: ("claim", "b") in kube.calls)
     threading.Event().wait(0.1)
     assert ("pod", "b") not in kube.calls  # b is claimed, but a (ranked first) is still being claimed
@@ -199,10 +199,10 @@ def test_a_claim_that_loses_to_a_change_of_its_job_gives_the_node_back_and_asks_
     kube.get_job = lambda namespace, name: {**bodies[name], "spec": {"suspend": True}}  # no longer waiting
     adm = admitter(kube)
     asked = threading.Event()
-    adm.released = asked.set
+    adm.claims.released = asked.set
     adm.run([QueueEntry.of(job_body("a")).queued], nodes(1), [], NOW, views(kube))
     assert asked.wait(5)
-    assert adm.held() == [] and not adm.claiming("uid-a")
+    assert adm.reservations.held() == [] and not adm.reservations.claiming("uid-a")
     assert ("pod", "a") not in kube.calls
 
 
@@ -212,11 +212,11 @@ def test_a_claim_the_api_server_refuses_gives_the_node_back_is_counted_and_does_
     kube.errors = {"a"}
     adm = admitter(kube)
     asked = threading.Event()
-    adm.released = asked.set
+    adm.claims.released = asked.set
     adm.run([QueueEntry.of(b).queued for b in bodies.values()], nodes(2), [], NOW, views(kube))
     wait_for(lambda: ("pod", "b") in kube.calls)
-    wait_for(lambda: not adm.claiming("uid-a"))
-    assert [p.job_uid for p in adm.held()] == ["uid-b"]
+    wait_for(lambda: not adm.reservations.claiming("uid-a"))
+    assert [p.job_uid for p in adm.reservations.held()] == ["uid-b"]
     assert adm.metrics.registry.get_sample_value("lora_operator_reconcile_errors_total",
                                                  {"handler": "admission"}) == 1
     assert not asked.is_set()
@@ -239,7 +239,8 @@ def test_a_pod_the_watch_shows_while_a_pass_takes_its_snapshot_still_holds_its_n
     bodies = {"b": job_body("b")}
     kube = FakeKube(bodies)
     controller = Controller(kube, OperatorConfig(), OperatorMetrics(), lambda *a: None)
-    controller.admitter.recent["gpu-0"] = (("ns", "a-a1"), "uid-a", float("inf"))  # created, not watched yet
+    overlay = controller.admitter.reservations.recent
+    overlay["gpu-0"] = (("ns", "a-a1"), "uid-a", float("inf"))  # created, not watched yet
     pod = {"metadata": {"name": "a-a1", "namespace": "ns", "labels": {"lora-operator.io/job-uid": "uid-a"}},
            "spec": {"nodeName": "gpu-0"}, "status": {"phase": "Pending"}}
 
@@ -259,8 +260,9 @@ def test_a_pod_the_watch_shows_while_a_pass_takes_its_snapshot_still_holds_its_n
 
 def test_held_pods_count_as_active_trainer_pods():
     adm = admitter(FakeKube({}))
-    adm.recent["gpu-3"] = (("ns", "x-a1"), "uid-x", float("inf"))
-    assert adm.held() == [TrainerPod(name="x-a1", node="gpu-3", job_uid="uid-x", active=True, namespace="ns")]
+    adm.reservations.recent["gpu-3"] = (("ns", "x-a1"), "uid-x", float("inf"))
+    assert adm.reservations.held() == [TrainerPod(name="x-a1", node="gpu-3", job_uid="uid-x", active=True,
+                                                  namespace="ns")]
 
 
 def test_a_job_waiting_for_its_namespace_limit_is_told_once_while_it_waits():

@@ -340,8 +340,8 @@ def test_the_controllers_pass_over_its_kept_queue_matches_the_reference_on_its_s
                                       "spec": {"nodeName": pod.node}, "status": {"phase": "Running"}}]
             snapshot = [e.queued for e in controller.all_entries().values() if e.queued is not None]
             plan = controller.run_pass()
-            controller.admitter._settled.wait(10)
-            controller.admitter.recent.clear()  # the claims were lost: their nodes are free again
+            controller.admitter.claims._settled.wait(10)
+            controller.admitter.reservations.recent.clear()  # the claims were lost: their nodes are free again
             reference = reference_schedule(snapshot, world.nodes, list(world.pods.values()), world.now,
                                            limits=world.limits)
             same(plan, reference)

@@ -109,7 +109,7 @@ def test_connect_keeps_a_connection_per_worker_thread_alive_and_names_the_operat
     """A kubeconfig pointing nowhere: the pool size is client-side state the API server never
     sees, so the local control plane would show nothing more. The User-Agent it names is checked
     against the real API server in tests/cluster/test_operator.py (the status writer in managedFields)."""
-    from lora_operator.admission import ADMISSION_WORKERS
+    from lora_operator.claims import ADMISSION_WORKERS
     from lora_operator.controller import RECONCILE_WORKERS
     from lora_operator.k8s import SYNC_CONNECTIONS
 

@@ -41,11 +41,11 @@ def test_a_pods_end_asks_for_one_pass_and_the_events_after_it_for_none():
     assert not kicked(c)
     c.pod_changed(pod("Succeeded"), deleted=False)
     assert kicked(c)
-    freed = c.admitter.node_freed["gpu-0"]
+    freed = c.admitter.claims.node_freed["gpu-0"]
     c.pod_changed(pod("Succeeded", deleting=True), deleted=False)  # the operator deleted it
     c.pod_changed(pod("Succeeded", deleting=True), deleted=True)
     assert not kicked(c)
-    assert c.admitter.node_freed["gpu-0"] == freed  # latency counts from the end, not the deletion
+    assert c.admitter.claims.node_freed["gpu-0"] == freed  # latency counts from the end, not the deletion
 
 
 def test_a_pod_deleted_while_active_frees_its_node():
@@ -54,14 +54,14 @@ def test_a_pod_deleted_while_active_frees_its_node():
     assert not kicked(c)
     c.pod_changed(pod("Running", deleting=True), deleted=True)
     assert kicked(c)
-    assert "gpu-0" in c.admitter.node_freed
+    assert "gpu-0" in c.admitter.claims.node_freed
 
 
 def test_every_pod_event_takes_the_pod_out_of_the_admitters_overlay():
     c = controller()
-    c.admitter.recent["gpu-0"] = (("ns", "a-a1"), "uid-a", float("inf"))
+    c.admitter.reservations.recent["gpu-0"] = (("ns", "a-a1"), "uid-a", float("inf"))
     c.pod_changed(pod("Pending"), deleted=False)
-    assert c.admitter.held() == []
+    assert c.admitter.reservations.held() == []
 
 
 def test_job_events_ask_for_a_pass_only_when_a_waiting_jobs_view_is_new_or_changed():
