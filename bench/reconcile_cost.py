@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.follow_cost import job_body
 from bench.scheduling_pass import load_average, profile_text, report
-from lora_operator.admission import Admitter
+from lora_operator.claims import Claims
 from lora_operator.config import OperatorConfig
 from lora_operator.lifecycle import Lifecycle
 from lora_operator.metrics import OperatorMetrics
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     lifecycle = Lifecycle(kube, config, OperatorMetrics(), lambda *a: None,  # type: ignore[arg-type]
                           node_exists=lambda name: True)
     lifecycle.reports = lambda *a, **k: None  # type: ignore[method-assign]
-    admitter = Admitter(kube, config, lifecycle.metrics, lambda *a: None, lifecycle)  # type: ignore[arg-type]
+    claims = Claims(kube, config, lifecycle.metrics, lambda *a: None, lifecycle)  # type: ignore[arg-type]
     now = START + timedelta(minutes=2)
     ended = [job(i, "Succeeded") for i in range(args.jobs)]
     running = [job(i, "Running") for i in range(args.jobs)]
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         lifecycle.sync_progress(item[0], now)
 
     def claim(view: JobView) -> None:
-        admitter.claims.try_claim((view, Admission(view.uid, f"node-{view.name}", 8)), now)
+        claims.try_claim((view, Admission(view.uid, f"node-{view.name}", 8)), now)
 
     if profile:
         profile.enable()

@@ -19,8 +19,7 @@ from . import status_transitions as st
 from .api import Reason
 from .claims import Claims
 from .config import OperatorConfig
-from .k8s import Kube
-from .lifecycle import Emit, Lifecycle
+from .lifecycle import Emit
 from .metrics import OperatorMetrics
 from .reservations import Reservations
 from .scheduling import (
@@ -62,19 +61,13 @@ def describe_placement(job: QueuedJob, gpu_type_label: str) -> str:
 class Admitter:
     """Runs scheduling passes and tells waiting jobs why they wait; the claims it hands to `claims`."""
 
-    kube: Kube
     config: OperatorConfig
     metrics: OperatorMetrics
     emit: Emit
-    lifecycle: Lifecycle
+    claims: Claims
+    """Claims the pass's admissions and creates their pods; its `reservations` hold their nodes meanwhile."""
     statuses: StatusWriter | None = None
-    """Writes the node-match notes (and, through `claims`, the claims). Default: one over `kube`."""
-    released: Callable[[], None] = lambda: None
-    """Called from a claim thread when a claim failed and gave its node back (the controller asks for a pass)."""
-    reservations: Reservations = field(default_factory=Reservations)
-    """The nodes this process handed out that the watch does not show as taken yet."""
-    claims: Claims | None = None
-    """Claims the pass's admissions and creates their pods. Default: one over the fields above."""
+    """Writes the node-match notes. Default: the claims' writer."""
     told_unmatched: frozenset[str] = frozenset()
     """Waiting jobs whose status says no GPU node matches them (NoMatchingNode)."""
     told_limited: set[str] = field(default_factory=set)
@@ -90,10 +83,12 @@ class Admitter:
 
     def __post_init__(self) -> None:
         if self.statuses is None:
-            self.statuses = StatusWriter(self.kube)
-        if self.claims is None:
-            self.claims = Claims(self.kube, self.config, self.metrics, self.emit, self.lifecycle, self.reservations,
-                                 statuses=self.statuses, released=self.released)
+            self.statuses = self.claims.statuses
+
+    @property
+    def reservations(self) -> Reservations:
+        """The nodes this process handed out that the watch does not show as taken yet."""
+        return self.claims.reservations
 
     def run(self, queued: WaitingQueue | Iterable[QueuedJob], nodes: list[GpuNode], pods: list[TrainerPod],
             now: datetime, job_of: Callable[[str], JobView | None],

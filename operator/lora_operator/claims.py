@@ -67,7 +67,7 @@ class Claims:
     metrics: OperatorMetrics
     emit: Emit
     lifecycle: Lifecycle
-    reservations: Reservations
+    reservations: Reservations = field(default_factory=Reservations)
     """Holds each candidate's node from before its claim until the watch shows its pod."""
     statuses: StatusWriter | None = None
     """Writes the claims. Default: one over `kube`."""

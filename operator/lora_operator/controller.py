@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from .admission import Admitter
+from .claims import Claims
 from .config import OperatorConfig
 from .follow import FOLLOW_WORKERS, UNQUEUED_PER_TICK, Follower, needs_following
 from .job_index import JobIndex
@@ -79,8 +80,8 @@ class Controller:
         statuses = StatusWriter(kube)
         self.lifecycle = Lifecycle(kube, config, metrics, emit, node_exists=self.index.node_exists,
                                    statuses=statuses, node_gpus=self.largest_node_gpus)
-        self.admitter = Admitter(kube, config, metrics, emit, self.lifecycle, statuses=statuses,
-                                 released=self._kick_from_thread)
+        self.admitter = Admitter(config, metrics, emit, Claims(kube, config, metrics, emit, self.lifecycle,
+                                                               statuses=statuses, released=self._kick_from_thread))
         self.positions = PositionWriter(kube, claiming=self.admitter.reservations.claiming, statuses=statuses)
         self.kueue_positions = KueuePositions(kube)
         self.lifecycle.kueue_positions = self.kueue_positions

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from lora_operator.admission import Admitter
 from lora_operator.api import resolve_spec
+from lora_operator.claims import Claims
 from lora_operator.config import OperatorConfig
 from lora_operator.controller import Controller
 from lora_operator.k8s import Conflict
@@ -79,7 +80,7 @@ class FakeKube:
 def admitter(kube: FakeKube) -> Admitter:
     config, metrics = OperatorConfig(), OperatorMetrics()
     lifecycle = Lifecycle(kube, config, metrics, lambda *a: None, node_exists=lambda name: True)
-    return Admitter(kube, config, metrics, lambda *a: None, lifecycle)
+    return Admitter(config, metrics, lambda *a: None, Claims(kube, config, metrics, lambda *a: None, lifecycle))
 
 
 def views(kube: FakeKube):
@@ -270,8 +271,12 @@ def test_a_job_waiting_for_its_namespace_limit_is_told_once_while_it_waits():
     kube, told = FakeKube(bodies), []
     config = OperatorConfig(namespace_node_limits={"ns": 1})
     lifecycle = Lifecycle(kube, config, OperatorMetrics(), lambda *a: None, node_exists=lambda name: True)
-    adm = Admitter(kube, config, OperatorMetrics(), lambda body, *a: told.append(body["metadata"]["name"]),
-                   lifecycle)
+    metrics = OperatorMetrics()
+
+    def tell(body, *_):
+        told.append(body["metadata"]["name"])
+
+    adm = Admitter(config, metrics, tell, Claims(kube, config, metrics, tell, lifecycle))
     running = TrainerPod("other-pod", "gpu-0", "uid-other", active=True, namespace="ns")
 
     def run(node_count: int, names: str = "abc") -> None:

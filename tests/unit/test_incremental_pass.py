@@ -351,12 +351,14 @@ def test_the_controllers_pass_over_its_kept_queue_matches_the_reference_on_its_s
 
 def test_whether_any_node_matches_a_waiting_job_is_checked_again_when_a_node_joins_or_changes():
     from lora_operator.admission import Admitter
+    from lora_operator.claims import Claims
     from lora_operator.lifecycle import Lifecycle
 
     config, metrics = OperatorConfig(gpu_type_label=LABEL), OperatorMetrics()
     kube = LostClaims()
-    adm = Admitter(kube, config, metrics, lambda *a: None,  # type: ignore[arg-type]
-                   Lifecycle(kube, config, metrics, lambda *a: None, node_exists=lambda name: True))  # type: ignore[arg-type]
+    lifecycle = Lifecycle(kube, config, metrics, lambda *a: None, node_exists=lambda name: True)  # type: ignore[arg-type]
+    adm = Admitter(config, metrics, lambda *a: None, Claims(kube, config, metrics, lambda *a: None,  # type: ignore[arg-type]
+                                                            lifecycle))
     queue = WaitingQueue([QueuedJob("u1", "a", "j", 0, NOW, gpu_type="h100")])
     a100, h100 = GpuNode("n1", True, True, 8, {LABEL: "a100"}), GpuNode("n2", True, True, 8, {LABEL: "h100"})
     busy = [TrainerPod("p", "n2", "other", True, "b")]  # n2 runs another job: nothing is admitted
