@@ -15,7 +15,8 @@ DDIM with the base's v_prediction config): no defect found.
 The concept is a magenta cross named "zxq". A judge reads colour, shape, position and background of each
 sample directly. The controls: the target's sign flipped (the objective a sign slip in the trainer would
 train), and every caption dropped (what a caption that never reaches the text encoder trains: the concept
-everywhere, or nowhere, but not on its trigger alone).
+everywhere, or nowhere, but not on its trigger alone); on the v base also the noise as the target (what a trainer
+that ignores the base's v_prediction scheduler trains).
 
 LoCon (the LoRA also on the convolutions) and a textual-inversion embedding (8 vectors bound to the trigger word)
 get the same proof on the epsilon base, the one whose family (sd15) supports them, with their controls (a flipped
@@ -37,7 +38,17 @@ import torch
 
 from tinyworld.cache import PREBUILT, tinybase
 from tinyworld.concept import Readings, Verdict, base_readings, judge_lora, write_concept_set, write_prior_set
-from tinyworld.learn import ADAPTER_RATES, ADAPTER_STEPS, RATES, STEPS, family_class, family_of, flipped, train
+from tinyworld.learn import (
+    ADAPTER_RATES,
+    ADAPTER_STEPS,
+    RATES,
+    STEPS,
+    family_class,
+    family_of,
+    flipped,
+    noise_target,
+    train,
+)
 
 pytestmark = pytest.mark.trainer
 
@@ -109,6 +120,18 @@ def test_a_flipped_target_sign_learns_nothing(tmp_path, base, before, concept_di
     verdict = judge_lora(base, train_concept(tmp_path, base, concept_dir), SEEDS, before)
     print(verdict)
     assert verdict.learned_colour < 0.25, verdict
+
+
+@pytest.mark.slow
+def test_the_noise_as_the_v_bases_target_fails_the_check(tmp_path, concept_dir, monkeypatch):
+    """A trainer that ignores the base's v_prediction scheduler (trains the noise, as for SD1.5) does not pass the
+    v proof's check with its job (measured 0.06 / 0.06 / 0.62: bench/RESULTS.md, session 14)."""
+    vpred = tinybase("vpred")
+    family = family_class(family_of(vpred))
+    monkeypatch.setattr(family, "noisy_and_target", noise_target(family.noisy_and_target))
+    verdict = judge_lora(vpred, train_concept(tmp_path, vpred, concept_dir), SEEDS, base_readings(vpred, SEEDS))
+    print(verdict)
+    assert not learned_on_its_trigger(verdict), verdict
 
 
 @pytest.mark.slow
