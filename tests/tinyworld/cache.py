@@ -10,32 +10,23 @@ build it once and never see half a model.
 from __future__ import annotations
 
 import fcntl
-import functools
 import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
-from . import finetune, pretrain, pretrain_flux
-from .finetune import FineTuneRecipe
+from . import pretrain, pretrain_flux
 from .pretrain import Recipe
 from .pretrain_flux import FluxRecipe
 
-AnyRecipe = Recipe | FluxRecipe | FineTuneRecipe
-SOURCES = {Recipe: ("world.py", "pretrain.py"), FluxRecipe: ("world.py", "pretrain.py", "pretrain_flux.py"),
-           FineTuneRecipe: ("world.py", "pretrain.py", "finetune.py")}
+SOURCES = {Recipe: ("world.py", "pretrain.py"), FluxRecipe: ("world.py", "pretrain.py", "pretrain_flux.py")}
 """The files whose text decides what a recipe of each kind builds."""
 BUILDERS = {Recipe: pretrain.pretrain, FluxRecipe: pretrain_flux.pretrain}
-"""Recipe kind -> the function that pretrains it from scratch: an SD1.5-topology UNet or a Flux-topology transformer
-(a `FineTuneRecipe` is built by `finetune.finetune` from the folder of the base it starts from)."""
-RECIPES = {"epsilon": Recipe(), "flow": FluxRecipe(), "vpred": Recipe(prediction_type="v_prediction"),
-           "vtuned": FineTuneRecipe(init_from="epsilon", unet_steps=300, unet_lr=1e-3)}
+"""Recipe kind -> the function that pretrains it: an SD1.5-topology UNet or a Flux-topology transformer."""
+RECIPES = {"epsilon": Recipe(), "flow": FluxRecipe(), "vpred": Recipe(prediction_type="v_prediction")}
 """The bases the tests and the demo use, by name: noise prediction and v-prediction (SD1.5 topology, the same
-recipe but for the objective) and flow matching (Flux topology). ``vtuned`` is the noise-prediction base fine-tuned
-on the velocity (as Stable Diffusion 2's 768-v model was made): four times cheaper to build than ``vpred`` and read
-as well by the judge, but a LoRA on it leaks the concept onto every prompt sooner, so no test uses it
-(bench/RESULTS.md, session 14)."""
+recipe but for the objective) and flow matching (Flux topology)."""
 PREBUILT = ("epsilon", "flow")
 """The bases ``make tinybase`` (``python -m tinyworld``) builds, the ones ``make test`` uses. Only the slow learning
 proofs (``make test-learning``) use ``vpred``: it is built on first use, not minutes earlier on every clone."""
@@ -47,20 +38,18 @@ def cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "lora-operator" / "tinybase"
 
 
-def recipe_key(recipe: AnyRecipe) -> str:
-    """A short hash of the recipe and the building code (a fine-tune's: and the key of the base it starts from)."""
+def recipe_key(recipe: Recipe | FluxRecipe) -> str:
+    """A short hash of the recipe and the building code."""
     digest = hashlib.sha256(json.dumps(recipe.as_dict(), sort_keys=True).encode())
-    if isinstance(recipe, FineTuneRecipe):
-        digest.update(recipe_key(RECIPES[recipe.init_from]).encode())
     here = Path(__file__).parent
     for name in SOURCES[type(recipe)]:
         digest.update((here / name).read_bytes())
     return digest.hexdigest()[:16]
 
 
-def tinybase(kind: str = "epsilon", root: Path | None = None, recipe: AnyRecipe | None = None) -> Path:
+def tinybase(kind: str = "epsilon", root: Path | None = None, recipe: Recipe | FluxRecipe | None = None) -> Path:
     """The folder of the pretrained base `kind` (a diffusers StableDiffusionPipeline or FluxPipeline), built if
-    missing (a fine-tune's: after the base it starts from, in the same root).
+    missing.
 
     Args:
         kind: A name of `RECIPES`, or the folder-name prefix of `recipe`.
@@ -72,10 +61,6 @@ def tinybase(kind: str = "epsilon", root: Path | None = None, recipe: AnyRecipe 
     folder = root / f"{kind}-{recipe_key(recipe)}"
     if (folder / "model_index.json").is_file():
         return folder
-    if isinstance(recipe, FineTuneRecipe):
-        build = functools.partial(finetune.finetune, init=tinybase(recipe.init_from, root))
-    else:
-        build = BUILDERS[type(recipe)]
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -83,7 +68,7 @@ def tinybase(kind: str = "epsilon", root: Path | None = None, recipe: AnyRecipe 
             return folder
         partial = root / f".{folder.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        build(recipe, partial)
+        BUILDERS[type(recipe)](recipe, partial)
         (partial / "recipe.json").write_text(json.dumps(recipe.as_dict(), indent=1))
         partial.rename(folder)
     return folder

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from tinyworld.cache import tinybase
-from tinyworld.finetune import FineTuneRecipe
 from tinyworld.pretrain import Recipe
 from tinyworld.pretrain_flux import FluxRecipe
 
@@ -56,46 +54,3 @@ def test_the_flow_base_is_a_flux_pipeline_with_world_words_as_tokens(tmp_path):
     assert pipe.vae.config.latent_channels == 16 and pipe.transformer.config.in_channels == 64
     assert all(len(pipe.tokenizer_2.tokenize(word)) == 1 for word in world_words())
     assert len(pipe.tokenizer_2.tokenize(TRIGGER)) > 1  # the trigger was never a word of the world
-
-
-def test_a_fine_tuned_base_is_rebuilt_when_the_recipe_of_the_base_it_starts_from_changes(monkeypatch):
-    from tinyworld import cache
-
-    tuned = cache.RECIPES["vtuned"]
-    assert tuned.init_from == "epsilon"
-    key = cache.recipe_key(tuned)
-    monkeypatch.setitem(cache.RECIPES, "epsilon", Recipe(seed=1))
-    assert cache.recipe_key(tuned) != key
-    monkeypatch.setitem(cache.RECIPES, "epsilon", Recipe())
-    assert cache.recipe_key(tuned) == key  # the same recipes: the same base
-
-
-QUICK_V = FineTuneRecipe(init_from="quick", images=64, unet_steps=2, unet_batch=4)
-
-
-def test_a_fine_tuned_base_starts_from_its_init_base_and_predicts_its_own_objective(tmp_path, monkeypatch):
-    from diffusers import StableDiffusionPipeline
-    from safetensors.torch import load_file
-
-    from tinyworld import cache
-
-    monkeypatch.setitem(cache.RECIPES, "quick", QUICK)
-    tuned = tinybase("quickv", tmp_path, QUICK_V)
-    init = tinybase("quick", tmp_path, QUICK)  # built first, in the same root: not rebuilt here
-    assert len(list(tmp_path.glob("quick-*"))) == 1
-    pipe = StableDiffusionPipeline.from_pretrained(tuned)
-    assert pipe.scheduler.config.prediction_type == "v_prediction"
-    assert StableDiffusionPipeline.from_pretrained(init).scheduler.config.prediction_type == "epsilon"
-
-    def weights(folder, part):
-        return load_file(folder / part / ("model.safetensors" if part == "text_encoder"
-                                          else "diffusion_pytorch_model.safetensors"))
-
-    assert all(w.equal(weights(init, "vae")[k]) for k, w in weights(tuned, "vae").items())  # the init's VAE
-    for part in ("unet", "text_encoder"):  # started from the init's weights, then trained (2 warm-up steps)
-        start, end = weights(init, part), weights(tuned, part)
-        assert all(torch.allclose(w, start[k], atol=1e-3) for k, w in end.items()), part
-        assert not all(w.equal(start[k]) for k, w in end.items()), part
-    files = sorted(f.name for f in (init / "tokenizer").iterdir())
-    assert sorted(f.name for f in (tuned / "tokenizer").iterdir()) == files and "vocab.json" in files
-    assert all((tuned / "tokenizer" / f).read_bytes() == (init / "tokenizer" / f).read_bytes() for f in files)
