@@ -33,7 +33,7 @@ venv: $(STAMP)
 tools:  ## kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm, MinIO from Go modules (cached)
 	bash tests/cluster/build-tools.sh
 
-tinybase: venv  ## the tiny bases (noise prediction: SD1.5 topology; flow matching: Flux) pretrained on the procedural world (tests/tinyworld), cached in ~/.cache
+tinybase: venv  ## the tiny bases (noise and v-prediction: SD1.5 topology; flow matching: Flux) pretrained on the procedural world (tests/tinyworld), cached in ~/.cache
 	$(BIN)/python -m tinyworld
 
 test: setup tinybase  ## the whole suite: unit, trainer (tiny models), cluster (real control plane + MinIO), e2e
@@ -46,8 +46,7 @@ test-unit: venv
 test-trainer: venv tinybase
 	$(PYTEST) tests/trainer -m "not slow"
 
-test-learning: venv tinybase  ## the learning proofs with their longer variants (pytest -m slow: the v-prediction base's LoRA proof, LoCon and embedding controls)
-	$(BIN)/python -m tinyworld vpred
+test-learning: venv tinybase  ## the learning proofs with their longer variants (pytest -m slow: LoCon and embedding controls, prior preservation)
 	$(PYTEST) tests/trainer/test_learning.py --durations=0
 
 test-cluster: setup

@@ -27,9 +27,9 @@ BUILDERS = {Recipe: pretrain.pretrain, FluxRecipe: pretrain_flux.pretrain}
 RECIPES = {"epsilon": Recipe(), "flow": FluxRecipe(), "vpred": Recipe(prediction_type="v_prediction")}
 """The bases the tests and the demo use, by name: noise prediction and v-prediction (SD1.5 topology, the same
 recipe but for the objective) and flow matching (Flux topology)."""
-PREBUILT = ("epsilon", "flow")
-"""The bases ``make tinybase`` (``python -m tinyworld``) builds, the ones ``make test`` uses. Only the slow learning
-proofs (``make test-learning``) use ``vpred``: it is built on first use, not minutes earlier on every clone."""
+PREBUILT = ("epsilon", "flow", "vpred")
+"""The bases ``make tinybase`` (``python -m tinyworld``) builds, the ones ``make test`` uses: one per training
+objective the trainer has, each with its learning proof in ``make test``."""
 
 
 def cache_root() -> Path:

@@ -5,7 +5,7 @@ the base drew for those; the same job with a broken objective does not pass.
 The bases (tests/tinyworld, `make tinybase`) were pretrained on red, green, blue and yellow circles, squares
 and triangles: ``epsilon`` (noise prediction, SD1.5 topology) and ``flow`` (rectified flow, Flux topology); the
 LoRA proof and its controls also run on ``vpred`` (v-prediction, the epsilon base's recipe but for the objective),
-marked `slow` (`make test-learning` builds that base; `make test` does not spend its minutes). Its job has its own
+in `make test` like the others (its build takes about 3.5 CPU minutes, once per machine). Its job has its own
 rates (`learn.RATES`, `learn.STEPS`: 1e-4 for the UNet, 3e-4 for the text encoder, 300 steps): at the epsilon job's
 5e-3, and every rate from 5e-4 to 1e-2 measured, the concept's colour leaked onto the controls or their layout moved;
 at these rates the check passes at 250 and 300 steps for training seeds 7, 1, 2 and 3, and at 350 for three of them
@@ -73,7 +73,7 @@ def one_thread():
 @pytest.fixture(scope="module", params=[pytest.param(kind, marks=[] if kind in PREBUILT else [pytest.mark.slow])
                                         for kind in RATES])
 def base(request) -> Path:
-    """Each base with a concept job; a base `make tinybase` does not build (vpred) is built here, its tests slow."""
+    """Each base with a concept job; a base `make tinybase` does not build would be built here, its tests slow."""
     return tinybase(request.param)
 
 
@@ -122,7 +122,6 @@ def test_a_flipped_target_sign_learns_nothing(tmp_path, base, before, concept_di
     assert verdict.learned_colour < 0.25, verdict
 
 
-@pytest.mark.slow
 def test_the_noise_as_the_v_bases_target_fails_the_check(tmp_path, concept_dir, monkeypatch):
     """A trainer that ignores the base's v_prediction scheduler (trains the noise, as for SD1.5) does not pass the
     v proof's check with its job (measured 0.06 / 0.06 / 0.62: bench/RESULTS.md, session 14)."""
@@ -134,7 +133,6 @@ def test_the_noise_as_the_v_bases_target_fails_the_check(tmp_path, concept_dir, 
     assert not learned_on_its_trigger(verdict), verdict
 
 
-@pytest.mark.slow
 def test_the_trainer_trains_the_v_base_on_the_velocity_and_the_flipped_control_negates_it():
     """The vpred proof proves v-prediction: the trainer reads the base's scheduler as v, trains on the velocity
     sqrt(a) noise - sqrt(1 - a) x0 (not the noise), and the flipped control trains on minus the velocity."""
