@@ -84,6 +84,19 @@ def configure_persistence(settings: kopf.OperatorSettings) -> None:
     settings.persistence.diffbase_storage = NoDiffBase()
 
 
+def configure_watching(settings: kopf.OperatorSettings, list_chunk: int) -> None:
+    """The watch streams: trainer pods selected by the API server, lists in pages of `list_chunk`.
+
+    kopf applies a handler's `labels=` filter on the operator's side: without a selector on the
+    stream, the operator would receive, parse and keep a worker for every pod of the cluster (each
+    event of every other workload's pod) to drop all but its trainers. A relist (start-up, a
+    standby taking over, a watch too old) comes in pages: the whole list of 5000 jobs at once
+    parses to ~170 MB of dicts before the first one is indexed."""
+    settings.watching.server_timeout = 300
+    settings.watching.chunk_size = list_chunk
+    settings.watching.label_selectors["", "v1", "pods"] = ",".join(f"{k}={v}" for k, v in TRAINER_PODS.items())
+
+
 EVENT_SOURCE = "lora-operator"
 """The component of the operator's Events (`From` in `kubectl describe`; kopf's own default is `kopf`)."""
 
@@ -107,10 +120,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, pods_index
         start_tracemalloc(config.tracemalloc, config.tracemalloc_frames, config.tracemalloc_seconds)
     configure_persistence(settings)
     configure_posting(settings)
-    settings.watching.server_timeout = 300
-    # A relist (start-up, a standby taking over, a watch too old) comes in pages: the whole list
-    # of 5000 jobs at once parses to ~170 MB of dicts before the first one is indexed.
-    settings.watching.chunk_size = config.list_chunk
+    configure_watching(settings, config.list_chunk)
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 32
     # How long a replica's peering record counts as alive: a standby takes over this long after

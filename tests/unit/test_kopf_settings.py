@@ -6,7 +6,7 @@ from __future__ import annotations
 import kopf
 
 from lora_operator import handlers
-from lora_operator.handlers import NoDiffBase, configure_persistence, configure_posting
+from lora_operator.handlers import NoDiffBase, configure_persistence, configure_posting, configure_watching
 
 
 class Uncopyable(dict):
@@ -50,3 +50,21 @@ def test_events_name_the_operator_and_its_pod_as_their_source():
     assert settings.posting.event_name_prefix == "lora-operator-"
     configure_posting(settings, {})
     assert settings.posting.reporting_instance == "lora-operator"
+
+
+def test_the_pod_watch_asks_the_api_server_for_trainer_pods_only():
+    """kopf filters a handler's `labels=` on the operator's side; the stream itself must carry the selector, or
+    every pod of the cluster reaches the operator. Jobs and nodes are watched whole."""
+    from kopf._cogs.structs.references import Resource  # kopf's own resource reference, as its watcher uses
+
+    settings = kopf.OperatorSettings()
+    configure_watching(settings, list_chunk=500)
+    pods = Resource(group="", version="v1", plural="pods", kind="Pod", namespaced=True)
+    nodes = Resource(group="", version="v1", plural="nodes", kind="Node", namespaced=False)
+    jobs = Resource(group="lora-operator.io", version="v1alpha1", plural="loratrainingjobs", namespaced=True)
+    selector = ",".join(f"{k}={v}" for k, v in handlers.TRAINER_PODS.items())
+    assert settings.watching.label_selectors.collect(pods) == [selector]
+    assert "trainer" in selector
+    assert settings.watching.label_selectors.collect(nodes) == []
+    assert settings.watching.label_selectors.collect(jobs) == []
+    assert settings.watching.chunk_size == 500
