@@ -78,13 +78,13 @@ class Controller:
         self.listing = StartupListing(lambda: kube.list_job_uids(namespace, config.list_chunk))
         """When the first pass may run: once every job listed at the start of the watch was seen."""
         statuses = StatusWriter(kube)
+        self.kueue_positions = KueuePositions(kube)
         self.lifecycle = Lifecycle(kube, config, metrics, emit, node_exists=self.index.node_exists,
-                                   statuses=statuses, node_gpus=self.largest_node_gpus)
+                                   statuses=statuses, node_gpus=self.largest_node_gpus,
+                                   kueue_positions=self.kueue_positions)
         self.admitter = Admitter(config, metrics, emit, Claims(kube, config, metrics, emit, self.lifecycle,
                                                                statuses=statuses, released=self._kick_from_thread))
         self.positions = PositionWriter(kube, claiming=self.admitter.reservations.claiming, statuses=statuses)
-        self.kueue_positions = KueuePositions(kube)
-        self.lifecycle.kueue_positions = self.kueue_positions
         self.retries = RetryBackoff()
         self.work = WorkQueue(on_error=lambda: metrics.count_reconcile_error("reconcile"))
         self.follower = Follower(self.index, self.retries, lambda uid, **kw: self.reconcile(uid, **kw),

@@ -51,7 +51,7 @@ class KueueAttempts:
     fail: Callable[[JobView, str, str, datetime], None]
     check_dataset: Callable[..., tuple[Reason, str] | str | None]
     kueue_positions: KueuePositions | None = None
-    """The places Kueue's visibility API gave (the controller sets it): the waiting jobs' queuePosition."""
+    """The places Kueue's visibility API gave (passed to `Lifecycle`): the waiting jobs' queuePosition."""
 
     def with_kueue_queue(self, spec: JobSpec, job: JobView) -> JobSpec:
         """With Kueue enabled, the resolved spec names the job's LocalQueue, also when only its

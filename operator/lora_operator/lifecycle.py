@@ -29,6 +29,7 @@ from .input_checks import DATASET, check_input, missing_input
 from .job_storage import JobStorage, SecretUnusable, secret_name
 from .k8s import Conflict, Kube, describe_error
 from .kueue_attempts import KueueAttempts
+from .kueue_positions import KueuePositions
 from .metrics import OperatorMetrics
 from .outcome import ActionKind, classify, next_action
 from .render import output_prefix
@@ -70,6 +71,8 @@ class Lifecycle(KueueAttempts, FinishedJobs):
     """Delivers spec.notify.webhook in the background. Default: one with config's retry settings."""
     node_gpus: Callable[[], int] = lambda: 1
     """The GPUs of the largest GPU node known: what a Kueue Job asks for (a trainer takes a whole node)."""
+    kueue_positions: KueuePositions | None = None
+    """The places Kueue's visibility API gave: the waiting jobs' queuePosition (see `KueueAttempts`)."""
     manifests_seen: dict[str, ManifestVersion] = field(default_factory=dict)
     """Running job uid -> the version of the manifest its status holds (`results.manifest_version`):
     `sync_progress` reads manifest.json again only once the trainer wrote another."""
