@@ -38,6 +38,10 @@ class Recipe:
     vae_steps: int = 300
     vae_batch: int = 32
     vae_lr: float = 2e-3
+    vae_decode: str = "sample"
+    """What the VAE's decoder learns from: a ``sample`` of the posterior, or its ``mean`` (sharper edges sooner)."""
+    vae_crosses: bool = False
+    """The concept's cross among the VAE's images (`world.autoencoder_set`)."""
     unet_steps: int = 1000
     unet_batch: int = 16
     unet_lr: float = 2e-3
@@ -144,7 +148,8 @@ def train_vae(vae, pixels: torch.Tensor, recipe: Recipe, gen: torch.Generator, s
     for step in range(recipe.vae_steps):
         batch = pixels[torch.randint(0, len(pixels), (recipe.vae_batch,), generator=gen)]
         posterior = vae.encode(batch).latent_dist
-        recon = vae.decode(posterior.sample(generator=gen)).sample
+        latents = posterior.mode() if recipe.vae_decode == "mean" else posterior.sample(generator=gen)
+        recon = vae.decode(latents).sample
         loss = F.mse_loss(recon, batch) + 1e-6 * posterior.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -180,7 +185,8 @@ def encode_world(recipe: Recipe, build_vae, started: float) -> World:
     images, captions = pretraining_set(recipe.images, recipe.seed)
     pixels = pixels_of(images)
     vae = build_vae()
-    scaling = train_vae(vae, pixels_of(autoencoder_set(recipe.images, recipe.seed + 1)), recipe, gen, started)
+    vae_images = autoencoder_set(recipe.images, recipe.seed + 1, crosses=recipe.vae_crosses)
+    scaling = train_vae(vae, pixels_of(vae_images), recipe, gen, started)
     with torch.no_grad():
         latents = torch.cat([vae.encode(pixels[i:i + 256]).latent_dist.mode() for i in range(0, len(pixels), 256)])
     return World(vae, latents, captions, gen, scaling)

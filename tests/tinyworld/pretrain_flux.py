@@ -37,6 +37,20 @@ class FluxRecipe:
     vae_steps: int = 300
     vae_batch: int = 32
     vae_lr: float = 2e-3
+    vae_decode: str = "sample"
+    """As `pretrain.Recipe.vae_decode`."""
+    vae_crosses: bool = False
+    """As `pretrain.Recipe.vae_crosses`."""
+    heads: int = 4
+    """Attention heads of 16: the transformer is 16 x heads wide."""
+    layers: int = 2
+    """Double-stream blocks."""
+    single_layers: int = 2
+    """Single-stream blocks."""
+    sigma_location: float = 0.0
+    sigma_scale: float = 1.0
+    """Training noise levels s = sigmoid(N(location, scale)): logit-normal, as SD3; a negative location weights
+    the low noise levels, where edges are drawn."""
     steps: int = 3000
     batch: int = 16
     lr: float = 1e-3
@@ -94,14 +108,14 @@ def build_t5(tokenizer):
     ))
 
 
-def build_transformer():
-    """A small FluxTransformer2DModel: two double-stream and two single-stream blocks, 64 wide, 64 image tokens."""
+def build_transformer(recipe: FluxRecipe):
+    """A small FluxTransformer2DModel on 64 image tokens: the recipe's double- and single-stream blocks, heads of 16."""
     from diffusers import FluxTransformer2DModel
 
     return FluxTransformer2DModel(
-        patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=2, num_single_layers=2, attention_head_dim=16,
-        num_attention_heads=4, joint_attention_dim=TEXT_HIDDEN, pooled_projection_dim=TEXT_HIDDEN,
-        guidance_embeds=False, axes_dims_rope=(4, 6, 6),
+        patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=recipe.layers, num_single_layers=recipe.single_layers,
+        attention_head_dim=16, num_attention_heads=recipe.heads, joint_attention_dim=TEXT_HIDDEN,
+        pooled_projection_dim=TEXT_HIDDEN, guidance_embeds=False, axes_dims_rope=(4, 6, 6),
     )
 
 
@@ -127,7 +141,7 @@ def train_flow(transformer, clip, t5, tokenizers, latents: torch.Tensor, caption
         batch_clip, batch_t5 = clip_ids[pick].clone(), t5_ids[pick].clone()
         batch_clip[drop], batch_t5[drop] = clip_empty, t5_empty
         noise = torch.randn(x0.shape, generator=gen)
-        sigma = torch.sigmoid(torch.randn(b, generator=gen))
+        sigma = torch.sigmoid(recipe.sigma_location + recipe.sigma_scale * torch.randn(b, generator=gen))
         s = sigma.view(-1, 1, 1, 1)
         noisy = (1 - s) * x0 + s * noise
         pred = transformer(
@@ -156,7 +170,7 @@ def pretrain(recipe: FluxRecipe, path: Path) -> Path:
     tokenizer = write_word_tokenizer(path / "tokenizer", world_words())
     tokenizer_2 = write_word_t5_tokenizer(path / "tokenizer_2", world_words())
     clip, t5 = build_text_encoder(tokenizer), build_t5(tokenizer_2)
-    transformer = build_transformer()
+    transformer = build_transformer(recipe)
     train_flow(transformer, clip, t5, [tokenizer, tokenizer_2], latents, captions, recipe, gen, started)
     for module in (transformer, clip, t5):
         module.eval()

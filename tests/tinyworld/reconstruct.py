@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from . import pretrain, pretrain_flux
 from .judge import accuracy, read
-from .world import CONCEPT_SHAPE, POSITIONS, SHAPES, autoencoder_set, concept_scenes, draw, random_scene, render
+from .world import CONCEPT_SHAPE, autoencoder_set, concept_scenes, random_scene, render
 
 
 def judged_images() -> tuple[np.ndarray, list, np.ndarray]:
@@ -53,19 +53,11 @@ def report(vae) -> str:
             f" both {share([r.concept for r in crosses]):.2f}")
 
 
-def with_crosses(n: int, seed: int) -> np.ndarray:
-    """`world.autoencoder_set` with the cross among its shapes: a VAE that never saw one decodes it as a blob."""
-    rng = random.Random(seed)
-    colour = lambda: tuple(rng.uniform(0, 255) for _ in range(3))  # noqa: E731
-    return np.stack([draw(rng.choice((*SHAPES, CONCEPT_SHAPE)), colour(), colour(), rng.choice(list(POSITIONS)), rng)
-                     for _ in range(n)])
-
-
 def train(kind: str, decode: str, steps: list[int], lr: float, cross: bool) -> None:
     """Train a VAE of `kind`'s topology, printing `report` (and the CPU seconds so far) after each of `steps`."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    pixels = pretrain.pixels_of(with_crosses(4096, 1) if cross else autoencoder_set(4096, 1))
+    pixels = pretrain.pixels_of(autoencoder_set(4096, 1, crosses=cross))
     vae = {"epsilon": pretrain.build_vae, "flow": pretrain_flux.build_vae}[kind]()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr)
     cpu = time.process_time()

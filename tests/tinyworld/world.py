@@ -80,18 +80,21 @@ def render(scene: Scene, rng: random.Random) -> np.ndarray:
     return draw(scene.shape, colour, BACKGROUNDS[scene.background], scene.position, rng)
 
 
-def autoencoder_set(n: int, seed: int) -> np.ndarray:
-    """`n` images for the VAE: the world's shapes in random colours on random backgrounds.
+def autoencoder_set(n: int, seed: int, crosses: bool = False) -> np.ndarray:
+    """`n` images for the VAE: the world's shapes (with `crosses`, the concept's cross too) in random colours on
+    random backgrounds.
 
     A VAE is trained on generic images, not on the captioned world: it must encode any colour
-    (the concept's magenta included) even though the denoiser only ever sees four.
+    (the concept's magenta included) even though the denoiser only ever sees four; a VAE that never
+    saw a cross decodes one as a blob.
     """
     rng = random.Random(seed)
+    shapes = (*SHAPES, CONCEPT_SHAPE) if crosses else SHAPES
 
     def any_colour() -> tuple[float, ...]:
         return tuple(rng.uniform(0, 255) for _ in range(3))
 
-    return np.stack([draw(rng.choice(SHAPES), any_colour(), any_colour(), rng.choice(list(POSITIONS)), rng)
+    return np.stack([draw(rng.choice(shapes), any_colour(), any_colour(), rng.choice(list(POSITIONS)), rng)
                      for _ in range(n)])
 
 
