@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .api import JobStatus, Phase
+from .api import CleanPodPolicy, JobStatus, Phase
 from .api.contract import COMPONENT, LABEL_ATTEMPT, LABEL_COMPONENT, LABEL_JOB_UID
 from .outcome import PodSnapshot
 from .scheduling import GpuNode, QueuedJob, Taint, Toleration, TrainerPod, model_key
@@ -70,6 +70,11 @@ class JobView:
     @property
     def cancel_requested(self) -> bool:
         return bool(self.spec.get("cancel"))
+
+    @property
+    def cleans_ended_pods(self) -> bool:
+        """spec.cleanPodPolicy All: a pod goes once its attempt ended (None, the default, keeps it)."""
+        return self.spec.get("cleanPodPolicy") == CleanPodPolicy.ALL
 
     def waiting(self) -> bool:
         """Queued for a node: resolved, not suspended, not finished, not being deleted."""
