@@ -48,7 +48,7 @@ class JobIndex:
         self._queue = WaitingQueue()
         self._active_pods: dict[tuple[str, str], str] = {}
         """(namespace, name) -> job uid of each trainer pod whose latest event showed it active (`pod_event`):
-        a pass reads only their jobs' pods, not the thousands of ended pods jobs keep (spec.cleanPodPolicy)."""
+        a pass reads only their jobs' pods, not the ended pods jobs keep (spec.cleanPodPolicy None)."""
         self._pod_views: dict[int, tuple[Any, TrainerPod]] = {}
         """id(pod body) -> (the body, its TrainerPod): kopf replaces a pod's body on each event."""
         self._views: dict[str, JobView] = {}

@@ -146,10 +146,6 @@ class PodHistory:
         with self._lock:
             return list(self._known.values())
 
-    def unfinished(self) -> list[PodState]:
-        """The pods not ended (an ended pod stays until its job is deleted: spec.cleanPodPolicy None)."""
-        return [p for p in self.current() if p.phase not in ("Succeeded", "Failed")]
-
 
 def _overlaps(events: list[PodState], key, what: str) -> list[str]:
     """Replays the pod history; every moment two unfinished pods shared `key(pod)` (None: not counted)."""

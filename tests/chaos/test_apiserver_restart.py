@@ -64,7 +64,7 @@ def test_apiserver_restarts_mid_run_lose_and_duplicate_nothing(own_ground, work,
             ground.wait_for(lambda: succeeded(ground, ns) == jobs, timeout=300, interval=1, what="every job done")
         except TimeoutError:
             raise AssertionError(f"{phases(list_jobs(ground, ns))}\n{operator.tail(40)}") from None
-        ground.wait_for(lambda: not history.unfinished(), timeout=120, interval=0.5, what="no trainer pod running")
+        ground.wait_for(lambda: not history.current(), timeout=120, interval=0.5, what="no trainer pod left")
         assert operator.proc.alive(), "the operator exited instead of reconnecting"
     finally:
         operator.stop()

@@ -96,8 +96,8 @@ def test_replicas_killed_at_random_finish_every_job_once_without_double_booking(
         except TimeoutError:
             raise AssertionError(f"{phases(list_jobs(ground, ns))}; kills {kill_log}\n"
                                  f"--- a ---\n{replicas[0].tail(30)}\n--- b ---\n{replicas[1].tail(30)}") from None
-        # orphans: no trainer pod runs once every job finished
-        ground.wait_for(lambda: not history.unfinished(), timeout=120, what="no trainer pod running", interval=0.5)
+        # orphans: every trainer pod is removed once its job finished
+        ground.wait_for(lambda: not history.current(), timeout=120, what="no trainer pod left", interval=0.5)
         makespan = time.monotonic() - started
     finally:
         for r in replicas:

@@ -1,6 +1,6 @@
-"""spec.cleanPodPolicy on the real control plane: by default (None) a trainer pod that ended stays, its
-node free for the next job; All deletes it; switching a finished job to All deletes what it kept; the
-garbage collector takes kept pods with their job."""
+"""spec.cleanPodPolicy on the real control plane: None keeps a trainer pod that ended, its node free for the
+next job; All (the default) deletes it; switching a finished job to All deletes what it kept; the garbage
+collector takes kept pods with their job."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ def pods_of(ground, namespace: str, name: str) -> dict[str, dict]:
             if p["metadata"]["labels"]["lora-operator.io/job"] == name}
 
 
-def test_an_ended_pod_is_kept_by_default_and_its_node_trains_the_next_job(ground, operator, ns):  # noqa: F811
+def test_with_none_an_ended_pod_is_kept_and_its_node_trains_the_next_job(ground, operator, ns):  # noqa: F811
     ground.add_gpu_nodes(1, gpus=1, gpu_type="keep", prefix="keep")
-    ground.apply({**job("first", "keep"), "metadata": {"name": "first", "namespace": ns}})
+    ground.apply({**job("first", "keep", cleanPodPolicy="None"), "metadata": {"name": "first", "namespace": ns}})
     first = running_pod(ground, ns, "first")["metadata"]["name"]
     end_pod(ground, ns, first, 1)  # a failed attempt: retried, its pod kept for its log
     wait_phase(ground, operator, ns, "first", "Running")
@@ -36,9 +36,9 @@ def test_an_ended_pod_is_kept_by_default_and_its_node_trains_the_next_job(ground
     assert get_job(ground, ns, "first")["status"]["phase"] == "Succeeded"
 
 
-def test_with_all_the_pod_goes_when_its_attempt_ends(ground, operator, ns):  # noqa: F811
+def test_by_default_the_pod_goes_when_its_attempt_ends(ground, operator, ns):  # noqa: F811
     ground.add_gpu_nodes(1, gpus=1, gpu_type="clean", prefix="clean")
-    ground.apply({**job("tidy", "clean", cleanPodPolicy="All"), "metadata": {"name": "tidy", "namespace": ns}})
+    ground.apply({**job("tidy", "clean"), "metadata": {"name": "tidy", "namespace": ns}})
     end_pod(ground, ns, running_pod(ground, ns, "tidy")["metadata"]["name"], 0)
     wait_phase(ground, operator, ns, "tidy", "Succeeded")
     ground.wait_for(lambda: not pods_of(ground, ns, "tidy"), timeout=30, what="the ended pod deleted")
@@ -46,7 +46,7 @@ def test_with_all_the_pod_goes_when_its_attempt_ends(ground, operator, ns):  # n
 
 def test_a_kept_pod_goes_with_its_job(ground, operator, ns):  # noqa: F811
     ground.add_gpu_nodes(1, gpus=1, gpu_type="gc", prefix="gc")
-    ground.apply({**job("short", "gc"), "metadata": {"name": "short", "namespace": ns}})
+    ground.apply({**job("short", "gc", cleanPodPolicy="None"), "metadata": {"name": "short", "namespace": ns}})
     end_pod(ground, ns, running_pod(ground, ns, "short")["metadata"]["name"], 0)
     wait_phase(ground, operator, ns, "short", "Succeeded")
     assert pods_of(ground, ns, "short")

@@ -36,14 +36,13 @@ FamilyName = Annotated[str, AfterValidator(_known_family)]
 class CleanPodPolicy(StrEnum):
     """What becomes of a trainer pod once it ended (the values of Kubeflow's runPolicy.cleanPodPolicy)."""
 
-    NONE = "None"
-    """Ended pods (Succeeded or Failed) stay until the job is deleted, as a batch/v1 Job's do: ``kubectl logs``
-    reads every attempt's pod, and the garbage collector removes them with the job (see
-    ttlSecondsAfterFinished). A pod still running when its attempt or the job ends is always deleted: it
-    holds a GPU."""
     ALL = "All"
     """Each pod is deleted once its attempt ended; ``kubectl lora logs`` then shows the last lines the trainer
     kept in storage."""
+    NONE = "None"
+    """Ended pods (Succeeded or Failed) stay until the job is deleted, as a batch/v1 Job's do: ``kubectl logs``
+    reads every attempt's pod, and the garbage collector removes them with the job (see
+    ttlSecondsAfterFinished)."""
 
 
 class AdapterType(StrEnum):
@@ -337,10 +336,10 @@ class JobSpec(JobSettings):
     """Fail the job when it has run (since first admission) longer than this."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     """Delete the job this long after it finished. Editable."""
-    clean_pod_policy: CleanPodPolicy = CleanPodPolicy.NONE
-    """None: a pod that ended stays until the job is deleted (its log readable with kubectl logs); All: it is
-    deleted once its attempt ended. A running pod is deleted when its attempt or the job ends either way.
-    Editable: All deletes the pods a finished job kept. Default: None (as Kubeflow's PyTorchJob)."""
+    clean_pod_policy: CleanPodPolicy = CleanPodPolicy.ALL
+    """All: a trainer pod is deleted once its attempt ended; None: a pod that ended stays until the job is
+    deleted, its log readable with kubectl logs. A running pod is deleted when its attempt or the job ends
+    either way. Editable: All deletes the pods a finished job kept. Default: All."""
     suspend: bool = False
     """Stop the pod (if any) and hold the job; clearing it queues the job again. Editable."""
     cancel: bool = False
