@@ -33,7 +33,7 @@ from .scheduling import node_caches
 from .start_estimates import simulated_starts
 from .startup_listing import StartupListing
 from .status_writer import StatusWriter
-from .views import JobView, QueueEntry, pod_active, pod_target_node, utcnow
+from .views import JobView, QueueEntry, pod_target_node, utcnow
 from .work_queue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,6 @@ class Controller:
         self._passed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         """The event loop the scheduling loop runs in (`_kick_from_thread` wakes it from a thread)."""
-        self._ended: set[tuple[str, str]] = set()
-        """(namespace, name) of the trainer pods seen finished and not yet deleted."""
         self.passes = 0
         self._estimated_at: float | None = None
         """time.monotonic() of the last estimate of the queue's start times."""
@@ -219,23 +217,16 @@ class Controller:
     def pod_changed(self, pod: Mapping[str, Any], *, deleted: bool) -> None:
         """A trainer pod event. The watch showed the pod, so it leaves the admitter's overlay.
 
-        A pod frees its node once: on the first event that shows it finished, or on its DELETED
-        if it was still active. That event records when the node freed (admission latency starts
-        there) and asks for a pass. The events that follow the end of a pod (its deletion's
-        MODIFIED, then DELETED) change nothing the scheduler sees. Before, each of them asked
-        for a pass, and each moved the node's freed time later.
+        A pod frees its node once (`JobIndex.pod_event`): on the first event that shows it ended, or
+        on its DELETED if it was still active. That event records when the node freed (admission
+        latency starts there) and asks for a pass. The events that may follow (a deletion's MODIFIED
+        and DELETED) change nothing the scheduler sees: each asking for a pass, and moving the node's
+        freed time later, was a defect.
         """
         meta = pod["metadata"]
-        key = (meta["namespace"], meta["name"])
-        self.admitter.reservations.pod_seen(*key)
-        if deleted:
-            if key in self._ended:
-                self._ended.discard(key)
-                return
-        elif pod_active(pod) or key in self._ended:
+        self.admitter.reservations.pod_seen(meta["namespace"], meta["name"])
+        if not self.index.pod_event(pod, deleted=deleted):
             return
-        else:
-            self._ended.add(key)
         node = pod_target_node(pod)
         if node:
             self.admitter.claims.node_freed[node] = utcnow()

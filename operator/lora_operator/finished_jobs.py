@@ -1,6 +1,7 @@
-"""What a finished job still needs: no pod left, the selected checkpoint copied to final/ (and
-the unselected ones deleted when asked), and the job deleted once its TTL has passed. Mixed into
-`lifecycle.Lifecycle`, whose collaborators (kube, storage, the status writer, emit) it uses.
+"""What a finished job still needs: no running pod left (nor an ended one with spec.cleanPodPolicy
+All), the selected checkpoint copied to final/ (and the unselected ones deleted when asked), and
+the job deleted once its TTL has passed. Mixed into `lifecycle.Lifecycle`, whose collaborators
+(kube, storage, the status writer, emit) it uses.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class FinishedJobs:
     delete_pods: Callable[[JobView, Mapping[str, Mapping[str, Any]]], None]
 
     def housekeep(self, job: JobView, pods: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
-        """A finished job: no pod left, the selected checkpoint finalized, deleted after its TTL."""
+        """A finished job: its pods deleted as `delete_pods` says, the selected checkpoint finalized, deleted after
+        its TTL."""
         self.delete_pods(job, pods)
         self.metrics.forget_job(job.namespace, job.name)
         if (job.spec.get("selectedCheckpoint") and job.status.phase in (Phase.SUCCEEDED, Phase.CANCELLED)

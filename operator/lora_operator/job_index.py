@@ -12,7 +12,7 @@ from typing import Any
 
 from .own_writes import OwnWrites
 from .scheduling import GpuNode, TrainerPod, WaitingQueue
-from .views import JobView, QueueEntry, trainer_pod
+from .views import JOB_UID_LABEL, JobView, QueueEntry, pod_active, trainer_pod
 
 VIEW_CACHE = 512
 """Parsed JobViews kept (most recently used), for the reconciles of jobs that are changing."""
@@ -46,6 +46,9 @@ class JobIndex:
         """Jobs whose entry changed since `waiting` last brought the queue up to date (added to on
         any thread, taken from on the pass's: set.add and set.pop are atomic)."""
         self._queue = WaitingQueue()
+        self._active_pods: dict[tuple[str, str], str] = {}
+        """(namespace, name) -> job uid of each trainer pod whose latest event showed it active (`pod_event`):
+        a pass reads only their jobs' pods, not the ended pods jobs keep (spec.cleanPodPolicy None)."""
         self._pod_views: dict[int, tuple[Any, TrainerPod]] = {}
         """id(pod body) -> (the body, its TrainerPod): kopf replaces a pod's body on each event."""
         self._views: dict[str, JobView] = {}
@@ -185,12 +188,22 @@ class JobIndex:
             self._queue.update(uid, entry.queued if entry is not None else None)
         return self._queue
 
+    def pod_event(self, body: Mapping[str, Any], *, deleted: bool) -> bool:
+        """Records a trainer pod's event (kopf indexed it before the handler calls this); True when the pod
+        stopped being active with it: the first event that shows it ended, or its DELETED while active."""
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if not deleted and pod_active(body):
+            self._active_pods[key] = (meta.get("labels") or {}).get(JOB_UID_LABEL, "")
+            return False
+        return self._active_pods.pop(key, None) is not None
+
     def trainer_pods(self) -> list[TrainerPod]:
-        """The scheduling view of every trainer pod in the index, each made once per pod body.
-        Call it from one thread (the pass's)."""
+        """The scheduling view of the pods of each job that has an active pod (`pod_event`), each made once
+        per pod body. Call it from one thread (the pass's)."""
         seen, views, pods = self._pod_views, {}, []
-        for store in list(self.pods.values()):
-            for body in list(store):  # a copy: kopf changes the store on the event loop meanwhile
+        for uid in set(self._active_pods.values()):  # a copy, made under the GIL: the event loop adds meanwhile
+            for body in values(self.pods.get(uid)):  # a copy: kopf changes the store on the event loop meanwhile
                 key = id(body)
                 known = seen.get(key)
                 if known is None or known[0] is not body:

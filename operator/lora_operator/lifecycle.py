@@ -227,8 +227,7 @@ class Lifecycle(KueueAttempts, FinishedJobs):
         named, its pods go, instead of failing the same way on every event and tick."""
         if job.status.phase in FINISHED_PHASES or job.deleting:
             return
-        for name in pods:
-            self.kube.delete_pod(job.namespace, name)
+        self.delete_pods(job, pods)
         self.fail(job, Reason.UNEXPECTED_ERROR,
                   f"the operator could not handle this job: {describe_error(error)}", now)
 
@@ -277,7 +276,7 @@ class Lifecycle(KueueAttempts, FinishedJobs):
         if action.kind is ActionKind.REQUEUE:
             self.metrics.count_retry(str(action.reason))
         self.statuses.write(job, status)
-        if pod is not None:
+        if pod is not None and (pod_active(pod) or job.cleans_ended_pods):
             self.kube.delete_pod(job.namespace, pod["metadata"]["name"])
         kind = "Normal" if action.kind is ActionKind.SUCCEED else "Warning"
         self.emit(job.body, kind, str(action.reason), action.message or outcome.message)
@@ -321,7 +320,7 @@ class Lifecycle(KueueAttempts, FinishedJobs):
         status = job.status
         if status.resolved_spec is not None:
             status = self.with_results(job, JobSpec.model_validate(status.resolved_spec), status)
-        self.delete_pods(job, pods)  # a running pod; an ended one goes at the next reconcile, as any finished job's
+        self.delete_pods(job, pods)  # a running pod; an ended one as any finished job's (cleanPodPolicy)
         status = st.cancelled(status, now=now, message=CANCEL_MESSAGE)
         self.statuses.write(job, status)
         self.metrics.forget_job(job.namespace, job.name)
@@ -347,10 +346,12 @@ class Lifecycle(KueueAttempts, FinishedJobs):
             self.emit(job.body, "Normal", Reason.CANCELLED, "the job was deleted; its trainer pod was removed")
 
     def delete_pods(self, job: JobView, pods: Mapping[str, Mapping[str, Any]]) -> None:
+        """The job's running pods; its ended ones too once it is being deleted, or when it finished with
+        spec.cleanPodPolicy All."""
         for name, pod in pods.items():
             if pod["metadata"].get("deletionTimestamp"):
                 continue  # already going; deleting it again on every event is a wasted request
-            if pod_active(pod) or job.status.phase in FINISHED_PHASES or job.deleting:
+            if pod_active(pod) or job.deleting or (job.status.phase in FINISHED_PHASES and job.cleans_ended_pods):
                 self.kube.delete_pod(job.namespace, name)
 
     def sync_progress(self, job: JobView, now: datetime) -> None:

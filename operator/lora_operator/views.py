@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .api import JobStatus, Phase
+from .api import CleanPodPolicy, JobStatus, Phase
 from .api.contract import COMPONENT, LABEL_ATTEMPT, LABEL_COMPONENT, LABEL_JOB_UID
 from .outcome import PodSnapshot
 from .scheduling import GpuNode, QueuedJob, Taint, Toleration, TrainerPod, model_key
@@ -71,6 +71,11 @@ class JobView:
     def cancel_requested(self) -> bool:
         return bool(self.spec.get("cancel"))
 
+    @property
+    def cleans_ended_pods(self) -> bool:
+        """spec.cleanPodPolicy All (the default): a pod goes once its attempt ended; None keeps it."""
+        return self.spec.get("cleanPodPolicy") != CleanPodPolicy.NONE
+
     def waiting(self) -> bool:
         """Queued for a node: resolved, not suspended, not finished, not being deleted."""
         return queued_job(self.body) is not None
@@ -130,14 +135,28 @@ def slim_job(body: Mapping[str, Any]) -> dict[str, Any]:
             "spec": body.get("spec") or {}, "status": status}
 
 
+POD_STATUS = ("phase", "reason", "message")
+CONDITION = ("type", "status", "reason", "message", "lastTransitionTime")
+CONTAINER_STATUS = ("name", "state", "lastState")
+"""What the operator reads of a pod's status (`pod_snapshot`): not its IPs, its containers' images,
+mounts and resources, which are most of a status's bytes."""
+
+
 def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A trainer pod as the index keeps it: metadata, where it runs, and its status (its spec
-    carries the whole resolved job spec in an environment variable, which nothing reads back)."""
-    meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+    """A trainer pod as the index keeps it: metadata, where it runs, and what its status says of how
+    it runs or ended (its spec carries the whole resolved job spec in an environment variable, which
+    nothing reads back). With spec.cleanPodPolicy None ended pods stay until their job is deleted."""
+    meta, spec, status = body.get("metadata") or {}, body.get("spec") or {}, body.get("status") or {}
+    slim = {k: status[k] for k in POD_STATUS if k in status}
+    if status.get("conditions"):
+        slim["conditions"] = [{k: c[k] for k in CONDITION if k in c} for c in status["conditions"]]
+    if status.get("containerStatuses"):
+        slim["containerStatuses"] = [{k: c[k] for k in CONTAINER_STATUS if k in c}
+                                     for c in status["containerStatuses"]]
     return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
             "metadata": {k: meta[k] for k in KEPT_METADATA if k in meta},
             "spec": {k: spec[k] for k in ("nodeName", "affinity") if k in spec},
-            "status": body.get("status") or {}}
+            "status": slim}
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from .spec import (
     BaseModelSpec,
     CheckpointFormat,
     Checkpoints,
+    CleanPodPolicy,
     JobSettings,
     JobSpec,
     ModelFamily,

@@ -33,6 +33,18 @@ FamilyName = Annotated[str, AfterValidator(_known_family)]
 """A family of the table (validated when the spec is read, so a row added by a test is known)."""
 
 
+class CleanPodPolicy(StrEnum):
+    """What becomes of a trainer pod once it ended (the values of Kubeflow's runPolicy.cleanPodPolicy)."""
+
+    ALL = "All"
+    """Each pod is deleted once its attempt ended; ``kubectl lora logs`` then shows the last lines the trainer
+    kept in storage."""
+    NONE = "None"
+    """Ended pods (Succeeded or Failed) stay until the job is deleted, as a batch/v1 Job's do: ``kubectl logs``
+    reads every attempt's pod, and the garbage collector removes them with the job (see
+    ttlSecondsAfterFinished)."""
+
+
 class AdapterType(StrEnum):
     """What is trained."""
 
@@ -324,6 +336,10 @@ class JobSpec(JobSettings):
     """Fail the job when it has run (since first admission) longer than this."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     """Delete the job this long after it finished. Editable."""
+    clean_pod_policy: CleanPodPolicy = CleanPodPolicy.ALL
+    """All: a trainer pod is deleted once its attempt ended; None: a pod that ended stays until the job is
+    deleted, its log readable with kubectl logs. A running pod is deleted when its attempt or the job ends
+    either way. Editable: All deletes the pods a finished job kept. Default: All."""
     suspend: bool = False
     """Stop the pod (if any) and hold the job; clearing it queues the job again. Editable."""
     cancel: bool = False
