@@ -276,7 +276,7 @@ class Lifecycle(KueueAttempts, FinishedJobs):
         if action.kind is ActionKind.REQUEUE:
             self.metrics.count_retry(str(action.reason))
         self.statuses.write(job, status)
-        if pod is not None and (pod_active(pod) or job.cleans_ended_pods):
+        if pod is not None and pod_goes(job, pod, attempt_over=True):
             self.kube.delete_pod(job.namespace, pod["metadata"]["name"])
         kind = "Normal" if action.kind is ActionKind.SUCCEED else "Warning"
         self.emit(job.body, kind, str(action.reason), action.message or outcome.message)
@@ -346,12 +346,11 @@ class Lifecycle(KueueAttempts, FinishedJobs):
             self.emit(job.body, "Normal", Reason.CANCELLED, "the job was deleted; its trainer pod was removed")
 
     def delete_pods(self, job: JobView, pods: Mapping[str, Mapping[str, Any]]) -> None:
-        """The job's running pods; its ended ones too once it is being deleted, or when it finished with
-        spec.cleanPodPolicy All."""
+        """The job's pods that go (`pod_goes`; its attempts are over once it finished)."""
         for name, pod in pods.items():
             if pod["metadata"].get("deletionTimestamp"):
                 continue  # already going; deleting it again on every event is a wasted request
-            if pod_active(pod) or job.deleting or (job.status.phase in FINISHED_PHASES and job.cleans_ended_pods):
+            if pod_goes(job, pod, attempt_over=job.status.phase in FINISHED_PHASES):
                 self.kube.delete_pod(job.namespace, name)
 
     def sync_progress(self, job: JobView, now: datetime) -> None:
@@ -377,3 +376,10 @@ class Lifecycle(KueueAttempts, FinishedJobs):
             self.manifests_seen.pop(job.uid, None)
         else:
             self.manifests_seen[job.uid] = reports.version
+
+
+def pod_goes(job: JobView, pod: Mapping[str, Any], *, attempt_over: bool) -> bool:
+    """Whether the operator deletes `pod` now: a running pod always (it holds a GPU; callers ask once its attempt
+    or job ended), an ended one once the job is being deleted, or once its attempt is over with
+    spec.cleanPodPolicy All (None keeps it for its log)."""
+    return pod_active(pod) or job.deleting or (attempt_over and job.cleans_ended_pods)

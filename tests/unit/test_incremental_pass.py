@@ -3,7 +3,14 @@ controller's `JobIndex.waiting`) decides exactly what the straightforward pass d
 reference below is that pass (sort every waiting job into queue order, count every eligible
 job's demand, walk the whole order, number every job left), run on the same snapshot, over
 consecutive passes of random clusters (backoffs, namespace limits, node caches, node classes,
-held pods, jobs arriving, changing, starting and ending)."""
+held pods, jobs arriving, changing, starting and ending).
+
+Doubles, and why: the property is the pass's plan against the reference on one frozen snapshot, pass after
+pass, over eight random worlds of twelve churns each. A live control plane moves on between the snapshot and the
+pass (kwok starts pods, claims land), so the controller here reads a plain dict in place of kopf's pod index, fed
+the pod events its handler would get (`JobIndex.pod_event`), and `LostClaims` in place of the API (every claim
+loses, so the test starts the admitted jobs itself). The same pass against the real control plane is covered by
+tests/cluster (test_operator.py, test_namespace_limits.py) and bench/operator_scale.py."""
 
 from __future__ import annotations
 
