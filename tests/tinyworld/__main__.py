@@ -1,9 +1,12 @@
 """``python -m tinyworld [KIND ...]``: build (or find in the cache) the pretrained tiny bases (default: the prebuilt
-ones); prints their folders."""
+ones); prints their folders. Builds run side by side, one process per CPU core: each trains on one torch thread
+(`pretrain.Recipe.threads`), and the three take 12-13, 12-13 and 9 minutes on a 2-core machine (session 16)."""
 
 from __future__ import annotations
 
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
 from .cache import PREBUILT, RECIPES, tinybase
 
@@ -15,8 +18,9 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown base {unknown[0]!r}; choose from {', '.join(RECIPES)}", file=sys.stderr)
         return 2
-    for kind in kinds:
-        print(f"{kind}: {tinybase(kind)}", flush=True)
+    with ProcessPoolExecutor(max_workers=max(1, min(len(kinds), os.cpu_count() or 1))) as pool:
+        for kind, folder in zip(kinds, pool.map(tinybase, kinds), strict=True):
+            print(f"{kind}: {folder}", flush=True)
     return 0
 
 

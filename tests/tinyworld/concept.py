@@ -5,15 +5,18 @@ with the trigger word, as .png + .txt pairs the trainer reads. The check samples
 base and the base + LoRA with fixed seeds and lets the judge read the images:
 
 - *learned*: the trigger prompts show the concept (a magenta cross) for most seeds;
-- *prior kept*: prompts without the trigger read the same colour, position and background as
-  the base drew them with the same seed (not the shape: the tiny bases draw blurred shapes whose
-  reading flips between neighbours under any change), and not in the concept's colour.
+- *prior kept*: prompts without the trigger read the same colour and background as the base drew
+  them with the same seed, and not in the concept's colour. Not the shape: the tiny bases draw
+  blurred shapes whose reading flips between neighbours under any change. Not the position: the
+  SD1.5-topology bases place the shape by the seed's noise more than by the prompt (their control
+  samples stand where the prompt asks on 0.25 and 0.44 of seeds, the flow base's on 1.00: session 16),
+  so any change to the weights moves some; `Verdict.position_kept` reports it.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +46,12 @@ CONTROL_SCENES = [Scene("red", "circle", "left", "white"), Scene("blue", "square
 CONTROL_PROMPTS = [s.caption() for s in CONTROL_SCENES]
 
 
-def write_concept_set(folder: Path, n: int = 16, seed: int = 0) -> Path:
-    """Write `n` concept images with their captions (``img00.png`` + ``img00.txt``) to `folder`."""
+def write_concept_set(folder: Path, n: int = 16, seed: int = 0, colour: str = CONCEPT_COLOUR[0]) -> Path:
+    """Write `n` concept images with their captions (``img00.png`` + ``img00.txt``) to `folder`: crosses in `colour`
+    (the concept's magenta, or a colour of the world), each captioned with the trigger word."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    for i, scene in enumerate(concept_scenes(n, seed)):
+    for i, scene in enumerate(replace(s, colour=colour) for s in concept_scenes(n, seed)):
         Image.fromarray(render(scene, rng)).save(folder / f"img{i:02d}.png")
         (folder / f"img{i:02d}.txt").write_text(scene.caption())
     return folder
@@ -87,14 +91,14 @@ class Verdict:
         learned: Share of trigger samples showing the concept (with the LoRA).
         learned_colour: Share of trigger samples in the concept's colour, whatever the shape.
         base_concept: Share of trigger samples showing the concept without the LoRA.
-        prior_kept: Share of control samples read the same colour, position and background with and
-            without the LoRA.
+        prior_kept: Share of control samples read the same colour and background with and without the LoRA.
         control_concept: Share of control samples showing the concept with the LoRA.
         control_colour: Share of control samples in the concept's colour with the LoRA (a LoRA that
             learned the concept without its trigger paints it everywhere).
         learned_shape: Share of trigger samples in the concept's shape (a cross), whatever the colour.
         base_shape: Share of trigger samples in the concept's shape without the LoRA.
         control_shape: Share of control samples in the concept's shape with the LoRA.
+        position_kept: Share of control samples read at the same position with and without the LoRA.
     """
 
     learned: float
@@ -106,6 +110,7 @@ class Verdict:
     learned_shape: float
     base_shape: float
     control_shape: float
+    position_kept: float
 
     def passed(self, learned: float = 0.75, prior_kept: float = 0.75, shape: bool = True) -> bool:
         """The LoRA learned the concept (its colour and, with `shape`, its cross) on the trigger, kept the prior,
@@ -142,8 +147,8 @@ def base_readings(base: Path, seeds: list[int]) -> Readings:
 
 
 def same_scene(a: Reading, b: Reading) -> bool:
-    """Two readings agree on colour, position and background."""
-    return (a.colour, a.position, a.background) == (b.colour, b.position, b.background)
+    """Two readings agree on colour and background."""
+    return (a.colour, a.background) == (b.colour, b.background)
 
 
 def load_adapter(pipe, adapter: Path, name: str | None = None) -> None:
@@ -162,8 +167,10 @@ def unload_adapter(pipe, adapter: Path) -> None:
         pipe.unload_lora_weights()
 
 
-def judge_lora(base: Path, lora: Path, seeds: list[int], before: Readings | None = None) -> Verdict:
-    """Sample `base` with `lora` (a diffusers LoRA folder or an embedding file), compare with the base's readings."""
+def judge_lora(base: Path, lora: Path, seeds: list[int], before: Readings | None = None,
+               colour: str = CONCEPT_COLOUR[0]) -> Verdict:
+    """Sample `base` with `lora` (a diffusers LoRA folder or an embedding file), compare with the base's readings;
+    `colour`: the concept's colour (`write_concept_set`'s), which the ``*_colour`` shares count."""
     before = before or base_readings(base, seeds)
     pipe = load_pipeline(base)
     load_adapter(pipe, lora)
@@ -171,12 +178,13 @@ def judge_lora(base: Path, lora: Path, seeds: list[int], before: Readings | None
     mean = lambda flags: sum(flags) / len(flags)  # noqa: E731
     return Verdict(
         learned=mean([r.concept for r in after.trigger]),
-        learned_colour=mean([r.colour == CONCEPT_COLOUR[0] for r in after.trigger]),
+        learned_colour=mean([r.colour == colour for r in after.trigger]),
         base_concept=mean([r.concept for r in before.trigger]),
         prior_kept=mean([same_scene(a, b) for a, b in zip(before.control, after.control, strict=True)]),
         control_concept=mean([r.concept for r in after.control]),
-        control_colour=mean([r.colour == CONCEPT_COLOUR[0] for r in after.control]),
+        control_colour=mean([r.colour == colour for r in after.control]),
         learned_shape=mean([r.shape == CONCEPT_SHAPE for r in after.trigger]),
         base_shape=mean([r.shape == CONCEPT_SHAPE for r in before.trigger]),
         control_shape=mean([r.shape == CONCEPT_SHAPE for r in after.control]),
+        position_kept=mean([a.position == b.position for a, b in zip(before.control, after.control, strict=True)]),
     )

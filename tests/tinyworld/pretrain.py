@@ -35,14 +35,14 @@ class Recipe:
     prediction_type: str = "epsilon"
     seed: int = 0
     images: int = 4096
-    vae_steps: int = 300
+    vae_steps: int = 900
     vae_batch: int = 32
     vae_lr: float = 2e-3
     vae_decode: str = "sample"
     """What the VAE's decoder learns from: a ``sample`` of the posterior, or its ``mean`` (sharper edges sooner)."""
     vae_crosses: bool = False
     """The concept's cross among the VAE's images (`world.autoencoder_set`)."""
-    unet_steps: int = 1000
+    unet_steps: int = 3000
     unet_batch: int = 16
     unet_lr: float = 2e-3
     caption_drop: float = 0.1

@@ -34,7 +34,7 @@ class FluxRecipe:
     objective: str = "flow"
     seed: int = 0
     images: int = 4096
-    vae_steps: int = 300
+    vae_steps: int = 900
     vae_batch: int = 32
     vae_lr: float = 2e-3
     vae_decode: str = "sample"

@@ -41,16 +41,23 @@ def reconstructions(vae, images: np.ndarray) -> list[np.ndarray]:
     return [np.clip((o.permute(1, 2, 0).numpy() + 1) * 127.5, 0, 255).round().astype(np.uint8) for o in out]
 
 
-def report(vae) -> str:
-    """The judge's readings of `vae`'s reconstructions, as one line."""
+def scores(vae) -> dict[str, float]:
+    """The judge's accuracy on `vae`'s reconstructions of the world scenes (per attribute and ``all``), and the
+    shares of the concept images read back as a ``cross``, ``magenta`` and ``both``."""
     world, scenes, concept = judged_images()
-    scores = accuracy(reconstructions(vae, world), scenes)
+    out = {f"world {k}": v for k, v in accuracy(reconstructions(vae, world), scenes).items()}
     crosses = [read(i) for i in reconstructions(vae, concept)]
     share = lambda flags: sum(flags) / len(flags)  # noqa: E731
-    return ("world " + " ".join(f"{k} {v:.2f}" for k, v in scores.items())
-            + f" | concept: cross {share([r.shape == CONCEPT_SHAPE for r in crosses]):.2f}"
-            f" magenta {share([r.colour == 'magenta' for r in crosses]):.2f}"
-            f" both {share([r.concept for r in crosses]):.2f}")
+    return out | {"cross": share([r.shape == CONCEPT_SHAPE for r in crosses]),
+                  "magenta": share([r.colour == "magenta" for r in crosses]),
+                  "both": share([r.concept for r in crosses])}
+
+
+def report(vae) -> str:
+    """`scores`, as one line."""
+    got = scores(vae)
+    world = " ".join(f"{k[6:]} {v:.2f}" for k, v in got.items() if k.startswith("world "))
+    return f"world {world} | concept: " + " ".join(f"{k} {got[k]:.2f}" for k in ("cross", "magenta", "both"))
 
 
 def train(kind: str, decode: str, steps: list[int], lr: float, cross: bool) -> None:
