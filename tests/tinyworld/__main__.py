@@ -1,6 +1,6 @@
 """``python -m tinyworld [KIND ...]``: build (or find in the cache) the pretrained tiny bases (default: the prebuilt
 ones); prints their folders. Builds run side by side, one process per CPU core: each trains on one torch thread
-(`pretrain.Recipe.threads`), and the three take 12-13, 12-13 and 9 minutes on a 2-core machine (session 16)."""
+(`pretrain.Recipe.threads`), so one at a time would leave cores idle (build times: bench/RESULTS.md)."""
 
 from __future__ import annotations
 

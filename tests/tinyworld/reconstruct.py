@@ -56,7 +56,7 @@ def scores(vae) -> dict[str, float]:
 def report(vae) -> str:
     """`scores`, as one line."""
     got = scores(vae)
-    world = " ".join(f"{k[6:]} {v:.2f}" for k, v in got.items() if k.startswith("world "))
+    world = " ".join(f"{k.removeprefix('world ')} {v:.2f}" for k, v in got.items() if k.startswith("world "))
     return f"world {world} | concept: " + " ".join(f"{k} {got[k]:.2f}" for k in ("cross", "magenta", "both"))
 
 

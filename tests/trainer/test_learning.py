@@ -13,10 +13,11 @@ of 4, dropped the position from the prior check (`concept.same_scene`), and retu
 path was checked end to end against the pretraining and the judge's sampler (the velocity target, min-SNR /
 (snr + 1), DDIM with the base's v_prediction config): no defect found.
 The concept is a magenta cross named "zxq". A judge reads colour, shape, position and background of each
-sample directly. The controls: the target's sign flipped (the objective a sign slip in the trainer would
-train), and every caption dropped (what a caption that never reaches the text encoder trains: the concept
-everywhere, or nowhere, but not on its trigger alone); on the v base also the noise as the target (what a trainer
-that ignores the base's v_prediction scheduler trains).
+sample directly. Every part is real (the tiny bases, `lora-train run`, diffusers' loaders); the controls break the
+trainer on purpose by patching its family's objective. The controls: the target's sign flipped (the objective a
+sign slip in the trainer would train), and every caption dropped (what a caption that never reaches the text
+encoder trains: the concept everywhere, or nowhere, but not on its trigger alone); on the v base also the noise as
+the target (what a trainer that ignores the base's v_prediction scheduler trains).
 
 LoCon (the LoRA also on the convolutions) and a textual-inversion embedding (8 vectors bound to the trigger word)
 get the same proof on the epsilon base, the one whose family (sd15) supports them, with their controls (a flipped
@@ -40,13 +41,13 @@ from tinyworld.concept import Readings, Verdict, base_readings, judge_lora, writ
 from tinyworld.learn import (
     ADAPTER_RATES,
     ADAPTER_STEPS,
-    ADAPTERS,
     RATES,
     SEEDS,
     STEPS,
     family_class,
     family_of,
     flipped,
+    job_spec,
     noise_target,
     train,
 )
@@ -243,14 +244,15 @@ def test_the_embeddings_starting_vectors_do_not_pass_the_check(tmp_path, epsilon
     them) is not the concept: its yellow comes from training. The control the LoRAs have instead, every caption
     dropped, does not apply: the embedding adapter prepends its token to every caption, an empty one too, and with
     dropped captions the embedding learned the concept's colour (1.00, session 16)."""
-    from safetensors.torch import save_file
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from lora_operator.api import JobSpec
+    from lora_trainer.adapters.embedding import EmbeddingAdapter
 
-    spec = ADAPTERS["embedding"]["embedding"]
-    ids = CLIPTokenizer.from_pretrained(epsilon / "tokenizer").encode(spec["initialPhrase"], add_special_tokens=False)
-    table = CLIPTextModel.from_pretrained(epsilon / "text_encoder").get_input_embeddings().weight.detach()
-    start = tmp_path / "start.safetensors"
-    save_file({"emb_params": table[[ids[i % len(ids)] for i in range(spec["vectors"])]].clone()}, start)
+    lr, text_lr = ADAPTER_RATES["embedding"]  # nothing trains: the spec carries the embedding section
+    spec = JobSpec.model_validate(job_spec(epsilon, tmp_path, tmp_path, 1, lr, text_lr, 0.0, adapter="embedding"))
+    family = family_class(family_of(epsilon))()
+    adapter = EmbeddingAdapter()
+    adapter.attach(family, family.load(epsilon, torch.float32), spec)  # the trainer's own initialisation
+    [(_, start)] = adapter.export(tmp_path / "start", [], {})
     verdict = judge_lora(epsilon, start, SEEDS, epsilon_before, colour=EMBEDDING_COLOUR)
     print(verdict)
     assert not learned_on_its_trigger(verdict), verdict
