@@ -8,7 +8,7 @@ import pytest
 
 from tinyworld.cache import tinybase
 from tinyworld.pretrain import Recipe
-from tinyworld.pretrain_flux import FluxRecipe
+from tinyworld.pretrain_flux import FluxRecipe, rope_axes
 
 pytestmark = pytest.mark.trainer
 
@@ -54,3 +54,13 @@ def test_the_flow_base_is_a_flux_pipeline_with_world_words_as_tokens(tmp_path):
     assert pipe.vae.config.latent_channels == 16 and pipe.transformer.config.in_channels == 64
     assert all(len(pipe.tokenizer_2.tokenize(word)) == 1 for word in world_words())
     assert len(pipe.tokenizer_2.tokenize(TRIGGER)) > 1  # the trigger was never a word of the world
+    config = pipe.transformer.config
+    assert config.attention_head_dim == QUICK_FLOW.head_dim and sum(config.axes_dims_rope) == QUICK_FLOW.head_dim
+
+
+def test_a_heads_rotary_split_fills_the_head_in_pairs_with_rows_and_columns_alike():
+    assert rope_axes(16) == (4, 6, 6)  # the split of the bases before session 17
+    for width in (16, 24, 32, 48, 64):
+        index, rows, columns = rope_axes(width)
+        assert index + rows + columns == width and rows == columns
+        assert index % 2 == rows % 2 == 0 and index <= rows
