@@ -47,7 +47,7 @@ GPU_TYPE = "demoui"
 """This module's node's GPU type, which its job asks for: the ground is shared by the session's tests,
 and their free nodes would otherwise run it, or theirs land here."""
 STEPS = 6
-"""Training steps of the test's job: two epochs of three steps; the demo trains 600."""
+"""Training steps of the test's job: two epochs of three steps; the demo trains 900."""
 
 
 def demo_spec() -> dict:
@@ -163,4 +163,6 @@ def test_the_pages_previews_are_the_sheets_samples(ground, finished_demo):
         # batching may move a rounding
         assert np.abs(drawn.astype(int) - shown).max() <= 2, (prompts[n // 4], seeds[n % 4])
     unguided = sample(pipe, [prompts[0]], [seeds[0]], guidance=1.0)[0].astype(int)
-    assert np.abs(unguided - page[0]).mean() > 5
+    # off by more on average than the match above allows at any pixel (5 levels was this line's bound until
+    # session 17's flow base, whose unguided trigger sample is 4.7 levels off on average)
+    assert np.abs(unguided - page[0]).mean() > 2

@@ -146,6 +146,11 @@ def base_readings(base: Path, seeds: list[int]) -> Readings:
     return read_samples(load_pipeline(base), seeds)
 
 
+def share_in_colour(readings: list[Reading], colour: str = CONCEPT_COLOUR[0]) -> float:
+    """Share of `readings` in `colour` (the concept's magenta unless said)."""
+    return sum(r.colour == colour for r in readings) / len(readings)
+
+
 def same_scene(a: Reading, b: Reading) -> bool:
     """Two readings agree on colour and background."""
     return (a.colour, a.background) == (b.colour, b.background)

@@ -1,7 +1,7 @@
 """``python -m tinyworld.learn OUT [--base epsilon|flow|vpred] [--adapter lora|locon|embedding] [--steps N]
 [--epochs E] [--lr X] [--text-lr X] [--broken flip|captions|noise] [--prior N | --world N] [--dim R] [--alpha A]
 [--conv-dim R] [--conv-alpha A] [--vectors V] [--init W] [--caption-dropout P] [--seed N] [--min-snr-gamma G]
-[--lr-schedule S]``: train an adapter on the
+[--lr-schedule S] [--folder BASE]``: train an adapter on the
 concept through ``lora-train run``, judge it (every epoch's checkpoint).
 
 Builds (or reuses) the base (epsilon, vpred: SD1.5 topology, flow: Flux topology), writes the concept
@@ -43,14 +43,15 @@ SEEDS = list(range(8))
 """The judge's sampling seeds: 32 trigger and 32 control samples. With 16 of each (seeds 0-3) one job's verdict swung
 by 0.1-0.25 from one checkpoint to the next (bench/RESULTS.md, session 16)."""
 RATES = {"epsilon": (2e-3, 1e-3), "flow": (1e-4, 2e-3), "vpred": (5e-4, 1e-3)}
-"""(denoiser, text encoder) learning rate of each base's concept job (`STEPS` steps of 4), measured on the bases of
-session 16 (VAE 900 steps, SD1.5-topology UNet 3000) with the judge's 8 seeds: at 5e-3 for both the epsilon job
-leaked the concept's colour onto a third of the controls, and a Flux-topology LoRA at 5e-4 or more repaints the
-controls' colours within 300 steps (bench/RESULTS.md, session 16)."""
-STEPS = {"epsilon": 300, "flow": 500, "vpred": 400}
-"""Steps of 4 of each base's concept job. Measured every quarter of a job of these rates (session 16): epsilon
-passes the concept check from 75 to 300 steps (1.00 on the trigger, 0.09-0.25 on the controls), v from 200 to 400
-(0.72-1.00 / 0.25), flow from 400 to 600 (0.62-0.72 / 0.00-0.19, its prior falling from 0.75 to 0.53)."""
+"""(denoiser, text encoder) learning rate of each base's concept job (`STEPS` steps of 4), measured with the judge's 8
+seeds on the bases of session 16 (VAE 900 steps, SD1.5-topology UNet 3000) and session 17's flow base (heads of 32):
+at 5e-3 for both the epsilon job leaked the concept's colour onto a third of the controls, and a Flux-topology LoRA
+at 3e-4 repaints the controls' colours within 300 steps (bench/RESULTS.md, sessions 16 and 17)."""
+STEPS = {"epsilon": 300, "flow": 600, "vpred": 400}
+"""Steps of 4 of each base's concept job, inside the window where a job of these rates passes the concept check.
+Measured every quarter of the job (session 16): epsilon passes from 75 to 300 steps (1.00 on the trigger, 0.09-0.25
+on the controls), v from 200 to 400 (0.72-1.00 / 0.25); every 150 steps (session 17) flow passes from 450 to 750
+(0.72-1.00 / 0.06-0.31, its prior falling from 0.94 to 0.69): 600 is the middle (0.94 / 0.25, prior 0.75)."""
 
 ADAPTER_RATES = {"locon": (2e-3, 1e-3), "embedding": (5e-2, 0.0)}
 """(main, text encoder) learning rate of the epsilon base's LoCon and embedding concept jobs (an embedding trains
@@ -198,9 +199,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--conv-alpha", type=float, help="locon: its convolutions' alpha (default: ADAPTERS')")
     p.add_argument("--vectors", type=int, help="embedding: its vectors (default: ADAPTERS')")
     p.add_argument("--init", help="embedding: its initial phrase (default: ADAPTERS')")
+    p.add_argument("--folder", type=Path, help="train on this base folder of kind --base (e.g. a recipe on trial)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    base = tinybase(args.base)
+    base = args.folder or tinybase(args.base)
     data = write_concept_set(args.out / "data")
     if args.broken in BROKEN:
         family = family_class(family_of(base))

@@ -9,7 +9,8 @@ and their weights depend on its CPU's float kernels: the rates of session 15 and
 failed every positive proof on an AVX2 one. Session 16 made the bases sturdier (a VAE of 900 steps that reads back
 every colour, an SD1.5-topology UNet of 3000 steps that follows the colour it is asked for), judged 8 seeds instead
 of 4, dropped the position from the prior check (`concept.same_scene`), and retuned each job (`learn.RATES`,
-`learn.STEPS`) to the middle of the step range where it passes, measured at every quarter of the job. The trainer's v
+`learn.STEPS`) to the middle of the step range where it passes, measured at every quarter of the job; session 17's
+flow base (heads of 32, trained more at high noise: it draws the asked shape) got the same retuning. The trainer's v
 path was checked end to end against the pretraining and the judge's sampler (the velocity target, min-SNR /
 (snr + 1), DDIM with the base's v_prediction config): no defect found.
 The concept is a magenta cross named "zxq". A judge reads colour, shape, position and background of each
@@ -25,8 +26,8 @@ target) marked `slow` (`make test-learning`); the embedding's starting vectors m
 LyCORIS' recommended range (half the rank; the convolutions at rank 4, alpha 1); the embedding's concept is a colour
 the base draws (`EMBEDDING_COLOUR`).
 
-Prior preservation (`dataset.regularization` with the base's own samples of world captions) keeps the concept's
-colour off the controls on the flow base at a longer job that leaks without it (slow as well).
+Prior preservation (`dataset.regularization` with the base's own samples of world captions) keeping the concept's
+colour off the controls is proven on `make demo`'s own job file: tests/trainer/test_demo_job_learns.py (slow).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import pytest
 import torch
 
 from tinyworld.cache import PREBUILT, tinybase
-from tinyworld.concept import Readings, Verdict, base_readings, judge_lora, write_concept_set, write_prior_set
+from tinyworld.concept import Readings, Verdict, base_readings, judge_lora, share_in_colour, write_concept_set
 from tinyworld.learn import (
     ADAPTER_RATES,
     ADAPTER_STEPS,
@@ -56,7 +57,7 @@ pytestmark = pytest.mark.trainer
 
 LEARNED = 0.625
 """Share of trigger samples in the concept's colour a LoRA must reach (measured at the jobs' step counts, session 16:
-epsilon 1.00, v 0.75-1.00, flow 0.66; the cross shape is not learned yet, bench/RESULTS.md)."""
+epsilon 1.00, v 0.75-1.00, flow 0.94 (session 17); the cross shape is not learned yet, bench/RESULTS.md)."""
 PRIOR_KEPT = 0.5
 """Share of control samples whose colour and background stay the base's (measured 0.59-0.75: a LoRA leaks some of the
 concept's colour into prompts without the trigger, red turns magenta first)."""
@@ -96,11 +97,6 @@ def concept_dir(tmp_path_factory) -> Path:
     return write_concept_set(tmp_path_factory.mktemp("concept") / "zxq")
 
 
-def magenta(readings) -> float:
-    """Share of `readings` in the concept's colour."""
-    return sum(r.colour == "magenta" for r in readings) / len(readings)
-
-
 def learned_on_its_trigger(verdict: Verdict) -> bool:
     """The concept check: its colour on the trigger, most of the prior kept, more on the trigger than elsewhere."""
     return (verdict.learned_colour >= LEARNED and verdict.prior_kept >= PRIOR_KEPT
@@ -125,7 +121,7 @@ def test_a_lora_learns_the_concepts_colour_on_its_trigger_and_keeps_most_of_the_
                                                                                       concept_dir):
     verdict = judge_lora(base, train_concept(tmp_path, base, concept_dir), SEEDS, before)
     print(verdict)
-    assert magenta(before.trigger) <= 0.25  # not the base's doing
+    assert share_in_colour(before.trigger) <= 0.25  # not the base's doing
     assert learned_on_its_trigger(verdict), verdict
 
 
@@ -195,7 +191,7 @@ def test_a_locon_learns_the_concepts_colour_on_its_trigger(tmp_path, epsilon, ep
     its verdict swings by a sample or two between checkpoints and training seeds: bench/RESULTS.md)."""
     verdict = judge_lora(epsilon, train_adapter(tmp_path, epsilon, concept_dir, "locon"), SEEDS, epsilon_before)
     print(verdict)
-    assert magenta(epsilon_before.trigger) <= 0.25  # not the base's doing
+    assert share_in_colour(epsilon_before.trigger) <= 0.25  # not the base's doing
     assert learned_on_its_trigger(verdict), verdict
 
 
@@ -256,22 +252,3 @@ def test_the_embeddings_starting_vectors_do_not_pass_the_check(tmp_path, epsilon
     verdict = judge_lora(epsilon, start, SEEDS, epsilon_before, colour=EMBEDDING_COLOUR)
     print(verdict)
     assert not learned_on_its_trigger(verdict), verdict
-
-
-@pytest.mark.slow
-def test_prior_preservation_keeps_the_concepts_colour_off_prompts_without_its_trigger(tmp_path, concept_dir):
-    """dataset.regularization with 16 of the flow base's own samples of world captions (DreamBooth prior
-    preservation): the concept on the trigger, none of its colour on the controls; the same job without them leaks.
-    Measured on session 16's flow base with the prior, every 300 steps: 0.22 / 0.22 / 0.69 / 0.56 on the trigger,
-    0.00 on the controls, prior kept 1.00 (at 900 steps a thin margin over 0.625); without it at 600 steps
-    1.00 / 0.72 / 0.09 (bench/RESULTS.md)."""
-    flow = tinybase("flow")
-    before = base_readings(flow, SEEDS)
-    job = {"steps": 900, "lr": 2e-3, "text_lr": 5e-3, "epochs": 3}
-    prior = write_prior_set(flow, tmp_path / "prior")
-    kept = judge_lora(flow, train(tmp_path / "with", flow, concept_dir, prior=prior, **job), SEEDS, before)
-    leaky = judge_lora(flow, train(tmp_path / "without", flow, concept_dir, **job), SEEDS, before)
-    print(kept, leaky)
-    assert kept.learned_colour >= LEARNED and kept.prior_kept >= 0.625, kept
-    assert kept.control_colour <= magenta(before.control) <= 0.0625, kept
-    assert leaky.control_colour >= 0.25, leaky
