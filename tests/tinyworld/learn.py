@@ -156,10 +156,19 @@ def train(out: Path, base: Path, data: Path, steps: int = 200, lr: float = 5e-3,
     Raises:
         RuntimeError: the trainer exited with an error.
     """
+    run_job(out, job_spec(base, data, out / "storage", steps, lr, text_lr, caption_dropout, epochs, adapter, prior,
+                          overrides, seed, training))
+    return epoch_folder(out, epochs, adapter)
+
+
+def run_job(out: Path, spec: dict) -> None:
+    """Write the job of `spec` to `out`/job.yaml, named as `epoch_folder` reads it, and run ``lora-train run`` on it.
+
+    Raises:
+        RuntimeError: the trainer exited with an error.
+    """
     from lora_trainer.cli import main as lora_train
 
-    spec = job_spec(base, data, out / "storage", steps, lr, text_lr, caption_dropout, epochs, adapter, prior,
-                    overrides, seed, training)
     job = out / "job.yaml"
     out.mkdir(parents=True, exist_ok=True)
     job.write_text(yaml.safe_dump({"apiVersion": "lora-operator.io/v1alpha1", "kind": "LoraTrainingJob",
@@ -167,7 +176,6 @@ def train(out: Path, base: Path, data: Path, steps: int = 200, lr: float = 5e-3,
     code = lora_train(["run", str(job)])
     if code != 0:
         raise RuntimeError(f"lora-train run {job} exited {code}")
-    return epoch_folder(out, epochs, adapter)
 
 
 def epoch_folder(out: Path, epoch: int, adapter: str = "lora") -> Path:

@@ -9,12 +9,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from PIL import Image, ImageDraw
 
 from tinymodels import build_tiny_model
 
 COLORS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 200, 40), (150, 40, 200), (30, 200, 200)]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests and its module fixtures (the learning proofs sample and train on the
+    pretrained tiny bases): on a CPU shared with other work, two threads spin and run 5-10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

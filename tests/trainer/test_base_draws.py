@@ -11,14 +11,13 @@ sample over the line. Slow (`make test-learning`): about a minute for the three.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tinyworld.cache import tinybase
 from tinyworld.evaluate import another_shape, judged_scenes, samples
 from tinyworld.judge import accuracy
 from tinyworld.sampling import load_pipeline
 
-pytestmark = pytest.mark.trainer
+pytestmark = [pytest.mark.trainer, pytest.mark.usefixtures("one_torch_thread")]
 
 SHAPE_DRAWN = {"epsilon": 0.6, "vpred": 0.6, "flow": 0.6}
 """Base -> share of its samples the judge must read in the asked shape (chance 0.33; a blob drawn for every shape
@@ -30,13 +29,8 @@ reads one of the three, 0.33 at most)."""
 def test_the_base_draws_the_shape_its_caption_asks_for(kind):
     scenes = judged_scenes(96)
     pipe = load_pipeline(tinybase(kind))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as test_learning's one_thread: two threads spin on a shared CPU
-    try:
-        drawn = accuracy(samples(pipe, scenes), scenes)["shape"]
-        control = accuracy(samples(pipe, another_shape(scenes)), scenes)["shape"]
-    finally:
-        torch.set_num_threads(threads)
+    drawn = accuracy(samples(pipe, scenes), scenes)["shape"]
+    control = accuracy(samples(pipe, another_shape(scenes)), scenes)["shape"]
     print(f"{kind}: the asked shape read on {drawn:.2f}; with another shape asked, the scene's on {control:.2f}")
     assert drawn >= SHAPE_DRAWN[kind]
     assert control <= 0.25  # the drawn shape follows the caption, not the seed

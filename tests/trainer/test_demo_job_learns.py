@@ -15,11 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from tinyworld.cache import tinybase
 from tinyworld.concept import (
+    Readings,
     Verdict,
     base_readings,
     judge_lora,
@@ -27,17 +27,16 @@ from tinyworld.concept import (
     write_concept_set,
     write_prior_set,
 )
-from tinyworld.learn import SEEDS, epoch_folder
+from tinyworld.learn import SEEDS, epoch_folder, run_job
 
-pytestmark = [pytest.mark.trainer, pytest.mark.slow]
+pytestmark = [pytest.mark.trainer, pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 DEMO_JOB = Path(__file__).resolve().parents[2] / "examples/demo-concept-job.yaml"
 
 
-def local_job(job: dict, base: Path, data: Path, prior: Path | None, out: Path) -> dict:
-    """The demo's job with its storage URIs on local folders (`prior` None: without its regularization set) and
-    the name `epoch_folder` reads; nothing that trains changed."""
-    spec = job["spec"]
+def local_spec(spec: dict, base: Path, data: Path, prior: Path | None, out: Path) -> dict:
+    """The demo's spec with its storage URIs on local folders (`prior` None: without its regularization set);
+    nothing that trains changed."""
     spec["baseModel"]["uri"] = base.as_uri()
     spec["dataset"]["uri"] = data.as_uri()
     if prior is None:
@@ -45,8 +44,7 @@ def local_job(job: dict, base: Path, data: Path, prior: Path | None, out: Path) 
     else:
         spec["dataset"]["regularization"]["uri"] = prior.as_uri()
     spec["output"]["uri"] = out.as_uri()
-    job["metadata"] = {"name": "concept", "namespace": "learn"}
-    return job
+    return spec
 
 
 @pytest.fixture(scope="module")
@@ -55,40 +53,29 @@ def flow() -> Path:
 
 
 @pytest.fixture(scope="module")
-def magenta_on_the_base_controls(flow) -> float:
-    """Share of the base's own control samples the judge reads in the concept's colour."""
-    return share_in_colour(base_readings(flow, SEEDS).control)
+def before(flow) -> Readings:
+    """The judge's readings of the flow base's own samples (shared by both jobs' verdicts)."""
+    return base_readings(flow, SEEDS)
 
 
-def demo_verdict(tmp_path: Path, flow: Path, with_prior: bool) -> Verdict:
+def demo_verdict(tmp_path: Path, flow: Path, before: Readings, with_prior: bool) -> Verdict:
     """Train the demo's job file (with or without its prior set) and judge its last epoch."""
-    from lora_trainer.cli import main as lora_train
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as test_learning's one_thread
-    try:
-        job = yaml.safe_load(DEMO_JOB.read_text())
-        assert job["spec"]["baseModel"]["family"] == "flux"
-        prior = write_prior_set(flow, tmp_path / "prior") if with_prior else None
-        local = local_job(job, flow, write_concept_set(tmp_path / "data"), prior, tmp_path / "storage")
-        (tmp_path / "job.yaml").write_text(yaml.safe_dump(local))
-        assert lora_train(["run", str(tmp_path / "job.yaml")]) == 0
-        epochs = job["spec"]["training"]["epochs"]
-        verdict = judge_lora(flow, epoch_folder(tmp_path, epochs), SEEDS, base_readings(flow, SEEDS))
-    finally:
-        torch.set_num_threads(threads)
+    spec = yaml.safe_load(DEMO_JOB.read_text())["spec"]
+    assert spec["baseModel"]["family"] == "flux"
+    prior = write_prior_set(flow, tmp_path / "prior") if with_prior else None
+    run_job(tmp_path, local_spec(spec, flow, write_concept_set(tmp_path / "data"), prior, tmp_path / "storage"))
+    verdict = judge_lora(flow, epoch_folder(tmp_path, spec["training"]["epochs"]), SEEDS, before)
     print(verdict)
     return verdict
 
 
-def test_the_demo_job_teaches_its_concept_and_keeps_it_off_the_controls(tmp_path, flow,
-                                                                       magenta_on_the_base_controls):
-    verdict = demo_verdict(tmp_path, flow, with_prior=True)
+def test_the_demo_job_teaches_its_concept_and_keeps_it_off_the_controls(tmp_path, flow, before):
+    verdict = demo_verdict(tmp_path, flow, before, with_prior=True)
     assert verdict.learned_colour >= 0.75, verdict
-    assert verdict.control_colour <= magenta_on_the_base_controls, verdict
+    assert verdict.control_colour <= share_in_colour(before.control), verdict
     assert verdict.prior_kept >= 0.75, verdict
 
 
-def test_without_its_prior_set_the_demo_job_paints_the_concept_on_the_controls(tmp_path, flow):
-    verdict = demo_verdict(tmp_path, flow, with_prior=False)
+def test_without_its_prior_set_the_demo_job_paints_the_concept_on_the_controls(tmp_path, flow, before):
+    verdict = demo_verdict(tmp_path, flow, before, with_prior=False)
     assert verdict.control_colour >= 0.25, verdict

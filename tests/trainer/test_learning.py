@@ -53,7 +53,7 @@ from tinyworld.learn import (
     train,
 )
 
-pytestmark = pytest.mark.trainer
+pytestmark = [pytest.mark.trainer, pytest.mark.usefixtures("one_torch_thread")]
 
 LEARNED = 0.625
 """Share of trigger samples in the concept's colour a LoRA must reach (measured at the jobs' step counts, session 16:
@@ -61,15 +61,6 @@ epsilon 1.00, v 0.75-1.00, flow 0.94 (session 17); the cross shape is not learne
 PRIOR_KEPT = 0.5
 """Share of control samples whose colour and background stay the base's (measured 0.59-0.75: a LoRA leaks some of the
 concept's colour into prompts without the trigger, red turns magenta first)."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a CPU shared with other work, two threads spin and run 5-10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=[pytest.param(kind, marks=[] if kind in PREBUILT else [pytest.mark.slow])
