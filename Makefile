@@ -39,10 +39,11 @@ tinybase: venv  ## the tiny bases (noise and v-prediction: SD1.5 topology; flow 
 # The unit and trainer tests are CPU work of one process each: two pytest-xdist workers run them on the two cores.
 # The cluster tests share one test ground (a session fixture) and run after them in one process, the machine theirs.
 FAST := tests/unit tests/trainer
+SUITE := -m "not chaos and not slow and not multikueue" --durations=10
 test: setup tinybase  ## the whole suite: unit, trainer (tiny models), cluster (real control plane + MinIO), e2e
 	$(MAKE) lint
-	$(PYTEST) $(FAST) -n 2 -m "not chaos and not slow and not multikueue" --durations=10
-	$(PYTEST) tests $(FAST:%=--ignore=%) -m "not chaos and not slow and not multikueue" --durations=10
+	$(PYTEST) $(FAST) -n 2 $(SUITE)
+	$(PYTEST) tests $(FAST:%=--ignore=%) $(SUITE)
 
 test-unit: venv
 	$(PYTEST) tests/unit
