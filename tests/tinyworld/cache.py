@@ -24,9 +24,12 @@ SOURCES = {Recipe: ("world.py", "pretrain.py"), FluxRecipe: ("world.py", "pretra
 """The files whose text decides what a recipe of each kind builds."""
 BUILDERS = {Recipe: pretrain.pretrain, FluxRecipe: pretrain_flux.pretrain}
 """Recipe kind -> the function that pretrains it: an SD1.5-topology UNet or a Flux-topology transformer."""
-RECIPES = {"epsilon": Recipe(), "flow": FluxRecipe(), "vpred": Recipe(prediction_type="v_prediction")}
+RECIPES = {"epsilon": Recipe(), "flow": FluxRecipe(), "vpred": Recipe(prediction_type="v_prediction"),
+           "flow-crosses": FluxRecipe(vae_crosses=True)}
 """The bases the tests and the demo use, by name: noise prediction and v-prediction (SD1.5 topology, the same
-recipe but for the objective) and flow matching (Flux topology)."""
+recipe but for the objective) and flow matching (Flux topology); ``flow-crosses`` is the flow base whose VAE also
+trained on crosses (its denoiser never saw one), so a LoRA can draw the concept's shape: the shape proof's base
+(tests/trainer/test_learning_shape.py, ``make test-learning``), built when that test first runs."""
 PREBUILT = ("epsilon", "flow", "vpred")
 """The bases ``make tinybase`` (``python -m tinyworld``) builds, the ones ``make test`` uses: one per training
 objective the trainer has, each with its learning proof in ``make test``."""

@@ -1,7 +1,7 @@
-"""``python -m tinyworld.learn OUT [--base epsilon|flow|vpred] [--adapter lora|locon|embedding] [--steps N]
+"""``python -m tinyworld.learn OUT [--base epsilon|flow|vpred|flow-crosses] [--adapter lora|locon|embedding] [--steps N]
 [--epochs E] [--lr X] [--text-lr X] [--broken flip|captions|noise] [--prior N | --world N] [--dim R] [--alpha A]
 [--conv-dim R] [--conv-alpha A] [--vectors V] [--init W] [--caption-dropout P] [--seed N] [--min-snr-gamma G]
-[--lr-schedule S] [--folder BASE]``: train an adapter on the
+[--lr-schedule S] [--logit-mean M] [--images N] [--folder BASE]``: train an adapter on the
 concept through ``lora-train run``, judge it (every epoch's checkpoint).
 
 Builds (or reuses) the base (epsilon, vpred: SD1.5 topology, flow: Flux topology), writes the concept
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from .cache import tinybase
+from .cache import RECIPES, tinybase
 from .concept import (
     CONTROL_PROMPTS,
     TRIGGER_PROMPTS,
@@ -61,6 +61,16 @@ ADAPTER_STEPS = {"locon": 300, "embedding": 300}
 """Steps of 4 of the epsilon base's LoCon and embedding concept jobs. The LoCon passes at every quarter of its 300
 steps (0.91-1.00 on the trigger, 0.09-0.22 on the controls); the embedding, on `test_learning.EMBEDDING_COLOUR`, read
 that colour on 1.00 / 1.00 / 0.91 of trigger samples after 100 / 200 / 300 steps (bench/RESULTS.md, session 16)."""
+
+
+SHAPE_JOB = {"steps": 3600, "epochs": 3, "lr": 5e-4, "text_lr": 3e-3, "overrides": {"dim": 64, "alpha": 64},
+             "images": 20, "prior": 16, "training": {"flow": {"logitMean": 1.0}}}
+"""The shape proof's job on the ``flow-crosses`` base (tests/trainer/test_learning_shape.py): `train`'s arguments, with
+`images` concept images and `prior` of the base's own samples as its prior set. Rank 8 moved the colour, not the shape
+(session 17). Rank 64 on 16 images at the default sigmas (logit mean 0) drew the cross on 0.22-0.63 of trigger samples
+across three training seeds; with the sigmas drawn where the base trained (logit mean 1, `FluxRecipe.sigma_location`:
+high noise, where the caption decides the shape) on 0.53-0.81; with 20 images as well on 0.47-0.81 at the last epoch
+and 0.63-0.81 at the best of its three (four training seeds: bench/RESULTS.md, session 19)."""
 
 
 def family_of(base: Path) -> str:
@@ -188,7 +198,7 @@ def main(argv: list[str]) -> int:
     """Train, judge, draw the sheet; exit 0 when the verdict passed."""
     p = argparse.ArgumentParser(prog="python -m tinyworld.learn")
     p.add_argument("out", type=Path)
-    p.add_argument("--base", default="epsilon", choices=list(RATES))
+    p.add_argument("--base", default="epsilon", choices=list(RECIPES), help="a base of tinyworld.cache.RECIPES")
     p.add_argument("--steps", type=int, help="steps in all (default: ADAPTER_STEPS, or STEPS)")
     p.add_argument("--epochs", type=int, default=1, help="a checkpoint each: a sheet row each, the last judged")
     p.add_argument("--lr", type=float, help="denoiser learning rate (default: RATES, or ADAPTER_RATES)")
@@ -199,6 +209,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=7, help="training.seed")
     p.add_argument("--min-snr-gamma", type=float, help="training.minSnrGamma (default: 0, off)")
     p.add_argument("--lr-schedule", help="training.lrScheduler.type (default: constant)")
+    p.add_argument("--logit-mean", type=float, help="training.flow.logitMean (flow: default 0)")
+    p.add_argument("--images", type=int, default=16, help="concept images (magenta crosses, captioned)")
     p.add_argument("--prior", type=int, default=0, help="regularization images: this many of the base's samples")
     p.add_argument("--world", type=int, default=0, help="regularization images: this many rendered world scenes")
     p.add_argument("--dim", type=int, help="lora, locon: the rank (default: ADAPTERS')")
@@ -211,22 +223,25 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     base = args.folder or tinybase(args.base)
-    data = write_concept_set(args.out / "data")
+    data = write_concept_set(args.out / "data", args.images)
     if args.broken in BROKEN:
         family = family_class(family_of(base))
         family.noisy_and_target = BROKEN[args.broken](family.noisy_and_target)  # this process only
     started = time.monotonic()
-    lr, text_lr = ADAPTER_RATES.get(args.adapter, RATES[args.base])
+    kind = args.base.split("-")[0]  # flow-crosses: the flow base's job unless told
+    lr, text_lr = ADAPTER_RATES.get(args.adapter, RATES[kind])
     lr = lr if args.lr is None else args.lr
     text_lr = text_lr if args.text_lr is None else args.text_lr  # 0: the denoiser alone
     prior = write_prior_set(base, args.out / "prior", args.prior) if args.prior else None
     prior = write_world_set(args.out / "world", args.world) if args.world else prior
-    steps = args.steps or ADAPTER_STEPS.get(args.adapter, STEPS[args.base])
+    steps = args.steps or ADAPTER_STEPS.get(args.adapter, STEPS[kind])
     training = {}
     if args.min_snr_gamma is not None:
         training["minSnrGamma"] = args.min_snr_gamma
     if args.lr_schedule:
         training["lrScheduler"] = {"type": args.lr_schedule}
+    if args.logit_mean is not None:
+        training["flow"] = {"logitMean": args.logit_mean}
     lora = train(args.out, base, data, steps, lr, text_lr,
                  1.0 if args.broken == "captions" else args.caption_dropout, args.epochs, args.adapter, prior,
                  {"vectors": args.vectors, "initialPhrase": args.init, "dim": args.dim, "alpha": args.alpha,
