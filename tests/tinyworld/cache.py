@@ -29,7 +29,7 @@ RECIPES = {"epsilon": Recipe(), "flow": FluxRecipe(), "vpred": Recipe(prediction
 """The bases the tests and the demo use, by name: noise prediction and v-prediction (SD1.5 topology, the same
 recipe but for the objective) and flow matching (Flux topology); ``flow-crosses`` is the flow base whose VAE also
 trained on crosses (its denoiser never saw one), so a LoRA can draw the concept's shape: the shape proof's base
-(tests/trainer/test_learning_shape.py, ``make test-learning``), built when that test first runs."""
+(tests/trainer/test_learning_shape.py): ``make test-learning`` builds it before its tests, not ``make tinybase``."""
 PREBUILT = ("epsilon", "flow", "vpred")
 """The bases ``make tinybase`` (``python -m tinyworld``) builds, the ones ``make test`` uses: one per training
 objective the trainer has, each with its learning proof in ``make test``."""

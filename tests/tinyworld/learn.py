@@ -73,6 +73,12 @@ high noise, where the caption decides the shape) on 0.53-0.81; with 20 images as
 and 0.63-0.81 at the best of its three (four training seeds: bench/RESULTS.md, session 19)."""
 
 
+def job_kind(name: str) -> str:
+    """The `RATES` / `STEPS` key of a base, from its recipe name or cache folder name: the part before the first
+    dash (``flow-crosses`` and ``flow-<key>`` train the flow base's job unless told otherwise)."""
+    return name.split("-")[0]
+
+
 def family_of(base: Path) -> str:
     """The trainer family of a tiny base: flux for a FluxPipeline folder, else sd15."""
     index = json.loads((base / "model_index.json").read_text())
@@ -228,7 +234,7 @@ def main(argv: list[str]) -> int:
         family = family_class(family_of(base))
         family.noisy_and_target = BROKEN[args.broken](family.noisy_and_target)  # this process only
     started = time.monotonic()
-    kind = args.base.split("-")[0]  # flow-crosses: the flow base's job unless told
+    kind = job_kind(args.base)
     lr, text_lr = ADAPTER_RATES.get(args.adapter, RATES[kind])
     lr = lr if args.lr is None else args.lr
     text_lr = text_lr if args.text_lr is None else args.text_lr  # 0: the denoiser alone

@@ -50,6 +50,7 @@ from tinyworld.learn import (
     family_class,
     family_of,
     flipped,
+    job_kind,
     job_spec,
     noise_target,
     train,
@@ -75,7 +76,7 @@ def base(request) -> Path:
 
 def train_concept(tmp_path: Path, base: Path, data: Path, **options) -> Path:
     """The base's concept job through `lora-train run` (`options`: caption_dropout); its diffusers LoRA."""
-    kind = base.name.split("-")[0]
+    kind = job_kind(base.name)
     lr, text_lr = RATES[kind]
     return train(tmp_path, base, data, STEPS[kind], lr=lr, text_lr=text_lr, **options)
 

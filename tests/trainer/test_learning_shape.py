@@ -10,6 +10,8 @@ itself trained (``training.flow.logitMean: 1``: at high noise, where the caption
 reads the magenta cross on most trigger samples, none on the base or on the control prompts, which keep their
 colours. A flipped target (the sign slip the colour proofs also catch) must draw no magenta cross: noise on this
 base reads as a cross now and then (session 12), so the check asks for the colour and the shape together.
+The one patch is that control's: the family's objective, broken on purpose as in test_learning.py; the base, the
+trainer (`lora-train run`), diffusers' loaders and the judge are the real ones.
 
 Slow (`make test-learning`, which builds the base first: about 15 minutes of one core), each job about 7 minutes.
 """
