@@ -187,6 +187,10 @@ ADMISSION = [
     FailsAtAdmission("file:// base model", {"baseModel": {"uri": "file:///usr/lib/python3"}}, "NotAllowed",
                      ("spec.baseModel.uri", "file:// URIs are for local runs")),
     FailsAtAdmission("dataset missing (no template fills it)", {"dataset": None}, "InvalidSpec", ("dataset",)),
+    FailsAtAdmission("timestep bias on a flow-matching family",
+                     {"baseModel": {"family": "flux", "uri": "s3://models/tiny-flux"},
+                      "training": {"timestepBias": {"strategy": "later", "multiplier": 3}}}, "InvalidSpec",
+                     ("training.timestepBias", "trains by flow matching")),
     FailsAtAdmission("template makes convDim invalid", {"template": "sd15-character", "network": {"convDim": 4}},
                      "InvalidSpec", ("convDim",)),
 ]

@@ -10,6 +10,7 @@ share (the trainer pod's environment and labels, the layout of a job's output pr
 from .conditions import FINISHED_PHASES, ConditionType, Phase, Reason
 from .dataset import AutoCaption, Crop, CropMode, Dataset, MaskedLoss, Regularization, Tags
 from .exitcodes import INPUT_ERRORS, ExitCode
+from .noise_levels import BiasStrategy, Flow, LossWeighting, TimestepBias, TimestepSampling
 from .pod import ComputeResources, PodSettings
 from .presets import epoch_steps, scenario_formula, scenario_steps
 from .reports import CheckpointEntry, Manifest, PreviewEntry, ProgressReport, SkippedFile
@@ -49,8 +50,6 @@ from .training import (
     EarlyStop,
     Ema,
     Embedding,
-    Flow,
-    LossWeighting,
     LrScheduler,
     MixedPrecision,
     MultiresNoise,
@@ -58,7 +57,6 @@ from .training import (
     Optimizer,
     OptimizerType,
     SchedulerType,
-    TimestepSampling,
     Training,
 )
 

@@ -10,10 +10,11 @@ from pydantic import ValidationError
 
 from .adapters import adapter_checkpoints, adapter_problems
 from .families import family_row
+from .noise_levels import noise_level_problems
 from .pod import PodSettings
 from .resources import ClusterLoraTrainingTemplate
 from .spec import AdapterType, JobSpec
-from .training import flow_problems, offload_problems
+from .training import offload_problems
 
 
 class SpecError(ValueError):
@@ -100,7 +101,7 @@ def template_pod(template: dict[str, Any] | None, base: PodSettings | None = Non
 def fill_defaults(spec: JobSpec) -> JobSpec:
     """Replace unset sub-objects with their defaults and check type-dependent fields."""
     adapter = spec.type or AdapterType.LORA
-    problems = (adapter_problems(spec, adapter) + flow_problems(spec.base_model.family, spec.training)
+    problems = (adapter_problems(spec, adapter) + noise_level_problems(spec.base_model.family, spec.training)
                 + offload_problems(spec))
     distilled = family_row(spec.base_model.family).distilled if spec.base_model else None
     if distilled and spec.base_model.uri and (problem := distilled.problem(spec.base_model.uri)):

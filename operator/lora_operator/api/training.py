@@ -5,10 +5,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from .base import ApiModel
-from .families import family_row
+from .noise_levels import Flow, TimestepBias
 
 
 class SchedulerType(StrEnum):
@@ -83,60 +83,6 @@ class Ema(ApiModel):
     the early average is not stuck at the untrained start. Default: 0.999."""
     start_step: int = Field(default=0, ge=0, le=10_000_000)
     """Optimizer steps before averaging starts; until then the average is the weights. Default: 0."""
-
-
-class TimestepSampling(StrEnum):
-    """How flow-matching training draws its sigmas (diffusers' compute_density_for_timestep_sampling)."""
-
-    LOGIT_NORMAL = "logit_normal"
-    UNIFORM = "uniform"
-    MODE = "mode"
-
-
-class LossWeighting(StrEnum):
-    """Per-sigma loss weights of flow matching (diffusers' compute_loss_weighting_for_sd3)."""
-
-    NONE = "none"
-    SIGMA_SQRT = "sigma_sqrt"
-    COSMAP = "cosmap"
-
-
-class Flow(ApiModel):
-    """Timestep sampling, shift, loss weighting and guidance of flow-matching families (Flux and the
-    other rectified-flow families); refused for the epsilon / v families (sd15, sdxl)."""
-
-    sampling: TimestepSampling = TimestepSampling.LOGIT_NORMAL
-    """How the training sigmas are drawn: logit_normal (the sigmoid of a normal with logitMean and
-    logitStd; the defaults 0 and 1 are what other trainers call sigmoid sampling, SD3 / Flux),
-    uniform (every noise level alike) or mode (a density with its peak moved by modeScale).
-    Default: logit_normal."""
-    logit_mean: float = Field(default=0.0, ge=-10.0, le=10.0)
-    """Mean of the normal behind logit_normal sampling; above 0 draws noisier sigmas. Default: 0."""
-    logit_std: float = Field(default=1.0, gt=0.0, le=10.0)
-    """Standard deviation of the normal behind logit_normal sampling. Default: 1."""
-    mode_scale: float = Field(default=1.29, ge=-1.0, le=2.0)
-    """Scale of mode sampling (SD3 paper); 0 is uniform, above 0 favours the middle sigmas. Default: 1.29."""
-    shift: float | None = Field(default=None, gt=0.0, le=100.0)
-    """A fixed shift of the drawn sigmas toward noise, s' = shift x s / (1 + (shift - 1) x s) as
-    FlowMatchEulerDiscreteScheduler shifts; unset: the family's own (Flux.1: none). Not with
-    resolutionShift."""
-    resolution_shift: bool = Field(default=False)
-    """Shift each image's sigmas by its size, as the base model's scheduler does when it generates
-    (use_dynamic_shifting): mu grows linearly with the image's latent tokens from baseShift at
-    baseImageSeqLen to maxShift at maxImageSeqLen of the scheduler config, and s' = e^mu /
-    (e^mu + 1/s - 1). Larger images train noisier. Default: false."""
-    weighting: LossWeighting = LossWeighting.NONE
-    """Loss weight of each sample by its sigma: none, sigma_sqrt (1 / sigma^2) or cosmap (SD3 paper).
-    Default: none."""
-    guidance: float = Field(default=1.0, ge=0.0, le=100.0)
-    """The distilled guidance a guidance-distilled transformer (Flux.1 dev) is given while training;
-    refused by a base without a guidance embedder (Flux.1 schnell). Default: 1."""
-
-    @model_validator(mode="after")
-    def _one_shift(self) -> Flow:
-        if self.shift is not None and self.resolution_shift:
-            raise ValueError("shift and resolutionShift exclude each other: set one")
-        return self
 
 
 class EarlyStop(ApiModel):
@@ -239,20 +185,11 @@ class Training(ApiModel):
     """Stop when the validation loss has not improved for a number of evaluations."""
     flow: Flow = Field(default_factory=Flow)
     """Timestep sampling, shift, loss weighting and training guidance of flow-matching families."""
+    timestep_bias: TimestepBias = Field(default_factory=TimestepBias)
+    """Which timesteps the epsilon / v families (sd15, sdxl) draw more or less often."""
     compile: Literal["auto", "on", "off"] = Field(default="auto")
     """torch.compile the denoiser's repeated blocks (regional compilation: seconds to a minute of
     compiling once, then faster steps); auto turns it on on a GPU. Default: auto."""
-
-
-def flow_problems(family: str, training: Training | None) -> list[tuple[str, str]]:
-    """(field, message) when training.flow is set for a family that does not train by flow matching."""
-    row = family_row(family)
-    # compared with the defaults, not by fields set: a resolved spec (the trainer pod's) spells them all out
-    if training is None or training.flow == Flow() or row.prediction == "flow":
-        return []
-    return [("training.flow", f"family {row.name} is not a flow-matching model ({row.prediction} prediction): "
-                              "timestep sampling, shift, weighting and guidance apply to flow families only; "
-                              "leave training.flow out (minSnrGamma weights its loss)")]
 
 
 def offload_problems(spec: Any) -> list[tuple[str, str]]:

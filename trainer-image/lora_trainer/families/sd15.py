@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
-from lora_operator.api import ModelFamily, Previews, Sampler, Training
+from lora_operator.api import BiasStrategy, ModelFamily, Previews, Sampler, TimestepBias, Training
 
+from ..errors import ConfigError
 from .base import (
     Components,
     KohyaLayer,
@@ -38,6 +39,8 @@ class SD15Family:
     """sd-scripts' prefix per text encoder (one encoder: lora_te)."""
     kohya_network_module = "networks.lora"
     default_sampler = Sampler.EULER_A
+    timestep_weights: torch.Tensor | None = None
+    """Draw weights of the training timesteps under training.timestepBias (`configure`); None: uniform."""
     preview_cfg: str | None = "guidance"
     preview_negative = True
     default_preview_guidance = 7.0
@@ -95,12 +98,23 @@ class SD15Family:
         return vae_encode(parts.vae, pixels)
 
     def configure(self, parts: Components, training: Training, previews: Previews | None = None) -> None:
-        """Nothing to take: the API refuses training.flow for epsilon / v families."""
+        """Take training.timestepBias (the API refuses training.flow for epsilon / v families).
+
+        Raises:
+            ConfigError: a bias range that ends past the scheduler's timesteps.
+        """
+        total = parts.noise_scheduler.config.num_train_timesteps
+        bias = training.timestep_bias
+        if bias.strategy == BiasStrategy.RANGE and bias.end > total:
+            raise ConfigError(f"training.timestepBias.end: {bias.end} is past the base model's {total} timesteps")
+        self.timestep_weights = timestep_weights(bias, total)
 
     def sample_timesteps(self, parts: Components, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Uniform integer timesteps in [0, num_train_timesteps)."""
+        """Integer timesteps in [0, num_train_timesteps): uniform, or weighted by training.timestepBias."""
         total = parts.noise_scheduler.config.num_train_timesteps
-        return torch.randint(0, total, (len(latents),), generator=generator)
+        if self.timestep_weights is None:
+            return torch.randint(0, total, (len(latents),), generator=generator)
+        return torch.multinomial(self.timestep_weights, len(latents), replacement=True, generator=generator)
 
     def fixed_timesteps(self, parts: Components, n: int, latent_shape: tuple[int, ...] | None = None) -> torch.Tensor:
         """`n` timesteps spread evenly over the schedule, away from both ends."""
@@ -153,3 +167,18 @@ class SD15Family:
     def pipeline_kwargs(self, previews: Previews) -> dict[str, Any]:
         """Negative prompt and guidance scale."""
         return {"negative_prompt": previews.negative_prompt or None, "guidance_scale": preview_guidance(self, previews)}
+
+
+def timestep_weights(bias: TimestepBias, total: int) -> torch.Tensor | None:
+    """Relative draw weights of the `total` timesteps under `bias` (None: uniform): 1 each, `multiplier`
+    for the first (earlier) or last (later) `portion` of them or for begin to end (range)."""
+    if bias.strategy == BiasStrategy.NONE:
+        return None
+    weights = torch.ones(total)
+    count = max(1, int(bias.portion * total))
+    chosen = {BiasStrategy.EARLIER: slice(0, count), BiasStrategy.LATER: slice(total - count, total),
+              BiasStrategy.RANGE: slice(bias.begin, bias.end)}[bias.strategy]
+    weights[chosen] *= bias.multiplier
+    if weights.sum() == 0:
+        raise ConfigError("training.timestepBias: multiplier 0 over every timestep leaves none to draw")
+    return weights
