@@ -51,8 +51,8 @@ test-unit: venv
 test-trainer: venv tinybase
 	$(PYTEST) tests/trainer -m "not slow"
 
-test-learning: venv tinybase  ## the learning proofs with their longer variants (pytest -m slow: LoCon and embedding controls, the concept's cross on the flow-crosses base), whether the bases draw the asked shapes, and whether the demo's job learns with its prior set (and leaks without)
-	$(BIN)/python -m tinyworld flow-crosses
+test-learning: venv tinybase  ## the learning proofs with their longer variants (pytest -m slow: LoCon and embedding controls, the concept's cross on the three -crosses bases), whether the bases draw the asked shapes, and whether the demo's job learns with its prior set (and leaks without)
+	$(BIN)/python -m tinyworld flow-crosses epsilon-crosses vpred-crosses
 	$(PYTEST) tests/trainer/test_learning.py tests/trainer/test_learning_shape.py tests/trainer/test_base_draws.py tests/trainer/test_demo_job_learns.py --durations=0
 
 test-cluster: setup

@@ -25,11 +25,13 @@ SOURCES = {Recipe: ("world.py", "pretrain.py"), FluxRecipe: ("world.py", "pretra
 BUILDERS = {Recipe: pretrain.pretrain, FluxRecipe: pretrain_flux.pretrain}
 """Recipe kind -> the function that pretrains it: an SD1.5-topology UNet or a Flux-topology transformer."""
 RECIPES = {"epsilon": Recipe(), "flow": FluxRecipe(), "vpred": Recipe(prediction_type="v_prediction"),
-           "flow-crosses": FluxRecipe(vae_crosses=True)}
+           "flow-crosses": FluxRecipe(vae_crosses=True), "epsilon-crosses": Recipe(vae_crosses=True),
+           "vpred-crosses": Recipe(prediction_type="v_prediction", vae_crosses=True)}
 """The bases the tests and the demo use, by name: noise prediction and v-prediction (SD1.5 topology, the same
-recipe but for the objective) and flow matching (Flux topology); ``flow-crosses`` is the flow base whose VAE also
-trained on crosses (its denoiser never saw one), so a LoRA can draw the concept's shape: the shape proof's base
-(tests/trainer/test_learning_shape.py): ``make test-learning`` builds it before its tests, not ``make tinybase``."""
+recipe but for the objective) and flow matching (Flux topology); each ``-crosses`` base is its objective's base
+whose VAE also trained on crosses (its denoiser never saw one), so a LoRA can draw the concept's shape: the shape
+proofs' bases (tests/trainer/test_learning_shape.py): ``make test-learning`` builds them before its tests, not
+``make tinybase``."""
 PREBUILT = ("epsilon", "flow", "vpred")
 """The bases ``make tinybase`` (``python -m tinyworld``) builds, the ones ``make test`` uses: one per training
 objective the trainer has, each with its learning proof in ``make test``."""

@@ -1,7 +1,7 @@
 """``python -m tinyworld.learn OUT [--base epsilon|flow|vpred|flow-crosses] [--adapter lora|locon|embedding] [--steps N]
 [--epochs E] [--lr X] [--text-lr X] [--broken flip|captions|noise] [--prior N | --world N] [--dim R] [--alpha A]
 [--conv-dim R] [--conv-alpha A] [--vectors V] [--init W] [--caption-dropout P] [--seed N] [--min-snr-gamma G]
-[--lr-schedule S] [--logit-mean M] [--images N] [--folder BASE]``: train an adapter on the
+[--lr-schedule S] [--logit-mean M] [--timestep-bias B] [--images N] [--folder BASE]``: train an adapter on the
 concept through ``lora-train run``, judge it (every epoch's checkpoint).
 
 Builds (or reuses) the base (epsilon, vpred: SD1.5 topology, flow: Flux topology), writes the concept
@@ -63,14 +63,35 @@ steps (0.91-1.00 on the trigger, 0.09-0.22 on the controls); the embedding, on `
 that colour on 1.00 / 1.00 / 0.91 of trigger samples after 100 / 200 / 300 steps (bench/RESULTS.md, session 16)."""
 
 
-SHAPE_JOB = {"steps": 3600, "epochs": 3, "lr": 5e-4, "text_lr": 3e-3, "overrides": {"dim": 64, "alpha": 64},
-             "images": 20, "prior": 16, "training": {"flow": {"logitMean": 1.0}}}
-"""The shape proof's job on the ``flow-crosses`` base (tests/trainer/test_learning_shape.py): `train`'s arguments, with
-`images` concept images and `prior` of the base's own samples as its prior set. Rank 8 moved the colour, not the shape
-(session 17). Rank 64 on 16 images at the default sigmas (logit mean 0) drew the cross on 0.22-0.63 of trigger samples
-across three training seeds; with the sigmas drawn where the base trained (logit mean 1, `FluxRecipe.sigma_location`:
-high noise, where the caption decides the shape) on 0.53-0.81; with 20 images as well on 0.47-0.81 at the last epoch
-and 0.63-0.81 at the best of its three (four training seeds: bench/RESULTS.md, session 19)."""
+_WIDE = {"overrides": {"dim": 64, "alpha": 64}, "images": 20, "prior": 16}
+_NOISIER = {"timestepBias": {"strategy": "later", "multiplier": 3.0, "portion": 0.5}, "minSnrGamma": 5.0}
+SHAPE_JOBS = {
+    "flow-crosses": {**_WIDE, "steps": 3600, "epochs": 3, "lr": 5e-4, "text_lr": 3e-3,
+                     "training": {"flow": {"logitMean": 1.0}}},
+    "epsilon-crosses": {**_WIDE, "steps": 4800, "epochs": 4, "lr": 1e-3, "text_lr": 1e-3,
+                        "training": {**_NOISIER, "noiseOffset": 0.1}},
+    "vpred-crosses": {**_WIDE, "steps": 4800, "epochs": 4, "lr": 1e-3, "text_lr": 1e-3, "training": _NOISIER},
+}
+"""The shape proofs' jobs on the ``-crosses`` bases (tests/trainer/test_learning_shape.py), by base: `train`'s
+arguments, with `images` concept images and `prior` of the base's own samples as its prior set. Each draws its noise
+levels where the base decides shapes, at high noise, where only the caption can tell the cross from a blob.
+
+Flow: rank 8 moved the colour, not the shape (session 17). Rank 64 on 16 images at the default sigmas (logit mean 0)
+drew the cross on 0.22-0.63 of trigger samples across three training seeds; with the sigmas drawn where the base
+trained (logit mean 1, `FluxRecipe.sigma_location`) on 0.53-0.81; with 20 images as well on 0.47-0.81 at the last
+epoch and 0.63-0.81 at the best of its three (four training seeds: bench/RESULTS.md, session 19).
+
+Epsilon and v (SD1.5 topology, uniform DDPM timesteps by default): no cross at uniform timesteps (session 19); the
+noisier half drawn three times as often (``timestepBias`` later), the loss weighted by min-SNR 5 as the bases
+pretrained (`pretrain.Recipe.min_snr_gamma`) and 4800 steps drew it on 0.75 at the last of four epochs (seed 7),
+the best epoch reading 0.56-0.75 (v) and 0.44-0.78 (epsilon) over three training seeds. Epsilon also takes offset noise
+0.1, which lets the LoRA move an area's mean colour (without it the crosses come out violet, between the base's
+washed colours and magenta); on v it hurt: bench/RESULTS.md, session 20."""
+LOCON_SHAPE_JOB = {**SHAPE_JOBS["vpred-crosses"], "adapter": "locon",
+                   "overrides": {"dim": 64, "alpha": 64, "convDim": 16, "convAlpha": 16}}
+"""The v shape job as a LoCon (its convolutions at rank 16 too) on the ``vpred-crosses`` base: the cross on
+0.59 / 0.66 / 0.88 / 0.66 of trigger samples by epoch, the controls kept on all (seed 7, bench/RESULTS.md,
+session 20)."""
 
 
 def job_kind(name: str) -> str:
@@ -216,6 +237,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--min-snr-gamma", type=float, help="training.minSnrGamma (default: 0, off)")
     p.add_argument("--lr-schedule", help="training.lrScheduler.type (default: constant)")
     p.add_argument("--logit-mean", type=float, help="training.flow.logitMean (flow: default 0)")
+    p.add_argument("--timestep-bias", metavar="STRATEGY:MULTIPLIER[:PORTION]",
+                   help="training.timestepBias (epsilon, vpred), e.g. later:3:0.5")
+    p.add_argument("--training", type=json.loads, default={}, help="more spec.training fields, as JSON")
     p.add_argument("--images", type=int, default=16, help="concept images (magenta crosses, captioned)")
     p.add_argument("--prior", type=int, default=0, help="regularization images: this many of the base's samples")
     p.add_argument("--world", type=int, default=0, help="regularization images: this many rendered world scenes")
@@ -241,13 +265,17 @@ def main(argv: list[str]) -> int:
     prior = write_prior_set(base, args.out / "prior", args.prior) if args.prior else None
     prior = write_world_set(args.out / "world", args.world) if args.world else prior
     steps = args.steps or ADAPTER_STEPS.get(args.adapter, STEPS[kind])
-    training = {}
+    training = dict(args.training)
     if args.min_snr_gamma is not None:
         training["minSnrGamma"] = args.min_snr_gamma
     if args.lr_schedule:
         training["lrScheduler"] = {"type": args.lr_schedule}
     if args.logit_mean is not None:
         training["flow"] = {"logitMean": args.logit_mean}
+    if args.timestep_bias:
+        strategy, multiplier, *portion = args.timestep_bias.split(":")
+        training["timestepBias"] = {"strategy": strategy, "multiplier": float(multiplier),
+                                    **({"portion": float(portion[0])} if portion else {})}
     lora = train(args.out, base, data, steps, lr, text_lr,
                  1.0 if args.broken == "captions" else args.caption_dropout, args.epochs, args.adapter, prior,
                  {"vectors": args.vectors, "initialPhrase": args.init, "dim": args.dim, "alpha": args.alpha,
