@@ -1,10 +1,11 @@
-"""``python -m tinyworld.learn OUT [--base epsilon|flow|vpred|flow-crosses] [--adapter lora|locon|embedding] [--steps N]
+"""``python -m tinyworld.learn OUT [--base NAME] [--adapter lora|locon|embedding] [--steps N]
 [--epochs E] [--lr X] [--text-lr X] [--broken flip|captions|noise] [--prior N | --world N] [--dim R] [--alpha A]
 [--conv-dim R] [--conv-alpha A] [--vectors V] [--init W] [--caption-dropout P] [--seed N] [--min-snr-gamma G]
-[--lr-schedule S] [--logit-mean M] [--timestep-bias B] [--images N] [--folder BASE]``: train an adapter on the
-concept through ``lora-train run``, judge it (every epoch's checkpoint).
+[--lr-schedule S] [--logit-mean M] [--timestep-bias B] [--training JSON] [--images N] [--folder BASE]``: train an
+adapter on the concept through ``lora-train run``, judge it (every epoch's checkpoint).
 
-Builds (or reuses) the base (epsilon, vpred: SD1.5 topology, flow: Flux topology), writes the concept
+Builds (or reuses) the base NAME of `tinyworld.cache.RECIPES` (epsilon, vpred and their ``-crosses``: SD1.5
+topology; flow and flow-crosses: Flux topology), writes the concept
 dataset and a job YAML under OUT, trains through the trainer's CLI entry point, then prints the
 judge's verdict and writes OUT/sheet.png (base row, then the LoRA; the trigger prompt left, a control prompt right).
 ``--prior N`` adds N of the base's own samples of world captions as regularization images (prior

@@ -28,8 +28,8 @@ the base draws (`EMBEDDING_COLOUR`).
 
 Prior preservation (`dataset.regularization` with the base's own samples of world captions) keeping the concept's
 colour off the controls is proven on `make demo`'s own job file: tests/trainer/test_demo_job_learns.py (slow).
-The concept's shape (the cross, not only its colour) is proven on a flow base whose VAE decodes crosses:
-tests/trainer/test_learning_shape.py (slow).
+The concept's shape (the cross, not only its colour) is proven for each objective on a base whose VAE decodes
+crosses: tests/trainer/test_learning_shape.py (slow).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ pytestmark = [pytest.mark.trainer, pytest.mark.usefixtures("one_torch_thread")]
 LEARNED = 0.625
 """Share of trigger samples in the concept's colour a LoRA must reach (measured at the jobs' step counts, session 16:
 epsilon 1.00, v 0.75-1.00, flow 0.94 (session 17). The cross's shape needs a VAE that decodes crosses and a wider,
-longer job: test_learning_shape.py, on the flow-crosses base)."""
+longer job: test_learning_shape.py, on the -crosses bases)."""
 PRIOR_KEPT = 0.5
 """Share of control samples whose colour and background stay the base's (measured 0.59-0.75: a LoRA leaks some of the
 concept's colour into prompts without the trigger, red turns magenta first)."""

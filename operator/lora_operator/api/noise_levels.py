@@ -121,10 +121,10 @@ class TimestepBias(ApiModel):
 def noise_level_problems(family: str, training: Training | None) -> list[tuple[str, str]]:
     """(field, message) when training.flow is set for a family that does not train by flow matching, or
     training.timestepBias for one that does."""
-    row = family_row(family)
-    # compared with the defaults, not by fields set: a resolved spec (the trainer pod's) spells them all out
     if training is None:
         return []
+    row = family_row(family)
+    # compared with the defaults, not by fields set: a resolved spec (the trainer pod's) spells them all out
     if row.prediction == "flow" and training.timestep_bias != TimestepBias():
         return [("training.timestepBias", f"family {row.name} trains by flow matching: its sigmas are drawn by "
                                           "training.flow (logitMean above 0 draws noisier ones, shift moves them "
